@@ -1,0 +1,155 @@
+"""The numeric core of the model map: arrays in, arrays out, no I/O.
+
+Symbols follow the papers (SPEC §1, §3, §4):
+
+* ``L`` (K×N): ``L[i, s] = log p_i(x_s)``, total log-likelihood of text s
+  under model i.
+* ``Q`` (K×N): ``L`` clipped, then double-centred (rows first, then
+  columns); row ``q_i`` is the coordinate of model i.
+* ``w`` (d,): weights of resampled texts, ``w_t = c(u_t) / (n π_{u_t})``;
+  ``w = None`` means every text has weight 1 (the full text set).
+* ``g_ij = ‖q_i − q_j‖²_w = Σ_t w_t (q_i(x_t) − q_j(x_t))²`` and
+  ``KL(p_i, p_j) ≈ g_ij / (2N)``.
+
+Everything K×K is computed from a Gram matrix, never a pair loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_CLIP_PERCENTILE = 2.0
+
+
+def _as_matrix(L, name: str = "L") -> np.ndarray:
+    L = np.asarray(L, dtype=np.float64)
+    if L.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (models × texts) array, got shape {L.shape}")
+    if L.shape[0] == 0 or L.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {L.shape}): it needs at least one model and one text")
+    return L
+
+
+def _as_weights(w, n_texts: int) -> np.ndarray | None:
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape != (n_texts,):
+        raise ValueError(f"w must have one weight per text ({n_texts}), got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("w must be finite, non-negative and not all zero")
+    return w
+
+
+def check_finite(L, names=None) -> None:
+    """Raise a ValueError naming the first model whose row of ``L`` holds NaN or ±inf."""
+    L = np.asarray(L)
+    bad = ~np.isfinite(L)
+    if bad.any():
+        i, s = np.argwhere(bad)[0]
+        who = f"model {names[i]!r}" if names is not None else f"row {i}"
+        raise ValueError(
+            f"{who} has a non-finite log-likelihood ({L[i, s]}) at text {s} "
+            f"({int(bad[i].sum())} such values in that row); re-score it or drop it"
+        )
+
+
+def clip_threshold(L, percentile: float = DEFAULT_CLIP_PERCENTILE) -> float:
+    """The clipping threshold: the ``percentile``-th percentile of all entries of ``L``."""
+    L = _as_matrix(L)
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    return float(np.percentile(L, percentile))
+
+
+def clip(L, threshold: float | None) -> np.ndarray:
+    """Raise every entry of ``L`` below ``threshold`` to it (``None``: no clipping)."""
+    L = _as_matrix(L)
+    if threshold is None:
+        return L.copy()
+    return np.maximum(L, threshold)
+
+
+def double_center(L, w=None) -> np.ndarray:
+    """``Q``: centre each row of ``L`` by its (``w``-weighted) mean over texts, then each column by its mean over models.
+
+    With resampled texts the row mean is ``Σ_t w_t L_it / Σ_t w_t`` (SPEC §4);
+    the column mean is the plain mean over the K models.
+    """
+    L = _as_matrix(L)
+    w = _as_weights(w, L.shape[1])
+    if w is None:
+        row_mean = L.mean(axis=1, keepdims=True)
+    else:
+        row_mean = (L @ w)[:, None] / w.sum()
+    Q = L - row_mean
+    Q -= Q.mean(axis=0, keepdims=True)
+    return Q
+
+
+def weighted_features(Q, w=None) -> np.ndarray:
+    """``Q W^{1/2}``: features whose plain Euclidean distances equal the ``w``-weighted ones."""
+    Q = _as_matrix(Q, "Q")
+    w = _as_weights(w, Q.shape[1])
+    return Q if w is None else Q * np.sqrt(w)[None, :]
+
+
+def squared_distances(Q, w=None) -> np.ndarray:
+    """``G`` (K×K) with ``G_ij = g_ij = Σ_t w_t (q_i(x_t) − q_j(x_t))²``, from the Gram matrix.
+
+    ``g_ij = a_i + a_j − 2 (Q W Qᵀ)_ij`` with ``a_i = Σ_t w_t q_i(x_t)²``.
+    Rounding can make tiny entries negative; they are set to 0 and the
+    diagonal to exactly 0.
+    """
+    X = weighted_features(Q, w)
+    gram = X @ X.T
+    a = np.diag(gram).copy()
+    G = a[:, None] + a[None, :] - 2.0 * gram
+    np.maximum(G, 0.0, out=G)
+    np.fill_diagonal(G, 0.0)
+    return G
+
+
+def kl_from_squared_distances(G, n_texts: int) -> np.ndarray:
+    """``KL(p_i, p_j) ≈ g_ij / (2N)`` where N is the size of the full text set ``D_N``."""
+    if n_texts <= 0:
+        raise ValueError(f"n_texts (N) must be positive, got {n_texts}")
+    return np.asarray(G, dtype=np.float64) / (2.0 * n_texts)
+
+
+def nearest_neighbors(D, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of a K×K dissimilarity ``D``, the ``k`` nearest other rows.
+
+    Returns ``(index, value)``, both K×k, sorted by increasing dissimilarity
+    (ties broken by index, so results are reproducible).
+    """
+    D = np.asarray(D, dtype=np.float64)
+    K = D.shape[0]
+    if D.shape != (K, K):
+        raise ValueError(f"D must be square, got shape {D.shape}")
+    if K < 2:
+        raise ValueError("neighbours need at least 2 models")
+    k = int(min(k, K - 1))
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    masked = D.copy()
+    np.fill_diagonal(masked, np.inf)
+    # argpartition keeps this O(K²) rather than O(K² log K) for the full sort.
+    part = np.argpartition(masked, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(masked, part, axis=1)
+    order = np.lexsort((part, vals), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    return idx, np.take_along_axis(vals, order, axis=1)
+
+
+def map_coordinates(L, threshold: float | None = None, w=None, clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE):
+    """Clip and double-centre ``L`` in one call; returns ``(Q, threshold)``.
+
+    ``threshold`` given: clip with it (a stored map threshold). Otherwise, if
+    ``clip_percentile`` is not None, compute it from ``L``; ``None`` for both
+    switches clipping off.
+    """
+    L = _as_matrix(L)
+    if threshold is None and clip_percentile is not None:
+        threshold = clip_threshold(L, clip_percentile)
+    return double_center(clip(L, threshold), w), threshold

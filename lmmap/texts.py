@@ -1,0 +1,317 @@
+"""Text sets: the fixed texts ``D_N = {x_1..x_N}`` every model is scored on.
+
+A text set is an ordered table (``index``, ``text``, ``source``, and any
+extra columns such as the authors' ``pile_set_name``) with a content-hash
+identity: two text sets with the same texts in the same order have the same
+``identity``, whatever their file format. Vectors in a store are tied to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .exceptions import LmmapError
+
+TEXT_SUFFIXES_JSONL = (".jsonl", ".ndjson")
+TEXT_SUFFIXES_PARQUET = (".parquet", ".pq")
+
+
+def text_set_identity(texts: Iterable[str]) -> str:
+    """``sha256:<hex>`` over the texts in order (each length-prefixed, so boundaries count)."""
+    h = hashlib.sha256()
+    count = 0
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+        count += 1
+    h.update(count.to_bytes(8, "little"))
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """An ordered set of texts with their provenance.
+
+    ``table`` has at least the columns ``index`` (int64, the text's id, as in
+    the authors' ``texts-10k-pile.jsonl``), ``text`` and ``source``.
+    """
+
+    table: pa.Table
+
+    def __post_init__(self):
+        for col in ("index", "text", "source"):
+            if col not in self.table.column_names:
+                raise LmmapError(f"a text set needs an {col!r} column; it has {self.table.column_names}")
+        if self.table.num_rows == 0:
+            raise LmmapError("the text set is empty: it needs at least one text")
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_texts(cls, texts: list[str], sources: list[str] | None = None, index=None, **extra) -> "TextSet":
+        """A text set from a list of strings (ids 0..N-1 unless ``index`` is given)."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise LmmapError(f"text {i} is {type(t).__name__}, not a string")
+            if not t.strip():
+                raise LmmapError(f"text {i} is empty; drop it before building the text set")
+        n = len(texts)
+        cols = {
+            "index": pa.array(np.arange(n) if index is None else index, pa.int64()),
+            "text": pa.array(texts, pa.string()),
+            "source": pa.array(sources if sources is not None else [""] * n, pa.string()),
+        }
+        cols.update({k: pa.array(v) for k, v in extra.items()})
+        ts = cls(pa.table(cols))
+        ts._check_unique_index()
+        return ts
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TextSet":
+        """Load a text set from JSONL (one object per line with a ``text`` field) or Parquet."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"text set {path} does not exist")
+        if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
+            table = pq.read_table(path)
+            if "text" not in table.column_names:
+                raise LmmapError(f"{path}: no 'text' column (columns: {table.column_names})")
+            records = table.to_pylist()
+            where = lambda i: f"{path}: row {i}"  # noqa: E731
+        else:
+            records = list(_read_jsonl(path))
+            where = lambda i: f"{path}:{records[i][0]}"  # noqa: E731
+            records = [r for _, r in records]
+        return cls._from_records(records, where, path)
+
+    @classmethod
+    def _from_records(cls, records: list[dict], where, path) -> "TextSet":
+        if not records:
+            raise LmmapError(f"{path}: the text set is empty (no records); it needs at least one text")
+        texts, index, sources = [], [], []
+        extra_keys = [k for k in records[0] if k not in ("text", "index", "source")]
+        extra = {k: [] for k in extra_keys}
+        for i, rec in enumerate(records):
+            t = rec.get("text")
+            if not isinstance(t, str):
+                raise LmmapError(f"{where(i)}: 'text' is missing or not a string")
+            if not t.strip():
+                raise LmmapError(f"{where(i)}: empty text; remove it (or rebuild with `lmmap texts build`)")
+            texts.append(t)
+            idx = rec.get("index", i)
+            if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
+                raise LmmapError(f"{where(i)}: 'index' must be an integer, got {idx!r}")
+            index.append(int(idx))
+            src = rec.get("source", rec.get("pile_set_name", ""))
+            sources.append("" if src is None else str(src))
+            for k in extra_keys:
+                extra[k].append(rec.get(k))
+        cols = {
+            "index": pa.array(index, pa.int64()),
+            "text": pa.array(texts, pa.string()),
+            "source": pa.array(sources, pa.string()),
+        }
+        for k, v in extra.items():
+            try:
+                cols[k] = pa.array(v)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                cols[k] = pa.array([None if x is None else json.dumps(x) for x in v], pa.string())
+        ts = cls(pa.table(cols))
+        ts._check_unique_index(path)
+        return ts
+
+    def _check_unique_index(self, path=None):
+        idx = self.index
+        if len(np.unique(idx)) != len(idx):
+            vals, counts = np.unique(idx, return_counts=True)
+            raise LmmapError(
+                f"{path or 'text set'}: duplicate text index {int(vals[counts > 1][0])}; every text needs its own index"
+            )
+
+    # -- accessors ------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def texts(self) -> list[str]:
+        return self.table.column("text").to_pylist()
+
+    @property
+    def index(self) -> np.ndarray:
+        return self.table.column("index").to_numpy()
+
+    @property
+    def sources(self) -> list[str]:
+        return self.table.column("source").to_pylist()
+
+    @property
+    def identity(self) -> str:
+        return text_set_identity(self.texts)
+
+    def subset(self, positions) -> "TextSet":
+        """The texts at the given positions (0..N-1), in that order."""
+        return TextSet(self.table.take(pa.array(np.asarray(positions, dtype=np.int64))))
+
+    # -- output -------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as JSONL or Parquet (by suffix), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
+            pq.write_table(self.table, tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for rec in self.table.to_pylist():
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+# -- reading sources ------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line number, object)``; errors name the file and line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LmmapError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
+                ) from None
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LmmapError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise LmmapError(f"{path}:{lineno}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _decode(data: bytes, where: str, errors: str) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if errors == "skip":
+            return None
+        if errors == "replace":
+            return data.decode("utf-8", errors="replace")
+        raise LmmapError(
+            f"{where}: not valid UTF-8 at byte {exc.start}; convert it, or pass "
+            "--on-bad-utf8 skip (drop such files) or replace"
+        ) from None
+
+
+def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "error") -> Iterator[tuple[str, str]]:
+    """Yield ``(source label, document text)`` from plain-text, JSONL and Parquet files or directories.
+
+    Directories are walked in sorted order; a JSONL/Parquet record is one
+    document (its ``text`` field), a plain-text file is one document.
+    """
+    if on_bad_utf8 not in ("error", "skip", "replace"):
+        raise LmmapError(f"on_bad_utf8 must be error, skip or replace, got {on_bad_utf8!r}")
+    for src in sources:
+        src = Path(src)
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.is_file())
+        elif src.exists():
+            files = [src]
+        else:
+            raise FileNotFoundError(f"text source {src} does not exist")
+        for path in files:
+            suffix = path.suffix.lower()
+            if suffix in TEXT_SUFFIXES_JSONL:
+                for lineno, obj in _read_jsonl(path):
+                    t = obj.get("text")
+                    if not isinstance(t, str):
+                        raise LmmapError(f"{path}:{lineno}: 'text' is missing or not a string")
+                    yield f"{path}:{lineno}", t
+            elif suffix in TEXT_SUFFIXES_PARQUET:
+                table = pq.read_table(path)
+                if "text" not in table.column_names:
+                    raise LmmapError(f"{path}: no 'text' column (columns: {table.column_names})")
+                for row, t in enumerate(table.column("text").to_pylist()):
+                    if t is not None:
+                        yield f"{path}#{row}", t
+            else:
+                t = _decode(path.read_bytes(), str(path), on_bad_utf8)
+                if t is not None:
+                    yield str(path), t
+
+
+def utf8_chunks(data: bytes, chunk_bytes: int) -> list[bytes]:
+    """Cut ``data`` into pieces of at most ``chunk_bytes`` bytes, never inside a UTF-8 character."""
+    out, start, n = [], 0, len(data)
+    while start < n:
+        end = min(start + chunk_bytes, n)
+        # Step back over continuation bytes (0b10xxxxxx) so the cut lands on a character start.
+        while end < n and end > start and (data[end] & 0xC0) == 0x80:
+            end -= 1
+        if end == start:  # a single character longer than chunk_bytes (cannot happen for >= 4)
+            end = min(start + chunk_bytes, n)
+        out.append(data[start:end])
+        start = end
+    return out
+
+
+def build_text_set(
+    sources: Iterable[str | os.PathLike],
+    chunk_bytes: int = 1024,
+    min_bytes: int = 256,
+    n: int | None = None,
+    seed: int = 0,
+    on_bad_utf8: str = "error",
+) -> TextSet:
+    """Chunk documents into texts of ``chunk_bytes`` bytes (SPEC §8), drop short/blank ones, de-duplicate, sample n.
+
+    Each text keeps its ``source`` (file, and line or row) and ``chunk_idx``.
+    The sample is drawn with ``seed`` and kept in source order.
+    """
+    if chunk_bytes < 4:
+        raise LmmapError(f"chunk_bytes must be at least 4 (one UTF-8 character), got {chunk_bytes}")
+    if min_bytes < 0 or min_bytes > chunk_bytes:
+        raise LmmapError(f"min_bytes must be between 0 and chunk_bytes ({chunk_bytes}), got {min_bytes}")
+    texts, srcs, chunk_idx, seen = [], [], [], set()
+    for label, doc in iter_documents(sources, on_bad_utf8=on_bad_utf8):
+        for ci, piece in enumerate(utf8_chunks(doc.encode("utf-8"), chunk_bytes)):
+            if len(piece) < max(min_bytes, 1):
+                continue
+            text = piece.decode("utf-8")
+            if not text.strip() or text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            srcs.append(label)
+            chunk_idx.append(ci)
+    if not texts:
+        raise LmmapError(
+            f"no chunks of at least {min_bytes} bytes were found in the sources; "
+            "give more text or lower --min-bytes"
+        )
+    keep = list(range(len(texts)))
+    if n is not None:
+        if n <= 0:
+            raise LmmapError(f"--n must be positive, got {n}")
+        if n > len(texts):
+            raise LmmapError(f"asked for {n} texts but the sources give only {len(texts)} distinct chunks")
+        keep = sorted(random.Random(seed).sample(keep, n))
+    return TextSet.from_texts(
+        [texts[i] for i in keep],
+        sources=[srcs[i] for i in keep],
+        chunk_idx=np.asarray([chunk_idx[i] for i in keep], dtype=np.int64),
+    )
