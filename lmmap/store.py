@@ -311,6 +311,17 @@ class Store:
             raise LmmapError(f"model {name!r} is not in the store {self.path}; `lmmap models` lists what is")
         return pq.read_table(path).to_pandas()
 
+    def models_with_texts(self, text_pos) -> list[str]:
+        """The models scored on every text at ``text_pos`` (all complete models, and partial ones that cover them)."""
+        need = np.unique(np.asarray(text_pos, dtype=np.int64))
+        out = []
+        for name, rec in self.records().items():
+            if rec["n_scored"] == self.n_texts:
+                out.append(name)
+            elif np.isin(need, self.vectors(name)["text_pos"].to_numpy()).all():
+                out.append(name)
+        return out
+
     def matrix(self, models=None, text_pos=None, allow_mixed: bool = False) -> tuple[list[str], np.ndarray]:
         """``(names, L)``: the K×n log-likelihood matrix of ``models`` (default: all) on ``text_pos`` (default: all N).
 

@@ -90,9 +90,10 @@ class TextSet:
             records = table.to_pylist()
             where = lambda i: f"{path}: row {i}"  # noqa: E731
         else:
-            records = list(_read_jsonl(path))
-            where = lambda i: f"{path}:{records[i][0]}"  # noqa: E731
-            records = [r for _, r in records]
+            numbered = list(_read_jsonl(path))
+            lines = [lineno for lineno, _ in numbered]
+            records = [r for _, r in numbered]
+            where = lambda i: f"{path}:{lines[i]}"  # noqa: E731
         return cls._from_records(records, where, path)
 
     @classmethod
@@ -220,7 +221,8 @@ def _decode(data: bytes, where: str, errors: str) -> str | None:
 def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "error") -> Iterator[tuple[str, str]]:
     """Yield ``(source label, document text)`` from plain-text, JSONL and Parquet files or directories.
 
-    Directories are walked in sorted order; a JSONL/Parquet record is one
+    Directories are walked in sorted order (skipping hidden entries and
+    ``__pycache__``); a JSONL/Parquet record is one
     document (its ``text`` field), a plain-text file is one document.
     """
     if on_bad_utf8 not in ("error", "skip", "replace"):
@@ -228,7 +230,11 @@ def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "err
     for src in sources:
         src = Path(src)
         if src.is_dir():
-            files = sorted(p for p in src.rglob("*") if p.is_file())
+            # Hidden files and bytecode caches are never text someone meant to include.
+            files = sorted(
+                p for p in src.rglob("*")
+                if p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(src).parts)
+            )
         elif src.exists():
             files = [src]
         else:

@@ -1,0 +1,239 @@
+"""2-D maps of model coordinates (SPEC §3.4, resampling paper Appendix B.2).
+
+The input is a K×D feature matrix ``X`` whose Euclidean distances carry the
+model distances: rows ``q_i`` of ``Q`` on the full text set, or rows of
+``Q̃_d W^{1/2}`` on a resampled subset (then ``‖x_i − x_j‖² = g̃_ij``).
+
+* ``tsne`` (default): t-SNE (van der Maaten & Hinton, 2008) through openTSNE,
+  initialised with the first two principal components of ``X`` and a fixed
+  ``random_state`` (42 in the paper), so a map is reproducible.
+* ``pca``: the first two principal components (scikit-learn).
+* ``umap``: UMAP, when the optional ``umap-learn`` package is installed.
+
+:func:`fit_embedding` keeps what is needed to place new models into the map
+without moving the existing ones (:meth:`Embedding.transform`); :func:`embed`
+returns the coordinates only.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .exceptions import LmmapError
+
+METHODS = ("tsne", "pca", "umap")
+DEFAULT_RANDOM_STATE = 42
+DEFAULT_PERPLEXITY = 30.0
+MIN_MODELS_TSNE = 3
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A fitted 2-D map: ``coords`` (K×2) of the models that define it.
+
+    ``transform(X_new)`` places new models (rows of the same feature space)
+    into this map; the existing coordinates never move.
+    """
+
+    coords: np.ndarray
+    method: str
+    perplexity: float | None = None
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def _n_features(self) -> int:
+        if self.method == "tsne":
+            return self.model.affinities.knn_index.data.shape[1]
+        return self.model.n_features_in_
+
+    def transform(self, X_new, **kwargs) -> np.ndarray:
+        """2-D positions (m×2) of new rows ``X_new`` (m×D) in this map.
+
+        t-SNE: each new point is optimised against the fixed reference
+        embedding (openTSNE ``TSNEEmbedding.transform``; its keyword arguments,
+        e.g. ``perplexity`` (default 5), pass through). PCA/UMAP: the fitted
+        model's ``transform``.
+        """
+        X_new = _as_features(X_new, "X_new")
+        d = self._n_features()
+        if X_new.shape[1] != d:
+            raise LmmapError(
+                f"X_new has {X_new.shape[1]} features but the map was built on {d}: "
+                "compute the new models' features on the same texts (and weights) as the map's"
+            )
+        return np.array(self.model.transform(X_new, **kwargs), dtype=np.float64)
+
+    @classmethod
+    def from_coords(
+        cls,
+        X,
+        coords,
+        *,
+        perplexity: float = DEFAULT_PERPLEXITY,
+        random_state: int | None = DEFAULT_RANDOM_STATE,
+        n_jobs: int = 1,
+    ) -> "Embedding":
+        """A t-SNE map with given ``coords`` (K×2) whose new points are placed using ``X``.
+
+        Use it to add models to a map that was computed earlier (e.g. on the
+        full ``Q``) while the features available now are different (e.g.
+        ``Q̃_d W^{1/2}`` on a subset): affinities come from ``X``, positions
+        from ``coords``, and nothing is re-optimised.
+        """
+        import openTSNE
+
+        X = _as_features(X)
+        coords = np.asarray(coords, dtype=np.float64)
+        if coords.shape != (X.shape[0], 2):
+            raise LmmapError(
+                f"coords must be K×2 with one row per row of X ({X.shape[0]}), got shape {coords.shape}"
+            )
+        _check_min_models(X, MIN_MODELS_TSNE, "tsne")
+        perplexity = effective_perplexity(perplexity, X.shape[0])
+        affinities = openTSNE.affinity.PerplexityBasedNN(
+            X, perplexity=perplexity, method="exact", random_state=random_state, n_jobs=n_jobs
+        )
+        model = openTSNE.TSNEEmbedding(coords.copy(), affinities, random_state=random_state, n_jobs=n_jobs)
+        return cls(coords=coords.copy(), method="tsne", perplexity=perplexity, model=model)
+
+
+def embed(
+    X,
+    method: str = "tsne",
+    random_state: int | None = DEFAULT_RANDOM_STATE,
+    perplexity: float = DEFAULT_PERPLEXITY,
+    **kwargs,
+) -> np.ndarray:
+    """2-D coordinates (K×2) of the rows of ``X`` (K×D); see :func:`fit_embedding`."""
+    return fit_embedding(X, method=method, random_state=random_state, perplexity=perplexity, **kwargs).coords
+
+
+def fit_embedding(
+    X,
+    method: str = "tsne",
+    random_state: int | None = DEFAULT_RANDOM_STATE,
+    perplexity: float = DEFAULT_PERPLEXITY,
+    **kwargs,
+) -> Embedding:
+    """Fit a 2-D map of the rows of ``X`` (K×D) and keep what places new rows later.
+
+    Parameters
+    ----------
+    X : array (K, D)
+        Model features: rows of ``Q`` or of ``Q̃_d W^{1/2}``.
+    method : {"tsne", "pca", "umap"}
+    random_state : int or None
+        Fixed for reproducible maps (the paper: 42).
+    perplexity : float
+        t-SNE only; lowered to ``(K − 1)/3`` with a warning when K is small.
+    **kwargs
+        Passed to ``openTSNE.TSNE``, ``sklearn.decomposition.PCA`` or
+        ``umap.UMAP`` (e.g. ``n_jobs``, ``n_iter``).
+    """
+    if method not in METHODS:
+        raise LmmapError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}")
+    X = _as_features(X)
+    _check_random_state(random_state)
+    if method == "tsne":
+        _check_min_models(X, MIN_MODELS_TSNE, "tsne")
+        return _fit_tsne(X, random_state, effective_perplexity(perplexity, X.shape[0]), **kwargs)
+    if method == "pca":
+        return _fit_pca(X, random_state, **kwargs)
+    return _fit_umap(X, random_state, **kwargs)
+
+
+def effective_perplexity(perplexity: float, n_models: int) -> float:
+    """The t-SNE perplexity actually used: ``min(perplexity, (K − 1)/3)``.
+
+    A perplexity needs about 3·perplexity neighbours, and a model has only
+    K − 1; a warning says when the requested value is lowered.
+    """
+    if not isinstance(perplexity, numbers.Real) or not np.isfinite(perplexity) or perplexity <= 0:
+        raise LmmapError(f"perplexity must be a positive number (typically 5 to 50), got {perplexity!r}")
+    upper = (n_models - 1) / 3
+    if perplexity > upper:
+        warnings.warn(
+            f"perplexity {perplexity:g} is too large for {n_models} models; using {upper:.3g} = (K - 1)/3",
+            stacklevel=3,
+        )
+        return float(upper)
+    return float(perplexity)
+
+
+def _fit_tsne(X: np.ndarray, random_state, perplexity: float, **kwargs) -> Embedding:
+    import openTSNE
+
+    params = dict(
+        initialization="pca",
+        random_state=random_state,
+        # One thread keeps Barnes–Hut gradient sums in a fixed order, so the
+        # same random_state gives the same map bit for bit.
+        n_jobs=1,
+        # Exact (brute-force) neighbours on X itself: for K ≈ 1,000 models and
+        # D = 10,000 texts this is one K×K Gram product (< 1 s), faster than
+        # building openTSNE's default Annoy index on such wide rows and free of
+        # its approximation, so no PCA pre-reduction of X is needed.
+        neighbors="exact",
+    )
+    params.update(kwargs)
+    params["perplexity"] = perplexity
+    model = openTSNE.TSNE(**params).fit(X)
+    return Embedding(coords=np.array(model, dtype=np.float64), method="tsne", perplexity=perplexity, model=model)
+
+
+def _fit_pca(X: np.ndarray, random_state, **kwargs) -> Embedding:
+    from sklearn.decomposition import PCA
+
+    _check_min_models(X, 2, "pca")
+    if X.shape[1] < 2:
+        raise LmmapError(f"a PCA map needs at least 2 features (texts), got {X.shape[1]}")
+    params = dict(n_components=2, random_state=random_state)
+    params.update(kwargs)
+    model = PCA(**params)
+    coords = model.fit_transform(X)
+    return Embedding(coords=np.asarray(coords, dtype=np.float64), method="pca", model=model)
+
+
+def _fit_umap(X: np.ndarray, random_state, **kwargs) -> Embedding:
+    try:
+        import umap
+    except ImportError as exc:
+        raise LmmapError(
+            "the UMAP map needs the optional package umap-learn: `pip install umap-learn`, "
+            "or use --embedding tsne|pca"
+        ) from exc
+    _check_min_models(X, MIN_MODELS_TSNE, "umap")
+    # UMAP's default of 15 neighbours cannot exceed the other models there are.
+    params = dict(n_components=2, random_state=random_state, n_neighbors=min(15, X.shape[0] - 1))
+    params.update(kwargs)
+    model = umap.UMAP(**params)
+    coords = model.fit_transform(X)
+    return Embedding(coords=np.asarray(coords, dtype=np.float64), method="umap", model=model)
+
+
+def _as_features(X, name: str = "X") -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise LmmapError(f"{name} must be a 2-D (models × features) array, got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise LmmapError(f"{name} is empty (shape {X.shape}): it needs at least one model and one feature")
+    if not np.all(np.isfinite(X)):
+        i = int(np.argwhere(~np.isfinite(X))[0, 0])
+        raise LmmapError(f"{name} has a non-finite value in row {i}: re-score that model or drop it")
+    return np.ascontiguousarray(X)
+
+
+def _check_min_models(X: np.ndarray, minimum: int, method: str) -> None:
+    if X.shape[0] < minimum:
+        raise LmmapError(f"a {method} map needs at least {minimum} models, got {X.shape[0]}: add models")
+
+
+def _check_random_state(random_state) -> None:
+    if random_state is not None and (
+        isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)
+    ):
+        raise LmmapError(f"random_state must be an integer or None, got {random_state!r}")
