@@ -207,13 +207,14 @@ class Store:
                     "it was scored on another text set"
                 )
             text_pos = np.arange(m)
-        text_pos = np.asarray(text_pos, dtype=np.int64)
-        if text_pos.shape != (m,):
-            raise LmmapError(f"model {name!r}: text positions and log-likelihoods differ in length")
-        if m and (text_pos.min() < 0 or text_pos.max() >= self.n_texts):
-            raise LmmapError(f"model {name!r}: text positions outside 0..{self.n_texts - 1}")
-        if len(np.unique(text_pos)) != m:
-            raise LmmapError(f"model {name!r}: a text is scored twice")
+        else:
+            text_pos = np.asarray(text_pos, dtype=np.int64)
+            if text_pos.shape != (m,):
+                raise LmmapError(f"model {name!r}: text positions and log-likelihoods differ in length")
+            if m and (text_pos.min() < 0 or text_pos.max() >= self.n_texts):
+                raise LmmapError(f"model {name!r}: text positions outside 0..{self.n_texts - 1}")
+            if len(np.unique(text_pos)) != m:
+                raise LmmapError(f"model {name!r}: a text is scored twice")
         bad = ~np.isfinite(loglik)
         if bad.any():
             raise LmmapError(
