@@ -55,15 +55,19 @@ def import_vectors(
 
     store = open_or_create_store(store_path, texts)
     vec = read_vectors(vectors_path, allow_pickle=allow_pickle)
-    store.check_text_set(vec.text_set_id, vec.L.shape[1], what=f"{vectors_path}")
+    extra = vec.extra or {}
+    text_pos = _text_positions(store, extra, vectors_path)
+    store.check_text_set(vec.text_set_id, None if text_pos is not None else vec.L.shape[1], what=f"{vectors_path}")
     meta_frames = [m for m in (vec.metadata, read_metadata_csv(metadata) if metadata else None) if m is not None and len(m)]
-    n_tokens = (vec.extra or {}).get("n_tokens")
-    record = {"scorer": "import", "source": str(vectors_path), "convention": (vec.extra or {}).get("convention", convention)}
+    n_tokens, truncated = extra.get("n_tokens"), extra.get("truncated")
+    record = {"scorer": "import", "source": str(vectors_path), "convention": extra.get("convention", convention)}
     items = [
         {
             "name": name,
             "loglik": vec.L[i],
             "n_tokens": None if n_tokens is None else np.asarray(n_tokens)[i],
+            "truncated": None if truncated is None else np.asarray(truncated)[i],
+            "text_pos": text_pos,
             "record": record,
         }
         for i, name in enumerate(vec.names)
@@ -77,6 +81,31 @@ def import_vectors(
             warnings.warn(f"metadata for {len(unknown)} model(s) not in the store ignored, e.g. {unknown[0]!r}")
         store.set_metadata(df.loc[[m for m in df.index if m not in unknown]])
     return vec.names
+
+
+def _text_positions(store: Store, extra: dict, source) -> np.ndarray | None:
+    """Positions in the store's text set of the file's columns, when the file names its texts.
+
+    The authors' scorer output names texts by their ``index`` id; lmmap's own
+    files by position.
+    """
+    if extra.get("text_pos") is not None:
+        return np.asarray(extra["text_pos"], dtype=np.int64)
+    if extra.get("text_index") is None:
+        return None
+    ids = np.asarray(extra["text_index"], dtype=np.int64)
+    index = store.texts.index
+    order = np.argsort(index)
+    at = np.searchsorted(index, ids, sorter=order)
+    at = np.minimum(at, len(index) - 1)
+    found = index[order[at]] == ids
+    if not found.all():
+        raise LmmapError(
+            f"{source} scores text index {int(ids[~found][0])}, which is not in the store's text set "
+            f"({int((~found).sum())} such texts): it was scored on another text set"
+        )
+    pos = order[at]
+    return None if np.array_equal(pos, np.arange(store.n_texts)) else pos
 
 
 def export_vectors(store: Store, path) -> Path:
