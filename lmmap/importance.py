@@ -1,9 +1,16 @@
-"""Text importance and weighted resampling (SPEC §4; resampling paper §3).
+"""Text importance and weighted resampling (SPEC §4; resampling paper §3, Appendix C).
 
-Pure numpy. Given the double-centred ``Q`` (K×N) of the models that define a
-map, a method gives resampling probabilities ``π`` (N,); ``resample`` draws n
-texts with replacement and returns the d unique ones with their counts ``c``
-and weights ``w_t = c(u_t) / (n π_{u_t})`` (so ``E[Σ w] = N``).
+Pure numpy, arrays in and arrays out. Given the double-centred ``Q`` (K×N) of
+the models that define a map, a method gives resampling probabilities ``π``
+(N,); :func:`resample` draws n texts with replacement and returns the d
+unique ones with their counts ``c`` and weights ``w_t = c(u_t) / (n π_{u_t})``
+(so ``E[Σ w] = N`` when every ``π_s > 0``).
+
+The error of a resampled estimate has a closed form (Appendix C, Lemma 2):
+:func:`distance_error` is ``E[Σ_ij (g̃_ij − g_ij)²]``, minimised by KL
+sampling (Proposition 1), and :func:`gram_error` is
+``E‖Q̃ W Q̃ᵀ − Q Qᵀ‖²_F``, minimised by LS sampling (Drineas & Kannan).
+Both are O(KN) per text set plus one K×K Gram product, never a pair loop.
 """
 
 from __future__ import annotations
@@ -12,7 +19,24 @@ import numbers
 
 import numpy as np
 
+from .exceptions import LmmapError
+
 METHODS = ("uniform", "ls", "kl")
+
+# A text whose importance is below this fraction of the largest one is one
+# that every model scores alike (its column of Q is 0 up to rounding): it
+# carries no information about distances, and a rounding-level π would give it
+# an absurd weight 1/(nπ) if it were ever drawn.
+ZERO_IMPORTANCE_RTOL = 1e-12
+
+
+def _as_q(Q) -> np.ndarray:
+    Q = np.asarray(Q, dtype=np.float64)
+    if Q.ndim != 2:
+        raise LmmapError(f"Q must be a 2-D (models × texts) array, got shape {Q.shape}")
+    if Q.shape[0] == 0 or Q.shape[1] == 0:
+        raise LmmapError(f"Q is empty (shape {Q.shape}): it needs at least one model and one text")
+    return Q
 
 
 def ls_scores(Q) -> np.ndarray:
@@ -22,65 +46,105 @@ def ls_scores(Q) -> np.ndarray:
 
 
 def kl_scores(Q) -> np.ndarray:
-    """KL importance ``sqrt(Σ_{i,j} (q_i(x_s) − q_j(x_s))⁴)`` of each text in O(K).
+    """KL importance ``sqrt(A_s)``, ``A_s = Σ_{i,j} (q_i(x_s) − q_j(x_s))⁴``, of each text in O(K).
 
     Each column ``a`` of a double-centred Q sums to 0 over models, so
     ``Σ_{i,j}(a_i − a_j)⁴ = 2K·Σa⁴ + 6(Σa²)²`` (the odd cross terms vanish).
     """
+    return np.sqrt(pairwise_fourth_moments(Q))
+
+
+def pairwise_fourth_moments(Q) -> np.ndarray:
+    """``A_s = Σ_{i,j} (q_i(x_s) − q_j(x_s))⁴`` for every text, in O(K) each (see :func:`kl_scores`)."""
     Q = np.asarray(Q, dtype=np.float64)
     K = Q.shape[0]
-    a = Q - Q.mean(axis=0, keepdims=True)  # exact even if Q's columns drift from 0
-    s2 = np.einsum("ks,ks->s", a, a)
-    s4 = np.einsum("ks,ks->s", a * a, a * a)
-    return np.sqrt(np.maximum(2.0 * K * s4 + 6.0 * s2 * s2, 0.0))
+    # Differences are invariant to a per-column shift, so re-centring makes the
+    # identity exact even where Q's columns drift from 0 by rounding.
+    a = Q - Q.mean(axis=0, keepdims=True)
+    a2 = a * a
+    s2 = a2.sum(axis=0)
+    s4 = np.einsum("ks,ks->s", a2, a2)
+    return np.maximum(2.0 * K * s4 + 6.0 * s2 * s2, 0.0)
+
+
+def importance_scores(Q, method: str) -> np.ndarray:
+    """Unnormalised importance of each text: 1 (uniform), ``‖Q^(s)‖²`` (ls) or ``sqrt(A_s)`` (kl)."""
+    Q = _as_q(Q)
+    m = check_method(method)
+    if m == "uniform":
+        return np.ones(Q.shape[1])
+    if m == "ls":
+        return ls_scores(Q)
+    return kl_scores(Q)
+
+
+def check_method(method) -> str:
+    """Validate an importance method name (case-insensitive); returns it in lower case."""
+    m = str(method).lower()
+    if m not in METHODS:
+        raise LmmapError(f"unknown importance method {method!r}: choose one of {', '.join(METHODS)}")
+    return m
 
 
 def importance(Q, method: str) -> np.ndarray:
     """Resampling probabilities ``π`` (summing to 1) for ``method`` in uniform | ls | kl.
 
-    Texts that every model scores alike get ``π_s = 0`` under LS and KL: they
-    carry no information about distances and are never drawn.
+    Texts that every model scores alike (importance 0, or below
+    ``ZERO_IMPORTANCE_RTOL`` of the largest) get ``π_s = 0`` under LS and KL:
+    they add nothing to any distance ``g_ij`` and are never drawn;
+    :func:`n_zero_importance` counts them.
     """
-    Q = np.asarray(Q, dtype=np.float64)
-    if Q.ndim != 2:
-        raise ValueError(f"Q must be a 2-D (models × texts) array, got shape {Q.shape}")
-    method = method.lower()
-    if method == "uniform":
-        scores = np.ones(Q.shape[1])
-    elif method == "ls":
-        scores = ls_scores(Q)
-    elif method == "kl":
-        scores = kl_scores(Q)
-    else:
-        raise ValueError(f"unknown importance method {method!r}: choose one of {', '.join(METHODS)}")
-    total = scores.sum()
-    if not np.isfinite(total) or total <= 0:
-        raise ValueError(
+    scores = importance_scores(Q, method)
+    if not np.all(np.isfinite(scores)):
+        raise LmmapError(f"{method} importance is not finite for some text: Q holds NaN or inf values")
+    top = scores.max()
+    if top <= 0:
+        raise LmmapError(
             f"{method} importance is zero for every text: all models score every text alike, "
             "so there is nothing to resample from"
         )
-    return scores / total
+    scores = np.where(scores <= ZERO_IMPORTANCE_RTOL * top, 0.0, scores)
+    return scores / scores.sum()
+
+
+def n_zero_importance(pi) -> int:
+    """How many texts have ``π_s = 0`` (never drawn)."""
+    return int(np.count_nonzero(np.asarray(pi) == 0))
 
 
 def check_sample_size(n) -> int:
     """Validate a resample size n: a positive integer (numpy integers and integral floats accepted)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real) or n != int(n):
-        raise ValueError(f"the resample size n must be a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Real) or not np.isfinite(n) or n != int(n):
+        raise LmmapError(f"the resample size n must be a positive integer, got {n!r}")
     if int(n) <= 0:
-        raise ValueError(f"the resample size n must be a positive integer, got {n!r}")
+        raise LmmapError(f"the resample size n must be a positive integer, got {n!r}")
     return int(n)
+
+
+def check_probabilities(pi) -> np.ndarray:
+    """Validate ``π``: a finite, non-negative 1-D vector summing to 1."""
+    pi = np.asarray(pi, dtype=np.float64)
+    if pi.ndim != 1 or pi.size == 0:
+        raise LmmapError(f"π must be a non-empty 1-D vector, got shape {pi.shape}")
+    if not np.all(np.isfinite(pi)) or np.any(pi < 0):
+        raise LmmapError("π must be finite and non-negative")
+    if not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-8):
+        raise LmmapError(f"π must sum to 1, it sums to {pi.sum()!r}")
+    return pi
 
 
 def resample(pi, n: int, rng=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw n texts with replacement with probabilities ``π``.
 
     Returns ``(u, c, w)``: the d sorted unique text indices, their counts
-    (``Σc = n``) and weights ``w_t = c(u_t) / (n π_{u_t})``.
+    (``Σc = n``) and weights ``w_t = c(u_t) / (n π_{u_t})``. One multinomial
+    draw gives the counts directly: O(N), whatever n.
     """
     n = check_sample_size(n)
-    pi = np.asarray(pi, dtype=np.float64)
+    pi = check_probabilities(pi)
     rng = np.random.default_rng(rng)
-    counts = rng.multinomial(n, pi)
+    # multinomial needs Σπ ≤ 1 exactly in floating point; renormalising is harmless.
+    counts = rng.multinomial(n, pi / pi.sum())
     u = np.flatnonzero(counts)
     c = counts[u]
     return u, c, c / (n * pi[u])
@@ -90,4 +154,86 @@ def expected_unique(pi, n) -> np.ndarray:
     """``E[d] = Σ_s (1 − (1 − π_s)^n)``, the expected number of unique texts in n draws (vectorised over n)."""
     pi = np.asarray(pi, dtype=np.float64)
     n = np.atleast_1d(np.asarray(n, dtype=np.float64))
-    return (1.0 - np.power(1.0 - pi[None, :], n[:, None])).sum(axis=1)
+    # log1p keeps (1 − π)^n accurate for tiny π.
+    return -np.expm1(n[:, None] * np.log1p(-np.minimum(pi[None, :], 1.0))).sum(axis=1)
+
+
+def n_for_expected_unique(pi, d: float) -> int:
+    """The smallest n whose expected number of unique texts ``E[d]`` reaches ``d``.
+
+    ``E[d]`` increases with n towards the number of texts with ``π_s > 0``;
+    asking for more than that is an error.
+    """
+    pi = check_probabilities(pi)
+    reachable = int(np.count_nonzero(pi))
+    if not 0 < d < reachable:
+        raise LmmapError(f"a target of {d} unique texts is not reachable: choose 0 < d < {reachable}")
+    lo, hi = 1, 1
+    while expected_unique(pi, hi)[0] < d:
+        lo, hi = hi, hi * 2
+    while lo < hi:  # bisection on a monotone function of n
+        mid = (lo + hi) // 2
+        if expected_unique(pi, mid)[0] >= d:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# -- closed-form resampling errors (Appendix C) -------------------------------------
+
+
+def _gram(Q: np.ndarray) -> np.ndarray:
+    return Q @ Q.T
+
+
+def distance_error(Q, pi, n: int) -> float:
+    """``E[Σ_ij (g̃_ij − g_ij)²] = Σ_ij Var(g̃_ij)`` for n draws with probabilities ``π`` (Lemmas 1–2).
+
+    ``Var(g̃_ij) = (1/n)(Σ_s (q_i(x_s) − q_j(x_s))⁴ / π_s − g_ij²)``; summing over
+    pairs gives ``(1/n)(Σ_s A_s/π_s − Σ_ij g_ij²)``. Texts with ``A_s > 0`` and
+    ``π_s = 0`` make it infinite (the estimate is then biased, not just noisy).
+    """
+    Q, pi, n = _as_q(Q), check_probabilities(pi), check_sample_size(n)
+    A = pairwise_fourth_moments(Q)
+    G = _squared_distances(Q)
+    return (_sum_over_pi(A, pi) - float(np.sum(G * G))) / n
+
+
+def gram_error(Q, pi, n: int) -> float:
+    """``E‖Q̃ W Q̃ᵀ − Q Qᵀ‖²_F = (1/n)(Σ_s ‖Q^(s)‖⁴/π_s − ‖Q Qᵀ‖²_F)`` (Drineas & Kannan), minimised by LS."""
+    Q, pi, n = _as_q(Q), check_probabilities(pi), check_sample_size(n)
+    s2 = ls_scores(Q)
+    gram = _gram(Q)
+    return (_sum_over_pi(s2 * s2, pi) - float(np.sum(gram * gram))) / n
+
+
+def _sum_over_pi(a: np.ndarray, pi: np.ndarray) -> float:
+    """``Σ_s a_s / π_s`` over texts, with 0/0 = 0 and a/0 = inf for a > 0."""
+    live = pi > 0
+    if np.any(a[~live] > 0):
+        return float("inf")
+    return float(np.sum(a[live] / pi[live]))
+
+
+def _squared_distances(Q: np.ndarray) -> np.ndarray:
+    gram = _gram(Q)
+    a = np.diag(gram)
+    G = a[:, None] + a[None, :] - 2.0 * gram
+    np.maximum(G, 0.0, out=G)
+    np.fill_diagonal(G, 0.0)
+    return G
+
+
+def resampled_squared_distances(Q, u, w) -> np.ndarray:
+    """``g̃_ij = Σ_t w_t (q_i(x_{u_t}) − q_j(x_{u_t}))²`` on the columns ``u`` of the full ``Q`` (Appendix C).
+
+    This is the estimator of Lemma 1 (unbiased for ``g_ij``). A map built
+    from the subset alone re-centres its rows with the ``w``-weighted mean
+    instead (SPEC §4, :meth:`lmmap.ModelMap.from_store`), which shifts it by
+    ``−(Σ_t w_t δ_t)²/Σ_t w_t``, a bias of order ``g_ij / n``.
+    """
+    Q = _as_q(Q)
+    w = np.asarray(w, dtype=np.float64)
+    X = Q[:, np.asarray(u)] * np.sqrt(w)[None, :]
+    return _squared_distances(X)

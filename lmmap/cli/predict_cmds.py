@@ -1,3 +1,114 @@
-"""Commands of this capability register themselves on the shared app."""
+"""``lmmap predict``: benchmark scores from model coordinates, contamination candidates, scores for unscored models.
 
-from ._app import app  # noqa: F401
+The work is :func:`lmmap.prediction.predict_store`; this module parses the
+options, calls it, writes the report and prints a summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from ..exceptions import LmmapError
+from ..store import Store
+from ._app import StoreOption, app, console
+
+
+def parse_score_range(text: str) -> tuple[float, float] | None:
+    """``"0,100"`` → (0.0, 100.0); ``"none"`` → None (no range check, no clipping)."""
+    if str(text).strip().lower() in ("none", "off", ""):
+        return None
+    parts = str(text).replace(":", ",").split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise LmmapError(f"--score-range {text!r}: write LO,HI (e.g. 0,100) or none") from None
+    if not lo < hi:
+        raise LmmapError(f"--score-range {text!r}: LO must be below HI")
+    return lo, hi
+
+
+def parse_targets(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise LmmapError("--targets is empty: give benchmark column names separated by commas")
+    return names
+
+
+@app.command()
+def predict(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
+    store: StoreOption,
+    scores: Annotated[
+        Optional[Path],
+        typer.Option("--scores", help="SCORES.csv: a 'model' column and one numeric column per benchmark (default: the store metadata's score_* columns)."),
+    ] = None,
+    group_by: Annotated[str, typer.Option("--group-by", help="Metadata column whose groups never straddle train and test ('none': each model its own group).")] = "model_type",
+    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: features from its texts only.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Repetitions of the cross-validation (seeds 0..n-1).")] = 5,
+    folds: Annotated[int, typer.Option("--folds", help="Outer cross-validation folds.")] = 5,
+    inner_folds: Annotated[int, typer.Option("--inner-folds", help="Inner folds that choose α.")] = 5,
+    threshold: Annotated[float, typer.Option("--threshold", help="Flag a model whose true score exceeds its prediction by more than this many residual sds.")] = 2.0,
+    level: Annotated[float, typer.Option("--level", help="Coverage of the prediction intervals for unscored models.")] = 0.9,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated score columns to use (default: all).")] = None,
+    no_mean: Annotated[bool, typer.Option("--no-mean", help="Do not add the benchmarks' mean as a target.")] = False,
+    no_loglik: Annotated[bool, typer.Option("--no-loglik", help="Do not add the mean log-likelihood as a target.")] = False,
+    score_range: Annotated[str, typer.Option("--score-range", help="Range of the scores; predictions are clipped to it ('none': no clipping).")] = "0,100",
+    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with the group column, if the store lacks it.")] = None,
+    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods when building the coordinates.")] = False,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the predicted-versus-true figures.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", help="Folds fitted in parallel (threads; -1: all cores).")] = 1,
+):
+    """Predict benchmark scores from the models' coordinates (grouped cross-validation), flag possible contamination, and predict unscored models."""
+    from ..prediction import predict_store
+
+    if seeds < 1:
+        raise LmmapError(f"--seeds must be at least 1, got {seeds}")
+    s = Store(store)
+    with console.status("cross-validating ridge regression…"):
+        report = predict_store(
+            s, scores, subset=subset, group_by=group_by, metadata=metadata, clip=not no_clip,
+            allow_mixed=allow_mixed, include_loglik=not no_loglik, seeds=seeds, n_folds=folds,
+            n_inner=inner_folds, threshold=threshold, level=level, targets=parse_targets(targets),
+            include_mean=not no_mean, score_range=parse_score_range(score_range), n_jobs=jobs,
+        )
+        paths = report.write(output, plots=not no_plots)
+    _print_report(report)
+    console.print(f"wrote {len(paths)} files to {output}:")
+    for name in ("correlations.csv", "predictions.csv", "contamination.csv", "new_predictions.csv", "predict.json"):
+        console.print(f"  {name:20s} {paths[name]}")
+    n_fig = len(paths) - 5
+    if n_fig:
+        console.print(f"  {'pred_*.png/.html':20s} {n_fig} figures")
+
+
+def _print_report(report) -> None:
+    st = report.settings
+    grouping = f"grouped by {st['group_by']}" if st["group_by"] else "each model its own group"
+    table = Table(title=f"Pearson r, {st['n_folds']}-fold CV ({grouping}), mean ± sd over {len(st['seeds'])} seeds")
+    for col, just in (("target", "left"), ("models", "right"), ("groups", "right"), ("missing", "right"), ("r", "right"), ("RMSE", "right"), ("α", "right")):
+        table.add_column(col, justify=just)
+    for row in report.summary.itertuples(index=False):
+        r = "n/a" if not np.isfinite(row.r_mean) else f"{row.r_mean:.3f} ± {row.r_sd:.3f}"
+        table.add_row(str(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, f"{row.rmse:.3g}", f"{row.alpha:.0e}")
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    flagged = report.flagged()
+    if len(flagged):
+        console.print(f"{len(flagged)} possible contamination case(s) (true − predicted > {st['threshold']:g} residual sd):")
+        for row in flagged.head(10).itertuples(index=False):
+            console.print(f"  {row.target}: {row.model}  true {row.true:.3g}, predicted {row.predicted:.3g}, residual {row.residual:+.3g} ({row.z:+.1f} sd)", highlight=False)
+        if len(flagged) > 10:
+            console.print(f"  … {len(flagged) - 10} more in contamination.csv")
+    else:
+        console.print(f"no model exceeds its prediction by more than {st['threshold']:g} residual sd")
+    if len(report.new):
+        console.print(f"{report.new['model'].nunique()} model(s) without scores predicted ({len(report.new)} values, {st['level']:.0%} intervals) → new_predictions.csv")

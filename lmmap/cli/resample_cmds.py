@@ -1,3 +1,126 @@
-"""Commands of this capability register themselves on the shared app."""
+"""Importance resampling of texts and placing new models: ``lmmap select``, ``lmmap add``."""
 
-from ._app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..exceptions import LmmapError
+from ..store import Store
+from ._app import StoreOption, app, console
+
+
+def _model_list(models: list[str] | None, exclude: list[str] | None, store: Store) -> list[str] | None:
+    """``--model``/``--exclude`` (each repeatable, or one comma-separated value) to a model list."""
+    from ..subset import complete_models
+
+    split = lambda xs: [m.strip() for x in (xs or []) for m in x.split(",") if m.strip()]  # noqa: E731
+    chosen, dropped = split(models), split(exclude)
+    if not chosen and not dropped:
+        return None
+    base = chosen or complete_models(store)
+    unknown = [m for m in dropped if m not in base]
+    if unknown:
+        raise LmmapError(f"--exclude names model(s) not in the map: {', '.join(map(repr, unknown[:5]))}")
+    return [m for m in base if m not in set(dropped)]
+
+
+def _parse_n(text: str) -> int:
+    """``--n`` as a positive integer; read as text so that 2.5 or 0 get the same clear message."""
+    from ..importance import check_sample_size
+
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise LmmapError(f"--n must be a positive integer, got {text!r}") from None
+    try:
+        return check_sample_size(value)
+    except LmmapError:
+        raise LmmapError(f"--n must be a positive integer, got {text!r}") from None
+
+
+@app.command()
+def select(
+    method: Annotated[str, typer.Option("--method", metavar="uniform|ls|kl", help="Importance of a text: uniform, ls (‖Q^(s)‖²) or kl (sqrt Σ_ij (q_i−q_j)⁴).")],
+    n: Annotated[str, typer.Option("--n", metavar="N", help="Number of texts drawn with replacement (the d unique ones are kept).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="SUBSET.json to write.")],
+    store: StoreOption,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the draws.")] = 0,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model that defines the map (repeatable; default: every model scored on all texts).")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave this model out of the map (repeatable).")] = None,
+    texts_out: Annotated[Optional[Path], typer.Option("--texts-out", help="Also write the d texts as plain JSONL (index, text) to score elsewhere.")] = None,
+    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods (the subset then records no threshold).")] = False,
+):
+    """Resample texts by importance: π from the map's models, n draws, the d unique texts with counts and weights."""
+    from ..subset import select as select_subset
+
+    n_draws = _parse_n(n)
+    s = Store(store)
+    models = _model_list(model, exclude, s)
+    sub = select_subset(s, method, n_draws, seed=seed, models=models, clip=not no_clip)
+    sub.save(output)
+    console.print(sub.summary())
+    if sub.n_excluded:
+        console.print(
+            f"{sub.n_excluded} text(s) that every model scores alike have π = 0 and were excluded "
+            "(they add nothing to any distance)"
+        )
+    console.print(f"  subset  {output}")
+    if texts_out is not None:
+        sub.save_texts(texts_out, s)
+        console.print(f"  texts   {texts_out}")
+
+
+@app.command()
+def add(
+    models: Annotated[list[str], typer.Argument(help="Models to add: Hugging Face ids or local paths (or names already in the store).")],
+    subset: Annotated[Path, typer.Option("--subset", help="SUBSET.json from `lmmap select`: the new models are scored on its texts only.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
+    store: StoreOption,
+    device: Annotated[Optional[str], typer.Option(help="Device for scoring (cpu, cuda, mps; default: best available).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="Model dtype for scoring (float32, bfloat16, float16; default: scorer's).")] = None,
+    convention: Annotated[Optional[str], typer.Option(help="reference or full (default: that of the map's models; another is refused).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", help="Tokens per scoring batch.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate texts to this many tokens (default: the model's context).")] = None,
+    stride: Annotated[Optional[int], typer.Option("--stride", help="Score long texts with a sliding window of this stride instead of truncating.")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Model revision (hub branch, tag or commit).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow models with custom code from the hub.")] = False,
+    device_map: Annotated[Optional[str], typer.Option("--device-map", help="Passed to from_pretrained (auto: spread a large model over devices).")] = None,
+    name: Annotated[Optional[list[str]], typer.Option("--name", help="Store the models under these names (repeat once per MODEL).")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars while scoring.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Recompute the whole map (all positions may move) instead of placing the new models into it.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Re-score and re-place models that are already in the map or store.")] = False,
+    base_coords: Annotated[Optional[Path], typer.Option("--base-coords", help="coords.csv of an existing map (from `lmmap map`): the existing models keep exactly these positions.")] = None,
+    embedding: Annotated[str, typer.Option(help="2-D embedding: tsne or pca.")] = "tsne",
+    color_by: Annotated[str, typer.Option("--color-by", help="Metadata column that colours the map.")] = "model_type",
+    k: Annotated[int, typer.Option("-k", help="Neighbours listed per model.")] = 10,
+    R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for the KL standard errors.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random state of the embedding.")] = 42,
+):
+    """Score new models on a subset's texts only and place them into the existing map."""
+    from ..placement import add_models
+    from ..subset import Subset
+
+    s = Store(store)
+    sub = Subset.load(subset)
+    score_kwargs = dict(device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
+                        revision=revision, device_map=device_map)
+    score_kwargs = {k_: v for k_, v in score_kwargs.items() if v is not None}
+    if trust_remote_code:
+        score_kwargs["trust_remote_code"] = True
+    if no_progress:
+        score_kwargs["progress"] = False
+    result = add_models(
+        s, models, sub, output, names=name or None,
+        convention=convention, rebuild=rebuild, replace=replace, se_R=R, k=k,
+        embedding=embedding, color_by=color_by, random_state=seed, base_coords=base_coords,
+        score_kwargs=score_kwargs, progress=console.print,
+    )
+    console.print(result.summary())
+    for name, p in result.paths.items():
+        console.print(f"  {name:14s} {p}")

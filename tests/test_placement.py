@@ -1,0 +1,376 @@
+"""Adding new models to a map from a subset of texts (paper §5.2): numbers, files, bad input, the demo ecosystem."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lmmap import ModelMap, core
+from lmmap.bootstrap import bootstrap_sq_distance_se
+from lmmap.cli import app
+from lmmap.exceptions import LmmapError
+from lmmap.placement import add_models, cross_sq_distance_se, cross_squared_distances, place_points
+from lmmap.store import Store
+from lmmap.subset import select
+from lmmap.texts import TextSet
+
+runner = CliRunner()
+N = 400
+# Maps of a few models lower t-SNE's perplexity to (K − 1)/3 and say so; expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:perplexity .* is too large")
+
+
+def family_L(N, K_per=5, n_fam=4, seed=0):
+    rng = np.random.default_rng(seed)
+    base = -rng.gamma(3.0, 100.0, size=N)
+    spread = rng.gamma(2.0, 5.0, size=N)
+    names, rows, fams = [], [], []
+    for f in range(n_fam):
+        fam = base + rng.normal(0, 1, size=N) * spread
+        for m in range(K_per):
+            rows.append(fam + rng.normal(0, 0.4, size=N) * spread - rng.uniform(0, 5))
+            names.append(f"fam{f}/m{m}")
+            fams.append(f"fam{f}")
+    return names, np.minimum(np.array(rows), -0.01), fams
+
+
+@pytest.fixture
+def eco(tmp_path):
+    """A store of 20 models in 4 families; one model per family is held out of the map as 'new'."""
+    names, L, fams = family_L(N)
+    store = Store.create(tmp_path / "store", TextSet.from_texts([f"text {i} " * 4 for i in range(N)]))
+    store.write_models([{"name": n, "loglik": row} for n, row in zip(names, L)])
+    store.set_metadata(pd.DataFrame({"model": names, "model_type": fams}))
+    held = [n for n in names if n.endswith("/m4")]
+    rest = [n for n in names if n not in held]
+    sub = select(store, "ls", 400, seed=1, models=rest)  # d ≈ 160 of N = 400
+    return store, names, L, held, rest, sub
+
+
+# -- numeric core ---------------------------------------------------------------------------------
+
+
+def test_cross_distances_are_the_block_of_the_full_matrix():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(7, 30))
+    G = core.squared_distances(X)
+    np.testing.assert_allclose(cross_squared_distances(X[5:], X[:5]), G[5:, :5], rtol=1e-10, atol=1e-10)
+
+
+def test_cross_se_is_the_block_of_the_full_bootstrap():
+    # Same replicate draws (same seed, same multinomial calls): the block equals the full K×K bootstrap's.
+    rng = np.random.default_rng(1)
+    Q = rng.standard_t(4, size=(6, 40))
+    counts = rng.integers(1, 5, size=40)
+    w = rng.uniform(0.5, 2, size=40)
+    full = bootstrap_sq_distance_se(Q, w, counts, R=50, seed=3)
+    X = core.weighted_features(Q, w)
+    block = cross_sq_distance_se(X[4:], X[:4], counts, R=50, seed=3)
+    np.testing.assert_allclose(block, full[4:, :4], rtol=1e-7, atol=1e-9)
+
+
+def test_place_points_keeps_the_base_and_lands_near_the_right_family():
+    rng = np.random.default_rng(2)
+    centers = rng.normal(0, 10, size=(3, 50))
+    X = np.vstack([c + rng.normal(0, 1, size=(6, 50)) for c in centers])
+    base = X[[i for i in range(18) if i % 6]]  # 5 per family
+    new = X[[0, 6, 12]]  # one per family
+    from lmmap.embedding import embed
+
+    coords = embed(base, "tsne", random_state=42)
+    placed = place_points(base, coords, new, "tsne")
+    for f in range(3):
+        nearest = np.argmin(((coords - placed[f]) ** 2).sum(axis=1))
+        assert nearest // 5 == f
+    pca = place_points(base, embed(base, "pca"), new, "pca")
+    assert pca.shape == (3, 2)
+
+
+# -- add_models ------------------------------------------------------------------------------------
+
+
+def test_add_models_places_held_out_models(eco, tmp_path):
+    store, names, L, held, rest, sub = eco
+    out = tmp_path / "out"
+    res = add_models(store, held, sub, out, se_R=200)
+    assert res.scored == [] and res.new_models == held and res.existing_models == rest
+    # KL of new × existing: the subset map of all of them (w-weighted, stored threshold).
+    idx = [names.index(m) for m in rest + held]
+    mm = ModelMap(rest + held, L[idx][:, sub.text_pos], threshold=sub.threshold, w=sub.weights, n_texts=N)
+    np.testing.assert_allclose(res.kl, mm.kl()[len(rest):, : len(rest)], rtol=1e-10)
+    # Adding models never changes the estimates among the existing ones.
+    alone = ModelMap.from_store(store, models=rest, subset=sub)
+    np.testing.assert_allclose(res.map.kl()[: len(rest), : len(rest)], alone.kl(), rtol=1e-9, atol=1e-15)
+    # Against the full text set (clipped with the same stored threshold): nearly the same numbers.
+    # (These synthetic texts are noisier than real ones: over 20 seeds the smallest r is 0.988.
+    # The demo-ecosystem test below holds real models to the issue's 0.99.)
+    full = ModelMap(rest + held, L[idx], threshold=sub.threshold)
+    kl_full = full.kl()[len(rest):, : len(rest)]
+    for i in range(len(held)):
+        assert np.corrcoef(res.kl[i], kl_full[i])[0, 1] > 0.98
+    # Each new model's nearest existing model is of its family.
+    for i, m in enumerate(held):
+        assert rest[int(np.argmin(res.kl[i]))].split("/")[0] == m.split("/")[0]
+    assert np.all(res.kl_se > 0)
+    # Files.
+    for name in ("placement.csv", "kl.csv", "coords.csv", "neighbors.csv", "map.png", "map.html", "map.json"):
+        assert (out / name).exists(), name
+    pl = pd.read_csv(out / "placement.csv")
+    assert list(pl.columns[:4]) == ["new_model", "existing_model", "kl", "kl_se"]
+    assert len(pl) == len(held) * len(rest)
+    row = pl[(pl.new_model == held[0]) & (pl.existing_model == rest[3])].iloc[0]
+    assert row.kl == pytest.approx(res.kl[0, 3]) and row.kl_se == pytest.approx(res.kl_se[0, 3])
+    coords = pd.read_csv(out / "coords.csv")
+    assert list(coords["model"]) == rest + held and coords["new"].sum() == len(held)
+    # The existing models keep the positions of their full map (what `lmmap map` draws for them).
+    base = ModelMap.from_store(store, models=rest).embed("tsne", random_state=42)
+    np.testing.assert_allclose(coords[["x", "y"]].to_numpy()[: len(rest)], base, atol=1e-9)
+    # New models land beside their family in 2-D as well.
+    xy = coords[["x", "y"]].to_numpy()
+    for i, m in enumerate(held):
+        nearest = np.argmin(((xy[: len(rest)] - xy[len(rest) + i]) ** 2).sum(axis=1))
+        assert rest[nearest].split("/")[0] == m.split("/")[0]
+    info = json.loads((out / "map.json").read_text())
+    assert info["new_models"] == held and info["subset"]["method"] == "ls"
+
+
+def test_models_scored_on_the_subset_only_are_placed_identically(eco):
+    store, names, L, held, rest, sub = eco
+    ref = add_models(store, held[:2], sub, embedding="pca")
+    # The same models as if scored elsewhere on the subset's texts only (e.g. `select --texts-out`).
+    for m in held[:2]:
+        store.write_model(m + "@sub", L[names.index(m), sub.text_pos], text_pos=sub.text_pos)
+    part = add_models(store, [m + "@sub" for m in held[:2]], sub, embedding="pca")
+    assert part.scored == []
+    np.testing.assert_allclose(part.kl, ref.kl, rtol=1e-12)
+    np.testing.assert_allclose(part.coords, ref.coords, atol=1e-9)
+
+
+def test_standard_error_matches_spread_over_independent_subsets(eco):
+    """The bootstrap SE of one subset ≈ the SD of KL estimates across 150 independent subsets (within 30%)."""
+    store, names, L, held, rest, sub = eco
+    res = add_models(store, held[:1], sub, embedding="pca", se_R=400)
+    idx = [names.index(m) for m in rest + held[:1]]
+    full = ModelMap(rest + held[:1], L[idx], threshold=sub.threshold)
+    from lmmap import importance as imp
+
+    pi = imp.importance(ModelMap(rest, L[[names.index(m) for m in rest]], threshold=sub.threshold).Q, "ls")
+    rng = np.random.default_rng(9)
+    est = []
+    for _ in range(150):
+        u, c, w = imp.resample(pi, sub.n, rng)
+        Qd = core.double_center(core.clip(L[idx][:, u], sub.threshold), w)
+        est.append(core.squared_distances(Qd, w)[-1, :-1] / (2 * N))
+    sd = np.std(est, axis=0, ddof=1)
+    ratio = np.median(res.kl_se[0] / sd)
+    assert 0.7 < ratio < 1.3, ratio
+    assert np.corrcoef(np.mean(est, axis=0), full.kl()[-1, :-1])[0, 1] > 0.99
+
+
+def test_rebuild_and_base_coords(eco, tmp_path):
+    store, names, L, held, rest, sub = eco
+    given = pd.DataFrame({"model": rest, "x": np.arange(len(rest), dtype=float), "y": np.zeros(len(rest))})
+    res = add_models(store, held, sub, base_coords=given)
+    np.testing.assert_array_equal(res.coords[: len(rest)], given[["x", "y"]].to_numpy())
+    given.to_csv(tmp_path / "coords.csv", index=False)
+    res2 = add_models(store, held, sub, base_coords=tmp_path / "coords.csv")
+    np.testing.assert_allclose(res2.coords, res.coords)
+    with pytest.raises(LmmapError, match="no position"):
+        add_models(store, held, sub, base_coords=given.iloc[1:])
+    reb = add_models(store, held, sub, tmp_path / "rebuilt", rebuild=True, embedding="pca")
+    assert reb.rebuilt and reb.coords.shape == (len(names), 2)
+    np.testing.assert_allclose(reb.coords, reb.map.embed("pca"))
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def test_model_already_in_the_map_is_refused(eco):
+    store, names, L, held, rest, sub = eco
+    with pytest.raises(LmmapError, match="already in the map.*--replace"):
+        add_models(store, [rest[0]], sub)
+    with pytest.raises(LmmapError, match="given twice"):
+        add_models(store, [held[0], held[0]], sub)
+
+
+def test_convention_mismatch_is_refused(eco):
+    store, names, L, held, rest, sub = eco
+    store.write_model("full-conv", L[names.index(held[0])], record={"convention": "full"})
+    with pytest.raises(LmmapError, match="'full' convention.*--convention reference --replace"):
+        add_models(store, ["full-conv"], sub)
+    with pytest.raises(LmmapError, match="cannot join it"):
+        add_models(store, [held[0]], sub, convention="full")
+
+
+def test_subset_of_another_text_set_or_map_is_refused(eco, tmp_path):
+    store, names, L, held, rest, sub = eco
+    other = Store.create(tmp_path / "other", TextSet.from_texts([f"other {i}" for i in range(N)]))
+    other.write_models([{"name": n, "loglik": row} for n, row in zip(names, L)])
+    with pytest.raises(LmmapError, match="another text set"):
+        add_models(other, held, sub)
+    store.remove_model(rest[0])
+    with pytest.raises(LmmapError, match="another map"):
+        add_models(store, held, sub)
+
+
+def test_changed_vectors_are_detected(eco):
+    store, names, L, held, rest, sub = eco
+    store.write_model(rest[0], L[names.index(rest[0])] - 500, replace=True)  # moves the 2nd percentile
+    with pytest.raises(LmmapError, match="select again"):
+        add_models(store, held, sub)
+
+
+def test_cli_add_places_stored_models(eco, tmp_path):
+    store, names, L, held, rest, sub = eco
+    sp = sub.save(tmp_path / "SUBSET.json")
+    out = tmp_path / "added"
+    res = runner.invoke(
+        app, ["add", *held, "--subset", str(sp), "-o", str(out), "--store", str(store.path), "--embedding", "pca", "--R", "20"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    assert "nearest" in res.output
+    pl = pd.read_csv(out / "placement.csv")
+    assert set(pl["new_model"]) == set(held)
+    res = runner.invoke(app, ["add", rest[0], "--subset", str(sp), "-o", str(out), "--store", str(store.path)])
+    assert res.exit_code != 0 and "already in the map" in str(res.exception)
+
+
+# -- real scoring: tiny transformers models built locally (tests/conftest.py) ---------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_eco(tmp_path_factory, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
+    """A store of 48 real texts scored fully by 4 tiny GPT-2 models; a 5th model directory to add."""
+    pytest.importorskip("torch")
+    from lmmap.scoring import score_models
+
+    root = tmp_path_factory.mktemp("tiny-eco")
+    texts = [doc[start : start + 200] for doc in stdlib_texts[20:36] for start in (0, 400, 900)]
+    store = Store.create(root / "store", TextSet.from_texts([t for t in texts if t.strip()]))
+    dirs = [make_tiny_gpt2(root / f"m{i}", tiny_tokenizer, seed=10 + i) for i in range(5)]
+    existing = [str(d) for d in dirs[:4]]
+    status = score_models(store, existing, device="cpu", progress=False)
+    assert all(s.ok for s in status.values())
+    return store, existing, str(dirs[4])
+
+
+def test_add_scores_the_new_model_on_the_subset_texts_only(tiny_eco, tmp_path):
+    from lmmap.scoring import score_models
+
+    store, existing, new = tiny_eco
+    sub = select(store, "ls", 30, seed=0)
+    assert sub.models == existing and sub.d < store.n_texts
+    sp = sub.save(tmp_path / "SUBSET.json")
+    # The command line end to end: score the model directory on the subset's texts, store it as "tiny-new".
+    out = tmp_path / "out"
+    cli = runner.invoke(
+        app, ["add", new, "--name", "tiny-new", "--subset", str(sp), "-o", str(out), "--store", str(store.path),
+              "--device", "cpu", "--no-progress", "--embedding", "pca", "--R", "50"],
+        catch_exceptions=False,
+    )
+    assert cli.exit_code == 0, cli.output
+    assert "scored 1" in cli.output
+    rec = store.record("tiny-new")
+    assert rec["n_scored"] == sub.d and rec["convention"] == "reference"
+    np.testing.assert_array_equal(store.vectors("tiny-new")["text_pos"], sub.text_pos)
+    placed = pd.read_csv(out / "placement.csv")
+    assert set(placed["new_model"]) == {"tiny-new"} and len(placed) == len(existing)
+    # Adding it again scores nothing; the same model scored on every text gives the same placement.
+    res = add_models(store, ["tiny-new"], sub, embedding="pca", se_R=50)
+    assert res.scored == []
+    score_models(store, [new], names=["full-copy"], device="cpu", progress=False)
+    assert store.record("full-copy")["n_scored"] == store.n_texts
+    copy = add_models(store, ["full-copy"], sub, embedding="pca", se_R=50)
+    np.testing.assert_allclose(res.kl, copy.kl, rtol=1e-6)
+    by_model = placed.set_index("existing_model")["kl"]
+    np.testing.assert_allclose(by_model.loc[res.existing_models], res.kl[0], rtol=1e-9)
+    # A different convention is refused before any model is loaded.
+    with pytest.raises(LmmapError, match="cannot join it"):
+        add_models(store, [new], sub, names=["other"], convention="full")
+
+
+# -- the demo ecosystem (paper §5.2): hold models out, select with LS, add them back -----------------
+
+DEMO_HELD_OUT = ("base-ft-docs", "base2-ft-code", "scratch-legal")  # and one intermediate checkpoint
+
+
+def demo_held_out(store, names):
+    """A fine-tune of each base, a model trained from scratch and a middle training checkpoint."""
+    meta = store.metadata()
+    ckpts = [m for m in names if m in meta.index and meta.loc[m, "model_type"] == "checkpoint"]
+    return [m for m in DEMO_HELD_OUT if m in names] + ckpts[len(ckpts) // 2 : len(ckpts) // 2 + 1]
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """A copy of the demo ecosystem's store (14 trained models, 300 texts) and its models' directory.
+
+    Building the demo trains its models (minutes on 2 cores); set LMMAP_TEST_DEMO_DIR to a
+    directory to keep them between runs (the demo caches everything there).
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lmmap.demo import run_demo
+
+    root = os.environ.get("LMMAP_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo")
+    demo = run_demo(root, size="full", progress=False)
+    work = tmp_path_factory.mktemp("demo-store")
+    shutil.copytree(demo["store"], work / "store")
+    return Store(work / "store"), Path(demo["models_dir"])
+
+
+@pytest.mark.slow
+def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path):
+    """Hold 4 demo models out, select with LS from the rest (d ≈ 22% of N), score them on the subset
+    only and place them: their KL estimates to the existing models correlate with those from the full
+    text set at r ≥ 0.99 (the paper: 0.996–0.997 at N = 10,000).
+
+    The demo has N = 300 texts, so d ≈ 66 and one selection is noisier than the paper's d = 2,192:
+    over selections the median r is 0.995–0.998 but about one in ten falls below 0.99 (lowest seen
+    0.97). So the criterion r ≥ 0.99 is asserted for the median over 20 selections (seeds 0–19),
+    and the scored run (seed 0) must reach r ≥ 0.98 for every model.
+    """
+    from lmmap import importance as imp
+    from lmmap.subset import complete_models
+
+    store, models_dir = demo_store
+    names = complete_models(store)
+    held = demo_held_out(store, names)
+    rest = [m for m in names if m not in held]
+    assert len(held) == 4 and len(rest) >= 8
+    N, K = store.n_texts, len(rest)
+    pi = imp.importance(ModelMap.from_store(store, models=rest).Q, "ls")
+    n = imp.n_for_expected_unique(pi, 0.22 * N)
+    sub = select(store, "ls", n, seed=0, models=rest)
+    assert 0.15 * N < sub.d < 0.30 * N
+    # Scored afresh from the models' directories, on the subset's texts only.
+    sources = [str(models_dir / m) for m in held]
+    res = add_models(store, sources, sub, tmp_path / "out", score_kwargs=dict(device="cpu", progress=False))
+    assert res.scored == sources
+    assert all(store.record(s)["n_scored"] == sub.d for s in sources)
+    full_kl = ModelMap.from_store(store, models=rest + held, threshold=sub.threshold).kl()[K:, :K]
+    r_run = np.array([np.corrcoef(res.kl[i], full_kl[i])[0, 1] for i in range(len(held))])
+    # The same criterion over 20 selections (the held-out models' stored full vectors give their
+    # subset values: scoring is deterministic, as the scored run shows).
+    np.testing.assert_allclose(res.kl, ModelMap.from_store(store, models=rest + held, subset=sub).kl()[K:, :K], rtol=1e-6)
+    r_seeds = []
+    for seed in range(20):
+        s = select(store, "ls", n, seed=seed, models=rest)
+        kl = ModelMap.from_store(store, models=rest + held, subset=s).kl()[K:, :K]
+        r_seeds.append([np.corrcoef(kl[i], full_kl[i])[0, 1] for i in range(len(held))])
+    r_median = np.median(r_seeds, axis=0)
+    print(f"\ndemo: n = {n}, d = {sub.d} of N = {N}, {K} existing models; KL correlation subset vs full, "
+          "scored run (median over 20 selections): "
+          + ", ".join(f"{m} {a:.4f} ({b:.4f})" for m, a, b in zip(held, r_run, r_median)))
+    assert np.all(r_median >= 0.99), dict(zip(held, r_median))
+    assert np.all(r_run >= 0.98), dict(zip(held, r_run))
+    # The nearest existing model from all texts is among the two nearest from the subset
+    # (near-ties, e.g. two checkpoints 1% apart, may swap).
+    for i in range(len(held)):
+        assert int(np.argmin(full_kl[i])) in np.argsort(res.kl[i])[:2]
