@@ -388,7 +388,7 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
 
     t_start = time.perf_counter()
     console = console or Console(stderr=True)
-    say = (lambda msg: console.print(msg, highlight=False)) if progress else (lambda msg: None)
+    say = (lambda msg: console.print(msg, highlight=False, markup=False)) if progress else (lambda msg: None)
     plan = demo_plan(size, seed)
     out = Path(outdir)
     _prepare_outdir(out, plan, seed, force)

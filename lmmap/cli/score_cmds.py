@@ -20,7 +20,7 @@ def score(
     convention: Annotated[str, typer.Option(help="reference (the authors': first token unscored) or full (BOS/EOS prepended).")] = "reference",
     subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: score only its texts.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Store a single model under this name instead of MODEL.")] = None,
-    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", help="Padded tokens per batch (default: 4096 on CPU, 32768 on CUDA).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option("--batch-tokens", help="Padded tokens per batch (default: 1024 on CPU, 32768 on CUDA).")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="Context length (default: the model's); longer texts are truncated.")] = None,
     stride: Annotated[Optional[int], typer.Option("--stride", help="Score long texts with a sliding window moving this many tokens, instead of truncating.")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run the model's own code from its repository (only for code you trust).")] = False,
