@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PYTHON) -m lmmap demo -o lmmap-demo
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -n 2 -q
+	$(PYTHON) -m pytest -n 2 --dist loadgroup -q
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done

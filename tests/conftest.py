@@ -20,7 +20,14 @@ Fixtures other test files can use:
 
 from __future__ import annotations
 
+import os
 import sysconfig
+
+# Under pytest-xdist two workers share the two cores: one BLAS/torch thread each,
+# set before numpy or torch is imported, or the threads fight each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 from pathlib import Path
 
 import pytest
@@ -106,3 +113,20 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2_bos_dir(tmp_path_factory, tiny_bos_tokenizer) -> Path:
     return save_tiny_gpt2(tmp_path_factory.mktemp("models") / "tiny-gpt2-bos", tiny_bos_tokenizer, seed=1)
+
+
+@pytest.fixture(scope="session")
+def demo_full(tmp_path_factory):
+    """The full offline demo (13 trained models, 300 texts), built once per test session.
+
+    Tests that use it are marked ``xdist_group("demo")`` so that under
+    ``pytest -n 2 --dist loadgroup`` one worker builds it and runs them all.
+    Set LMMAP_TEST_DEMO_DIR to keep the built demo between runs.
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lmmap.demo import run_demo
+
+    root = Path(os.environ.get("LMMAP_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo-full") / "out")
+    result = run_demo(root, size="full", progress=False)
+    return result, root

@@ -308,24 +308,16 @@ def demo_held_out(store, names):
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    """A copy of the demo ecosystem's store (14 trained models, 300 texts) and its models' directory.
-
-    Building the demo trains its models (minutes on 2 cores); set LMMAP_TEST_DEMO_DIR to a
-    directory to keep them between runs (the demo caches everything there).
-    """
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from lmmap.demo import run_demo
-
-    root = os.environ.get("LMMAP_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo")
-    demo = run_demo(root, size="full", progress=False)
+def demo_store(tmp_path_factory, demo_full):
+    """A copy of the demo ecosystem's store (13 trained models, 300 texts) and its models' directory."""
+    demo, _ = demo_full
     work = tmp_path_factory.mktemp("demo-store")
     shutil.copytree(demo["store"], work / "store")
     return Store(work / "store"), Path(demo["models_dir"])
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo")
 def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path):
     """Hold 4 demo models out, select with LS from the rest (d ≈ 22% of N), score them on the subset
     only and place them: their KL estimates to the existing models correlate with those from the full

@@ -385,7 +385,7 @@ def next_token_accuracy(model_dir, texts, max_tokens=256) -> float:
     return 100.0 * correct / total
 
 
-def held_out_chunks(corpus_path, exclude, per_domain=30, chunk=512, seed=0) -> dict[str, list[str]]:
+def held_out_chunks(corpus_path, exclude, per_domain=12, chunk=512, seed=0) -> dict[str, list[str]]:
     """Chunks of each domain's held-out documents that are not in the map's text set."""
     import json
 
@@ -400,21 +400,12 @@ def held_out_chunks(corpus_path, exclude, per_domain=30, chunk=512, seed=0) -> d
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    import os
-    from pathlib import Path
-
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from lmmap.demo import run_demo
-
-    # LMMAP_TEST_DEMO=DIR reuses (and caches into) a demo directory across runs.
-    out = Path(os.environ.get("LMMAP_TEST_DEMO") or tmp_path_factory.mktemp("demo") / "demo")
-    run_demo(out, size="full", progress=False)
-    return out
+def demo_dir(demo_full):
+    return demo_full[1]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo")
 def test_demo_ecosystem_accuracy_predicted_from_coordinates(demo_dir, capsys):
     """Real targets: each demo model's next-token accuracy on held-out text of each domain, grouped by lineage."""
     store = Store(demo_dir / "store")
