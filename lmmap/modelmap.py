@@ -209,7 +209,8 @@ class ModelMap:
             raise LmmapError(f"no metadata column {color_by!r} to colour by; give one with --metadata MODELS.csv")
         hover = _hover_neighbors(table, self.names, n=3)
         title = f"{self.K} models, {self.L.shape[1]} texts" + ("" if self.w is None else f" (resampled from N={self.n_texts})")
-        plots.map_png(paths["map.png"], coords, self.names, groups=groups, title=title)
+        # Names on the picture while they stay readable; the HTML has them on hover at any size.
+        plots.map_png(paths["map.png"], coords, self.names, groups=groups, title=title, label=self.K <= 40)
         plots.map_html(paths["map.html"], coords, self.names, groups=groups, hover=hover, title=title)
         paths["map.json"].write_text(json.dumps(self.describe(embedding=embedding, color_by=color_by), indent=2))
         return paths
