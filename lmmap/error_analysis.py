@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .core import squared_distances
 from .exceptions import LmmapError
 from .importance import METHODS, check_method, expected_unique, importance
 
@@ -126,17 +127,6 @@ def default_n_grid(N: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- pairwise errors
-
-
-def squared_distances(Q) -> np.ndarray:
-    """``G`` with ``g_ij = ‖q_i − q_j‖²`` from the Gram matrix (float64, diagonal exactly 0)."""
-    Q = np.asarray(Q, dtype=np.float64)
-    gram = Q @ Q.T
-    a = np.diag(gram).copy()
-    G = a[:, None] + a[None, :] - 2.0 * gram
-    np.maximum(G, 0.0, out=G)
-    np.fill_diagonal(G, 0.0)
-    return G
 
 
 def error_scale(G, error: str = "relative", eps0: float = EPS0):
