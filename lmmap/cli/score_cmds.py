@@ -61,7 +61,7 @@ def score(
 @app.command()
 def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the models, the store and the map go.")] = Path("lmmap-demo"),
-    size: Annotated[str, typer.Option(help="full (about 14 models) or small (6 models, for a quick look).")] = "full",
+    size: Annotated[str, typer.Option(help="full (13 models) or small (6 models, for a quick look).")] = "full",
     force: Annotated[bool, typer.Option("--force", help="Retrain and rescore everything instead of reusing OUTPUT's cache.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the training runs and the text sample.")] = 0,
     threads: Annotated[int, typer.Option(help="Torch threads (the demo's models are tiny: one is fastest on a busy machine).")] = 1,
