@@ -18,6 +18,7 @@ from lmmap.placement import add_models, cross_sq_distance_se, cross_squared_dist
 from lmmap.store import Store
 from lmmap.subset import select
 from lmmap.texts import TextSet
+from synthetic import family_L as _family_L
 
 runner = CliRunner()
 N = 400
@@ -26,17 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:perplexity .* is too large")
 
 
 def family_L(N, K_per=5, n_fam=4, seed=0):
-    rng = np.random.default_rng(seed)
-    base = -rng.gamma(3.0, 100.0, size=N)
-    spread = rng.gamma(2.0, 5.0, size=N)
-    names, rows, fams = [], [], []
-    for f in range(n_fam):
-        fam = base + rng.normal(0, 1, size=N) * spread
-        for m in range(K_per):
-            rows.append(fam + rng.normal(0, 0.4, size=N) * spread - rng.uniform(0, 5))
-            names.append(f"fam{f}/m{m}")
-            fams.append(f"fam{f}")
-    return names, np.minimum(np.array(rows), -0.01), fams
+    return _family_L(N, K_per, n_fam, seed, spread_shape=2.0, spread_scale=5.0, noise=0.4)
 
 
 @pytest.fixture

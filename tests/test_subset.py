@@ -16,23 +16,11 @@ from lmmap.exceptions import LmmapError
 from lmmap.store import Store
 from lmmap.subset import Subset, select
 from lmmap.texts import TextSet
+from synthetic import family_L  # noqa: E402
 
 runner = CliRunner()
 
 
-def family_L(N, K_per=4, n_fam=3, seed=0):
-    """Families of models sharing a log-likelihood profile; texts differ a lot in how much they separate models."""
-    rng = np.random.default_rng(seed)
-    base = -rng.gamma(3.0, 100.0, size=N)
-    spread = rng.gamma(1.0, 10.0, size=N)
-    names, rows, fams = [], [], []
-    for f in range(n_fam):
-        fam = base + rng.normal(0, 1, size=N) * spread
-        for m in range(K_per):
-            rows.append(fam + rng.normal(0, 0.3, size=N) * spread - rng.uniform(0, 5))
-            names.append(f"fam{f}/m{m}")
-            fams.append(f"fam{f}")
-    return names, np.minimum(np.array(rows), -0.01), fams
 
 
 def make_store(path, N=120, seed=0, **kw):
