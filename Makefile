@@ -1,8 +1,9 @@
 # Two commands on a fresh machine:  `make demo`  and  `make test`.
 PYTHON ?= python3
 STAMP := .make/installed
+BROWSER := .make/browser
 
-.PHONY: install demo test bench
+.PHONY: install demo test test-fast bench
 
 # torch is pinned to the CPU build first so that the `models` extra does not pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -10,13 +11,27 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[models,test]'
 	@mkdir -p .make && touch $(STAMP)
 
+# The HTML tests drive a real headless Chromium (Debian's package; playwright cannot download
+# browsers here). Installed when missing and apt-get is usable; otherwise those tests skip
+# (under CI=true they fail instead).
+$(BROWSER):
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "note: could not install chromium; the browser tests will be skipped"
+	@mkdir -p .make && touch $(BROWSER)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(PYTHON) -m lmmap demo -o lmmap-demo
 
-test: $(STAMP)
+# Every test, the slow ones (marked `slow`) included.
+test: $(STAMP) $(BROWSER)
 	$(PYTHON) -m pytest -n 2 --dist loadgroup -q
+
+# The quick loop while developing: everything but the tests marked `slow`.
+test-fast: $(STAMP)
+	$(PYTHON) -m pytest -n 2 --dist loadgroup -q -m "not slow"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done

@@ -3,18 +3,34 @@
 The numeric core is :mod:`lmmap.core` (clip, double-centre, distances, KL);
 :class:`lmmap.ModelMap` wraps it for a store's models. See the README.
 
-Scoring (:mod:`lmmap.scoring`, needs the ``models`` extra), error analysis
-(:mod:`lmmap.error_analysis`, :mod:`lmmap.stability`), placement of new models
-(:mod:`lmmap.placement`) and prediction (:mod:`lmmap.prediction`) are imported
-on use, so ``import lmmap`` stays light.
+Every public name is imported on first use (PEP 562), so ``import lmmap``
+loads no pandas, pyarrow, torch, matplotlib, plotly or rich.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+from .exceptions import LmmapError
 
-from .exceptions import LmmapError  # noqa: E402
-from .texts import TextSet, build_text_set  # noqa: E402
-from .store import Store  # noqa: E402
-from .modelmap import ModelMap  # noqa: E402
-from .subset import Subset, select  # noqa: E402
+_LAZY = {
+    "TextSet": "texts",
+    "build_text_set": "texts",
+    "Store": "store",
+    "ModelMap": "modelmap",
+    "Subset": "subset",
+    "select": "subset",
+}
 
-__all__ = ["__version__", "LmmapError", "TextSet", "build_text_set", "Store", "ModelMap", "Subset", "select"]
+__all__ = ["__version__", "LmmapError", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lmmap' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -15,6 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from .core import weighted_features
+from .exceptions import InputError
+
+
+def check_replicates(R) -> int:
+    """``R`` bootstrap replicates: an integer ≥ 2 (one replicate has no spread to measure)."""
+    if isinstance(R, bool) or not isinstance(R, (int, np.integer)) or R < 2:
+        raise InputError(f"R must be ≥ 2 bootstrap replicates (a standard error needs at least two), got {R!r}; e.g. --R 100")
+    return int(R)
 
 
 def _replicate_sq_distances(X: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -35,13 +43,12 @@ def bootstrap_sq_distance_se(Q, w=None, counts=None, R: int = 100, seed=0) -> np
     full text set). Memory stays O(K²): replicates are folded into running
     moments (Welford), never stacked.
     """
+    R = check_replicates(R)
     Q = np.asarray(Q, dtype=np.float64)
     d = Q.shape[1]
     c = np.ones(d, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     if c.shape != (d,) or np.any(c <= 0):
-        raise ValueError(f"counts must be {d} positive integers, one per text")
-    if R < 2:
-        raise ValueError(f"R must be at least 2 bootstrap replicates, got {R}")
+        raise InputError(f"counts must be {d} positive integers, one per text")
     n = int(c.sum())
     X = weighted_features(Q, w)
     rng = np.random.default_rng(seed)

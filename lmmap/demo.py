@@ -4,31 +4,43 @@
 
 1. collects text in three domains from files every Python installation has:
    **code** (the standard library's ``*.py`` sources), **docs** (the Python
-   language reference prose shipped in ``pydoc_data``; module docstrings where
-   that is missing) and **legal** (the licence texts of the installed packages
-   and ``/usr/share/common-licenses``). Each domain's documents are split into
-   a training part and a held-out part;
+   language reference prose shipped in ``pydoc_data`` and the standard
+   library's docstrings) and **legal** (the licence texts of the installed
+   packages and ``/usr/share/common-licenses``). Each domain's documents are
+   split into a training part and a held-out part (a source file's code and
+   its docstrings fall on the same side);
 2. trains a byte-level BPE tokenizer on the training text (``tokenizers``);
-3. trains GPT-2-style models from it (plain PyTorch, CPU): a ``base`` model on
-   the mixture of domains with intermediate checkpoints, a second base from
-   another seed, fine-tunes of ``base`` on each domain, and models trained
-   from scratch on one domain each;
-4. scores every model on a text set cut from the *held-out* documents with
-   :func:`lmmap.scoring.score_models` (the same path as ``lmmap score``), and
-5. builds the map (:class:`lmmap.ModelMap`), coloured by model type.
+3. trains GPT-2-style models from it (plain PyTorch, CPU): three base runs on
+   the mixture of domains (with intermediate checkpoints), fine-tunes of them
+   on single domains, and models trained from scratch on one domain each —
+   six lineages (``family``). One fine-tune is trained but left out of the
+   store (``models/base2-ft-docs``), so that ``lmmap add`` has a real new
+   model to place;
+4. cuts the text set (1,020 texts: 340 of up to 384 bytes per domain) from the
+   *held-out* documents and scores every model on it with
+   :func:`lmmap.scoring.score_models` (the same path as ``lmmap score``);
+5. measures a benchmark-like score of every model — its top-5 next-token
+   accuracy (%) on held-out chunks of each domain that are *not* in the text
+   set — into ``OUT/scores.csv``, and writes ``OUT/models.csv`` (``model_type``,
+   ``family``, ``base_model`` — the model a fine-tune or checkpoint derives
+   from, empty for a model trained from scratch — ``domain``, ...), which it
+   loads into the store's metadata;
+6. builds the map (:class:`lmmap.ModelMap`), prints how far each fine-tune is
+   from its base and from the nearest from-scratch model, and prints the
+   README's session with this demo's paths and demo-scale arguments.
 
-Everything lives under OUT (``data/``, ``tokenizer/``, ``models/``, ``store/``,
-``map/``). Trained models, scores and the corpus are cached there, so a second
-run only redraws the map. Metadata (``model_type``: base / checkpoint /
-finetune / scratch; ``family``; ``domain``; ``parent``) goes into the store,
-so ``lmmap map --store OUT/store`` can recolour it.
+Everything lives under OUT (``data/``, ``tokenizer/``, ``models/``,
+``store/``, ``map/``, ``models.csv``, ``scores.csv``). Trained models, scores
+and the corpus are cached there, so a second run only redraws the map.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import sys
@@ -41,18 +53,25 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .exceptions import LmmapError
+from .exceptions import InputError, LmmapError
 
-DEMO_FORMAT = 1  # bump to invalidate caches of older demo layouts
+DEMO_FORMAT = 2  # bump to invalidate caches of older demo layouts
 DOMAINS = ("code", "docs", "legal")
-HELD_OUT_EVERY = 5  # one document in five is held out for the text set
+HELD_OUT_EVERY = 5  # one document in five is held out for the text set and the benchmark
 MAX_DOC_BYTES = 64_000  # long documents (torch's licence) would crowd out the rest
 MIN_DOMAIN_BYTES = 60_000
+BENCH_CHUNKS = 48  # held-out chunks per domain (not in the text set) behind each accuracy score
+MIN_BENCH_CHUNKS = 16
+EXAMPLE_FINETUNE = "base-ft-code"
 
 
 @dataclass(frozen=True)
 class DemoModel:
-    """One model of the ecosystem: trained from ``parent`` (or from scratch) on ``domain`` for ``steps`` steps."""
+    """One model of the ecosystem: trained from ``parent`` (or from scratch) on ``domain`` for ``steps`` steps.
+
+    ``held_out``: trained and given a benchmark score, but not scored into the
+    store and not listed in ``models.csv`` — the new model ``lmmap add`` places.
+    """
 
     name: str
     model_type: str  # base, checkpoint, finetune, scratch
@@ -63,6 +82,8 @@ class DemoModel:
     seed: int = 0
     parent: str | None = None
     checkpoints: tuple[int, ...] = ()  # steps at which to save "<name>-step<k>" (model_type checkpoint)
+    held_out: bool = False
+    mix: tuple[float, ...] | None = None  # for domain "mix": the share of each of DOMAINS (default: equal)
 
 
 @dataclass(frozen=True)
@@ -82,20 +103,29 @@ class DemoPlan:
     def model_config(self) -> dict:
         return dict(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, n_positions=self.context)
 
+    @property
+    def held_out(self) -> list[str]:
+        return [m.name for m in self.models if m.held_out]
+
 
 def demo_plan(size: str = "full", seed: int = 0) -> DemoPlan:
-    """The ecosystem for ``size``: ``full`` (13 models, about two minutes on 2 cores) or ``small`` (6 models, for tests)."""
+    """The ecosystem for ``size``: ``full`` (15 models in the store + 1 held out, 6 lineages, 1,020 texts) or ``small`` (6 models, for tests)."""
     # Sizes are set by time: on 2 CPU cores training is bound by per-step overhead as much as by FLOPs,
     # so the models are narrow and each step sees 4 windows of 256 tokens.
     if size == "full":
         models = [
-            DemoModel("base", "base", "base", "mix", 120, 2e-3, seed, checkpoints=(10, 30, 60)),
-            DemoModel("base2", "base", "base2", "mix", 120, 2e-3, seed + 1, checkpoints=(30,)),
-            *[DemoModel(f"base-ft-{d}", "finetune", "base", d, 25, 5e-4, seed, parent="base") for d in DOMAINS],
-            DemoModel("base2-ft-code", "finetune", "base2", "code", 25, 5e-4, seed + 1, parent="base2"),
-            *[DemoModel(f"scratch-{d}", "scratch", f"scratch-{d}", d, 60, 2e-3, seed + 2) for d in DOMAINS],
+            # Three pretraining mixtures, as different labs' base models have: the lineages differ
+            # by more than their seeds, and a gentle fine-tune keeps its base's character.
+            DemoModel("base", "base", "base", "mix", 100, 2e-3, seed, checkpoints=(10, 30, 60)),
+            DemoModel("base2", "base", "base2", "mix", 100, 2e-3, seed + 1, checkpoints=(30,), mix=(0.6, 0.2, 0.2)),
+            DemoModel("base3", "base", "base3", "mix", 90, 3e-3, seed + 3, mix=(0.15, 0.45, 0.4)),
+            *[DemoModel(f"base-ft-{d}", "finetune", "base", d, 25, 3e-4, seed, parent="base") for d in DOMAINS],
+            DemoModel("base2-ft-code", "finetune", "base2", "code", 25, 3e-4, seed + 1, parent="base2"),
+            DemoModel("base3-ft-legal", "finetune", "base3", "legal", 25, 3e-4, seed + 3, parent="base3"),
+            *[DemoModel(f"scratch-{d}", "scratch", f"scratch-{d}", d, 50, 2e-3, seed + 2) for d in DOMAINS],
+            DemoModel("base2-ft-docs", "finetune", "base2", "docs", 25, 3e-4, seed + 1, parent="base2", held_out=True),
         ]
-        return DemoPlan("full", 800_000, 100, 512, 1024, 2, 96, 4, 256, 4, tuple(models))
+        return DemoPlan("full", 800_000, 340, 384, 1024, 2, 96, 4, 256, 4, tuple(models))
     if size == "small":
         models = [
             DemoModel("base", "base", "base", "mix", 60, 2e-3, seed, checkpoints=(15,)),
@@ -103,7 +133,7 @@ def demo_plan(size: str = "full", seed: int = 0) -> DemoPlan:
             DemoModel("scratch-code", "scratch", "scratch-code", "code", 30, 2e-3, seed + 2),
         ]
         return DemoPlan("small", 300_000, 50, 512, 1024, 2, 96, 4, 256, 4, tuple(models))
-    raise LmmapError(f"--size must be full or small, got {size!r}")
+    raise InputError(f"--size must be full or small, got {size!r}")
 
 
 # -- the corpus ---------------------------------------------------------------------------
@@ -126,27 +156,31 @@ def code_documents() -> list[tuple[str, str]]:
     return docs
 
 
+def docstring_documents() -> list[tuple[str, str]]:
+    """The longer docstrings of each standard-library module, one document per source file."""
+    out = []
+    for label, src in code_documents():
+        try:
+            tree = ast.parse(src)
+        except (SyntaxError, ValueError):
+            continue
+        parts = [ast.get_docstring(n) for n in ast.walk(tree)
+                 if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        text = "\n\n".join(p for p in parts if p and len(p) > 200)
+        if text:
+            out.append((f"docstrings/{label}", text))
+    return out
+
+
 def docs_documents() -> list[tuple[str, str]]:
-    """The language reference's prose (``pydoc_data.topics``), or module docstrings where it is not installed."""
+    """Documentation prose: the language reference (``pydoc_data.topics``, where installed) and the stdlib's docstrings."""
     try:
         from pydoc_data.topics import topics
 
-        return [(f"pydoc_data/{k}", v) for k, v in sorted(topics.items())]
+        reference = [(f"pydoc_data/{k}", v) for k, v in sorted(topics.items())]
     except ImportError:
-        import ast
-
-        out = []
-        for label, src in code_documents():
-            try:
-                tree = ast.parse(src)
-            except SyntaxError:
-                continue
-            parts = [ast.get_docstring(n) for n in ast.walk(tree)
-                     if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
-            text = "\n\n".join(p for p in parts if p and len(p) > 200)
-            if text:
-                out.append((f"docstrings/{label}", text))
-        return out
+        reference = []
+    return reference + docstring_documents()
 
 
 def legal_documents() -> list[tuple[str, str]]:
@@ -180,8 +214,14 @@ def legal_documents() -> list[tuple[str, str]]:
 DOMAIN_SOURCES = {"code": code_documents, "docs": docs_documents, "legal": legal_documents}
 
 
+def _split_key(label: str) -> str:
+    # A source file's docstrings fall on the same side of the split as its code: no held-out
+    # docstring was seen in training through the code domain.
+    return label[len("docstrings/"):] if label.startswith("docstrings/") else label
+
+
 def _held_out(label: str) -> bool:
-    return int(hashlib.sha1(label.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+    return int(hashlib.sha1(_split_key(label).encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
 
 
 def collect_corpus(data_dir: Path, plan: DemoPlan, seed: int, say) -> dict[str, dict[str, list[str]]]:
@@ -194,6 +234,7 @@ def collect_corpus(data_dir: Path, plan: DemoPlan, seed: int, say) -> dict[str, 
     say("collecting text from this machine (code, docs, legal)…")
     rng = np.random.default_rng(seed)
     domains = {}
+    needed = (plan.texts_per_domain + MIN_BENCH_CHUNKS) * plan.chunk_bytes
     for name in DOMAINS:
         docs = [(lbl, t[:MAX_DOC_BYTES]) for lbl, t in DOMAIN_SOURCES[name]() if t.strip()]
         held = [(lbl, t) for lbl, t in docs if _held_out(lbl)]
@@ -202,32 +243,62 @@ def collect_corpus(data_dir: Path, plan: DemoPlan, seed: int, say) -> dict[str, 
         size = np.cumsum([len(t.encode()) for t in train])
         train = train[: int(np.searchsorted(size, plan.train_bytes_per_domain)) + 1]
         n_train, n_held = sum(len(t.encode()) for t in train), sum(len(t.encode()) for _, t in held)
-        if n_train < MIN_DOMAIN_BYTES or n_held < plan.texts_per_domain * plan.chunk_bytes:
+        if n_train < MIN_DOMAIN_BYTES or n_held < needed:
             raise LmmapError(
                 f"the demo found too little {name} text on this machine ({n_train:,} bytes to train on, "
-                f"{n_held:,} held out); it reads the Python standard library and installed packages' licences"
+                f"{n_held:,} held out, {needed:,} needed); it reads the Python standard library and installed "
+                "packages' licences — try --size small"
             )
         domains[name] = {"train": train, "heldout": held}
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"plan": [plan.train_bytes_per_domain, seed, DEMO_FORMAT], "domains": domains}))
+    _write_text(path, json.dumps({"plan": [plan.train_bytes_per_domain, seed, DEMO_FORMAT], "domains": domains}))
     return domains
 
 
 def demo_text_set(corpus, plan: DemoPlan, seed: int, workdir: Path):
-    """``texts_per_domain`` chunks of ``chunk_bytes`` from each domain's held-out documents (source = domain)."""
+    """The text set and the benchmark chunks, both cut from each domain's held-out documents.
+
+    Each domain's held-out documents are cut into ``chunk_bytes`` chunks; a
+    seeded permutation puts ``texts_per_domain`` of them in the text set
+    (source = domain) and up to :data:`BENCH_CHUNKS` of the rest in the
+    benchmark. Returns ``(TextSet, {domain: [chunk, ...]})``.
+    """
     from .texts import TextSet, build_text_set
 
-    texts, sources, chunk_idx = [], [], []
+    texts, sources, chunk_idx, bench, seen = [], [], [], {}, set()
     workdir.mkdir(parents=True, exist_ok=True)
-    for name in DOMAINS:
+    for k, name in enumerate(DOMAINS):
         path = workdir / f"heldout-{name}.jsonl"
-        path.write_text("\n".join(json.dumps({"text": t}) for _, t in corpus[name]["heldout"]), encoding="utf-8")
-        ts = build_text_set([path], chunk_bytes=plan.chunk_bytes, min_bytes=plan.chunk_bytes // 2,
-                            n=plan.texts_per_domain, seed=seed)
-        texts += ts.texts
-        sources += [name] * len(ts)
-        chunk_idx += ts.table.column("chunk_idx").to_pylist()
-    return TextSet.from_texts(texts, sources=sources, chunk_idx=np.asarray(chunk_idx, dtype=np.int64))
+        _write_text(path, "\n".join(json.dumps({"text": t}) for _, t in corpus[name]["heldout"]))
+        ts = build_text_set([path], chunk_bytes=plan.chunk_bytes, min_bytes=plan.chunk_bytes // 2)
+        keep = [i for i, t in enumerate(ts.texts) if t not in seen]  # a text belongs to one domain only
+        order = [keep[i] for i in np.random.default_rng([seed, k]).permutation(len(keep))]
+        n = plan.texts_per_domain
+        if len(order) < n + MIN_BENCH_CHUNKS:
+            raise LmmapError(
+                f"the demo found {len(order)} held-out {name} chunks; it needs {n} for the text set and "
+                f"{MIN_BENCH_CHUNKS} for the benchmark — try --size small"
+            )
+        chosen = sorted(order[:n])
+        ci = ts.table.column("chunk_idx").to_pylist()
+        texts += [ts.texts[i] for i in chosen]
+        sources += [name] * n
+        chunk_idx += [ci[i] for i in chosen]
+        seen.update(texts[-n:])
+        bench[name] = [ts.texts[i] for i in order[n : n + BENCH_CHUNKS]]
+    texts_set = TextSet.from_texts(texts, sources=sources, chunk_idx=np.asarray(chunk_idx, dtype=np.int64))
+    return texts_set, bench
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically: a killed run leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # -- tokenizer and models -----------------------------------------------------------------
@@ -247,12 +318,12 @@ def train_tokenizer(corpus, vocab_size: int, out: Path, fingerprint: str):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    # A slice of each domain is enough for 2k merges and keeps this step to seconds.
+    # A slice of each domain is enough for 1k merges and keeps this step to seconds.
     sample = [t for name in DOMAINS for t in corpus[name]["train"][:200]]
     tok.train_from_iterator(sample, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     fast.save_pretrained(out)
-    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    _write_text(marker, json.dumps({"fingerprint": fingerprint}))
     return fast
 
 
@@ -266,11 +337,13 @@ def token_streams(corpus, tokenizer) -> dict[str, np.ndarray]:
     return streams
 
 
-def sample_batch(streams: dict[str, np.ndarray], domain: str, batch_size: int, seq_len: int, rng) -> np.ndarray:
-    """Random windows of ``seq_len`` tokens; for ``mix``, each row from a domain drawn uniformly."""
+def sample_batch(streams: dict[str, np.ndarray], domain: str, batch_size: int, seq_len: int, rng,
+                 mix: tuple[float, ...] | None = None) -> np.ndarray:
+    """Random windows of ``seq_len`` tokens; for ``mix``, each row from a domain drawn with the shares ``mix`` (default equal)."""
     names = list(DOMAINS) if domain == "mix" else [domain]
+    p = None if mix is None or domain != "mix" else np.asarray(mix, dtype=float) / np.sum(mix)
     rows = []
-    for which in rng.integers(0, len(names), batch_size):
+    for which in rng.choice(len(names), size=batch_size, p=p):
         s = streams[names[which]]
         start = int(rng.integers(0, len(s) - seq_len))
         rows.append(s[start : start + seq_len])
@@ -306,7 +379,7 @@ def train_model(spec: DemoModel, plan: DemoPlan, tokenizer, streams, models_dir:
     for step in range(spec.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, spec.steps, spec.lr)
-        x = torch.from_numpy(sample_batch(streams, spec.domain, plan.batch_size, plan.context, rng))
+        x = torch.from_numpy(sample_batch(streams, spec.domain, plan.batch_size, plan.context, rng, spec.mix))
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -314,7 +387,7 @@ def train_model(spec: DemoModel, plan: DemoPlan, tokenizer, streams, models_dir:
         opt.zero_grad(set_to_none=True)
         tokens += x.numel()
         rate = f"{tokens / (time.perf_counter() - t0):,.0f} tok/s"
-        progress.update(task, advance=1, loss=float(loss), rate=rate)
+        progress.update(task, advance=1, loss=loss.item(), rate=rate)
         if step + 1 in spec.checkpoints:
             _save(model, tokenizer, models_dir / f"{spec.name}-step{step + 1}", spec, fingerprint, step + 1)
     _save(model, tokenizer, models_dir / spec.name, spec, fingerprint, spec.steps)
@@ -325,7 +398,7 @@ def _save(model, tokenizer, path: Path, spec: DemoModel, fingerprint: str, step:
     (path / "lmmap-demo.json").unlink(missing_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    (path / "lmmap-demo.json").write_text(json.dumps({"spec": asdict(spec), "step": step, "fingerprint": fingerprint}))
+    _write_text(path / "lmmap-demo.json", json.dumps({"spec": asdict(spec), "step": step, "fingerprint": fingerprint}))
 
 
 def _is_trained(path: Path, spec: DemoModel, fingerprint: str) -> bool:
@@ -336,45 +409,176 @@ def _is_trained(path: Path, spec: DemoModel, fingerprint: str) -> bool:
     return info.get("fingerprint") == fingerprint and info.get("spec") == json.loads(json.dumps(asdict(spec)))
 
 
-def model_table(plan: DemoPlan) -> pd.DataFrame:
-    """Every model of the plan (checkpoints included) with its metadata, parents before children."""
+def model_table(plan: DemoPlan, held_out: bool = False) -> pd.DataFrame:
+    """The plan's models (checkpoints included) with their metadata, parents before children.
+
+    Columns: ``model``, ``model_type``, ``family``, ``base_model`` (the model
+    a fine-tune or checkpoint derives from — a checkpoint's is its run's final
+    model; empty for a model trained from scratch), ``domain``,
+    ``train_steps``, ``seed``. ``held_out``: list the held-out models too.
+    """
     rows = []
     for m in plan.models:
+        if m.held_out and not held_out:
+            continue
         for k in m.checkpoints:
-            rows.append(dict(model=f"{m.name}-step{k}", model_type="checkpoint", family=m.family, domain=m.domain,
-                             parent=m.parent or "", train_steps=k, seed=m.seed, trained_by=m.name))
-        rows.append(dict(model=m.name, model_type=m.model_type, family=m.family, domain=m.domain,
-                         parent=m.parent or "", train_steps=m.steps, seed=m.seed, trained_by=m.name))
+            rows.append(dict(model=f"{m.name}-step{k}", model_type="checkpoint", family=m.family, base_model=m.name,
+                             domain=m.domain, train_steps=k, seed=m.seed))
+        rows.append(dict(model=m.name, model_type=m.model_type, family=m.family, base_model=m.parent or "",
+                         domain=m.domain, train_steps=m.steps, seed=m.seed))
     return pd.DataFrame(rows)
+
+
+# -- benchmark-like scores --------------------------------------------------------------------
+
+
+def next_token_accuracy(model, tokenizer, chunks: list[str], context: int, batch: int = 32, top: int = 5) -> float:
+    """Percentage of next tokens among ``model``'s ``top`` guesses over ``chunks``, each chunk scored on its own.
+
+    Top-5 rather than top-1: the demo's models are small and briefly trained,
+    and their single best guess is most often the same frequent token, which
+    hides the differences between them.
+    """
+    import torch
+
+    ids = [x[:context] for x in tokenizer(chunks, add_special_tokens=False)["input_ids"] if len(x) >= 2]
+    ids.sort(key=len)  # batches of similar lengths: little padding to compute
+    pad = tokenizer.eos_token_id
+    correct = total = 0
+    with torch.no_grad():
+        for b in range(0, len(ids), batch):
+            part = ids[b : b + batch]
+            width = max(map(len, part))
+            x = torch.full((len(part), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(part), width), dtype=torch.long)
+            for i, row in enumerate(part):
+                x[i, : len(row)] = torch.tensor(row)
+                mask[i, : len(row)] = 1
+            guess = model(input_ids=x, attention_mask=mask).logits[:, :-1].topk(top, dim=-1).indices
+            valid = mask[:, 1:].bool()
+            correct += int(((guess == x[:, 1:, None]).any(-1) & valid).sum())
+            total += int(valid.sum())
+    return 100.0 * correct / max(total, 1)
+
+
+def benchmark_scores(models_dir: Path, names: list[str], bench: dict[str, list[str]], context: int,
+                     cache: Path, fingerprint: str) -> pd.DataFrame:
+    """``top5_<domain>`` (top-5 next-token accuracy, %) of each model, indexed by model; cached in ``cache``."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    key = hashlib.sha256(json.dumps([fingerprint, context, bench], sort_keys=True).encode()).hexdigest()[:16]
+    rows: dict[str, dict] = {}
+    if cache.exists():
+        info = json.loads(cache.read_text())
+        if info.get("key") == key:
+            rows = info.get("rows", {})
+    todo = [n for n in names if n not in rows]
+    if todo:
+        tokenizer = AutoTokenizer.from_pretrained(models_dir / todo[0])
+        for name in todo:
+            model = GPT2LMHeadModel.from_pretrained(models_dir / name).eval()
+            rows[name] = {f"top5_{d}": round(next_token_accuracy(model, tokenizer, bench[d], context), 3) for d in DOMAINS}
+        _write_text(cache, json.dumps({"key": key, "rows": rows}))
+    table = pd.DataFrame.from_dict({n: rows[n] for n in names}, orient="index")
+    return table.rename_axis("model")
+
+
+# -- the session the README walks through -------------------------------------------------------
+
+
+def session_commands(outdir, plan: DemoPlan, n_texts: int) -> list[str]:
+    """The README's "A session" with this demo's paths and demo-scale arguments, one command a line.
+
+    Outputs go to ``session/`` in the working directory.
+    """
+    from .importance import default_resample_size
+
+    out = Path(outdir).as_posix()
+    n = default_resample_size(n_texts)
+    families = {m.family for m in plan.models if not m.held_out}
+    group = "family" if len(families) >= 5 else "none"
+    lines = [
+        f"export LMMAP_STORE={out}/store",
+        "lmmap models",
+        "lmmap map -o session/map",
+        f"lmmap neighbors {EXAMPLE_FINETUNE} -k 5 --se",
+        f"lmmap select --method ls --n {n} -o session/subset.json",
+    ]
+    for name in plan.held_out:
+        lines.append(f"lmmap add {out}/models/{name} --subset session/subset.json -o session/placed")
+        lines.append(f"lmmap add {out}/models/{name} --name {name}-adaptive --adaptive --target-se 0.1 -o session/adaptive")
+    lines += [
+        "lmmap errors -o session/errors",
+        f"lmmap stability -o session/stability --method ls --n {n} --R 20",
+        f"lmmap predict --scores {out}/scores.csv --group-by {group} -o session/predict",
+    ]
+    return lines
 
 
 # -- the whole demo -----------------------------------------------------------------------
 
 
 def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, seed: int = 0, console=None,
-             progress: bool = True, threads: int | None = 1) -> dict:
+             progress: bool = True, threads: int | str | None = "auto") -> dict:
     """Build, score and map the demo ecosystem under ``outdir``; returns paths and a summary.
 
-    ``threads``: torch threads for training and scoring (restored afterwards;
-    ``None`` keeps the current setting). The demo's models are so small that a
-    second thread gains little, while on a busy machine threads that wait for
-    each other make every step many times slower, so one is the default.
+    ``threads``: torch threads for training and scoring — a number, or
+    ``"auto"`` (see :mod:`lmmap.threads`: one on a machine with two cores,
+    the idle cores less one on a larger one); restored afterwards. ``None``
+    keeps the current setting.
 
     Returns a dict with ``paths`` (the map files), ``store``, ``models_dir``,
-    ``n_models``, ``n_texts``, ``seconds`` and ``finetune_check`` (for each
-    fine-tune: KL to its base and to the nearest from-scratch model).
+    ``models_csv``, ``scores_csv``, ``held_out`` (models trained but not in
+    the store), ``n_models``, ``n_texts``, ``seconds`` (wall), ``cpu_seconds``
+    (this process's CPU time: about the wall time on an idle machine with one
+    thread), ``threads``,
+    ``finetune_check`` (for each fine-tune: KL to its base and to the nearest
+    from-scratch model), ``kl_summary`` and ``session`` (the README's commands).
     """
-    import torch
+    from .threads import set_threads
 
-    if threads is not None and threads < 1:
-        raise LmmapError(f"--threads must be at least 1, got {threads}")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    previous = set_threads(threads) if threads is not None else None
     try:
-        return _run_demo(outdir, size, force, seed, console, progress)
+        with _quiet_transformers():
+            return _run_demo(outdir, size, force, seed, console, progress)
     finally:
-        torch.set_num_threads(old_threads)
+        if previous is not None:
+            set_threads(previous)
+
+
+class _quiet_transformers:
+    """transformers' info lines and save_pretrained's progress bars off while the demo runs (restored after)."""
+
+    def __enter__(self):
+        try:
+            from transformers.utils import logging as tlog
+        except ImportError:
+            self._tlog = None
+            return self
+        self._tlog = tlog
+        self._verbosity = tlog.get_verbosity()
+        self._bars = tlog.is_progress_bar_enabled()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        try:
+            from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
+            self._hub_bars = not are_progress_bars_disabled()
+            disable_progress_bars()
+        except ImportError:
+            self._hub_bars = False
+        return self
+
+    def __exit__(self, *exc):
+        if self._tlog is not None:
+            self._tlog.set_verbosity(self._verbosity)
+            if self._bars:
+                self._tlog.enable_progress_bar()
+            if self._hub_bars:
+                from huggingface_hub.utils import enable_progress_bars
+
+                enable_progress_bars()
+        return False
 
 
 def _run_demo(outdir, size, force, seed, console, progress) -> dict:
@@ -382,11 +586,12 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from .formats import read_metadata_csv
     from .modelmap import ModelMap
     from .scoring import score_models
     from .store import Store
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     console = console or Console(stderr=True)
     say = (lambda msg: console.print(msg, highlight=False, markup=False)) if progress else (lambda msg: None)
     plan = demo_plan(size, seed)
@@ -407,10 +612,12 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
         if m.parent in retrain or not _all_saved(models_dir, m, fingerprint):
             todo.append(m)
             retrain.add(m.name)
+    full_table = model_table(plan, held_out=True)
     if todo:
         streams = token_streams(corpus, tokenizer)
         say(f"training {len(todo)} model(s) on {', '.join(DOMAINS)} "
-            f"({plan.n_layer} layers, width {plan.n_embd}, context {plan.context}; CPU, {torch.get_num_threads()} threads)")
+            f"({plan.n_layer} layers, width {plan.n_embd}, context {plan.context}; CPU, {torch.get_num_threads()} "
+            f"thread{'s' if torch.get_num_threads() > 1 else ''})")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.2f}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
         t_train = time.perf_counter()
@@ -419,12 +626,14 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
                 train_model(m, plan, tokenizer, streams, models_dir, fingerprint, bar)
         say(f"trained in {time.perf_counter() - t_train:.0f} s")
     else:
-        say(f"{len(model_table(plan))} trained models found in {models_dir} (cached)")
+        say(f"{len(full_table)} trained models found in {models_dir} (cached)")
 
     table = model_table(plan)
-    texts = demo_text_set(corpus, plan, seed, out / "data")
+    texts, bench = demo_text_set(corpus, plan, seed, out / "data")
+    models_csv = out / "models.csv"
+    _write_text(models_csv, table.to_csv(index=False))
     store = Store.create(out / "store", texts, exist_ok=True)
-    store.set_metadata(table.drop(columns=["trained_by"]))
+    store.set_metadata(read_metadata_csv(models_csv).reset_index())
     names = table["model"].tolist()
     pending = [n for n in names if not store.has_model(n)]
     if pending:
@@ -441,18 +650,30 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
     if len(pending) < len(names):
         say(f"{len(names) - len(pending)} models already scored in {store.path} (cached)")
 
+    all_names = full_table["model"].tolist()
+    say(f"benchmark: top-5 next-token accuracy of {len(all_names)} models on {BENCH_CHUNKS} held-out chunks per domain "
+        "(not in the text set)")
+    scores = benchmark_scores(models_dir, all_names, bench, plan.context, out / "data" / "scores-cache.json", fingerprint)
+    scores_csv = out / "scores.csv"
+    _write_text(scores_csv, scores.to_csv())
+
     say("building the map…")
     mm = ModelMap.from_store(store, models=names)
-    paths = mm.write(out / "map", embedding="tsne", color_by="model_type")
+    paths = mm.write(out / "map", color_by="model_type")
     check = finetune_check(mm, table)
+    summary = kl_summary(check)
+    session = session_commands(out, plan, len(texts))
+    seconds, cpu_seconds = time.perf_counter() - t_start, time.process_time() - cpu_start
     if progress:
-        _print_summary(console, mm, check)
+        _print_summary(console, mm, check, summary)
     result = dict(
         paths={k: str(v) for k, v in paths.items()}, store=str(store.path), models_dir=str(models_dir),
-        n_models=len(names), n_texts=len(texts), seconds=time.perf_counter() - t_start,
-        finetune_check=check, example_model="base-ft-code",
+        models_csv=str(models_csv), scores_csv=str(scores_csv), held_out=plan.held_out,
+        n_models=len(names), n_texts=len(texts), seconds=seconds, cpu_seconds=cpu_seconds,
+        threads=torch.get_num_threads(),
+        finetune_check=check, kl_summary=summary, example_model=EXAMPLE_FINETUNE, session=session,
     )
-    (out / "demo.json").write_text(json.dumps({**_demo_id(plan, seed), "last_run": result}, indent=2, default=str))
+    _write_text(out / "demo.json", json.dumps({**_demo_id(plan, seed), "last_run": result}, indent=2, default=str))
     return result
 
 
@@ -468,51 +689,76 @@ def _demo_id(plan: DemoPlan, seed: int) -> dict:
 def _prepare_outdir(out: Path, plan: DemoPlan, seed: int, force: bool) -> None:
     """Refuse to write into a directory that is not a demo's; on ``force`` remove only what the demo made."""
     marker = out / "demo.json"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a new or empty directory with -o")
     if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise LmmapError(f"{out} exists and is not an lmmap demo directory; give a new or empty directory with -o")
+        raise InputError(f"{out} exists and is not an lmmap demo directory; give a new or empty directory with -o")
     if marker.exists():
         info = json.loads(marker.read_text())
         same = {k: info.get(k) for k in ("lmmap_demo", "size", "seed")} == _demo_id(plan, seed)
         if not same and not force:
-            raise LmmapError(
-                f"{out} holds the demo with size={info.get('size')}, seed={info.get('seed')}; "
-                "use another directory, or pass --force to rebuild it"
+            raise InputError(
+                f"{out} holds the demo with size={info.get('size')}, seed={info.get('seed')}"
+                + ("" if info.get("lmmap_demo") == DEMO_FORMAT else " of an older lmmap")
+                + "; use another directory, or pass --force to rebuild it"
             )
         if force:
             for sub in ("data", "tokenizer", "models", "store", "map"):
                 shutil.rmtree(out / sub, ignore_errors=True)
+            for name in ("models.csv", "scores.csv"):
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(_demo_id(plan, seed), indent=2))
+    _write_text(marker, json.dumps(_demo_id(plan, seed), indent=2))
 
 
 def finetune_check(mm, table: pd.DataFrame) -> list[dict]:
-    """For each fine-tune: estimated KL to its base and to the nearest model trained from scratch."""
+    """For each fine-tune in the map: estimated KL to its base and to the nearest model trained from scratch."""
     kl = mm.kl_frame()
     scratch = table.loc[table["model_type"] == "scratch", "model"].tolist()
     rows = []
     for r in table[table["model_type"] == "finetune"].itertuples():
+        if r.model not in kl.index:
+            continue
         near = min(scratch, key=lambda s: kl.loc[r.model, s]) if scratch else None
-        rows.append(dict(finetune=r.model, base=r.parent, kl_to_base=float(kl.loc[r.model, r.parent]),
+        rows.append(dict(finetune=r.model, base=r.base_model, kl_to_base=float(kl.loc[r.model, r.base_model]),
                          nearest_scratch=near, kl_to_scratch=float(kl.loc[r.model, near]) if near else float("nan")))
     return rows
 
 
-def _print_summary(console, mm, check: list[dict]) -> None:
+def kl_summary(check: list[dict]) -> dict:
+    """The ranges the README quotes: each fine-tune's KL to its base, and how many times larger its KL to scratch is."""
+    if not check:
+        return {}
+    to_base = [r["kl_to_base"] for r in check]
+    ratio = [r["kl_to_scratch"] / r["kl_to_base"] for r in check if r["kl_to_base"] > 0]
+    return dict(kl_to_base_min=min(to_base), kl_to_base_max=max(to_base),
+                ratio_min=min(ratio) if ratio else float("nan"), ratio_max=max(ratio) if ratio else float("nan"))
+
+
+def _print_summary(console, mm, check: list[dict], summary: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title="fine-tunes stay near their base", title_justify="left")
-    for col in ("fine-tune", "KL to base", "nearest from-scratch model", "its KL"):
-        t.add_column(col, justify="right" if "KL" in col else "left")
+    t = Table(title="fine-tunes stay near their base (estimated KL, nats per text)", title_justify="left")
+    for col in ("fine-tune", "KL to base", "nearest from-scratch model", "its KL", "ratio"):
+        t.add_column(col, justify="right" if col in ("KL to base", "its KL", "ratio") else "left")
     for r in check:
-        t.add_row(r["finetune"], f"{r['kl_to_base']:.3f}", str(r["nearest_scratch"]), f"{r['kl_to_scratch']:.3f}")
+        t.add_row(escape(r["finetune"]), f"{r['kl_to_base']:.0f}", escape(str(r["nearest_scratch"])),
+                  f"{r['kl_to_scratch']:.0f}", f"{r['kl_to_scratch'] / r['kl_to_base']:.1f}×")
     console.print(t)
+    if summary:
+        console.print(
+            f"each fine-tune's KL to its base: {summary['kl_to_base_min']:.0f}–{summary['kl_to_base_max']:.0f} nats, "
+            f"{summary['ratio_min']:.1f}–{summary['ratio_max']:.1f}× smaller than to the nearest from-scratch model",
+            highlight=False, markup=False,
+        )
     nn = mm.neighbor_table(1)
     console.print("nearest neighbour of each model: " + ", ".join(f"{a}→{b}" for a, b in zip(nn["model"], nn["neighbor"])),
-                  highlight=False)
+                  highlight=False, markup=False)
 
 
 def main(argv=None) -> None:  # pragma: no cover - `python -m lmmap.demo`
     run_demo(*(argv or sys.argv[1:2] or ["lmmap-demo"]))
 
 
-__all__ = ["run_demo", "demo_plan", "DemoModel", "DemoPlan", "__version__"]
+__all__ = ["run_demo", "demo_plan", "session_commands", "DemoModel", "DemoPlan", "__version__"]

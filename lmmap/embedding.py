@@ -4,7 +4,18 @@ The input is a K×D feature matrix ``X`` whose Euclidean distances carry the
 model distances: rows ``q_i`` of ``Q`` on the full text set, or rows of
 ``Q̃_d W^{1/2}`` on a resampled subset (then ``‖x_i − x_j‖² = g̃_ij``).
 
-* ``tsne`` (default): t-SNE (van der Maaten & Hinton, 2008) through openTSNE,
+* ``auto`` (default): ``mds`` for fewer than :data:`AUTO_TSNE_MIN_MODELS`
+  (40) models, ``tsne`` from there on (:func:`resolve_method`). With a few
+  dozen models t-SNE has too few neighbours per point for its perplexity to
+  mean anything, and it is free to tear a small lineage apart; classical MDS
+  keeps the KL ordering of the whole map (see README, "Which embedding").
+* ``mds``: classical (Torgerson) MDS of the KL matrix taken as squared
+  distances, ``KL_ij = ‖x_i − x_j‖² / (2N)``: the top two eigenvectors of
+  ``B = −½ J·KL·J``, scaled by ``√λ``. Squared map distances approximate KL
+  from below (they are KL projected onto the plane). It equals the PCA of
+  ``X`` up to the factor ``1/√(2N)`` and a sign per axis, which is why new
+  models can be placed exactly (Gower's out-of-sample formula).
+* ``tsne``: t-SNE (van der Maaten & Hinton, 2008) through openTSNE,
   initialised with the first two principal components of ``X`` and a fixed
   ``random_state`` (42 in the paper), so a map is reproducible.
 * ``pca``: the first two principal components (scikit-learn).
@@ -24,9 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import LmmapError
+from .exceptions import LmmapError, LmmapWarning
 
-METHODS = ("tsne", "pca", "umap")
+METHODS = ("auto", "mds", "tsne", "pca", "umap")
+# Below this many models ``auto`` is classical MDS, from here on t-SNE.
+AUTO_TSNE_MIN_MODELS = 40
+# What the title and the axes of a map call each method.
+METHOD_LABELS = {"mds": "classical MDS of KL", "tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
+AXIS_LABELS = {"mds": "MDS", "tsne": "t-SNE", "pca": "PC", "umap": "UMAP"}
 DEFAULT_RANDOM_STATE = 42
 DEFAULT_PERPLEXITY = 30.0
 MIN_MODELS_TSNE = 3
@@ -48,6 +64,8 @@ class Embedding:
     def _n_features(self) -> int:
         if self.method == "tsne":
             return self.model.affinities.knn_index.data.shape[1]
+        if self.method == "mds":
+            return self.model.X.shape[1]
         return self.model.n_features_in_
 
     def transform(self, X_new, **kwargs) -> np.ndarray:
@@ -56,7 +74,8 @@ class Embedding:
         t-SNE: each new point is optimised against the fixed reference
         embedding (openTSNE ``TSNEEmbedding.transform``; its keyword arguments,
         e.g. ``perplexity`` (default 5), pass through). PCA/UMAP: the fitted
-        model's ``transform``.
+        model's ``transform``. MDS: Gower's out-of-sample projection of the
+        new rows' squared distances to the map's rows (:meth:`place_by_kl`).
         """
         X_new = _as_features(X_new, "X_new")
         d = self._n_features()
@@ -65,7 +84,22 @@ class Embedding:
                 f"X_new has {X_new.shape[1]} features but the map was built on {d}: "
                 "compute the new models' features on the same texts (and weights) as the map's"
             )
+        if self.method == "mds":
+            return self.model.transform(X_new)
         return np.array(self.model.transform(X_new, **kwargs), dtype=np.float64)
+
+    def place_by_kl(self, kl_new) -> np.ndarray:
+        """MDS maps only: 2-D positions (m×2) of new models from their KL (m×K) to the map's K models.
+
+        Gower's (1968) formula ``y = ½ Λ^{-1/2} Vᵀ (diag B − d²)`` with ``d² =
+        KL``: exact for a new model whose KL estimates are those of the full
+        map, and it needs no features, so a model scored on a resampled subset
+        of texts lands where the full map would put it (up to the KL
+        estimates' error) while the existing models keep their positions.
+        """
+        if self.method != "mds":
+            raise LmmapError(f"models are placed from their KL only in an MDS map, this one is {self.method}")
+        return self.model.place(np.atleast_2d(np.asarray(kl_new, dtype=np.float64)))
 
     @classmethod
     def from_coords(
@@ -125,25 +159,37 @@ def fit_embedding(
     ----------
     X : array (K, D)
         Model features: rows of ``Q`` or of ``Q̃_d W^{1/2}``.
-    method : {"tsne", "pca", "umap"}
+    method : {"auto", "mds", "tsne", "pca", "umap"}
+        ``auto``: ``mds`` below 40 models, ``tsne`` from 40 on (:func:`resolve_method`).
     random_state : int or None
         Fixed for reproducible maps (the paper: 42).
     perplexity : float
         t-SNE only; lowered to ``(K − 1)/3`` with a warning when K is small.
     **kwargs
         Passed to ``openTSNE.TSNE``, ``sklearn.decomposition.PCA`` or
-        ``umap.UMAP`` (e.g. ``n_jobs``, ``n_iter``).
+        ``umap.UMAP`` (e.g. ``n_jobs``, ``n_iter``). MDS takes ``n_texts``
+        (N: distances² are then ``‖x_i − x_j‖²/(2N)`` = KL; default 1).
     """
-    if method not in METHODS:
-        raise LmmapError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}")
+    method = resolve_method(method, np.shape(X)[0] if np.ndim(X) == 2 else 0)
     X = _as_features(X)
     _check_random_state(random_state)
+    if method == "mds":
+        return _fit_mds(X, **kwargs)
     if method == "tsne":
         _check_min_models(X, MIN_MODELS_TSNE, "tsne")
         return _fit_tsne(X, random_state, effective_perplexity(perplexity, X.shape[0]), **kwargs)
     if method == "pca":
         return _fit_pca(X, random_state, **kwargs)
     return _fit_umap(X, random_state, **kwargs)
+
+
+def resolve_method(method: str, n_models: int) -> str:
+    """The embedding ``method`` stands for with ``n_models`` models: ``auto`` → ``mds`` (K < 40) or ``tsne``."""
+    if method not in METHODS:
+        raise LmmapError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}")
+    if method == "auto":
+        return "mds" if n_models < AUTO_TSNE_MIN_MODELS else "tsne"
+    return method
 
 
 def effective_perplexity(perplexity: float, n_models: int) -> float:
@@ -158,6 +204,7 @@ def effective_perplexity(perplexity: float, n_models: int) -> float:
     if perplexity > upper:
         warnings.warn(
             f"perplexity {perplexity:g} is too large for {n_models} models; using {upper:.3g} = (K - 1)/3",
+            LmmapWarning,
             stacklevel=3,
         )
         return float(upper)
@@ -183,6 +230,50 @@ def _fit_tsne(X: np.ndarray, random_state, perplexity: float, **kwargs) -> Embed
     params["perplexity"] = perplexity
     model = openTSNE.TSNE(**params).fit(X)
     return Embedding(coords=np.array(model, dtype=np.float64), method="tsne", perplexity=perplexity, model=model)
+
+
+class _ClassicalMDS:
+    """Classical MDS of ``‖x_i − x_j‖² · scale`` and Gower's out-of-sample placement."""
+
+    def __init__(self, X: np.ndarray, scale: float):
+        self.X = X
+        self.scale = scale
+        # Double centring of squared distances is the Gram matrix of the model-centred rows.
+        Xc = X - X.mean(axis=0, keepdims=True)
+        B = (Xc @ Xc.T) * scale
+        lam, V = np.linalg.eigh((B + B.T) / 2)
+        order = np.argsort(lam)[::-1][:2]
+        lam, V = np.clip(lam[order], 0.0, None), V[:, order]
+        # Eigenvectors have no sign of their own; fix one so the same input gives the same picture.
+        flip = np.sign(V[np.argmax(np.abs(V), axis=0), np.arange(V.shape[1])])
+        V = V * np.where(flip == 0, 1.0, flip)
+        self.lam, self.V = lam, V
+        self.b = np.diag(B).copy()
+        self.coords = V * np.sqrt(lam)
+        self.explained = float(lam.sum() / max(np.trace(B), np.finfo(float).tiny))
+
+    def place(self, d2: np.ndarray) -> np.ndarray:
+        if d2.ndim != 2 or d2.shape[1] != self.V.shape[0]:
+            raise LmmapError(
+                f"KL to place new models must be m×K with K = {self.V.shape[0]} (one column per model of the map), "
+                f"got shape {d2.shape}"
+            )
+        inv = np.divide(1.0, np.sqrt(self.lam), out=np.zeros_like(self.lam), where=self.lam > 0)
+        return 0.5 * ((self.b[None, :] - d2) @ self.V) * inv[None, :]
+
+    def transform(self, X_new: np.ndarray) -> np.ndarray:
+        a = np.einsum("ij,ij->i", X_new, X_new)
+        b = np.einsum("ij,ij->i", self.X, self.X)
+        d2 = np.maximum(a[:, None] + b[None, :] - 2.0 * X_new @ self.X.T, 0.0) * self.scale
+        return self.place(d2)
+
+
+def _fit_mds(X: np.ndarray, n_texts: int | None = None) -> Embedding:
+    _check_min_models(X, 2, "mds")
+    if n_texts is not None and (not isinstance(n_texts, numbers.Integral) or n_texts <= 0):
+        raise LmmapError(f"n_texts (N) must be a positive integer, got {n_texts!r}")
+    model = _ClassicalMDS(X, 1.0 / (2.0 * n_texts) if n_texts else 1.0)
+    return Embedding(coords=model.coords.copy(), method="mds", model=model)
 
 
 def _fit_pca(X: np.ndarray, random_state, **kwargs) -> Embedding:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -47,7 +48,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .core import squared_distances
-from .exceptions import LmmapError
+from .exceptions import InputError, LmmapError, LmmapWarning
 from .importance import METHODS, check_method, expected_unique, importance
 
 EPS0 = 1e-3
@@ -55,7 +56,9 @@ ERRORS = ("relative", "absolute")
 MODES = ("simulate", "analytic", "both")
 PRECISIONS = ("auto", "float32", "float64")
 KAPPA_SOURCES = ("simulated", "theory")
-DEFAULT_TARGETS = (500, 2500, 5000, 7500)
+DEFAULT_TARGETS = (500, 2500, 5000, 7500)  # the paper's, for N = 10,000; see default_targets(N)
+# Table 1's default targets as fractions of N: the paper's 500, 2,500, 5,000, 7,500 of 10,000.
+TARGET_FRACTIONS = (0.05, 0.25, 0.5, 0.75)
 # float32 is used only if its rounding error in e is at most this fraction of
 # the smallest τ being measured: it then changes τ² by at most its square (0.25%).
 FLOAT32_TOLERANCE = 0.05
@@ -111,19 +114,46 @@ def check_workers(workers) -> int:
 
 def check_trials(R, minimum: int = 2) -> int:
     if isinstance(R, bool) or not isinstance(R, numbers.Integral) or R < minimum:
-        raise LmmapError(f"R (number of trials) must be an integer ≥ {minimum}, got {R!r}")
+        raise InputError(f"R must be ≥ {minimum} (resampling trials), got {R!r}; e.g. --R 100")
     return int(R)
 
 
 # ----------------------------------------------------------------------------- grids
 
 
+def _round_sig(x: float, digits: int = 2) -> int:
+    """``x`` rounded to ``digits`` significant digits (at least 1): 765 → 770, 51 → 51, 7,500 → 7,500."""
+    if x < 1:
+        return 0
+    scale = 10 ** max(0, int(math.floor(math.log10(x))) + 1 - digits)
+    return int(math.floor(x / scale + 0.5) * scale)
+
+
 def default_n_grid(N: int) -> np.ndarray:
-    """The paper's resample sizes 10..90, 100..900, 1,000..10,000, capped at N (N itself included)."""
+    """Resample sizes 1..9 × each power of ten from 10 up to N, and N itself.
+
+    For N = 10,000 this is the paper's grid (10..90, 100..900, 1,000..10,000);
+    it grows with N (N = 100,000 adds 20,000..100,000) and shrinks with it
+    (N = 300: 10..90, 100, 200, 300). Below N = 20 it starts at 1.
+    """
     if N < 1:
-        raise LmmapError(f"N must be positive, got {N}")
-    grid = np.concatenate([np.arange(10, 100, 10), np.arange(100, 1000, 100), np.arange(1000, 10001, 1000)])
-    return np.unique(np.append(grid[grid <= N], N))
+        raise InputError(f"N must be positive, got {N}")
+    start = 1 if N < 20 else 10
+    grid, decade = [], start
+    while decade <= N:
+        grid.extend(k * decade for k in range(1, 10) if k * decade <= N)
+        decade *= 10
+    return np.unique(np.append(np.asarray(grid, dtype=np.int64), N))
+
+
+def default_targets(N: int) -> np.ndarray:
+    """Table 1's default target d: 5%, 25%, 50% and 75% of N, to two significant digits.
+
+    N = 10,000 gives the paper's 500, 2,500, 5,000, 7,500; N = 1,020 gives
+    51, 260, 510, 770. Targets that round to 0 or reach N are left out.
+    """
+    t = sorted({_round_sig(f * N) for f in TARGET_FRACTIONS})
+    return np.asarray([d for d in t if 0 < d < N], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- pairwise errors
@@ -436,13 +466,27 @@ def check_targets(targets, N: int, strict: bool = True) -> np.ndarray:
     """Target unique-text counts d for Table 1: integers with 0 < d < N.
 
     A target d ≥ N can never be matched (``σ̂ ≥ τ_unif,N > κ̂_d``); with
-    ``strict=False`` such targets are dropped instead of refused.
+    ``strict=False`` such targets are dropped (:func:`split_targets` says which).
     """
+    ok, dropped = split_targets(targets, N)
+    if dropped.size and strict:
+        raise InputError(f"target d = {int(dropped[0])} is not below N = {N}: no resampled map can match a baseline of d ≥ N texts")
+    return ok
+
+
+def split_targets(targets, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(targets below N, targets ≥ N)``: the second can never be matched and get N/A in Table 1."""
     t = check_n_grid(targets)
-    bad = t[t >= N]
-    if bad.size and strict:
-        raise LmmapError(f"target d = {int(bad[0])} is not below N = {N}: no resampled map can match a baseline of d ≥ N texts")
-    return t[t < N]
+    return t[t < N], t[t >= N]
+
+
+def _unreachable_note(dropped, N: int) -> str:
+    shown = ", ".join(f"{int(d):,}" for d in dropped[:5])
+    example = ",".join(str(int(d)) for d in default_targets(N)) or "1"
+    return (
+        f"Table 1: target d = {shown} is not below N = {N:,} texts and cannot be matched (N/A); "
+        f"targets must be below N, e.g. --targets {example}"
+    )
 
 
 @dataclass
@@ -471,6 +515,7 @@ class ErrorAnalysis:
     precision: str | None = None
     float32_error: float | None = None
     seed: int = 0
+    dropped_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def simulated(self) -> bool:
@@ -559,20 +604,34 @@ class ErrorAnalysis:
             "kappa_theory": kappa_theory(self.n_grid, self.N, kN),
         })  # fmt: skip
 
-    def texts_needed(self, targets=None, source: str | None = None, R_draws: int | None = None):
+    def texts_needed(self, targets=None, source: str | None = None, R_draws: int | None = None, warn: bool = True):
         """Table 1: for each method and target d, the d' = unique texts at the smallest n' with ``σ̂_{M,n'} ≤ κ̂_d``.
 
         Simulated: n' on the grid, d' mean ± sd over the R trials at n'.
         Analytic: the exact smallest integer n' ≤ max(grid) (``σ̂² = V_u/N + V_M/n``),
         d' = E[d] at n' and its sd over ``R_draws`` (default R) simulated count vectors.
-        "N/A" where no n' reaches κ̂_d.
+
+        Cells that cannot be filled are "N/A" with the reason in the ``note``
+        column (and, with ``warn``, one :class:`LmmapWarning` per kind of
+        reason): a target d ≥ N (never matchable), or no n' on the grid
+        reaching ``κ̂_d``. With no target at all it raises :class:`InputError`
+        rather than return an empty table.
         """
         import pandas as pd
 
         source = source or ("simulate" if self.simulated else "analytic")
-        targets = self.targets if targets is None else check_targets(targets, self.N)
-        kappas = self.kappa(targets, source)
-        rows = []
+        if targets is None:
+            targets, dropped = self.targets, np.asarray(self.dropped_targets, dtype=np.int64)
+        else:
+            targets, dropped = split_targets(targets, self.N)
+        if targets.size == 0 and dropped.size == 0:
+            example = ",".join(str(int(d)) for d in default_targets(self.N))
+            raise InputError(
+                f"Table 1 has no target: N = {self.N} texts is too few for the default targets (5–75% of N)"
+                + (f"; give targets below N, e.g. --targets {example}" if example else "; it needs at least 2 texts")
+            )
+        kappas = self.kappa(targets, source) if targets.size else np.zeros(0)
+        rows, unreached = [], []
         for m in self.methods:
             sig = self.sigma_hat(m, source)
             for d, kap in zip(targets, kappas):
@@ -592,8 +651,26 @@ class ErrorAnalysis:
                             d_prime_sd=float(draws.std(ddof=1)),
                         )
                 row["cell"] = format_cell(row["d_prime_mean"], row["d_prime_sd"])
+                row["note"] = ""
+                if row["n_prime"] is None:
+                    row["note"] = f"no n ≤ {int(self.n_grid[-1]):,} reaches κ̂_d"
+                    unreached.append((m, int(d)))
                 rows.append(row)
-        return pd.DataFrame(rows)
+            for d in dropped:
+                rows.append(dict(method=m, d=int(d), kappa_d=np.nan, n_prime=None, d_prime_mean=np.nan,
+                                 d_prime_sd=np.nan, cell="N/A", note=f"d ≥ N = {self.N}"))
+        if warn and dropped.size:
+            warnings.warn(_unreachable_note(dropped, self.N), LmmapWarning, stacklevel=2)
+        if warn and unreached:
+            shown = ", ".join(f"{m} d = {d:,}" for m, d in unreached[:4]) + (" …" if len(unreached) > 4 else "")
+            warnings.warn(
+                f"Table 1: {len(unreached)} cell(s) N/A ({shown}): no resample size up to n = {int(self.n_grid[-1]):,} "
+                f"reaches κ̂_d; more draws may: give an --n-grid that goes on to n = {3 * int(self.n_grid[-1]):,}",
+                LmmapWarning, stacklevel=2,
+            )
+        table = pd.DataFrame(rows, columns=["method", "d", "kappa_d", "n_prime", "d_prime_mean", "d_prime_sd", "cell", "note"])
+        order = {m: i for i, m in enumerate(self.methods)}
+        return table.sort_values(["method", "d"], key=lambda s: s.map(order) if s.name == "method" else s, kind="stable").reset_index(drop=True)
 
     def _analytic_n_prime(self, method: str, kappa: float) -> int | None:
         v_m = self.tau2_analytic[method][0] * self.n_grid[0]
@@ -648,13 +725,15 @@ def analyse_errors(
     Q : the map's coordinates (clipped, double-centred) on ``D_N``.
     methods : importance methods (uniform | ls | kl); uniform is always added
         (``τ_unif,N`` and ``κ̂`` come from it).
-    n_grid : resample sizes (default: the paper's, capped at N). N itself and
+    n_grid : resample sizes (default :func:`default_n_grid`: the paper's at N = 10,000, scaled with N). N itself and
         the Table 1 targets are added, so ``τ_unif,N`` and ``κ̂_d = τ_unif,d``
         are measured, not interpolated.
     R : trials per (method, n).
     error : relative (§4.1) or absolute (§4.2).
     mode : simulate | analytic | both (analytic is always computed, it is cheap).
-    targets : Table 1's d (default 500, 2,500, 5,000, 7,500, those below N).
+    targets : Table 1's d (default :func:`default_targets`: 5, 25, 50, 75% of N,
+        the paper's 500, 2,500, 5,000, 7,500 at N = 10,000). Targets ≥ N can
+        never be matched: they are noted (:class:`LmmapWarning`) and left N/A.
     kappa_source : ``κ̂_d`` for Table 1 — simulated ``τ_unif,d`` or the theory ``sqrt(N/d)κ̂_N``.
     seed, workers, progress : reproducible per-trial seeds (results do not
         depend on ``workers``), threads, progress bar.
@@ -669,7 +748,12 @@ def analyse_errors(
     workers = check_workers(workers)
     ms = [check_method(m) for m in methods]
     methods = tuple(dict.fromkeys(["uniform", *ms]))
-    targets = check_targets(DEFAULT_TARGETS, N, strict=False) if targets is None else check_targets(targets, N)
+    if targets is None:
+        targets, dropped = default_targets(N), np.zeros(0, dtype=np.int64)
+    else:
+        targets, dropped = split_targets(targets, N)
+        if dropped.size:
+            warnings.warn(_unreachable_note(dropped, N), LmmapWarning, stacklevel=2)
     grid = default_n_grid(N) if n_grid is None else check_n_grid(n_grid)
     grid = np.unique(np.concatenate([grid, [N], targets]))
 
@@ -682,6 +766,7 @@ def analyse_errors(
     result = ErrorAnalysis(
         methods=methods, n_grid=grid, N=N, K=K, R=R, error=error, eps0=eps0, mode=mode,
         kappa_source=kappa_source, targets=targets, pi=pi, tau2_analytic=tau2_an, d_expected=d_exp, seed=seed,
+        dropped_targets=dropped,
     )  # fmt: skip
     if mode == "analytic":
         return result

@@ -15,11 +15,13 @@ Both are O(KN) per text set plus one K×K Gram product, never a pair loop.
 
 from __future__ import annotations
 
+import math
 import numbers
+import warnings
 
 import numpy as np
 
-from .exceptions import LmmapError
+from .exceptions import InputError, LmmapError, LmmapWarning
 
 METHODS = ("uniform", "ls", "kl")
 
@@ -112,13 +114,27 @@ def n_zero_importance(pi) -> int:
     return int(np.count_nonzero(np.asarray(pi) == 0))
 
 
+# n draws cost O(n) memory only through their counts, but a multinomial of more than 2^53 draws loses
+# integer precision; 10^12 is far beyond any useful resample and still exact.
+MAX_SAMPLE_SIZE = 10**12
+
+
 def check_sample_size(n) -> int:
     """Validate a resample size n: a positive integer (numpy integers and integral floats accepted)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real) or not np.isfinite(n) or n != int(n):
-        raise LmmapError(f"the resample size n must be a positive integer, got {n!r}")
-    if int(n) <= 0:
-        raise LmmapError(f"the resample size n must be a positive integer, got {n!r}")
-    return int(n)
+    if isinstance(n, bool) or not isinstance(n, numbers.Real):
+        raise InputError(f"the resample size n must be a positive integer, got {n!r}")
+    # A Python int can exceed what numpy (and a multinomial draw) handles: bound it before numpy sees it.
+    if isinstance(n, numbers.Integral):
+        n = int(n)
+    elif not math.isfinite(float(n)) or float(n) != int(float(n)):
+        raise InputError(f"the resample size n must be a positive integer, got {n!r}")
+    else:
+        n = int(float(n))
+    if n <= 0:
+        raise InputError(f"the resample size n must be a positive integer, got {n!r}")
+    if n > MAX_SAMPLE_SIZE:
+        raise InputError(f"the resample size n = {n} is too large: at most {MAX_SAMPLE_SIZE:,} draws")
+    return n
 
 
 def check_probabilities(pi) -> np.ndarray:
@@ -237,3 +253,59 @@ def resampled_squared_distances(Q, u, w) -> np.ndarray:
     w = np.asarray(w, dtype=np.float64)
     X = Q[:, np.asarray(u)] * np.sqrt(w)[None, :]
     return _squared_distances(X)
+
+
+# -- resample sizes that make sense for N texts ---------------------------------------
+
+# A subset that holds this fraction of the texts saves almost nothing.
+NO_REAL_SUBSET_FRACTION = 0.9
+
+
+def _two_digits(x: float) -> int:
+    """``x`` rounded to two significant digits, at least 1 (255 → 260, 2,900 → 2,900)."""
+    if x < 1:
+        return 1
+    scale = 10 ** max(0, int(math.floor(math.log10(x))) - 1)
+    return max(1, int(math.floor(x / scale + 0.5) * scale))
+
+
+def suggested_resample_size(N: int) -> int:
+    """A resample size worth trying on N texts: about N/4 (two significant digits)."""
+    return _two_digits(N / 4)
+
+
+def default_resample_size(N: int) -> int:
+    """The default n of ``lmmap stability``: 29% of N, the paper's 2,900 draws from 10,000 texts."""
+    return _two_digits(0.29 * N)
+
+
+def no_real_subset_note(n: int, d: float, N: int, expected: bool = False) -> str | None:
+    """A one-line note when n draws are as many as the N texts, or leave (nearly) all of them; else None.
+
+    ``d``: the unique texts drawn (``expected``: the expected number per map).
+    """
+    n, N = int(n), int(N)
+    if N < 2 or (n < N and d < NO_REAL_SUBSET_FRACTION * N):
+        return None
+    about = "about " if expected else ""
+    per = " per map" if expected else ""
+    what = "no real subset" if d >= NO_REAL_SUBSET_FRACTION * N else "as many draws as texts"
+    return (
+        f"n={n} draws pick {about}{d:,.0f} of the {N:,} texts{per} ({100 * d / N:.0f}%): {what}; "
+        f"try --n ~{suggested_resample_size(N)} (about N/4)"
+    )
+
+
+def warn_if_no_real_subset(n: int, d: float, N: int, expected: bool = False) -> str | None:
+    """:func:`no_real_subset_note` as a :class:`LmmapWarning` (returns the note, or None)."""
+    note = no_real_subset_note(n, d, N, expected)
+    if note:
+        warnings.warn(note, LmmapWarning, stacklevel=3)
+    return note
+
+
+def note_if_no_real_subset(Q, method: str, n: int, per_map: bool = True) -> str | None:
+    """Warn when n draws by ``method`` from the map ``Q`` (K×N) would leave no real subset (expected d ≈ N)."""
+    pi = importance(Q, method)
+    d = float(expected_unique(pi, n)[0])
+    return warn_if_no_real_subset(n, d, Q.shape[1], expected=per_map)

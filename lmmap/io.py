@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .exceptions import LmmapError
-from .store import Store
+import warnings
+
+from .exceptions import FormatError, InputError, LmmapError, LmmapWarning, StoreError
+from .store import CONVENTIONS, Interrupted, Store, _normalise_metadata
 from .texts import TextSet
 
 
@@ -49,16 +51,47 @@ def import_vectors(
     Vectors must have one value per text of the store's text set (and the same
     identity when the file records one). Metadata found in the file (the
     authors' model-data pickle) and in ``metadata`` (MODELS.csv) is merged into
-    the store's metadata table.
+    the store's metadata table in the same change: everything is read and
+    checked first, then the models and their metadata are committed together,
+    so an import killed at any moment leaves none of them (see
+    :mod:`lmmap.store`). A metadata column whose values mix numbers and text
+    is stored as text, with a note.
     """
+    try:
+        return _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace)
+    except Interrupted:
+        raise  # after the commit: everything was imported, and the message says so
+    except KeyboardInterrupt:
+        raise Interrupted("nothing was imported (the store is as it was); rerun the import") from None
+
+
+def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace) -> list[str]:
     from .formats import read_metadata_csv, read_vectors
 
+    _check_convention(convention, "--convention")
     store = open_or_create_store(store_path, texts)
     vec = read_vectors(vectors_path, allow_pickle=allow_pickle)
     extra = vec.extra or {}
+    if extra.get("convention") is not None:
+        _check_convention(str(extra["convention"]), f"{vectors_path}: its recorded convention")
     text_pos = _text_positions(store, extra, vectors_path)
     store.check_text_set(vec.text_set_id, None if text_pos is not None else vec.L.shape[1], what=f"{vectors_path}")
-    meta_frames = [m for m in (vec.metadata, read_metadata_csv(metadata) if metadata else None) if m is not None and len(m)]
+    frames = [m for m in (vec.metadata, read_metadata_csv(metadata) if metadata else None) if m is not None and len(m)]
+    meta = None
+    for df in frames:
+        df = _normalise_metadata(df)
+        meta = df if meta is None else df.combine_first(meta)  # the CSV given wins over the file's own
+    if meta is not None:
+        known = set(vec.names) | set(store.model_names())
+        unknown = [m for m in meta.index if m not in known]
+        if unknown:
+            warnings.warn(
+                f"metadata for {len(unknown)} model(s) neither in the store nor in {Path(vectors_path).name} ignored, "
+                f"e.g. {unknown[0]!r}",
+                LmmapWarning,
+                stacklevel=2,
+            )
+            meta = meta.loc[[m for m in meta.index if m in known]]
     n_tokens, truncated = extra.get("n_tokens"), extra.get("truncated")
     record = {"scorer": "import", "source": str(vectors_path), "convention": extra.get("convention", convention)}
     items = [
@@ -72,15 +105,14 @@ def import_vectors(
         }
         for i, name in enumerate(vec.names)
     ]
-    store.write_models(items, replace=replace)
-    for df in meta_frames:
-        unknown = sorted(set(df.index) - set(store.model_names()))
-        if unknown:
-            import warnings
-
-            warnings.warn(f"metadata for {len(unknown)} model(s) not in the store ignored, e.g. {unknown[0]!r}")
-        store.set_metadata(df.loc[[m for m in df.index if m not in unknown]])
+    store.write_models(items, replace=replace, metadata=meta)
     return vec.names
+
+
+def _check_convention(convention: str, what: str) -> str:
+    if convention not in CONVENTIONS:
+        raise InputError(f"{what} must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    return convention
 
 
 def _text_positions(store: Store, extra: dict, source) -> np.ndarray | None:
@@ -90,7 +122,12 @@ def _text_positions(store: Store, extra: dict, source) -> np.ndarray | None:
     files by position.
     """
     if extra.get("text_pos") is not None:
-        return np.asarray(extra["text_pos"], dtype=np.int64)
+        raw = np.asarray(extra["text_pos"])
+        if raw.dtype.kind not in "iu":
+            ok = raw.dtype.kind == "f" and bool(np.isfinite(raw).all()) and bool((raw == np.round(raw)).all())
+            if not ok:
+                raise FormatError(f"{source}: text_pos must hold whole text positions, got e.g. {raw.reshape(-1)[:3].tolist()}")
+        return raw.astype(np.int64)
     if extra.get("text_index") is None:
         return None
     ids = np.asarray(extra["text_index"], dtype=np.int64)
@@ -108,15 +145,94 @@ def _text_positions(store: Store, extra: dict, source) -> np.ndarray | None:
     return None if np.array_equal(pos, np.arange(store.n_texts)) else pos
 
 
-def export_vectors(store: Store, path) -> Path:
-    """Write all models' vectors to ``path`` (.parquet long, .csv wide, .npz)."""
-    from .formats import write_vectors
+def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
+    """Write the models' vectors to ``path`` (.parquet long, .csv wide, .npz); the path written.
 
-    names, L = store.matrix(allow_mixed=True)
-    n_tokens = np.stack([store.vectors(n)["n_tokens"].to_numpy() for n in names]) if names else None
+    Parquet (long, one row per model and text with its ``text_pos``) holds
+    every stored row, partial models included. The wide formats hold the
+    models scored on every text; partial models are left out with a note,
+    or exported with NaN for their missing texts when ``include_partial``.
+    """
+    from .formats import EXPORT_FORMAT, EXPORT_KEY, _metadata_records, write_vectors
+
     path = Path(path)
-    write_vectors(path, names, L, text_set_id=store.text_set_id, n_tokens=n_tokens, metadata=store.metadata())
+    long = path.suffix.lower() in (".parquet", ".pq")
+    with store._shared():
+        recs = store.records()
+        if not recs:
+            raise StoreError(f"the store {store.path} holds no models yet; `lmmap import` or `lmmap score` adds some")
+        complete = [n for n, r in recs.items() if int(r.get("n_scored", -1)) == store.n_texts]
+        partial = [n for n in recs if n not in set(complete)]
+        if long and partial:
+            frames = {n: store.vectors(n) for n in recs}
+            _write_long(path, frames, store, EXPORT_FORMAT, EXPORT_KEY, _metadata_records)
+            return path
+        if partial and not include_partial:
+            shown = ", ".join(f"{n!r} ({recs[n].get('n_scored')} of {store.n_texts} texts)" for n in partial[:3])
+            warnings.warn(
+                f"left out {len(partial)} partial model(s): {shown}{' …' if len(partial) > 3 else ''}; "
+                "pass --include-partial to export them with NaN for their missing texts, export to .parquet "
+                "(long format) for every stored row, or `lmmap score NAME` to complete one",
+                LmmapWarning,
+                stacklevel=2,
+            )
+        names = list(recs) if include_partial else complete
+        if not names:
+            raise StoreError(
+                f"no model in the store {store.path} has all {store.n_texts} texts; pass --include-partial, "
+                "or export to .parquet (long format)"
+            )
+        L = np.full((len(names), store.n_texts), np.nan)
+        n_tokens = np.full((len(names), store.n_texts), -1, dtype=np.int64)
+        for i, n in enumerate(names):
+            df = store.vectors(n)
+            pos = df["text_pos"].to_numpy()
+            L[i, pos] = df["loglik"].to_numpy()
+            n_tokens[i, pos] = df["n_tokens"].to_numpy()
+        meta = store.metadata()
+    known = (n_tokens >= 0).all()  # -1: not known (imported without counts); a file has all counts or none
+    write_vectors(path, names, L, text_set_id=store.text_set_id, n_tokens=n_tokens if known else None, metadata=meta)
     return path
+
+
+def _write_long(path: Path, frames: dict, store: Store, export_format, export_key, metadata_records) -> None:
+    """Every stored row of every model, long format (what ``formats.write_vectors`` writes for a full matrix)."""
+    import json
+    import os
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = list(frames)
+    sizes = [len(frames[n]) for n in names]
+    codes = np.repeat(np.arange(len(names), dtype=np.int32), sizes)
+    cols = {
+        "model": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string())),
+        "text_pos": pa.array(np.concatenate([frames[n]["text_pos"].to_numpy() for n in names]).astype(np.int32)),
+        "loglik": pa.array(np.concatenate([frames[n]["loglik"].to_numpy() for n in names]).astype(np.float64)),
+    }
+    n_tokens = np.concatenate([frames[n]["n_tokens"].to_numpy() for n in names]).astype(np.int32)
+    if (n_tokens >= 0).all():  # -1: not known; a file has all counts or none
+        cols["n_tokens"] = pa.array(n_tokens)
+    meta = store.metadata()
+    info = {
+        "format": export_format,
+        "version": 1,
+        "n_models": len(names),
+        "n_texts": store.n_texts,
+        "text_set_id": store.text_set_id,
+        "convention": None,
+        "metadata": metadata_records(meta, names) if len(meta) else None,
+    }
+    table = pa.table(cols).replace_schema_metadata({export_key: json.dumps(info).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 RECORD_COLUMNS = ["model", "convention", "scorer", "dtype", "n_scored", "n_truncated", "added_at"]

@@ -19,6 +19,12 @@ from . import __version__, core
 from .exceptions import LmmapError
 
 MIN_MODELS = 3
+# --edges: lines from each model to its nearest by KL, the declared lineage (metadata column base_model), or none.
+EDGE_MODES = ("auto", "nn", "base_model", "none")
+LINEAGE_COLUMN = "base_model"
+# A nearest model in another lineage is flagged only if the model's own lineage is more than this much (relative KL)
+# further away: a near tie says nothing about lineage.
+LINEAGE_TIE = 0.10
 
 
 @dataclass(eq=False)
@@ -163,14 +169,130 @@ class ModelMap:
         return table
 
     # -- embeddings ---------------------------------------------------------------
-    def embed(self, method: str = "tsne", random_state: int = 42, **kwargs) -> np.ndarray:
-        """2-D coordinates (K×2) of the models: t-SNE (PCA initialisation) of ``Q W^{1/2}``, or PCA."""
-        key = ("embed", method, random_state, tuple(sorted(kwargs.items())))
-        if key not in self._cache:
-            from .embedding import embed
+    def embedding_method(self, method: str = "auto") -> str:
+        """The method ``method`` stands for in this map: ``auto`` is classical MDS below 40 models, t-SNE above."""
+        from .embedding import resolve_method
 
-            self._cache[key] = embed(self.features(), method=method, random_state=random_state, **kwargs)
+        return resolve_method(method, self.K)
+
+    def embed(self, method: str = "auto", random_state: int = 42, **kwargs) -> np.ndarray:
+        """2-D coordinates (K×2) of the models (see :mod:`lmmap.embedding`).
+
+        ``auto`` (default): classical MDS of the KL matrix for K < 40 (squared
+        map distances ≈ KL, from below), t-SNE (PCA initialisation) of ``Q W^{1/2}`` from 40 on.
+        """
+        from .embedding import DEFAULT_PERPLEXITY, embed
+
+        resolved = self.embedding_method(method)
+        if resolved == "mds":
+            kwargs.setdefault("n_texts", int(self.n_texts))
+        elif resolved == "tsne" and method == "auto":
+            # Chosen here, so lowered here without a warning: a perplexity needs about 3× as many neighbours.
+            kwargs.setdefault("perplexity", min(DEFAULT_PERPLEXITY, (self.K - 1) / 3))
+        key = ("embed", resolved, random_state, tuple(sorted(kwargs.items())))
+        if key not in self._cache:
+            self._cache[key] = embed(self.features(), method=resolved, random_state=random_state, **kwargs)
         return self._cache[key]
+
+    # -- lineage and the lines of the map ------------------------------------------
+    def base_models(self) -> dict[str, str]:
+        """``{model: base_model}`` from the metadata column ``base_model`` (the Hugging Face model-card field).
+
+        Only bases that are models of this map count; empty, unknown and self-references are ignored.
+        """
+        if self.metadata is None or LINEAGE_COLUMN not in self.metadata.columns:
+            return {}
+        col = self.metadata[LINEAGE_COLUMN].reindex(self.names)
+        out = {}
+        for model, base in zip(self.names, col):
+            if base is None or (not isinstance(base, str) and pd.isna(base)):
+                continue
+            base = str(base).strip()
+            if base and base != model and base in self._index:
+                out[model] = base
+        return out
+
+    def lineage(self, tie: float | None = None) -> pd.DataFrame:
+        """One row per model with a declared base in the map: is its nearest model by KL in the same lineage?
+
+        Columns: model, base_model, nearest (by KL), kl_to_base,
+        kl_to_nearest, kl_to_lineage (to the nearest model of its own lineage:
+        the tree of base_model links it belongs to), relation of the nearest
+        model (``base``; ``child``: a model derived from it; ``sibling``:
+        another model from the same base; ``same lineage``: further up or down
+        the tree; ``other lineage``) and consistent. A nearest model in another
+        lineage is a contradiction only when the lineage's nearest is more than
+        ``tie`` (default :data:`LINEAGE_TIE`, 10%) further away: closer calls
+        are within the estimates' noise.
+        """
+        tie = LINEAGE_TIE if tie is None else float(tie)
+        bases = self.base_models()
+        columns = ["model", "base_model", "nearest", "kl_to_base", "kl_to_nearest", "kl_to_lineage", "relation",
+                   "consistent"]  # fmt: skip
+        if not bases:
+            return pd.DataFrame(columns=columns)
+        KL = self.kl()
+        idx, vals = core.nearest_neighbors(KL, 1)
+        root = _lineage_roots(self.names, bases)
+        roots = np.array([root[n] for n in self.names], dtype=object)
+        rows = []
+        for model, base in bases.items():
+            i = self._index[model]
+            nearest = self.names[idx[i, 0]]
+            if nearest == base:
+                relation = "base"
+            elif bases.get(nearest) == model:
+                relation = "child"
+            elif bases.get(nearest) == base:
+                relation = "sibling"
+            elif root[nearest] == root[model]:
+                relation = "same lineage"
+            else:
+                relation = "other lineage"
+            same = (roots == root[model]) & (np.arange(self.K) != i)
+            in_lineage = float(KL[i, same].min())
+            consistent = relation != "other lineage" or in_lineage <= (1.0 + tie) * float(vals[i, 0])
+            rows.append((model, base, nearest, float(KL[i, self._index[base]]), float(vals[i, 0]), in_lineage, relation,
+                         consistent))  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
+
+    def resolve_edges(self, edges: str = "auto") -> str:
+        """``auto`` → ``base_model`` when the metadata declares a base for some model of the map, else ``nn``."""
+        if edges not in EDGE_MODES:
+            raise LmmapError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
+        if edges == "auto":
+            return "base_model" if self.base_models() else "nn"
+        if edges == "base_model" and not self.base_models():
+            have = self.metadata is not None and LINEAGE_COLUMN in self.metadata.columns
+            raise LmmapError(
+                ("no model's base_model names another model of the map" if have else "there is no metadata column base_model")
+                + ": give one with --metadata MODELS.csv (columns model, base_model), or use --edges nn"
+            )
+        return edges
+
+    def edges(self, mode: str = "auto"):
+        """The lines of the map and the models to flag: ``(list of plots.Edges, flagged names)``.
+
+        ``nn``: each model to its nearest by KL (a mutual pair drawn once).
+        ``base_model``: each model to its declared base, and a dashed red line
+        from a model whose nearest model lies in another lineage to that
+        nearest model (the model is flagged).
+        """
+        from .plots import Edges
+
+        mode = self.resolve_edges(mode)
+        if mode == "none":
+            return [], []
+        if mode == "nn":
+            idx, _ = core.nearest_neighbors(self.kl(), 1)
+            pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
+            return [Edges("nn", tuple((self.names[a], self.names[b]) for a, b in pairs))], []
+        table = self.lineage()
+        bad = table[~table["consistent"].astype(bool)]
+        sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])))]
+        if len(bad):
+            sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
+        return sets, list(bad["model"])
 
     def groups(self, column: str | None) -> list[str] | None:
         """The metadata column ``column`` for each model (``None`` if there is no such column)."""
@@ -183,37 +305,85 @@ class ModelMap:
     def write(
         self,
         outdir: str | os.PathLike,
-        embedding: str = "tsne",
+        embedding: str = "auto",
         color_by: str | None = "model_type",
         k: int = 10,
         se: bool = False,
         R: int = 100,
         random_state: int = 42,
+        edges: str = "auto",
     ) -> dict[str, Path]:
-        """Write ``kl.csv``, ``coords.csv``, ``neighbors.csv``, ``map.png``, ``map.html`` and ``map.json``."""
+        """Write ``kl.csv``, ``coords.csv``, ``neighbors.csv``, ``map.png``, ``map.html`` (with ``plotly.min.js``) and ``map.json``.
+
+        ``embedding``: auto (classical MDS below 40 models, t-SNE above), mds,
+        tsne, pca or umap. ``edges``: auto (``base_model`` when the metadata
+        declares bases, else ``nn``), nn, base_model or none; with declared
+        bases ``lineage.csv`` says for each model whether its nearest model by
+        KL is in its lineage.
+        """
         from . import plots
 
+        method = self.embedding_method(embedding)
+        edge_mode = self.resolve_edges(edges)
+        groups = self.groups(color_by)
+        if color_by and groups is None and color_by != "model_type":
+            raise LmmapError(f"no metadata column {color_by!r} to colour by; give one with --metadata MODELS.csv")
         out = Path(outdir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {name: out / name for name in ("kl.csv", "coords.csv", "neighbors.csv", "map.png", "map.html", "map.json")}
         if se:
             paths["kl_se.csv"] = out / "kl_se.csv"
-            pd.DataFrame(self.kl_se(R=R), index=pd.Index(self.names, name="model"), columns=self.names).to_csv(paths["kl_se.csv"])
-        self.kl_frame().to_csv(paths["kl.csv"])
+            plots.atomic_write(
+                paths["kl_se.csv"],
+                pd.DataFrame(self.kl_se(R=R), index=pd.Index(self.names, name="model"), columns=self.names).to_csv(),
+            )
+        plots.atomic_write(paths["kl.csv"], self.kl_frame().to_csv())
         coords = self.embed(embedding, random_state=random_state)
-        pd.DataFrame({"model": self.names, "x": coords[:, 0], "y": coords[:, 1]}).to_csv(paths["coords.csv"], index=False)
+        plots.atomic_write(
+            paths["coords.csv"], pd.DataFrame({"model": self.names, "x": coords[:, 0], "y": coords[:, 1]}).to_csv(index=False)
+        )
         table = self.neighbor_table(k, se=se, R=R)
-        table.to_csv(paths["neighbors.csv"], index=False)
-        groups = self.groups(color_by)
-        if color_by and groups is None and color_by != "model_type":
-            raise LmmapError(f"no metadata column {color_by!r} to colour by; give one with --metadata MODELS.csv")
+        plots.atomic_write(paths["neighbors.csv"], table.to_csv(index=False))
+        lineage = self.lineage()
+        if len(lineage):
+            paths["lineage.csv"] = out / "lineage.csv"
+            plots.atomic_write(paths["lineage.csv"], lineage.to_csv(index=False))
+        edge_sets, flagged = self.edges(edge_mode)
         hover = _hover_neighbors(table, self.names, n=3)
-        title = f"{self.K} models, {self.L.shape[1]} texts" + ("" if self.w is None else f" (resampled from N={self.n_texts})")
-        # Names on the picture while they stay readable; the HTML has them on hover at any size.
-        plots.map_png(paths["map.png"], coords, self.names, groups=groups, title=title, label=self.K <= 40)
-        plots.map_html(paths["map.html"], coords, self.names, groups=groups, hover=hover, title=title)
-        paths["map.json"].write_text(json.dumps(self.describe(embedding=embedding, color_by=color_by), indent=2))
+        if len(lineage):
+            hover = _hover_lineage(hover, self.names, lineage)
+        title = self.title(method)
+        style = dict(
+            groups=groups, title=title, edges=edge_sets, flagged=flagged, axis_label=_axis_label(method),
+            group_title=color_by if groups is not None else None,
+        )
+        plots.map_png(paths["map.png"], coords, self.names, **style)
+        plots.map_html(paths["map.html"], coords, self.names, hover=hover, **style)
+        paths["plotly.min.js"] = out / plots.PLOTLY_JS
+        info = self.describe(embedding=method, embedding_requested=embedding, color_by=color_by, edges=edge_mode)
+        if len(lineage):
+            info["lineage"] = {
+                "declared": int(len(lineage)),
+                "consistent": int(lineage["consistent"].sum()),
+                "flagged": list(lineage.loc[~lineage["consistent"].astype(bool), "model"]),
+                "tie": LINEAGE_TIE,
+            }
+        plots.atomic_write(paths["map.json"], json.dumps(info, indent=2))
         return paths
+
+    def title(self, method: str = "auto", models: str | None = None) -> str:
+        """What the map shows: models (``models`` replaces "K models"), texts, embedding and clipping (two lines)."""
+        from .embedding import METHOD_LABELS
+
+        method = self.embedding_method(method)
+        d = self.L.shape[1]
+        texts = f"{d:,} texts" if self.w is None else f"{d:,} of N = {self.n_texts:,} texts (resampled)"
+        first = f"{models or f'{self.K} models'}, {texts}"
+        if self.threshold is None:
+            clip = "no clipping"
+        else:
+            clip = f"log-likelihoods clipped at {self.threshold:.4g} ({_ordinal(self.clip_percentile)} percentile)"
+        return f"Model map: {first}\n{METHOD_LABELS.get(method, method)}; {clip}"
 
     def describe(self, **extra) -> dict:
         """What a reader needs to reproduce or extend this map (the threshold above all)."""
@@ -229,6 +399,51 @@ class ModelMap:
             "weighted": self.w is not None,
             **extra,
         }
+
+
+def _axis_label(method: str) -> str:
+    from .embedding import AXIS_LABELS
+
+    return AXIS_LABELS.get(method, method)
+
+
+def _ordinal(value: float) -> str:
+    v = f"{value:g}"
+    if not v.isdigit():
+        return f"{v}th"
+    n = int(v)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _lineage_roots(names: list[str], bases: dict[str, str]) -> dict[str, str]:
+    """Each model's lineage: the connected component of the base_model links (cycles allowed)."""
+    parent = {n: n for n in names}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for model, base in bases.items():
+        a, b = find(model), find(base)
+        if a != b:
+            parent[a] = b
+    return {n: find(n) for n in names}
+
+
+def _hover_lineage(hover: list[str], names: list[str], lineage: pd.DataFrame) -> list[str]:
+    info = {r.model: r for r in lineage.itertuples(index=False)}
+    out = []
+    for name, text in zip(names, hover):
+        r = info.get(name)
+        if r is not None:
+            text += f"\nbase_model: {r.base_model} (KL {r.kl_to_base:.3g})"
+            if not r.consistent:
+                text += f"\nnearest is in another lineage: {r.nearest}"
+        out.append(text)
+    return out
 
 
 def _hover_neighbors(table: pd.DataFrame, names: list[str], n: int = 3) -> list[str]:

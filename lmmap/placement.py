@@ -10,8 +10,11 @@ from resampling the n draws behind the subset (as :mod:`lmmap.bootstrap`).
 Column centring does not change differences between models and each row is
 centred on its own, so placing new models never changes the estimates between
 existing ones. In the 2-D map the existing models keep their positions (those
-of the full map, or of ``base_coords``) and the new ones are placed by
-openTSNE's transform against them (``rebuild=True`` refits everything).
+of the full map, or of ``base_coords``) and the new ones are placed against
+them (``rebuild=True`` refits everything): in an MDS map (the default below
+40 models) by Gower's out-of-sample formula from their KL to the existing
+models, so a new model lands where the full map would draw it; in a t-SNE map
+by openTSNE's transform.
 
 The numeric core (:func:`cross_squared_distances`, :func:`cross_sq_distance_se`,
 :func:`place_points`) takes arrays; :func:`add_models` does the store, the
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,11 +35,13 @@ import numpy as np
 import pandas as pd
 
 from . import core
-from .exceptions import LmmapError
-from .modelmap import ModelMap, _hover_neighbors
+from .exceptions import LmmapError, LmmapWarning
+from .modelmap import ModelMap, _axis_label, _hover_neighbors
 
 # Two clipping thresholds that differ by less than this (relative) are the same map's.
 _THRESHOLD_RTOL = 1e-9
+# A new model this close (KL, computed from the difference of the two vectors) to an existing one is the same model.
+IDENTICAL_KL = 1e-9
 
 
 # -- numeric core -----------------------------------------------------------------------------
@@ -94,18 +100,20 @@ def place_points(X_base, coords_base, X_new, method: str = "tsne", random_state:
 
     ``tsne``: openTSNE's transform of the new points against the fixed
     reference (affinities from ``X_base``, whatever produced ``coords_base``).
-    ``pca``: the PCA of ``X_base`` (whose own coordinates must be
-    ``coords_base``) applied to ``X_new``.
+    ``pca``, ``mds``: the PCA / classical MDS of ``X_base`` (whose own
+    coordinates must be ``coords_base``) applied to ``X_new``; ``mds`` takes
+    ``n_texts`` (N) so that squared distances are KL.
     """
     from .embedding import Embedding, fit_embedding
 
-    if method == "pca":
-        emb = fit_embedding(X_base, "pca", random_state=random_state)
+    if method in ("pca", "mds"):
+        kwargs = {"n_texts": transform_kwargs.pop("n_texts", None)} if method == "mds" else {}
+        emb = fit_embedding(X_base, method, random_state=random_state, **kwargs)
         if not np.allclose(emb.coords, coords_base, atol=1e-6 * (1 + np.abs(coords_base).max())):
-            raise LmmapError("coords_base are not the PCA of X_base: place new models with method='tsne'")
+            raise LmmapError(f"coords_base are not the {method.upper()} of X_base: place new models with method='tsne'")
         return emb.transform(X_new)
     if method != "tsne":
-        raise LmmapError(f"new models are placed with tsne or pca, not {method!r}")
+        raise LmmapError(f"new models are placed with tsne, mds or pca, not {method!r}")
     emb = Embedding.from_coords(X_base, coords_base, random_state=random_state)
     return emb.transform(X_new, **transform_kwargs)
 
@@ -274,7 +282,7 @@ def add_models(
     se_R: int = 100,
     se_seed: int = 0,
     k: int = 10,
-    embedding: str = "tsne",
+    embedding: str = "auto",
     color_by: str | None = "model_type",
     random_state: int = 42,
     base_coords=None,
@@ -288,7 +296,8 @@ def add_models(
     models : the new models (Hugging Face ids or paths to score, or names of
         models already in the store: those that have the subset's texts are
         not scored again).
-    names : store the models under these names instead (one per model).
+    names : store the models under these names instead (one per model);
+        default: a local directory's own name, a hub id as it is.
     subset : a :class:`lmmap.subset.Subset` (``lmmap select``).
     outdir : write placement.csv, kl.csv, coords.csv, neighbors.csv, map.png,
         map.html and map.json there (None: write nothing).
@@ -300,7 +309,8 @@ def add_models(
         are in the map (they are then treated as new).
     se_R, se_seed : bootstrap replicates and seed of the KL standard errors.
     k : neighbours per model in neighbors.csv.
-    embedding : "tsne" (default) or "pca".
+    embedding : "auto" (default: classical MDS below 40 existing models,
+        t-SNE from 40 on, as ``lmmap map``), "mds", "tsne" or "pca".
     base_coords : positions of the existing models (a coords.csv path or a
         DataFrame with model, x, y); default: the embedding of their full map
         (what ``lmmap map`` draws for them), or of the subset map when they
@@ -311,7 +321,12 @@ def add_models(
     sources = [str(m) for m in models]
     if names is not None and len(list(names)) != len(sources):
         raise LmmapError(f"{len(list(names))} names for {len(sources)} models: give one name per model")
-    new, existing = _check_new_models(store, sources if names is None else list(names), subset, replace)
+    if names is None:
+        from .scoring import default_model_name
+
+        # The name shown on the map and in the tables: the directory's own name, not the path typed.
+        names = [default_model_name(m) for m in sources]
+    new, existing = _check_new_models(store, list(names), subset, replace)
     source_of = dict(zip(new, sources))
     records = store.records()
 
@@ -358,55 +373,113 @@ def add_models(
     KL = mm.kl()[K:, :K]
     se = core.kl_from_squared_distances(cross_sq_distance_se(X_new, X_old, subset.counts, R=se_R, seed=se_seed), mm.n_texts)
 
+    _warn_identical(new, existing, X_new, X_old, mm.n_texts, KL)
+
+    method = mm.embedding_method(embedding) if rebuild else _resolve_for(embedding, K)
     if rebuild:
         coords = mm.embed(embedding, random_state=random_state)
     else:
+        base_map = full if (full is not None and method in ("tsne", "mds")) else None
+        if base_map is None:
+            # PCA places new rows by the fitted projection, so its base must be the subset map's own PCA.
+            base_map = ModelMap.from_store(store, models=existing, subset=subset)
         if base_coords is not None:
             coords_old = _read_base_coords(base_coords, existing)
-            method = "tsne"  # given positions: place by t-SNE against them, whatever made them
         else:
-            # PCA places new rows by the fitted projection, so its base must be the subset map's own PCA.
-            use_full = full is not None and embedding == "tsne"
-            base_map = full if use_full else ModelMap.from_store(store, models=existing, subset=subset)
-            coords_old = base_map.embed(embedding, random_state=random_state)
-            method = embedding
+            coords_old = base_map.embed(method, random_state=random_state)
         if progress:
             progress(f"placing {m} model(s) into the map of {K} ({method})…")
-        coords = np.vstack([coords_old, place_points(X_old, coords_old, X_new, method, random_state)])
+        coords_new = None
+        if method == "mds":
+            # Gower's formula needs only the new models' KL to the existing ones: they land where the
+            # full map would draw them, whatever texts they were scored on.
+            from .embedding import fit_embedding
+
+            emb = fit_embedding(base_map.features(), "mds", n_texts=int(base_map.n_texts))
+            if base_coords is None or np.allclose(emb.coords, coords_old, atol=1e-6 * (1 + np.abs(coords_old).max())):
+                coords_new = emb.place_by_kl(KL)
+            else:
+                method = "tsne"  # given positions of another map: place by t-SNE against them
+        elif base_coords is not None:
+            method = "tsne"  # given positions: place by t-SNE against them, whatever made them
+        if coords_new is None:
+            coords_new = place_points(X_old, coords_old, X_new, method, random_state)
+        coords = np.vstack([coords_old, coords_new])
 
     result = Placement(
         new_models=new, existing_models=existing, map=mm, kl=KL, kl_se=se, coords=coords,
         scored=to_score, scoring_seconds=seconds, rebuilt=rebuild, failed=failed,
     )
     if outdir is not None:
-        result.paths = write_placement(result, outdir, subset=subset, k=k, color_by=color_by, embedding=embedding)
+        result.paths = write_placement(result, outdir, subset=subset, k=k, color_by=color_by, embedding=method)
     return result
 
 
-def write_placement(result: Placement, outdir, *, subset=None, k: int = 10, color_by: str | None = "model_type", embedding: str = "tsne") -> dict[str, Path]:
-    """Write placement.csv, kl.csv, coords.csv, neighbors.csv, map.png, map.html and map.json."""
+def _resolve_for(embedding: str, n_existing: int) -> str:
+    from .embedding import resolve_method
+
+    # As `lmmap map` of the existing models would choose.
+    return resolve_method(embedding, n_existing)
+
+
+def _warn_identical(new, existing, X_new, X_old, n_texts, KL) -> None:
+    """A LmmapWarning for each new model whose vector is that of an existing model (the same model twice)."""
+    if not len(new):
+        return
+    nearest = KL.argmin(axis=1)
+    for i, j in enumerate(nearest):
+        # From the difference itself, not the Gram expansion, whose round-off is larger than this tolerance.
+        direct = float(np.sum((X_new[i] - X_old[j]) ** 2)) / (2.0 * n_texts)
+        if direct < IDENTICAL_KL:
+            shown = f"KL ≈ {KL[i, j]:.0e}" if KL[i, j] > 0 else "KL = 0"
+            warnings.warn(
+                f"{new[i]!r} is identical to {existing[j]!r} ({shown}): the same model stored twice? "
+                f"`lmmap rm {new[i]}` removes it",
+                LmmapWarning,
+                stacklevel=3,
+            )
+
+
+def write_placement(result: Placement, outdir, *, subset=None, k: int = 10, color_by: str | None = "model_type", embedding: str = "auto") -> dict[str, Path]:
+    """Write placement.csv, kl.csv, coords.csv, neighbors.csv, map.png, map.html (with plotly.min.js) and map.json.
+
+    The map: existing models coloured by ``color_by`` and labelled (up to 60
+    models), new models highlighted and named, each with a dashed line to its
+    nearest existing model by KL.
+    """
     from . import plots
 
     mm = result.map
+    groups = mm.groups(color_by)
+    if color_by and groups is None and color_by != "model_type":
+        raise LmmapError(f"no metadata column {color_by!r} to colour by; give one with --metadata MODELS.csv")
+    method = _resolve_for(embedding, len(result.existing_models)) if embedding == "auto" else embedding
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     names = ("placement.csv", "kl.csv", "coords.csv", "neighbors.csv", "map.png", "map.html", "map.json")
     paths = {n: out / n for n in names}
-    result.table().to_csv(paths["placement.csv"], index=False)
-    mm.kl_frame().to_csv(paths["kl.csv"])
+    plots.atomic_write(paths["placement.csv"], result.table().to_csv(index=False))
+    plots.atomic_write(paths["kl.csv"], mm.kl_frame().to_csv())
     is_new = np.isin(mm.names, result.new_models)
-    pd.DataFrame({"model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1], "new": is_new}).to_csv(
-        paths["coords.csv"], index=False
+    plots.atomic_write(
+        paths["coords.csv"],
+        pd.DataFrame({"model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1], "new": is_new}).to_csv(index=False),
     )
     table = mm.neighbor_table(k)
-    table.to_csv(paths["neighbors.csv"], index=False)
-    groups = mm.groups(color_by)
+    plots.atomic_write(paths["neighbors.csv"], table.to_csv(index=False))
     hover = _hover_neighbors(table, mm.names, n=3)
-    title = f"{len(result.existing_models)} models + {len(result.new_models)} new, {mm.L.shape[1]} of {mm.n_texts} texts"
-    plots.map_png(paths["map.png"], result.coords, mm.names, groups=groups, highlight=result.new_models, title=title, highlight_label="new")
-    plots.map_html(paths["map.html"], result.coords, mm.names, groups=groups, hover=hover, highlight=result.new_models, title=title, highlight_label="new")
+    nearest = [result.existing_models[j] for j in result.kl.argmin(axis=1)] if len(result.new_models) else []
+    edges = [plots.Edges("placement", tuple(zip(result.new_models, nearest)))]
+    title = mm.title(method, models=f"{len(result.existing_models)} models + {len(result.new_models)} new")
+    style = dict(
+        groups=groups, highlight=result.new_models, title=title, highlight_label="new", edges=edges,
+        axis_label=_axis_label(method), group_title=color_by if groups is not None else None,
+    )
+    plots.map_png(paths["map.png"], result.coords, mm.names, **style)
+    plots.map_html(paths["map.html"], result.coords, mm.names, hover=hover, **style)
+    paths["plotly.min.js"] = out / plots.PLOTLY_JS
     info = mm.describe(
-        embedding=embedding,
+        embedding=method,
         color_by=color_by,
         new_models=result.new_models,
         existing_models=len(result.existing_models),
@@ -416,5 +489,5 @@ def write_placement(result: Placement, outdir, *, subset=None, k: int = 10, colo
     )
     if subset is not None:
         info["subset"] = {"method": subset.method, "n": subset.n, "seed": subset.seed, "d": subset.d}
-    paths["map.json"].write_text(json.dumps(info, indent=2, default=str))
+    plots.atomic_write(paths["map.json"], json.dumps(info, indent=2, default=str))
     return paths

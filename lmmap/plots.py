@@ -12,16 +12,30 @@ Conventions, kept by every function here:
   the largest get the most distinct colours; past 20 categories the colours
   repeat with a different marker.
 * PNGs are drawn on a bare :class:`matplotlib.figure.Figure` (Agg, no
-  pyplot state, no display needed) at a fixed ``figsize × dpi``; HTML files
-  embed plotly.js (``include_plotlyjs=True``) and work offline.
-* Every writer creates missing parent folders and returns the path written.
+  pyplot state, no display needed) at a fixed ``figsize × dpi``.
+* HTML pages load plotly.js from ``plotly.min.js`` beside them: every HTML
+  writer goes through :func:`_write_html`, which writes that one file per
+  output folder (once, atomically). Pages stay small (tens of kB instead of
+  4.8 MB each) and still open offline from ``file://``; move a page together
+  with its folder's ``plotly.min.js``.
+* Maps of up to :data:`LABEL_MAX_MODELS` models name every point: in PNGs the
+  labels are moved apart with adjustText, in HTML each label sits on the side
+  away from its nearest point, and a search box highlights a model by name.
+* Every writer creates missing parent folders, writes atomically (temporary
+  file, fsync, rename) and returns the path written.
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import io
+import json
 import math
+import os
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -50,6 +64,62 @@ LINESTYLES = {  # matplotlib linestyle → plotly dash
 }  # fmt: skip
 DEFAULT_DPI = 150
 HIGHLIGHT_COLOR = "black"
+FLAG_COLOR = "#d62728"
+SEARCH_COLOR = "#e600e6"
+# Up to this many models every point of a map is labelled (PNG and HTML).
+LABEL_MAX_MODELS = 60
+LABEL_ITERATIONS = 150  # adjustText steps per pass (a fixed count keeps the PNG reproducible)
+PLOTLY_JS = "plotly.min.js"
+# Lines between models: colour, width, matplotlib dash, opacity and legend text.
+EDGE_STYLES = {
+    "nn": ("#555555", 0.8, "-", 0.35, "nearest model by KL"),
+    "lineage": ("#444444", 1.4, "-", 0.6, "declared base_model"),
+    "contradiction": (FLAG_COLOR, 1.1, "--", 0.85, "nearest by KL, another lineage"),
+    "placement": (HIGHLIGHT_COLOR, 1.2, "--", 0.75, "new → nearest by KL"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Lines between models of a map: ``pairs`` of model names, drawn in the style of ``kind``.
+
+    ``kind`` is one of :data:`EDGE_STYLES` (``nn``, ``lineage``,
+    ``contradiction``, ``placement``); ``label`` replaces its legend text.
+    """
+
+    kind: str
+    pairs: tuple
+    label: str | None = None
+
+    @property
+    def style(self):
+        colour, width, dash, alpha, label = EDGE_STYLES[self.kind]
+        return colour, width, dash, alpha, self.label or label
+
+
+# --------------------------------------------------------------------------- files
+
+
+def atomic_write(path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, then rename)."""
+    path = _prepare(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _save_png(fig, path: Path, dpi) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- text
@@ -189,7 +259,7 @@ def _check_names(names, n: int, what: str = "names") -> list[str]:
     return names
 
 
-def _highlight_mask(highlight, names: Sequence[str]) -> np.ndarray:
+def _highlight_mask(highlight, names: Sequence[str], what: str = "highlight") -> np.ndarray:
     mask = np.zeros(len(names), dtype=bool)
     if highlight is None:
         return mask
@@ -198,9 +268,54 @@ def _highlight_mask(highlight, names: Sequence[str]) -> np.ndarray:
     index = {name: i for i, name in enumerate(names)}
     missing = [h for h in highlight if str(h) not in index]
     if missing:
-        raise LmmapError(f"cannot highlight {missing[:5]}: not among the map's model names")
+        raise LmmapError(f"cannot {what} {missing[:5]}: not among the map's model names")
     mask[[index[str(h)] for h in highlight]] = True
     return mask
+
+
+def _check_edges(edges, names: Sequence[str]) -> list[tuple[Edges, np.ndarray]]:
+    """Each edge set with its pairs as a P×2 array of point indices (self-pairs dropped)."""
+    if edges is None:
+        return []
+    if isinstance(edges, Edges):
+        edges = [edges]
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for e in edges:
+        if not isinstance(e, Edges):
+            raise LmmapError("edges must be a list of plots.Edges(kind, pairs)")
+        if e.kind not in EDGE_STYLES:
+            raise LmmapError(f"unknown edge kind {e.kind!r}: use one of {', '.join(EDGE_STYLES)}")
+        pairs = []
+        for pair in e.pairs:
+            try:
+                a, b = (str(v) for v in pair)
+            except (TypeError, ValueError):
+                raise LmmapError(f"an edge must be a pair of model names, got {pair!r}") from None
+            unknown = [v for v in (a, b) if v not in index]
+            if unknown:
+                raise LmmapError(f"an edge names {unknown[0]!r}, which is not among the map's model names")
+            if a != b:
+                pairs.append((index[a], index[b]))
+        out.append((e, np.array(pairs, dtype=np.int64).reshape(-1, 2)))
+    return out
+
+
+def _resolve_label(label, n: int) -> bool:
+    if isinstance(label, str):
+        if label != "auto":
+            raise LmmapError(f"label must be True, False or 'auto', got {label!r}")
+        return n <= LABEL_MAX_MODELS
+    return bool(label)
+
+
+def _axis_titles(axis_label) -> tuple[str, str]:
+    if not axis_label:
+        return "", ""
+    if isinstance(axis_label, str):
+        return f"{axis_label} 1", f"{axis_label} 2"
+    x, y = axis_label
+    return str(x), str(y)
 
 
 def _check_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -221,11 +336,13 @@ def _prepare(path) -> Path:
 
 
 def _new_figure(figsize, dpi):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     # Constrained layout makes room for a legend placed "outside" without
     # changing the figure's pixel size.
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure labels with (adjustText), still no pyplot
     return fig, fig.add_subplot()
 
 
@@ -271,32 +388,57 @@ def map_png(
     highlight=None,
     ellipses=None,
     title=None,
-    label=False,
+    label="auto",
+    *,
+    dpi=DEFAULT_DPI,
+    **kwargs,
+) -> Path:
+    """Write the model map as a PNG scatter plot; see :func:`map_figure` for the parameters."""
+    fig = map_figure(coords, names, groups, highlight, ellipses, title, label, dpi=dpi, **kwargs)
+    return _save_png(fig, Path(path), dpi)
+
+
+def map_figure(
+    coords,
+    names,
+    groups=None,
+    highlight=None,
+    ellipses=None,
+    title=None,
+    label="auto",
     *,
     group_title=None,
     highlight_label="highlighted",
     ellipse_scale=1.0,
+    edges=None,
+    flagged=None,
+    flagged_label="nearest model in another lineage",
+    axis_label=None,
     figsize=None,
     dpi=DEFAULT_DPI,
-) -> Path:
-    """Write the model map as a PNG scatter plot.
+):
+    """The model map as a :class:`matplotlib.figure.Figure` (what :func:`map_png` saves).
 
     Parameters
     ----------
-    path : output file (``.png``).
     coords : (K, 2) map positions (e.g. from :func:`lmmap.embedding.embed`).
     names : K model names.
     groups : K category values (model type, family…) colouring the points; None → one colour.
-    highlight : model names (e.g. newly added) drawn larger, black-edged and labelled.
+    highlight : model names (e.g. newly added) drawn larger, black-edged and labelled in bold.
     ellipses : ``(centres K×2, covariances K×2×2)``: a standard deviational
         ellipse per model, semi-axes ``ellipse_scale·√λ`` (see :func:`ellipse_parameters`).
-    title : figure title.
-    label : write every model's name beside its point (readable for small maps only).
+    title : figure title (newlines allowed).
+    label : write every model's name beside its point: True, False or
+        ``"auto"`` (K ≤ :data:`LABEL_MAX_MODELS`). Labels are pushed apart with
+        adjustText so that they do not overlap; a thin line joins a moved label to its point.
     group_title : legend title (e.g. ``"model_type"``).
+    edges : :class:`Edges` (or a list of them): lines between models, drawn under the points.
+    flagged : model names circled in red (e.g. a nearest neighbour that contradicts the declared lineage).
+    axis_label : ``"MDS"`` gives axis titles "MDS 1" and "MDS 2"; or a pair of titles.
     figsize, dpi : inches and dots per inch; the PNG is ``figsize × dpi`` pixels.
         Default figsize widens with the number of legend columns.
     """
-    from matplotlib.collections import PatchCollection
+    from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse
 
@@ -305,14 +447,27 @@ def map_png(
     names = _check_names(names, n)
     labels, styles = _point_styles(groups, n)
     mask = _highlight_mask(highlight, names)
+    flag = _highlight_mask(flagged, names, "flag")
     ell = _check_ellipses(ellipses, n)
-    path = _prepare(path)
+    edge_sets = _check_edges(edges, names)
+    label = _resolve_label(label, n)
 
-    n_legend = (len(styles) if groups is not None else 0) + int(mask.any())
+    extra = []
+    for e, pairs in edge_sets:
+        if len(pairs):
+            colour, width, dash, alpha, text = e.style
+            extra.append(Line2D([], [], color=colour, lw=width, ls=dash, alpha=max(alpha, 0.6), label=_mpl_literal(text)))
+    n_legend = (len(styles) if groups is not None else 0) + int(mask.any()) + int(flag.any()) + len(extra)
     fig, ax = _new_figure(figsize or _default_figsize(n_legend, 8.0, 7.5), dpi)
     size = _marker_size(n)
     label_array = np.asarray(labels, dtype=object)
     counts = Counter(labels)
+    for e, pairs in edge_sets:
+        if len(pairs):
+            colour, width, dash, alpha, _ = e.style
+            ax.add_collection(
+                LineCollection(coords[pairs], colors=colour, linewidths=width, linestyles=dash, alpha=alpha, zorder=1)
+            )
     if ell is not None:
         centres, covs = ell
         width, height, angle = ellipse_parameters(covs, ellipse_scale)
@@ -333,7 +488,6 @@ def map_png(
             alpha=0.85,
             zorder=2,
         )
-    extra = []
     if mask.any():
         ax.scatter(
             coords[mask, 0],
@@ -348,26 +502,85 @@ def map_png(
             Line2D([], [], ls="", marker="o", mfc="white", mec=HIGHLIGHT_COLOR, mew=1.5, ms=8,
                    label=_mpl_literal(highlight_label))
         )  # fmt: skip
-    to_label = np.ones(n, dtype=bool) if label else mask
-    for i in np.flatnonzero(to_label):
-        ax.annotate(
-            _mpl_literal(names[i]),
-            coords[i],
-            xytext=(4, 4),
-            textcoords="offset points",
-            fontsize=8 if mask[i] else 6,
-            fontweight="bold" if mask[i] else "normal",
-            zorder=5,
-            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7) if mask[i] else None,
-        )
+    if flag.any():
+        ax.scatter(
+            coords[flag, 0], coords[flag, 1], s=max(5 * size, 90.0), facecolors="none", edgecolors=FLAG_COLOR,
+            linewidths=1.6, zorder=3,
+        )  # fmt: skip
+        extra.append(
+            Line2D([], [], ls="", marker="o", mfc="none", mec=FLAG_COLOR, mew=1.6, ms=9,
+                   label=_mpl_literal(f"{flagged_label} ({int(flag.sum())})"))
+        )  # fmt: skip
     ax.set_aspect("equal", adjustable="datalim")
     ax.tick_params(labelsize="small")
+    xtitle, ytitle = _axis_titles(axis_label)
+    ax.set_xlabel(_mpl_literal(xtitle))
+    ax.set_ylabel(_mpl_literal(ytitle))
     if title:
-        ax.set_title(_mpl_literal(title))
+        ax.set_title(_mpl_literal(title), fontsize=10)
     if groups is not None or extra:
         _add_group_legend(fig, styles if groups is not None else {}, counts, group_title, extra)
-    fig.savefig(path, dpi=dpi)
-    return path
+    to_label = np.ones(n, dtype=bool) if label else mask
+    if to_label.any():
+        _place_labels(fig, ax, coords, names, to_label, mask)
+    return fig
+
+
+def _place_labels(fig, ax, coords, names, to_label, bold) -> None:
+    """Names beside their points, moved apart (adjustText) so that no two overlap."""
+    small = 7 if to_label.sum() <= 30 else 6
+    idx = np.flatnonzero(to_label)
+
+    def style(i):
+        return dict(
+            fontsize=8 if bold[i] else small,
+            fontweight="bold" if bold[i] else "normal",
+            zorder=5,
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7) if bold[i] else None,
+        )
+
+    try:
+        from adjustText import adjust_text
+    except ImportError:  # pragma: no cover - a dependency; without it labels sit up-right of their points
+        adjust_text = None
+    if adjust_text is None or len(idx) < 2:
+        for i in idx:
+            ax.annotate(_mpl_literal(names[i]), coords[i], xytext=(4, 4), textcoords="offset points", **style(i))
+        return
+    texts = [ax.text(coords[i, 0], coords[i, 1], _mpl_literal(names[i]), **style(i)) for i in idx]
+    # Lay the figure out first (legend, equal aspect): label sizes are measured in the final axes, and
+    # freezing the layout keeps them there when the figure is saved.
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    # Iteration limits, not adjustText's default time limit: the same map gives the same picture on a busy machine.
+    common = dict(ax=ax, ensure_inside_axes=True, expand_axes=False, target_x=coords[idx, 0], target_y=coords[idx, 1])
+    # First away from every point, then (if labels still collide) away from each other only.
+    adjust_text(texts, x=coords[:, 0], y=coords[:, 1], expand=(1.1, 1.3), iter_lim=LABEL_ITERATIONS, **common)
+    if _overlapping_labels(fig, texts):
+        adjust_text(texts, x=[], y=[], expand=(1.05, 1.2), iter_lim=2 * LABEL_ITERATIONS, **common)
+    # A thin line from each label that moved off its point back to the point.
+    renderer = fig.canvas.get_renderer()
+    for t, i in zip(texts, idx):
+        box = t.get_window_extent(renderer)
+        px, py = ax.transData.transform(coords[i])
+        if not box.expanded(1.0, 1.0).contains(px, py) and _distance_to_box(box, px, py) > 4:
+            tx, ty = ax.transData.inverted().transform(_nearest_on_box(box, px, py))
+            ax.plot([tx, coords[i, 0]], [ty, coords[i, 1]], color="0.45", lw=0.5, alpha=0.8, zorder=4)
+
+
+def _overlapping_labels(fig, texts) -> bool:
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    return any(boxes[a].overlaps(boxes[b]) for a in range(len(boxes)) for b in range(a))
+
+
+def _nearest_on_box(box, px, py):
+    return min(max(px, box.x0), box.x1), min(max(py, box.y0), box.y1)
+
+
+def _distance_to_box(box, px, py) -> float:
+    qx, qy = _nearest_on_box(box, px, py)
+    return math.hypot(px - qx, py - qy)
 
 
 def scatter_png(
@@ -420,8 +633,7 @@ def scatter_png(
     ax.grid(True, lw=0.4, alpha=0.5)
     if groups is not None:
         _add_group_legend(fig, styles, counts, group_title)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _save_png(fig, path, dpi)
 
 
 def lines_png(
@@ -469,8 +681,7 @@ def lines_png(
         ax.set_title(_mpl_literal(title))
     ax.grid(True, which="major", lw=0.4, alpha=0.5)
     ax.legend(fontsize="small", frameon=False)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _save_png(fig, path, dpi)
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float]:
@@ -506,10 +717,40 @@ def _check_series(series, styles, colors) -> list[tuple[str, np.ndarray, np.ndar
 # --------------------------------------------------------------------------- plotly
 
 
-def _write_html(fig, path: Path) -> Path:
-    # The whole plotly.js bundle goes into the file: it must open offline.
-    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
-    return path
+@functools.lru_cache(maxsize=1)
+def _plotly_bundle() -> bytes:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().encode("utf-8")
+
+
+def ensure_plotlyjs(folder) -> Path:
+    """Write ``plotly.min.js`` (the bundle of the installed plotly) into ``folder`` unless it is already there."""
+    target = Path(folder) / PLOTLY_JS
+    bundle = _plotly_bundle()
+    try:
+        same = target.stat().st_size == len(bundle) and target.read_bytes() == bundle
+    except OSError:
+        same = False
+    if not same:
+        atomic_write(target, bundle)
+    return target
+
+
+def _write_html(fig, path: Path, post_script: str | None = None) -> Path:
+    # The one writer of every HTML page: plotly.js is loaded from plotly.min.js in the same folder (written once per
+    # folder), so a run's pages stay small and still open offline from file://.
+    page = fig.to_html(
+        include_plotlyjs="directory",
+        full_html=True,
+        config={"displaylogo": False, "responsive": True},
+        post_script=post_script,
+        div_id="lmmap-plot",
+        default_height="88vh",
+    )
+    path = _prepare(path)
+    ensure_plotlyjs(path.parent)
+    return atomic_write(path, page)
 
 
 def _plotly_layout(title, xlabel="", ylabel="", legend_title=None, equal_aspect=False) -> dict:
@@ -537,16 +778,27 @@ def map_html(
     ellipses=None,
     title=None,
     *,
-    group_title="type",
+    label="auto",
+    group_title=None,
     highlight_label="highlighted",
     ellipse_scale=1.0,
+    edges=None,
+    flagged=None,
+    flagged_label="nearest model in another lineage",
+    axis_label=None,
+    search=True,
 ) -> Path:
-    """Write the interactive model map as ONE self-contained HTML file (plotly.js embedded).
+    """Write the interactive model map as an HTML page (plotly.js from ``plotly.min.js`` beside it).
 
-    Hover shows the model name, its group (labelled ``group_title``) and
-    ``hover[i]`` (e.g. ``"nearest: a (0.12), b (0.20)"``; newlines become line
-    breaks). Clicking a legend entry hides that group and its ellipses. All
-    strings are escaped with :func:`escape`. Other parameters as :func:`map_png`.
+    Hover shows the model name, its group (labelled ``group_title``, e.g. the
+    ``--color-by`` column; default "group") and ``hover[i]`` (e.g. ``"nearest:
+    a (0.12), b (0.20)"``; newlines become line breaks). With ``label`` (True,
+    or "auto": K ≤ :data:`LABEL_MAX_MODELS`) every name is written beside its
+    point, on the side away from its nearest point. ``search``: a box above
+    the map that highlights the models whose name contains the text typed.
+    Clicking a legend entry hides that group (with its ellipses) or that set of
+    lines. All strings are escaped with :func:`escape`. Other parameters as
+    :func:`map_figure`.
     """
     import plotly.graph_objects as go
 
@@ -556,26 +808,46 @@ def map_html(
     labels, styles = _point_styles(groups, n)
     extra = _check_names(hover, n, "hover") if hover is not None else [""] * n
     mask = _highlight_mask(highlight, names)
+    flag = _highlight_mask(flagged, names, "flag")
     ell = _check_ellipses(ellipses, n)
+    edge_sets = _check_edges(edges, names)
+    label = _resolve_label(label, n)
     path = _prepare(path)
 
     label_array = np.asarray(labels, dtype=object)
+    escaped = np.array([escape(a) for a in names], dtype=object)
     customdata = np.array(
-        [[escape(a), escape(g), _html_lines(h)] for a, g, h in zip(names, labels, extra)], dtype=object
+        [[a, escape(g), _html_lines(h)] for a, g, h in zip(escaped, labels, extra)], dtype=object
     ).reshape(n, 3)
     hovertemplate = (
-        "<b>%{customdata[0]}</b><br>" + escape(group_title) + ": %{customdata[1]}<br>%{customdata[2]}<extra></extra>"
+        "<b>%{customdata[0]}</b><br>" + escape(group_title or "group") + ": %{customdata[1]}<br>%{customdata[2]}<extra></extra>"
     )
+    positions = _text_positions(coords, np.ones(n, dtype=bool) if label else mask)
     counts = Counter(labels)
     size = max(4.0, math.sqrt(_marker_size(n)) * 1.3)
     fig = go.Figure()
+    for e, pairs in edge_sets:
+        if not len(pairs):
+            continue
+        colour, width, dash, alpha, text = e.style
+        segments = np.concatenate([coords[pairs], np.full((len(pairs), 1, 2), np.nan)], axis=1).reshape(-1, 2)
+        fig.add_trace(
+            go.Scatter(
+                x=segments[:, 0], y=segments[:, 1], mode="lines", name=escape(text), opacity=alpha, legendrank=2000,
+                line=dict(color=colour, width=width, dash=LINESTYLES[dash]), hoverinfo="skip",
+            )
+        )  # fmt: skip
     for category, (colour, marker) in styles.items():
         sel = label_array == category
         fig.add_trace(
             go.Scatter(
                 x=coords[sel, 0],
                 y=coords[sel, 1],
-                mode="markers",
+                mode="markers+text" if label else "markers",
+                # A highlighted model is named (in bold) by its own trace below, not twice.
+                text=[("" if m else t) for t, m in zip(escaped[sel], mask[sel])] if label else None,
+                textposition=list(positions[sel]) if label else None,
+                textfont=dict(size=10 if n <= 30 else 9, color="#333333"),
                 name=f"{escape(category)} ({counts[category]})",
                 legendgroup=escape(category),
                 showlegend=groups is not None,
@@ -598,6 +870,16 @@ def map_html(
                     hoverinfo="skip",
                 )
             )
+    if flag.any():
+        fig.add_trace(
+            go.Scatter(
+                x=coords[flag, 0], y=coords[flag, 1], mode="markers",
+                name=escape(f"{flagged_label} ({int(flag.sum())})"),
+                legendrank=2001,
+                marker=dict(color="rgba(0,0,0,0)", size=size * 2.2, line=dict(color=FLAG_COLOR, width=2)),
+                customdata=customdata[flag], hovertemplate=hovertemplate,
+            )
+        )  # fmt: skip
     if mask.any():
         fig.add_trace(
             go.Scatter(
@@ -605,8 +887,8 @@ def map_html(
                 y=coords[mask, 1],
                 mode="markers+text",
                 name=escape(highlight_label),
-                text=[escape(v) for v in np.asarray(names, dtype=object)[mask]],
-                textposition="top center",
+                text=[f"<b>{v}</b>" for v in escaped[mask]],
+                textposition=list(positions[mask]),
                 marker=dict(
                     color=[styles[g][0] for g in label_array[mask]],
                     size=size * 2,
@@ -616,9 +898,109 @@ def map_html(
                 hovertemplate=hovertemplate,
             )
         )
+    post_script = None
+    if search:
+        # Filled in by the search box's script: the models whose name matches what was typed.
+        fig.add_trace(
+            go.Scatter(
+                x=[], y=[], mode="markers+text", name="search", showlegend=False, hoverinfo="skip",
+                text=[], textposition="top center", textfont=dict(size=13, color=SEARCH_COLOR),
+                marker=dict(color="rgba(0,0,0,0)", size=size * 2.6, line=dict(color=SEARCH_COLOR, width=3)),
+            )
+        )  # fmt: skip
+        post_script = _search_script(names, escaped, coords, len(fig.data) - 1)
     legend_title = group_title if groups is not None else None
-    fig.update_layout(**_plotly_layout(title, legend_title=legend_title, equal_aspect=True))
-    return _write_html(fig, path)
+    xtitle, ytitle = _axis_titles(axis_label)
+    layout = _plotly_layout(title, xtitle, ytitle, legend_title=legend_title, equal_aspect=True)
+    if title:
+        layout["title"] = dict(text=_html_lines(title), font=dict(size=15))
+    fig.update_layout(**layout)
+    return _write_html(fig, path, post_script)
+
+
+def _text_positions(coords: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """For each point in ``which``, the side of it away from its nearest point: where its label is least likely to collide."""
+    n = coords.shape[0]
+    out = np.full(n, "top center", dtype=object)
+    if n < 2:
+        return out
+    span = np.ptp(coords, axis=0).max() or 1.0
+    idx = np.flatnonzero(which)
+    for start in range(0, len(idx), 512):  # rows in blocks: K×K at once would not fit for very large maps
+        rows = idx[start : start + 512]
+        diff = coords[rows, None, :] - coords[None, :, :]
+        dist = np.einsum("ijk,ijk->ij", diff, diff)
+        dist[np.arange(len(rows)), rows] = np.inf
+        away = diff[np.arange(len(rows)), dist.argmin(axis=1)] / span
+        vertical = np.abs(away[:, 1]) >= np.abs(away[:, 0])
+        out[rows] = np.where(
+            vertical,
+            np.where(away[:, 1] >= 0, "top center", "bottom center"),
+            np.where(away[:, 0] > 0, "middle right", "middle left"),
+        )
+    return out
+
+
+def _js_json(value) -> str:
+    # JSON inside a <script> element: "<", ">" and "&" escaped so that no name can close the element.
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace(
+        "\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+_SEARCH_JS = """
+(function () {
+  var gd = document.getElementById("{plot_id}");
+  var models = __MODELS__;
+  var traceIndex = __TRACE__;
+  var box = document.createElement("div");
+  box.className = "lmmap-search";
+  box.style.cssText = "font: 14px sans-serif; margin: 6px 12px;";
+  var label = document.createElement("label");
+  label.textContent = "Find a model: ";
+  var input = document.createElement("input");
+  input.type = "search";
+  input.id = "lmmap-search";
+  input.placeholder = "name or part of it";
+  input.setAttribute("list", "lmmap-models");
+  input.style.cssText = "width: 22em;";
+  var list = document.createElement("datalist");
+  list.id = "lmmap-models";
+  models.forEach(function (m) { var o = document.createElement("option"); o.value = m.name; list.appendChild(o); });
+  var status = document.createElement("span");
+  status.id = "lmmap-search-status";
+  status.style.cssText = "margin-left: 1em; color: #555;";
+  label.appendChild(input);
+  box.appendChild(label);
+  box.appendChild(list);
+  box.appendChild(status);
+  gd.parentNode.insertBefore(box, gd);
+  function matches(query) {
+    var q = query.trim().toLowerCase();
+    if (!q) return [];
+    var exact = models.filter(function (m) { return m.name.toLowerCase() === q; });
+    return exact.length ? exact : models.filter(function (m) { return m.name.toLowerCase().indexOf(q) >= 0; });
+  }
+  function show() {
+    var found = matches(input.value);
+    Plotly.restyle(gd, {
+      x: [found.map(function (m) { return m.x; })],
+      y: [found.map(function (m) { return m.y; })],
+      text: [found.map(function (m) { return "<b>" + m.text + "</b>"; })]
+    }, [traceIndex]);
+    status.textContent = input.value.trim() ? found.length + (found.length === 1 ? " model" : " models") : "";
+  }
+  input.addEventListener("input", show);
+  input.addEventListener("change", show);
+})();
+"""
+
+
+def _search_script(names, escaped, coords, trace_index: int) -> str:
+    models = [
+        {"name": n, "text": t, "x": float(x), "y": float(y)} for n, t, (x, y) in zip(names, escaped, coords)
+    ]
+    return _SEARCH_JS.replace("__MODELS__", _js_json(models)).replace("__TRACE__", str(int(trace_index)))
 
 
 def _ellipse_polylines(centres: np.ndarray, covs: np.ndarray, scale: float) -> np.ndarray:
@@ -751,6 +1133,10 @@ __all__ = [
     "group_styles",
     "ellipse_parameters",
     "ellipse_outline",
+    "Edges",
+    "atomic_write",
+    "ensure_plotlyjs",
+    "map_figure",
     "map_png",
     "map_html",
     "scatter_png",

@@ -32,10 +32,11 @@ model-level API (:func:`prepare_targets`, :func:`predict_scores` →
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
-import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +47,7 @@ from scipy import linalg
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.preprocessing import KernelCenterer
 
-from .exceptions import LmmapError
+from .exceptions import InputError, LmmapError, LmmapWarning
 
 SCORE_ALPHAS = 10.0 ** np.arange(1, 10)  # 10¹..10⁹ (SPEC §7)
 LOGLIK_ALPHAS = 10.0 ** np.arange(-4, 5)  # 10⁻⁴..10⁴ (SPEC §7)
@@ -607,7 +608,47 @@ def mean_loglik(L, w=None) -> np.ndarray:
     return (L @ w) / w.sum()
 
 
-def resolve_groups(group_by, names: Sequence[str], *tables: pd.DataFrame | None) -> tuple[list[str] | None, str | None]:
+def group_candidates(names: Sequence[str], n_folds: int, *tables: pd.DataFrame | None, skip: Sequence[str] = ()) -> list[tuple[str, int]]:
+    """Text-valued columns of ``tables`` that split ``names`` into at least ``n_folds`` groups (but not one per model).
+
+    ``(column, number of groups)``, most groups first: the ``--group-by``
+    values that would make a grouped ``n_folds``-fold cross-validation possible.
+    """
+    names = [str(n) for n in names]
+    found: dict[str, int] = {}
+    for table in tables:
+        if table is None or not len(table.columns):
+            continue
+        for c in table.columns:
+            c_str = str(c)
+            if c_str in found or c_str in set(skip) or c_str == "model":
+                continue
+            col = table[c]
+            if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+                continue  # a score or a count is not a grouping
+            col = col.copy()
+            col.index = col.index.astype(str)
+            values = col[~col.index.duplicated()].reindex(names)
+            labels = [MISSING_GROUP if pd.isna(v) or str(v) == "" else str(v) for v in values]
+            k = len(set(labels))
+            if n_folds <= k < len(names):
+                found[c_str] = k
+    return sorted(found.items(), key=lambda kv: -kv[1])
+
+
+def _grouping_advice(names, n_folds: int, n_groups: int, column, *tables, skip=()) -> str:
+    """What to do when a grouping has too few groups: only suggestions that would work."""
+    options = []
+    better = group_candidates(names, n_folds, *tables, skip=[*skip, *([column] if column else [])])
+    if better:
+        options.append("group by " + " or ".join(f"--group-by {c} ({k} groups)" for c, k in better[:3]))
+    if n_groups >= 2:
+        options.append(f"use --folds {n_groups}")
+    options.append("use --group-by none (each model its own group; optimistic when models have near-copies)")
+    return "; or ".join(options)
+
+
+def resolve_groups(group_by, names: Sequence[str], *tables: pd.DataFrame | None, n_folds: int = 5) -> tuple[list[str] | None, str | None]:
     """Group labels for ``names`` from the first of ``tables`` that has the column ``group_by``.
 
     ``group_by=None`` (or ``"none"``): every model is its own group. A
@@ -634,10 +675,14 @@ def resolve_groups(group_by, names: Sequence[str], *tables: pd.DataFrame | None)
             col.index = col.index.astype(str)
             col = col[~col.index.duplicated()].reindex(list(names))
             return [MISSING_GROUP if pd.isna(v) else str(v) for v in col], group_by
-    hint = f"metadata columns: {', '.join(dict.fromkeys(available))}" if available else "the store has no metadata"
-    raise LmmapError(
-        f"no column {group_by!r} to group the folds by ({hint}); give one with --metadata MODELS.csv "
-        "(a 'model' column and the group column), choose another with --group-by, or --group-by none"
+    better = group_candidates(names, n_folds, *tables)
+    if better:
+        hint = "; columns that would work: " + ", ".join(f"--group-by {c} ({k} groups)" for c, k in better[:3])
+    else:
+        hint = f" (metadata columns: {', '.join(dict.fromkeys(available))})" if available else " (the store has no metadata)"
+    raise InputError(
+        f"no column {group_by!r} to group the folds by{hint}; give one with --metadata MODELS.csv "
+        "(a 'model' column and the group column), or --group-by none"
     )
 
 
@@ -686,6 +731,9 @@ class PredictionReport:
         self.flagged().to_csv(paths["contamination.csv"], index=False)
         self.new.to_csv(paths["new_predictions.csv"], index=False)
         info = {**self.settings, "notes": self.notes, "targets": self.summary.to_dict(orient="records")}
+        if plots:
+            # Target names are mangled into file names: say which file shows which target.
+            info["figures"] = {f"pred_{slug}": str(t) for t, slug in zip(self.summary["target"], figure_slugs(self.summary["target"]))}
         paths["predict.json"].write_text(json.dumps(info, indent=2, default=_json_default))
         if plots:
             paths.update(self.write_figures(out))
@@ -699,7 +747,7 @@ class PredictionReport:
         paths: dict[str, Path] = {}
         flagged = self.flagged()
         group_title = self.settings.get("group_by") or None
-        for target, slug in zip(self.summary["target"], _slugs(self.summary["target"])):
+        for target, slug in zip(self.summary["target"], figure_slugs(self.summary["target"])):
             p = self.predictions[self.predictions["target"] == target]
             if p.empty:
                 continue
@@ -720,19 +768,17 @@ def _fmt(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
-def _slugs(names) -> list[str]:
-    """File-name-safe, distinct versions of the target names."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(n)).strip("._") or "target"
-        if slug in seen:
-            seen[slug] += 1
-            slug = f"{slug}_{seen[slug]}"
-        else:
-            seen[slug] = 0
-        out.append(slug)
-    return out
+def figure_slugs(names) -> list[str]:
+    """File-name-safe, distinct (also without case), bounded stems for the target names, in order.
+
+    :func:`lmmap.filenames.safe_filename`: a clean name stays as it is, any
+    other gets a hash of itself, so ``x y``, ``x_y`` and ``x_y_1`` make three files.
+    """
+    from .filenames import safe_filename
+
+    taken: set[str] = set()
+    return [safe_filename(str(n), taken) for n in names]
+
 
 
 def _json_default(o):
@@ -776,6 +822,8 @@ def predict_scores(
     exclude: Sequence[str] = (),
     solver: str = "eigen",
     n_jobs: int | None = 1,
+    store_models: Sequence[str] | None = None,
+    left_out: Sequence[str] = (),
 ) -> PredictionReport:
     """Cross-validated prediction of every target from the models' coordinates, plus predictions for unscored models.
 
@@ -788,6 +836,13 @@ def predict_scores(
     threshold : flag models whose true score exceeds the prediction by more than this many residual sds.
     level : coverage of the prediction intervals of the new predictions.
     n_jobs : folds fitted in parallel (threads; -1: all cores).
+    store_models : every model of the store the map comes from: scores for a
+        model outside it are named as unknown (a typo?), apart from models
+        that are stored but not in this map.
+    left_out : stored models the caller left out of the map and explains itself (no second note).
+
+    Each note of the report (``report.notes``) is also issued as a
+    :class:`~lmmap.exceptions.LmmapWarning`.
 
     :func:`predict_map` does the same for a :class:`~lmmap.modelmap.ModelMap`.
     """
@@ -813,7 +868,7 @@ def predict_scores(
         X if solver == "sklearn" else None, Y, None if groups is None else labels, grids, clips, seeds, n_folds, n_inner,
         G=G, target_names=cols, solver=solver, n_jobs=n_jobs,
     )
-    notes = _notes(tg, names)
+    notes = _notes(tg, names, store_models, left_out)
     summary = _summary(cv, cols, kinds, labels, tg)
     predictions = _prediction_table(cv, cols, kinds, names, labels if groups is not None else [""] * len(names))
     predictions = _flag(predictions, threshold)
@@ -824,6 +879,9 @@ def predict_scores(
     for t, c in enumerate(cols):
         if not np.all(np.isfinite(summary.loc[t, [f"r_seed{s}" for s in seeds]].to_numpy(dtype=float))):
             notes.append(f"{c}: Pearson r is undefined for some seed (constant predictions or truth)")
+    notes += _alpha_edge_notes(cv, cols, kinds)
+    for note in notes:
+        warnings.warn(note, LmmapWarning, stacklevel=2)
     settings = {
         "n_models": len(names), "n_features": int(X.shape[1]), "seeds": seeds, "n_folds": n_folds,
         "n_inner": n_inner, "threshold": float(threshold), "level": float(level), "group_by": (group_column or "group") if groups is not None else None,
@@ -842,7 +900,16 @@ def predict_map(mm, scores: pd.DataFrame | None, group_by: str | None = "model_t
 
     The group column is looked up in the scores table, then ``metadata``, then the map's metadata.
     """
-    groups, column = resolve_groups(group_by, mm.names, scores, metadata, mm.metadata)
+    n_folds = int(kwargs.get("n_folds", 5))
+    groups, column = resolve_groups(group_by, mm.names, scores, metadata, mm.metadata, n_folds=n_folds)
+    if groups is not None:
+        n_groups = len(set(groups))
+        if n_groups < n_folds:
+            raise InputError(
+                f"--group-by {column} gives {n_groups} group(s) among the {len(mm.names)} models, fewer than the "
+                f"{n_folds} folds of the cross-validation; "
+                + _grouping_advice(mm.names, n_folds, n_groups, column, scores, metadata, mm.metadata)
+            )
     ml = mean_loglik(mm.L, mm.w) if include_loglik else None
     exclude = [column] if column is not None and scores is not None and column in scores.columns else []
     kwargs.setdefault("source", "scores")
@@ -852,11 +919,56 @@ def predict_map(mm, scores: pd.DataFrame | None, group_by: str | None = "model_t
     )
 
 
-def _notes(tg: Targets, names) -> list[str]:
+def _alpha_edge_notes(cv: CrossValidation, cols, kinds) -> list[str]:
+    """A note per target whose α, in most training folds, is the smallest or largest of its grid."""
     notes = []
-    if tg.ignored:
-        shown = ", ".join(tg.ignored[:10]) + (f" (+{len(tg.ignored) - 10} more)" if len(tg.ignored) > 10 else "")
-        notes.append(f"{len(tg.ignored)} model(s) in the scores table are not in the map and were ignored: {shown}")
+    for t, c in enumerate(cols):
+        grid = alpha_grid(kinds[t])
+        chosen = cv.alphas[:, :, t]
+        chosen = chosen[np.isfinite(chosen)]
+        if not chosen.size:
+            continue
+        for edge, word, meaning in (
+            (grid.max(), "largest", "the best α may lie above the grid (strong shrinkage: predictions stay "
+                                    "close to the training mean)"),
+            (grid.min(), "smallest", "the best α may lie below the grid (little regularisation)"),
+        ):
+            share = float(np.mean(np.isclose(chosen, edge)))
+            if share > 0.5:
+                notes.append(
+                    f"{c}: α = {edge:.0e}, the {word} of its grid {grid.min():.0e}..{grid.max():.0e}, "
+                    f"was chosen in {share:.0%} of the training folds; {meaning}"
+                )
+    return notes
+
+
+def _shown(models, limit: int = 10) -> str:
+    return ", ".join(map(repr, models[:limit])) + (f" (+{len(models) - limit} more)" if len(models) > limit else "")
+
+
+def _notes(tg: Targets, names, store_models=None, left_out=()) -> list[str]:
+    notes = []
+    if tg.ignored and store_models is not None:
+        stored = set(map(str, store_models))
+        unknown = [m for m in tg.ignored if m not in stored]
+        partial = [m for m in tg.ignored if m in stored and m not in set(left_out)]
+        if unknown:
+            hints = []
+            for m in unknown[:10]:
+                # A high cutoff: a typo ("gpt-2" for "gpt2"), not a sibling ("base2-ft-docs" for "base2-ft-code").
+                close = difflib.get_close_matches(m, list(stored), n=1, cutoff=0.85)
+                hints.append(f"{m!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+            notes.append(
+                f"the scores table names {len(unknown)} model(s) that are not in the store: {', '.join(hints)}{more}; "
+                "their rows were ignored — check the names (`lmmap models`) or score them first"
+            )
+        if partial:
+            notes.append(
+                f"{len(partial)} model(s) with scores are in the store but not in this map and were ignored: {_shown(partial)}"
+            )
+    elif tg.ignored:
+        notes.append(f"{len(tg.ignored)} model(s) in the scores table are not in the map and were ignored: {_shown(tg.ignored)}")
     if tg.unlisted and any(k == SCORE for k in tg.kinds.values()):
         notes.append(f"{len(tg.unlisted)} model(s) of the map have no row in the scores table; their scores are predicted")
     for c, miss in tg.missing.items():
@@ -1031,13 +1143,17 @@ def predict_store(
                 f"no scores: give --scores SCORES.csv (a 'model' column and one column per benchmark); "
                 f"the store's metadata has no {SCORE_PREFIX}* columns either"
             )
+    kwargs.setdefault("store_models", store.model_names())
+    kwargs.setdefault("left_out", left_out)
     report = predict_map(mm, scores, group_by, metadata=metadata, include_loglik=include_loglik, source=source, **kwargs)
     if left_out:
         # Models placed with `lmmap add` are scored on a subset's texts only: they need its coordinates.
-        report.notes.append(
+        note = (
             f"{len(left_out)} model(s) scored on only some texts were left out (e.g. {left_out[0]!r}); "
             "give --subset SUBSET.json, the subset they were scored on, to include them"
         )
+        report.notes.append(note)
+        warnings.warn(note, LmmapWarning, stacklevel=2)
     report.settings.update(
         store=str(store.path), scores=source, subset=None if subset is None else f"{subset.method}, d = {subset.d}",
         clip_threshold=mm.threshold, n_texts=int(mm.L.shape[1]),

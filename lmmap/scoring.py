@@ -59,7 +59,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from . import __version__
-from .exceptions import LmmapError
+from .exceptions import InputError, LmmapError, ScoringError, NonFiniteError as _NonFiniteBase
 
 try:
     import torch
@@ -72,7 +72,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 SCORER = "lmmap"
 # Bump when a change can alter the numbers: checkpoints from another version are then not reused.
 SCORER_VERSION = "1"
-CONVENTIONS = ("reference", "full")
+from .store import CONVENTIONS, Interrupted, ModelExistsError, check_model_name  # noqa: E402  (torch-free: import checks it too)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Padded tokens per batch. On a CPU, ~1,000 tokens already make the matrix products run at full
@@ -87,6 +87,9 @@ DEFAULT_VOCAB_BLOCK = {"cpu": 2048}
 # Models scored through their own forward (see LogProbComputer) hold B×T×V logits: batches keep them under this.
 FALLBACK_LOGITS_MEMORY = 2 * 2**30
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between checkpoints
+# Any of these in a model directory means its tokenizer was saved with it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt", "sentencepiece.bpe.model", "merges.txt", "tiktoken.model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 
 
@@ -199,6 +202,11 @@ def load_model(
         raise LmmapError(f"model {source!r}: the directory has no config.json; point at a save_pretrained() directory")
     if path.is_dir() and revision:
         raise LmmapError(f"model {source!r}: --revision applies to hub models, not to a local directory")
+    if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ScoringError(
+            f"model {source!r}: the directory has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+            "save the tokenizer next to the model with tokenizer.save_pretrained(DIR)"
+        )
     if device_map is None and dev.type == "cuda" and dev.index is None and _accelerate_available():
         device_map = "auto"
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
@@ -562,7 +570,7 @@ class TextScores:
     truncated: np.ndarray
 
 
-class NonFiniteError(LmmapError):
+class NonFiniteError(_NonFiniteBase):
     """A model produced NaN or ±inf for a text (SPEC §2: an error, never a stored number)."""
 
     def __init__(self, message: str, position: int):
@@ -806,8 +814,12 @@ def score_models(
 ) -> dict[str, ScoreStatus]:
     """Score each model on the store's texts (or on ``text_pos`` only) and store its vector.
 
-    ``models``: local directories or hub names; each is stored under the string
-    given, or under ``names[i]``. A model already in the store is skipped
+    ``models``: local directories, hub names, or names of models in the store
+    (scored by lmmap: completes them from the source in their record, under
+    their recorded settings). Each is stored under ``names[i]``, by default a
+    short name: a directory's own name (``./runs/my-checkpoint`` →
+    ``my-checkpoint``), a hub id as it is (``org/name``); two models that
+    would get one name are refused. A model already in the store is skipped
     (unless ``replace``), or extended with the texts it lacks when it was
     scored under the same settings. A model that fails to load or gives a
     non-finite value is reported as ``failed`` and nothing is recorded for it;
@@ -819,12 +831,38 @@ def score_models(
 
     store = store if isinstance(store, Store) else Store(store)
     models = [str(m) for m in models]
-    names = models if names is None else [str(n) for n in names]
+    if not models:
+        raise InputError("name at least one model to score")
+    per_model: list[dict] = [{} for _ in models]
+    if names is None:
+        names = []
+        stored = None
+        for i, m in enumerate(models):
+            if not Path(m).expanduser().exists():
+                stored = store.records() if stored is None else stored
+                if m in stored:  # a stored model's name: complete it from the source it was scored from
+                    models[i], own = _stored_source(store, m, stored[m], revision)
+                    # completing keeps the recorded settings; --replace rescores under the ones given
+                    per_model[i] = {} if replace else own
+                    names.append(m)
+                    continue
+            names.append(default_model_name(m))
+    else:
+        names = [str(n) for n in names]
     if len(names) != len(models):
-        raise LmmapError(f"{len(names)} names for {len(models)} models: give one name per model")
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise LmmapError(f"model {sorted(dup)[0]!r} is listed twice; give each model once")
+        raise InputError(f"{len(names)} names for {len(models)} models: give one name per model")
+    for n in names:
+        check_model_name(n)
+    first: dict[str, str] = {}
+    for src, n in zip(models, names):
+        if n in first:
+            if first[n] == src:
+                raise InputError(f"model {n!r} is listed twice; give each model once")
+            raise InputError(
+                f"models {first[n]!r} and {src!r} would both be stored as {n!r}; "
+                "score them one at a time with --name NAME (names=[...] in Python)"
+            )
+        first[n] = src
     check_convention(convention)
     resolve_dtype(dtype)
     resolve_device(device)
@@ -850,9 +888,16 @@ def score_models(
         checkpoint_every=checkpoint_every, device_map=device_map, logits_memory=logits_memory, console=console,
     )
     out = {}
-    for source, name in zip(models, names):
+    for source, name, own in zip(models, names, per_model):
         try:
-            status = _score_one(store, source, name, positions, say=say, **options)
+            status = _score_one(store, source, name, positions, say=say, **{**options, **own})
+        except Interrupted as exc:
+            raise Interrupted(f"{name!r}: {exc}{_done_before(out)}") from None
+        except KeyboardInterrupt:
+            n = store.checkpoint_chunks(name)
+            kept = (f"{n} checkpoint chunk(s) of {name!r} kept; rerun the same command to resume" if n
+                    else f"nothing of {name!r} was scored yet")
+            raise Interrupted(kept + _done_before(out)) from None
         except NonFiniteError as exc:
             hint = " (try --dtype float32)" if dtype != "float32" else ""
             status = ScoreStatus(name, "failed", f"model {name!r}: {exc}; nothing was stored for it{hint}")
@@ -875,6 +920,30 @@ def score_models(
     return out
 
 
+def _done_before(out: dict) -> str:
+    done = [n for n, st in out.items() if st.status == "scored"]
+    return f"; {len(done)} model(s) finished before it are stored" if done else ""
+
+
+def default_model_name(source: str) -> str:
+    """The name a model is stored under by default: a local directory's own name; a hub id as it is."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.resolve().name or str(path.resolve())
+    return source
+
+
+def _stored_source(store, name: str, rec: dict, revision) -> tuple[str, dict]:
+    """Where to load stored model ``name`` from, and the settings it was scored under."""
+    if rec.get("scorer") != SCORER or not rec.get("source"):
+        raise InputError(
+            f"model {name!r} was imported ({rec.get('source') or 'from a file'}), not scored by lmmap, so lmmap "
+            f"does not know where the model is: score it with `lmmap score PATH_OR_HUB_ID --name {name}`"
+        )
+    own = {k: rec[k] for k in ("convention", "dtype", "max_length", "stride") if rec.get(k) is not None}
+    return str(rec["source"]), own
+
+
 def _check_positions(text_pos, n_texts: int) -> np.ndarray:
     if text_pos is None:
         return np.arange(n_texts, dtype=np.int64)
@@ -893,6 +962,7 @@ def _score_one(store, source, name, positions, *, say, device, dtype, convention
     if store.has_model(name) and not replace:
         existing = store.vectors(name)
         if np.isin(positions, existing["text_pos"].to_numpy()).all():
+            store.clear_redundant_checkpoints(name)  # e.g. chunks of a scorer that lost a race for it
             return ScoreStatus(name, "skipped", "already in the store (pass --replace to score it again)",
                                n_resumed=len(positions))
     t_load = time.perf_counter()
@@ -934,11 +1004,24 @@ def _score_one(store, source, name, positions, *, say, device, dtype, convention
         frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
         record = _record(model, tokenizer, settings, key, source, device, enc_info, new, n_before, load_seconds, batch_tokens)
         wanted_all = len(frame) == store.n_texts
-        store.write_model(
-            name, frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
-            truncated=frame["truncated"].to_numpy(), text_pos=None if wanted_all else frame["text_pos"].to_numpy(),
-            record=record, replace=replace or existing is not None,
-        )
+        try:
+            store.write_model(
+                name, frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
+                truncated=frame["truncated"].to_numpy(), text_pos=None if wanted_all else frame["text_pos"].to_numpy(),
+                record=record, replace=replace or existing is not None,
+            )
+        except ModelExistsError:
+            # Another process stored this model while this one scored it.
+            theirs = store.record(name)
+            covered = np.isin(positions, store.vectors(name)["text_pos"].to_numpy()).all()
+            if theirs.get("settings_key") == key and covered:
+                store.clear_checkpoint(name)
+                return ScoreStatus(name, "skipped", "was completed by another process meanwhile; its stored vector "
+                                   "(same settings) is kept", n_resumed=len(positions))
+            raise ScoringError(
+                f"model {name!r} was stored by another process meanwhile under other settings "
+                f"({_settings_summary(theirs)}); pass --replace to overwrite it with this run's"
+            ) from None
         store.clear_checkpoint(name)
         n_trunc = int(frame["truncated"].sum())
         msg = f"{len(todo)} texts scored" + (f", {n_before} resumed" if n_before else "")
@@ -1023,7 +1106,8 @@ def _record(model, tokenizer, settings: ScoringSettings, key, source, device, en
         "scorer": SCORER,
         "scorer_version": SCORER_VERSION,
         "settings_key": key,
-        "source": str(source),
+        # absolute for a local directory: `lmmap score NAME` completes the model from any directory
+        "source": str(Path(source).expanduser().resolve()) if Path(source).expanduser().is_dir() else str(source),
         "revision": settings.revision,
         "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
         "tokenizer": getattr(tokenizer, "name_or_path", str(source)),

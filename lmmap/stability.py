@@ -129,7 +129,7 @@ def resampled_features(L, u, w, threshold) -> np.ndarray:
 
 
 def reference_map(Q, embedding: str = "tsne", random_state: int = 42, **embed_kwargs) -> np.ndarray:
-    """The reference configuration: the embedding of the full ``Q`` (K×2)."""
+    """The reference configuration: the embedding of the full ``Q`` (K×2); ``auto``: MDS below 40 models, t-SNE above."""
     from .embedding import embed
 
     return embed(np.asarray(Q, dtype=np.float64), method=embedding, random_state=random_state, **embed_kwargs)
@@ -261,7 +261,9 @@ def map_stability(
     Q : the full map's coordinates, if already computed (``double_center(clip(L, threshold))``).
     reference : the full-data configuration (K×2), e.g. shared between settings;
         default: the embedding of ``Q``.
-    embedding, random_state : the 2-D method (tsne | pca | umap) and its fixed seed (42).
+    embedding, random_state : the 2-D method (tsne | mds | pca | umap, or auto:
+        mds below 40 models) and its fixed seed (42). MDS maps need no seed and
+        are aligned by Procrustes like the others.
     seed : seed of the resampling; trial r uses its own stream, so results do
         not depend on ``workers``.
     workers : processes for the R embeddings (1: in this process).
@@ -275,8 +277,10 @@ def map_stability(
     Q = core.double_center(core.clip(L, threshold)) if Q is None else np.asarray(Q, dtype=np.float64)
     if Q.shape != L.shape:
         raise LmmapError(f"Q {Q.shape} and L {L.shape} differ in shape")
-    from .embedding import DEFAULT_PERPLEXITY, effective_perplexity
+    from .embedding import DEFAULT_PERPLEXITY, effective_perplexity, resolve_method
 
+    # Resolved once, so that every resampled map uses the method of the reference.
+    embedding = resolve_method(embedding, L.shape[0])
     if embedding == "tsne":
         # Lowered once here (with one warning) rather than once per map.
         embed_kwargs["perplexity"] = effective_perplexity(embed_kwargs.get("perplexity", DEFAULT_PERPLEXITY), L.shape[0])

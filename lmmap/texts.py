@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -20,10 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .exceptions import LmmapError
+from .exceptions import FormatError, InputError
 
 TEXT_SUFFIXES_JSONL = (".jsonl", ".ndjson")
 TEXT_SUFFIXES_PARQUET = (".parquet", ".pq")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff); only lines holding one need the full check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def text_set_identity(texts: Iterable[str]) -> str:
@@ -52,9 +56,9 @@ class TextSet:
     def __post_init__(self):
         for col in ("index", "text", "source"):
             if col not in self.table.column_names:
-                raise LmmapError(f"a text set needs an {col!r} column; it has {self.table.column_names}")
+                raise InputError(f"a text set needs an {col!r} column; it has {self.table.column_names}")
         if self.table.num_rows == 0:
-            raise LmmapError("the text set is empty: it needs at least one text")
+            raise InputError("the text set is empty: it needs at least one text")
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -63,17 +67,24 @@ class TextSet:
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise LmmapError(f"text {i} is {type(t).__name__}, not a string")
+                raise InputError(f"text {i} is {type(t).__name__}, not a string")
             if not t.strip():
-                raise LmmapError(f"text {i} is empty; drop it before building the text set")
+                raise InputError(f"text {i} is empty; drop it before building the text set")
+            _check_encodable(t, f"text {i}", InputError)
         n = len(texts)
-        cols = {
-            "index": pa.array(np.arange(n) if index is None else index, pa.int64()),
-            "text": pa.array(texts, pa.string()),
-            "source": pa.array(sources if sources is not None else [""] * n, pa.string()),
-        }
-        cols.update({k: pa.array(v) for k, v in extra.items()})
-        ts = cls(pa.table(cols))
+        try:
+            cols = {
+                "index": pa.array(np.arange(n) if index is None else index, pa.int64()),
+                "text": pa.array(texts, pa.string()),
+                "source": pa.array(sources if sources is not None else [""] * n, pa.string()),
+            }
+            cols.update({k: pa.array(v) for k, v in extra.items()})
+            ts = cls(pa.table(cols))
+        except (pa.ArrowException, OverflowError, TypeError, UnicodeEncodeError) as exc:
+            raise InputError(
+                f"cannot build a text set from these values ({type(exc).__name__}: {_short(str(exc), 120)}); "
+                "index must be 64-bit integers, sources strings, and every column as long as the texts"
+            ) from None
         ts._check_unique_index()
         return ts
 
@@ -83,10 +94,15 @@ class TextSet:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"text set {path} does not exist")
+        if path.is_dir():
+            raise FormatError(
+                f"{path} is a directory; a text set is one .jsonl or .parquet file (to make one from a "
+                "directory of documents, run `lmmap texts build DIR -o TEXTS.jsonl`)"
+            )
         if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
-            table = pq.read_table(path)
+            table = _read_parquet_table(path)
             if "text" not in table.column_names:
-                raise LmmapError(f"{path}: no 'text' column (columns: {table.column_names})")
+                raise FormatError(f"{path}: no 'text' column (columns: {table.column_names})")
             records = table.to_pylist()
             where = lambda i: f"{path}: row {i}"  # noqa: E731
         else:
@@ -99,21 +115,34 @@ class TextSet:
     @classmethod
     def _from_records(cls, records: list[dict], where, path) -> "TextSet":
         if not records:
-            raise LmmapError(f"{path}: the text set is empty (no records); it needs at least one text")
+            raise FormatError(f"{path}: the text set is empty (no records); it needs at least one text")
         texts, index, sources = [], [], []
         extra_keys = [k for k in records[0] if k not in ("text", "index", "source")]
         extra = {k: [] for k in extra_keys}
+        first_at: dict[int, int] = {}
         for i, rec in enumerate(records):
             t = rec.get("text")
             if not isinstance(t, str):
-                raise LmmapError(f"{where(i)}: 'text' is missing or not a string")
+                raise FormatError(f"{where(i)}: 'text' is missing or not a string (got {_short(t)})")
             if not t.strip():
-                raise LmmapError(f"{where(i)}: empty text; remove it (or rebuild with `lmmap texts build`)")
+                raise FormatError(f"{where(i)}: empty text; remove it (or rebuild with `lmmap texts build`)")
             texts.append(t)
             idx = rec.get("index", i)
             if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
-                raise LmmapError(f"{where(i)}: 'index' must be an integer, got {idx!r}")
-            index.append(int(idx))
+                raise FormatError(f"{where(i)}: 'index' must be an integer, got {_short(idx)}")
+            idx = int(idx)
+            if not _INT64_MIN <= idx <= _INT64_MAX:
+                raise FormatError(
+                    f"{where(i)}: 'index' {_short(idx)} is outside the 64-bit integer range; number the texts "
+                    "with smaller ids (e.g. 0..N-1)"
+                )
+            if idx in first_at:
+                raise FormatError(
+                    f"{where(i)}: duplicate text index {idx} (first used by {where(first_at[idx])}); "
+                    "every text needs its own index"
+                )
+            first_at[idx] = i
+            index.append(idx)
             src = rec.get("source", rec.get("pile_set_name", ""))
             sources.append("" if src is None else str(src))
             for k in extra_keys:
@@ -126,7 +155,8 @@ class TextSet:
         for k, v in extra.items():
             try:
                 cols[k] = pa.array(v)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
+            except (pa.ArrowException, OverflowError):
+                # Mixed kinds or out-of-range numbers: keep the column, as JSON text.
                 cols[k] = pa.array([None if x is None else json.dumps(x) for x in v], pa.string())
         ts = cls(pa.table(cols))
         ts._check_unique_index(path)
@@ -136,7 +166,7 @@ class TextSet:
         idx = self.index
         if len(np.unique(idx)) != len(idx):
             vals, counts = np.unique(idx, return_counts=True)
-            raise LmmapError(
+            raise InputError(
                 f"{path or 'text set'}: duplicate text index {int(vals[counts > 1][0])}; every text needs its own index"
             )
 
@@ -187,21 +217,61 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line number, object)``; errors name the file and line."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a byte-order mark, as some editors write
             if not raw.strip():
                 continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise LmmapError(
+                raise FormatError(
                     f"{path}:{lineno}: not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8"
                 ) from None
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise LmmapError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                raise FormatError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:
+                raise FormatError(f"{path}:{lineno}: JSON nested too deeply to read; flatten this line") from None
             if not isinstance(obj, dict):
-                raise LmmapError(f"{path}:{lineno}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
+                raise FormatError(f"{path}:{lineno}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
+            if _SURROGATE_ESCAPE.search(raw):
+                _check_encodable(obj, f"{path}:{lineno}", FormatError)
             yield lineno, obj
+
+
+def _short(value, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages that must stay on one line."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 1] + "…"
+
+
+def _check_encodable(obj, where: str, error) -> None:
+    """Raise ``error`` naming ``where`` when a string in ``obj`` (keys included) holds a lone UTF-16 surrogate.
+
+    ``json.loads`` accepts ``"\\ud800"`` and returns a str that cannot be written as UTF-8; it would fail
+    much later (hashing the text set, writing the store) with a UnicodeEncodeError.
+    """
+    try:
+        (obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start]
+        raise error(
+            f"{where}: a lone UTF-16 surrogate (\\u{ord(bad):04x}) in a string, which is not valid Unicode; "
+            "surrogate escapes must come in high-low pairs (\\ud83d\\ude00) — fix or drop this text"
+        ) from None
+    except RecursionError:
+        raise error(f"{where}: nested too deeply to read; flatten it") from None
+
+
+def _read_parquet_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise FormatError(
+            f"{path} is not a readable Parquet file ({type(exc).__name__}: {_short(str(exc), 120)}); "
+            "give a .parquet file, or a .jsonl text set"
+        ) from None
 
 
 def _decode(data: bytes, where: str, errors: str) -> str | None:
@@ -212,7 +282,7 @@ def _decode(data: bytes, where: str, errors: str) -> str | None:
             return None
         if errors == "replace":
             return data.decode("utf-8", errors="replace")
-        raise LmmapError(
+        raise FormatError(
             f"{where}: not valid UTF-8 at byte {exc.start}; convert it, or pass "
             "--on-bad-utf8 skip (drop such files) or replace"
         ) from None
@@ -226,7 +296,7 @@ def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "err
     document (its ``text`` field), a plain-text file is one document.
     """
     if on_bad_utf8 not in ("error", "skip", "replace"):
-        raise LmmapError(f"on_bad_utf8 must be error, skip or replace, got {on_bad_utf8!r}")
+        raise InputError(f"on_bad_utf8 must be error, skip or replace, got {on_bad_utf8!r}")
     for src in sources:
         src = Path(src)
         if src.is_dir():
@@ -245,15 +315,18 @@ def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "err
                 for lineno, obj in _read_jsonl(path):
                     t = obj.get("text")
                     if not isinstance(t, str):
-                        raise LmmapError(f"{path}:{lineno}: 'text' is missing or not a string")
+                        raise FormatError(f"{path}:{lineno}: 'text' is missing or not a string")
                     yield f"{path}:{lineno}", t
             elif suffix in TEXT_SUFFIXES_PARQUET:
-                table = pq.read_table(path)
+                table = _read_parquet_table(path)
                 if "text" not in table.column_names:
-                    raise LmmapError(f"{path}: no 'text' column (columns: {table.column_names})")
+                    raise FormatError(f"{path}: no 'text' column (columns: {table.column_names})")
                 for row, t in enumerate(table.column("text").to_pylist()):
-                    if t is not None:
-                        yield f"{path}#{row}", t
+                    if t is None:
+                        continue
+                    if not isinstance(t, str):
+                        raise FormatError(f"{path}: row {row}: 'text' is {type(t).__name__}, not a string")
+                    yield f"{path}#{row}", t
             else:
                 t = _decode(path.read_bytes(), str(path), on_bad_utf8)
                 if t is not None:
@@ -289,9 +362,9 @@ def build_text_set(
     The sample is drawn with ``seed`` and kept in source order.
     """
     if chunk_bytes < 4:
-        raise LmmapError(f"chunk_bytes must be at least 4 (one UTF-8 character), got {chunk_bytes}")
+        raise InputError(f"chunk_bytes must be at least 4 (one UTF-8 character), got {chunk_bytes}")
     if min_bytes < 0 or min_bytes > chunk_bytes:
-        raise LmmapError(f"min_bytes must be between 0 and chunk_bytes ({chunk_bytes}), got {min_bytes}")
+        raise InputError(f"min_bytes must be between 0 and chunk_bytes ({chunk_bytes}), got {min_bytes}")
     texts, srcs, chunk_idx, seen = [], [], [], set()
     for label, doc in iter_documents(sources, on_bad_utf8=on_bad_utf8):
         for ci, piece in enumerate(utf8_chunks(doc.encode("utf-8"), chunk_bytes)):
@@ -305,16 +378,16 @@ def build_text_set(
             srcs.append(label)
             chunk_idx.append(ci)
     if not texts:
-        raise LmmapError(
+        raise InputError(
             f"no chunks of at least {min_bytes} bytes were found in the sources; "
             "give more text or lower --min-bytes"
         )
     keep = list(range(len(texts)))
     if n is not None:
         if n <= 0:
-            raise LmmapError(f"--n must be positive, got {n}")
+            raise InputError(f"--n must be positive, got {n}")
         if n > len(texts):
-            raise LmmapError(f"asked for {n} texts but the sources give only {len(texts)} distinct chunks")
+            raise InputError(f"asked for {n} texts but the sources give only {len(texts)} distinct chunks")
         keep = sorted(random.Random(seed).sample(keep, n))
     return TextSet.from_texts(
         [texts[i] for i in keep],

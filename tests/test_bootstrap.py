@@ -34,3 +34,33 @@ def test_weighted_se_matches_resampling_variance():
     mean = (cd * delta).sum() / n
     analytic = np.sqrt(n * ((cd * (delta - mean) ** 2).sum() / n))
     assert abs(se[0, 1] / analytic - 1) < 0.06
+
+
+def test_fewer_than_two_replicates_is_a_one_line_input_error():
+    import pytest
+
+    from lmmap.exceptions import InputError
+
+    Q = np.random.default_rng(0).normal(size=(3, 20))
+    for R in (1, 0, -5, True, 2.5):
+        with pytest.raises(InputError, match="R must be ≥ 2"):
+            bootstrap_sq_distance_se(Q, R=R)
+
+
+def test_map_se_with_one_replicate_says_so(tmp_path):
+    """`lmmap map --se --R 1` printed a bare ValueError; now one line naming R."""
+    import subprocess
+    import sys
+
+    from lmmap.store import Store
+    from lmmap.texts import TextSet
+
+    rng = np.random.default_rng(1)
+    store = Store.create(tmp_path / "store", TextSet.from_texts([f"text {i}" for i in range(30)]))
+    store.write_models([{"name": f"m{i}", "loglik": -rng.gamma(3, 10, size=30)} for i in range(4)])
+    r = subprocess.run([sys.executable, "-m", "lmmap", "map", "--store", str(tmp_path / "store"), "-o", str(tmp_path / "m"),
+                        "--se", "--R", "1", "--embedding", "pca"], capture_output=True, text=True, timeout=120)
+    import re
+
+    assert r.returncode == 1 and re.search(r"R must be (≥|at least) 2", r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and "ValueError" not in r.stderr

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from lmmap import core
 from lmmap import error_analysis as ea
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import InputError, LmmapError, LmmapWarning
 from lmmap.importance import importance, resample
 
 # ----------------------------------------------------------------------------- data
@@ -171,8 +171,8 @@ def test_input_validation_messages():
         ea.analyse_errors(Q, n_grid=[0, 10])
     with pytest.raises(LmmapError, match="R"):
         ea.analyse_errors(Q, R=1)
-    with pytest.raises(LmmapError, match="not below N"):
-        ea.analyse_errors(Q, targets=[5000])
+    with pytest.warns(LmmapWarning, match="not below N"):  # noted and left N/A, the rest computed
+        ea.analyse_errors(Q, targets=[5000], mode="analytic")
     with pytest.raises(LmmapError, match="relative or absolute"):
         ea.analyse_errors(Q, error="squared")
     with pytest.raises(LmmapError, match="workers"):
@@ -280,7 +280,87 @@ def test_errors_command_writes_tables_and_figure(tmp_path):
     assert sorted(curves["n"].unique()) == [10, 30, 50, 70, 90, 100, 300, 500, 600]
     assert (curves["sigma_hat"] >= curves["tau"]).all()
     table = pd.read_csv(out / "table1.csv")
-    assert set(table["d"]) == {300, 500}
+    assert set(table["d"]) == {300}  # --targets gives the targets (no fixed 500 added)
 
     bad = CliRunner().invoke(app, ["errors", "--store", str(store), "-o", str(out), "--n-grid", "10:x"])
     assert bad.exit_code != 0 and "start:stop:step" in str(bad.exception)
+
+
+# ----------------------------------------------------------------------------- defaults that scale with N
+
+
+def test_default_targets_and_grid_scale_with_N():
+    # N = 10,000 keeps the paper's values exactly.
+    assert ea.default_targets(10_000).tolist() == [500, 2500, 5000, 7500]
+    assert ea.default_n_grid(10_000).tolist() == [*range(10, 100, 10), *range(100, 1000, 100), *range(1000, 10_001, 1000)]
+    # Smaller and larger text sets get targets at the same fractions, all below N, and a grid up to N.
+    assert ea.default_targets(300).tolist() == [15, 75, 150, 230]
+    assert ea.default_targets(1020).tolist() == [51, 260, 510, 770]
+    g = ea.default_n_grid(100_000)
+    assert g[-1] == 100_000 and 50_000 in g and 9000 in g
+    g = ea.default_n_grid(300)
+    assert g.tolist() == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200, 300]
+
+
+def test_table1_on_300_texts_has_rows_for_every_default_target():
+    # The demo's 300 texts used to give an empty Table 1 (all targets ≥ N) and a crash downstream.
+    Q = small_q(K=12, N=300)
+    res = ea.analyse_errors(Q, R=5, mode="analytic")
+    t = res.texts_needed(warn=False)
+    assert sorted(set(t["d"])) == [15, 75, 150, 230]
+    assert len(t) == 3 * 4 and set(t["method"]) == {"uniform", "ls", "kl"}
+    assert (t["cell"] != "N/A").any()
+
+
+def test_targets_not_below_N_are_noted_na_and_the_rest_computed():
+    Q = small_q(K=12, N=300)
+    with pytest.warns(LmmapWarning, match=r"d = 5,000 is not below N = 300.*--targets 15,75,150,230"):
+        res = ea.analyse_errors(Q, R=5, mode="analytic", targets=[100, 5000])
+    with pytest.warns(LmmapWarning, match="not below N"):
+        t = res.texts_needed()
+    by_d = t.set_index(["method", "d"])
+    assert (by_d.xs(5000, level="d")["cell"] == "N/A").all()
+    assert (by_d.xs(5000, level="d")["note"] == "d ≥ N = 300").all()
+    assert by_d.xs(100, level="d")["n_prime"].notna().any()  # the reachable target is computed
+
+
+def test_texts_needed_never_returns_an_empty_table_silently():
+    res = ea.analyse_errors(small_q(K=12, N=300), R=5, mode="analytic")
+    res.targets = np.zeros(0, dtype=np.int64)
+    with pytest.raises(InputError, match="Table 1 has no target"):
+        res.texts_needed()
+    # Targets asked for but all ≥ N: rows that say N/A and why, not an empty table.
+    with pytest.warns(LmmapWarning):
+        t = res.texts_needed(targets=[400, 900])
+    assert len(t) == 6 and (t["cell"] == "N/A").all() and t["note"].str.contains("d ≥ N").all()
+
+
+def test_unreached_cells_say_why():
+    Q = small_q(K=15, N=1000)
+    res = ea.analyse_errors(Q, R=10, targets=[900], seed=0)
+    with pytest.warns(LmmapWarning, match="reaches κ̂_d"):
+        t = res.texts_needed()
+    row = t.set_index(["method", "d"]).loc[("uniform", 900)]
+    assert row["cell"] == "N/A" and "no n" in row["note"]
+
+
+def test_errors_and_stability_commands_on_300_texts(tmp_path):
+    """`lmmap errors` crashed (KeyError 'method') on the demo's 300 texts; `stability --n 2900` gave no subset silently."""
+    import subprocess
+    import sys
+
+    store = _store(tmp_path, K=12, N=300)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lmmap", *map(str, a)], capture_output=True, text=True, timeout=300)  # noqa: E731
+    r = run("errors", "--store", store, "-o", tmp_path / "err", "--R", "5")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    t = pd.read_csv(tmp_path / "err" / "table1.csv")
+    assert sorted(set(t["d"])) == [15, 75, 150, 230]
+    r = run("errors", "--store", store, "-o", tmp_path / "err2", "--R", "5", "--mode", "analytic", "--targets", "100,5000")
+    assert r.returncode == 0, r.stderr
+    assert "note:" in r.stderr and "5,000 is not below N = 300" in r.stderr
+    r = run("errors", "--store", store, "-o", tmp_path / "err3", "--R", "1")
+    assert r.returncode == 1 and "R must be ≥ 2" in r.stderr and "Traceback" not in r.stderr
+    r = run("stability", "--store", store, "-o", tmp_path / "stab", "--n", "2900", "--R", "2", "--embedding", "pca")
+    assert r.returncode == 0, r.stderr
+    assert "n=2900 draws pick about" in r.stderr and "of the 300 texts per map" in r.stderr and "try --n ~75" in r.stderr

@@ -277,3 +277,39 @@ def test_distance_error_is_infinite_when_an_informative_text_cannot_be_drawn():
     pi = np.full(20, 1 / 19)
     pi[5] = 0.0
     assert imp.distance_error(Q, pi, 10) == np.inf
+
+
+# -- resample sizes that leave no real subset ----------------------------------------------
+
+
+def test_no_real_subset_note_and_suggestions_scale_with_N():
+    from lmmap.importance import default_resample_size, no_real_subset_note, suggested_resample_size
+
+    assert suggested_resample_size(300) == 75 and suggested_resample_size(10_000) == 2500
+    assert default_resample_size(10_000) == 2900 and default_resample_size(1020) == 300
+    note = no_real_subset_note(2900, 287, 300)
+    assert note == "n=2900 draws pick 287 of the 300 texts (96%): no real subset; try --n ~75 (about N/4)"
+    assert "as many draws as texts" in no_real_subset_note(10_000, 6320, 10_000)
+    assert no_real_subset_note(2900, 2202, 10_000) is None  # the paper's LS setting is a real subset
+
+
+def test_select_says_when_n_draws_leave_no_real_subset(tmp_path):
+    import subprocess
+    import sys
+
+    from lmmap.store import Store
+    from lmmap.texts import TextSet
+
+    rng = np.random.default_rng(0)
+    N = 300
+    store = Store.create(tmp_path / "store", TextSet.from_texts([f"text {i}" for i in range(N)]))
+    base = -rng.gamma(3, 50, size=N)
+    store.write_models([{"name": f"m{i}", "loglik": np.minimum(base + rng.normal(0, 5, N), -0.01)} for i in range(5)])
+    run = lambda n, out: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "lmmap", "select", "--store", str(tmp_path / "store"), "--method", "uniform", "--n", str(n),
+         "-o", str(tmp_path / out)], capture_output=True, text=True, timeout=120)
+    r = run(2900, "big.json")
+    assert r.returncode == 0 and (tmp_path / "big.json").exists()  # says so, and does the rest
+    assert "note:" in r.stderr and "n=2900 draws pick" in r.stderr and "no real subset; try --n ~75" in r.stderr
+    r = run(60, "small.json")
+    assert r.returncode == 0 and "no real subset" not in r.stderr

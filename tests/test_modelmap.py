@@ -1,11 +1,14 @@
 """ModelMap: the Python API over the numeric core."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from lmmap import ModelMap, core
 from lmmap.exceptions import LmmapError
+from test_plots import plotly_array, plotly_figure
 
 
 def clustered_L(K_per=4, N=60, seed=0):
@@ -80,3 +83,102 @@ def test_write_outputs(tmp_path):
     html = paths["map.html"].read_text()
     assert "<b>evil" not in html and "&lt;b&gt;evil&lt;" in html
     assert paths["map.png"].stat().st_size > 10_000
+
+
+# -- the picture: embedding, lines, lineage, labels -----------------------------------------------
+
+
+def lineage_map(**kw):
+    from synthetic import lineage_L
+
+    names, L, meta = lineage_L(N=400, seed=0, **kw)
+    return names, L, meta
+
+
+def test_small_map_defaults_to_mds_and_its_title_says_what_the_map_is(tmp_path):
+    names, L, meta = lineage_map()
+    mm = ModelMap(names, L, metadata=meta)
+    paths = mm.write(tmp_path, color_by="family")
+    info = json.loads(paths["map.json"].read_text())
+    assert info["embedding"] == "mds" and info["embedding_requested"] == "auto" and info["edges"] == "base_model"
+    np.testing.assert_allclose(pd.read_csv(paths["coords.csv"])[["x", "y"]].to_numpy(), mm.embed("mds"))
+    data, layout = plotly_figure(paths["map.html"])
+    title = layout["title"]["text"]
+    assert f"{mm.K} models, 400 texts" in title and "classical MDS of KL" in title
+    assert f"clipped at {mm.threshold:.4g} (2nd percentile)" in title
+    assert layout["xaxis"]["title"]["text"] == "MDS 1"
+    points = [t for t in data if t.get("legendgroup")]
+    # Hover names the --color-by column, and every model is labelled on the page.
+    assert all("family: %{customdata[1]}" in t["hovertemplate"] for t in points)
+    assert sorted(v for t in points for v in t["text"]) == sorted(names)
+    assert (tmp_path / "plotly.min.js").exists() and paths["map.html"].stat().st_size < 100_000
+
+
+def test_lineage_marks_a_nearest_neighbour_in_another_lineage(tmp_path):
+    names, L, meta = lineage_map()
+    # Declare lin1-ft-1 a fine-tune of lin0: its nearest model (lin1) then contradicts the declared lineage.
+    meta.loc["lin1-ft-1", "base_model"] = "lin0"
+    meta.loc["lin2-ft-2", "base_model"] = "not-in-the-map"  # unknown bases are ignored
+    mm = ModelMap(names, L, metadata=meta)
+    table = mm.lineage().set_index("model")
+    assert "lin2-ft-2" not in table.index
+    row = table.loc["lin1-ft-1"]
+    assert row.base_model == "lin0" and row.nearest == "lin1" and not row.consistent and row.relation == "other lineage"
+    assert row.kl_to_base == pytest.approx(mm.kl_frame().loc["lin1-ft-1", "lin0"])
+    assert table.loc["lin0-ft-0", "relation"] == "base" and table["consistent"].sum() == len(table) - 1
+    # Its own lineage (now lin0's) is far: a contradiction at any tolerance short of a huge one.
+    assert row.kl_to_lineage == pytest.approx(mm.kl_frame().loc["lin1-ft-1", ["lin0", "lin0-ft-0", "lin0-ft-1", "lin0-step1"]].min())
+    assert not mm.lineage(tie=1.0).set_index("model").loc["lin1-ft-1", "consistent"]
+    assert mm.lineage(tie=row.kl_to_lineage / row.kl_to_nearest).set_index("model").loc["lin1-ft-1", "consistent"]
+    paths = mm.write(tmp_path)
+    assert pd.read_csv(paths["lineage.csv"]).columns.tolist() == [
+        "model", "base_model", "nearest", "kl_to_base", "kl_to_nearest", "kl_to_lineage", "relation", "consistent"]
+    info = json.loads(paths["map.json"].read_text())
+    assert info["lineage"]["flagged"] == ["lin1-ft-1"] and info["lineage"]["consistent"] == len(table) - 1
+    data, _ = plotly_figure(paths["map.html"])
+    by_name = {t.get("name", ""): t for t in data}
+    lineage = by_name["declared base_model"]
+    assert np.isfinite(plotly_array(lineage["x"])).sum() == 2 * len(table)
+    contradiction = by_name["nearest by KL, another lineage"]
+    i, j = names.index("lin1-ft-1"), names.index("lin1")
+    coords = mm.embed("auto")
+    np.testing.assert_allclose(plotly_array(contradiction["x"])[:2], coords[[i, j], 0])
+    assert by_name["nearest model in another lineage (1)"]["customdata"][0][0] == "lin1-ft-1"
+
+
+def test_edges_default_to_nearest_neighbours_without_base_model(tmp_path):
+    names, L, meta = lineage_map()
+    mm = ModelMap(names, L, metadata=meta.drop(columns="base_model"))
+    assert mm.resolve_edges("auto") == "nn"
+    (nn,), flagged = mm.edges("auto")
+    idx, _ = core.nearest_neighbors(mm.kl(), 1)
+    expected = {tuple(sorted((names[i], names[j]))) for i, j in enumerate(idx[:, 0])}
+    assert {tuple(sorted(p)) for p in nn.pairs} == expected and len(nn.pairs) == len(expected) and flagged == []
+    assert mm.edges("none") == ([], [])
+    with pytest.raises(LmmapError, match="no metadata column base_model"):
+        mm.write(tmp_path / "x", edges="base_model")
+    with pytest.raises(LmmapError, match="edges must be one of"):
+        mm.write(tmp_path / "y", edges="all")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
+    paths = mm.write(tmp_path / "z", embedding="pca", edges="none")
+    assert "lineage.csv" not in paths and json.loads(paths["map.json"].read_text())["edges"] == "none"
+
+
+def test_cli_map_takes_edges_and_embedding(tmp_path):
+    from typer.testing import CliRunner
+
+    from lmmap.cli import app
+    from lmmap.store import Store
+    from lmmap.texts import TextSet
+
+    names, L, meta = lineage_map()
+    store = Store.create(tmp_path / "store", TextSet.from_texts([f"text {i}" for i in range(L.shape[1])]))
+    store.write_models([{"name": n, "loglik": row} for n, row in zip(names, L)])
+    store.set_metadata(meta.reset_index())
+    out = tmp_path / "map"
+    res = CliRunner().invoke(app, ["map", "-o", str(out), "--store", str(store.path), "--edges", "nn"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "map.json").read_text())
+    assert info["edges"] == "nn" and info["embedding"] == "mds" and (out / "lineage.csv").exists()
+    res = CliRunner().invoke(app, ["map", "-o", str(tmp_path / "bad"), "--store", str(store.path), "--edges", "every"])
+    assert res.exit_code != 0 and not (tmp_path / "bad").exists()

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,8 @@ def test_add_models_places_held_out_models(eco, tmp_path):
     coords = pd.read_csv(out / "coords.csv")
     assert list(coords["model"]) == rest + held and coords["new"].sum() == len(held)
     # The existing models keep the positions of their full map (what `lmmap map` draws for them).
-    base = ModelMap.from_store(store, models=rest).embed("tsne", random_state=42)
+    # 16 models: the default map is classical MDS of KL, and the new models are placed by Gower's formula.
+    base = ModelMap.from_store(store, models=rest).embed("auto", random_state=42)
     np.testing.assert_allclose(coords[["x", "y"]].to_numpy()[: len(rest)], base, atol=1e-9)
     # New models land beside their family in 2-D as well.
     xy = coords[["x", "y"]].to_numpy()
@@ -127,7 +129,7 @@ def test_add_models_places_held_out_models(eco, tmp_path):
         nearest = np.argmin(((xy[: len(rest)] - xy[len(rest) + i]) ** 2).sum(axis=1))
         assert rest[nearest].split("/")[0] == m.split("/")[0]
     info = json.loads((out / "map.json").read_text())
-    assert info["new_models"] == held and info["subset"]["method"] == "ls"
+    assert info["new_models"] == held and info["subset"]["method"] == "ls" and info["embedding"] == "mds"
 
 
 def test_models_scored_on_the_subset_only_are_placed_identically(eco):
@@ -176,6 +178,46 @@ def test_rebuild_and_base_coords(eco, tmp_path):
     reb = add_models(store, held, sub, tmp_path / "rebuilt", rebuild=True, embedding="pca")
     assert reb.rebuilt and reb.coords.shape == (len(names), 2)
     np.testing.assert_allclose(reb.coords, reb.map.embed("pca"))
+
+
+def test_placed_map_labels_models_highlights_new_ones_and_draws_their_nearest_lines(eco, tmp_path):
+    from test_plots import plotly_array, plotly_figure
+
+    store, names, L, held, rest, sub = eco
+    # A model given as a directory path is shown (and stored) under the directory's own name.
+    (tmp_path / "models" / "fam1-m4-copy").mkdir(parents=True)
+    store.write_model("fam1-m4-copy", L[names.index("fam1/m4")])
+    res = add_models(store, [held[0], str(tmp_path / "models" / "fam1-m4-copy")], sub, tmp_path / "out")
+    assert res.new_models == [held[0], "fam1-m4-copy"] and res.scored == []
+    data, layout = plotly_figure(res.paths["map.html"])
+    (new,) = [t for t in data if t.get("name") == "new"]
+    assert new["text"] == [f"<b>{held[0]}</b>", "<b>fam1-m4-copy</b>"]
+    points = [t for t in data if t.get("legendgroup")]
+    # Every existing model labelled beside its point; the new ones by the bold labels of their own trace.
+    assert sorted(v for t in points for v in t["text"] if v) == sorted(rest)
+    assert all("model_type: %{customdata[1]}" in t["hovertemplate"] for t in points)
+    (lines,) = [t for t in data if t.get("name") == "new → nearest by KL"]
+    xy = np.column_stack([plotly_array(lines["x"]), plotly_array(lines["y"])])
+    segments = xy[~np.isnan(xy[:, 0])].reshape(-1, 2, 2)
+    K = len(rest)
+    for i, seg in enumerate(segments):
+        np.testing.assert_allclose(seg[0], res.coords[K + i])
+        np.testing.assert_allclose(seg[1], res.coords[int(np.argmin(res.kl[i]))])
+    assert "2 new" in layout["title"]["text"] and "classical MDS" in layout["title"]["text"]
+    assert res.paths["map.html"].stat().st_size < 100_000 and (tmp_path / "out" / "plotly.min.js").exists()
+
+
+def test_a_new_model_identical_to_an_existing_one_is_named(eco):
+    from lmmap.exceptions import LmmapWarning
+
+    store, names, L, held, rest, sub = eco
+    store.write_model("copy-of-m0", L[names.index(rest[0])])
+    with pytest.warns(LmmapWarning, match=r"'copy-of-m0' is identical to 'fam0/m0' \(KL (≈ \de-\d+|= 0)\)"):
+        res = add_models(store, ["copy-of-m0"], sub)
+    assert res.kl[0].min() < 1e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LmmapWarning)  # a merely close model is not "identical"
+        add_models(store, held[:1], sub)
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -245,9 +287,9 @@ def tiny_eco(tmp_path_factory, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     texts = [doc[start : start + 200] for doc in stdlib_texts[20:36] for start in (0, 400, 900)]
     store = Store.create(root / "store", TextSet.from_texts([t for t in texts if t.strip()]))
     dirs = [make_tiny_gpt2(root / f"m{i}", tiny_tokenizer, seed=10 + i) for i in range(5)]
-    existing = [str(d) for d in dirs[:4]]
-    status = score_models(store, existing, device="cpu", progress=False)
+    status = score_models(store, [str(d) for d in dirs[:4]], device="cpu", progress=False)
     assert all(s.ok for s in status.values())
+    existing = list(status)  # the names they are stored under (the directories' own names)
     return store, existing, str(dirs[4])
 
 
@@ -334,9 +376,10 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     assert 0.15 * N < sub.d < 0.30 * N
     # Scored afresh from the models' directories, on the subset's texts only.
     sources = [str(models_dir / m) for m in held]
-    res = add_models(store, sources, sub, tmp_path / "out", score_kwargs=dict(device="cpu", progress=False))
-    assert res.scored == sources
-    assert all(store.record(s)["n_scored"] == sub.d for s in sources)
+    fresh = [m + "@subset" for m in held]  # the default names (directory names) are taken by the stored originals
+    res = add_models(store, sources, sub, tmp_path / "out", names=fresh, score_kwargs=dict(device="cpu", progress=False))
+    assert res.scored == fresh
+    assert all(store.record(s)["n_scored"] == sub.d for s in fresh)
     full_kl = ModelMap.from_store(store, models=rest + held, threshold=sub.threshold).kl()[K:, :K]
     r_run = np.array([np.corrcoef(res.kl[i], full_kl[i])[0, 1] for i in range(len(held))])
     # The same criterion over 20 selections (the held-out models' stored full vectors give their

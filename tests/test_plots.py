@@ -166,7 +166,7 @@ def test_lines_png_and_bad_styles(tmp_path):
 # ----------------------------------------------------------------- HTML
 
 
-def test_map_html_escapes_every_user_string_and_is_self_contained(tmp_path):
+def test_map_html_escapes_every_user_string_and_loads_plotly_from_its_folder(tmp_path):
     coords, names, groups = small_map()
     names[1] = EVIL
     groups = list(groups)
@@ -181,18 +181,22 @@ def test_map_html_escapes_every_user_string_and_is_self_contained(tmp_path):
     assert "<script>alert(1)" not in text
     assert "&lt;script&gt;alert(1)" in text
     assert '<script src="http' not in text
-    assert "plotly.js v" in text and len(text) > 1_000_000  # the bundle itself is inside
+    # plotly.js is written once beside the page, not into it: offline, and small.
+    assert 'src="plotly.min.js"' in text and "plotly.js v" not in text and len(text) < 100_000
+    assert (tmp_path / "plotly.min.js").read_text(encoding="utf-8").count("plotly.js v") >= 1
 
     data, layout = plotly_figure(path)
-    points = [t for t in data if t["mode"] == "markers"]
+    points = [t for t in data if t["mode"] == "markers+text" and t.get("name") not in ("highlighted", "search")]
     shown = {c[0] for t in points for c in t["customdata"]}
     assert shown == {plots.escape(n) for n in names}
     assert {c[1] for t in points for c in t["customdata"]} == {"&lt;b&gt;type&lt;/b&gt;", "llama", "gpt2", "unknown"}
     assert all(c[2] == "nearest: &lt;script&gt;alert(1)&lt;/script&gt; (0.12)" for t in points for c in t["customdata"])
     assert layout["title"]["text"] == "&lt;i&gt;my map&lt;/i&gt;"
-    highlighted = [t for t in data if t["mode"] == "markers+text"]
-    assert highlighted[0]["text"] == [plots.escape(EVIL)]
+    highlighted = [t for t in data if t.get("name") == "highlighted"]
+    assert highlighted[0]["text"] == ["<b>" + plots.escape(EVIL) + "</b>"]
     assert sum(t["mode"] == "lines" for t in data) == 4  # one ellipse trace per group
+    # The search box's data: names as JSON in a script, with nothing that could end the script element.
+    assert "\\u003cscript\\u003ealert(1)" in text
 
 
 def test_map_html_ellipse_lines_are_closed_outlines(tmp_path):
@@ -237,3 +241,99 @@ def test_lines_html_dotted_baseline_and_log_axes(tmp_path):
     assert by_name["κ̂_d"]["line"]["dash"] == "dot" and by_name["κ̂_d"]["line"]["color"] == "#000000"
     assert by_name["LS"]["line"]["dash"] == "solid"
     assert layout["xaxis"]["type"] == layout["yaxis"]["type"] == "log"
+
+
+# ----------------------------------------------------------------- labels, lines, one plotly.js per folder
+
+
+def crowded_map(k=40, seed=3):
+    """k models in a few tight clusters: labels beside their points would collide."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, 2)) * 6
+    coords = centres[np.arange(k) % 5] + rng.normal(size=(k, 2)) * 0.6
+    names = [f"org-{i % 5}/model-{i:02d}-ft" for i in range(k)]
+    return coords, names, [f"type{i % 3}" for i in range(k)]
+
+
+def test_map_png_labels_every_model_and_no_two_labels_overlap():
+    coords, names, groups = crowded_map()
+    fig = plots.map_figure(coords, names, groups, title="t", axis_label="MDS")
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(names)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    overlapping = [(a, b) for a in range(len(boxes)) for b in range(a) if boxes[a].overlaps(boxes[b])]
+    assert overlapping == []
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("MDS 1", "MDS 2")
+
+
+def test_map_png_labels_stop_above_60_models_except_highlighted():
+    coords, names, groups = crowded_map(k=61)
+    fig = plots.map_figure(coords, names, groups, highlight=[names[7]])
+    assert [t.get_text() for t in fig.axes[0].texts] == [names[7]]
+    grid = np.column_stack([np.arange(60) % 6, np.arange(60) // 6]) * 10.0  # well apart: labels settle at once
+    fig = plots.map_figure(grid, names[:60], groups[:60])
+    assert len(fig.axes[0].texts) == 60
+
+
+def test_map_figure_draws_edges_and_circles_flagged_models():
+    from matplotlib.collections import LineCollection
+
+    coords, names, groups = small_map()
+    edges = [plots.Edges("nn", [(names[0], names[1]), (names[2], names[3])]), plots.Edges("lineage", [(names[4], names[0])])]
+    fig = plots.map_figure(coords, names, groups, edges=edges, flagged=[names[5]])
+    lines = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    assert [len(c.get_segments()) for c in lines] == [2, 1]
+    np.testing.assert_allclose(lines[0].get_segments()[0], coords[[0, 1]])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "nearest model by KL" in legend and "declared base_model" in legend
+    assert "nearest model in another lineage (1)" in legend
+    with pytest.raises(LmmapError, match="not among the map's model names"):
+        plots.map_figure(coords, names, edges=[plots.Edges("nn", [("nope", names[0])])])
+    with pytest.raises(LmmapError, match="unknown edge kind"):
+        plots.map_figure(coords, names, edges=[plots.Edges("friends", [])])
+
+
+def test_map_html_labels_small_maps_searches_names_and_names_the_group_column(tmp_path):
+    coords, names, groups = small_map()
+    edges = [plots.Edges("nn", [(names[0], names[1])])]
+    path = plots.map_html(
+        tmp_path / "m.html", coords, names, groups, group_title="family", edges=edges, flagged=[names[2]],
+        axis_label="MDS", title="line one\nline two",
+    )  # fmt: skip
+    data, layout = plotly_figure(path)
+    points = [t for t in data if t.get("legendgroup")]
+    assert all(t["mode"] == "markers+text" for t in points)
+    assert sorted(v for t in points for v in t["text"]) == sorted(names)
+    assert all(p in ("top center", "bottom center", "middle left", "middle right") for t in points for p in t["textposition"])
+    assert all("family: %{customdata[1]}" in t["hovertemplate"] and "type:" not in t["hovertemplate"] for t in points)
+    (nn,) = [t for t in data if t.get("name") == "nearest model by KL"]
+    np.testing.assert_allclose(plotly_array(nn["x"])[:2], coords[[0, 1], 0])
+    assert any(t.get("name", "").startswith("nearest model in another lineage") for t in data)
+    (search,) = [t for t in data if t.get("name") == "search"]
+    assert plotly_array(search["x"]).size == 0
+    assert 'id = "lmmap-search"' in path.read_text(encoding="utf-8")
+    assert layout["xaxis"]["title"]["text"] == "MDS 1" and layout["title"]["text"] == "line one<br>line two"
+    # Above 60 models the names are on hover only; without a group column the hover says "group".
+    many, many_names, _ = crowded_map(k=61)
+    data, _ = plotly_figure(plots.map_html(tmp_path / "big.html", many, many_names, groups=["a"] * 61))
+    (big,) = [t for t in data if t.get("legendgroup")]
+    assert big["mode"] == "markers" and "group: " in big["hovertemplate"]
+
+
+def test_every_html_writer_shares_one_plotly_js_per_folder(tmp_path):
+    coords, names, groups = small_map()
+    pages = [
+        plots.map_html(tmp_path / "a.html", coords, names, groups),
+        plots.scatter_html(tmp_path / "b.html", [1, 2], [2, 3]),
+        plots.lines_html(tmp_path / "c.html", {"s": ([1, 2], [3, 4])}),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.html", "c.html", "plotly.min.js"]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert '<script charset="utf-8" src="plotly.min.js"></script>' in text and len(text) < 60_000
+    js = tmp_path / "plotly.min.js"
+    assert js.stat().st_size > 3_000_000
+    js.write_text("truncated by a crash")  # a damaged copy is replaced by the next writer
+    plots.scatter_html(tmp_path / "b.html", [1, 2], [2, 3])
+    assert js.stat().st_size > 3_000_000 and "plotly.js v" in js.read_text(encoding="utf-8")[:2000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from lmmap import core
 from lmmap import prediction as P
 from lmmap.cli import app
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import InputError, LmmapError, LmmapWarning
 from lmmap.store import Store
 from lmmap.texts import TextSet
 
@@ -264,8 +265,10 @@ def test_group_column_lookup_and_absent_column():
     groups, col = P.resolve_groups("family", names, None, meta)
     assert groups == fam and col == "family"
     assert P.resolve_groups("none", names, meta) == (None, None)
-    with pytest.raises(LmmapError, match=r"no column 'model_type'.*family, size.*--group-by none"):
+    # Only a column that would work is suggested: 'size' is a number, not a grouping.
+    with pytest.raises(LmmapError, match=r"no column 'model_type'.*--group-by family \(10 groups\).*--group-by none") as info:
         P.resolve_groups("model_type", names, None, meta)
+    assert "size" not in str(info.value)
     # a group column inside the scores table is used for grouping, not predicted
     with_type = table.assign(family=fam)
     store_free = P.predict_scores(Q, names, with_type, groups=fam, seeds=1, exclude=["family"])
@@ -357,46 +360,70 @@ def test_cli_predict_bad_input_messages(tmp_path):
     res = run_cli("predict", "--store", store.path, "--scores", scores, "-o", tmp_path / "o1")
     assert res.returncode == 1 and "no column 'model_type'" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("predict", "--store", store.path, "--scores", scores, "-o", tmp_path / "o2", "--group-by", "lineage")
-    assert res.returncode == 1 and "at least 5 groups; there are 4 among 30 models" in res.stderr
+    assert res.returncode == 1 and "--group-by lineage gives 4 group(s) among the 30 models, fewer than the 5 folds" in res.stderr
+    # No other column has enough groups: no --group-by COLUMN is suggested, only what works.
+    assert "--folds 4" in res.stderr and "--group-by none" in res.stderr and "groups)" not in res.stderr
     res = run_cli("predict", "--store", store.path, "--scores", scores, "-o", tmp_path / "o3", "--group-by", "lineage", "--folds", "4", "--seeds", "1", "--no-plots")
     assert res.returncode == 0, res.stderr
 
 
+# ----------------------------------------------------------------------------- file names, notes, advice
+
+
+def test_figure_names_are_unique_and_bounded():
+    names = ["x y", "x_y", "x_y_1", "X_Y", "a" * 300, "é/../b", "", "."]
+    slugs = P.figure_slugs(names)
+    assert len({s.lower() for s in slugs}) == len(names)  # distinct even on a case-insensitive file system
+    assert all(0 < len(s) <= 100 and not s.startswith(".") and "/" not in s for s in slugs)
+    assert slugs[1] == "x_y" and slugs[2] == "x_y_1"  # clean names stay as they are
+    assert P.figure_slugs(names) == slugs  # deterministic
+
+
+def test_predict_writes_one_figure_per_target_even_when_names_collide(tmp_path):
+    names, L, Q, fam, table, _ = ecosystem(K=30, N=60, n_families=6, n_bench=3, seed=21)
+    table.columns = ["x y", "x_y", "x_y_1"]
+    report = P.predict_scores(Q, names, table, groups=fam, seeds=1, include_mean=True)
+    paths = report.write_figures(tmp_path)
+    # 3 benchmarks + their mean: 4 targets, 8 files (the old names wrote 3 of 6 for the three benchmarks)
+    assert len(paths) == 8 and len({p.name for p in paths.values()}) == 8
+    assert all(p.exists() for p in paths.values())
+
+
+def test_alpha_at_the_edge_of_its_grid_is_noted():
+    rng = np.random.default_rng(5)
+    names, L, Q, fam, table, _ = ecosystem(K=40, N=80, n_families=8, n_bench=1, seed=22)
+    noise = pd.DataFrame({"noise": rng.uniform(40, 60, size=len(names))}, index=table.index)  # unrelated to the map
+    with pytest.warns(LmmapWarning, match=r"noise: α = 1e\+09, the largest of its grid 1e\+01..1e\+09"):
+        report = P.predict_scores(Q, names, noise, groups=fam, seeds=2, include_mean=False)
+    assert any("largest of its grid" in n for n in report.notes)
+
+
+def test_scores_for_models_not_in_the_store_are_named(tmp_path):
+    names, L, Q, fam, table, _ = ecosystem(K=30, N=60, n_families=6, n_bench=1, seed=23)
+    store = make_store(tmp_path, names, L, pd.DataFrame({"model": names, "model_type": fam}))
+    typo = names[0].replace("model", "modle")
+    extra = pd.DataFrame({"bench0": [50.0, 40.0]}, index=pd.Index([typo, "nobody/x"], name="model"))
+    with pytest.warns(LmmapWarning, match=r"not in the store: .*did you mean '" + re.escape(names[0]) + "'"):
+        report = P.predict_store(store, pd.concat([table, extra]), seeds=1)
+    note = next(n for n in report.notes if "not in the store" in n)
+    assert "2 model(s)" in note and "'nobody/x'" in note
+
+
+def test_group_by_advice_names_only_columns_that_would_work(tmp_path):
+    from synthetic import lineage_L
+
+    names, L, meta = lineage_L(N=200, n_lineages=6, seed=3)
+    store = make_store(tmp_path, names, L, meta.reset_index())
+    scores = pd.DataFrame({"bench": np.linspace(20, 80, len(names))}, index=pd.Index(names, name="model"))
+    # model_type has 4 values (base, finetune, checkpoint, scratch): too few for 5 folds.
+    with pytest.raises(InputError, match=r"--group-by model_type gives 4 group\(s\).*--group-by family \(8 groups\)") as info:
+        P.predict_store(store, scores, seeds=1)
+    assert "--folds 4" in str(info.value) and "--group-by seed" not in str(info.value)
+    report = P.predict_store(store, scores, group_by="family", seeds=1)
+    assert report.summary["n_groups"].min() >= 5
+
+
 # ----------------------------------------------------------------------------- the demo ecosystem (real models)
-
-
-def next_token_accuracy(model_dir, texts, max_tokens=256) -> float:
-    """Percentage of next tokens a saved causal LM predicts exactly (greedy), over ``texts``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    correct = total = 0
-    with torch.no_grad():
-        for t in texts:
-            ids = tok(t, add_special_tokens=False)["input_ids"][:max_tokens]
-            if len(ids) < 2:
-                continue
-            x = torch.tensor([ids])
-            guess = model(input_ids=x).logits[0, :-1].argmax(-1)
-            correct += int((guess == x[0, 1:]).sum())
-            total += len(ids) - 1
-    return 100.0 * correct / total
-
-
-def held_out_chunks(corpus_path, exclude, per_domain=12, chunk=512, seed=0) -> dict[str, list[str]]:
-    """Chunks of each domain's held-out documents that are not in the map's text set."""
-    import json
-
-    domains = json.loads(corpus_path.read_text())["domains"]
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, parts in domains.items():
-        chunks = [t[i : i + chunk] for _, t in parts["heldout"] for i in range(0, len(t) - chunk // 2, chunk)]
-        chunks = [c for c in chunks if c not in exclude and c.strip()]
-        out[name] = [chunks[i] for i in rng.permutation(len(chunks))[:per_domain]]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -407,21 +434,22 @@ def demo_dir(demo_full):
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo")
 def test_demo_ecosystem_accuracy_predicted_from_coordinates(demo_dir, capsys):
-    """Real targets: each demo model's next-token accuracy on held-out text of each domain, grouped by lineage."""
+    """Real targets: the demo's scores.csv (next-token accuracy on held-out text of each domain), grouped by lineage."""
     store = Store(demo_dir / "store")
-    texts = set(store.texts.texts)
-    chunks = held_out_chunks(demo_dir / "data" / "corpus.json", texts)
     meta = store.metadata()
-    rows = {m: {f"acc_{d}": next_token_accuracy(demo_dir / "models" / m, chunks[d]) for d in chunks} for m in meta.index}
-    scores = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
-    report = P.predict_store(store, scores, group_by="family", seeds=5)
+    scores = P.read_scores(demo_dir / "scores.csv")
+    # The default grouping (model_type: 4 types) cannot make 5 folds; the advice names the lineage column.
+    with pytest.raises(InputError, match=r"--group-by family \(\d+ groups\)"):
+        P.predict_store(store, scores, seeds=1)
+    with pytest.warns(LmmapWarning, match="not in the store: 'base2-ft-docs'"):  # the held-out model has scores
+        report = P.predict_store(store, scores, group_by="family", seeds=5)
 
     s = report.summary.set_index("target")
     with capsys.disabled():
         print("\nthe demo ecosystem, grouped by lineage (family):")
         print(scores.round(2).to_string())
         print(s[["n_models", "n_groups", "r_mean", "r_sd", "rmse", "alpha"]].round(3).to_string())
-    assert list(s.index) == ["acc_code", "acc_docs", "acc_legal", "benchmark_mean", "mean_loglik"]
+    assert list(s.index) == ["top5_code", "top5_docs", "top5_legal", "benchmark_mean", "mean_loglik"]
     assert (s["n_groups"] >= 5).all() and (s["n_models"] == len(meta)).all()
     fam = meta["family"].reindex(report.predictions["model"]).to_numpy()
     for seed in report.settings["seeds"]:

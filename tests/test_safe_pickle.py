@@ -193,3 +193,24 @@ def test_pickles_written_by_numpy_1_load(protocol):
     assert out["org/a"].dtype == np.float64 and out["org/a"].tolist() == [-1.5, -2.25, -3.0]
     assert out["org/b"].dtype == np.float32 and out["org/b"].tolist() == [-4.0, -5.5, -6.125]
     assert out["n"] == 7 and isinstance(out["n"], np.int64)
+
+
+def test_allocations_are_bounded_by_the_size_of_the_data():
+    from lmmap.exceptions import FormatError
+
+    class Call:
+        def __init__(self, func, *args):
+            self.func, self.args = func, args
+
+        def __reduce__(self):
+            return self.func, self.args
+
+    for obj in (Call(bytes, 10**11), Call(bytearray, 10**11), Call(np.ndarray, (10**6, 10**6), np.dtype("f8"))):
+        with pytest.raises(FormatError, match="far more than the"):
+            restricted_loads(pickle.dumps(obj, protocol=4), "crafted.pkl")
+    # Within the bound, the same globals still build what a pickle asks for.
+    assert restricted_loads(pickle.dumps(Call(bytes, 3)), "ok.pkl") == b"\x00\x00\x00"
+    with pytest.raises(FormatError, match="limit 2 bytes"):
+        restricted_loads(pickle.dumps(Call(bytes, 3)), "small.pkl", max_bytes=2)
+    with pytest.raises(FormatError, match="memo index"):
+        restricted_loads(b"\x80\x02N" + b"r" + (2**31).to_bytes(4, "little") + b".", "memo.pkl")

@@ -228,8 +228,8 @@ def store(tmp_path, texts) -> Store:
 
 
 def test_score_models_records_everything_and_skips_done_models(store, tiny_gpt2_dir, gpt2, texts):
-    name = str(tiny_gpt2_dir)
-    out = score_models(store, [name], device="cpu", progress=False, batch_tokens=512)
+    name = "tiny-gpt2"  # a directory's own name, not the path: short, and never a hidden file
+    out = score_models(store, [str(tiny_gpt2_dir)], device="cpu", progress=False, batch_tokens=512)
     assert out[name].status == "scored" and out[name].n_scored == len(texts)
     rec = store.record(name)
     for key in ("convention", "truncation", "max_length", "dtype", "device", "scorer", "scorer_version", "revision",
@@ -242,8 +242,8 @@ def test_score_models_records_everything_and_skips_done_models(store, tiny_gpt2_
     assert rec["n_truncated"] == int(v["truncated"].sum()) > 0
     model, tok = gpt2
     np.testing.assert_allclose(v["loglik"], score_texts(model, tok, texts)[0], atol=1e-4)
-    again = score_models(store, [name], device="cpu", progress=False)
-    assert again[name].status == "skipped"
+    again = score_models(store, [str(tiny_gpt2_dir)], device="cpu", progress=False)
+    assert again[name].status == "skipped" and "already in the store" in again[name].message
     assert not (store.path / "partial").exists() or not any((store.path / "partial").iterdir())
 
 
@@ -270,7 +270,7 @@ def test_failing_model_is_reported_and_the_others_are_scored(tmp_path, store, ti
     )
     assert result.exit_code != 0
     assert "broken-model" in result.output and "1 failed" in result.output
-    assert store.has_model(str(tiny_gpt2_dir)) and not store.has_model(str(broken))
+    assert store.has_model("tiny-gpt2") and not store.has_model("broken-model")
 
 
 def test_non_finite_values_fail_the_model_and_store_nothing(tmp_path, store, tiny_tokenizer, make_tiny_gpt2):
@@ -282,10 +282,10 @@ def test_non_finite_values_fail_the_model_and_store_nothing(tmp_path, store, tin
         model.transformer.ln_f.weight[3] = float("nan")
     model.save_pretrained(path)
     out = score_models(store, [str(path)], device="cpu", progress=False)
-    st = out[str(path)]
+    st = out["nan-model"]
     assert st.status == "failed" and "non-finite" in st.message and "position" in st.message
-    assert str(path) in st.message
-    assert not store.has_model(str(path))
+    assert "'nan-model'" in st.message
+    assert not store.has_model("nan-model")
 
 
 def test_bad_options_are_refused_before_loading_anything(store, tiny_gpt2_dir):
@@ -323,15 +323,15 @@ KILLED_RUN = textwrap.dedent(
 
 def test_resume_after_sigkill_scores_only_the_missing_texts(tmp_path, texts, tiny_gpt2_dir):
     ts = TextSet.from_texts(texts)
-    name = str(tiny_gpt2_dir)
+    name = "tiny-gpt2"
     clean = Store.create(tmp_path / "clean", ts)
-    score_models(clean, [name], device="cpu", progress=False, batch_tokens=128)
+    score_models(clean, [str(tiny_gpt2_dir)], device="cpu", progress=False, batch_tokens=128)
 
     killed = Store.create(tmp_path / "killed", ts)
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, str(script), str(killed.path), name], env=env,
+    proc = subprocess.Popen([sys.executable, str(script), str(killed.path), str(tiny_gpt2_dir)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     try:
@@ -348,7 +348,8 @@ def test_resume_after_sigkill_scores_only_the_missing_texts(tmp_path, texts, tin
     assert not killed.has_model(name)  # nothing partial is recorded as complete
 
     result = CliRunner().invoke(
-        app, ["score", name, "--store", str(killed.path), "--device", "cpu", "--no-progress", "--batch-tokens", "128"]
+        app, ["score", str(tiny_gpt2_dir), "--store", str(killed.path), "--device", "cpu", "--no-progress",
+              "--batch-tokens", "128"]
     )
     assert result.exit_code == 0, result.output
     assert "resuming from a checkpoint" in " ".join(result.output.split())  # rich wraps long paths

@@ -142,3 +142,28 @@ def test_stability_command_compares_two_settings(tmp_path):
         assert (out / name).stat().st_size > 0
     bad = CliRunner().invoke(app, ["stability", "--store", str(tmp_path / "store"), "-o", str(out), "--compare", "uniform"])
     assert bad.exit_code != 0 and "METHOD:N" in str(bad.exception)
+
+
+def test_stability_maps_name_every_model_and_auto_is_mds_for_small_maps(tmp_path):
+    """Ellipse maps are labelled (≤ 60 models) and load plotly.js once for the whole report."""
+    from synthetic import lineage_L
+    from test_plots import plotly_figure
+
+    from lmmap.cli.errors_cmds import write_stability_report
+
+    names, L, meta = lineage_L(N=300, n_lineages=3, seed=2)
+    thr = core.clip_threshold(L)
+    results = {
+        f"{m} n=120": st.map_stability(L, m, 120, R=4, threshold=thr, embedding="auto", seed=1) for m in ("ls", "uniform")
+    }
+    mds_ref = st.reference_map(core.double_center(core.clip(L, thr)), "mds")
+    np.testing.assert_allclose(results["ls n=120"].reference, st.centre(mds_ref), atol=1e-9)
+    paths = write_stability_report(results, names, list(meta["model_type"]), tmp_path, "model_type")
+    htmls = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".html")
+    assert len(htmls) == 2 and (tmp_path / "plotly.min.js").exists()
+    for name in htmls:
+        data, _ = plotly_figure(tmp_path / name)
+        shown = [v for t in data if t.get("legendgroup") and t["mode"] == "markers+text" for v in t["text"]]
+        assert sorted(shown) == sorted(names)
+        assert (tmp_path / name).stat().st_size < 150_000
+    assert all(paths[p.replace(".html", ".png")].exists() for p in htmls)

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import LmmapError, LmmapWarning
 from lmmap.store import Store
 from lmmap.texts import TextSet
 
@@ -73,10 +73,16 @@ def test_bad_vectors_are_refused_and_nothing_written(store):
         store.write_model("nan", bad)
     with pytest.raises(LmmapError, match="duplicate model name 'x'"):
         store.write_models([{"name": "x", "loglik": vec(1)}, {"name": "x", "loglik": vec(2)}])
-    with pytest.raises(LmmapError, match="positive"):
-        store.write_model("pos", -vec(0))
+    huge = vec(0)
+    huge[7] = -1e150  # its square overflows float64: distances would be inf
+    with pytest.raises(LmmapError, match="'huge' has a log-likelihood of -1e\\+150 at text position 7"):
+        store.write_model("huge", huge)
     assert store.model_names() == []
     assert not list((store.path / "models").iterdir())  # no temporary files left behind
+    assert not (store.path / ".staging").exists() or not list((store.path / ".staging").iterdir())
+    with pytest.warns(LmmapWarning, match="'pos' has 12 positive log-likelihood"):
+        store.write_model("pos", -vec(0))  # not physical for real texts, but stored: a warning, not a refusal
+    store.remove_model("pos")
     store.write_model("x", vec(1))
     with pytest.raises(LmmapError, match="already in the store.*--replace"):
         store.write_model("x", vec(2))
@@ -89,8 +95,11 @@ def test_partial_models_and_conventions(store):
     store.write_model("part", vec(2, 4), text_pos=[9, 1, 5, 3])
     names, L = store.matrix(text_pos=[1, 3, 9])
     np.testing.assert_array_equal(L[1], vec(2, 4)[[1, 3, 0]])
+    with pytest.warns(LmmapWarning, match="left out 1 partial model.*'part' \\(4 of 12 texts\\).*lmmap score NAME"):
+        assert store.matrix()[0] == ["full"]
+    assert store.complete_models() == ["full"] and store.partial_models() == ["part"]
     with pytest.raises(LmmapError, match="'part' was scored on 4 of the 12 texts"):
-        store.matrix()
+        store.matrix(["full", "part"])
     assert store.models_with_texts([1, 5]) == ["full", "part"]
     assert store.models_with_texts([0]) == ["full"]
     store.write_model("other-conv", vec(3), record={"convention": "full"})

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lmmap import ModelMap, core
 from lmmap import importance as imp
 from lmmap.cli import app
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning
 from lmmap.store import Store
 from lmmap.subset import Subset, select
 from lmmap.texts import TextSet
@@ -61,9 +61,12 @@ def test_select_from_a_map_and_a_model_subset(store):
     assert sub.models == names[:6]
     mm = ModelMap(names[:6], L[:6])
     assert sub.threshold == pytest.approx(mm.threshold)
-    sub2 = select(mm, "kl", 50, seed=0)
+    sub2 = select(mm, "kl", 50, seed=0, texts=store.texts)
     np.testing.assert_array_equal(sub2.text_pos, sub.text_pos)
     np.testing.assert_allclose(sub2.weights, sub.weights)
+    assert sub2.text_set_id == store.text_set_id
+    np.testing.assert_array_equal(sub2.text_index, sub.text_index)
+    sub2.check_store(store)
     with pytest.raises(LmmapError, match="full text set"):
         select(ModelMap.from_store(store, subset=sub), "ls", 10)
     unclipped = select(store, "ls", 50, clip=False)
@@ -152,12 +155,12 @@ def test_damaged_or_edited_files_are_refused(store, tmp_path):
 
     cases = {
         "weights": (lambda d: d["texts"][0].update(w=d["texts"][0]["w"] * 2), "not c/\\(nπ\\)"),
-        "counts": (lambda d: d["texts"][0].update(count=d["texts"][0]["count"] + 1), "sum to n"),
+        "counts": (lambda d: d["texts"][0].update(count=d["texts"][0]["count"] + 1), "sum to 61 but n = 60"),
         "format": (lambda d: d.update(format="other"), "not an lmmap subset"),
-        "missing": (lambda d: d.pop("n_texts"), "missing or malformed field"),
+        "missing": (lambda d: d.pop("n_texts"), "'n_texts' is missing"),
         "range": (lambda d: d["texts"][-1].update(pos=10_000), "outside"),
         "n": (lambda d: d.update(n=0), "positive integer"),
-        "n_float": (lambda d: d.update(n=60.5), "positive integer"),
+        "n_float": (lambda d: d.update(n=60.5), "'n' is 60.5, not an integer"),
         "pi": (lambda d: d["texts"][0].update(pi=0.0), "probability"),
     }
     for name, (mutate, msg) in cases.items():
@@ -168,10 +171,169 @@ def test_damaged_or_edited_files_are_refused(store, tmp_path):
         Subset.load(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="lmmap select"):
         Subset.load(tmp_path / "absent.json")
+    with pytest.raises(FormatError, match="is a directory"):
+        Subset.load(tmp_path)
     # A text id that is not the store's at that position: edited, or another text set's numbering.
     p = write(lambda d: d["texts"][0].update(index=-5), "index.json")
     with pytest.raises(LmmapError, match="not in the store at position"):
         Subset.load(p).check_store(store)
+
+
+# -- identity: a subset always knows which texts it indexes (issue 10 §4) ---------------------------------------
+
+
+def test_select_from_a_bare_map_needs_its_texts_or_an_explicit_unbound(store, tmp_path):
+    store, names, L = store
+    bare = ModelMap(names, L)  # no store, no text set: positions alone
+    with pytest.raises(InputError, match="texts=TextSet.*unbound=True"):
+        select(bare, "ls", 50, seed=0)
+    bound = select(bare, "ls", 50, seed=0, texts=store.texts)
+    assert bound.text_set_id == store.text_set_id and not bound.unbound
+    back = Subset.load(bound.save(tmp_path / "bound.json"))
+    assert back.text_set_id == store.text_set_id
+    back.check_store(store)
+    # The wrong texts for the map are refused, not recorded.
+    with pytest.raises(InputError, match="texts has 100 texts"):
+        select(bare, "ls", 50, texts=TextSet.from_texts([f"t{i}" for i in range(100)]))
+    with pytest.raises(InputError, match="not the text set the map was built on"):
+        select(ModelMap.from_store(store), "ls", 50, texts=TextSet.from_texts([f"t{i}" for i in range(120)]))
+    with pytest.raises(InputError, match="bare ModelMap"):
+        select(store, "ls", 50, unbound=True)
+
+
+def test_unbound_subset_is_refused_by_a_store_unless_allowed(store, tmp_path):
+    store, names, L = store
+    sub = select(ModelMap(names, L), "ls", 50, seed=0, unbound=True)
+    assert sub.unbound and sub.text_set_id is None
+    path = sub.save(tmp_path / "unbound.json")
+    info = json.loads(path.read_text())
+    assert info["unbound"] is True and info["n_texts"] == 120 and info["text_set_id"] is None
+    loaded = Subset.load(path)
+    assert loaded.unbound
+    # Another store of the same size: positions would silently index other texts.
+    other = Store.create(tmp_path / "other", TextSet.from_texts([f"another text {i} " * 3 for i in range(120)]))
+    for target in (store, other):
+        with pytest.raises(InputError, match="does not record which text set.*--allow-other-texts"):
+            loaded.check_store(target)
+        with pytest.raises(InputError, match="unbound.json: .*--allow-other-texts"):
+            Subset.load(path, store=target)
+        with pytest.raises(InputError, match="--allow-other-texts"):
+            ModelMap.from_store(target, subset=loaded)
+    with pytest.warns(LmmapWarning, match="allow-other-texts"):
+        loaded.check_store(store, allow_other_texts=True)
+    with pytest.warns(LmmapWarning):
+        rebound = Subset.load(path, store=store, allow_other_texts=True)
+    assert rebound.text_set_id == store.text_set_id and not rebound.unbound
+    np.testing.assert_array_equal(rebound.text_index, store.texts.index[rebound.text_pos])
+    mm = ModelMap.from_store(store, subset=rebound)  # bound now: no further override needed
+    assert mm.K == len(names)
+    # The size is checked even when other texts are allowed.
+    smaller, _, _ = make_store(tmp_path / "small", N=100)
+    with pytest.raises(InputError, match="120 texts but the store's text set has 100"):
+        loaded.check_store(smaller, allow_other_texts=True)
+
+
+def test_subset_of_another_text_set_needs_the_override_too(store, tmp_path):
+    store, _, _ = store
+    sub = select(store, "ls", 60, seed=0)
+    other = Store.create(tmp_path / "other", TextSet.from_texts([f"another text {i} " * 3 for i in range(120)]))
+    with pytest.raises(InputError, match="another text set.*--allow-other-texts"):
+        sub.check_store(other)
+    with pytest.warns(LmmapWarning, match="another text set"):
+        moved = sub.bind(other, allow_other_texts=True)
+    assert moved.text_set_id == other.text_set_id
+    np.testing.assert_array_equal(moved.text_pos, sub.text_pos)
+
+
+def test_old_subset_file_without_identity_loads_as_unbound(store, tmp_path):
+    store, _, _ = store
+    info = select(store, "ls", 60, seed=0).to_dict()
+    info.pop("text_set_id")
+    info.pop("unbound")
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(info))
+    old = Subset.load(p)
+    assert old.unbound and old.text_set_id is None
+    with pytest.raises(InputError, match="does not record which text set"):
+        old.check_store(store)
+
+
+def test_a_subset_cannot_be_built_without_identity_by_accident(store):
+    store, _, _ = store
+    fields = {k: v for k, v in vars(select(store, "ls", 60, seed=0)).items() if not k.startswith("_")}
+    with pytest.raises(InputError, match="must record the identity"):
+        Subset(**{**fields, "text_set_id": None})
+    with pytest.raises(InputError, match="do not also mark it unbound"):
+        Subset(**{**fields, "unbound": True})
+
+
+# -- damaged subset files: every field checked, every message says what is wrong (§5, §7) ------------------------
+
+SUBSET_FILE_CASES = [
+    # (id, mutate(info), fragment)
+    ("pi-string", lambda d: d["texts"][0].update(pi="abc"), "field 'texts[0].pi' is 'abc', not a number"),
+    ("pi-null", lambda d: d["texts"][1].update(pi=None), "field 'texts[1].pi' is missing"),
+    ("pi-nan", lambda d: d["texts"][0].update(pi=float("nan")), "'texts[0].pi' is nan, not a finite number"),
+    ("pi-above-1", lambda d: d["texts"][0].update(pi=1.5), "π = 1.5"),
+    ("count-negative", lambda d: (d["texts"][0].update(count=-1), d["texts"][1].update(count=d["texts"][1]["count"] + 2)),
+     "is -1; a count is how often the text was drawn, at least 1"),
+    ("count-zero", lambda d: d["texts"][2].update(count=0), "at least 1"),
+    ("count-float", lambda d: d["texts"][0].update(count=1.5), "'texts[0].count' is 1.5, not an integer"),
+    ("counts-sum", lambda d: d["texts"][0].update(count=d["texts"][0]["count"] + 1), "the counts sum to 61 but n = 60"),
+    ("pos-fraction", lambda d: d["texts"][0].update(pos=d["texts"][0]["pos"] + 0.5), "'texts[0].pos'"),
+    ("pos-string", lambda d: d["texts"][0].update(pos="3"), "'texts[0].pos' is '3'"),
+    ("pos-bool", lambda d: d["texts"][0].update(pos=True), "'texts[0].pos' is True"),
+    ("pos-1e30", lambda d: d["texts"][0].update(pos=10**30), "'texts[0].pos'"),
+    ("pos-negative", lambda d: d["texts"][0].update(pos=-3), "text position -3 (text 0) is outside 0..119"),
+    ("pos-out-of-range", lambda d: d["texts"][-1].update(pos=10_000), "text position 10000"),
+    ("pos-duplicate", lambda d: d["texts"][1].update(pos=d["texts"][0]["pos"]), "unique and sorted"),
+    ("index-float", lambda d: d["texts"][0].update(index=2.5), "'texts[0].index' is 2.5"),
+    ("row-not-object", lambda d: d["texts"].__setitem__(0, [1, 2]), "texts[0] is [1, 2], not an object"),
+    ("row-missing-w", lambda d: d["texts"][0].pop("w"), "'texts[0].w' is missing"),
+    ("texts-not-list", lambda d: d.update(texts="abc"), "field 'texts' is 'abc', not a list"),
+    ("texts-empty", lambda d: d.update(texts=[], d=0), "holds no texts"),
+    ("d-mismatch", lambda d: d.update(d=d["d"] + 1), "but lists"),
+    ("d-string", lambda d: d.update(d="many"), "field 'd' is 'many'"),
+    ("n-string", lambda d: d.update(n="60"), "field 'n' is '60'"),
+    ("n_texts-string", lambda d: d.update(n_texts="abc"), "field 'n_texts' is 'abc'"),
+    ("n_texts-zero", lambda d: d.update(n_texts=0), "field 'n_texts' is 0; it must be at least 1"),
+    ("n_texts-missing", lambda d: d.pop("n_texts"), "field 'n_texts' is missing"),
+    ("n_excluded-negative", lambda d: d.update(n_excluded=-1), "'n_excluded' is -1"),
+    ("version-string", lambda d: d.update(version="2"), "field 'version' is '2'"),
+    ("version-newer", lambda d: d.update(version=99), "newer lmmap"),
+    ("method-number", lambda d: d.update(method=5), "field 'method' is 5, not a string"),
+    ("method-unknown", lambda d: d.update(method="variance"), "unknown importance method"),
+    ("models-string", lambda d: d.update(models="abc"), "field 'models' is 'abc', not a list"),
+    ("models-numbers", lambda d: d.update(models=[1, 2]), "models must be a list of model names"),
+    ("threshold-string", lambda d: d.update(threshold="low"), "field 'threshold' is 'low'"),
+    ("seed-string", lambda d: d.update(seed="x"), "field 'seed' is 'x'"),
+    ("text_set_id-number", lambda d: d.update(text_set_id=5), "field 'text_set_id' is 5, not a string"),
+    ("unbound-and-id", lambda d: d.update(unbound=True), "both text_set_id"),
+    ("weights-edited", lambda d: d["texts"][0].update(w=d["texts"][0]["w"] * 2), "not c/(nπ)"),
+    ("format-other", lambda d: d.update(format="other"), "not an lmmap subset"),
+]
+
+
+@pytest.mark.parametrize("mutate, fragment", [pytest.param(m, f, id=i) for i, m, f in SUBSET_FILE_CASES])
+def test_damaged_subset_file_is_a_one_line_format_error(store, tmp_path, mutate, fragment):
+    store, _, _ = store
+    info = select(store, "ls", 60, seed=0).to_dict()
+    mutate(info)
+    p = tmp_path / "SUBSET.json"
+    p.write_text(json.dumps(info))
+    with pytest.raises(FormatError) as exc:
+        Subset.load(p)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(p) in msg and fragment in msg, msg
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "null", "{not json", "[" * 100_000, '{"format": "lmmap-subset"}'])
+def test_subset_file_that_is_not_a_subset(tmp_path, content):
+    p = tmp_path / "SUBSET.json"
+    p.write_text(content)
+    with pytest.raises(FormatError) as exc:
+        Subset.load(p)
+    assert "\n" not in str(exc.value) and str(p) in str(exc.value)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "7"])

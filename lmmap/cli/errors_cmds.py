@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..exceptions import LmmapError
 from ..store import Store
-from ._app import StoreOption, app, console
+from ._app import StoreOption, app, console, lit
 
 METHOD_COLOURS = {"uniform": "#1f77b4", "ls": "#d62728", "kl": "#2ca02c"}
 METHOD_LABELS = {"uniform": "Uniform", "ls": "LS", "kl": "KL"}
@@ -96,8 +96,11 @@ def _load_map(store: Path, model, exclude, no_clip: bool, allow_mixed: bool):
 # ----------------------------------------------------------------------------- lmmap errors
 
 
-def write_error_report(result, out: Path, elapsed: float | None = None) -> dict[str, Path]:
-    """Write the CSV tables, Figure 2 (PNG and HTML) and a JSON summary of an :class:`~lmmap.error_analysis.ErrorAnalysis`."""
+def write_error_report(result, out: Path, elapsed: float | None = None, table: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write the CSV tables, Figure 2 (PNG and HTML) and a JSON summary of an :class:`~lmmap.error_analysis.ErrorAnalysis`.
+
+    ``table``: Table 1 as already computed by ``result.texts_needed()`` (default: computed here).
+    """
     from .. import plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -105,11 +108,12 @@ def write_error_report(result, out: Path, elapsed: float | None = None) -> dict[
     result.curves().to_csv(paths["errors.csv"], index=False)
     kappa = result.kappa_curve()
     kappa.to_csv(paths["kappa.csv"], index=False)
-    table = result.texts_needed()
+    table = result.texts_needed() if table is None else table
     table.to_csv(paths["table1.csv"], index=False)
     if result.simulated and result.mode == "both":
         paths["table1_analytic.csv"] = out / "table1_analytic.csv"
-        result.texts_needed(source="analytic").to_csv(paths["table1_analytic.csv"], index=False)
+        # Its N/A cells are the simulated table's story told again: no second round of notes.
+        result.texts_needed(source="analytic", warn=False).to_csv(paths["table1_analytic.csv"], index=False)
 
     series, styles, colours = {}, {}, {}
     for m in result.methods:
@@ -140,7 +144,8 @@ def write_error_report(result, out: Path, elapsed: float | None = None) -> dict[
     summary = {
         "K": result.K, "N": result.N, "R": result.R, "error": result.error, "eps0": result.eps0,
         "mode": result.mode, "methods": list(result.methods), "n_grid": result.n_grid.tolist(),
-        "targets": result.targets.tolist(), "kappa_source": result.kappa_source, "seed": result.seed,
+        "targets": result.targets.tolist(), "targets_not_below_N": np.asarray(result.dropped_targets).tolist(),
+        "kappa_source": result.kappa_source, "seed": result.seed,
         "tau_unif_N": float(np.sqrt(result.tau2_unif_N())),
         "tau_unif_N_analytic": float(np.sqrt(result.tau2_unif_N("analytic"))),
         "gram_precision": result.precision, "float32_rounding_error_in_e": result.float32_error,
@@ -152,7 +157,7 @@ def write_error_report(result, out: Path, elapsed: float | None = None) -> dict[
 
 
 def _ratio_json(ratio: pd.DataFrame) -> dict:
-    return {m: {str(int(d)): (None if not np.isfinite(v) else round(float(v), 4)) for d, v in ratio[m].items()} for m in ratio.columns}
+    return {m: {str(int(d)): (None if not np.isfinite(v) else round(float(v), 4)) for d, v in ratio[m].items()} for m in ratio.columns if m != "uniform"}
 
 
 def _print_table1(table: pd.DataFrame, title: str) -> None:
@@ -173,9 +178,9 @@ def errors(
     store: StoreOption,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated resampling methods (uniform is always included: τ_unif,N and κ̂ need it).")] = "uniform,ls,kl",
     R: Annotated[int, typer.Option("--R", help="Resampling trials per (method, n).")] = 100,
-    n_grid: Annotated[Optional[str], typer.Option("--n-grid", help="Resample sizes, e.g. 10:90:10,100:900:100,1000:10000:1000 (default: that grid capped at N). N and the Table 1 targets are added.")] = None,
+    n_grid: Annotated[Optional[str], typer.Option("--n-grid", help="Resample sizes, e.g. 10:90:10,100:900:100,1000:10000:1000 (default: 1–9 × each power of ten from 10 up to N, and N: the paper's grid at N = 10,000). N and the Table 1 targets are added.")] = None,
     error: Annotated[str, typer.Option("--error", metavar="relative|absolute", help="e_ij = (g̃−g)/max(g, ε₀) (relative) or (g̃−g)/C (absolute, §4.2).")] = "relative",
-    targets: Annotated[Optional[str], typer.Option("--targets", help="Extra Table 1 targets d (besides 500, 2500, 5000, 7500 below N), comma-separated.")] = None,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Table 1 targets d, comma-separated (default: 5%, 25%, 50%, 75% of N to two digits: the paper's 500,2500,5000,7500 at N = 10,000). Targets not below N are noted and left N/A.")] = None,
     mode: Annotated[str, typer.Option("--mode", metavar="simulate|analytic|both", help="Simulate R trials, use the closed form of Lemma 2 (seconds), or both (default; adds the agreement z-score).")] = "both",
     kappa: Annotated[str, typer.Option("--kappa", metavar="simulated|theory", help="κ̂_d for Table 1: τ_unif,d simulated at n = d, or sqrt(N/d)·κ̂_N.")] = "simulated",
     precision: Annotated[str, typer.Option("--precision", metavar="auto|float32|float64", help="Gram arithmetic of the simulation; auto uses float32 only where its rounding is < 5% of the smallest τ.")] = "auto",
@@ -188,30 +193,30 @@ def errors(
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
 ):
     """Sampling and resampling error of the KL estimates: τ, σ̂, κ̂_d against unique texts d (Figure 2) and Table 1."""
-    from ..error_analysis import DEFAULT_TARGETS, analyse_errors
+    from ..error_analysis import analyse_errors, check_trials
 
     method_list = parse_methods(methods)
     grid = parse_int_list(n_grid, "--n-grid")
-    extra = parse_int_list(targets, "--targets") or []
+    target_list = parse_int_list(targets, "--targets")
+    check_trials(R)
     mm = _load_map(store, model, exclude, no_clip, allow_mixed)
-    N = mm.Q.shape[1]
-    all_targets = sorted({d for d in DEFAULT_TARGETS if d < N} | set(extra))
     t0 = time.perf_counter()
     result = analyse_errors(
-        mm.Q, methods=method_list, n_grid=grid, R=R, error=error, mode=mode, targets=all_targets or None,
+        mm.Q, methods=method_list, n_grid=grid, R=R, error=error, mode=mode, targets=target_list,
         kappa_source=kappa, eps0=eps0, seed=seed, workers=workers, precision=precision, progress=True,
     )  # fmt: skip
+    table = result.texts_needed()
     elapsed = time.perf_counter() - t0
-    paths = write_error_report(result, output, elapsed)
+    paths = write_error_report(result, output, elapsed, table)
     source = "simulated" if result.simulated else "analytic (Lemma 2)"
     console.print(
         f"{result.K} models, N = {result.N} texts, {result.error} error, {source}"
         + (f", R = {result.R}, Gram in {result.precision}" if result.simulated else "")
         + f": τ_unif,N = {np.sqrt(result.tau2_unif_N()):.4g}  ({elapsed:.1f} s)"
     )
-    _print_table1(result.texts_needed(), f"Table 1: unique texts d' to match κ̂_d ({source})")
+    _print_table1(table, f"Table 1: unique texts d' to match κ̂_d ({source})")
     for name, p in paths.items():
-        console.print(f"  {name:20s} {p}")
+        console.print(f"  {name:20s} {lit(p)}")
 
 
 # ----------------------------------------------------------------------------- lmmap stability
@@ -256,7 +261,7 @@ def stability(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
     method: Annotated[str, typer.Option("--method", metavar="uniform|ls|kl", help="Resampling method.")] = "ls",
-    n: Annotated[int, typer.Option("--n", help="Texts drawn with replacement per map.")] = 2900,
+    n: Annotated[Optional[int], typer.Option("--n", help="Texts drawn with replacement per map (default: 29% of N, the paper's 2,900 of 10,000).")] = None,
     R: Annotated[int, typer.Option("--R", help="Resampled maps per setting.")] = 100,
     compare: Annotated[Optional[list[str]], typer.Option("--compare", metavar="METHOD:N", help="Another setting to compare, e.g. uniform:10000 (repeatable).")] = None,
     embedding: Annotated[str, typer.Option("--embedding", help="2-D embedding: tsne (PCA initialisation), pca or umap.")] = "tsne",
@@ -270,15 +275,22 @@ def stability(
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
 ):
     """Stability of the map under resampling: R maps aligned by Procrustes, ellipses, Bias²/Variance/MSE (Table 3)."""
-    from ..error_analysis import check_workers
-    from ..importance import check_method, check_sample_size
+    from ..error_analysis import check_trials, check_workers
+    from ..importance import check_method, check_sample_size, default_resample_size, note_if_no_real_subset
     from ..stability import map_stability, reference_map, table3
 
-    settings = [(check_method(method), check_sample_size(n))] + [parse_setting(c) for c in compare or []]
-    settings = list(dict.fromkeys(settings))
+    method = check_method(method)
+    if n is not None:
+        check_sample_size(n)
+    compared = [parse_setting(c) for c in compare or []]
     check_workers(workers)
+    check_trials(R)
     mm = _load_map(store, model, exclude, no_clip, allow_mixed)
-    with console.status(f"reference map of {mm.K} models on all {mm.Q.shape[1]} texts ({embedding})…"):
+    N = int(mm.Q.shape[1])
+    settings = list(dict.fromkeys([(method, default_resample_size(N) if n is None else n)] + compared))
+    for m, n_s in settings:
+        note_if_no_real_subset(mm.Q, m, n_s, per_map=True)
+    with console.status(f"reference map of {mm.K} models on all {mm.Q.shape[1]} texts ({lit(embedding)})…"):
         reference = reference_map(mm.Q, embedding, random_state)
     results = {}
     for m, n_s in settings:
@@ -301,4 +313,4 @@ def stability(
         t.add_row(label, *[f"{v:.3g}" for v in t3[key]])
     console.print(t)
     for name, p in paths.items():
-        console.print(f"  {name:30s} {p}")
+        console.print(f"  {name:30s} {lit(p)}")

@@ -10,16 +10,17 @@ from rich.table import Table
 
 from ..modelmap import ModelMap
 from ..store import Store
-from ._app import StoreOption, app, console
+from ._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
 
 
-def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool, metadata: Path | None = None) -> ModelMap:
+def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool, metadata: Path | None = None,
+             allow_other_texts: bool = False) -> ModelMap:
     """The map of every model in ``store`` (on ``subset``'s texts when given)."""
     sub = None
     if subset is not None:
         from ..subset import Subset
 
-        sub = Subset.load(subset)
+        sub = Subset.load(subset, store=store, allow_other_texts=allow_other_texts)
     models = store.models_with_texts(sub.text_pos) if sub is not None else None
     mm = ModelMap.from_store(store, models=models, subset=sub, clip=not no_clip, allow_mixed=allow_mixed)
     if metadata is not None:
@@ -37,47 +38,66 @@ def map_(
     subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")] = None,
     metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns.")] = None,
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
-    embedding: Annotated[str, typer.Option(help="2-D embedding: tsne, pca (or umap if installed).")] = "tsne",
+    embedding: Annotated[str, typer.Option("--embedding", metavar="auto|mds|tsne|pca|umap", help="2-D embedding: auto (classical MDS of KL below 40 models, t-SNE from 40 on), mds, tsne, pca (or umap if installed).")] = "auto",
+    edges: Annotated[str, typer.Option("--edges", metavar="auto|nn|base_model|none", help="Lines on the map: nn (each model to its nearest by KL), base_model (declared lineage from the metadata column base_model; models whose nearest model is in another lineage are circled), none. auto: base_model when that column names models of the map, else nn.")] = "auto",
     color_by: Annotated[str, typer.Option("--color-by", help="Metadata column that colours the map.")] = "model_type",
     k: Annotated[int, typer.Option("-k", help="Neighbours listed per model.")] = 10,
     se: Annotated[bool, typer.Option("--se", help="Add bootstrap standard errors of the KL estimates.")] = False,
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se.")] = 100,
     seed: Annotated[int, typer.Option(help="Random state of the embedding.")] = 42,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    allow_other_texts: AllowOtherTextsOption = False,
 ):
     """Build the model map: KL estimates, neighbours, and a 2-D map (PNG and HTML)."""
+    check_replicates(R, needed=se)
     s = Store(store)
-    mm = load_map(s, subset, no_clip, allow_mixed, metadata)
-    with console.status(f"embedding {mm.K} models ({embedding})…"):
-        paths = mm.write(output, embedding=embedding, color_by=color_by, k=k, se=se, R=R, random_state=seed)
+    mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts)
+    check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
+    method, edges = mm.embedding_method(embedding), mm.resolve_edges(edges)  # bad values refused before any output
+    with output_dir(output), console.status(f"embedding {mm.K} models ({lit(method)})…"):
+        paths = mm.write(output, embedding=embedding, color_by=color_by, k=k, se=se, R=R, random_state=seed, edges=edges)
     console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts (clip threshold {mm.threshold if mm.threshold is None else f'{mm.threshold:.2f}'}):")
     for name, p in paths.items():
-        console.print(f"  {name:14s} {p}")
+        console.print(f"  {name:14s} {lit(p)}")
 
 
 @app.command()
 def neighbors(
-    model: Annotated[str, typer.Argument(help="A model in the store.")],
+    model: Annotated[str, typer.Argument(help="A model in the store (`lmmap models` lists them).")],
     store: StoreOption,
-    k: Annotated[int, typer.Option("-k", help="How many neighbours.")] = 10,
+    k: Annotated[int, typer.Option("-k", help="How many neighbours (at least 1).")] = 10,
     subset: Annotated[Optional[Path], typer.Option("--subset", help="Use the map of a subset's texts.")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip")] = False,
+    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
     se: Annotated[bool, typer.Option("--se", help="Add bootstrap standard errors.")] = False,
-    R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se.")] = 100,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed")] = False,
+    R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se (2 to 100,000).")] = 100,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    allow_other_texts: AllowOtherTextsOption = False,
 ):
     """The models nearest to MODEL by estimated KL divergence."""
-    mm = load_map(Store(store), subset, no_clip, allow_mixed)
+    from ..exceptions import InputError
+
+    # Everything the user can get wrong is checked before any vector is read.
+    if k < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    check_replicates(R, needed=se)
+    s = Store(store)
+    check_model(model, s.model_names())
+    mm = load_map(s, subset, no_clip, allow_mixed, allow_other_texts=allow_other_texts)
+    if model not in mm.names:
+        raise InputError(
+            f"model {model!r} is in the store but not in this map (it lacks some of the map's texts); "
+            f"`lmmap score {model}` scores its missing texts"
+        )
     df = mm.neighbors(model, k=k, se=se, R=R)
-    table = Table(title=f"nearest models to {model}")
+    table = Table(title=f"nearest models to {lit(model)}")
     table.add_column("rank", justify="right")
     table.add_column("model")
     table.add_column("KL", justify="right")
     if se:
         table.add_column("± SE", justify="right")
     for row in df.itertuples(index=False):
-        cells = [str(row.rank), str(row.neighbor), f"{row.kl:.4g}"]
+        cells = [str(row.rank), lit(row.neighbor), f"{row.kl:.4g}"]
         if se:
             cells.append(f"{row.kl_se:.2g}")
         table.add_row(*cells)
-    console.print(table)
+    print_table(table)

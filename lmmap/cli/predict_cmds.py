@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..exceptions import LmmapError
 from ..store import Store
-from ._app import StoreOption, app, console
+from ._app import StoreOption, app, console, lit
 
 
 def parse_score_range(text: str) -> tuple[float, float] | None:
@@ -81,9 +81,9 @@ def predict(
         )
         paths = report.write(output, plots=not no_plots)
     _print_report(report)
-    console.print(f"wrote {len(paths)} files to {output}:")
+    console.print(f"wrote {len(paths)} files to {lit(output)}:")
     for name in ("correlations.csv", "predictions.csv", "contamination.csv", "new_predictions.csv", "predict.json"):
-        console.print(f"  {name:20s} {paths[name]}")
+        console.print(f"  {name:20s} {lit(paths[name])}")
     n_fig = len(paths) - 5
     if n_fig:
         console.print(f"  {'pred_*.png/.html':20s} {n_fig} figures")
@@ -91,21 +91,20 @@ def predict(
 
 def _print_report(report) -> None:
     st = report.settings
-    grouping = f"grouped by {st['group_by']}" if st["group_by"] else "each model its own group"
+    grouping = f"grouped by {lit(st['group_by'])}" if st["group_by"] else "each model its own group"
     table = Table(title=f"Pearson r, {st['n_folds']}-fold CV ({grouping}), mean ± sd over {len(st['seeds'])} seeds")
     for col, just in (("target", "left"), ("models", "right"), ("groups", "right"), ("missing", "right"), ("r", "right"), ("RMSE", "right"), ("α", "right")):
         table.add_column(col, justify=just)
     for row in report.summary.itertuples(index=False):
         r = "n/a" if not np.isfinite(row.r_mean) else f"{row.r_mean:.3f} ± {row.r_sd:.3f}"
-        table.add_row(str(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, f"{row.rmse:.3g}", f"{row.alpha:.0e}")
+        table.add_row(lit(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, f"{row.rmse:.3g}", f"{row.alpha:.0e}")
     console.print(table)
-    for note in report.notes:
-        console.print(f"note: {note}", highlight=False)
+    # report.notes reached the user as warnings (one `note:` line each) while the report was built.
     flagged = report.flagged()
     if len(flagged):
         console.print(f"{len(flagged)} possible contamination case(s) (true − predicted > {st['threshold']:g} residual sd):")
         for row in flagged.head(10).itertuples(index=False):
-            console.print(f"  {row.target}: {row.model}  true {row.true:.3g}, predicted {row.predicted:.3g}, residual {row.residual:+.3g} ({row.z:+.1f} sd)", highlight=False)
+            console.print(f"  {lit(row.target)}: {lit(row.model)}  true {row.true:.3g}, predicted {row.predicted:.3g}, residual {row.residual:+.3g} ({row.z:+.1f} sd)", highlight=False)
         if len(flagged) > 10:
             console.print(f"  … {len(flagged) - 10} more in contamination.csv")
     else:

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..exceptions import LmmapError
+from ..exceptions import InputError, LmmapError
 from ..store import Store
-from ._app import StoreOption, app, console
+from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, console, lit
 
 
 def _model_list(models: list[str] | None, exclude: list[str] | None, store: Store) -> list[str] | None:
@@ -40,8 +40,8 @@ def _parse_n(text: str) -> int:
             raise LmmapError(f"--n must be a positive integer, got {text!r}") from None
     try:
         return check_sample_size(value)
-    except LmmapError:
-        raise LmmapError(f"--n must be a positive integer, got {text!r}") from None
+    except LmmapError as exc:
+        raise InputError(str(exc).replace("the resample size n", "--n")) from None
 
 
 @app.command()
@@ -57,6 +57,7 @@ def select(
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods (the subset then records no threshold).")] = False,
 ):
     """Resample texts by importance: π from the map's models, n draws, the d unique texts with counts and weights."""
+    from ..importance import warn_if_no_real_subset
     from ..subset import select as select_subset
 
     n_draws = _parse_n(n)
@@ -64,24 +65,30 @@ def select(
     models = _model_list(model, exclude, s)
     sub = select_subset(s, method, n_draws, seed=seed, models=models, clip=not no_clip)
     sub.save(output)
-    console.print(sub.summary())
+    console.print(lit(sub.summary()))
+    warn_if_no_real_subset(sub.n, sub.d, sub.n_texts)
     if sub.n_excluded:
         console.print(
             f"{sub.n_excluded} text(s) that every model scores alike have π = 0 and were excluded "
             "(they add nothing to any distance)"
         )
-    console.print(f"  subset  {output}")
+    console.print(f"  subset  {lit(output)}")
     if texts_out is not None:
         sub.save_texts(texts_out, s)
-        console.print(f"  texts   {texts_out}")
+        console.print(f"  texts   {lit(texts_out)}")
 
 
 @app.command()
 def add(
     models: Annotated[list[str], typer.Argument(help="Models to add: Hugging Face ids or local paths (or names already in the store).")],
-    subset: Annotated[Path, typer.Option("--subset", help="SUBSET.json from `lmmap select`: the new models are scored on its texts only.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
+    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: the new models are scored on its texts only (or use --adaptive).")] = None,
+    adaptive: Annotated[bool, typer.Option("--adaptive", help="Instead of --subset: score each model in rounds of texts drawn by importance and stop once its KL to its nearest existing models is known to --target-se.")] = False,
+    target_se: Annotated[float, typer.Option("--target-se", help="--adaptive: stop when the relative standard error of the KL to each of the --neighbors nearest existing models is at most this (0 < x < 1).")] = 0.05,
+    neighbors: Annotated[int, typer.Option("--neighbors", help="--adaptive: how many nearest existing models must reach --target-se.")] = 5,
+    max_texts: Annotated[Optional[int], typer.Option("--max-texts", help="--adaptive: score at most this many texts per model (default: all N); adaptive.csv marks a model stopped there max-texts.")] = None,
+    round_size: Annotated[int, typer.Option("--round", help="--adaptive: texts drawn per round (each round loads the model again; use more for large models).")] = 32,
     device: Annotated[Optional[str], typer.Option(help="Device for scoring (cpu, cuda, mps; default: best available).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="Model dtype for scoring (float32, bfloat16, float16; default: scorer's).")] = None,
     convention: Annotated[Optional[str], typer.Option(help="reference or full (default: that of the map's models; another is refused).")] = None,
@@ -96,18 +103,19 @@ def add(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Recompute the whole map (all positions may move) instead of placing the new models into it.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Re-score and re-place models that are already in the map or store.")] = False,
     base_coords: Annotated[Optional[Path], typer.Option("--base-coords", help="coords.csv of an existing map (from `lmmap map`): the existing models keep exactly these positions.")] = None,
-    embedding: Annotated[str, typer.Option(help="2-D embedding: tsne or pca.")] = "tsne",
+    embedding: Annotated[str, typer.Option("--embedding", metavar="auto|mds|tsne|pca", help="2-D embedding: auto (as `lmmap map`: classical MDS below 40 models, t-SNE from 40 on), mds, tsne or pca.")] = "auto",
     color_by: Annotated[str, typer.Option("--color-by", help="Metadata column that colours the map.")] = "model_type",
     k: Annotated[int, typer.Option("-k", help="Neighbours listed per model.")] = 10,
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for the KL standard errors.")] = 100,
     seed: Annotated[int, typer.Option(help="Random state of the embedding.")] = 42,
+    allow_other_texts: AllowOtherTextsOption = False,
+    threads: ThreadsOption = "auto",
 ):
-    """Score new models on a subset's texts only and place them into the existing map."""
-    from ..placement import add_models
-    from ..subset import Subset
+    """Score new models on a subset's texts only (or adaptively) and place them into the existing map."""
+    from ..threads import set_threads
 
+    set_threads(threads)
     s = Store(store)
-    sub = Subset.load(subset)
     score_kwargs = dict(device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
                         revision=revision, device_map=device_map)
     score_kwargs = {k_: v for k_, v in score_kwargs.items() if v is not None}
@@ -115,12 +123,33 @@ def add(
         score_kwargs["trust_remote_code"] = True
     if no_progress:
         score_kwargs["progress"] = False
-    result = add_models(
-        s, models, sub, output, names=name or None,
-        convention=convention, rebuild=rebuild, replace=replace, se_R=R, k=k,
-        embedding=embedding, color_by=color_by, random_state=seed, base_coords=base_coords,
-        score_kwargs=score_kwargs, progress=console.print,
-    )
-    console.print(result.summary())
+    progress = lambda msg: console.print(lit(msg))  # noqa: E731
+    if adaptive:
+        if subset is not None:
+            raise InputError("--adaptive draws its own texts: drop --subset (or drop --adaptive to score the subset's texts)")
+        if replace or rebuild or base_coords is not None:
+            raise InputError("--replace, --rebuild and --base-coords do not apply to --adaptive")
+        from ..adaptive import place_adaptive
+        from ..report_adaptive import write_adaptive
+
+        result = place_adaptive(
+            s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
+            round_size=round_size, convention=convention, score_kwargs=score_kwargs, progress=progress,
+        )
+        write_adaptive(result, output, s, embedding=embedding, random_state=seed, color_by=color_by)
+    else:
+        if subset is None:
+            raise InputError("give --subset SUBSET.json (from `lmmap select`), or --adaptive")
+        from ..placement import add_models
+        from ..subset import Subset
+
+        result = add_models(
+            s, models, Subset.load(subset, store=s, allow_other_texts=allow_other_texts), output, names=name or None,
+            convention=convention, rebuild=rebuild, replace=replace, se_R=R, k=k,
+            embedding=embedding, color_by=color_by, random_state=seed, base_coords=base_coords,
+            score_kwargs=score_kwargs, progress=progress,
+        )
+    for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
+        console.print(lit(line))
     for name, p in result.paths.items():
-        console.print(f"  {name:14s} {p}")
+        console.print(f"  {name:14s} {lit(p)}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..exceptions import LmmapError
-from ._app import StoreOption, app, console, err_console, fail
+from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, console, err_console, fail, lit
 
 
 @app.command()
@@ -29,20 +29,23 @@ def score(
     replace: Annotated[bool, typer.Option("--replace", help="Score again models already in the store.")] = False,
     checkpoint_every: Annotated[float, typer.Option("--checkpoint-every", help="Seconds between checkpoints (0: after every batch).")] = 60.0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    allow_other_texts: AllowOtherTextsOption = False,
+    threads: ThreadsOption = "auto",
 ):
     """Score models on the store's texts; a killed run resumes from its checkpoints."""
     from ..scoring import score_models
     from ..store import Store
+    from ..threads import set_threads
 
     if name is not None and len(models) != 1:
         fail(f"--name names one model, but {len(models)} were given")
+    set_threads(threads)
     s = Store(store)
     text_pos = None
     if subset is not None:
         from ..subset import Subset
 
-        sub = Subset.load(subset)
-        sub.check_store(s)
+        sub = Subset.load(subset, store=s, allow_other_texts=allow_other_texts)
         text_pos = sub.text_pos
     statuses = score_models(
         s, models, names=None if name is None else [name], text_pos=text_pos, device=device, dtype=dtype,
@@ -53,28 +56,37 @@ def score(
     failed = [n for n, st in statuses.items() if not st.ok]
     done = sum(st.status == "scored" for st in statuses.values())
     skipped = sum(st.status == "skipped" for st in statuses.values())
-    console.print(f"{done} scored, {skipped} skipped, {len(failed)} failed; store {s.path}")
+    console.print(f"{done} scored, {skipped} skipped, {len(failed)} failed; store {lit(s.path)}")
     if failed:
         fail(f"{len(failed)} model(s) failed and were not stored: {', '.join(failed)} (messages above)")
 
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where the models, the store and the map go.")] = Path("lmmap-demo"),
-    size: Annotated[str, typer.Option(help="full (13 models) or small (6 models, for a quick look).")] = "full",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where the models, the store, models.csv, scores.csv and the map go.")] = Path("lmmap-demo"),
+    size: Annotated[str, typer.Option(help="full (15 models + 1 held out for `lmmap add`, 1,020 texts) or small (6 models, for a quick look).")] = "full",
     force: Annotated[bool, typer.Option("--force", help="Retrain and rescore everything instead of reusing OUTPUT's cache.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the training runs and the text sample.")] = 0,
-    threads: Annotated[int, typer.Option(help="Torch threads (the demo's models are tiny: one is fastest on a busy machine).")] = 1,
+    threads: Annotated[str, typer.Option(help="Torch threads for training and scoring: a number, or auto (1 on a 2-core machine, where a second thread is many times slower once the cores are busy; the idle cores less one on a larger machine).")] = "auto",
 ):
     """Build a small ecosystem of real models from text on this machine, score them and draw their map (offline)."""
     from ..demo import run_demo
+    from ..threads import resolve_threads
 
+    resolve_threads(threads)  # a bad value fails before any work
     try:
         result = run_demo(output, size=size, force=force, seed=seed, console=err_console, threads=threads)
     except LmmapError as exc:
         fail(str(exc))
     console.print(f"[bold]demo map of {result['n_models']} models on {result['n_texts']} texts[/] "
-                  f"({result['seconds']:.0f} s):")
+                  f"({result['seconds']:.0f} s on this machine, {result['cpu_seconds']:.0f} s of CPU, "
+                  f"{result['threads']} torch thread(s)):")
     for label, p in result["paths"].items():
-        console.print(f"  {label:14s} {p}")
-    console.print(f"explore it further with e.g. `lmmap neighbors {result['example_model']} --store {result['store']}`")
+        console.print(f"  {label:14s} {lit(p)}")
+    console.print(f"  {'models.csv':14s} {lit(result['models_csv'])}")
+    console.print(f"  {'scores.csv':14s} {lit(result['scores_csv'])}")
+    if result["held_out"]:
+        console.print(f"held out of the store for `lmmap add`: {lit(', '.join(result['held_out']))}")
+    console.print("the README's session on this demo (outputs go to ./session/):", highlight=False)
+    for line in result["session"]:
+        console.print(f"  {lit(line)}", highlight=False, soft_wrap=True)

@@ -1,0 +1,96 @@
+"""How many CPU threads torch uses for scoring and training (``--threads``).
+
+torch starts with one thread per core and its OpenMP threads spin while they
+wait for each other. On a machine whose cores are busy with other work that
+is the worst case. Measured on the 2-core development machine while other
+jobs ran (load average 2.3–8.3), scoring a demo model on 300 texts, in 8
+back-to-back pairs: torch's default 2 threads ran at 2.7–41 texts/s, one
+thread at 26–290 texts/s — one thread was 3–24× faster in 7 pairs, and 2
+threads 1.5× faster once (430 against 290 texts/s, when a core happened to be
+free). The issue measured 8–20 against 117–120. So on 2 cores one thread is
+the safe choice; on a larger machine the idle cores are worth using.
+
+``auto`` (the default) is therefore: the idle cores — usable cores minus the
+1-minute load average — keeping one core free for everything else, at least
+1 and at most :data:`MAX_AUTO_THREADS`. ``OMP_NUM_THREADS`` set in the
+environment wins over ``auto`` (the user has chosen). Give a number to
+override both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
+
+from .exceptions import InputError
+
+MAX_AUTO_THREADS = 8
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_threads() -> int:
+    """The ``auto`` thread count: idle cores minus one, in 1..MAX_AUTO_THREADS (see the module text)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    cores = usable_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    idle = cores - int(math.ceil(busy - 0.25))  # a load of 1.2 means a second core is partly taken
+    return max(1, min(MAX_AUTO_THREADS, idle - 1))
+
+
+def resolve_threads(n: int | str | None) -> int:
+    """``n`` as a thread count: a positive integer, or ``None``/``"auto"`` for :func:`auto_threads`."""
+    if n is None or (isinstance(n, str) and n.strip().lower() == "auto"):
+        return auto_threads()
+    if isinstance(n, str):
+        try:
+            n = int(n.strip())
+        except ValueError:
+            raise InputError(f"--threads must be a positive integer or auto, got {n!r}") from None
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise InputError(f"--threads must be a positive integer or auto, got {n!r}")
+    return int(n)
+
+
+def set_threads(n: int | str | None = "auto") -> int:
+    """Set torch's intra-op threads to ``n`` (a count, or ``"auto"``/None); returns the previous count.
+
+    Restore with ``set_threads(previous)``, or use :func:`threads` as a
+    context manager. Without torch installed it only validates ``n``.
+    """
+    count = resolve_threads(n)
+    try:
+        import torch
+    except ImportError:
+        return count
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    return previous
+
+
+@contextlib.contextmanager
+def threads(n: int | str | None = "auto"):
+    """``with threads(1): ...`` — torch threads set for the block, the previous count restored after it."""
+    count = resolve_threads(n)
+    previous = set_threads(count)
+    try:
+        yield count
+    finally:
+        set_threads(previous)
+
+
+__all__ = ["auto_threads", "resolve_threads", "set_threads", "threads", "usable_cores", "MAX_AUTO_THREADS"]
