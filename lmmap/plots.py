@@ -914,6 +914,14 @@ def map_html(
     layout = _plotly_layout(title, xtitle, ytitle, legend_title=legend_title, equal_aspect=True)
     if title:
         layout["title"] = dict(text=_html_lines(title), font=dict(size=15))
+    if label or mask.any():
+        # Labels beside the outermost points would be cut off at plotly's tight default range.
+        finite = coords[np.isfinite(coords).all(axis=1)]
+        if len(finite):
+            (x0, y0), (x1, y1) = finite.min(axis=0), finite.max(axis=0)
+            sx, sy = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+            layout["xaxis"]["range"] = [x0 - 0.15 * sx, x1 + 0.15 * sx]
+            layout["yaxis"]["range"] = [y0 - 0.08 * sy, y1 + 0.08 * sy]
     fig.update_layout(**layout)
     return _write_html(fig, path, post_script)
 
