@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from .exceptions import InputError
+
 DEFAULT_CLIP_PERCENTILE = 2.0
 
 
 def _as_matrix(L, name: str = "L") -> np.ndarray:
     L = np.asarray(L, dtype=np.float64)
     if L.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (models × texts) array, got shape {L.shape}")
+        raise InputError(f"{name} must be a 2-D (models × texts) array, got shape {L.shape}")
     if L.shape[0] == 0 or L.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {L.shape}): it needs at least one model and one text")
+        raise InputError(f"{name} is empty (shape {L.shape}): it needs at least one model and one text")
     return L
 
 
@@ -35,9 +37,9 @@ def _as_weights(w, n_texts: int) -> np.ndarray | None:
         return None
     w = np.asarray(w, dtype=np.float64)
     if w.shape != (n_texts,):
-        raise ValueError(f"w must have one weight per text ({n_texts}), got shape {w.shape}")
+        raise InputError(f"w must have one weight per text ({n_texts}), got shape {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError("w must be finite, non-negative and not all zero")
+        raise InputError("w must be finite, non-negative and not all zero")
     return w
 
 
@@ -48,7 +50,7 @@ def check_finite(L, names=None) -> None:
     if bad.any():
         i, s = np.argwhere(bad)[0]
         who = f"model {names[i]!r}" if names is not None else f"row {i}"
-        raise ValueError(
+        raise InputError(
             f"{who} has a non-finite log-likelihood ({L[i, s]}) at text {s} "
             f"({int(bad[i].sum())} such values in that row); re-score it or drop it"
         )
@@ -58,7 +60,7 @@ def clip_threshold(L, percentile: float = DEFAULT_CLIP_PERCENTILE) -> float:
     """The clipping threshold: the ``percentile``-th percentile of all entries of ``L``."""
     L = _as_matrix(L)
     if not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+        raise InputError(f"percentile must be in [0, 100], got {percentile}")
     return float(np.percentile(L, percentile))
 
 
@@ -113,7 +115,7 @@ def squared_distances(Q, w=None) -> np.ndarray:
 def kl_from_squared_distances(G, n_texts: int) -> np.ndarray:
     """``KL(p_i, p_j) ≈ g_ij / (2N)`` where N is the size of the full text set ``D_N``."""
     if n_texts <= 0:
-        raise ValueError(f"n_texts (N) must be positive, got {n_texts}")
+        raise InputError(f"n_texts (N) must be positive, got {n_texts}")
     return np.asarray(G, dtype=np.float64) / (2.0 * n_texts)
 
 
@@ -126,12 +128,12 @@ def nearest_neighbors(D, k: int) -> tuple[np.ndarray, np.ndarray]:
     D = np.asarray(D, dtype=np.float64)
     K = D.shape[0]
     if D.shape != (K, K):
-        raise ValueError(f"D must be square, got shape {D.shape}")
+        raise InputError(f"D must be square, got shape {D.shape}")
     if K < 2:
-        raise ValueError("neighbours need at least 2 models")
+        raise InputError("neighbours need at least 2 models")
     k = int(min(k, K - 1))
     if k < 1:
-        raise ValueError("k must be at least 1")
+        raise InputError("k must be at least 1")
     masked = D.copy()
     np.fill_diagonal(masked, np.inf)
     # argpartition keeps this O(K²) rather than O(K² log K) for the full sort.

@@ -76,7 +76,7 @@ def gram_matrix(X) -> np.ndarray:
     """``X Xᵀ`` (K×K) of the feature rows: everything ridge needs when K ≪ d."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (models × features), got shape {X.shape}")
+        raise InputError(f"X must be 2-D (models × features), got shape {X.shape}")
     return X @ X.T
 
 
@@ -117,7 +117,7 @@ class RidgePath:
         if Y.ndim == 1:
             Y = Y[:, None]
         if K_train.shape != (Y.shape[0], Y.shape[0]):
-            raise ValueError(f"kernel {K_train.shape} does not match {Y.shape[0]} training rows")
+            raise InputError(f"kernel {K_train.shape} does not match {Y.shape[0]} training rows")
         s, U = linalg.eigh(K_train, driver="evd", check_finite=False)
         # The centred kernel is PSD; rounding can leave tiny negative eigenvalues.
         np.maximum(s, 0.0, out=s)
@@ -139,7 +139,7 @@ def _union_grid(alpha_grids: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.
     grids = [np.asarray(g, dtype=np.float64).ravel() for g in alpha_grids]
     for g in grids:
         if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
-            raise ValueError(f"an α grid must be non-empty, finite and positive, got {g}")
+            raise InputError(f"an α grid must be non-empty, finite and positive, got {g}")
     union = np.unique(np.concatenate(grids))
     return union, [np.searchsorted(union, g) for g in grids]
 
@@ -166,7 +166,7 @@ def select_alphas(G, Y, train, alpha_grids, n_inner: int = 5, seed: int = 0) -> 
     Y = np.asarray(Y, dtype=np.float64).reshape(len(train), -1)
     union, positions = _union_grid(alpha_grids)
     if len(positions) != Y.shape[1]:
-        raise ValueError(f"{len(positions)} α grids for {Y.shape[1]} targets")
+        raise InputError(f"{len(positions)} α grids for {Y.shape[1]} targets")
     mse = np.zeros((union.size, Y.shape[1]))
     splits = inner_splits(len(train), n_inner, seed)
     for tr, va in splits:
@@ -307,7 +307,7 @@ def _check_cv_inputs(n_models, Y, groups, alpha_grids, clip_ranges, target_names
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.shape[0] != n_models:
-        raise ValueError(f"Y has {Y.shape[0]} rows for {n_models} models")
+        raise InputError(f"Y has {Y.shape[0]} rows for {n_models} models")
     T = Y.shape[1]
     if np.isinf(Y).any():
         raise LmmapError("a target holds ±inf; give finite numbers (leave a cell empty for a missing value)")
@@ -315,9 +315,9 @@ def _check_cv_inputs(n_models, Y, groups, alpha_grids, clip_ranges, target_names
     # so the same seed gives the same folds as scikit-learn run on the user's labels.
     groups = np.arange(n_models) if groups is None else np.asarray([str(g) for g in groups], dtype=object)
     if groups.shape[0] != n_models:
-        raise ValueError(f"{groups.shape[0]} group labels for {n_models} models")
+        raise InputError(f"{groups.shape[0]} group labels for {n_models} models")
     if len(alpha_grids) != T or len(clip_ranges) != T:
-        raise ValueError(f"need one α grid and one clip range per target ({T})")
+        raise InputError(f"need one α grid and one clip range per target ({T})")
     names = list(target_names) if target_names is not None else [f"target {t}" for t in range(T)]
     return Y, groups, names
 
@@ -351,16 +351,16 @@ def cross_validate(
     n_jobs : folds run in parallel on this many threads (-1: all cores).
     """
     if X is None and G is None:
-        raise ValueError("give the features X or their Gram matrix G")
+        raise InputError("give the features X or their Gram matrix G")
     if solver not in ("eigen", "sklearn"):
-        raise ValueError(f"solver must be 'eigen' or 'sklearn', got {solver!r}")
+        raise InputError(f"solver must be 'eigen' or 'sklearn', got {solver!r}")
     if solver == "sklearn" and X is None:
-        raise ValueError("solver='sklearn' needs the features X")
+        raise InputError("solver='sklearn' needs the features X")
     if X is not None:
         X = np.asarray(X, dtype=np.float64)
     K = X.shape[0] if X is not None else np.asarray(G).shape[0]
     if Y is None:
-        raise ValueError("give the targets Y")
+        raise InputError("give the targets Y")
     T = np.asarray(Y).reshape(K, -1).shape[1]
     alpha_grids = [SCORE_ALPHAS] * T if alpha_grids is None else list(alpha_grids)
     clip_ranges = [None] * T if clip_ranges is None else list(clip_ranges)
@@ -579,7 +579,7 @@ def prepare_targets(
     if mean_loglik is not None:
         ml = np.asarray(mean_loglik, dtype=np.float64)
         if ml.shape != (len(names),):
-            raise ValueError(f"mean_loglik has shape {ml.shape} for {len(names)} models")
+            raise InputError(f"mean_loglik has shape {ml.shape} for {len(names)} models")
         frame[LOGLIK_TARGET] = ml
         kinds[LOGLIK_TARGET] = LOGLIK
         missing[LOGLIK_TARGET] = []

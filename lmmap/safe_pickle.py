@@ -69,7 +69,7 @@ def _nbytes(shape, dtype) -> int:
 
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     if not all(isinstance(d, int) for d in dims):
-        raise TypeError(f"array shape must be integers, got {shape!r}")
+        raise FormatError(f"array shape must be integers, got {shape!r}")
     return math.prod(max(d, 0) for d in dims) * np.dtype(dtype).itemsize
 
 
