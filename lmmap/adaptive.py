@@ -58,8 +58,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -568,17 +566,9 @@ def _state_path(store, name: str) -> Path:
 
 
 def _atomic_write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .atomic import atomic_write
+
+    atomic_write(path, json.dumps(payload, indent=2))
 
 
 def _check_names(store, models, names, records):

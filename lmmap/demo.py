@@ -40,7 +40,6 @@ import ast
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import shutil
 import sys
@@ -292,13 +291,9 @@ def demo_text_set(corpus, plan: DemoPlan, seed: int, workdir: Path):
 
 def _write_text(path: Path, text: str) -> None:
     """Write atomically: a killed run leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from .atomic import atomic_write
+
+    atomic_write(path, text)
 
 
 # -- tokenizer and models -----------------------------------------------------------------

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1057,10 +1056,6 @@ def _metadata_from_json(path, text):
 # -- writing ------------------------------------------------------------------------------
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-
-
 def _check_for_writing(names, L, n_tokens, text_pos):
     names = _check_names("vectors to write", list(names), InputError)
     L = np.asarray(L, dtype=np.float64)
@@ -1104,13 +1099,10 @@ def write_vectors(
     if suffix not in writers:
         raise InputError(f"cannot write {path}: use a .npz, .parquet or .csv file name")
     records = _metadata_records(metadata, names) if metadata is not None and len(metadata) else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         writers[suffix](tmp, names, L, text_set_id, n_tokens, text_pos, convention, records)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -198,8 +198,6 @@ def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
 def _write_long(path: Path, frames: dict, store: Store, export_format, export_key, metadata_records) -> None:
     """Every stored row of every model, long format (what ``formats.write_vectors`` writes for a full matrix)."""
     import json
-    import os
-    import uuid
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -226,13 +224,10 @@ def _write_long(path: Path, frames: dict, store: Store, export_format, export_ke
         "metadata": metadata_records(meta, names) if len(meta) else None,
     }
     table = pa.table(cols).replace_schema_metadata({export_key: json.dumps(info).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 RECORD_COLUMNS = ["model", "convention", "scorer", "dtype", "n_scored", "n_truncated", "added_at"]

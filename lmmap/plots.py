@@ -32,8 +32,6 @@ import html
 import io
 import json
 import math
-import os
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,19 +99,10 @@ class Edges:
 
 
 def atomic_write(path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, then rename)."""
-    path = _prepare(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``data`` to ``path`` atomically (see :mod:`lmmap.atomic`)."""
+    from .atomic import atomic_write as _write
+
+    return _write(_prepare(path), data)
 
 
 def _save_png(fig, path: Path, dpi) -> Path:

@@ -67,6 +67,8 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .exceptions import InputError, LmmapError, LmmapWarning, StoreError
+from .atomic import atomic_path, fsync_dir, fsync_file
+from .atomic import atomic_write as _atomic_write
 from .texts import TextSet
 
 STORE_FORMAT = "lmmap-store"
@@ -164,52 +166,9 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _tmp_name(path: Path) -> Path:
-    # The pid lets a later command tell a dead writer's leftovers from a live writer's file.
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path, mkdir=False) as tmp:
         pq.write_table(table, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -305,8 +264,8 @@ class _Tx:
         """Publish the staged files; the caller holds the store's exclusive lock."""
         journal = json.dumps({"txid": self.id, "ops": self.ops}).encode()
         with _signals_deferred() as pending:
-            _atomic_write_bytes(self.dir / COMMIT, journal)
-            _fsync_dir(self.dir)
+            _atomic_write(self.dir / COMMIT, journal)
+            fsync_dir(self.dir)
             self.committed = True
             _apply(self.store.path, self.ops)
             self.close()
@@ -334,7 +293,7 @@ def _apply(root: Path, ops: list[list[str]]) -> None:
             (root / op[1]).unlink(missing_ok=True)
             dirs.add((root / op[1]).parent)
     for d in dirs:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 @dataclass
@@ -415,7 +374,7 @@ class Store:
             "created_at": now_iso(),
             "lmmap_version": __version__,
         }
-        _atomic_write_bytes(path / "store.json", json.dumps(info, indent=2).encode())
+        _atomic_write(path / "store.json", json.dumps(info, indent=2).encode())
         return cls(path)
 
     @classmethod
@@ -795,11 +754,11 @@ class Store:
             def _write(args):
                 table, path = args
                 pq.write_table(table, path)
-                _fsync_file(path)
+                fsync_file(path)
 
             with ThreadPoolExecutor(max_workers=4) as ex:
                 list(ex.map(_write, zip(tables, staged)))
-            _fsync_dir(tx.dir)
+            fsync_dir(tx.dir)
             with self._exclusive():
                 self._recover()
                 found, _, _ = self._scan()
@@ -812,7 +771,7 @@ class Store:
                     table = _metadata_table(_merge_metadata(self.metadata(), meta))
                     path = tx.stage_table(table, self.path / "metadata.parquet")
                     pq.write_table(table, path)
-                    _fsync_file(path)
+                    fsync_file(path)
                 tx.commit()
         finally:
             if not tx.committed:
@@ -862,7 +821,7 @@ class Store:
                     table = _metadata_table(md[~md.index.isin(names)])
                     path = tx.stage_table(table, self.path / "metadata.parquet")
                     pq.write_table(table, path)
-                    _fsync_file(path)
+                    fsync_file(path)
                 tx.commit()
                 for n in names:
                     self.clear_checkpoint(n)
@@ -992,7 +951,7 @@ class Store:
                 table = _metadata_table(_merge_metadata(self.metadata(), new))
                 path = tx.stage_table(table, self.path / "metadata.parquet")
                 pq.write_table(table, path)
-                _fsync_file(path)
+                fsync_file(path)
                 tx.commit()
         finally:
             if not tx.committed:

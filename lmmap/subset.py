@@ -24,7 +24,6 @@ import json
 import math
 import numbers
 import os
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,15 +476,9 @@ _KIND_NAMES = {str: "a string", list: "a list", bool: "true or false", (int, flo
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .atomic import atomic_write
+
+    atomic_write(path, text)
 
 
 # -- selection --------------------------------------------------------------------------

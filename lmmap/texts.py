@@ -197,16 +197,16 @@ class TextSet:
     # -- output -------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSONL or Parquet (by suffix), atomically."""
+        from .atomic import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
-            pq.write_table(self.table, tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for rec in self.table.to_pylist():
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
+                pq.write_table(self.table, tmp)
+            else:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    for rec in self.table.to_pylist():
+                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         return path
 
 
