@@ -232,6 +232,22 @@ def test_failed_map_leaves_no_output_directory(small_store, tmp_path):
     assert code == 1 and (existing / "mine.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize("command", ["predict", "add", "stability"])
+def test_a_command_failing_midway_leaves_no_output_directory(small_store, tmp_path, command):
+    """A failure inside the computation (predict, add) or at its checks (stability's --color-by) leaves no output."""
+    out = tmp_path / "new" / "out"
+    if command == "predict":
+        (tmp_path / "scores.csv").write_text("model,bench\nnot-a-model,0.5\n")
+        args = ["predict", "--scores", tmp_path / "scores.csv", "-o", out]
+    elif command == "add":
+        args = ["add", tmp_path / "no-such-model-dir", "--subset", tmp_path / "no-subset.json", "-o", out]
+    else:
+        args = ["stability", "-o", out, "--R", "2", "--color-by", "no_such_column"]
+    code, _, err = run_main(*args, "--store", small_store)
+    assert code == 1 and err.startswith("error:"), err
+    assert not (tmp_path / "new").exists()
+
+
 def test_output_dir_context_manager(tmp_path):
     with output_dir(tmp_path / "a" / "b") as d:
         (d / "f").write_text("ok")

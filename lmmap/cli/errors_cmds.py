@@ -18,9 +18,10 @@ import pandas as pd
 import typer
 from rich.table import Table
 
+from ..atomic import atomic_write
 from ..exceptions import LmmapError
 from ..store import Store
-from ._app import StoreOption, app, console, lit
+from ._app import StoreOption, app, check_color_by, check_replicates, console, lit, output_dir
 
 METHOD_COLOURS = {"uniform": "#1f77b4", "ls": "#d62728", "kl": "#2ca02c"}
 METHOD_LABELS = {"uniform": "Uniform", "ls": "LS", "kl": "KL"}
@@ -199,15 +200,17 @@ def errors(
     grid = parse_int_list(n_grid, "--n-grid")
     target_list = parse_int_list(targets, "--targets")
     check_trials(R)
+    check_replicates(R)
     mm = _load_map(store, model, exclude, no_clip, allow_mixed)
     t0 = time.perf_counter()
-    result = analyse_errors(
-        mm.Q, methods=method_list, n_grid=grid, R=R, error=error, mode=mode, targets=target_list,
-        kappa_source=kappa, eps0=eps0, seed=seed, workers=workers, precision=precision, progress=True,
-    )  # fmt: skip
-    table = result.texts_needed()
-    elapsed = time.perf_counter() - t0
-    paths = write_error_report(result, output, elapsed, table)
+    with output_dir(output):
+        result = analyse_errors(
+            mm.Q, methods=method_list, n_grid=grid, R=R, error=error, mode=mode, targets=target_list,
+            kappa_source=kappa, eps0=eps0, seed=seed, workers=workers, precision=precision, progress=True,
+        )  # fmt: skip
+        table = result.texts_needed()
+        elapsed = time.perf_counter() - t0
+        paths = write_error_report(result, output, elapsed, table)
     source = "simulated" if result.simulated else "analytic (Lemma 2)"
     console.print(
         f"{result.K} models, N = {result.N} texts, {result.error} error, {source}"
@@ -249,7 +252,7 @@ def write_stability_report(results: dict, names, groups, out: Path, color_by: st
         hover = [f"Bias² {b:.3g}, Variance {v:.3g}, MSE {m:.3g}" for b, v, m in zip(r.bias2, r.variance, r.mse)]
         png, html = out / f"stability_{slug}.png", out / f"stability_{slug}.html"
         plots.map_png(png, r.mean, names, groups=groups, ellipses=(r.mean, r.cov), title=title, group_title=color_by)
-        plots.map_html(html, r.mean, names, groups=groups, hover=hover, ellipses=(r.mean, r.cov), title=title, group_title=color_by or "type")
+        plots.map_html(html, r.mean, names, groups=groups, hover=hover, ellipses=(r.mean, r.cov), title=title, group_title=color_by)
         paths[png.name], paths[html.name] = png, html
     paths["stability_models.csv"] = out / "stability_models.csv"
     pd.concat(frames, ignore_index=True).to_csv(paths["stability_models.csv"], index=False)
@@ -264,7 +267,7 @@ def stability(
     n: Annotated[Optional[int], typer.Option("--n", help="Texts drawn with replacement per map (default: 29% of N, the paper's 2,900 of 10,000).")] = None,
     R: Annotated[int, typer.Option("--R", help="Resampled maps per setting.")] = 100,
     compare: Annotated[Optional[list[str]], typer.Option("--compare", metavar="METHOD:N", help="Another setting to compare, e.g. uniform:10000 (repeatable).")] = None,
-    embedding: Annotated[str, typer.Option("--embedding", help="2-D embedding: tsne (PCA initialisation), pca or umap.")] = "tsne",
+    embedding: Annotated[str, typer.Option("--embedding", metavar="auto|mds|tsne|pca|umap", help="2-D embedding: auto (as `lmmap map`: classical MDS below 40 models, t-SNE from 40 on), mds, tsne (PCA initialisation), pca or umap.")] = "auto",
     random_state: Annotated[int, typer.Option("--random-state", help="Fixed random state of every embedding (the paper: 42).")] = 42,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the resampling.")] = 0,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes for the R embeddings (-1: all cores).")] = 1,
@@ -285,25 +288,28 @@ def stability(
     compared = [parse_setting(c) for c in compare or []]
     check_workers(workers)
     check_trials(R)
+    check_replicates(R)
     mm = _load_map(store, model, exclude, no_clip, allow_mixed)
+    check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
     N = int(mm.Q.shape[1])
     settings = list(dict.fromkeys([(method, default_resample_size(N) if n is None else n)] + compared))
     for m, n_s in settings:
         note_if_no_real_subset(mm.Q, m, n_s, per_map=True)
-    with console.status(f"reference map of {mm.K} models on all {mm.Q.shape[1]} texts ({lit(embedding)})…"):
-        reference = reference_map(mm.Q, embedding, random_state)
-    results = {}
-    for m, n_s in settings:
-        results[f"{m} n={n_s}"] = map_stability(
-            mm.L, m, n_s, R, threshold=mm.threshold, Q=mm.Q, reference=reference, embedding=embedding,
-            random_state=random_state, seed=seed, workers=workers, progress=True,
-        )  # fmt: skip
-    groups = mm.groups(color_by)
-    paths = write_stability_report(results, mm.names, groups, output, color_by if groups is not None else None)
-    (output / "stability.json").write_text(json.dumps({
-        "K": mm.K, "N": int(mm.Q.shape[1]), "R": R, "embedding": embedding, "random_state": random_state,
-        "seed": seed, "clip_threshold": mm.threshold, "settings": [{"method": m, "n": n_s} for m, n_s in settings],
-    }, indent=2))  # fmt: skip
+    with output_dir(output):
+        with console.status(f"reference map of {mm.K} models on all {mm.Q.shape[1]} texts ({lit(embedding)})…"):
+            reference = reference_map(mm.Q, embedding, random_state)
+        results = {}
+        for m, n_s in settings:
+            results[f"{m} n={n_s}"] = map_stability(
+                mm.L, m, n_s, R, threshold=mm.threshold, Q=mm.Q, reference=reference, embedding=embedding,
+                random_state=random_state, seed=seed, workers=workers, progress=True,
+            )  # fmt: skip
+        groups = mm.groups(color_by)
+        paths = write_stability_report(results, mm.names, groups, output, color_by if groups is not None else None)
+        atomic_write(output / "stability.json", json.dumps({
+            "K": mm.K, "N": int(mm.Q.shape[1]), "R": R, "embedding": embedding, "random_state": random_state,
+            "seed": seed, "clip_threshold": mm.threshold, "settings": [{"method": m, "n": n_s} for m, n_s in settings],
+        }, indent=2))  # fmt: skip
     t3 = table3(results)
     t = Table(title=f"Table 3: medians over {mm.K} models (R = {R})")
     t.add_column("")

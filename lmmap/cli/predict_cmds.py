@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ..exceptions import LmmapError
 from ..store import Store
-from ._app import StoreOption, app, console, lit
+from ._app import StoreOption, app, console, lit, output_dir
 
 
 def parse_score_range(text: str) -> tuple[float, float] | None:
@@ -72,7 +72,7 @@ def predict(
     if seeds < 1:
         raise LmmapError(f"--seeds must be at least 1, got {seeds}")
     s = Store(store)
-    with console.status("cross-validating ridge regression…"):
+    with output_dir(output), console.status("cross-validating ridge regression…"):
         report = predict_store(
             s, scores, subset=subset, group_by=group_by, metadata=metadata, clip=not no_clip,
             allow_mixed=allow_mixed, include_loglik=not no_loglik, seeds=seeds, n_folds=folds,

@@ -9,7 +9,7 @@ import typer
 
 from ..exceptions import InputError, LmmapError
 from ..store import Store
-from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, console, lit
+from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
 
 
 def _model_list(models: list[str] | None, exclude: list[str] | None, store: Store) -> list[str] | None:
@@ -124,6 +124,23 @@ def add(
     if no_progress:
         score_kwargs["progress"] = False
     progress = lambda msg: console.print(lit(msg))  # noqa: E731
+    if not adaptive:
+        check_replicates(R)
+    meta = s.metadata()
+    check_color_by(color_by, meta.columns)
+    with output_dir(output):
+        result = _add(s, models, output, subset, adaptive, name, target_se, neighbors, max_texts, round_size, convention,
+                      score_kwargs, progress, replace, rebuild, base_coords, R, k, embedding, color_by, seed,
+                      allow_other_texts)
+    for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
+        console.print(lit(line))
+    for name, p in result.paths.items():
+        console.print(f"  {name:14s} {lit(p)}")
+
+
+def _add(s, models, output, subset, adaptive, name, target_se, neighbors, max_texts, round_size, convention,
+         score_kwargs, progress, replace, rebuild, base_coords, R, k, embedding, color_by, seed, allow_other_texts):
+    """`lmmap add` after its options are parsed: by a subset or adaptively."""
     if adaptive:
         if subset is not None:
             raise InputError("--adaptive draws its own texts: drop --subset (or drop --adaptive to score the subset's texts)")
@@ -149,7 +166,4 @@ def add(
             embedding=embedding, color_by=color_by, random_state=seed, base_coords=base_coords,
             score_kwargs=score_kwargs, progress=progress,
         )
-    for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
-        console.print(lit(line))
-    for name, p in result.paths.items():
-        console.print(f"  {name:14s} {lit(p)}")
+    return result
