@@ -976,16 +976,18 @@ class Store:
             },
             schema=VECTOR_SCHEMA,
         )
-        for attempt in range(3):
+        for attempt in range(5):
             try:
                 d.mkdir(parents=True, exist_ok=True)
                 _atomic_write_table(d / f"chunk-{time.time_ns()}-{os.getpid()}.parquet", table)
                 return
-            except OSError:
-                if d.is_dir():
+            except FileNotFoundError:
+                # Another process stored the model and cleared its checkpoints while this chunk was being
+                # written (the folder, or our temporary file in it, vanished; another scorer may already
+                # have made the folder again): write the chunk again. A chunk left for a stored model is
+                # an orphan that the next run or `lmmap doctor --repair` removes.
+                if attempt == 4:
                     raise
-                # another process stored the model and cleared its checkpoints just now: write it again
-        _atomic_write_table(d / f"chunk-{time.time_ns()}-{os.getpid()}.parquet", table)
 
     def clear_redundant_checkpoints(self, name: str) -> None:
         """Remove ``name``'s checkpoint chunks whose texts are all stored under the same settings."""
