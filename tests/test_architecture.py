@@ -53,3 +53,10 @@ def test_every_exception_class_belongs_to_the_tree():
     assert all(issubclass(c, exceptions.LmmapError) for c in tree)
     assert issubclass(exceptions.NonFiniteError, exceptions.ScoringError)
     assert issubclass(exceptions.LmmapWarning, UserWarning)
+
+
+def test_the_command_line_starts_without_the_data_and_model_libraries():
+    # `lmmap --help` imports every command module; pandas, pyarrow, torch and the plotting
+    # libraries load only when a command that needs them runs.
+    loaded = _loaded_after_import("lmmap.cli")
+    assert [m for m in loaded if m not in ("rich", "typer")] == []

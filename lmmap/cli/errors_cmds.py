@@ -11,17 +11,18 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import numpy as np
-import pandas as pd
 import typer
 from rich.table import Table
 
 from ..atomic import atomic_write
 from ..exceptions import LmmapError
-from ..store import Store
 from ._app import StoreOption, app, check_color_by, check_replicates, console, lit, output_dir
+
+if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
+    import pandas as pd
 
 METHOD_COLOURS = {"uniform": "#1f77b4", "ls": "#d62728", "kl": "#2ca02c"}
 METHOD_LABELS = {"uniform": "Uniform", "ls": "LS", "kl": "KL"}
@@ -84,6 +85,8 @@ def _load_map(store: Path, model, exclude, no_clip: bool, allow_mixed: bool):
     from ..modelmap import ModelMap
     from ..subset import complete_models
     from .resample_cmds import _model_list
+
+    from ..store import Store
 
     s = Store(store)
     models = _model_list(model, exclude, s)
@@ -231,6 +234,8 @@ def _slug(method: str, n: int) -> str:
 
 def write_stability_report(results: dict, names, groups, out: Path, color_by: str | None = None) -> dict[str, Path]:
     """Write Table 3, the per-model CSV, the reference coordinates and one ellipse map per setting."""
+    import pandas as pd
+
     from .. import plots
     from ..stability import table3
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..modelmap import ModelMap
-from ..store import Store
 from ._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
+
+if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
+    from ..modelmap import ModelMap
+    from ..store import Store
 
 
 def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool, metadata: Path | None = None,
              allow_other_texts: bool = False) -> ModelMap:
     """The map of every model in ``store`` (on ``subset``'s texts when given)."""
+    from ..modelmap import ModelMap
+
     sub = None
     if subset is not None:
         from ..subset import Subset
@@ -50,6 +54,8 @@ def map_(
 ):
     """Build the model map: KL estimates, neighbours, and a 2-D map (PNG and HTML)."""
     check_replicates(R, needed=se)
+    from ..store import Store
+
     s = Store(store)
     mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts)
     check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
@@ -80,6 +86,8 @@ def neighbors(
     if k < 1:
         raise InputError(f"-k must be at least 1, got {k}")
     check_replicates(R, needed=se)
+    from ..store import Store
+
     s = Store(store)
     check_model(model, s.model_names())
     mm = load_map(s, subset, no_clip, allow_mixed, allow_other_texts=allow_other_texts)

@@ -14,7 +14,6 @@ import typer
 from rich.table import Table
 
 from ..exceptions import LmmapError
-from ..store import Store
 from ._app import StoreOption, app, console, lit, output_dir
 
 
@@ -71,6 +70,8 @@ def predict(
 
     if seeds < 1:
         raise LmmapError(f"--seeds must be at least 1, got {seeds}")
+    from ..store import Store
+
     s = Store(store)
     with output_dir(output), console.status("cross-validating ridge regression…"):
         report = predict_store(

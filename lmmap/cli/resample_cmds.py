@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..exceptions import InputError, LmmapError
-from ..store import Store
 from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
+
+if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
+    from ..store import Store
 
 
 def _model_list(models: list[str] | None, exclude: list[str] | None, store: Store) -> list[str] | None:
@@ -61,6 +63,8 @@ def select(
     from ..subset import select as select_subset
 
     n_draws = _parse_n(n)
+    from ..store import Store
+
     s = Store(store)
     models = _model_list(model, exclude, s)
     sub = select_subset(s, method, n_draws, seed=seed, models=models, clip=not no_clip)
@@ -115,6 +119,8 @@ def add(
     from ..threads import set_threads
 
     set_threads(threads)
+    from ..store import Store
+
     s = Store(store)
     score_kwargs = dict(device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
                         revision=revision, device_map=device_map)

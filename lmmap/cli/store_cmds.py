@@ -13,8 +13,6 @@ import sys
 
 import numpy as np
 
-from ..store import Store
-from ..texts import TextSet, build_text_set
 from ._app import StoreOption, app, check_choice, console, lit, print_table, texts_app, visible
 
 
@@ -29,6 +27,8 @@ def texts_build(
     on_bad_utf8: Annotated[str, typer.Option(help="Files that are not UTF-8: error, skip or replace.")] = "error",
 ):
     """Cut documents into fixed-size chunks, de-duplicate and sample N of them."""
+    from ..texts import build_text_set
+
     ts = build_text_set(sources, chunk_bytes=chunk_bytes, min_bytes=min_bytes, n=n, seed=seed, on_bad_utf8=on_bad_utf8)
     ts.save(output)
     console.print(f"wrote {len(ts)} texts to {lit(output)} (identity {ts.identity[:19]}…)")
@@ -37,6 +37,8 @@ def texts_build(
 @texts_app.command("info")
 def texts_info(path: Annotated[Path, typer.Argument(help="A text set (.jsonl or .parquet).")]):
     """Size and identity of a text set."""
+    from ..texts import TextSet
+
     ts = TextSet.load(path)
     sizes = [len(t.encode("utf-8", "surrogatepass")) for t in ts.texts] or [0]
     console.print(f"{lit(path)}: {len(ts)} texts, {sum(sizes)} bytes (min {min(sizes)}, max {max(sizes)}), identity {ts.identity}")
@@ -48,6 +50,9 @@ def init(
     store: StoreOption,
 ):
     """Create a new store on a text set."""
+    from ..store import Store
+    from ..texts import TextSet
+
     s = Store.create(store, TextSet.load(texts))
     console.print(f"created store {lit(s.path)} on {s.n_texts} texts ({s.text_set_id[:19]}…)")
 
@@ -116,6 +121,8 @@ def models(
     from ..io import model_table
 
     check_choice(fmt, MODEL_FORMATS, "--format")
+    from ..store import Store
+
     s = Store(store)
     df = model_table(s)
     if "n_scored" in df.columns:
@@ -168,6 +175,8 @@ def export(
 ):
     """Export the models' log-likelihoods (.parquet: every stored row; .csv/.npz: the complete models)."""
     from ..io import export_vectors
+
+    from ..store import Store
 
     path = export_vectors(Store(store), output, include_partial=include_partial)
     console.print(f"wrote {lit(path)}")
