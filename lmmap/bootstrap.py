@@ -12,9 +12,11 @@ standard error. For the full map this is the sampling error of ``D_N``
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from .core import weighted_features
+from .core import check_matrix, squared_distances, weighted_features
 from .exceptions import InputError
 
 
@@ -25,40 +27,45 @@ def check_replicates(R) -> int:
     return int(R)
 
 
-def _replicate_sq_distances(X: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``G`` for features ``X`` (K×d, already × sqrt(w)) with per-text multipliers ``scale``."""
-    Xs = X * np.sqrt(scale)[None, :]
-    gram = Xs @ Xs.T
-    a = np.diag(gram)
-    G = a[:, None] + a[None, :] - 2.0 * gram
-    np.maximum(G, 0.0, out=G)
-    np.fill_diagonal(G, 0.0)
-    return G
+def check_counts(counts, d: int) -> np.ndarray:
+    """The draw counts ``c`` of d texts: d positive integers (default, ``None``: 1 each, the full text set)."""
+    c = np.ones(d, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    if c.shape != (d,) or np.any(c <= 0):
+        raise InputError(f"counts must be {d} positive integers, one per text")
+    return c
+
+
+def bootstrap_se(statistic: Callable[[np.ndarray], np.ndarray], counts: np.ndarray, R: int, seed=0) -> np.ndarray:
+    """Standard error of ``statistic(scale)`` over R redraws of the n draws behind ``counts`` (:func:`check_counts`).
+
+    Each replicate draws ``c* ~ Multinomial(n, c/n)`` and passes the per-text
+    multipliers ``scale = c*/c`` (text t's term of a weighted sum is scaled by
+    them). Replicates are folded into running moments (Welford), never
+    stacked, so memory stays that of one statistic whatever R.
+    """
+    R = check_replicates(R)
+    c = np.asarray(counts, dtype=np.int64)
+    n = int(c.sum())
+    rng = np.random.default_rng(seed)
+    p = c / n
+    mean = m2 = None
+    for r in range(1, R + 1):
+        G = statistic(rng.multinomial(n, p) / c)
+        if mean is None:
+            mean, m2 = np.zeros_like(G), np.zeros_like(G)
+        delta = G - mean
+        mean += delta / r
+        m2 += delta * (G - mean)
+    return np.sqrt(m2 / (R - 1))
 
 
 def bootstrap_sq_distance_se(Q, w=None, counts=None, R: int = 100, seed=0) -> np.ndarray:
     """Standard error (K×K) of ``g̃_ij`` by resampling the draws behind the map R times.
 
     ``counts`` are the draw counts ``c`` of the texts (default: 1 each, the
-    full text set). Memory stays O(K²): replicates are folded into running
-    moments (Welford), never stacked.
+    full text set). Memory stays O(K²) (:func:`bootstrap_se`).
     """
     R = check_replicates(R)
-    Q = np.asarray(Q, dtype=np.float64)
-    d = Q.shape[1]
-    c = np.ones(d, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-    if c.shape != (d,) or np.any(c <= 0):
-        raise InputError(f"counts must be {d} positive integers, one per text")
-    n = int(c.sum())
-    X = weighted_features(Q, w)
-    rng = np.random.default_rng(seed)
-    mean = np.zeros((Q.shape[0], Q.shape[0]))
-    m2 = np.zeros_like(mean)
-    p = c / n
-    for r in range(1, R + 1):
-        c_star = rng.multinomial(n, p)
-        G = _replicate_sq_distances(X, c_star / c)
-        delta = G - mean
-        mean += delta / r
-        m2 += delta * (G - mean)
-    return np.sqrt(m2 / (R - 1))
+    X = weighted_features(check_matrix(Q, "Q"), w)
+    c = check_counts(counts, X.shape[1])
+    return bootstrap_se(lambda scale: squared_distances(X, scale), c, R, seed)

@@ -23,13 +23,24 @@ from .exceptions import InputError
 DEFAULT_CLIP_PERCENTILE = 2.0
 
 
-def _as_matrix(L, name: str = "L") -> np.ndarray:
-    L = np.asarray(L, dtype=np.float64)
-    if L.ndim != 2:
-        raise InputError(f"{name} must be a 2-D (models × texts) array, got shape {L.shape}")
-    if L.shape[0] == 0 or L.shape[1] == 0:
-        raise InputError(f"{name} is empty (shape {L.shape}): it needs at least one model and one text")
-    return L
+def check_matrix(X, name: str = "L", *, columns: str = "texts", min_rows: int = 1, finite: bool = False) -> np.ndarray:
+    """``X`` as a float64 (rows × ``columns``) matrix, or an :class:`InputError` naming ``name``.
+
+    The one check behind every numeric entry point: 2-D, at least ``min_rows``
+    rows and one column and, with ``finite``, no NaN or ±inf (the Gram
+    products would spread a single one over a whole row of distances).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InputError(f"{name} must be a 2-D (models × {columns}) array, got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise InputError(f"{name} is empty (shape {X.shape}): it needs at least one model and one {columns[:-1]}")
+    if X.shape[0] < min_rows:
+        raise InputError(f"{name} needs at least {min_rows} models, got shape {X.shape}")
+    if finite and not np.all(np.isfinite(X)):
+        i = int(np.argwhere(~np.isfinite(X))[0, 0])
+        raise InputError(f"{name} has a non-finite value in row {i}: re-score that model or drop it")
+    return X
 
 
 def _as_weights(w, n_texts: int) -> np.ndarray | None:
@@ -58,7 +69,7 @@ def check_finite(L, names=None) -> None:
 
 def clip_threshold(L, percentile: float = DEFAULT_CLIP_PERCENTILE) -> float:
     """The clipping threshold: the ``percentile``-th percentile of all entries of ``L``."""
-    L = _as_matrix(L)
+    L = check_matrix(L)
     if not 0 <= percentile <= 100:
         raise InputError(f"percentile must be in [0, 100], got {percentile}")
     return float(np.percentile(L, percentile))
@@ -66,7 +77,7 @@ def clip_threshold(L, percentile: float = DEFAULT_CLIP_PERCENTILE) -> float:
 
 def clip(L, threshold: float | None) -> np.ndarray:
     """Raise every entry of ``L`` below ``threshold`` to it (``None``: no clipping)."""
-    L = _as_matrix(L)
+    L = check_matrix(L)
     if threshold is None:
         return L.copy()
     return np.maximum(L, threshold)
@@ -78,7 +89,7 @@ def double_center(L, w=None) -> np.ndarray:
     With resampled texts the row mean is ``Σ_t w_t L_it / Σ_t w_t`` (SPEC §4);
     the column mean is the plain mean over the K models.
     """
-    L = _as_matrix(L)
+    L = check_matrix(L)
     w = _as_weights(w, L.shape[1])
     if w is None:
         row_mean = L.mean(axis=1, keepdims=True)
@@ -91,25 +102,56 @@ def double_center(L, w=None) -> np.ndarray:
 
 def weighted_features(Q, w=None) -> np.ndarray:
     """``Q W^{1/2}``: features whose plain Euclidean distances equal the ``w``-weighted ones."""
-    Q = _as_matrix(Q, "Q")
+    Q = check_matrix(Q, "Q")
     w = _as_weights(w, Q.shape[1])
     return Q if w is None else Q * np.sqrt(w)[None, :]
 
 
-def squared_distances(Q, w=None) -> np.ndarray:
+def distances_from_gram(a, b, gram) -> np.ndarray:
+    """``a_i + b_j − 2·gram_ij``: squared distances from inner products, the one copy of the formula.
+
+    ``gram`` holds ``⟨x_i, y_j⟩`` and ``a``, ``b`` the squared norms of the
+    two sets of rows (the diagonal of ``gram`` when both sets are the same).
+    Rounding is left as it falls: callers decide whether to clip at 0.
+    """
+    return a[:, None] + b[None, :] - 2.0 * gram
+
+
+def squared_distances(Q, w=None, *, dtype=np.float64, nonnegative: bool = True) -> np.ndarray:
     """``G`` (K×K) with ``G_ij = g_ij = Σ_t w_t (q_i(x_t) − q_j(x_t))²``, from the Gram matrix.
 
     ``g_ij = a_i + a_j − 2 (Q W Qᵀ)_ij`` with ``a_i = Σ_t w_t q_i(x_t)²``.
-    Rounding can make tiny entries negative; they are set to 0 and the
-    diagonal to exactly 0.
+    Rounding can make tiny entries negative; they are set to 0
+    (``nonnegative``) and the diagonal to exactly 0. ``dtype=np.float32``
+    forms the Gram product in float32 (then float64): it exists to measure
+    what that rounding would cost (:func:`lmmap.error_analysis.float32_rounding_error`),
+    which is why clipping can be switched off there.
     """
     X = weighted_features(Q, w)
-    gram = X @ X.T
+    if np.dtype(dtype) == np.float64:
+        gram = X @ X.T
+    else:
+        X = X.astype(dtype)
+        gram = (X @ X.T).astype(np.float64)
     a = np.diag(gram).copy()
-    G = a[:, None] + a[None, :] - 2.0 * gram
-    np.maximum(G, 0.0, out=G)
+    G = distances_from_gram(a, a, gram)
+    if nonnegative:
+        np.maximum(G, 0.0, out=G)
     np.fill_diagonal(G, 0.0)
     return G
+
+
+def cross_squared_distances(X_rows, X_cols) -> np.ndarray:
+    """``g_ij = ‖x_i − x_j‖²`` between the rows of ``X_rows`` (m×d) and of ``X_cols`` (K×d), from Gram products.
+
+    With features ``Q̃ W^{1/2}`` (:func:`weighted_features`) these are the
+    weighted distances ``g̃_ij``. Negative rounding is set to 0.
+    """
+    X_rows = np.asarray(X_rows, dtype=np.float64)
+    X_cols = np.asarray(X_cols, dtype=np.float64)
+    a = np.einsum("ij,ij->i", X_rows, X_rows)
+    b = np.einsum("ij,ij->i", X_cols, X_cols)
+    return np.maximum(distances_from_gram(a, b, X_rows @ X_cols.T), 0.0)
 
 
 def kl_from_squared_distances(G, n_texts: int) -> np.ndarray:
@@ -151,7 +193,7 @@ def map_coordinates(L, threshold: float | None = None, w=None, clip_percentile: 
     ``clip_percentile`` is not None, compute it from ``L``; ``None`` for both
     switches clipping off.
     """
-    L = _as_matrix(L)
+    L = check_matrix(L)
     if threshold is None and clip_percentile is not None:
         threshold = clip_threshold(L, clip_percentile)
     return double_center(clip(L, threshold), w), threshold

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .core import check_matrix, cross_squared_distances
 from .exceptions import LmmapError, LmmapWarning
 
 METHODS = ("auto", "mds", "tsne", "pca", "umap")
@@ -262,9 +263,7 @@ class _ClassicalMDS:
         return 0.5 * ((self.b[None, :] - d2) @ self.V) * inv[None, :]
 
     def transform(self, X_new: np.ndarray) -> np.ndarray:
-        a = np.einsum("ij,ij->i", X_new, X_new)
-        b = np.einsum("ij,ij->i", self.X, self.X)
-        d2 = np.maximum(a[:, None] + b[None, :] - 2.0 * X_new @ self.X.T, 0.0) * self.scale
+        d2 = cross_squared_distances(X_new, self.X) * self.scale
         return self.place(d2)
 
 
@@ -307,15 +306,7 @@ def _fit_umap(X: np.ndarray, random_state, **kwargs) -> Embedding:
 
 
 def _as_features(X, name: str = "X") -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise LmmapError(f"{name} must be a 2-D (models × features) array, got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise LmmapError(f"{name} is empty (shape {X.shape}): it needs at least one model and one feature")
-    if not np.all(np.isfinite(X)):
-        i = int(np.argwhere(~np.isfinite(X))[0, 0])
-        raise LmmapError(f"{name} has a non-finite value in row {i}: re-score that model or drop it")
-    return np.ascontiguousarray(X)
+    return np.ascontiguousarray(check_matrix(X, name, columns="features", finite=True))
 
 
 def _check_min_models(X: np.ndarray, minimum: int, method: str) -> None:

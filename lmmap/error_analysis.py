@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .core import squared_distances
+from .core import check_matrix, squared_distances
 from .exceptions import InputError, LmmapError, LmmapWarning
 from .importance import METHODS, check_method, expected_unique, importance
 
@@ -70,12 +70,7 @@ _BLOCK = 128
 
 
 def _as_q(Q) -> np.ndarray:
-    Q = np.asarray(Q, dtype=np.float64)
-    if Q.ndim != 2 or Q.shape[0] < 2 or Q.shape[1] < 1:
-        raise LmmapError(f"Q must be a K×N matrix with at least 2 models and 1 text, got shape {Q.shape}")
-    if not np.all(np.isfinite(Q)):
-        raise LmmapError("Q holds NaN or inf: re-score or drop the models with non-finite log-likelihoods")
-    return Q
+    return check_matrix(Q, "Q", min_rows=2, finite=True)
 
 
 def check_error(error: str) -> str:
@@ -259,11 +254,8 @@ def float32_rounding_error(Q, error: str = "relative", eps0: float = EPS0, G=Non
     """
     Q = _as_q(Q)
     G = squared_distances(Q) if G is None else G
-    X = Q.astype(np.float32)
-    gram = (X @ X.T).astype(np.float64)
-    a = np.diag(gram)
-    G32 = a[:, None] + a[None, :] - 2.0 * gram
-    np.fill_diagonal(G32, 0.0)
+    # Not clipped at 0: the simulation's float32 estimates are not either.
+    G32 = squared_distances(Q, dtype=np.float32, nonnegative=False)
     d = (G32 - G) / error_scale(G, error, eps0)
     return float(np.sqrt(np.mean(d * d)))
 
@@ -273,6 +265,9 @@ def _sum_sq_errors(S: np.ndarray, n: int, B: np.ndarray, inv_scale) -> float:
 
     ``B = G·inv_scale``. Only the row blocks' upper parts are formed (e is
     symmetric, its diagonal 0), each block small enough to stay in cache.
+    This is :func:`lmmap.core.distances_from_gram` fused, in place, into the
+    error sum: the hot loop of the simulation, run once per trial and grid
+    point, so it never allocates a K×K matrix of distances.
     """
     K = S.shape[0]
     inv_n = 1.0 / n

@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from .core import check_matrix, squared_distances
 from .exceptions import InputError, LmmapError, LmmapWarning
 
 METHODS = ("uniform", "ls", "kl")
@@ -30,15 +31,6 @@ METHODS = ("uniform", "ls", "kl")
 # carries no information about distances, and a rounding-level π would give it
 # an absurd weight 1/(nπ) if it were ever drawn.
 ZERO_IMPORTANCE_RTOL = 1e-12
-
-
-def _as_q(Q) -> np.ndarray:
-    Q = np.asarray(Q, dtype=np.float64)
-    if Q.ndim != 2:
-        raise LmmapError(f"Q must be a 2-D (models × texts) array, got shape {Q.shape}")
-    if Q.shape[0] == 0 or Q.shape[1] == 0:
-        raise LmmapError(f"Q is empty (shape {Q.shape}): it needs at least one model and one text")
-    return Q
 
 
 def ls_scores(Q) -> np.ndarray:
@@ -71,7 +63,7 @@ def pairwise_fourth_moments(Q) -> np.ndarray:
 
 def importance_scores(Q, method: str) -> np.ndarray:
     """Unnormalised importance of each text: 1 (uniform), ``‖Q^(s)‖²`` (ls) or ``sqrt(A_s)`` (kl)."""
-    Q = _as_q(Q)
+    Q = check_matrix(Q, "Q")
     m = check_method(method)
     if m == "uniform":
         return np.ones(Q.shape[1])
@@ -199,10 +191,6 @@ def n_for_expected_unique(pi, d: float) -> int:
 # -- closed-form resampling errors (Appendix C) -------------------------------------
 
 
-def _gram(Q: np.ndarray) -> np.ndarray:
-    return Q @ Q.T
-
-
 def distance_error(Q, pi, n: int) -> float:
     """``E[Σ_ij (g̃_ij − g_ij)²] = Σ_ij Var(g̃_ij)`` for n draws with probabilities ``π`` (Lemmas 1–2).
 
@@ -210,17 +198,17 @@ def distance_error(Q, pi, n: int) -> float:
     pairs gives ``(1/n)(Σ_s A_s/π_s − Σ_ij g_ij²)``. Texts with ``A_s > 0`` and
     ``π_s = 0`` make it infinite (the estimate is then biased, not just noisy).
     """
-    Q, pi, n = _as_q(Q), check_probabilities(pi), check_sample_size(n)
+    Q, pi, n = check_matrix(Q, "Q"), check_probabilities(pi), check_sample_size(n)
     A = pairwise_fourth_moments(Q)
-    G = _squared_distances(Q)
+    G = squared_distances(Q)
     return (_sum_over_pi(A, pi) - float(np.sum(G * G))) / n
 
 
 def gram_error(Q, pi, n: int) -> float:
     """``E‖Q̃ W Q̃ᵀ − Q Qᵀ‖²_F = (1/n)(Σ_s ‖Q^(s)‖⁴/π_s − ‖Q Qᵀ‖²_F)`` (Drineas & Kannan), minimised by LS."""
-    Q, pi, n = _as_q(Q), check_probabilities(pi), check_sample_size(n)
+    Q, pi, n = check_matrix(Q, "Q"), check_probabilities(pi), check_sample_size(n)
     s2 = ls_scores(Q)
-    gram = _gram(Q)
+    gram = Q @ Q.T
     return (_sum_over_pi(s2 * s2, pi) - float(np.sum(gram * gram))) / n
 
 
@@ -232,15 +220,6 @@ def _sum_over_pi(a: np.ndarray, pi: np.ndarray) -> float:
     return float(np.sum(a[live] / pi[live]))
 
 
-def _squared_distances(Q: np.ndarray) -> np.ndarray:
-    gram = _gram(Q)
-    a = np.diag(gram)
-    G = a[:, None] + a[None, :] - 2.0 * gram
-    np.maximum(G, 0.0, out=G)
-    np.fill_diagonal(G, 0.0)
-    return G
-
-
 def resampled_squared_distances(Q, u, w) -> np.ndarray:
     """``g̃_ij = Σ_t w_t (q_i(x_{u_t}) − q_j(x_{u_t}))²`` on the columns ``u`` of the full ``Q`` (Appendix C).
 
@@ -249,10 +228,7 @@ def resampled_squared_distances(Q, u, w) -> np.ndarray:
     instead (SPEC §4, :meth:`lmmap.ModelMap.from_store`), which shifts it by
     ``−(Σ_t w_t δ_t)²/Σ_t w_t``, a bias of order ``g_ij / n``.
     """
-    Q = _as_q(Q)
-    w = np.asarray(w, dtype=np.float64)
-    X = Q[:, np.asarray(u)] * np.sqrt(w)[None, :]
-    return _squared_distances(X)
+    return squared_distances(check_matrix(Q, "Q")[:, np.asarray(u)], w)
 
 
 # -- resample sizes that make sense for N texts ---------------------------------------

@@ -16,7 +16,7 @@ them (``rebuild=True`` refits everything): in an MDS map (the default below
 models, so a new model lands where the full map would draw it; in a t-SNE map
 by openTSNE's transform.
 
-The numeric core (:func:`cross_squared_distances`, :func:`cross_sq_distance_se`,
+The numeric core (:func:`lmmap.core.cross_squared_distances`, :func:`cross_sq_distance_se`,
 :func:`place_points`) takes arrays; :func:`add_models` does the store, the
 scoring and the files.
 """
@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from . import core
+from .bootstrap import bootstrap_se, check_counts
+from .core import cross_squared_distances  # noqa: F401  (moved to core; still importable from here, as before)
 from .exceptions import LmmapError, LmmapWarning
 from .modelmap import ModelMap, _axis_label, _hover_neighbors
 
@@ -45,19 +47,6 @@ IDENTICAL_KL = 1e-9
 
 
 # -- numeric core -----------------------------------------------------------------------------
-
-
-def cross_squared_distances(X_rows, X_cols) -> np.ndarray:
-    """``g_ij = ‖x_i − x_j‖²`` between the rows of ``X_rows`` (m×d) and of ``X_cols`` (K×d), from Gram products.
-
-    With features ``Q̃ W^{1/2}`` these are the weighted distances ``g̃_ij``.
-    """
-    X_rows = np.asarray(X_rows, dtype=np.float64)
-    X_cols = np.asarray(X_cols, dtype=np.float64)
-    a = np.einsum("ij,ij->i", X_rows, X_rows)
-    b = np.einsum("ij,ij->i", X_cols, X_cols)
-    G = a[:, None] + b[None, :] - 2.0 * (X_rows @ X_cols.T)
-    return np.maximum(G, 0.0)
 
 
 def cross_sq_distance_se(X_rows, X_cols, counts=None, R: int = 100, seed=0) -> np.ndarray:
@@ -75,24 +64,15 @@ def cross_sq_distance_se(X_rows, X_cols, counts=None, R: int = 100, seed=0) -> n
     d = X_rows.shape[1]
     if X_cols.shape[1] != d:
         raise LmmapError(f"the two sets of models have {d} and {X_cols.shape[1]} texts: they must share the map's texts")
-    c = np.ones(d, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
-    if c.shape != (d,) or np.any(c <= 0):
-        raise LmmapError(f"counts must be {d} positive integers, one per text")
-    if R < 2:
-        raise LmmapError(f"R must be at least 2 bootstrap replicates, got {R}")
-    n = int(c.sum())
-    rng = np.random.default_rng(seed)
+    c = check_counts(counts, d)
+    # The squares do not depend on the replicate: weighting them by the multipliers
+    # costs O((m + K)·d) per replicate, against the O(m·K·d) cross product.
     sq_rows, sq_cols = X_rows * X_rows, X_cols * X_cols
-    mean = np.zeros((X_rows.shape[0], X_cols.shape[0]))
-    m2 = np.zeros_like(mean)
-    for r in range(1, R + 1):
-        scale = rng.multinomial(n, c / n) / c
-        G = sq_rows @ scale
-        G = G[:, None] + (sq_cols @ scale)[None, :] - 2.0 * ((X_rows * scale) @ X_cols.T)
-        delta = G - mean  # Welford: O(m·K) memory whatever R
-        mean += delta / r
-        m2 += delta * (G - mean)
-    return np.sqrt(m2 / (R - 1))
+
+    def replicate(scale: np.ndarray) -> np.ndarray:
+        return core.distances_from_gram(sq_rows @ scale, sq_cols @ scale, (X_rows * scale) @ X_cols.T)
+
+    return bootstrap_se(replicate, c, R, seed)
 
 
 def place_points(X_base, coords_base, X_new, method: str = "tsne", random_state: int = 42, **transform_kwargs) -> np.ndarray:

@@ -186,20 +186,13 @@ def ellipse_parameters(cov, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray,
     ``v₁`` from the x axis in [0, 180). ``cov`` is 2×2 or (K, 2, 2); the
     results have shape () or (K,).
     """
-    cov = np.asarray(cov, dtype=np.float64)
-    if cov.shape[-2:] != (2, 2):
-        raise LmmapError(f"a covariance must be 2×2 (or K×2×2), got shape {cov.shape}")
-    if not np.all(np.isfinite(cov)):
-        raise LmmapError("a covariance holds NaN or inf: compute it from at least two finite positions")
     if not np.isfinite(scale) or scale <= 0:
         raise LmmapError(f"the ellipse scale must be a positive number, got {scale!r}")
-    # eigh wants symmetric input; averaging removes round-off asymmetry.
-    eigvals, eigvecs = np.linalg.eigh((cov + np.swapaxes(cov, -1, -2)) / 2)
-    # Round-off can leave a tiny negative eigenvalue for a degenerate Σ.
-    semi = scale * np.sqrt(np.clip(eigvals, 0.0, None))
-    major = eigvecs[..., :, 1]  # eigh sorts ascending: column 1 belongs to λ₁
-    angle = np.degrees(np.arctan2(major[..., 1], major[..., 0])) % 180.0
-    return 2 * semi[..., 1], 2 * semi[..., 0], angle
+    # Imported here: the stability module loads scipy, which a plot without ellipses never needs.
+    from .stability import ellipse_axes
+
+    major, minor, angle = ellipse_axes(cov)
+    return 2 * (scale * major), 2 * (scale * minor), angle
 
 
 def ellipse_outline(center, cov, scale: float = 1.0, n_points: int = 64) -> np.ndarray:

@@ -94,8 +94,11 @@ def position_moments(Zs) -> tuple[np.ndarray, np.ndarray]:
 def ellipse_axes(cov) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standard deviational ellipse of each ``Cov(z_i)``: semi-axes ``√λ₁ ≥ √λ₂`` and the major axis' angle (degrees, [0, 180))."""
     cov = np.asarray(cov, dtype=np.float64)
-    if cov.shape[-2:] != (2, 2):
-        raise LmmapError(f"covariances must be 2×2 (or K×2×2), got shape {cov.shape}")
+    if cov.ndim < 2 or cov.shape[-2:] != (2, 2):
+        raise LmmapError(f"a covariance must be 2×2 (or K×2×2), got shape {cov.shape}")
+    if not np.all(np.isfinite(cov)):
+        raise LmmapError("a covariance holds NaN or inf: compute it from at least two finite positions")
+    # eigh wants symmetric input; averaging removes round-off asymmetry.
     lam, vec = np.linalg.eigh((cov + np.swapaxes(cov, -1, -2)) / 2)
     # Round-off can leave a tiny negative eigenvalue for a degenerate Σ.
     semi = np.sqrt(np.clip(lam, 0.0, None))
