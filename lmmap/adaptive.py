@@ -512,17 +512,10 @@ class AdaptiveResult:
     paths: dict = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """``placement.csv`` (as ``lmmap add``): new_model, existing_model, kl, kl_se, rank (1 = nearest)."""
-        m, K = self.kl.shape
-        order = np.argsort(self.kl, axis=1, kind="stable")
-        ex = np.asarray(self.existing_models, dtype=object)
-        return pd.DataFrame({
-            "new_model": np.repeat(np.asarray(self.new_models, dtype=object), K),
-            "existing_model": ex[order].ravel(),
-            "kl": np.take_along_axis(self.kl, order, axis=1).ravel(),
-            "kl_se": np.take_along_axis(self.kl_se, order, axis=1).ravel(),
-            "rank": np.tile(np.arange(1, K + 1), m),
-        })
+        """``placement.csv``, laid out as ``lmmap add`` writes it (:func:`lmmap.placement.placement_table`)."""
+        from .placement import placement_table
+
+        return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
 
     def adaptive_table(self) -> pd.DataFrame:
         """``adaptive.csv``: one row per new model (texts_scored = unique texts)."""

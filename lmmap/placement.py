@@ -126,23 +126,12 @@ class Placement:
     paths: dict = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """``placement.csv``: new_model, existing_model, kl, kl_se, rank (1 = nearest), nearest first."""
-        m, K = self.kl.shape
-        order = np.argsort(self.kl, axis=1, kind="stable")
-        ex = np.asarray(self.existing_models, dtype=object)
-        return pd.DataFrame(
-            {
-                "new_model": np.repeat(np.asarray(self.new_models, dtype=object), K),
-                "existing_model": ex[order].ravel(),
-                "kl": np.take_along_axis(self.kl, order, axis=1).ravel(),
-                "kl_se": np.take_along_axis(self.kl_se, order, axis=1).ravel(),
-                "rank": np.tile(np.arange(1, K + 1), m),
-            }
-        )
+        """``placement.csv``: see :func:`placement_table`."""
+        return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
 
     def kl_frame(self) -> pd.DataFrame:
         """m×K KL estimates, new models as rows, existing models as columns."""
-        return pd.DataFrame(self.kl, index=pd.Index(self.new_models, name="model"), columns=self.existing_models)
+        return kl_frame(self.new_models, self.existing_models, self.kl)
 
     def nearest(self, k: int = 5) -> pd.DataFrame:
         t = self.table()
@@ -161,6 +150,30 @@ class Placement:
         for name, why in self.failed.items():
             lines.append(f"  {name}: not placed ({why})")
         return "\n".join(lines)
+
+
+def placement_table(new_models, existing_models, kl, kl_se) -> pd.DataFrame:
+    """``placement.csv``: new_model, existing_model, kl, kl_se, rank (1 = nearest), nearest first.
+
+    The one layout for every way of adding models (by a subset or adaptively).
+    """
+    m, K = kl.shape
+    order = np.argsort(kl, axis=1, kind="stable")
+    ex = np.asarray(existing_models, dtype=object)
+    return pd.DataFrame(
+        {
+            "new_model": np.repeat(np.asarray(new_models, dtype=object), K),
+            "existing_model": ex[order].ravel(),
+            "kl": np.take_along_axis(kl, order, axis=1).ravel(),
+            "kl_se": np.take_along_axis(kl_se, order, axis=1).ravel(),
+            "rank": np.tile(np.arange(1, K + 1), m),
+        }
+    )
+
+
+def kl_frame(new_models, existing_models, kl) -> pd.DataFrame:
+    """``kl.csv`` of a placement: m×K KL estimates, new models as rows, existing models as columns."""
+    return pd.DataFrame(kl, index=pd.Index(new_models, name="model"), columns=existing_models)
 
 
 def _records_convention(records: dict, names) -> set:
@@ -395,6 +408,22 @@ def add_models(
     return result
 
 
+def write_placed_map(png, html, coords, names, new_models, existing_models, kl, *, groups, hover, title, method,
+                     color_by) -> None:
+    """The map of a placement (PNG and HTML): existing models coloured and labelled, new models drawn large and
+    named, each with a dashed line to its nearest existing model by KL (``kl``: m×K)."""
+    from . import plots
+
+    nearest = [existing_models[j] for j in np.asarray(kl).argmin(axis=1)] if len(new_models) else []
+    style = dict(
+        groups=groups, highlight=new_models, title=title, highlight_label="new",
+        edges=[plots.Edges("placement", tuple(zip(new_models, nearest)))],
+        axis_label=_axis_label(method), group_title=color_by if groups is not None else None,
+    )
+    plots.map_png(png, coords, names, **style)
+    plots.map_html(html, coords, names, hover=hover, **style)
+
+
 def _resolve_for(embedding: str, n_existing: int) -> str:
     from .embedding import resolve_method
 
@@ -448,15 +477,10 @@ def write_placement(result: Placement, outdir, *, subset=None, k: int = 10, colo
     table = mm.neighbor_table(k)
     plots.atomic_write(paths["neighbors.csv"], table.to_csv(index=False))
     hover = _hover_neighbors(table, mm.names, n=3)
-    nearest = [result.existing_models[j] for j in result.kl.argmin(axis=1)] if len(result.new_models) else []
-    edges = [plots.Edges("placement", tuple(zip(result.new_models, nearest)))]
     title = mm.title(method, models=f"{len(result.existing_models)} models + {len(result.new_models)} new")
-    style = dict(
-        groups=groups, highlight=result.new_models, title=title, highlight_label="new", edges=edges,
-        axis_label=_axis_label(method), group_title=color_by if groups is not None else None,
-    )
-    plots.map_png(paths["map.png"], result.coords, mm.names, **style)
-    plots.map_html(paths["map.html"], result.coords, mm.names, hover=hover, **style)
+    write_placed_map(paths["map.png"], paths["map.html"], result.coords, mm.names, result.new_models,
+                     result.existing_models, result.kl, groups=groups, hover=hover, title=title, method=method,
+                     color_by=color_by)
     paths["plotly.min.js"] = out / plots.PLOTLY_JS
     info = mm.describe(
         embedding=method,

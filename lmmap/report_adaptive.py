@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .placement import kl_frame, write_placed_map
 
 FILES = ("placement.csv", "kl.csv", "adaptive.csv", "adaptive_trace.csv", "adaptive_trace.png")
 
@@ -67,8 +68,7 @@ def write_adaptive(result, outdir, store=None, *, embedding: str = "auto", rando
     out.mkdir(parents=True, exist_ok=True)
     paths = {n: out / n for n in FILES}
     _csv(paths["placement.csv"], result.table())
-    kl = pd.DataFrame(result.kl, index=pd.Index(result.new_models, name="model"), columns=result.existing_models)
-    _csv(paths["kl.csv"], kl, index=True)
+    _csv(paths["kl.csv"], kl_frame(result.new_models, result.existing_models, result.kl), index=True)
     _csv(paths["adaptive.csv"], result.adaptive_table())
     trace = result.trace_table()
     _csv(paths["adaptive_trace.csv"], trace)
@@ -102,13 +102,8 @@ def write_adaptive(result, outdir, store=None, *, embedding: str = "auto", rando
         title = (f"{len(result.existing_models)} models + {len(result.new_models)} placed adaptively "
                  f"({method_name}; at most {max(r.texts_scored for r in result.runs.values())} of "
                  f"{result.n_texts} texts scored per new model)")
-        from .modelmap import _axis_label
-
-        nearest = [result.existing_models[j] for j in np.asarray(result.kl).argmin(axis=1)] if result.new_models else []
-        style = dict(groups=groups, highlight=result.new_models, title=title, highlight_label="new",
-                     edges=[plots.Edges("placement", tuple(zip(result.new_models, nearest)))],
-                     axis_label=_axis_label(method), group_title=color_by if groups is not None else None)
-        plots.map_png(paths["map.png"], coords, names, **style)
-        plots.map_html(paths["map.html"], coords, names, hover=hover, **style)
+        write_placed_map(paths["map.png"], paths["map.html"], coords, names, result.new_models,
+                         result.existing_models, result.kl, groups=groups, hover=hover, title=title, method=method,
+                         color_by=color_by)
     result.paths = paths
     return paths

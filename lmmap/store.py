@@ -166,6 +166,11 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _write_durably(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
+    fsync_file(path)
+
+
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
     with atomic_path(path, mkdir=False) as tmp:
         pq.write_table(table, tmp)
@@ -251,11 +256,16 @@ class _Tx:
             self._lockf = open(self.dir / ".lock", "a+")
             fcntl.flock(self._lockf.fileno(), fcntl.LOCK_EX)
 
-    def stage_table(self, table: pa.Table, dest: Path) -> Path:
+    def stage_path(self, dest: Path) -> Path:
+        """A staging file that the commit renames to ``dest`` (the caller writes and fsyncs it)."""
         self._n += 1
         staged = self.dir / f"{self._n:06d}.parquet"
         self.ops.append(["rename", str(staged.relative_to(self.store.path)), str(dest.relative_to(self.store.path))])
         return staged
+
+    def stage_table(self, table: pa.Table, dest: Path) -> None:
+        """Write ``table`` to a staging file that the commit renames to ``dest``."""
+        _write_durably(table, self.stage_path(dest))
 
     def delete(self, path: Path) -> None:
         self.ops.append(["delete", str(path.relative_to(self.store.path))])
@@ -749,15 +759,9 @@ class Store:
             self._refuse_clash(names, self._scan()[0])  # early, before the slow writing; again at commit
         tx = _Tx(self)
         try:
-            staged = [tx.stage_table(t, self._model_path(n)) for t, n in zip(tables, names)]
-
-            def _write(args):
-                table, path = args
-                pq.write_table(table, path)
-                fsync_file(path)
-
-            with ThreadPoolExecutor(max_workers=4) as ex:
-                list(ex.map(_write, zip(tables, staged)))
+            staged = [tx.stage_path(self._model_path(n)) for n in names]
+            with ThreadPoolExecutor(max_workers=4) as ex:  # parquet encoding releases the GIL
+                list(ex.map(_write_durably, tables, staged))
             fsync_dir(tx.dir)
             with self._exclusive():
                 self._recover()
@@ -768,10 +772,7 @@ class Store:
                     if n in found and found[n][0] != self._model_path(n):
                         tx.delete(found[n][0])  # a 0.1.0-named file of the model being replaced
                 if meta is not None:
-                    table = _metadata_table(_merge_metadata(self.metadata(), meta))
-                    path = tx.stage_table(table, self.path / "metadata.parquet")
-                    pq.write_table(table, path)
-                    fsync_file(path)
+                    self._stage_metadata(tx, meta)
                 tx.commit()
         finally:
             if not tx.committed:
@@ -818,10 +819,7 @@ class Store:
                         pass
                 md = self.metadata()
                 if len(md) and md.index.isin(names).any():
-                    table = _metadata_table(md[~md.index.isin(names)])
-                    path = tx.stage_table(table, self.path / "metadata.parquet")
-                    pq.write_table(table, path)
-                    fsync_file(path)
+                    tx.stage_table(_metadata_table(md[~md.index.isin(names)]), self.path / "metadata.parquet")
                 tx.commit()
                 for n in names:
                     self.clear_checkpoint(n)
@@ -948,14 +946,15 @@ class Store:
         try:
             with self._exclusive():
                 self._recover()
-                table = _metadata_table(_merge_metadata(self.metadata(), new))
-                path = tx.stage_table(table, self.path / "metadata.parquet")
-                pq.write_table(table, path)
-                fsync_file(path)
+                self._stage_metadata(tx, new)
                 tx.commit()
         finally:
             if not tx.committed:
                 tx.close()
+
+    def _stage_metadata(self, tx: "_Tx", new: pd.DataFrame) -> None:
+        """Stage the stored metadata merged with ``new`` in ``tx`` (call under the exclusive lock)."""
+        tx.stage_table(_metadata_table(_merge_metadata(self.metadata(), new)), self.path / "metadata.parquet")
 
     # -- scoring checkpoints ----------------------------------------------------
     def _partial_root(self, name: str) -> Path:
