@@ -11,7 +11,7 @@ the map; each is placed
 
 * by the fixed LS subset of the paper (n = 2,900 draws from LS on the
   existing map, the weighted subset estimator of SPEC §4), and
-* adaptively (:func:`lmmap.adaptive.simulate`, rounds of 32 draws, stop at
+* adaptively (:func:`lmmap.analyses.adaptive.simulate`, rounds of 32 draws, stop at
   the target relative SE of the KL to the 5 nearest models),
 
 with scoring simulated by a lookup in the full matrix (numpy only). For each
@@ -38,8 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from lmmap import adaptive as ad  # noqa: E402
-from lmmap.importance import importance  # noqa: E402
+from lmmap.analyses import adaptive as ad  # noqa: E402
+from lmmap.maths.resampling import importance  # noqa: E402
 
 
 def _metrics(g_est, g_true, se=None, k=5, tie=0.05):
@@ -159,8 +159,8 @@ def main(argv=None):
 
 def _demo(a):
     if a.demo_store.exists():
-        from lmmap.store import Store
-        from lmmap.subset import complete_models
+        from lmmap.data.store import Store
+        from lmmap.analyses.select import complete_models
 
         store = Store(a.demo_store)
         models = complete_models(store)

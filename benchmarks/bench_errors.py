@@ -22,9 +22,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from lmmap import core
-from lmmap import error_analysis as ea
-from lmmap.importance import importance
+from lmmap.maths import geometry as core
+from lmmap.analyses import errors as ea
+from lmmap.maths.resampling import importance
 
 
 def peak_mb() -> float:
@@ -91,7 +91,7 @@ def main():
         print("   d' ratio to uniform:\n" + res.ratio_to_uniform(table).round(3).to_string())
 
     if not args.no_stability:
-        from lmmap.stability import map_stability, reference_map
+        from lmmap.analyses.stability import map_stability, reference_map
 
         t0 = time.perf_counter()
         ref = reference_map(Q)

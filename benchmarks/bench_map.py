@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lmmap import core
-from lmmap.formats import read_vectors, write_vectors
-from lmmap.io import import_vectors
-from lmmap.modelmap import ModelMap
-from lmmap.store import Store
-from lmmap.texts import TextSet
+from lmmap.maths import geometry as core
+from lmmap.data.formats import read_vectors, write_vectors
+from lmmap.data.transfer import import_vectors
+from lmmap.map import ModelMap
+from lmmap.data.store import Store
+from lmmap.data.texts import TextSet
 
 
 def peak_mb() -> float:

@@ -1,6 +1,6 @@
 """Prediction benchmark: K = 1,018 models × N = 10,000 texts, 8 targets, 5 seeds (random data).
 
-Times ``lmmap.prediction.predict_scores`` end to end: Gram matrix, outer
+Times ``lmmap.analyses.predict.predict_scores`` end to end: Gram matrix, outer
 5-fold grouped CV × 5 seeds with α from an inner 5-fold CV for every target,
 and the fit-on-all predictions for unscored models. Target (the issue): under
 2 minutes. The figures are not drawn (they are not part of the fit).
@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from lmmap import core
-from lmmap.prediction import predict_scores
+from lmmap.maths import geometry as core
+from lmmap.analyses.predict import predict_scores
 
 
 def peak_mb() -> float:

@@ -67,7 +67,7 @@ def prepare(n_texts: int, seed: int = 0) -> tuple[Path, Path]:
     if not (model_dir / "lmmap-bench.json").exists():
         _build_model(model_dir, seed)
     if not texts_path.exists():
-        from lmmap.texts import build_text_set
+        from lmmap.data.texts import build_text_set
 
         with tempfile.TemporaryDirectory() as d:
             src = Path(d) / "docs.jsonl"
@@ -106,7 +106,7 @@ def _build_model(model_dir: Path, seed: int) -> None:
 
 
 def make_lmmap(model, tok, spec):
-    from lmmap.scoring import score_texts
+    from lmmap.scoring.hf import score_texts
 
     def run(texts):
         return score_texts(model, tok, texts, convention=spec["convention"], batch_tokens=spec.get("batch") or None)[0]
@@ -174,8 +174,8 @@ def worker_main(spec: dict) -> None:
     """Load the model, warm up, then score the slices asked for on stdin (one JSON line each)."""
     import torch
 
-    from lmmap.scoring import load_model
-    from lmmap.texts import TextSet
+    from lmmap.scoring.hf import load_model
+    from lmmap.data.texts import TextSet
 
     texts = TextSet.load(spec["texts"]).texts
     model, tok = load_model(spec["model"], device="cpu", dtype=spec["dtype"])
@@ -301,7 +301,7 @@ def report(args) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from lmmap.texts import TextSet
+    from lmmap.data.texts import TextSet
 
     n = 40 if args.quick else args.texts
     if args.quick:

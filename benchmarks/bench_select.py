@@ -4,7 +4,7 @@
                                       [--demo [--demo-dir lmmap-demo] [--fraction 0.22]]
 
 Part 1 (random data, K = 1,018 × N = 10,000): the wall time of
-:func:`lmmap.subset.select` from the full map for uniform, LS and KL sampling
+:func:`lmmap.analyses.select.select` from the full map for uniform, LS and KL sampling
 (importance π in O(KN), one multinomial draw, the Subset). Target: under 1 s
 each. ``--store-too`` also times ``select`` from a store on disk (reading the
 K vectors, clipping and double centring included).
@@ -37,7 +37,7 @@ def random_log_likelihoods(K: int, N: int, seed: int = 0) -> np.ndarray:
 
 def bench_select(K: int, N: int, n: int, store_too: bool) -> None:
     from lmmap import ModelMap
-    from lmmap.subset import select
+    from lmmap.analyses.select import select
 
     L = random_log_likelihoods(K, N)
     names = [f"model-{i:04d}" for i in range(K)]
@@ -54,8 +54,8 @@ def bench_select(K: int, N: int, n: int, store_too: bool) -> None:
         print(f"select --method {method:7s} --n {n}: d = {sub.d:5d}, best {min(times):.3f} s, worst {max(times):.3f} s [{status}]")
 
     if store_too:
-        from lmmap.store import Store
-        from lmmap.texts import TextSet
+        from lmmap.data.store import Store
+        from lmmap.data.texts import TextSet
 
         with tempfile.TemporaryDirectory() as tmp:
             store = Store.create(Path(tmp) / "store", TextSet.from_texts([f"text {i}" for i in range(N)]))
@@ -74,12 +74,12 @@ def bench_demo(demo_dir: str, fraction: float, seed: int, repeats: int = 3) -> N
     import shutil
 
     from lmmap import ModelMap
-    from lmmap import importance as imp
+    from lmmap.maths import resampling as imp
     from lmmap.demo import run_demo
-    from lmmap.placement import add_models
-    from lmmap.scoring import score_models
-    from lmmap.store import Store
-    from lmmap.subset import complete_models, select
+    from lmmap.analyses.place import add_models
+    from lmmap.scoring.hf import score_models
+    from lmmap.data.store import Store
+    from lmmap.analyses.select import complete_models, select
 
     t0 = time.perf_counter()
     demo = run_demo(demo_dir, size="full", progress=False)

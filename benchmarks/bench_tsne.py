@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tsne.py [--models 1018] [--texts 10000] [--n-jobs 1]
 
-Prints the wall time of :func:`lmmap.embedding.embed` (PCA initialisation,
+Prints the wall time of :func:`lmmap.maths.embedding.embed` (PCA initialisation,
 exact neighbours, random_state 42) and the process's peak resident memory.
 Target: under 30 s on a 2-core machine.
 """
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n-jobs", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from lmmap.embedding import embed
+    from lmmap.maths.embedding import embed
 
     # Double-centred like Q, so the input has the structure lmmap passes in.
     X = np.random.default_rng(0).standard_normal((args.models, args.texts))

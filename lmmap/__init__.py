@@ -1,22 +1,22 @@
 """lmmap: map language models by their log-likelihood vectors.
 
-The numeric core is :mod:`lmmap.core` (clip, double-centre, distances, KL);
+The numeric core is :mod:`lmmap.maths.geometry` (clip, double-centre, distances, KL);
 :class:`lmmap.ModelMap` wraps it for a store's models. See the README.
 
 Every public name is imported on first use (PEP 562), so ``import lmmap``
 loads no pandas, pyarrow, torch, matplotlib, plotly or rich.
 """
 
-from ._version import __version__
-from .exceptions import LmmapError
+from lmmap._version import __version__
+from lmmap.exceptions import LmmapError
 
 _LAZY = {
-    "TextSet": "texts",
-    "build_text_set": "texts",
-    "Store": "store",
-    "ModelMap": "modelmap",
-    "Subset": "subset",
-    "select": "subset",
+    "TextSet": "data.texts",
+    "build_text_set": "data.texts",
+    "Store": "data.store",
+    "ModelMap": "map",
+    "Subset": "analyses.select",
+    "select": "analyses.select",
 }
 
 __all__ = ["__version__", "LmmapError", *_LAZY]

@@ -1,4 +1,4 @@
-from ._entry import main
+from lmmap._entry import main
 
 if __name__ == "__main__":
     main()

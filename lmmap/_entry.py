@@ -10,7 +10,7 @@ import sys
 
 def main(argv=None):
     try:
-        from .cli import main as cli_main
+        from lmmap.cli import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

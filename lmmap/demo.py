@@ -18,7 +18,7 @@
    model to place;
 4. cuts the text set (1,020 texts: 340 of up to 384 bytes per domain) from the
    *held-out* documents and scores every model on it with
-   :func:`lmmap.scoring.score_models` (the same path as ``lmmap score``);
+   :func:`lmmap.scoring.hf.score_models` (the same path as ``lmmap score``);
 5. measures a benchmark-like score of every model — its top-5 next-token
    accuracy (%) on held-out chunks of each domain that are *not* in the text
    set — into ``OUT/scores.csv``, and writes ``OUT/models.csv`` (``model_type``,
@@ -51,8 +51,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .exceptions import InputError, LmmapError
+from lmmap._version import __version__
+from lmmap.exceptions import InputError, LmmapError
 
 DEMO_FORMAT = 2  # bump to invalidate caches of older demo layouts
 DOMAINS = ("code", "docs", "legal")
@@ -262,7 +262,7 @@ def demo_text_set(corpus, plan: DemoPlan, seed: int, workdir: Path):
     (source = domain) and up to :data:`BENCH_CHUNKS` of the rest in the
     benchmark. Returns ``(TextSet, {domain: [chunk, ...]})``.
     """
-    from .texts import TextSet, build_text_set
+    from lmmap.data.texts import TextSet, build_text_set
 
     texts, sources, chunk_idx, bench, seen = [], [], [], {}, set()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ def demo_text_set(corpus, plan: DemoPlan, seed: int, workdir: Path):
 
 def _write_text(path: Path, text: str) -> None:
     """Write atomically: a killed run leaves the old file or the new one, never half of one."""
-    from .atomic import atomic_write
+    from lmmap.data.atomic import atomic_write
 
     atomic_write(path, text)
 
@@ -486,7 +486,7 @@ def session_commands(outdir, plan: DemoPlan, n_texts: int) -> list[str]:
 
     Outputs go to ``session/`` in the working directory.
     """
-    from .importance import default_resample_size
+    from lmmap.maths.resampling import default_resample_size
 
     out = Path(outdir).as_posix()
     n = default_resample_size(n_texts)
@@ -518,7 +518,7 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, seed:
     """Build, score and map the demo ecosystem under ``outdir``; returns paths and a summary.
 
     ``threads``: torch threads for training and scoring — a number, or
-    ``"auto"`` (see :mod:`lmmap.threads`: one on a machine with two cores,
+    ``"auto"`` (see :mod:`lmmap.parallel`: one on a machine with two cores,
     the idle cores less one on a larger one); restored afterwards. ``None``
     keeps the current setting.
 
@@ -530,7 +530,7 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, seed:
     ``finetune_check`` (for each fine-tune: KL to its base and to the nearest
     from-scratch model), ``kl_summary`` and ``session`` (the README's commands).
     """
-    from .threads import set_threads
+    from lmmap.parallel import set_threads
 
     previous = set_threads(threads) if threads is not None else None
     try:
@@ -581,10 +581,10 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .formats import read_metadata_csv
-    from .modelmap import ModelMap
-    from .scoring import score_models
-    from .store import Store
+    from lmmap.data.formats import read_metadata_csv
+    from lmmap.map import ModelMap
+    from lmmap.scoring.hf import score_models
+    from lmmap.data.store import Store
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     console = console or Console(stderr=True)

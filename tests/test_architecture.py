@@ -26,7 +26,7 @@ def test_import_lmmap_loads_nothing_heavy():
     assert _loaded_after_import("lmmap") == []
 
 
-@pytest.mark.parametrize("module", ["lmmap.core", "lmmap.importance", "lmmap.bootstrap", "lmmap.exceptions"])
+@pytest.mark.parametrize("module", ["lmmap.maths.geometry", "lmmap.maths.resampling", "lmmap.maths.bootstrap", "lmmap.exceptions"])
 def test_the_numeric_core_is_numpy_and_scipy_only(module):
     # arrays in, arrays out: no data frames, files, plots, consoles or torch
     assert _loaded_after_import(module) == []

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmmap.exceptions import FormatError, InputError, LmmapError
-from lmmap.formats import read_vectors, write_vectors
-from lmmap.texts import TextSet, build_text_set
+from lmmap.data.formats import read_vectors, write_vectors
+from lmmap.data.texts import TextSet, build_text_set
 
 
 def assert_one_line(exc: BaseException, *fragments: str) -> None:
@@ -335,7 +335,7 @@ _PICKLE_CHILD = textwrap.dedent(
     """
     import json, resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # old code must fail fast, not swap the machine
-    from lmmap.formats import read_vectors
+    from lmmap.data.formats import read_vectors
     out = {}
     for path in sys.argv[1:]:
         try:
@@ -387,7 +387,7 @@ FILENAME_ATTACKS = [
 
 
 def test_safe_filename_is_unique_bounded_and_safe():
-    from lmmap.filenames import safe_filename
+    from lmmap.data.filenames import safe_filename
 
     taken: set[str] = set()
     stems = [safe_filename(s, taken) for s in FILENAME_ATTACKS]
@@ -406,7 +406,7 @@ def test_safe_filename_is_unique_bounded_and_safe():
 
 
 def test_safe_filename_files_really_coexist(tmp_path):
-    from lmmap.filenames import safe_filename
+    from lmmap.data.filenames import safe_filename
 
     taken: set[str] = set()
     for s in FILENAME_ATTACKS:

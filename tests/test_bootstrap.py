@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lmmap.bootstrap import bootstrap_sq_distance_se
+from lmmap.maths.bootstrap import bootstrap_sq_distance_se
 
 
 def test_full_map_se_matches_multinomial_variance():
@@ -52,8 +52,8 @@ def test_map_se_with_one_replicate_says_so(tmp_path):
     import subprocess
     import sys
 
-    from lmmap.store import Store
-    from lmmap.texts import TextSet
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
 
     rng = np.random.default_rng(1)
     store = Store.create(tmp_path / "store", TextSet.from_texts([f"text {i}" for i in range(30)]))

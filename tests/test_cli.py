@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lmmap.cli import app
-from lmmap.store import Store
-from lmmap.texts import TextSet
+from lmmap.data.store import Store
+from lmmap.data.texts import TextSet
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 runner = CliRunner()
@@ -264,12 +264,12 @@ def test_output_dir_context_manager(tmp_path):
 
 
 def test_internal_errors_are_one_line_exit_2_and_traceback_only_when_debugging(small_store, monkeypatch):
-    import lmmap.io
+    import lmmap.data.transfer
 
     def broken(store):
         raise KeyError("method")
 
-    monkeypatch.setattr(lmmap.io, "model_table", broken)
+    monkeypatch.setattr(lmmap.data.transfer, "model_table", broken)
     code, out, err = run_main("models", "--store", small_store)
     assert code == 2 and "Traceback" not in err + out
     lines = err.strip().splitlines()
@@ -286,27 +286,27 @@ def test_user_file_errors_are_one_line(tmp_path):
 
 
 def test_ctrl_c_exits_130_with_one_line(small_store, monkeypatch):
-    import lmmap.io
+    import lmmap.data.transfer
 
     def interrupted(store):
         raise KeyboardInterrupt("3 of 5 models kept; rerun to resume")
 
-    monkeypatch.setattr(lmmap.io, "model_table", interrupted)
+    monkeypatch.setattr(lmmap.data.transfer, "model_table", interrupted)
     code, out, err = run_main("models", "--store", small_store)
     assert code == 130 and err.strip() == "interrupted: 3 of 5 models kept; rerun to resume" and "Traceback" not in out
 
     def bare(store):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmmap.io, "model_table", bare)
+    monkeypatch.setattr(lmmap.data.transfer, "model_table", bare)
     code, _, err = run_main("models", "--store", small_store)
     assert code == 130 and err.strip() == "interrupted"
 
 
 def test_warnings_and_logged_warnings_become_one_note_each(small_store, monkeypatch):
-    import lmmap.io
+    import lmmap.data.transfer
 
-    real = lmmap.io.model_table
+    real = lmmap.data.transfer.model_table
 
     def noisy(store):
         for _ in range(3):
@@ -315,7 +315,7 @@ def test_warnings_and_logged_warnings_become_one_note_each(small_store, monkeypa
         logging.getLogger("openTSNE.affinity").warning("k_neighbors is over 3 times the perplexity")
         return real(store)
 
-    monkeypatch.setattr(lmmap.io, "model_table", noisy)
+    monkeypatch.setattr(lmmap.data.transfer, "model_table", noisy)
     code, _, err = run_main("models", "--store", small_store)
     assert code == 0
     lines = err.strip().splitlines()

@@ -47,7 +47,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lmmap.cli import main
-from lmmap.store import Store
+from lmmap.data.store import Store
 
 N = 20
 EXAMPLES = int(os.environ.get("LMMAP_FUZZ_EXAMPLES", "0") or 0)
@@ -318,7 +318,7 @@ def test_fuzz_text_sets(root, lines, dup, clean):
     r = lmmap("init", "--texts", f, "--store", store)
     problem = ""
     if r.ok:
-        from lmmap.texts import TextSet
+        from lmmap.data.texts import TextSet
 
         n = len(TextSet.load(f))
         if Store(store).n_texts != n:
@@ -350,7 +350,7 @@ def test_fuzz_texts_build(root, files, chunk, min_bytes, n, bad_utf8):
     r = lmmap(*args)
     problem = ""
     if r.ok:
-        from lmmap.texts import TextSet
+        from lmmap.data.texts import TextSet
 
         ts = TextSet.load(out)
         if n is not None and int(n) > 0 and len(ts) > int(n):

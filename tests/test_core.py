@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmmap import core
+from lmmap.maths import geometry as core
 
 
 def direct_double_center(L, w=None):

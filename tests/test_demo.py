@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from lmmap.store import Store  # noqa: E402
+from lmmap.data.store import Store  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
 

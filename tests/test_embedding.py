@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from lmmap.embedding import AUTO_TSNE_MIN_MODELS, Embedding, effective_perplexity, embed, fit_embedding, resolve_method
+from lmmap.maths.embedding import AUTO_TSNE_MIN_MODELS, Embedding, effective_perplexity, embed, fit_embedding, resolve_method
 from lmmap.exceptions import LmmapError, LmmapWarning
 
 

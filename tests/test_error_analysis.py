@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lmmap import core
-from lmmap import error_analysis as ea
+from lmmap.maths import geometry as core
+from lmmap.analyses import errors as ea
 from lmmap.exceptions import InputError, LmmapError, LmmapWarning
-from lmmap.importance import importance, resample
+from lmmap.maths.resampling import importance, resample
 
 # ----------------------------------------------------------------------------- data
 
@@ -249,9 +249,9 @@ def test_ls_and_kl_need_fewer_unique_texts_than_uniform(pop):
 
 
 def _store(tmp_path, K=20, N=600):
-    from lmmap.formats import write_vectors
-    from lmmap.io import import_vectors
-    from lmmap.texts import TextSet
+    from lmmap.data.formats import write_vectors
+    from lmmap.data.transfer import import_vectors
+    from lmmap.data.texts import TextSet
 
     rng = np.random.default_rng(0)
     s = rng.lognormal(0, 0.5, N)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmmap.exceptions import LmmapError
-from lmmap.formats import (
+from lmmap.data.formats import (
     Vectors,
     read_metadata_csv,
     read_model_list,

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from lmmap import ModelMap
-from lmmap.placement import add_models
-from lmmap.store import Store
-from lmmap.subset import select
-from lmmap.texts import TextSet
+from lmmap.analyses.place import add_models
+from lmmap.data.store import Store
+from lmmap.analyses.select import select
+from lmmap.data.texts import TextSet
 from synthetic import family_L, lineage_L
 
 CHROMIUM_ARGS = [

@@ -7,8 +7,8 @@ variance of Lemma 2, so a test fails only on a real bias, not on noise.
 import numpy as np
 import pytest
 
-from lmmap import core
-from lmmap import importance as imp
+from lmmap.maths import geometry as core
+from lmmap.maths import resampling as imp
 from lmmap.exceptions import LmmapError
 
 
@@ -283,7 +283,7 @@ def test_distance_error_is_infinite_when_an_informative_text_cannot_be_drawn():
 
 
 def test_no_real_subset_note_and_suggestions_scale_with_N():
-    from lmmap.importance import default_resample_size, no_real_subset_note, suggested_resample_size
+    from lmmap.maths.resampling import default_resample_size, no_real_subset_note, suggested_resample_size
 
     assert suggested_resample_size(300) == 75 and suggested_resample_size(10_000) == 2500
     assert default_resample_size(10_000) == 2900 and default_resample_size(1020) == 300
@@ -297,8 +297,8 @@ def test_select_says_when_n_draws_leave_no_real_subset(tmp_path):
     import subprocess
     import sys
 
-    from lmmap.store import Store
-    from lmmap.texts import TextSet
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
 
     rng = np.random.default_rng(0)
     N = 300

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lmmap.exceptions import LmmapError
-from lmmap.io import export_vectors, import_vectors, model_table
-from lmmap.store import Store
-from lmmap.formats import read_vectors
+from lmmap.data.transfer import export_vectors, import_vectors, model_table
+from lmmap.data.store import Store
+from lmmap.data.formats import read_vectors
 
 
 @pytest.fixture

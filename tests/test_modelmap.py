@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmmap import ModelMap, core
+from lmmap import ModelMap
+from lmmap.maths import geometry as core
 from lmmap.exceptions import LmmapError
 from test_plots import plotly_array, plotly_figure
 
@@ -168,8 +169,8 @@ def test_cli_map_takes_edges_and_embedding(tmp_path):
     from typer.testing import CliRunner
 
     from lmmap.cli import app
-    from lmmap.store import Store
-    from lmmap.texts import TextSet
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
 
     names, L, meta = lineage_map()
     store = Store.create(tmp_path / "store", TextSet.from_texts([f"text {i}" for i in range(L.shape[1])]))

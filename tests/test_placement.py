@@ -11,14 +11,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lmmap import ModelMap, core
-from lmmap.bootstrap import bootstrap_sq_distance_se
+from lmmap import ModelMap
+from lmmap.maths import geometry as core
+from lmmap.maths.bootstrap import bootstrap_sq_distance_se
 from lmmap.cli import app
 from lmmap.exceptions import LmmapError
-from lmmap.placement import add_models, cross_sq_distance_se, cross_squared_distances, place_points
-from lmmap.store import Store
-from lmmap.subset import select
-from lmmap.texts import TextSet
+from lmmap.analyses.place import add_models, cross_sq_distance_se, cross_squared_distances, place_points
+from lmmap.data.store import Store
+from lmmap.analyses.select import select
+from lmmap.data.texts import TextSet
 from synthetic import family_L as _family_L
 
 runner = CliRunner()
@@ -72,7 +73,7 @@ def test_place_points_keeps_the_base_and_lands_near_the_right_family():
     X = np.vstack([c + rng.normal(0, 1, size=(6, 50)) for c in centers])
     base = X[[i for i in range(18) if i % 6]]  # 5 per family
     new = X[[0, 6, 12]]  # one per family
-    from lmmap.embedding import embed
+    from lmmap.maths.embedding import embed
 
     coords = embed(base, "tsne", random_state=42)
     placed = place_points(base, coords, new, "tsne")
@@ -150,7 +151,7 @@ def test_standard_error_matches_spread_over_independent_subsets(eco):
     res = add_models(store, held[:1], sub, embedding="pca", se_R=400)
     idx = [names.index(m) for m in rest + held[:1]]
     full = ModelMap(rest + held[:1], L[idx], threshold=sub.threshold)
-    from lmmap import importance as imp
+    from lmmap.maths import resampling as imp
 
     pi = imp.importance(ModelMap(rest, L[[names.index(m) for m in rest]], threshold=sub.threshold).Q, "ls")
     rng = np.random.default_rng(9)
@@ -281,7 +282,7 @@ def test_cli_add_places_stored_models(eco, tmp_path):
 def tiny_eco(tmp_path_factory, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     """A store of 48 real texts scored fully by 4 tiny GPT-2 models; a 5th model directory to add."""
     pytest.importorskip("torch")
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     root = tmp_path_factory.mktemp("tiny-eco")
     texts = [doc[start : start + 200] for doc in stdlib_texts[20:36] for start in (0, 400, 900)]
@@ -294,7 +295,7 @@ def tiny_eco(tmp_path_factory, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
 
 
 def test_add_scores_the_new_model_on_the_subset_texts_only(tiny_eco, tmp_path):
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     store, existing, new = tiny_eco
     sub = select(store, "ls", 30, seed=0)
@@ -361,8 +362,8 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     0.97). So the criterion r ≥ 0.99 is asserted for the median over 20 selections (seeds 0–19),
     and the scored run (seed 0) must reach r ≥ 0.98 for every model.
     """
-    from lmmap import importance as imp
-    from lmmap.subset import complete_models
+    from lmmap.maths import resampling as imp
+    from lmmap.analyses.select import complete_models
 
     store, models_dir = demo_store
     names = complete_models(store)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from lmmap import plots
+from lmmap.report import plots
 from lmmap.exceptions import LmmapError
 
 EVIL = "<script>alert(1)</script>"

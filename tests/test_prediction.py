@@ -13,12 +13,12 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, GroupKFold, KFold
 from typer.testing import CliRunner
 
-from lmmap import core
-from lmmap import prediction as P
+from lmmap.maths import geometry as core
+from lmmap.analyses import predict as P
 from lmmap.cli import app
 from lmmap.exceptions import InputError, LmmapError, LmmapWarning
-from lmmap.store import Store
-from lmmap.texts import TextSet
+from lmmap.data.store import Store
+from lmmap.data.texts import TextSet
 
 runner = CliRunner()
 
@@ -279,7 +279,7 @@ def test_group_column_lookup_and_absent_column():
 
 
 def test_predict_store_with_a_subset_uses_weighted_features(tmp_path):
-    from lmmap.subset import select
+    from lmmap.analyses.select import select
 
     names, L, Q, fam, table, _ = ecosystem(K=60, N=300, n_families=15, n_bench=2, seed=13)
     store = make_store(tmp_path, names, L, pd.DataFrame({"model": names, "model_type": fam}))
@@ -296,7 +296,7 @@ def test_predict_store_with_a_subset_uses_weighted_features(tmp_path):
 
 def test_models_added_on_a_subset_get_predicted_scores(tmp_path):
     """`lmmap add` workflow: a new model scored on the subset's texts only, no benchmark results yet."""
-    from lmmap.subset import select
+    from lmmap.analyses.select import select
 
     names, L, Q, fam, table, _ = ecosystem(K=61, N=300, n_families=16, n_bench=2, seed=17)
     old, new_name = names[:-1], names[-1]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from lmmap.exceptions import LmmapError
-from lmmap.safe_pickle import load_pickle, restricted_loads
+from lmmap.data.safe_pickle import load_pickle, restricted_loads
 
 PROTOCOLS = [0, 1, 2, 3, 4, 5]
 

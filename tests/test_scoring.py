@@ -26,15 +26,15 @@ from typer.testing import CliRunner  # noqa: E402
 
 from lmmap.cli import app  # noqa: E402
 from lmmap.exceptions import LmmapError  # noqa: E402
-from lmmap.scoring import (  # noqa: E402
+from lmmap.scoring.hf import (  # noqa: E402
     LogProbComputer,
     encode_texts,
     load_model,
     score_models,
     score_texts,
 )
-from lmmap.store import Store  # noqa: E402
-from lmmap.texts import TextSet  # noqa: E402
+from lmmap.data.store import Store  # noqa: E402
+from lmmap.data.texts import TextSet  # noqa: E402
 
 CONTEXT = 64  # the tiny models' n_positions
 
@@ -305,8 +305,8 @@ KILLED_RUN = textwrap.dedent(
     """
     import sys, time
     import torch
-    from lmmap.store import Store
-    from lmmap.scoring import score_models
+    from lmmap.data.store import Store
+    from lmmap.scoring.hf import score_models
 
     torch.set_num_threads(1)
     save = Store.save_checkpoint

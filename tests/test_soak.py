@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmmap.store import Store
-from lmmap.texts import TextSet
+from lmmap.data.store import Store
+from lmmap.data.texts import TextSet
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ SCORER = textwrap.dedent(
     torch.set_num_threads(1)
     import transformers  # noqa: F401  (its first import takes a minute on a busy machine: before the start)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-    from lmmap.scoring import score_models
-    from lmmap.store import Store
+    from lmmap.scoring.hf import score_models
+    from lmmap.data.store import Store
     store_path, models, go, seed, log = sys.argv[1:]
     models = json.loads(models)
     rng = random.Random(int(seed))
@@ -63,7 +63,7 @@ READER = textwrap.dedent(
     """
     import json, os, sys, time, warnings
     import numpy as np
-    from lmmap.store import Store
+    from lmmap.data.store import Store
     from lmmap.exceptions import LmmapError
     warnings.simplefilter("ignore")
     mode, store_path, npz, go, log = sys.argv[1:]
@@ -108,7 +108,7 @@ READER = textwrap.dedent(
 def test_soak(tmp_path, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     import torch
 
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     torch.set_num_threads(1)
     chunks = [t[i:i + 300] for t in stdlib_texts[20:30] for i in range(0, 3000, 300)]

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lmmap import core
-from lmmap import stability as st
+from lmmap.maths import geometry as core
+from lmmap.analyses import stability as st
 from lmmap.exceptions import LmmapError
 
 
@@ -119,9 +119,9 @@ def test_validation():
 
 def test_stability_command_compares_two_settings(tmp_path):
     from lmmap.cli import app
-    from lmmap.formats import write_vectors
-    from lmmap.io import import_vectors
-    from lmmap.texts import TextSet
+    from lmmap.data.formats import write_vectors
+    from lmmap.data.transfer import import_vectors
+    from lmmap.data.texts import TextSet
 
     L = np.minimum(clustered_L(K=20, N=300), -0.01)
     names = [f"fam{i % 5}/m{i}" for i in range(20)]

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmmap.exceptions import LmmapError, LmmapWarning
-from lmmap.store import Store
-from lmmap.texts import TextSet
+from lmmap.data.store import Store
+from lmmap.data.texts import TextSet
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_checkpoints(store):
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np, pandas as pd
-    from lmmap.store import Store
+    from lmmap.data.store import Store
     store = Store(sys.argv[1]); tag = sys.argv[2]
     for i in range(25):
         v = -np.random.default_rng(hash((tag, i)) % 2**32).gamma(2.0, 50.0, size=store.n_texts)

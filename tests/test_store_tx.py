@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmmap.exceptions import InputError, LmmapError, LmmapWarning
-from lmmap.formats import read_vectors
-from lmmap.io import export_vectors, import_vectors
-from lmmap.store import RECORD_KEY, Store, legacy_filename, model_filename
-from lmmap.texts import TextSet
+from lmmap.data.formats import read_vectors
+from lmmap.data.transfer import export_vectors, import_vectors
+from lmmap.data.store import RECORD_KEY, Store, legacy_filename, model_filename
+from lmmap.data.texts import TextSet
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -224,7 +224,7 @@ def test_a_replace_killed_midway_is_rolled_forward_by_the_next_command(tmp_path,
     with pytest.raises(LmmapError, match="'r' has 1 non-finite"):
         store.write_models([{"name": n, "loglik": v} for n, v in zip("pqr", bad)], replace=True)
     np.testing.assert_array_equal(store.matrix()[1], vectors(3))  # refused as a whole
-    from lmmap import store as store_mod
+    from lmmap.data import store as store_mod
 
     real = store_mod._apply
 
@@ -367,7 +367,7 @@ def test_a_model_scored_from_a_path_gets_a_short_name_and_is_listed(tmp_path, co
     assert r.exit_code == 0 and "already in the store" in r.output and "1 skipped" in r.output
     # two models that would get one name
     shutil.copytree(tiny_gpt2_dir, work / "other" / "my-checkpoint")
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     with pytest.raises(InputError, match=r"other/my-checkpoint'.*would both be stored as 'my-checkpoint'.*--name"):
         score_models(code_store, [str(work / "other" / "my-checkpoint"), str(work / "my-checkpoint")],
@@ -375,7 +375,7 @@ def test_a_model_scored_from_a_path_gets_a_short_name_and_is_listed(tmp_path, co
 
 
 def test_score_name_completes_a_partial_model_with_only_the_missing_texts(tmp_path, code_store, tiny_gpt2_dir):
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     score_models(code_store, [str(tiny_gpt2_dir)], names=["tiny"], text_pos=[0, 3, 5], device="cpu", progress=False)
     with pytest.warns(LmmapWarning, match="'tiny' \\(3 of 40"):
@@ -395,7 +395,7 @@ def test_score_name_completes_a_partial_model_with_only_the_missing_texts(tmp_pa
 
 
 def test_same_model_race_is_reported_as_completed_by_another_process(code_store, tiny_gpt2_dir):
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     real = code_store.write_model
 
@@ -413,7 +413,7 @@ def test_same_model_race_is_reported_as_completed_by_another_process(code_store,
 def test_a_model_directory_without_tokenizer_says_so(tmp_path, code_store, tiny_gpt2_dir):
     import shutil
 
-    from lmmap.scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     d = tmp_path / "no-tok"
     shutil.copytree(tiny_gpt2_dir, d)

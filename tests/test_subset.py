@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from lmmap import ModelMap, core
-from lmmap import importance as imp
+from lmmap import ModelMap
+from lmmap.maths import geometry as core
+from lmmap.maths import resampling as imp
 from lmmap.cli import app
 from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning
-from lmmap.store import Store
-from lmmap.subset import Subset, select
-from lmmap.texts import TextSet
+from lmmap.data.store import Store
+from lmmap.analyses.select import Subset, select
+from lmmap.data.texts import TextSet
 from synthetic import family_L  # noqa: E402
 
 runner = CliRunner()

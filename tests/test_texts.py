@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmmap.exceptions import LmmapError
-from lmmap.texts import TextSet, build_text_set, text_set_identity, utf8_chunks
+from lmmap.data.texts import TextSet, build_text_set, text_set_identity, utf8_chunks
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 

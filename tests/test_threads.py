@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmmap import threads as T
+from lmmap import parallel as T
 from lmmap.exceptions import InputError
 
 

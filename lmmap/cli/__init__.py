@@ -25,13 +25,13 @@ import warnings
 
 import click
 
-from ..exceptions import LmmapError
+from lmmap.exceptions import LmmapError
 from rich.text import Text
 
-from ._app import Interrupted, _notes_seen, app, err_console, one_line, print_error, print_note, visible
+from lmmap.cli._app import Interrupted, _notes_seen, app, err_console, one_line, print_error, print_note, visible
 
 # Importing a command module registers its commands on ``app``.
-from . import store_cmds, admin_cmds, map_cmds, score_cmds, resample_cmds, errors_cmds, predict_cmds  # noqa: E402,F401
+from lmmap.cli import store_cmds, admin_cmds, map_cmds, score_cmds, resample_cmds, errors_cmds, predict_cmds  # noqa: E402,F401
 
 # OSErrors that are about the user's files and disk, not about lmmap.
 _USER_OS_ERRNOS = {

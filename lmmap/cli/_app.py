@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.errors import MarkupError
 from rich.text import Text
 
-from .._version import __version__
-from ..exceptions import InputError
+from lmmap._version import __version__
+from lmmap.exceptions import InputError
 
 # -- literal printing ----------------------------------------------------------
 

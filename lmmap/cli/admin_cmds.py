@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._app import StoreOption, app, console, lit
+from lmmap.cli._app import StoreOption, app, console, lit
 
 
 @app.command()
@@ -15,7 +15,7 @@ def rm(
     store: StoreOption,
 ):
     """Remove models and their metadata rows from the store (all of them or, if one is not there, none)."""
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     removed = s.remove_models(models)
@@ -30,7 +30,7 @@ def doctor(
                                                           "remove leftovers, rename old-style files).")] = False,
 ):
     """Check the store for leftovers of killed processes and damaged files; --repair fixes them."""
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store, recover=False)  # look before anything is cleaned, so that the report shows it
     report = s.check(repair=repair)

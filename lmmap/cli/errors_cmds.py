@@ -1,6 +1,6 @@
 """Error analysis commands: ``lmmap errors`` (SPEC §5) and ``lmmap stability`` (SPEC §6).
 
-The numerics live in :mod:`lmmap.error_analysis` and :mod:`lmmap.stability`;
+The numerics live in :mod:`lmmap.analyses.errors` and :mod:`lmmap.analyses.stability`;
 this module loads the map from the store, calls them, and writes CSV tables
 and figures (PNG + self-contained HTML).
 """
@@ -17,9 +17,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ..atomic import atomic_write
-from ..exceptions import LmmapError
-from ._app import StoreOption, app, check_color_by, check_replicates, console, lit, output_dir
+from lmmap.data.atomic import atomic_write
+from lmmap.exceptions import LmmapError
+from lmmap.cli._app import StoreOption, app, check_color_by, check_replicates, console, lit, output_dir
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
     import pandas as pd
@@ -63,7 +63,7 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
 
 
 def parse_methods(text: str) -> list[str]:
-    from ..importance import check_method
+    from lmmap.maths.resampling import check_method
 
     methods = [check_method(m.strip()) for m in str(text).split(",") if m.strip()]
     if not methods:
@@ -73,7 +73,7 @@ def parse_methods(text: str) -> list[str]:
 
 def parse_setting(text: str) -> tuple[str, int]:
     """``"uniform:10000"`` → ("uniform", 10000)."""
-    from ..importance import check_method, check_sample_size
+    from lmmap.maths.resampling import check_method, check_sample_size
 
     m = re.fullmatch(r"\s*([A-Za-z]+)\s*[:=]\s*([0-9_]+)\s*", str(text))
     if not m:
@@ -82,11 +82,11 @@ def parse_setting(text: str) -> tuple[str, int]:
 
 
 def _load_map(store: Path, model, exclude, no_clip: bool, allow_mixed: bool):
-    from ..modelmap import ModelMap
-    from ..subset import complete_models
-    from .resample_cmds import _model_list
+    from lmmap.map import ModelMap
+    from lmmap.analyses.select import complete_models
+    from lmmap.cli.resample_cmds import _model_list
 
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     models = _model_list(model, exclude, s)
@@ -101,11 +101,11 @@ def _load_map(store: Path, model, exclude, no_clip: bool, allow_mixed: bool):
 
 
 def write_error_report(result, out: Path, elapsed: float | None = None, table: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write the CSV tables, Figure 2 (PNG and HTML) and a JSON summary of an :class:`~lmmap.error_analysis.ErrorAnalysis`.
+    """Write the CSV tables, Figure 2 (PNG and HTML) and a JSON summary of an :class:`~lmmap.analyses.errors.ErrorAnalysis`.
 
     ``table``: Table 1 as already computed by ``result.texts_needed()`` (default: computed here).
     """
-    from .. import plots
+    from lmmap.report import plots
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / k for k in ("errors.csv", "kappa.csv", "table1.csv", "figure2.png", "figure2.html", "errors.json")}
@@ -197,7 +197,7 @@ def errors(
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
 ):
     """Sampling and resampling error of the KL estimates: τ, σ̂, κ̂_d against unique texts d (Figure 2) and Table 1."""
-    from ..error_analysis import analyse_errors, check_trials
+    from lmmap.analyses.errors import analyse_errors, check_trials
 
     method_list = parse_methods(methods)
     grid = parse_int_list(n_grid, "--n-grid")
@@ -236,8 +236,8 @@ def write_stability_report(results: dict, names, groups, out: Path, color_by: st
     """Write Table 3, the per-model CSV, the reference coordinates and one ellipse map per setting."""
     import pandas as pd
 
-    from .. import plots
-    from ..stability import table3
+    from lmmap.report import plots
+    from lmmap.analyses.stability import table3
 
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -283,9 +283,9 @@ def stability(
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
 ):
     """Stability of the map under resampling: R maps aligned by Procrustes, ellipses, Bias²/Variance/MSE (Table 3)."""
-    from ..error_analysis import check_trials, check_workers
-    from ..importance import check_method, check_sample_size, default_resample_size, note_if_no_real_subset
-    from ..stability import map_stability, reference_map, table3
+    from lmmap.analyses.errors import check_trials, check_workers
+    from lmmap.maths.resampling import check_method, check_sample_size, default_resample_size, note_if_no_real_subset
+    from lmmap.analyses.stability import map_stability, reference_map, table3
 
     method = check_method(method)
     if n is not None:

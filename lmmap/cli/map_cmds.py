@@ -8,27 +8,27 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from ._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
+from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
-    from ..modelmap import ModelMap
-    from ..store import Store
+    from lmmap.map import ModelMap
+    from lmmap.data.store import Store
 
 
 def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool, metadata: Path | None = None,
              allow_other_texts: bool = False) -> ModelMap:
     """The map of every model in ``store`` (on ``subset``'s texts when given)."""
-    from ..modelmap import ModelMap
+    from lmmap.map import ModelMap
 
     sub = None
     if subset is not None:
-        from ..subset import Subset
+        from lmmap.analyses.select import Subset
 
         sub = Subset.load(subset, store=store, allow_other_texts=allow_other_texts)
     models = store.models_with_texts(sub.text_pos) if sub is not None else None
     mm = ModelMap.from_store(store, models=models, subset=sub, clip=not no_clip, allow_mixed=allow_mixed)
     if metadata is not None:
-        from ..formats import read_metadata_csv
+        from lmmap.data.formats import read_metadata_csv
 
         extra = read_metadata_csv(metadata)
         mm.metadata = extra.combine_first(mm.metadata) if mm.metadata is not None and len(mm.metadata) else extra
@@ -54,7 +54,7 @@ def map_(
 ):
     """Build the model map: KL estimates, neighbours, and a 2-D map (PNG and HTML)."""
     check_replicates(R, needed=se)
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts)
@@ -80,13 +80,13 @@ def neighbors(
     allow_other_texts: AllowOtherTextsOption = False,
 ):
     """The models nearest to MODEL by estimated KL divergence."""
-    from ..exceptions import InputError
+    from lmmap.exceptions import InputError
 
     # Everything the user can get wrong is checked before any vector is read.
     if k < 1:
         raise InputError(f"-k must be at least 1, got {k}")
     check_replicates(R, needed=se)
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     check_model(model, s.model_names())

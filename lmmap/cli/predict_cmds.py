@@ -1,6 +1,6 @@
 """``lmmap predict``: benchmark scores from model coordinates, contamination candidates, scores for unscored models.
 
-The work is :func:`lmmap.prediction.predict_store`; this module parses the
+The work is :func:`lmmap.analyses.predict.predict_store`; this module parses the
 options, calls it, writes the report and prints a summary.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ..exceptions import LmmapError
-from ._app import StoreOption, app, console, lit, output_dir
+from lmmap.exceptions import LmmapError
+from lmmap.cli._app import StoreOption, app, console, lit, output_dir
 
 
 def parse_score_range(text: str) -> tuple[float, float] | None:
@@ -66,11 +66,11 @@ def predict(
     jobs: Annotated[int, typer.Option("--jobs", help="Folds fitted in parallel (threads; -1: all cores).")] = 1,
 ):
     """Predict benchmark scores from the models' coordinates (grouped cross-validation), flag possible contamination, and predict unscored models."""
-    from ..prediction import predict_store
+    from lmmap.analyses.predict import predict_store
 
     if seeds < 1:
         raise LmmapError(f"--seeds must be at least 1, got {seeds}")
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     with output_dir(output), console.status("cross-validating ridge regression…"):

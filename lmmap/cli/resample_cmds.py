@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ..exceptions import InputError, LmmapError
-from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
+from lmmap.exceptions import InputError, LmmapError
+from lmmap.cli._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
-    from ..store import Store
+    from lmmap.data.store import Store
 
 
 def _model_list(models: list[str] | None, exclude: list[str] | None, store: Store) -> list[str] | None:
     """``--model``/``--exclude`` (each repeatable, or one comma-separated value) to a model list."""
-    from ..subset import complete_models
+    from lmmap.analyses.select import complete_models
 
     split = lambda xs: [m.strip() for x in (xs or []) for m in x.split(",") if m.strip()]  # noqa: E731
     chosen, dropped = split(models), split(exclude)
@@ -31,7 +31,7 @@ def _model_list(models: list[str] | None, exclude: list[str] | None, store: Stor
 
 def _parse_n(text: str) -> int:
     """``--n`` as a positive integer; read as text so that 2.5 or 0 get the same clear message."""
-    from ..importance import check_sample_size
+    from lmmap.maths.resampling import check_sample_size
 
     try:
         value = int(text)
@@ -59,11 +59,11 @@ def select(
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods (the subset then records no threshold).")] = False,
 ):
     """Resample texts by importance: π from the map's models, n draws, the d unique texts with counts and weights."""
-    from ..importance import warn_if_no_real_subset
-    from ..subset import select as select_subset
+    from lmmap.maths.resampling import warn_if_no_real_subset
+    from lmmap.analyses.select import select as select_subset
 
     n_draws = _parse_n(n)
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     models = _model_list(model, exclude, s)
@@ -116,10 +116,10 @@ def add(
     threads: ThreadsOption = "auto",
 ):
     """Score new models on a subset's texts only (or adaptively) and place them into the existing map."""
-    from ..threads import set_threads
+    from lmmap.parallel import set_threads
 
     set_threads(threads)
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     score_kwargs = dict(device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
@@ -152,8 +152,8 @@ def _add(s, models, output, subset, adaptive, name, target_se, neighbors, max_te
             raise InputError("--adaptive draws its own texts: drop --subset (or drop --adaptive to score the subset's texts)")
         if replace or rebuild or base_coords is not None:
             raise InputError("--replace, --rebuild and --base-coords do not apply to --adaptive")
-        from ..adaptive import place_adaptive
-        from ..report_adaptive import write_adaptive
+        from lmmap.analyses.adaptive import place_adaptive
+        from lmmap.report.adaptive import write_adaptive
 
         result = place_adaptive(
             s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
@@ -163,8 +163,8 @@ def _add(s, models, output, subset, adaptive, name, target_se, neighbors, max_te
     else:
         if subset is None:
             raise InputError("give --subset SUBSET.json (from `lmmap select`), or --adaptive")
-        from ..placement import add_models
-        from ..subset import Subset
+        from lmmap.analyses.place import add_models
+        from lmmap.analyses.select import Subset
 
         result = add_models(
             s, models, Subset.load(subset, store=s, allow_other_texts=allow_other_texts), output, names=name or None,

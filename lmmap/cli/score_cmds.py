@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..exceptions import LmmapError
-from ._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, console, err_console, fail, lit
+from lmmap.exceptions import LmmapError
+from lmmap.cli._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, console, err_console, fail, lit
 
 
 @app.command()
@@ -33,9 +33,9 @@ def score(
     threads: ThreadsOption = "auto",
 ):
     """Score models on the store's texts; a killed run resumes from its checkpoints."""
-    from ..scoring import score_models
-    from ..store import Store
-    from ..threads import set_threads
+    from lmmap.scoring.hf import score_models
+    from lmmap.data.store import Store
+    from lmmap.parallel import set_threads
 
     if name is not None and len(models) != 1:
         fail(f"--name names one model, but {len(models)} were given")
@@ -43,7 +43,7 @@ def score(
     s = Store(store)
     text_pos = None
     if subset is not None:
-        from ..subset import Subset
+        from lmmap.analyses.select import Subset
 
         sub = Subset.load(subset, store=s, allow_other_texts=allow_other_texts)
         text_pos = sub.text_pos
@@ -70,8 +70,8 @@ def demo(
     threads: Annotated[str, typer.Option(help="Torch threads for training and scoring: a number, or auto (1 on a 2-core machine, where a second thread is many times slower once the cores are busy; the idle cores less one on a larger machine).")] = "auto",
 ):
     """Build a small ecosystem of real models from text on this machine, score them and draw their map (offline)."""
-    from ..demo import run_demo
-    from ..threads import resolve_threads
+    from lmmap.demo import run_demo
+    from lmmap.parallel import resolve_threads
 
     resolve_threads(threads)  # a bad value fails before any work
     try:

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ._app import StoreOption, app, check_choice, console, lit, print_table, texts_app, visible
+from lmmap.cli._app import StoreOption, app, check_choice, console, lit, print_table, texts_app, visible
 
 
 @texts_app.command("build")
@@ -27,7 +27,7 @@ def texts_build(
     on_bad_utf8: Annotated[str, typer.Option(help="Files that are not UTF-8: error, skip or replace.")] = "error",
 ):
     """Cut documents into fixed-size chunks, de-duplicate and sample N of them."""
-    from ..texts import build_text_set
+    from lmmap.data.texts import build_text_set
 
     ts = build_text_set(sources, chunk_bytes=chunk_bytes, min_bytes=min_bytes, n=n, seed=seed, on_bad_utf8=on_bad_utf8)
     ts.save(output)
@@ -37,7 +37,7 @@ def texts_build(
 @texts_app.command("info")
 def texts_info(path: Annotated[Path, typer.Argument(help="A text set (.jsonl or .parquet).")]):
     """Size and identity of a text set."""
-    from ..texts import TextSet
+    from lmmap.data.texts import TextSet
 
     ts = TextSet.load(path)
     sizes = [len(t.encode("utf-8", "surrogatepass")) for t in ts.texts] or [0]
@@ -50,8 +50,8 @@ def init(
     store: StoreOption,
 ):
     """Create a new store on a text set."""
-    from ..store import Store
-    from ..texts import TextSet
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
 
     s = Store.create(store, TextSet.load(texts))
     console.print(f"created store {lit(s.path)} on {s.n_texts} texts ({s.text_set_id[:19]}…)")
@@ -68,7 +68,7 @@ def import_(
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite models already in the store.")] = False,
 ):
     """Import log-likelihood vectors (and metadata) into the store."""
-    from ..io import import_vectors
+    from lmmap.data.transfer import import_vectors
 
     names = import_vectors(
         store, vectors, allow_pickle=allow_pickle, texts=texts, metadata=metadata, convention=convention, replace=replace
@@ -118,10 +118,10 @@ def models(
     )] = "table",
 ):
     """List the models in the store with their metadata."""
-    from ..io import model_table
+    from lmmap.data.transfer import model_table
 
     check_choice(fmt, MODEL_FORMATS, "--format")
-    from ..store import Store
+    from lmmap.data.store import Store
 
     s = Store(store)
     df = model_table(s)
@@ -174,9 +174,9 @@ def export(
                                                   "models scored on only some texts, with NaN for the others.")] = False,
 ):
     """Export the models' log-likelihoods (.parquet: every stored row; .csv/.npz: the complete models)."""
-    from ..io import export_vectors
+    from lmmap.data.transfer import export_vectors
 
-    from ..store import Store
+    from lmmap.data.store import Store
 
     path = export_vectors(Store(store), output, include_partial=include_partial)
     console.print(f"wrote {lit(path)}")

@@ -13,7 +13,7 @@ import hashlib
 import re
 import unicodedata
 
-from .exceptions import InputError
+from lmmap.exceptions import InputError
 
 __all__ = ["safe_filename"]
 

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .exceptions import LmmapError
+from lmmap.exceptions import LmmapError
 
 UNKNOWN = "unknown"
 UNKNOWN_COLOR = "#9e9e9e"
@@ -99,8 +99,8 @@ class Edges:
 
 
 def atomic_write(path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (see :mod:`lmmap.atomic`)."""
-    from .atomic import atomic_write as _write
+    """Write ``data`` to ``path`` atomically (see :mod:`lmmap.data.atomic`)."""
+    from lmmap.data.atomic import atomic_write as _write
 
     return _write(_prepare(path), data)
 
@@ -189,7 +189,7 @@ def ellipse_parameters(cov, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray,
     if not np.isfinite(scale) or scale <= 0:
         raise LmmapError(f"the ellipse scale must be a positive number, got {scale!r}")
     # Imported here: the stability module loads scipy, which a plot without ellipses never needs.
-    from .stability import ellipse_axes
+    from lmmap.analyses.stability import ellipse_axes
 
     major, minor, angle = ellipse_axes(cov)
     return 2 * (scale * major), 2 * (scale * minor), angle
@@ -403,7 +403,7 @@ def map_figure(
 
     Parameters
     ----------
-    coords : (K, 2) map positions (e.g. from :func:`lmmap.embedding.embed`).
+    coords : (K, 2) map positions (e.g. from :func:`lmmap.maths.embedding.embed`).
     names : K model names.
     groups : K category values (model type, family…) colouring the points; None → one colour.
     highlight : model names (e.g. newly added) drawn larger, black-edged and labelled in bold.

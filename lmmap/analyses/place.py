@@ -5,7 +5,7 @@ existing models (``subset.models``) and the new ones is then built from those
 texts with the subset's weights ``w`` and its stored clipping threshold. The
 KL estimate between a new model i and an existing model j is
 ``g̃_ij / (2N)`` with ``g̃_ij = ‖q̃_i − q̃_j‖²_w``; its standard error comes
-from resampling the n draws behind the subset (as :mod:`lmmap.bootstrap`).
+from resampling the n draws behind the subset (as :mod:`lmmap.maths.bootstrap`).
 
 Column centring does not change differences between models and each row is
 centred on its own, so placing new models never changes the estimates between
@@ -16,7 +16,7 @@ them (``rebuild=True`` refits everything): in an MDS map (the default below
 models, so a new model lands where the full map would draw it; in a t-SNE map
 by openTSNE's transform.
 
-The numeric core (:func:`lmmap.core.cross_squared_distances`, :func:`cross_sq_distance_se`,
+The numeric core (:func:`lmmap.maths.geometry.cross_squared_distances`, :func:`cross_sq_distance_se`,
 :func:`place_points`) takes arrays; :func:`add_models` does the store, the
 scoring and the files.
 """
@@ -34,11 +34,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import core
-from .bootstrap import bootstrap_se, check_counts
-from .core import cross_squared_distances  # noqa: F401  (moved to core; still importable from here, as before)
-from .exceptions import LmmapError, LmmapWarning
-from .modelmap import ModelMap, _axis_label, _hover_neighbors
+from lmmap.maths import geometry
+from lmmap.maths.bootstrap import bootstrap_se, check_counts
+from lmmap.maths.geometry import cross_squared_distances  # noqa: F401  (moved to core; still importable from here, as before)
+from lmmap.exceptions import LmmapError, LmmapWarning
+from lmmap.map import ModelMap, _axis_label, _hover_neighbors
 
 # Two clipping thresholds that differ by less than this (relative) are the same map's.
 _THRESHOLD_RTOL = 1e-9
@@ -56,7 +56,7 @@ def cross_sq_distance_se(X_rows, X_cols, counts=None, R: int = 100, seed=0) -> n
     draw counts ``c`` of the d texts (default 1 each: the full text set). Each
     replicate redraws the n draws, ``c* ~ Multinomial(n, c/n)``, so text t's
     term is scaled by ``c*_t / c_t`` — the same scheme as
-    :func:`lmmap.bootstrap.bootstrap_sq_distance_se`, but O(m·K·d) per replicate
+    :func:`lmmap.maths.bootstrap.bootstrap_sq_distance_se`, but O(m·K·d) per replicate
     instead of O(K²·d): only the new-versus-existing block is needed.
     """
     X_rows = np.asarray(X_rows, dtype=np.float64)
@@ -70,7 +70,7 @@ def cross_sq_distance_se(X_rows, X_cols, counts=None, R: int = 100, seed=0) -> n
     sq_rows, sq_cols = X_rows * X_rows, X_cols * X_cols
 
     def replicate(scale: np.ndarray) -> np.ndarray:
-        return core.distances_from_gram(sq_rows @ scale, sq_cols @ scale, (X_rows * scale) @ X_cols.T)
+        return geometry.distances_from_gram(sq_rows @ scale, sq_cols @ scale, (X_rows * scale) @ X_cols.T)
 
     return bootstrap_se(replicate, c, R, seed)
 
@@ -84,7 +84,7 @@ def place_points(X_base, coords_base, X_new, method: str = "tsne", random_state:
     coordinates must be ``coords_base``) applied to ``X_new``; ``mds`` takes
     ``n_texts`` (N) so that squared distances are KL.
     """
-    from .embedding import Embedding, fit_embedding
+    from lmmap.maths.embedding import Embedding, fit_embedding
 
     if method in ("pca", "mds"):
         kwargs = {"n_texts": transform_kwargs.pop("n_texts", None)} if method == "mds" else {}
@@ -210,11 +210,11 @@ def _needs_scoring(store, name: str, text_pos: np.ndarray, records: dict, replac
 
 
 def _score(store, names, sources, subset, convention, replace, score_kwargs, progress) -> tuple[float, dict]:
-    """Score ``names`` on the subset's texts only (resumable, see :mod:`lmmap.scoring`).
+    """Score ``names`` on the subset's texts only (resumable, see :mod:`lmmap.scoring.hf`).
 
-    Returns the wall seconds and each model's :class:`lmmap.scoring.ScoreStatus`.
+    Returns the wall seconds and each model's :class:`lmmap.scoring.hf.ScoreStatus`.
     """
-    from .scoring import score_models
+    from lmmap.scoring.hf import score_models
 
     if progress:
         progress(f"scoring {len(names)} model(s) on the subset's {subset.d} texts (of {subset.n_texts})…")
@@ -291,12 +291,12 @@ def add_models(
         not scored again).
     names : store the models under these names instead (one per model);
         default: a local directory's own name, a hub id as it is.
-    subset : a :class:`lmmap.subset.Subset` (``lmmap select``).
+    subset : a :class:`lmmap.analyses.select.Subset` (``lmmap select``).
     outdir : write placement.csv, kl.csv, coords.csv, neighbors.csv, map.png,
         map.html and map.json there (None: write nothing).
     convention : scoring convention; default: that of the map's models.
         Another one is refused (SPEC §2: never mix conventions).
-    score_kwargs : passed to :func:`lmmap.scoring.score_models` (device, dtype, batch_tokens, ...).
+    score_kwargs : passed to :func:`lmmap.scoring.hf.score_models` (device, dtype, batch_tokens, ...).
     rebuild : refit the whole 2-D map instead of keeping the existing positions.
     replace : re-score models already in the store, and re-place models that
         are in the map (they are then treated as new).
@@ -315,7 +315,7 @@ def add_models(
     if names is not None and len(list(names)) != len(sources):
         raise LmmapError(f"{len(list(names))} names for {len(sources)} models: give one name per model")
     if names is None:
-        from .scoring import default_model_name
+        from lmmap.scoring.hf import default_model_name
 
         # The name shown on the map and in the tables: the directory's own name, not the path typed.
         names = [default_model_name(m) for m in sources]
@@ -364,7 +364,7 @@ def add_models(
     X = mm.features()
     X_old, X_new = X[:K], X[K:]
     KL = mm.kl()[K:, :K]
-    se = core.kl_from_squared_distances(cross_sq_distance_se(X_new, X_old, subset.counts, R=se_R, seed=se_seed), mm.n_texts)
+    se = geometry.kl_from_squared_distances(cross_sq_distance_se(X_new, X_old, subset.counts, R=se_R, seed=se_seed), mm.n_texts)
 
     _warn_identical(new, existing, X_new, X_old, mm.n_texts, KL)
 
@@ -386,7 +386,7 @@ def add_models(
         if method == "mds":
             # Gower's formula needs only the new models' KL to the existing ones: they land where the
             # full map would draw them, whatever texts they were scored on.
-            from .embedding import fit_embedding
+            from lmmap.maths.embedding import fit_embedding
 
             emb = fit_embedding(base_map.features(), "mds", n_texts=int(base_map.n_texts))
             if base_coords is None or np.allclose(emb.coords, coords_old, atol=1e-6 * (1 + np.abs(coords_old).max())):
@@ -412,7 +412,7 @@ def write_placed_map(png, html, coords, names, new_models, existing_models, kl, 
                      color_by) -> None:
     """The map of a placement (PNG and HTML): existing models coloured and labelled, new models drawn large and
     named, each with a dashed line to its nearest existing model by KL (``kl``: m×K)."""
-    from . import plots
+    from lmmap.report import plots
 
     nearest = [existing_models[j] for j in np.asarray(kl).argmin(axis=1)] if len(new_models) else []
     style = dict(
@@ -425,7 +425,7 @@ def write_placed_map(png, html, coords, names, new_models, existing_models, kl, 
 
 
 def _resolve_for(embedding: str, n_existing: int) -> str:
-    from .embedding import resolve_method
+    from lmmap.maths.embedding import resolve_method
 
     # As `lmmap map` of the existing models would choose.
     return resolve_method(embedding, n_existing)
@@ -456,7 +456,7 @@ def write_placement(result: Placement, outdir, *, subset=None, k: int = 10, colo
     models), new models highlighted and named, each with a dashed line to its
     nearest existing model by KL.
     """
-    from . import plots
+    from lmmap.report import plots
 
     mm = result.map
     groups = mm.groups(color_by)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .exceptions import FormatError, InputError
+from lmmap.exceptions import FormatError, InputError
 
 TEXT_SUFFIXES_JSONL = (".jsonl", ".ndjson")
 TEXT_SUFFIXES_PARQUET = (".parquet", ".pq")
@@ -197,7 +197,7 @@ class TextSet:
     # -- output -------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSONL or Parquet (by suffix), atomically."""
-        from .atomic import atomic_path
+        from lmmap.data.atomic import atomic_path
 
         path = Path(path)
         with atomic_path(path) as tmp:

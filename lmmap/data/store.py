@@ -65,11 +65,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .exceptions import InputError, LmmapError, LmmapWarning, StoreError
-from .atomic import atomic_path, fsync_dir, fsync_file
-from .atomic import atomic_write as _atomic_write
-from .texts import TextSet
+from lmmap._version import __version__
+from lmmap.exceptions import InputError, LmmapError, LmmapWarning, StoreError
+from lmmap.data.atomic import atomic_path, fsync_dir, fsync_file
+from lmmap.data.atomic import atomic_write as _atomic_write
+from lmmap.data.texts import TextSet
 
 STORE_FORMAT = "lmmap-store"
 STORE_VERSION = 1

@@ -5,7 +5,7 @@ models, draws n texts with replacement and keeps the d unique ones with their
 counts ``c`` and weights ``w = c/(nπ)``. The resulting :class:`Subset` is
 everything needed to build a map from those d texts alone
 (``ModelMap.from_store(store, subset=...)``) or to place new models scored on
-them (:mod:`lmmap.placement`): the text positions, the weights, the models
+them (:mod:`lmmap.analyses.place`): the text positions, the weights, the models
 ``π`` came from and the clipping threshold of their full map.
 
 A subset is saved as JSON (``SUBSET.json``)::
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from . import importance as imp
-from .exceptions import FormatError, InputError, LmmapError, LmmapWarning
+from lmmap._version import __version__
+from lmmap.maths import resampling as imp
+from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning
 
 SUBSET_FORMAT = "lmmap-subset"
 SUBSET_VERSION = 1
@@ -363,7 +363,7 @@ class Subset:
             return store.texts.subset(self.text_pos)
         if self.texts is None:
             raise InputError("this subset does not carry its texts: give the store they come from")
-        from .texts import TextSet
+        from lmmap.data.texts import TextSet
 
         return TextSet.from_texts(self.texts, index=self.text_index)
 
@@ -476,7 +476,7 @@ _KIND_NAMES = {str: "a string", list: "a list", bool: "true or false", (int, flo
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    from .atomic import atomic_write
+    from lmmap.data.atomic import atomic_write
 
     atomic_write(path, text)
 
@@ -524,7 +524,7 @@ def select(
         (``--allow-other-texts``). Without ``texts`` or ``unbound`` such a selection is refused, so
         that a subset never silently indexes another store's texts.
     """
-    from .modelmap import ModelMap
+    from lmmap.map import ModelMap
 
     method = imp.check_method(method)
     n = imp.check_sample_size(n)

@@ -1,4 +1,4 @@
-"""Files of an adaptive placement (:func:`lmmap.adaptive.place_adaptive`).
+"""Files of an adaptive placement (:func:`lmmap.analyses.adaptive.place_adaptive`).
 
 ``placement.csv`` (as ``lmmap add``: new_model, existing_model, kl, kl_se,
 rank), ``kl.csv`` (new models × existing models), ``adaptive.csv`` (one row
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
-from .placement import kl_frame, write_placed_map
+from lmmap.report import plots
+from lmmap.analyses.place import kl_frame, write_placed_map
 
 FILES = ("placement.csv", "kl.csv", "adaptive.csv", "adaptive_trace.csv", "adaptive_trace.png")
 
@@ -35,14 +35,14 @@ def place_on_map(result, store, *, embedding: str = "auto", random_state: int = 
     each new model is placed against the fixed map (openTSNE transform) with
     features ``[q̂, e]`` against ``[Q, 0]``: its prediction on all N texts and
     one coordinate that makes its distance to its nearest model the estimate
-    (:func:`lmmap.adaptive.completed_features`) — a few dozen texts of plain
+    (:func:`lmmap.analyses.adaptive.completed_features`) — a few dozen texts of plain
     subset features would put a fine-tune anywhere near its family.
     """
-    from .adaptive import completed_features
-    from .embedding import fit_embedding
-    from .exceptions import InputError
-    from .modelmap import ModelMap
-    from .placement import place_points
+    from lmmap.analyses.adaptive import completed_features
+    from lmmap.maths.embedding import fit_embedding
+    from lmmap.exceptions import InputError
+    from lmmap.map import ModelMap
+    from lmmap.analyses.place import place_points
 
     existing = result.existing_models
     clip = result.threshold is not None

@@ -1,6 +1,6 @@
 """Moving vectors between files and a store: import, export, the model table.
 
-File formats themselves are read and written by :mod:`lmmap.formats`; this
+File formats themselves are read and written by :mod:`lmmap.data.formats`; this
 module checks that what is read belongs to the store and puts it there.
 """
 
@@ -14,9 +14,9 @@ import pandas as pd
 
 import warnings
 
-from .exceptions import FormatError, InputError, LmmapError, LmmapWarning, StoreError
-from .store import CONVENTIONS, Interrupted, Store, _normalise_metadata
-from .texts import TextSet
+from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning, StoreError
+from lmmap.data.store import CONVENTIONS, Interrupted, Store, _normalise_metadata
+from lmmap.data.texts import TextSet
 
 
 def open_or_create_store(store_path, texts: str | os.PathLike | None) -> Store:
@@ -54,7 +54,7 @@ def import_vectors(
     the store's metadata table in the same change: everything is read and
     checked first, then the models and their metadata are committed together,
     so an import killed at any moment leaves none of them (see
-    :mod:`lmmap.store`). A metadata column whose values mix numbers and text
+    :mod:`lmmap.data.store`). A metadata column whose values mix numbers and text
     is stored as text, with a note.
     """
     try:
@@ -66,7 +66,7 @@ def import_vectors(
 
 
 def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace) -> list[str]:
-    from .formats import read_metadata_csv, read_vectors
+    from lmmap.data.formats import read_metadata_csv, read_vectors
 
     _check_convention(convention, "--convention")
     store = open_or_create_store(store_path, texts)
@@ -153,7 +153,7 @@ def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
     models scored on every text; partial models are left out with a note,
     or exported with NaN for their missing texts when ``include_partial``.
     """
-    from .formats import EXPORT_FORMAT, EXPORT_KEY, _metadata_records, write_vectors
+    from lmmap.data.formats import EXPORT_FORMAT, EXPORT_KEY, _metadata_records, write_vectors
 
     path = Path(path)
     long = path.suffix.lower() in (".parquet", ".pq")
@@ -224,7 +224,7 @@ def _write_long(path: Path, frames: dict, store: Store, export_format, export_ke
         "metadata": metadata_records(meta, names) if len(meta) else None,
     }
     table = pa.table(cols).replace_schema_metadata({export_key: json.dumps(info).encode()})
-    from .atomic import atomic_path
+    from lmmap.data.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)

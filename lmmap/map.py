@@ -1,6 +1,6 @@
 """The model map: coordinates ``Q``, KL estimates, neighbours and 2-D embeddings.
 
-``ModelMap`` wraps the numeric core (:mod:`lmmap.core`) for named models.
+``ModelMap`` wraps the numeric core (:mod:`lmmap.maths.geometry`) for named models.
 Build it from arrays (``ModelMap(names, L)``) or from a store
 (``ModelMap.from_store(store)``, optionally on a resampled subset of texts).
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, core
-from .exceptions import LmmapError
+from lmmap._version import __version__
+from lmmap.maths import geometry
+from lmmap.exceptions import LmmapError
 
 MIN_MODELS = 3
 # --edges: lines from each model to its nearest by KL, the declared lineage (metadata column base_model), or none.
@@ -53,7 +54,7 @@ class ModelMap:
     n_texts: int | None = None
     counts: np.ndarray | None = None
     metadata: pd.DataFrame | None = None
-    clip_percentile: float = core.DEFAULT_CLIP_PERCENTILE
+    clip_percentile: float = geometry.DEFAULT_CLIP_PERCENTILE
     text_set_id: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -70,14 +71,14 @@ class ModelMap:
                 f"a map needs at least {MIN_MODELS} models (double centering over models is meaningless "
                 f"for fewer); got {len(self.names)}"
             )
-        core.check_finite(self.L, self.names)
+        geometry.check_finite(self.L, self.names)
         if self.n_texts is None:
             self.n_texts = self.L.shape[1]
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
                 raise LmmapError(f"threshold must be 'auto', a number or None, got {self.threshold!r}")
-            self.threshold = core.clip_threshold(self.L, self.clip_percentile)
-        self.Q = core.double_center(core.clip(self.L, self.threshold), self.w)
+            self.threshold = geometry.clip_threshold(self.L, self.clip_percentile)
+        self.Q = geometry.double_center(geometry.clip(self.L, self.threshold), self.w)
         self._index = {n: i for i, n in enumerate(self.names)}
 
     # -- construction from a store --------------------------------------------
@@ -85,7 +86,7 @@ class ModelMap:
     def from_store(cls, store, models=None, subset=None, clip: bool = True, threshold=None, allow_mixed: bool = False) -> "ModelMap":
         """The map of ``models`` (default: every model in ``store``).
 
-        ``subset`` (a :class:`lmmap.subset.Subset`): build from its d texts
+        ``subset`` (a :class:`lmmap.analyses.select.Subset`): build from its d texts
         with its weights and its stored clipping threshold (SPEC §4).
         ``threshold``: reuse a stored threshold instead of computing one.
         """
@@ -116,26 +117,26 @@ class ModelMap:
 
     def features(self) -> np.ndarray:
         """``Q W^{1/2}`` (K×d): plain Euclidean geometry equals the map's weighted one."""
-        return core.weighted_features(self.Q, self.w)
+        return geometry.weighted_features(self.Q, self.w)
 
     def squared_distances(self) -> np.ndarray:
         """``G`` with ``g_ij = ‖q_i − q_j‖²_w`` (K×K)."""
         if "G" not in self._cache:
-            self._cache["G"] = core.squared_distances(self.Q, self.w)
+            self._cache["G"] = geometry.squared_distances(self.Q, self.w)
         return self._cache["G"]
 
     def kl(self) -> np.ndarray:
         """Estimated ``KL(p_i, p_j) ≈ g_ij / (2N)`` (K×K, symmetric, zero diagonal)."""
-        return core.kl_from_squared_distances(self.squared_distances(), self.n_texts)
+        return geometry.kl_from_squared_distances(self.squared_distances(), self.n_texts)
 
     def kl_se(self, R: int = 100, seed: int = 0) -> np.ndarray:
-        """Bootstrap standard error of each KL estimate (K×K); see :mod:`lmmap.bootstrap`."""
+        """Bootstrap standard error of each KL estimate (K×K); see :mod:`lmmap.maths.bootstrap`."""
         key = ("kl_se", R, seed)
         if key not in self._cache:
-            from .bootstrap import bootstrap_sq_distance_se
+            from lmmap.maths.bootstrap import bootstrap_sq_distance_se
 
             se = bootstrap_sq_distance_se(self.Q, self.w, self.counts, R=R, seed=seed)
-            self._cache[key] = core.kl_from_squared_distances(se, self.n_texts)
+            self._cache[key] = geometry.kl_from_squared_distances(se, self.n_texts)
         return self._cache[key]
 
     def kl_frame(self) -> pd.DataFrame:
@@ -153,7 +154,7 @@ class ModelMap:
         if k < 1:
             raise LmmapError(f"k must be at least 1, got {k}")
         KL = self.kl()
-        idx, vals = core.nearest_neighbors(KL, k)
+        idx, vals = geometry.nearest_neighbors(KL, k)
         kk = idx.shape[1]
         names = np.asarray(self.names, dtype=object)
         table = pd.DataFrame(
@@ -171,17 +172,17 @@ class ModelMap:
     # -- embeddings ---------------------------------------------------------------
     def embedding_method(self, method: str = "auto") -> str:
         """The method ``method`` stands for in this map: ``auto`` is classical MDS below 40 models, t-SNE above."""
-        from .embedding import resolve_method
+        from lmmap.maths.embedding import resolve_method
 
         return resolve_method(method, self.K)
 
     def embed(self, method: str = "auto", random_state: int = 42, **kwargs) -> np.ndarray:
-        """2-D coordinates (K×2) of the models (see :mod:`lmmap.embedding`).
+        """2-D coordinates (K×2) of the models (see :mod:`lmmap.maths.embedding`).
 
         ``auto`` (default): classical MDS of the KL matrix for K < 40 (squared
         map distances ≈ KL, from below), t-SNE (PCA initialisation) of ``Q W^{1/2}`` from 40 on.
         """
-        from .embedding import DEFAULT_PERPLEXITY, embed
+        from lmmap.maths.embedding import DEFAULT_PERPLEXITY, embed
 
         resolved = self.embedding_method(method)
         if resolved == "mds":
@@ -232,7 +233,7 @@ class ModelMap:
         if not bases:
             return pd.DataFrame(columns=columns)
         KL = self.kl()
-        idx, vals = core.nearest_neighbors(KL, 1)
+        idx, vals = geometry.nearest_neighbors(KL, 1)
         root = _lineage_roots(self.names, bases)
         roots = np.array([root[n] for n in self.names], dtype=object)
         rows = []
@@ -278,13 +279,13 @@ class ModelMap:
         from a model whose nearest model lies in another lineage to that
         nearest model (the model is flagged).
         """
-        from .plots import Edges
+        from lmmap.report.plots import Edges
 
         mode = self.resolve_edges(mode)
         if mode == "none":
             return [], []
         if mode == "nn":
-            idx, _ = core.nearest_neighbors(self.kl(), 1)
+            idx, _ = geometry.nearest_neighbors(self.kl(), 1)
             pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
             return [Edges("nn", tuple((self.names[a], self.names[b]) for a, b in pairs))], []
         table = self.lineage()
@@ -321,7 +322,7 @@ class ModelMap:
         bases ``lineage.csv`` says for each model whether its nearest model by
         KL is in its lineage.
         """
-        from . import plots
+        from lmmap.report import plots
 
         method = self.embedding_method(embedding)
         edge_mode = self.resolve_edges(edges)
@@ -373,7 +374,7 @@ class ModelMap:
 
     def title(self, method: str = "auto", models: str | None = None) -> str:
         """What the map shows: models (``models`` replaces "K models"), texts, embedding and clipping (two lines)."""
-        from .embedding import METHOD_LABELS
+        from lmmap.maths.embedding import METHOD_LABELS
 
         method = self.embedding_method(method)
         d = self.L.shape[1]
@@ -402,7 +403,7 @@ class ModelMap:
 
 
 def _axis_label(method: str) -> str:
-    from .embedding import AXIS_LABELS
+    from lmmap.maths.embedding import AXIS_LABELS
 
     return AXIS_LABELS.get(method, method)
 

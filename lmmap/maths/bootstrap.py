@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from .core import check_matrix, squared_distances, weighted_features
-from .exceptions import InputError
+from lmmap.maths.geometry import check_matrix, squared_distances, weighted_features
+from lmmap.exceptions import InputError
 
 
 def check_replicates(R) -> int:

@@ -24,7 +24,7 @@ import math
 import numbers
 import os
 
-from .exceptions import InputError
+from lmmap.exceptions import InputError
 
 MAX_AUTO_THREADS = 8
 

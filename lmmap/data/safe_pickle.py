@@ -36,7 +36,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
-from .exceptions import FormatError, InputError, LmmapError
+from lmmap.exceptions import FormatError, InputError, LmmapError
 
 __all__ = ["RestrictedUnpickler", "RefusedGlobal", "TooLarge", "restricted_loads", "load_pickle", "is_pickle"]
 

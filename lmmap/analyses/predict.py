@@ -47,7 +47,7 @@ from scipy import linalg
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.preprocessing import KernelCenterer
 
-from .exceptions import InputError, LmmapError, LmmapWarning
+from lmmap.exceptions import InputError, LmmapError, LmmapWarning
 
 SCORE_ALPHAS = 10.0 ** np.arange(1, 10)  # 10¹..10⁹ (SPEC §7)
 LOGLIK_ALPHAS = 10.0 ** np.arange(-4, 5)  # 10⁻⁴..10⁴ (SPEC §7)
@@ -741,7 +741,7 @@ class PredictionReport:
 
     def write_figures(self, outdir) -> dict[str, Path]:
         """Predicted-versus-true scatter plots (PNG and HTML) per target, coloured by group."""
-        from . import plots
+        from lmmap.report import plots
 
         out = Path(outdir)
         paths: dict[str, Path] = {}
@@ -771,10 +771,10 @@ def _fmt(x) -> str:
 def figure_slugs(names) -> list[str]:
     """File-name-safe, distinct (also without case), bounded stems for the target names, in order.
 
-    :func:`lmmap.filenames.safe_filename`: a clean name stays as it is, any
+    :func:`lmmap.data.filenames.safe_filename`: a clean name stays as it is, any
     other gets a hash of itself, so ``x y``, ``x_y`` and ``x_y_1`` make three files.
     """
-    from .filenames import safe_filename
+    from lmmap.data.filenames import safe_filename
 
     taken: set[str] = set()
     return [safe_filename(str(n), taken) for n in names]
@@ -844,7 +844,7 @@ def predict_scores(
     Each note of the report (``report.notes``) is also issued as a
     :class:`~lmmap.exceptions.LmmapWarning`.
 
-    :func:`predict_map` does the same for a :class:`~lmmap.modelmap.ModelMap`.
+    :func:`predict_map` does the same for a :class:`~lmmap.map.ModelMap`.
     """
     names = [str(n) for n in names]
     X = np.asarray(features, dtype=np.float64)
@@ -896,7 +896,7 @@ def predict_scores(
 
 
 def predict_map(mm, scores: pd.DataFrame | None, group_by: str | None = "model_type", *, metadata: pd.DataFrame | None = None, include_loglik: bool = True, **kwargs) -> PredictionReport:
-    """:func:`predict_scores` on a :class:`~lmmap.modelmap.ModelMap`: its features, its mean log-likelihoods, its metadata's groups.
+    """:func:`predict_scores` on a :class:`~lmmap.map.ModelMap`: its features, its mean log-likelihoods, its metadata's groups.
 
     The group column is looked up in the scores table, then ``metadata``, then the map's metadata.
     """
@@ -1087,7 +1087,7 @@ def scores_from_metadata(metadata: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def read_scores(path) -> pd.DataFrame:
     """``SCORES.csv``: a ``model`` column and one numeric column per benchmark, indexed by model."""
-    from .formats import read_metadata_csv
+    from lmmap.data.formats import read_metadata_csv
 
     return read_metadata_csv(path)
 
@@ -1108,29 +1108,29 @@ def predict_store(
 
     scores : a table indexed by model, a path to ``SCORES.csv``, or None to use
         the store metadata's ``score_*`` columns.
-    subset : a :class:`~lmmap.subset.Subset` or the path of ``SUBSET.json``:
+    subset : a :class:`~lmmap.analyses.select.Subset` or the path of ``SUBSET.json``:
         features ``Q̃_d W^{1/2}``, only the models scored on its texts.
     metadata : extra metadata (a table or ``MODELS.csv``) to find the group column in.
     """
-    from .modelmap import ModelMap
+    from lmmap.map import ModelMap
 
     source = "scores"
     if isinstance(scores, (str, os.PathLike)):
         source = str(scores)
         scores = read_scores(scores)
     if isinstance(metadata, (str, os.PathLike)):
-        from .formats import read_metadata_csv
+        from lmmap.data.formats import read_metadata_csv
 
         metadata = read_metadata_csv(metadata)
     if subset is not None and not hasattr(subset, "text_pos"):
-        from .subset import Subset
+        from lmmap.analyses.select import Subset
 
         subset = Subset.load(subset)
     left_out: list[str] = []
     if subset is not None:
         models = store.models_with_texts(subset.text_pos)
     else:
-        from .subset import complete_models
+        from lmmap.analyses.select import complete_models
 
         models = complete_models(store)
         left_out = [m for m in store.model_names() if m not in set(models)]

@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
-from .core import check_matrix, squared_distances
-from .exceptions import InputError, LmmapError, LmmapWarning
+from lmmap.maths.geometry import check_matrix, squared_distances
+from lmmap.exceptions import InputError, LmmapError, LmmapWarning
 
 METHODS = ("uniform", "ls", "kl")
 

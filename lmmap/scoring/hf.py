@@ -58,8 +58,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
-from .exceptions import InputError, LmmapError, ScoringError, NonFiniteError as _NonFiniteBase
+from lmmap._version import __version__
+from lmmap.exceptions import InputError, LmmapError, ScoringError, NonFiniteError as _NonFiniteBase
 
 try:
     import torch
@@ -72,7 +72,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 SCORER = "lmmap"
 # Bump when a change can alter the numbers: checkpoints from another version are then not reused.
 SCORER_VERSION = "1"
-from .store import CONVENTIONS, Interrupted, ModelExistsError, check_model_name  # noqa: E402  (torch-free: import checks it too)
+from lmmap.data.store import CONVENTIONS, Interrupted, ModelExistsError, check_model_name  # noqa: E402  (torch-free: import checks it too)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Padded tokens per batch. On a CPU, ~1,000 tokens already make the matrix products run at full
@@ -827,7 +827,7 @@ def score_models(
     seconds (0: after every batch), so a killed run resumes with the missing
     texts only.
     """
-    from .store import Store
+    from lmmap.data.store import Store
 
     store = store if isinstance(store, Store) else Store(store)
     models = [str(m) for m in models]

@@ -9,7 +9,7 @@ per-model JSONL output, and lmmap's own NPZ, Parquet and CSV exports.
 Every reader validates at the boundary: errors are :class:`FormatError`
 naming the file (and line, column or model) and saying what to do.
 Pickles are loaded only with ``allow_pickle=True`` and then only through
-:mod:`lmmap.safe_pickle`.
+:mod:`lmmap.data.safe_pickle`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from .exceptions import FormatError, InputError
-from .safe_pickle import is_pickle, load_pickle
+from lmmap.exceptions import FormatError, InputError
+from lmmap.data.safe_pickle import is_pickle, load_pickle
 
 __all__ = [
     "Vectors",
@@ -56,7 +56,7 @@ _CSV_BLOCK_BYTES = 64 << 20
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".pck")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
-# The scoring conventions (SPEC §2); equal to lmmap.scoring.CONVENTIONS, not imported from there
+# The scoring conventions (SPEC §2); equal to lmmap.scoring.hf.CONVENTIONS, not imported from there
 # because that module imports torch.
 KNOWN_CONVENTIONS = ("reference", "full")
 
@@ -1099,7 +1099,7 @@ def write_vectors(
     if suffix not in writers:
         raise InputError(f"cannot write {path}: use a .npz, .parquet or .csv file name")
     records = _metadata_records(metadata, names) if metadata is not None and len(metadata) else None
-    from .atomic import atomic_path
+    from lmmap.data.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         writers[suffix](tmp, names, L, text_set_id, n_tokens, text_pos, convention, records)

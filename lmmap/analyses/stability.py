@@ -27,10 +27,10 @@ from typing import Mapping
 import numpy as np
 from scipy.linalg import orthogonal_procrustes
 
-from . import core
-from .error_analysis import check_trials, check_workers, parallel_map
-from .exceptions import LmmapError
-from .importance import check_method, check_sample_size, importance, resample
+from lmmap.maths import geometry
+from lmmap.analyses.errors import check_trials, check_workers, parallel_map
+from lmmap.exceptions import LmmapError
+from lmmap.maths.resampling import check_method, check_sample_size, importance, resample
 
 DEFAULT_METHOD = "ls"
 DEFAULT_N = 2900
@@ -128,12 +128,12 @@ def bias_variance(Zs, Y_ref) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def resampled_features(L, u, w, threshold) -> np.ndarray:
     """``Q̃_d W^{1/2}`` from the d texts ``u`` alone: clip at ``threshold``, w-weighted double centring (SPEC §4)."""
     L_d = np.asarray(L)[:, np.asarray(u)]
-    return core.weighted_features(core.double_center(core.clip(L_d, threshold), w), w)
+    return geometry.weighted_features(geometry.double_center(geometry.clip(L_d, threshold), w), w)
 
 
 def reference_map(Q, embedding: str = "tsne", random_state: int = 42, **embed_kwargs) -> np.ndarray:
     """The reference configuration: the embedding of the full ``Q`` (K×2); ``auto``: MDS below 40 models, t-SNE above."""
-    from .embedding import embed
+    from lmmap.maths.embedding import embed
 
     return embed(np.asarray(Q, dtype=np.float64), method=embedding, random_state=random_state, **embed_kwargs)
 
@@ -212,7 +212,7 @@ def table3(results: Mapping[str, StabilityResult] | list[StabilityResult]):
 
 def _trial(ss, L, pi, n, threshold, embedding, random_state, embed_kwargs):
     """One resampled map: draw, build ``Q̃_d W^{1/2}``, embed. Returns (K×2 configuration, d)."""
-    from .embedding import embed
+    from lmmap.maths.embedding import embed
 
     u, _, w = resample(pi, n, np.random.default_rng(ss))
     X = resampled_features(L, u, w, threshold)
@@ -228,7 +228,7 @@ def _process_map(seeds, args, workers: int, progress, description: str) -> list:
     """
     from joblib import Parallel, delayed
 
-    from .error_analysis import _progress
+    from lmmap.analyses.errors import _progress
 
     with _progress(len(seeds), description, progress) as advance:
         runner = Parallel(n_jobs=workers, backend="loky", return_as="generator", inner_max_num_threads=1)
@@ -277,10 +277,10 @@ def map_stability(
     method = check_method(method)
     n = check_sample_size(n)
     R = check_trials(R)
-    Q = core.double_center(core.clip(L, threshold)) if Q is None else np.asarray(Q, dtype=np.float64)
+    Q = geometry.double_center(geometry.clip(L, threshold)) if Q is None else np.asarray(Q, dtype=np.float64)
     if Q.shape != L.shape:
         raise LmmapError(f"Q {Q.shape} and L {L.shape} differ in shape")
-    from .embedding import DEFAULT_PERPLEXITY, effective_perplexity, resolve_method
+    from lmmap.maths.embedding import DEFAULT_PERPLEXITY, effective_perplexity, resolve_method
 
     # Resolved once, so that every resampled map uses the method of the reference.
     embedding = resolve_method(embedding, L.shape[0])

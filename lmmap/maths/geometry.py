@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exceptions import InputError
+from lmmap.exceptions import InputError
 
 DEFAULT_CLIP_PERCENTILE = 2.0
 
@@ -124,7 +124,7 @@ def squared_distances(Q, w=None, *, dtype=np.float64, nonnegative: bool = True) 
     Rounding can make tiny entries negative; they are set to 0
     (``nonnegative``) and the diagonal to exactly 0. ``dtype=np.float32``
     forms the Gram product in float32 (then float64): it exists to measure
-    what that rounding would cost (:func:`lmmap.error_analysis.float32_rounding_error`),
+    what that rounding would cost (:func:`lmmap.analyses.errors.float32_rounding_error`),
     which is why clipping can be switched off there.
     """
     X = weighted_features(Q, w)

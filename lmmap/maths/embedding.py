@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .core import check_matrix, cross_squared_distances
-from .exceptions import LmmapError, LmmapWarning
+from lmmap.maths.geometry import check_matrix, cross_squared_distances
+from lmmap.exceptions import LmmapError, LmmapWarning
 
 METHODS = ("auto", "mds", "tsne", "pca", "umap")
 # Below this many models ``auto`` is classical MDS, from here on t-SNE.

@@ -48,7 +48,7 @@ Everything is vectorised: a round costs O(K·n + K·p) numpy per model (n
 draws so far, p features), never a loop over pairs or texts.
 
 :func:`place_adaptive` is the driver: it scores in rounds through
-:func:`lmmap.scoring.score_models` (resumable: scored texts are kept in the
+:func:`lmmap.scoring.hf.score_models` (resumable: scored texts are kept in the
 store and in its checkpoints, and the draws are a deterministic function of
 ``random_state``, so a killed run re-draws the same texts and scores only
 those it lacks).
@@ -66,9 +66,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import core
-from .exceptions import InputError, ScoringError, StoreError
-from .importance import importance
+from lmmap.maths import geometry
+from lmmap.exceptions import InputError, ScoringError, StoreError
+from lmmap.maths.resampling import importance
 
 MIN_EXISTING = 3
 DEFAULT_COMPONENTS = 64
@@ -128,7 +128,7 @@ class AdaptiveMap:
 
 
 def prepare_map(L, threshold="auto", *, n_components: int = DEFAULT_COMPONENTS, uniform_mix: float = DEFAULT_UNIFORM_MIX,
-                method: str = "ls", clip_percentile: float = core.DEFAULT_CLIP_PERCENTILE) -> AdaptiveMap:
+                method: str = "ls", clip_percentile: float = geometry.DEFAULT_CLIP_PERCENTILE) -> AdaptiveMap:
     """Prepare the existing map ``L`` (K×N raw log-likelihoods) for adaptive placement.
 
     ``threshold``: ``"auto"`` (the ``clip_percentile``-th percentile of ``L``,
@@ -141,10 +141,10 @@ def prepare_map(L, threshold="auto", *, n_components: int = DEFAULT_COMPONENTS, 
     if not 0 <= uniform_mix <= 1:
         raise InputError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
     if isinstance(threshold, str):
-        threshold = core.clip_threshold(L, clip_percentile)
-    Lc = core.clip(L, threshold)
+        threshold = geometry.clip_threshold(L, clip_percentile)
+    Lc = geometry.clip(L, threshold)
     mu = Lc.mean(axis=0)
-    Q = core.double_center(Lc)
+    Q = geometry.double_center(Lc)
     C = Q @ Q.T
     evals, U = np.linalg.eigh(C)
     order = np.argsort(evals)[::-1]
@@ -512,8 +512,8 @@ class AdaptiveResult:
     paths: dict = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """``placement.csv``, laid out as ``lmmap add`` writes it (:func:`lmmap.placement.placement_table`)."""
-        from .placement import placement_table
+        """``placement.csv``, laid out as ``lmmap add`` writes it (:func:`lmmap.analyses.place.placement_table`)."""
+        from lmmap.analyses.place import placement_table
 
         return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
 
@@ -553,13 +553,13 @@ class AdaptiveResult:
 
 
 def _state_path(store, name: str) -> Path:
-    from .store import model_filename
+    from lmmap.data.store import model_filename
 
     return Path(store.path) / "adaptive" / (model_filename(name)[: -len(".parquet")] + ".json")
 
 
 def _atomic_write_json(path: Path, payload: dict) -> None:
-    from .atomic import atomic_write
+    from lmmap.data.atomic import atomic_write
 
     atomic_write(path, json.dumps(payload, indent=2))
 
@@ -569,7 +569,7 @@ def _check_names(store, models, names, records):
     if not sources:
         raise InputError("give at least one model to add")
     if names is None:
-        from .scoring import default_model_name
+        from lmmap.scoring.hf import default_model_name
 
         names = [default_model_name(s) for s in sources]
     else:
@@ -615,7 +615,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     of ``store`` scored on all N texts (or ``existing``), clipped at its 2nd
     percentile as ``lmmap map`` does (``clip=False``: no clipping).
 
-    Scoring goes through :func:`lmmap.scoring.score_models` (``score_kwargs``:
+    Scoring goes through :func:`lmmap.scoring.hf.score_models` (``score_kwargs``:
     device, dtype, batch_tokens, ...), texts are stored as they are scored,
     and the draws depend on ``random_state`` and the existing map only: a
     killed run, run again with the same arguments, draws the same texts and
@@ -626,7 +626,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     ``score_models`` call, which loads each still active model again: for
     large models a larger ``round_size`` amortises the loading.
     """
-    from .store import Store
+    from lmmap.data.store import Store
 
     store = store if isinstance(store, Store) else Store(store)
     N = store.n_texts
@@ -655,7 +655,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
 
     _, L = store.matrix(existing)
     try:
-        core.check_finite(L, existing)
+        geometry.check_finite(L, existing)
     except ValueError as exc:
         raise StoreError(str(exc)) from None
     amap = prepare_map(L, "auto" if clip else None, uniform_mix=uniform_mix)
@@ -670,7 +670,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     seconds = [0.0]
 
     def fetch(active, text_pos):
-        from .scoring import score_models
+        from lmmap.scoring.hf import score_models
 
         kw = {"progress": False, **(score_kwargs or {})}
         kw.pop("convention", None)

@@ -47,9 +47,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .core import check_matrix, squared_distances
-from .exceptions import InputError, LmmapError, LmmapWarning
-from .importance import METHODS, check_method, expected_unique, importance
+from lmmap.maths.geometry import check_matrix, squared_distances
+from lmmap.exceptions import InputError, LmmapError, LmmapWarning
+from lmmap.maths.resampling import METHODS, check_method, expected_unique, importance
 
 EPS0 = 1e-3
 ERRORS = ("relative", "absolute")
@@ -265,7 +265,7 @@ def _sum_sq_errors(S: np.ndarray, n: int, B: np.ndarray, inv_scale) -> float:
 
     ``B = G·inv_scale``. Only the row blocks' upper parts are formed (e is
     symmetric, its diagonal 0), each block small enough to stay in cache.
-    This is :func:`lmmap.core.distances_from_gram` fused, in place, into the
+    This is :func:`lmmap.maths.geometry.distances_from_gram` fused, in place, into the
     error sum: the hot loop of the simulation, run once per trial and grid
     point, so it never allocates a K×K matrix of distances.
     """
