@@ -3,7 +3,7 @@
 Every error a user can cause is an :class:`LmmapError`; its message names the
 file, line, model or parameter at fault and says what to do. The CLI prints
 such a message on one line (exit code 1); anything else that escapes is a bug
-and is reported as one.
+and is reported as one (``internal error``, exit code 2).
 
     LmmapError (ValueError)
       InputError      a bad argument or value (a parameter, a name, a number)
@@ -12,14 +12,32 @@ and is reported as one.
       ScoringError    a model that cannot be loaded or scored
         NonFiniteError  a NaN or infinite log-likelihood
 
+``LmmapError`` derives from ``ValueError`` so that ``except ValueError`` in
+callers written against numpy/scikit-learn conventions still catches bad input.
+
+Library messages name the Python parameter at fault (``random_state must be
+...``), and list it in ``params``; the command line prints the flag instead
+(``--seed must be ...``), so a notebook user and a shell user each read their
+own names.
+
 :class:`LmmapWarning` carries notes the user should see once (partial models
 left out of a map, metadata for absent models ...); the CLI prints each as a
 one-line ``note:``.
 """
 
+from __future__ import annotations
+
 
 class LmmapError(ValueError):
-    """Bad input or a refused operation. The CLI prints its message without a traceback."""
+    """Bad input or a refused operation. The CLI prints its message without a traceback.
+
+    ``params``: the Python parameter names the message mentions (the CLI
+    replaces each whole-word mention by the command's flag).
+    """
+
+    def __init__(self, *args, params: tuple[str, ...] | list[str] = ()):
+        super().__init__(*args)
+        self.params = tuple(params)
 
 
 class InputError(LmmapError):

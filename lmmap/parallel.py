@@ -1,4 +1,4 @@
-"""How many CPU threads torch uses for scoring and training (``--threads``).
+"""Parallel work: how many CPU threads torch uses (``--threads``), and the one parallel runner.
 
 torch starts with one thread per core and its OpenMP threads spin while they
 wait for each other. On a machine whose cores are busy with other work that
@@ -59,9 +59,9 @@ def resolve_threads(n: int | str | None) -> int:
         try:
             n = int(n.strip())
         except ValueError:
-            raise InputError(f"--threads must be a positive integer or auto, got {n!r}") from None
+            raise InputError(f"threads must be a positive integer or auto, got {n!r}", params=("threads",)) from None
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise InputError(f"--threads must be a positive integer or auto, got {n!r}")
+        raise InputError(f"threads must be a positive integer or auto, got {n!r}", params=("threads",))
     return int(n)
 
 
@@ -93,4 +93,58 @@ def threads(n: int | str | None = "auto"):
         set_threads(previous)
 
 
-__all__ = ["auto_threads", "resolve_threads", "set_threads", "threads", "usable_cores", "MAX_AUTO_THREADS"]
+
+
+def check_workers(workers) -> int:
+    """``workers`` as a positive count; ``-1`` (scikit-learn's convention) means every usable core."""
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers == 0 or workers < -1:
+        raise InputError(f"workers must be a positive integer or -1 (all cores), got {workers!r}", params=("workers",))
+    return usable_cores() if workers == -1 else int(workers)
+
+
+def parallel_map(fn, items, *, workers: int = 1, backend: str = "threads", progress=None, task: str = "",
+                 unit: str = "items") -> list:
+    """``[fn(x) for x in items]`` on ``workers`` workers, one BLAS thread each — lmmap's one parallel runner.
+
+    ``backend="threads"`` suits numpy/LAPACK work, which releases the GIL and
+    shares the K×N inputs without copies; ``"processes"`` (joblib's loky) suits
+    work that holds the GIL (openTSNE's gradient loop), and passes large
+    arrays to the workers as memory maps. Results keep the order of ``items``;
+    ``progress`` (see :mod:`lmmap.progress`) gets one step per finished item.
+    """
+    from joblib import Parallel, delayed
+
+    from lmmap.progress import Tracker
+
+    if backend not in ("threads", "processes"):
+        raise InputError(f"backend must be 'threads' or 'processes', got {backend!r}", params=("backend",))
+    workers = check_workers(workers)
+    items = list(items)
+    with Tracker(progress, task, len(items), unit) as tracker:
+        if workers == 1 or len(items) <= 1:
+            out = []
+            for x in items:
+                out.append(fn(x))
+                tracker.advance()
+            return out
+        runner = Parallel(
+            n_jobs=min(workers, len(items)), return_as="generator", inner_max_num_threads=1,
+            **({"prefer": "threads"} if backend == "threads" else {"backend": "loky"}),
+        )
+        out = []
+        if backend == "threads":
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"):
+                for result in runner(delayed(fn)(x) for x in items):
+                    out.append(result)
+                    tracker.advance()
+        else:
+            for result in runner(delayed(fn)(x) for x in items):
+                out.append(result)
+                tracker.advance()
+        return out
+
+
+__all__ = ["auto_threads", "check_workers", "parallel_map", "resolve_threads", "set_threads", "threads", "usable_cores",
+           "MAX_AUTO_THREADS"]

@@ -96,7 +96,7 @@ def main(argv=None):
     except LmmapError as exc:
         if debug:
             traceback.print_exc()
-        message = str(exc)
+        message = as_flags(str(exc), getattr(exc, "params", ()))
         if "is not an lmmap store" in message and "LMMAP_STORE" not in message:
             # From the command line the usual cause is a missing --store: say how to give one.
             message += "; or point --store / $LMMAP_STORE at an existing store"
@@ -119,6 +119,18 @@ def main(argv=None):
     finally:
         root.removeHandler(handler)
     sys.exit(code)
+
+
+def as_flags(message: str, params) -> str:
+    """The library names Python parameters (``random_state``); the command line shows its flags (``--seed``)."""
+    import re
+
+    from lmmap.cli._app import FLAGS
+
+    for param in params:
+        flag = FLAGS.get(param, "--" + param.replace("_", "-"))
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}(=True\b)?(?![\w-])", flag, message)
+    return message
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

@@ -64,6 +64,17 @@ def _show(ch: str) -> str:
     return f"\\U{cp:08x}"
 
 
+# Python parameter -> the flag that sets it, where the two names differ (see lmmap.exceptions).
+FLAGS = {
+    "R": "--R",
+    "k": "-k",
+    "n": "--n",
+    "random_state": "--seed",
+    "embedding_random_state": "--tsne-seed",
+    "store": "--store",
+}
+
+
 def visible(s: object) -> str:
     """``s`` as text with every control, format or surrogate character written as an escape (``\\x1b``)."""
     s = str(s)

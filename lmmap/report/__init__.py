@@ -1,1 +1,50 @@
-"""TODO"""
+"""Files from results: ``write(result, outdir)`` for every analysis.
+
+Each Result type has one writer module here, and every writer has the same
+shape (built with :class:`lmmap.report.files.Files`): its tables as CSV, its
+figures as PNG plus interactive HTML (one ``plotly.min.js`` per folder), and
+one JSON of the parameters and provenance (lmmap version, time, text set).
+Writers take arrays and tables from the result; they compute nothing a
+reader could not get from the result itself, except the picture.
+
+Writers import matplotlib/plotly only when they run, so importing this
+package is light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from lmmap.exceptions import InputError
+
+# Result class (module.qualname) -> the module whose ``write(result, outdir, **options)`` writes it.
+WRITERS = {
+    "lmmap.map.ModelMap": "lmmap.report.map",
+    "lmmap.analyses.place.Placement": "lmmap.report.place",
+    "lmmap.analyses.adaptive.AdaptiveResult": "lmmap.report.adaptive",
+    "lmmap.analyses.predict.PredictionResult": "lmmap.report.predict",
+    "lmmap.analyses.errors.ErrorAnalysis": "lmmap.report.errors",
+    "lmmap.analyses.stability.StabilityResult": "lmmap.report.stability",
+    "lmmap.analyses.stability.StabilityComparison": "lmmap.report.stability",
+    "lmmap.analyses.select.Subset": "lmmap.report.select",
+}
+
+
+def writer_for(result):
+    """The writer module of ``result``'s type (or of its nearest base class that has one)."""
+    for cls in type(result).__mro__:
+        module = WRITERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if module is not None:
+            return importlib.import_module(module)
+    raise InputError(f"no writer for a {type(result).__name__}; results that can be written: "
+                     + ", ".join(sorted(k.rsplit(".", 1)[1] for k in WRITERS)), params=("result",))
+
+
+def write(result, outdir: str | os.PathLike, **options) -> dict[str, Path]:
+    """Write ``result``'s tables, figures and parameters under ``outdir``; returns ``{file name: path}``."""
+    return writer_for(result).write(result, outdir, **options)
+
+
+__all__ = ["WRITERS", "write", "writer_for"]

@@ -1,0 +1,82 @@
+"""Progress bars for the command line: rich bars drawn from the library's :class:`~lmmap.progress.Step` events.
+
+The library reports (``progress=callable``); this is the only place that draws.
+A bar shows its counts, the rate (per second, in the task's unit and in any
+counter in ``info``, e.g. texts/s beside tokens/s) and the ETA.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lmmap.progress import Step
+
+
+def _rate(x: float, seconds: float) -> str:
+    r = x / max(seconds, 1e-9)
+    return f"{r:,.1f}" if r < 100 else f"{r:,.0f}"
+
+
+class RichProgress:
+    """``with RichProgress(console) as progress: lmmap_function(..., progress=progress)``.
+
+    ``enabled=False`` draws no bars but still prints messages (a step with no task).
+    """
+
+    def __init__(self, console, enabled: bool = True, messages: bool = True):
+        self.console, self.enabled, self.messages = console, enabled, messages
+        self._bar = None
+        self._tasks: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "RichProgress":
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=self.console, transient=False,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._bar is not None:
+            self._bar.stop()
+        return False
+
+    def __call__(self, step: Step) -> None:
+        from lmmap.cli._app import lit
+
+        with self._lock:
+            if step.task is None:
+                if self.messages and step.message:
+                    self.console.print(lit(step.message), highlight=False)
+                return
+            if self._bar is None:
+                return
+            if step.task not in self._tasks:
+                task_id = self._bar.add_task(lit(step.task), total=step.total, detail="")
+                self._tasks[step.task] = (task_id, time.perf_counter())
+            task_id, start = self._tasks[step.task]
+            self._bar.update(task_id, completed=step.done, total=step.total, detail=self._detail(step, start))
+            if step.finished:
+                del self._tasks[step.task]
+
+    @staticmethod
+    def _detail(step: Step, start: float) -> str:
+        elapsed = time.perf_counter() - start
+        parts = []
+        # extra counters first ("120/1,000 texts"), then the task's own unit
+        counters = {k: v for k, v in step.info.items() if not k.endswith("_total")}
+        for name, value in counters.items():
+            total = step.info.get(f"{name}_total")
+            parts.append(f"{value:,.0f}" + (f"/{total:,.0f}" if total is not None else "") + f" {name}")
+        if not counters:
+            parts.append(f"{step.done:,.0f}" + (f"/{step.total:,.0f}" if step.total is not None else "") + f" {step.unit}")
+        if elapsed > 0.5 and step.done:
+            rates = [f"{_rate(v, elapsed)} {k}/s" for k, v in counters.items()] + [f"{_rate(step.done, elapsed)} {step.unit}/s"]
+            parts.append(" ".join(rates))
+        return " · ".join(parts)
