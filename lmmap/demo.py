@@ -37,6 +37,7 @@ and the corpus are cached there, so a second run only redraws the map.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -53,6 +54,8 @@ import pandas as pd
 
 from lmmap._version import __version__
 from lmmap.exceptions import InputError, LmmapError
+from lmmap.progress import Tracker
+from lmmap.progress import say as progress_message
 
 DEMO_FORMAT = 2  # bump to invalidate caches of older demo layouts
 DOMAINS = ("code", "docs", "legal")
@@ -369,23 +372,22 @@ def train_model(spec: DemoModel, plan: DemoPlan, tokenizer, streams, models_dir:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.01)
     rng = np.random.default_rng([spec.seed, int(hashlib.sha1(spec.name.encode()).hexdigest()[:8], 16)])
-    task = progress.add_task(f"train {spec.name} ({spec.domain})", total=spec.steps, loss=float("nan"), rate="")
-    t0, tokens = time.perf_counter(), 0
-    for step in range(spec.steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, spec.steps, spec.lr)
-        x = torch.from_numpy(sample_batch(streams, spec.domain, plan.batch_size, plan.context, rng, spec.mix))
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens += x.numel()
-        rate = f"{tokens / (time.perf_counter() - t0):,.0f} tok/s"
-        progress.update(task, advance=1, loss=loss.item(), rate=rate)
-        if step + 1 in spec.checkpoints:
-            _save(model, tokenizer, models_dir / f"{spec.name}-step{step + 1}", spec, fingerprint, step + 1)
-    _save(model, tokenizer, models_dir / spec.name, spec, fingerprint, spec.steps)
+    tokens = 0
+    with Tracker(progress, f"train {spec.name} ({spec.domain})", spec.steps, "steps") as tracker:
+        for step in range(spec.steps):
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, spec.steps, spec.lr)
+            x = torch.from_numpy(sample_batch(streams, spec.domain, plan.batch_size, plan.context, rng, spec.mix))
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            tokens += x.numel()
+            tracker.advance(1, tokens=tokens, loss=loss.item())
+            if step + 1 in spec.checkpoints:
+                _save(model, tokenizer, models_dir / f"{spec.name}-step{step + 1}", spec, fingerprint, step + 1)
+        _save(model, tokenizer, models_dir / spec.name, spec, fingerprint, spec.steps)
 
 
 def _save(model, tokenizer, path: Path, spec: DemoModel, fingerprint: str, step: int) -> None:
@@ -513,9 +515,14 @@ def session_commands(outdir, plan: DemoPlan, n_texts: int) -> list[str]:
 # -- the whole demo -----------------------------------------------------------------------
 
 
-def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, seed: int = 0, console=None,
-             progress: bool = True, threads: int | str | None = "auto") -> dict:
+def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, random_state: int = 0, progress=None,
+             threads: int | str | None = "auto") -> dict:
     """Build, score and map the demo ecosystem under ``outdir``; returns paths and a summary.
+
+    ``random_state`` seeds everything (corpus split, training, text set):
+    the same value rebuilds the same demo. ``progress``: ``None`` or a
+    callable receiving :class:`lmmap.progress.Step` events (training steps,
+    scoring tokens, one-line stage messages).
 
     ``threads``: torch threads for training and scoring — a number, or
     ``"auto"`` (see :mod:`lmmap.parallel`: one on a machine with two cores,
@@ -528,14 +535,15 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, seed:
     (this process's CPU time: about the wall time on an idle machine with one
     thread), ``threads``,
     ``finetune_check`` (for each fine-tune: KL to its base and to the nearest
-    from-scratch model), ``kl_summary`` and ``session`` (the README's commands).
+    from-scratch model), ``kl_summary``, ``nearest`` (each model's nearest
+    neighbour by KL) and ``session`` (the README's commands).
     """
     from lmmap.parallel import set_threads
 
     previous = set_threads(threads) if threads is not None else None
     try:
         with _quiet_transformers():
-            return _run_demo(outdir, size, force, seed, console, progress)
+            return _run_demo(outdir, size, force, random_state, progress)
     finally:
         if previous is not None:
             set_threads(previous)
@@ -576,19 +584,16 @@ class _quiet_transformers:
         return False
 
 
-def _run_demo(outdir, size, force, seed, console, progress) -> dict:
+def _run_demo(outdir, size, force, seed, progress) -> dict:
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from lmmap import scoring
     from lmmap.data.formats import read_metadata_csv
     from lmmap.map import ModelMap
-    from lmmap.scoring.hf import score_models
     from lmmap.data.store import Store
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
-    console = console or Console(stderr=True)
-    say = (lambda msg: console.print(msg, highlight=False, markup=False)) if progress else (lambda msg: None)
+    say = functools.partial(progress_message, progress)
     plan = demo_plan(size, seed)
     out = Path(outdir)
     _prepare_outdir(out, plan, seed, force)
@@ -613,12 +618,9 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
         say(f"training {len(todo)} model(s) on {', '.join(DOMAINS)} "
             f"({plan.n_layer} layers, width {plan.n_embd}, context {plan.context}; CPU, {torch.get_num_threads()} "
             f"thread{'s' if torch.get_num_threads() > 1 else ''})")
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.2f}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
         t_train = time.perf_counter()
-        with Progress(*columns, console=console, disable=not progress) as bar:
-            for m in todo:
-                train_model(m, plan, tokenizer, streams, models_dir, fingerprint, bar)
+        for m in todo:
+            train_model(m, plan, tokenizer, streams, models_dir, fingerprint, progress)
         say(f"trained in {time.perf_counter() - t_train:.0f} s")
     else:
         say(f"{len(full_table)} trained models found in {models_dir} (cached)")
@@ -635,9 +637,8 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
         say(f"scoring {len(pending)} models on {len(texts)} held-out texts "
             f"({plan.texts_per_domain} per domain, {plan.chunk_bytes} bytes each)")
         t_score = time.perf_counter()
-        status = score_models(store, [str(models_dir / n) for n in pending], names=pending, device="cpu",
-                              dtype="float32", progress=progress, checkpoint_every=30.0,
-                              console=console if progress else None)
+        status = scoring.score_models(store, [str(models_dir / n) for n in pending], names=pending, device="cpu",
+                                      dtype="float32", progress=progress, checkpoint_every=30.0)
         failed = {n: s.message for n, s in status.items() if not s.ok}
         if failed:
             raise LmmapError("the demo could not score: " + "; ".join(failed.values()))
@@ -654,19 +655,20 @@ def _run_demo(outdir, size, force, seed, console, progress) -> dict:
 
     say("building the map…")
     mm = ModelMap.from_store(store, models=names)
-    paths = mm.write(out / "map", color_by="model_type")
+    from lmmap import report
+
+    paths = report.write(mm, out / "map", color_by="model_type")
     check = finetune_check(mm, table)
     summary = kl_summary(check)
     session = session_commands(out, plan, len(texts))
     seconds, cpu_seconds = time.perf_counter() - t_start, time.process_time() - cpu_start
-    if progress:
-        _print_summary(console, mm, check, summary)
+    nn = mm.neighbor_table(1)
     result = dict(
         paths={k: str(v) for k, v in paths.items()}, store=str(store.path), models_dir=str(models_dir),
         models_csv=str(models_csv), scores_csv=str(scores_csv), held_out=plan.held_out,
         n_models=len(names), n_texts=len(texts), seconds=seconds, cpu_seconds=cpu_seconds,
         threads=torch.get_num_threads(),
-        finetune_check=check, kl_summary=summary, example_model=EXAMPLE_FINETUNE, session=session,
+        finetune_check=check, kl_summary=summary, nearest=dict(zip(nn["model"], nn["neighbor"])), example_model=EXAMPLE_FINETUNE, session=session,
     )
     _write_text(out / "demo.json", json.dumps({**_demo_id(plan, seed), "last_run": result}, indent=2, default=str))
     return result
@@ -728,28 +730,6 @@ def kl_summary(check: list[dict]) -> dict:
     ratio = [r["kl_to_scratch"] / r["kl_to_base"] for r in check if r["kl_to_base"] > 0]
     return dict(kl_to_base_min=min(to_base), kl_to_base_max=max(to_base),
                 ratio_min=min(ratio) if ratio else float("nan"), ratio_max=max(ratio) if ratio else float("nan"))
-
-
-def _print_summary(console, mm, check: list[dict], summary: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    t = Table(title="fine-tunes stay near their base (estimated KL, nats per text)", title_justify="left")
-    for col in ("fine-tune", "KL to base", "nearest from-scratch model", "its KL", "ratio"):
-        t.add_column(col, justify="right" if col in ("KL to base", "its KL", "ratio") else "left")
-    for r in check:
-        t.add_row(escape(r["finetune"]), f"{r['kl_to_base']:.0f}", escape(str(r["nearest_scratch"])),
-                  f"{r['kl_to_scratch']:.0f}", f"{r['kl_to_scratch'] / r['kl_to_base']:.1f}×")
-    console.print(t)
-    if summary:
-        console.print(
-            f"each fine-tune's KL to its base: {summary['kl_to_base_min']:.0f}–{summary['kl_to_base_max']:.0f} nats, "
-            f"{summary['ratio_min']:.1f}–{summary['ratio_max']:.1f}× smaller than to the nearest from-scratch model",
-            highlight=False, markup=False,
-        )
-    nn = mm.neighbor_table(1)
-    console.print("nearest neighbour of each model: " + ", ".join(f"{a}→{b}" for a, b in zip(nn["model"], nn["neighbor"])),
-                  highlight=False, markup=False)
 
 
 def main(argv=None) -> None:  # pragma: no cover - `python -m lmmap.demo`

@@ -7,17 +7,14 @@ Build it from arrays (``ModelMap(names, L)``) or from a store
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lmmap._version import __version__
 from lmmap.maths import geometry
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import InputError
 
 MIN_MODELS = 3
 # --edges: lines from each model to its nearest by KL, the declared lineage (metadata column base_model), or none.
@@ -62,12 +59,12 @@ class ModelMap:
         self.names = [str(n) for n in self.names]
         self.L = np.asarray(self.L, dtype=np.float64)
         if self.L.ndim != 2 or self.L.shape[0] != len(self.names):
-            raise LmmapError(f"L must be K×d with one row per name; got {self.L.shape} for {len(self.names)} names")
+            raise InputError(f"L must be K×d with one row per name; got {self.L.shape} for {len(self.names)} names")
         dup = pd.Index(self.names)[pd.Index(self.names).duplicated()]
         if len(dup):
-            raise LmmapError(f"duplicate model name {dup[0]!r}: each model must appear once in a map")
+            raise InputError(f"duplicate model name {dup[0]!r}: each model must appear once in a map", params=("names",))
         if len(self.names) < MIN_MODELS:
-            raise LmmapError(
+            raise InputError(
                 f"a map needs at least {MIN_MODELS} models (double centering over models is meaningless "
                 f"for fewer); got {len(self.names)}"
             )
@@ -76,7 +73,7 @@ class ModelMap:
             self.n_texts = self.L.shape[1]
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
-                raise LmmapError(f"threshold must be 'auto', a number or None, got {self.threshold!r}")
+                raise InputError(f"threshold must be 'auto', a number or None, got {self.threshold!r}", params=("threshold",))
             self.threshold = geometry.clip_threshold(self.L, self.clip_percentile)
         self.Q = geometry.double_center(geometry.clip(self.L, self.threshold), self.w)
         self._index = {n: i for i, n in enumerate(self.names)}
@@ -84,7 +81,12 @@ class ModelMap:
     # -- construction from a store --------------------------------------------
     @classmethod
     def from_store(cls, store, models=None, subset=None, clip: bool = True, threshold=None, allow_mixed: bool = False) -> "ModelMap":
-        """The map of ``models`` (default: every model in ``store``).
+        """The map of ``models`` from ``store`` — the one rule for which models define a map.
+
+        ``models=None`` takes every model scored on all the map's texts (all N,
+        or the subset's d); models scored on only some of them are left out
+        with one :class:`~lmmap.exceptions.LmmapWarning` naming them
+        (:meth:`lmmap.data.store.Store.matrix`). Named models must have them all.
 
         ``subset`` (a :class:`lmmap.analyses.select.Subset`): build from its d texts
         with its weights and its stored clipping threshold (SPEC §4).
@@ -104,6 +106,11 @@ class ModelMap:
         thr = (threshold if threshold is not None else "auto") if clip else None
         return cls(names, L, threshold=thr, metadata=store.metadata(), text_set_id=store.text_set_id)
 
+    def add_metadata(self, extra: pd.DataFrame) -> None:
+        """Add metadata columns (a DataFrame indexed by model); ``extra`` wins where both have a value."""
+        have = self.metadata is not None and len(self.metadata)
+        self.metadata = extra.combine_first(self.metadata) if have else extra
+
     # -- basic quantities -------------------------------------------------------
     @property
     def K(self) -> int:
@@ -113,7 +120,7 @@ class ModelMap:
         try:
             return self._index[name]
         except KeyError:
-            raise LmmapError(f"model {name!r} is not in this map ({self.K} models)") from None
+            raise InputError(f"model {name!r} is not in this map ({self.K} models)") from None
 
     def features(self) -> np.ndarray:
         """``Q W^{1/2}`` (K×d): plain Euclidean geometry equals the map's weighted one."""
@@ -129,13 +136,13 @@ class ModelMap:
         """Estimated ``KL(p_i, p_j) ≈ g_ij / (2N)`` (K×K, symmetric, zero diagonal)."""
         return geometry.kl_from_squared_distances(self.squared_distances(), self.n_texts)
 
-    def kl_se(self, R: int = 100, seed: int = 0) -> np.ndarray:
+    def kl_se(self, R: int = 100, random_state=0) -> np.ndarray:
         """Bootstrap standard error of each KL estimate (K×K); see :mod:`lmmap.maths.bootstrap`."""
-        key = ("kl_se", R, seed)
+        key = ("kl_se", R, random_state)
         if key not in self._cache:
             from lmmap.maths.bootstrap import bootstrap_sq_distance_se
 
-            se = bootstrap_sq_distance_se(self.Q, self.w, self.counts, R=R, seed=seed)
+            se = bootstrap_sq_distance_se(self.Q, self.w, self.counts, R=R, random_state=random_state)
             self._cache[key] = geometry.kl_from_squared_distances(se, self.n_texts)
         return self._cache[key]
 
@@ -152,7 +159,7 @@ class ModelMap:
     def neighbor_table(self, k: int = 10, se: bool = False, R: int = 100) -> pd.DataFrame:
         """For every model, its ``k`` nearest models: columns model, rank, neighbor, kl (and kl_se)."""
         if k < 1:
-            raise LmmapError(f"k must be at least 1, got {k}")
+            raise InputError(f"k must be at least 1, got {k}", params=("k",))
         KL = self.kl()
         idx, vals = geometry.nearest_neighbors(KL, k)
         kk = idx.shape[1]
@@ -260,40 +267,16 @@ class ModelMap:
     def resolve_edges(self, edges: str = "auto") -> str:
         """``auto`` → ``base_model`` when the metadata declares a base for some model of the map, else ``nn``."""
         if edges not in EDGE_MODES:
-            raise LmmapError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
+            raise InputError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}", params=("edges",))
         if edges == "auto":
             return "base_model" if self.base_models() else "nn"
         if edges == "base_model" and not self.base_models():
             have = self.metadata is not None and LINEAGE_COLUMN in self.metadata.columns
-            raise LmmapError(
+            raise InputError(
                 ("no model's base_model names another model of the map" if have else "there is no metadata column base_model")
-                + ": give one with --metadata MODELS.csv (columns model, base_model), or use --edges nn"
+                + ": give one with metadata=MODELS.csv (columns model, base_model), or use edges='nn'", params=("metadata", "edges")
             )
         return edges
-
-    def edges(self, mode: str = "auto"):
-        """The lines of the map and the models to flag: ``(list of plots.Edges, flagged names)``.
-
-        ``nn``: each model to its nearest by KL (a mutual pair drawn once).
-        ``base_model``: each model to its declared base, and a dashed red line
-        from a model whose nearest model lies in another lineage to that
-        nearest model (the model is flagged).
-        """
-        from lmmap.report.plots import Edges
-
-        mode = self.resolve_edges(mode)
-        if mode == "none":
-            return [], []
-        if mode == "nn":
-            idx, _ = geometry.nearest_neighbors(self.kl(), 1)
-            pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
-            return [Edges("nn", tuple((self.names[a], self.names[b]) for a, b in pairs))], []
-        table = self.lineage()
-        bad = table[~table["consistent"].astype(bool)]
-        sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])))]
-        if len(bad):
-            sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
-        return sets, list(bad["model"])
 
     def groups(self, column: str | None) -> list[str] | None:
         """The metadata column ``column`` for each model (``None`` if there is no such column)."""
@@ -302,90 +285,7 @@ class ModelMap:
         col = self.metadata[column].reindex(self.names)
         return ["unknown" if pd.isna(v) else str(v) for v in col]
 
-    # -- outputs -----------------------------------------------------------------
-    def write(
-        self,
-        outdir: str | os.PathLike,
-        embedding: str = "auto",
-        color_by: str | None = "model_type",
-        k: int = 10,
-        se: bool = False,
-        R: int = 100,
-        random_state: int = 42,
-        edges: str = "auto",
-    ) -> dict[str, Path]:
-        """Write ``kl.csv``, ``coords.csv``, ``neighbors.csv``, ``map.png``, ``map.html`` (with ``plotly.min.js``) and ``map.json``.
-
-        ``embedding``: auto (classical MDS below 40 models, t-SNE above), mds,
-        tsne, pca or umap. ``edges``: auto (``base_model`` when the metadata
-        declares bases, else ``nn``), nn, base_model or none; with declared
-        bases ``lineage.csv`` says for each model whether its nearest model by
-        KL is in its lineage.
-        """
-        from lmmap.report import plots
-
-        method = self.embedding_method(embedding)
-        edge_mode = self.resolve_edges(edges)
-        groups = self.groups(color_by)
-        if color_by and groups is None and color_by != "model_type":
-            raise LmmapError(f"no metadata column {color_by!r} to colour by; give one with --metadata MODELS.csv")
-        out = Path(outdir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {name: out / name for name in ("kl.csv", "coords.csv", "neighbors.csv", "map.png", "map.html", "map.json")}
-        if se:
-            paths["kl_se.csv"] = out / "kl_se.csv"
-            plots.atomic_write(
-                paths["kl_se.csv"],
-                pd.DataFrame(self.kl_se(R=R), index=pd.Index(self.names, name="model"), columns=self.names).to_csv(),
-            )
-        plots.atomic_write(paths["kl.csv"], self.kl_frame().to_csv())
-        coords = self.embed(embedding, random_state=random_state)
-        plots.atomic_write(
-            paths["coords.csv"], pd.DataFrame({"model": self.names, "x": coords[:, 0], "y": coords[:, 1]}).to_csv(index=False)
-        )
-        table = self.neighbor_table(k, se=se, R=R)
-        plots.atomic_write(paths["neighbors.csv"], table.to_csv(index=False))
-        lineage = self.lineage()
-        if len(lineage):
-            paths["lineage.csv"] = out / "lineage.csv"
-            plots.atomic_write(paths["lineage.csv"], lineage.to_csv(index=False))
-        edge_sets, flagged = self.edges(edge_mode)
-        hover = _hover_neighbors(table, self.names, n=3)
-        if len(lineage):
-            hover = _hover_lineage(hover, self.names, lineage)
-        title = self.title(method)
-        style = dict(
-            groups=groups, title=title, edges=edge_sets, flagged=flagged, axis_label=_axis_label(method),
-            group_title=color_by if groups is not None else None,
-        )
-        plots.map_png(paths["map.png"], coords, self.names, **style)
-        plots.map_html(paths["map.html"], coords, self.names, hover=hover, **style)
-        paths["plotly.min.js"] = out / plots.PLOTLY_JS
-        info = self.describe(embedding=method, embedding_requested=embedding, color_by=color_by, edges=edge_mode)
-        if len(lineage):
-            info["lineage"] = {
-                "declared": int(len(lineage)),
-                "consistent": int(lineage["consistent"].sum()),
-                "flagged": list(lineage.loc[~lineage["consistent"].astype(bool), "model"]),
-                "tie": LINEAGE_TIE,
-            }
-        plots.atomic_write(paths["map.json"], json.dumps(info, indent=2))
-        return paths
-
-    def title(self, method: str = "auto", models: str | None = None) -> str:
-        """What the map shows: models (``models`` replaces "K models"), texts, embedding and clipping (two lines)."""
-        from lmmap.maths.embedding import METHOD_LABELS
-
-        method = self.embedding_method(method)
-        d = self.L.shape[1]
-        texts = f"{d:,} texts" if self.w is None else f"{d:,} of N = {self.n_texts:,} texts (resampled)"
-        first = f"{models or f'{self.K} models'}, {texts}"
-        if self.threshold is None:
-            clip = "no clipping"
-        else:
-            clip = f"log-likelihoods clipped at {self.threshold:.4g} ({_ordinal(self.clip_percentile)} percentile)"
-        return f"Model map: {first}\n{METHOD_LABELS.get(method, method)}; {clip}"
-
+    # -- what a reader needs -----------------------------------------------------
     def describe(self, **extra) -> dict:
         """What a reader needs to reproduce or extend this map (the threshold above all)."""
         return {
@@ -400,21 +300,6 @@ class ModelMap:
             "weighted": self.w is not None,
             **extra,
         }
-
-
-def _axis_label(method: str) -> str:
-    from lmmap.maths.embedding import AXIS_LABELS
-
-    return AXIS_LABELS.get(method, method)
-
-
-def _ordinal(value: float) -> str:
-    v = f"{value:g}"
-    if not v.isdigit():
-        return f"{v}th"
-    n = int(v)
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def _lineage_roots(names: list[str], bases: dict[str, str]) -> dict[str, str]:
@@ -432,25 +317,3 @@ def _lineage_roots(names: list[str], bases: dict[str, str]) -> dict[str, str]:
         if a != b:
             parent[a] = b
     return {n: find(n) for n in names}
-
-
-def _hover_lineage(hover: list[str], names: list[str], lineage: pd.DataFrame) -> list[str]:
-    info = {r.model: r for r in lineage.itertuples(index=False)}
-    out = []
-    for name, text in zip(names, hover):
-        r = info.get(name)
-        if r is not None:
-            text += f"\nbase_model: {r.base_model} (KL {r.kl_to_base:.3g})"
-            if not r.consistent:
-                text += f"\nnearest is in another lineage: {r.nearest}"
-        out.append(text)
-    return out
-
-
-def _hover_neighbors(table: pd.DataFrame, names: list[str], n: int = 3) -> list[str]:
-    top = table[table["rank"] <= n]
-    text = top.groupby("model", sort=False).apply(
-        lambda g: "nearest: " + ", ".join(f"{nb} (KL {kl:.3g})" for nb, kl in zip(g["neighbor"], g["kl"])),
-        include_groups=False,
-    )
-    return [text.get(m, "") for m in names]

@@ -20,7 +20,12 @@ from typing import Callable, Optional
 
 @dataclass(frozen=True)
 class Step:
-    """One progress event. ``info``: extra counters to show (e.g. ``{"texts": 120}``)."""
+    """One progress event.
+
+    ``info``: what else to show. Integers are counters, shown with their rate
+    (``{"texts": 120, "texts_total": 1000}``: 120/1,000 texts, texts/s);
+    floats are readings shown as they are (``{"loss": 2.31}``).
+    """
 
     task: str | None = None
     done: float = 0

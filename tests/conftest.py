@@ -128,5 +128,5 @@ def demo_full(tmp_path_factory):
     from lmmap.demo import run_demo
 
     root = Path(os.environ.get("LMMAP_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo-full") / "out")
-    result = run_demo(root, size="full", progress=False)
+    result = run_demo(root, size="full", progress=None)
     return result, root

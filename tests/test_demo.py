@@ -107,7 +107,7 @@ def test_a_second_run_reuses_models_and_scores(demo):
     added = {n: r["added_ns"] for n, r in Store(result["store"]).records().items()}
     cache = out / "data" / "scores-cache.json"
     cached, scores = cache.stat().st_mtime_ns, (out / "scores.csv").read_text()
-    again = run_demo(out, size="full", progress=False)
+    again = run_demo(out, size="full", progress=None)
     assert {p: p.stat().st_mtime_ns for p in weights} == weights  # nothing retrained
     assert cache.stat().st_mtime_ns == cached and (out / "scores.csv").read_text() == scores  # nothing re-measured
     assert {n: r["added_ns"] for n, r in Store(again["store"]).records().items()} == added  # nothing rescored
@@ -121,5 +121,5 @@ def test_the_demo_refuses_a_directory_that_is_not_its_own(tmp_path):
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(LmmapError, match="not an lmmap demo directory"):
-        run_demo(tmp_path, size="small", progress=False)
+        run_demo(tmp_path, size="small", progress=None)
     assert os.listdir(tmp_path) == ["notes.txt"]

@@ -61,7 +61,7 @@ def test_cross_se_is_the_block_of_the_full_bootstrap():
     Q = rng.standard_t(4, size=(6, 40))
     counts = rng.integers(1, 5, size=40)
     w = rng.uniform(0.5, 2, size=40)
-    full = bootstrap_sq_distance_se(Q, w, counts, R=50, seed=3)
+    full = bootstrap_sq_distance_se(Q, w, counts, R=50, random_state=3)
     X = core.weighted_features(Q, w)
     block = cross_sq_distance_se(X[4:], X[:4], counts, R=50, seed=3)
     np.testing.assert_allclose(block, full[4:, :4], rtol=1e-7, atol=1e-9)
@@ -182,7 +182,7 @@ def test_rebuild_and_base_coords(eco, tmp_path):
 
 
 def test_placed_map_labels_models_highlights_new_ones_and_draws_their_nearest_lines(eco, tmp_path):
-    from test_plots import plotly_array, plotly_figure
+    from plotly_json import plotly_array, plotly_figure
 
     store, names, L, held, rest, sub = eco
     # A model given as a directory path is shown (and stored) under the directory's own name.

@@ -147,7 +147,7 @@ def test_stability_command_compares_two_settings(tmp_path):
 def test_stability_maps_name_every_model_and_auto_is_mds_for_small_maps(tmp_path):
     """Ellipse maps are labelled (≤ 60 models) and load plotly.js once for the whole report."""
     from synthetic import lineage_L
-    from test_plots import plotly_figure
+    from plotly_json import plotly_figure
 
     from lmmap.cli.errors_cmds import write_stability_report
 

@@ -122,14 +122,24 @@ def main(argv=None):
 
 
 def as_flags(message: str, params) -> str:
-    """The library names Python parameters (``random_state``); the command line shows its flags (``--seed``)."""
+    """The library names Python parameters; the command line shows its flags.
+
+    Only unmistakable mentions are rewritten, so that a parameter named like a
+    common word (``metadata``) stays a word elsewhere in the sentence:
+    ``allow_pickle=True`` → ``--allow-pickle``, ``edges='nn'`` → ``--edges nn``,
+    and ``random_state must ...`` / ``R = 3 ...`` → ``--seed must ...`` / ``--R 3``.
+    """
     import re
 
     from lmmap.cli._app import FLAGS
 
     for param in params:
         flag = FLAGS.get(param, "--" + param.replace("_", "-"))
-        message = re.sub(rf"(?<![\w-]){re.escape(param)}(=True\b)?(?![\w-])", flag, message)
+        p = re.escape(param)
+        message = re.sub(rf"(?<![\w-]){p}=True\b", flag, message)
+        message = re.sub(rf"(?<![\w-]){p}=(['\"]?)([^'\"\s,;)]*)\1", lambda m: f"{flag} {m.group(2)}", message)
+        message = re.sub(rf"(?<![\w-]){p} = ", f"{flag} ", message)
+        message = re.sub(rf"(?<![\w.-]){p}(?=\s+(must|is|needs|takes|cannot|can't|has|gives)\b)", flag, message)
     return message
 
 

@@ -205,21 +205,13 @@ def check_color_by(column: Optional[str], metadata_columns: Iterable[str], defau
                  hint="add columns with --metadata MODELS.csv (a `model` column and one column per attribute)")
 
 
-MAX_REPLICATES = 100_000
+def check_replicates(R: int, needed: bool = True) -> None:
+    """``--R`` checked before any work (:func:`lmmap.maths.bootstrap.check_replicates`); ``needed``: is R used (``--se``)?"""
+    if needed:
+        from lmmap.maths.bootstrap import check_replicates as check
 
+        check(R)
 
-def check_replicates(R: int, option: str = "--R", needed: bool = True) -> None:
-    """Bootstrap/resampling replicates: at least 2 and at most MAX_REPLICATES (checked before any work).
-
-    Each replicate is a full computation (a K×K KL matrix, a map): an absurd R would run for days
-    rather than fail, so it is refused up front. ``needed``: whether R is used at all (``--se``).
-    """
-    if not needed:
-        return
-    if R < 2:
-        raise InputError(f"{option} must be at least 2 (a standard error needs two replicates), got {R}")
-    if R > MAX_REPLICATES:
-        raise InputError(f"{option} {R} is more replicates than an error estimate needs; use at most {MAX_REPLICATES:,}")
 
 
 # -- output directories ----------------------------------------------------------

@@ -25,13 +25,11 @@ def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool
         from lmmap.analyses.select import Subset
 
         sub = Subset.load(subset, store=store, allow_other_texts=allow_other_texts)
-    models = store.models_with_texts(sub.text_pos) if sub is not None else None
-    mm = ModelMap.from_store(store, models=models, subset=sub, clip=not no_clip, allow_mixed=allow_mixed)
+    mm = ModelMap.from_store(store, subset=sub, clip=not no_clip, allow_mixed=allow_mixed)
     if metadata is not None:
         from lmmap.data.formats import read_metadata_csv
 
-        extra = read_metadata_csv(metadata)
-        mm.metadata = extra.combine_first(mm.metadata) if mm.metadata is not None and len(mm.metadata) else extra
+        mm.add_metadata(read_metadata_csv(metadata))
     return mm
 
 
@@ -48,7 +46,7 @@ def map_(
     k: Annotated[int, typer.Option("-k", help="Neighbours listed per model.")] = 10,
     se: Annotated[bool, typer.Option("--se", help="Add bootstrap standard errors of the KL estimates.")] = False,
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se.")] = 100,
-    seed: Annotated[int, typer.Option(help="Random state of the embedding.")] = 42,
+    tsne_seed: Annotated[int, typer.Option("--tsne-seed", help="Random state of the 2-D embedding (t-SNE, UMAP).")] = 42,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
     allow_other_texts: AllowOtherTextsOption = False,
 ):
@@ -60,8 +58,11 @@ def map_(
     mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts)
     check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
     method, edges = mm.embedding_method(embedding), mm.resolve_edges(edges)  # bad values refused before any output
+    from lmmap import report
+
     with output_dir(output), console.status(f"embedding {mm.K} models ({lit(method)})…"):
-        paths = mm.write(output, embedding=embedding, color_by=color_by, k=k, se=se, R=R, random_state=seed, edges=edges)
+        paths = report.write(mm, output, embedding=embedding, color_by=color_by, k=k, se=se, R=R,
+                             random_state=tsne_seed, edges=edges)
     console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts (clip threshold {mm.threshold if mm.threshold is None else f'{mm.threshold:.2f}'}):")
     for name, p in paths.items():
         console.print(f"  {name:14s} {lit(p)}")

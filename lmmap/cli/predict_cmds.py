@@ -1,7 +1,7 @@
 """``lmmap predict``: benchmark scores from model coordinates, contamination candidates, scores for unscored models.
 
-The work is :func:`lmmap.analyses.predict.predict_store`; this module parses the
-options, calls it, writes the report and prints a summary.
+Parse the options, call :func:`lmmap.analyses.predict.predict_store`, write
+the result with :func:`lmmap.result.write`, print a summary.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import InputError
 from lmmap.cli._app import StoreOption, app, console, lit, output_dir
 
 
@@ -25,9 +25,9 @@ def parse_score_range(text: str) -> tuple[float, float] | None:
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
-        raise LmmapError(f"--score-range {text!r}: write LO,HI (e.g. 0,100) or none") from None
+        raise InputError(f"--score-range {text!r}: write LO,HI (e.g. 0,100) or none") from None
     if not lo < hi:
-        raise LmmapError(f"--score-range {text!r}: LO must be below HI")
+        raise InputError(f"--score-range {text!r}: LO must be below HI")
     return lo, hi
 
 
@@ -36,7 +36,7 @@ def parse_targets(text: str | None) -> list[str] | None:
         return None
     names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:
-        raise LmmapError("--targets is empty: give benchmark column names separated by commas")
+        raise InputError("--targets is empty: give benchmark column names separated by commas")
     return names
 
 
@@ -50,7 +50,8 @@ def predict(
     ] = None,
     group_by: Annotated[str, typer.Option("--group-by", help="Metadata column whose groups never straddle train and test ('none': each model its own group).")] = "model_type",
     subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: features from its texts only.")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", help="Repetitions of the cross-validation (seeds 0..n-1).")] = 5,
+    seeds: Annotated[int, typer.Option("--seeds", help="Repetitions of the cross-validation (seeds SEED..SEED+n-1).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first repetition (its folds and inner folds).")] = 0,
     folds: Annotated[int, typer.Option("--folds", help="Outer cross-validation folds.")] = 5,
     inner_folds: Annotated[int, typer.Option("--inner-folds", help="Inner folds that choose α.")] = 5,
     threshold: Annotated[float, typer.Option("--threshold", help="Flag a model whose true score exceeds its prediction by more than this many residual sds.")] = 2.0,
@@ -63,45 +64,46 @@ def predict(
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods when building the coordinates.")] = False,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the predicted-versus-true figures.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", help="Folds fitted in parallel (threads; -1: all cores).")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "--jobs", help="Folds fitted in parallel (threads; -1: all cores).")] = 1,
 ):
     """Predict benchmark scores from the models' coordinates (grouped cross-validation), flag possible contamination, and predict unscored models."""
+    from lmmap import report
     from lmmap.analyses.predict import predict_store
-
-    if seeds < 1:
-        raise LmmapError(f"--seeds must be at least 1, got {seeds}")
+    from lmmap.cli._progress import RichProgress
     from lmmap.data.store import Store
 
     s = Store(store)
-    with output_dir(output), console.status("cross-validating ridge regression…"):
-        report = predict_store(
-            s, scores, subset=subset, group_by=group_by, metadata=metadata, clip=not no_clip,
-            allow_mixed=allow_mixed, include_loglik=not no_loglik, seeds=seeds, n_folds=folds,
-            n_inner=inner_folds, threshold=threshold, level=level, targets=parse_targets(targets),
-            include_mean=not no_mean, score_range=parse_score_range(score_range), n_jobs=jobs,
-        )
-        paths = report.write(output, plots=not no_plots)
-    _print_report(report)
+    with output_dir(output):
+        with RichProgress(console, enabled=console.is_terminal) as progress:
+            result = predict_store(
+                s, scores, subset=subset, group_by=group_by, metadata=metadata, clip=not no_clip,
+                allow_mixed=allow_mixed, include_loglik=not no_loglik, n_repeats=seeds, random_state=seed,
+                n_folds=folds, n_inner=inner_folds, threshold=threshold, level=level, targets=parse_targets(targets),
+                include_mean=not no_mean, score_range=parse_score_range(score_range), workers=workers,
+                progress=progress,
+            )
+        paths = result.write(result, output, plots=not no_plots)
+    _print_report(result)
     console.print(f"wrote {len(paths)} files to {lit(output)}:")
     for name in ("correlations.csv", "predictions.csv", "contamination.csv", "new_predictions.csv", "predict.json"):
         console.print(f"  {name:20s} {lit(paths[name])}")
-    n_fig = len(paths) - 5
+    n_fig = sum(1 for name in paths if name.startswith("pred_"))
     if n_fig:
         console.print(f"  {'pred_*.png/.html':20s} {n_fig} figures")
 
 
-def _print_report(report) -> None:
-    st = report.settings
+def _print_report(result) -> None:
+    st = result.settings
     grouping = f"grouped by {lit(st['group_by'])}" if st["group_by"] else "each model its own group"
     table = Table(title=f"Pearson r, {st['n_folds']}-fold CV ({grouping}), mean ± sd over {len(st['seeds'])} seeds")
     for col, just in (("target", "left"), ("models", "right"), ("groups", "right"), ("missing", "right"), ("r", "right"), ("RMSE", "right"), ("α", "right")):
         table.add_column(col, justify=just)
-    for row in report.summary.itertuples(index=False):
+    for row in result.summary.itertuples(index=False):
         r = "n/a" if not np.isfinite(row.r_mean) else f"{row.r_mean:.3f} ± {row.r_sd:.3f}"
         table.add_row(lit(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, f"{row.rmse:.3g}", f"{row.alpha:.0e}")
     console.print(table)
-    # report.notes reached the user as warnings (one `note:` line each) while the report was built.
-    flagged = report.flagged()
+    # result.notes reached the user as warnings (one `note:` line each) while the report was built.
+    flagged = result.flagged()
     if len(flagged):
         console.print(f"{len(flagged)} possible contamination case(s) (true − predicted > {st['threshold']:g} residual sd):")
         for row in flagged.head(10).itertuples(index=False):
@@ -110,5 +112,5 @@ def _print_report(report) -> None:
             console.print(f"  … {len(flagged) - 10} more in contamination.csv")
     else:
         console.print(f"no model exceeds its prediction by more than {st['threshold']:g} residual sd")
-    if len(report.new):
-        console.print(f"{report.new['model'].nunique()} model(s) without scores predicted ({len(report.new)} values, {st['level']:.0%} intervals) → new_predictions.csv")
+    if len(result.new):
+        console.print(f"{result.new['model'].nunique()} model(s) without scores predicted ({len(result.new)} values, {st['level']:.0%} intervals) → new_predictions.csv")

@@ -20,10 +20,22 @@ from lmmap.maths.geometry import check_matrix, squared_distances, weighted_featu
 from lmmap.exceptions import InputError
 
 
-def check_replicates(R) -> int:
-    """``R`` bootstrap replicates: an integer ≥ 2 (one replicate has no spread to measure)."""
-    if isinstance(R, bool) or not isinstance(R, (int, np.integer)) or R < 2:
-        raise InputError(f"R must be ≥ 2 bootstrap replicates (a standard error needs at least two), got {R!r}; e.g. --R 100")
+# Each replicate is a full computation (a K×K matrix, a map): an absurd R would run for days rather than fail.
+MAX_REPLICATES = 100_000
+
+
+def check_replicates(R, minimum: int = 2, name: str = "R") -> int:
+    """``R`` replicates (bootstrap redraws, resampled maps, simulation trials) as an int in [minimum, MAX_REPLICATES].
+
+    The default minimum is 2: one replicate has no spread to measure. ``name``
+    is the parameter named in the error (the CLI shows its flag).
+    """
+    if isinstance(R, bool) or not isinstance(R, (int, np.integer)) or R < minimum:
+        why = " (a standard error needs at least two)" if minimum == 2 else ""
+        raise InputError(f"{name} must be at least {minimum} replicates, a whole number{why}; got {R!r}", params=(name,))
+    if R > MAX_REPLICATES:
+        raise InputError(f"{name} = {R:,} is more replicates than an error estimate needs; use at most {MAX_REPLICATES:,}",
+                         params=(name,))
     return int(R)
 
 
@@ -35,7 +47,7 @@ def check_counts(counts, d: int) -> np.ndarray:
     return c
 
 
-def bootstrap_se(statistic: Callable[[np.ndarray], np.ndarray], counts: np.ndarray, R: int, seed=0) -> np.ndarray:
+def bootstrap_se(statistic: Callable[[np.ndarray], np.ndarray], counts: np.ndarray, R: int, random_state=0) -> np.ndarray:
     """Standard error of ``statistic(scale)`` over R redraws of the n draws behind ``counts`` (:func:`check_counts`).
 
     Each replicate draws ``c* ~ Multinomial(n, c/n)`` and passes the per-text
@@ -46,7 +58,7 @@ def bootstrap_se(statistic: Callable[[np.ndarray], np.ndarray], counts: np.ndarr
     R = check_replicates(R)
     c = np.asarray(counts, dtype=np.int64)
     n = int(c.sum())
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     p = c / n
     mean = m2 = None
     for r in range(1, R + 1):
@@ -59,7 +71,7 @@ def bootstrap_se(statistic: Callable[[np.ndarray], np.ndarray], counts: np.ndarr
     return np.sqrt(m2 / (R - 1))
 
 
-def bootstrap_sq_distance_se(Q, w=None, counts=None, R: int = 100, seed=0) -> np.ndarray:
+def bootstrap_sq_distance_se(Q, w=None, counts=None, R: int = 100, random_state=0) -> np.ndarray:
     """Standard error (K×K) of ``g̃_ij`` by resampling the draws behind the map R times.
 
     ``counts`` are the draw counts ``c`` of the texts (default: 1 each, the
@@ -68,4 +80,4 @@ def bootstrap_sq_distance_se(Q, w=None, counts=None, R: int = 100, seed=0) -> np
     R = check_replicates(R)
     X = weighted_features(check_matrix(Q, "Q"), w)
     c = check_counts(counts, X.shape[1])
-    return bootstrap_se(lambda scale: squared_distances(X, scale), c, R, seed)
+    return bootstrap_se(lambda scale: squared_distances(X, scale), c, R, random_state)

@@ -141,7 +141,7 @@ def check_probabilities(pi) -> np.ndarray:
     return pi
 
 
-def resample(pi, n: int, rng=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resample(pi, n: int, random_state=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw n texts with replacement with probabilities ``π``.
 
     Returns ``(u, c, w)``: the d sorted unique text indices, their counts
@@ -150,7 +150,7 @@ def resample(pi, n: int, rng=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     n = check_sample_size(n)
     pi = check_probabilities(pi)
-    rng = np.random.default_rng(rng)
+    rng = np.random.default_rng(random_state)
     # multinomial needs Σπ ≤ 1 exactly in floating point; renormalising is harmless.
     counts = rng.multinomial(n, pi / pi.sum())
     u = np.flatnonzero(counts)

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lmmap.exceptions import LmmapError
+from lmmap.exceptions import InputError, LmmapError
 
 UNKNOWN = "unknown"
 UNKNOWN_COLOR = "#9e9e9e"
@@ -98,17 +98,16 @@ class Edges:
 # --------------------------------------------------------------------------- files
 
 
-def atomic_write(path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (see :mod:`lmmap.data.atomic`)."""
-    from lmmap.data.atomic import atomic_write as _write
+def _write(path, data: bytes | str) -> Path:
+    from lmmap.data.atomic import atomic_write
 
-    return _write(_prepare(path), data)
+    return atomic_write(_prepare(path), data)
 
 
 def _save_png(fig, path: Path, dpi) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    return atomic_write(path, buf.getvalue())
+    return _write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- text
@@ -187,9 +186,9 @@ def ellipse_parameters(cov, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray,
     results have shape () or (K,).
     """
     if not np.isfinite(scale) or scale <= 0:
-        raise LmmapError(f"the ellipse scale must be a positive number, got {scale!r}")
-    # Imported here: the stability module loads scipy, which a plot without ellipses never needs.
-    from lmmap.analyses.stability import ellipse_axes
+        raise InputError(f"the ellipse scale must be a positive number, got {scale!r}", params=("scale",))
+    # Imported here: the stability maths loads scipy, which a plot without ellipses never needs.
+    from lmmap.maths.stability import ellipse_axes
 
     major, minor, angle = ellipse_axes(cov)
     return 2 * (scale * major), 2 * (scale * minor), angle
@@ -715,7 +714,7 @@ def ensure_plotlyjs(folder) -> Path:
     except OSError:
         same = False
     if not same:
-        atomic_write(target, bundle)
+        _write(target, bundle)
     return target
 
 
@@ -732,7 +731,7 @@ def _write_html(fig, path: Path, post_script: str | None = None) -> Path:
     )
     path = _prepare(path)
     ensure_plotlyjs(path.parent)
-    return atomic_write(path, page)
+    return _write(path, page)
 
 
 def _plotly_layout(title, xlabel="", ylabel="", legend_title=None, equal_aspect=False) -> dict:
@@ -1124,7 +1123,6 @@ __all__ = [
     "ellipse_parameters",
     "ellipse_outline",
     "Edges",
-    "atomic_write",
     "ensure_plotlyjs",
     "map_figure",
     "map_png",

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmmap import ModelMap
+from lmmap import ModelMap, report
+from lmmap.report.map import map_edges
 from lmmap.maths import geometry as core
 from lmmap.exceptions import LmmapError
-from test_plots import plotly_array, plotly_figure
+from plotly_json import plotly_array, plotly_figure
 
 
 def clustered_L(K_per=4, N=60, seed=0):
@@ -73,7 +74,7 @@ def test_write_outputs(tmp_path):
     names[0] = "<b>evil</b>"
     meta = pd.DataFrame({"model_type": fams}, index=pd.Index(names, name="model"))
     mm = ModelMap(names, L, metadata=meta)
-    paths = mm.write(tmp_path, embedding="pca", k=3)
+    paths = report.write(mm, tmp_path, embedding="pca", k=3)
     kl = pd.read_csv(paths["kl.csv"], index_col=0)
     assert kl.index.name == "model" and list(kl.index) == names and list(kl.columns) == names
     np.testing.assert_allclose(kl.to_numpy(), mm.kl(), rtol=1e-12)
@@ -99,7 +100,7 @@ def lineage_map(**kw):
 def test_small_map_defaults_to_mds_and_its_title_says_what_the_map_is(tmp_path):
     names, L, meta = lineage_map()
     mm = ModelMap(names, L, metadata=meta)
-    paths = mm.write(tmp_path, color_by="family")
+    paths = report.write(mm, tmp_path, color_by="family")
     info = json.loads(paths["map.json"].read_text())
     assert info["embedding"] == "mds" and info["embedding_requested"] == "auto" and info["edges"] == "base_model"
     np.testing.assert_allclose(pd.read_csv(paths["coords.csv"])[["x", "y"]].to_numpy(), mm.embed("mds"))
@@ -131,7 +132,7 @@ def test_lineage_marks_a_nearest_neighbour_in_another_lineage(tmp_path):
     assert row.kl_to_lineage == pytest.approx(mm.kl_frame().loc["lin1-ft-1", ["lin0", "lin0-ft-0", "lin0-ft-1", "lin0-step1"]].min())
     assert not mm.lineage(tie=1.0).set_index("model").loc["lin1-ft-1", "consistent"]
     assert mm.lineage(tie=row.kl_to_lineage / row.kl_to_nearest).set_index("model").loc["lin1-ft-1", "consistent"]
-    paths = mm.write(tmp_path)
+    paths = report.write(mm, tmp_path)
     assert pd.read_csv(paths["lineage.csv"]).columns.tolist() == [
         "model", "base_model", "nearest", "kl_to_base", "kl_to_nearest", "kl_to_lineage", "relation", "consistent"]
     info = json.loads(paths["map.json"].read_text())
@@ -151,17 +152,17 @@ def test_edges_default_to_nearest_neighbours_without_base_model(tmp_path):
     names, L, meta = lineage_map()
     mm = ModelMap(names, L, metadata=meta.drop(columns="base_model"))
     assert mm.resolve_edges("auto") == "nn"
-    (nn,), flagged = mm.edges("auto")
+    (nn,), flagged = map_edges(mm, "auto")
     idx, _ = core.nearest_neighbors(mm.kl(), 1)
     expected = {tuple(sorted((names[i], names[j]))) for i, j in enumerate(idx[:, 0])}
     assert {tuple(sorted(p)) for p in nn.pairs} == expected and len(nn.pairs) == len(expected) and flagged == []
-    assert mm.edges("none") == ([], [])
+    assert map_edges(mm, "none") == ([], [])
     with pytest.raises(LmmapError, match="no metadata column base_model"):
-        mm.write(tmp_path / "x", edges="base_model")
+        report.write(mm, tmp_path / "x", edges="base_model")
     with pytest.raises(LmmapError, match="edges must be one of"):
-        mm.write(tmp_path / "y", edges="all")
+        report.write(mm, tmp_path / "y", edges="all")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
-    paths = mm.write(tmp_path / "z", embedding="pca", edges="none")
+    paths = report.write(mm, tmp_path / "z", embedding="pca", edges="none")
     assert "lineage.csv" not in paths and json.loads(paths["map.json"].read_text())["edges"] == "none"
 
 

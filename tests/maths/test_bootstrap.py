@@ -9,7 +9,7 @@ def test_full_map_se_matches_multinomial_variance():
     # With c* ~ Multinomial(N, 1/N), Var(Σ_s c*_s δ_s) = N · var_s(δ_s), δ_s = (q_i(x_s) − q_j(x_s))².
     rng = np.random.default_rng(0)
     Q = rng.standard_t(4, size=(4, 300))
-    se = bootstrap_sq_distance_se(Q, R=3000, seed=1)
+    se = bootstrap_sq_distance_se(Q, R=3000, random_state=1)
     delta = (Q[:, None, :] - Q[None, :, :]) ** 2
     analytic = np.sqrt(Q.shape[1] * delta.var(axis=2))
     off = ~np.eye(4, dtype=bool)
@@ -29,7 +29,7 @@ def test_weighted_se_matches_resampling_variance():
     keep = c > 0
     Qd, cd, pid = Q[:, keep], c[keep], pi[keep]
     w = cd / (n * pid)
-    se = bootstrap_sq_distance_se(Qd, w, cd, R=4000, seed=2)
+    se = bootstrap_sq_distance_se(Qd, w, cd, R=4000, random_state=2)
     delta = (Qd[0] - Qd[1]) ** 2 / (n * pid)  # one draw's contribution
     mean = (cd * delta).sum() / n
     analytic = np.sqrt(n * ((cd * (delta - mean) ** 2).sum() / n))
@@ -43,7 +43,7 @@ def test_fewer_than_two_replicates_is_a_one_line_input_error():
 
     Q = np.random.default_rng(0).normal(size=(3, 20))
     for R in (1, 0, -5, True, 2.5):
-        with pytest.raises(InputError, match="R must be ≥ 2"):
+        with pytest.raises(InputError, match="R must be at least 2"):
             bootstrap_sq_distance_se(Q, R=R)
 
 

@@ -24,7 +24,7 @@ from lmmap.data.transfer import export_vectors, import_vectors
 from lmmap.data.store import RECORD_KEY, Store, legacy_filename, model_filename
 from lmmap.data.texts import TextSet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 HARD_NAMES = [".hidden", "..", "../../x", "a/b", "x" * 300, "é" * 100, "[bold]x", "[/bold]", "Ab", "aB"]

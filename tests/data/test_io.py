@@ -59,8 +59,9 @@ def test_model_data_pickle_brings_metadata(tmp_path, authors_texts):
     ]
     pkl = tmp_path / "model-data-3.pkl"
     pkl.write_bytes(pickle.dumps(records))
-    with pytest.raises(LmmapError, match="--allow-pickle"):
+    with pytest.raises(LmmapError, match="allow_pickle=True") as err:
         import_vectors(tmp_path / "store", pkl, texts=texts)
+    assert err.value.params == ("allow_pickle",)  # the CLI shows --allow-pickle
     import_vectors(tmp_path / "store", pkl, texts=texts, allow_pickle=True)
     store = Store(tmp_path / "store")
     md = store.metadata()

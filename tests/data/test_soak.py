@@ -22,7 +22,7 @@ from lmmap.data.texts import TextSet
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 SOAK_SECONDS = float(os.environ.get("LMMAP_SOAK_SECONDS", "60"))
 N_IMPORTED = 40

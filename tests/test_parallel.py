@@ -26,7 +26,7 @@ def test_auto_keeps_a_core_free_and_honours_omp_num_threads(monkeypatch):
 def test_thread_counts_are_validated():
     assert T.resolve_threads(2) == 2 and T.resolve_threads("4") == 4 and T.resolve_threads("auto") >= 1
     for bad in (0, -1, "two", 1.5, True):
-        with pytest.raises(InputError, match="--threads must be a positive integer or auto"):
+        with pytest.raises(InputError, match="threads must be a positive integer or auto"):
             T.resolve_threads(bad)
 
 

@@ -5,6 +5,7 @@ import re
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from plotly_json import plotly_array, plotly_figure  # noqa: F401  (re-exported for older imports)
 from matplotlib.colors import to_rgb
 
 from lmmap.report import plots
@@ -36,20 +37,6 @@ def has_colour(image, colour, tol=0.03):
     alpha = np.clip((1 - p) @ (1 - c) / ((1 - c) @ (1 - c)), 0, 1)
     blended = alpha[:, None] * c + (1 - alpha[:, None])
     return bool(((np.abs(blended - p) < tol).all(axis=1) & (alpha >= 0.5)).any())
-
-
-def plotly_figure(path):
-    """The figure JSON that plotly wrote into an HTML file."""
-    text = path.read_text(encoding="utf-8")
-    payload = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{", text, re.S)
-    return json.loads(payload.group(1)), json.loads(payload.group(2))
-
-
-def plotly_array(values):
-    """A trace's x or y as floats: plotly writes numpy arrays as base64 typed arrays."""
-    if isinstance(values, dict):
-        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).astype(float)
-    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 # ----------------------------------------------------------------- pure helpers

@@ -1,0 +1,63 @@
+"""``lmmap demo``: build a small ecosystem of real models offline, score them and draw their map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmmap.cli._app import app, console, err_console, lit
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where the models, the store, models.csv, scores.csv and the map go.")] = Path("lmmap-demo"),
+    size: Annotated[str, typer.Option(help="full (15 models + 1 held out for `lmmap add`, 1,020 texts) or small (6 models, for a quick look).")] = "full",
+    force: Annotated[bool, typer.Option("--force", help="Retrain and rescore everything instead of reusing OUTPUT's cache.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the training runs and the text sample.")] = 0,
+    threads: Annotated[str, typer.Option(help="Torch threads for training and scoring: a number, or auto (1 on a 2-core machine, where a second thread is many times slower once the cores are busy; the idle cores less one on a larger machine).")] = "auto",
+):
+    """Build a small ecosystem of real models from text on this machine, score them and draw their map (offline)."""
+    from lmmap.cli._progress import RichProgress
+    from lmmap.demo import run_demo
+    from lmmap.parallel import resolve_threads
+
+    resolve_threads(threads)  # a bad value fails before any work
+    with RichProgress(err_console) as progress:
+        result = run_demo(output, size=size, force=force, random_state=seed, progress=progress, threads=threads)
+    _print_summary(result)
+    console.print(f"[bold]demo map of {result['n_models']} models on {result['n_texts']} texts[/] "
+                  f"({result['seconds']:.0f} s on this machine, {result['cpu_seconds']:.0f} s of CPU, "
+                  f"{result['threads']} torch thread(s)):")
+    for label, p in result["paths"].items():
+        console.print(f"  {label:14s} {lit(p)}")
+    console.print(f"  {'models.csv':14s} {lit(result['models_csv'])}")
+    console.print(f"  {'scores.csv':14s} {lit(result['scores_csv'])}")
+    if result["held_out"]:
+        console.print(f"held out of the store for `lmmap add`: {lit(', '.join(result['held_out']))}")
+    console.print("the README's session on this demo (outputs go to ./session/):", highlight=False)
+    for line in result["session"]:
+        console.print(f"  {lit(line)}", highlight=False, soft_wrap=True)
+
+
+def _print_summary(result: dict) -> None:
+    """The story the demo map tells: fine-tunes stay near their base, far from models trained from scratch."""
+    from rich.table import Table
+
+    check, summary = result["finetune_check"], result["kl_summary"]
+    t = Table(title="fine-tunes stay near their base (estimated KL, nats per text)", title_justify="left")
+    for col in ("fine-tune", "KL to base", "nearest from-scratch model", "its KL", "ratio"):
+        t.add_column(col, justify="right" if col in ("KL to base", "its KL", "ratio") else "left")
+    for r in check:
+        t.add_row(lit(r["finetune"]), f"{r['kl_to_base']:.0f}", lit(str(r["nearest_scratch"])),
+                  f"{r['kl_to_scratch']:.0f}", f"{r['kl_to_scratch'] / r['kl_to_base']:.1f}×")
+    err_console.print(t)
+    if summary:
+        err_console.print(
+            f"each fine-tune's KL to its base: {summary['kl_to_base_min']:.0f}–{summary['kl_to_base_max']:.0f} nats, "
+            f"{summary['ratio_min']:.1f}–{summary['ratio_max']:.1f}× smaller than to the nearest from-scratch model",
+            highlight=False, markup=False,
+        )
+    err_console.print("nearest neighbour of each model: "
+                      + ", ".join(f"{a}→{b}" for a, b in result["nearest"].items()), highlight=False, markup=False)

@@ -1,0 +1,168 @@
+"""The files of a model map: ``write(mm, outdir)`` for a :class:`lmmap.map.ModelMap`.
+
+``kl.csv`` (and ``kl_se.csv``), ``coords.csv``, ``neighbors.csv``,
+``lineage.csv`` when the metadata declares bases, ``map.png``, ``map.html``
+(with ``plotly.min.js``) and ``map.json`` (the map's parameters: the clipping
+threshold above all, with provenance). The pieces a map picture is made of
+(title, axis label, lines, hover text) are here too, for the writers of
+placed maps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lmmap.exceptions import InputError
+from lmmap.maths import geometry
+from lmmap.report.files import Files
+
+
+def write(
+    mm,
+    outdir: str | os.PathLike,
+    *,
+    embedding: str = "auto",
+    color_by: str | None = "model_type",
+    k: int = 10,
+    se: bool = False,
+    R: int = 100,
+    random_state: int = 42,
+    edges: str = "auto",
+) -> dict[str, Path]:
+    """Write the map of ``mm``; returns ``{file name: path}``.
+
+    ``embedding``: auto (classical MDS below 40 models, t-SNE above), mds,
+    tsne, pca or umap; ``random_state`` seeds it. ``edges``: auto
+    (``base_model`` when the metadata declares bases, else ``nn``), nn,
+    base_model or none; with declared bases ``lineage.csv`` says for each
+    model whether its nearest model by KL is in its lineage. ``se``: add
+    bootstrap standard errors (``R`` replicates) to the neighbours and write
+    ``kl_se.csv``.
+    """
+    from lmmap.map import LINEAGE_TIE
+    from lmmap.report import plots
+
+    method = mm.embedding_method(embedding)
+    edge_mode = mm.resolve_edges(edges)
+    groups = mm.groups(color_by)
+    if color_by and groups is None and color_by != "model_type":
+        raise InputError(f"no metadata column {color_by!r} to colour by; give one with metadata (a MODELS.csv)",
+                         params=("color_by",))
+    files = Files(outdir)
+    index = pd.Index(mm.names, name="model")
+    files.table("kl.csv", mm.kl_frame(), index=True)
+    if se:
+        files.table("kl_se.csv", pd.DataFrame(mm.kl_se(R=R), index=index, columns=mm.names), index=True)
+    coords = mm.embed(embedding, random_state=random_state)
+    files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": coords[:, 0], "y": coords[:, 1]}))
+    table = mm.neighbor_table(k, se=se, R=R)
+    files.table("neighbors.csv", table)
+    lineage = mm.lineage()
+    if len(lineage):
+        files.table("lineage.csv", lineage)
+    edge_sets, flagged = map_edges(mm, edge_mode)
+    hover = hover_neighbors(table, mm.names, n=3)
+    if len(lineage):
+        hover = _hover_lineage(hover, mm.names, lineage)
+    style = dict(
+        groups=groups, title=title(mm, method), edges=edge_sets, flagged=flagged, axis_label=axis_label(method),
+        group_title=color_by if groups is not None else None,
+    )
+    files.figure(
+        "map",
+        lambda path: plots.map_png(path, coords, mm.names, **style),
+        lambda path: plots.map_html(path, coords, mm.names, hover=hover, **style),
+    )
+    info = mm.describe(embedding=method, embedding_requested=embedding, embedding_random_state=random_state,
+                       color_by=color_by, edges=edge_mode)
+    if len(lineage):
+        info["lineage"] = {
+            "declared": int(len(lineage)),
+            "consistent": int(lineage["consistent"].sum()),
+            "flagged": list(lineage.loc[~lineage["consistent"].astype(bool), "model"]),
+            "tie": LINEAGE_TIE,
+        }
+    files.json("map.json", info)
+    return files.paths
+
+
+def title(mm, method: str = "auto", models: str | None = None) -> str:
+    """What the map shows: models (``models`` replaces "K models"), texts, embedding and clipping (two lines)."""
+    from lmmap.maths.embedding import METHOD_LABELS
+
+    method = mm.embedding_method(method)
+    d = mm.L.shape[1]
+    texts = f"{d:,} texts" if mm.w is None else f"{d:,} of N = {mm.n_texts:,} texts (resampled)"
+    first = f"{models or f'{mm.K} models'}, {texts}"
+    if mm.threshold is None:
+        clip = "no clipping"
+    else:
+        clip = f"log-likelihoods clipped at {mm.threshold:.4g} ({_ordinal(mm.clip_percentile)} percentile)"
+    return f"Model map: {first}\n{METHOD_LABELS.get(method, method)}; {clip}"
+
+
+def map_edges(mm, mode: str = "auto"):
+    """The lines of the map and the models to flag: ``(list of plots.Edges, flagged names)``.
+
+    ``nn``: each model to its nearest by KL (a mutual pair drawn once).
+    ``base_model``: each model to its declared base, and a dashed red line
+    from a model whose nearest model lies in another lineage to that
+    nearest model (the model is flagged).
+    """
+    from lmmap.report.plots import Edges
+
+    mode = mm.resolve_edges(mode)
+    if mode == "none":
+        return [], []
+    if mode == "nn":
+        idx, _ = geometry.nearest_neighbors(mm.kl(), 1)
+        pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
+        return [Edges("nn", tuple((mm.names[a], mm.names[b]) for a, b in pairs))], []
+    table = mm.lineage()
+    bad = table[~table["consistent"].astype(bool)]
+    sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])))]
+    if len(bad):
+        sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
+    return sets, list(bad["model"])
+
+
+def axis_label(method: str) -> str:
+    from lmmap.maths.embedding import AXIS_LABELS
+
+    return AXIS_LABELS.get(method, method)
+
+
+def _ordinal(value: float) -> str:
+    v = f"{value:g}"
+    if not v.isdigit():
+        return f"{v}th"
+    n = int(v)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _hover_lineage(hover: list[str], names: list[str], lineage: pd.DataFrame) -> list[str]:
+    info = {r.model: r for r in lineage.itertuples(index=False)}
+    out = []
+    for name, text in zip(names, hover):
+        r = info.get(name)
+        if r is not None:
+            text += f"\nbase_model: {r.base_model} (KL {r.kl_to_base:.3g})"
+            if not r.consistent:
+                text += f"\nnearest is in another lineage: {r.nearest}"
+        out.append(text)
+    return out
+
+
+def hover_neighbors(table: pd.DataFrame, names: list[str], n: int = 3) -> list[str]:
+    """Hover text per model: its ``n`` nearest models with their KL."""
+    top = table[table["rank"] <= n]
+    text = top.groupby("model", sort=False).apply(
+        lambda g: "nearest: " + ", ".join(f"{nb} (KL {kl:.3g})" for nb, kl in zip(g["neighbor"], g["kl"])),
+        include_groups=False,
+    )
+    return [text.get(m, "") for m in names]
