@@ -160,10 +160,9 @@ def main(argv=None):
 def _demo(a):
     if a.demo_store.exists():
         from lmmap.data.store import Store
-        from lmmap.analyses.select import complete_models
 
         store = Store(a.demo_store)
-        models = complete_models(store)
+        models = store.complete_models()
         _, Ld = store.matrix(models)
         n_fixed = int(round(a.n_fixed * Ld.shape[1] / 10000)) or 1
         rows = {}

@@ -22,8 +22,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from lmmap.maths import geometry as core
+from rich.console import Console
+
 from lmmap.analyses import errors as ea
+from lmmap.cli._progress import RichProgress
+from lmmap.map import ModelMap
+from lmmap.maths import errors as me
+from lmmap.maths import geometry as core
 from lmmap.maths.resampling import importance
 
 
@@ -54,12 +59,14 @@ def main():
 
     L = synthetic_L(args.K, args.N)
     thr = core.clip_threshold(L)
-    Q = core.double_center(core.clip(L, thr))
+    mm = ModelMap([f"m{i}" for i in range(args.K)], L, threshold=thr)
+    Q = mm.Q
+    console = Console(stderr=True)
     print(f"K = {args.K} models, N = {args.N} texts, R = {args.R}, workers = {args.workers}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
 
     t0 = time.perf_counter()
-    an = ea.analyse_errors(Q, R=args.R, mode="analytic")
+    an = ea.analyse_errors(mm, R=args.R, mode="analytic")
     table_an = an.texts_needed()
     t_an = time.perf_counter() - t0
     print(f"\n1. analytic mode (Lemma 2), whole figure + Table 1:   {t_an:7.1f} s")
@@ -67,18 +74,19 @@ def main():
 
     if not args.no_simulation:
         # float32 evidence: the same draws (same seeds) with the Gram in float32 and in float64.
-        grid = ea.default_n_grid(args.N)
+        grid = me.default_n_grid(args.N)
         pi_ls = importance(Q, "ls")
-        t64, _ = ea.simulate_tau2(Q, pi_ls, grid, R=4, seed=7, precision="float64", workers=args.workers)
-        t32, _ = ea.simulate_tau2(Q, pi_ls, grid, R=4, seed=7, precision="float32", workers=args.workers)
-        rounding = ea.float32_rounding_error(Q)
+        t64, _ = ea.simulate_tau2(Q, pi_ls, grid, R=4, random_state=7, precision="float64", workers=args.workers)
+        t32, _ = ea.simulate_tau2(Q, pi_ls, grid, R=4, random_state=7, precision="float32", workers=args.workers)
+        rounding = me.float32_rounding_error(Q)
         print(
             f"\n   float32 check: RMS rounding in e over all N texts {rounding:.2e}; "
             f"same LS draws, max |τ²₃₂/τ²₆₄ − 1| = {np.max(np.abs(t32 / t64 - 1)):.1e}"
         )
 
         t0, c0 = time.perf_counter(), time.process_time()
-        res = ea.analyse_errors(Q, R=args.R, mode="both", workers=args.workers, progress=True)
+        with RichProgress(console) as progress:
+            res = ea.analyse_errors(mm, R=args.R, mode="both", workers=args.workers, progress=progress)
         t_sim, c_sim = time.perf_counter() - t0, time.process_time() - c0
         curves = res.curves()
         print(f"\n2. simulation, {len(res.methods)} methods × {res.n_grid.size} n × R = {res.R} "
@@ -97,7 +105,8 @@ def main():
         ref = reference_map(Q)
         t_ref = time.perf_counter() - t0
         t0 = time.perf_counter()
-        st = map_stability(L, "ls", 2900, R=args.R, threshold=thr, Q=Q, reference=ref, workers=args.workers, progress=True)
+        with RichProgress(console) as progress:
+            st = map_stability(mm, method="ls", n=2900, R=args.R, reference=ref, workers=args.workers, progress=progress)
         t_st = time.perf_counter() - t0
         med = st.medians()
         print(f"\n3. stability, LS n = 2,900 (d ≈ {st.d.mean():,.0f}), R = {st.R}, t-SNE:   "

@@ -5,7 +5,7 @@ Times ``lmmap.analyses.predict.predict_scores`` end to end: Gram matrix, outer
 and the fit-on-all predictions for unscored models. Target (the issue): under
 2 minutes. The figures are not drawn (they are not part of the fit).
 
-    python benchmarks/bench_predict.py [--K 1018] [--N 10000] [--targets 8] [--seeds 5] [--jobs 1]
+    python benchmarks/bench_predict.py [--K 1018] [--N 10000] [--targets 8] [--seeds 5] [--workers 1]
 """
 
 import argparse
@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--targets", type=int, default=8, help="score columns + mean + mean log-likelihood")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--types", type=int, default=60, help="distinct model types (groups)")
-    ap.add_argument("--jobs", type=int, default=1, help="folds fitted in parallel (threads)")
+    ap.add_argument("--workers", "--jobs", type=int, default=1, help="folds fitted in parallel (threads)")
     args = ap.parse_args()
     K, N = args.K, args.N
     rng = np.random.default_rng(0)
@@ -46,9 +46,9 @@ def main():
     groups = [f"type{i % args.types}" for i in range(K)]
 
     t0 = time.perf_counter()
-    report = predict_scores(Q, names, table, groups=groups, mean_loglik_values=L.mean(axis=1), seeds=args.seeds, group_column="type", n_jobs=args.jobs)
+    report = predict_scores(Q, names, table, groups=groups, mean_loglik_values=L.mean(axis=1), n_repeats=args.seeds, group_column="type", workers=args.workers)
     elapsed = time.perf_counter() - t0
-    print(f"K={K} N={N} targets={report.summary.shape[0]} seeds={args.seeds} jobs={args.jobs}: {elapsed:.1f} s (target < 120 s), peak {peak_mb():.0f} MB")
+    print(f"K={K} N={N} targets={report.summary.shape[0]} seeds={args.seeds} workers={args.workers}: {elapsed:.1f} s (target < 120 s), peak {peak_mb():.0f} MB")
     print(report.summary[["target", "n_models", "r_mean", "r_sd", "alpha"]].to_string(index=False))
     print(f"{len(report.new)} new predictions, {int(report.predictions['flagged'].sum())} flagged")
 

@@ -72,7 +72,7 @@ def prepare(n_texts: int, seed: int = 0) -> tuple[Path, Path]:
         with tempfile.TemporaryDirectory() as d:
             src = Path(d) / "docs.jsonl"
             src.write_text("\n".join(json.dumps({"text": t}) for t in _local_documents()), encoding="utf-8")
-            build_text_set([src], chunk_bytes=1024, min_bytes=1024, n=n_texts, seed=seed).save(texts_path)
+            build_text_set([src], chunk_bytes=1024, min_bytes=1024, n=n_texts, random_state=seed).save(texts_path)
     return model_dir, texts_path
 
 

@@ -48,7 +48,7 @@ def bench_select(K: int, N: int, n: int, store_too: bool) -> None:
         times = []
         for rep in range(3):
             t0 = time.perf_counter()
-            sub = select(mm, method, n, seed=rep)
+            sub = select(mm, method, n, random_state=rep, unbound=True)
             times.append(time.perf_counter() - t0)
         status = "ok" if max(times) < 1.0 else "OVER 1 s"
         print(f"select --method {method:7s} --n {n}: d = {sub.d:5d}, best {min(times):.3f} s, worst {max(times):.3f} s [{status}]")
@@ -62,7 +62,7 @@ def bench_select(K: int, N: int, n: int, store_too: bool) -> None:
             store.write_models([{"name": nm, "loglik": row} for nm, row in zip(names, L)])
             for method in ("uniform", "ls", "kl"):
                 t0 = time.perf_counter()
-                sub = select(store, method, n, seed=0)
+                sub = select(store, method, n, random_state=0)
                 print(f"select from a store on disk ({method}): {time.perf_counter() - t0:.2f} s (reading {K} vectors included)")
 
 
@@ -77,9 +77,9 @@ def bench_demo(demo_dir: str, fraction: float, seed: int, repeats: int = 3) -> N
     from lmmap.maths import resampling as imp
     from lmmap.demo import run_demo
     from lmmap.analyses.place import add_models
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
     from lmmap.data.store import Store
-    from lmmap.analyses.select import complete_models, select
+    from lmmap.analyses.select import select
 
     t0 = time.perf_counter()
     demo = run_demo(demo_dir, size="full", progress=False)
@@ -89,25 +89,25 @@ def bench_demo(demo_dir: str, fraction: float, seed: int, repeats: int = 3) -> N
         shutil.copytree(demo["store"], Path(tmp) / "store")  # the demo's own store stays as it was
         store = Store(Path(tmp) / "store")
         N = store.n_texts
-        names = complete_models(store)
+        names = store.complete_models()
         meta = store.metadata()
         ckpts = [m for m in names if m in meta.index and meta.loc[m, "model_type"] == "checkpoint"]
         held = [m for m in HELD_OUT if m in names] + ckpts[len(ckpts) // 2 : len(ckpts) // 2 + 1]
         rest = [m for m in names if m not in held]
         pi = imp.importance(ModelMap.from_store(store, models=rest).Q, "ls")
         n = imp.n_for_expected_unique(pi, fraction * N)
-        sub = select(store, "ls", n, seed=seed, models=rest)
+        sub = select(store, "ls", n, random_state=seed, models=rest)
         print(f"LS subset from {len(rest)} models: n = {n}, d = {sub.d} of N = {N} ({100 * sub.d / N:.1f}%); "
               f"{len(held)} held-out models added back")
         sources = [str(models_dir / m) for m in held]
-        res = add_models(store, sources, sub, score_kwargs=dict(device="cpu", progress=False), embedding="pca")
+        res = add_models(store, sources, sub, score_kwargs=dict(device="cpu"), embedding="pca")
         # Time scoring on the subset against scoring on every text, the same way (model loading
         # excluded); the best of `repeats` runs, as other processes share the CPU.
         def best_seconds(text_pos, tag):
             times = {m: [] for m in held}
             for rep in range(repeats):
                 status = score_models(store, sources, names=[f"{m}@{tag}" for m in held], text_pos=text_pos,
-                                      device="cpu", progress=False, replace=True)
+                                      device="cpu", replace=True)
                 for m in held:
                     times[m].append(status[f"{m}@{tag}"].seconds)
             return {m: min(t) for m, t in times.items()}

@@ -15,7 +15,7 @@ _LAZY = {
     "build_text_set": "data.texts",
     "Store": "data.store",
     "ModelMap": "map",
-    "Subset": "analyses.select",
+    "Subset": "data.subset",
     "select": "analyses.select",
 }
 

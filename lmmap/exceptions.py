@@ -61,4 +61,12 @@ class NonFiniteError(ScoringError):
 
 
 class LmmapWarning(UserWarning):
-    """A note for the user (printed once, on one line, by the CLI)."""
+    """A note for the user (printed once, on one line, by the CLI).
+
+    ``warnings.warn(LmmapWarning(msg, params=("subset",)), stacklevel=2)`` lets
+    the CLI show flags for the parameters the note names, as for errors.
+    """
+
+    def __init__(self, *args, params: tuple[str, ...] | list[str] = ()):
+        super().__init__(*args)
+        self.params = tuple(params)

@@ -34,6 +34,7 @@ class Step:
     info: dict = field(default_factory=dict)
     message: str | None = None
     finished: bool = False
+    params: tuple[str, ...] = ()  # parameters the message names (the CLI shows their flags; see lmmap.exceptions)
 
     def __str__(self) -> str:
         if self.task is None:
@@ -45,10 +46,10 @@ class Step:
 ProgressFn = Optional[Callable[[Step], None]]
 
 
-def say(progress: ProgressFn, message: str) -> None:
-    """Send a one-line message (no bar) to ``progress``, if any."""
+def say(progress: ProgressFn, message: str, params: tuple[str, ...] = ()) -> None:
+    """Send a one-line message (no bar) to ``progress``, if any; ``params``: the parameters it names."""
     if progress is not None:
-        progress(Step(message=message))
+        progress(Step(message=message, params=tuple(params)))
 
 
 class Tracker:

@@ -42,3 +42,28 @@ def test_set_threads_sets_torch_and_the_context_restores_it():
         assert previous == before and torch.get_num_threads() == other
     finally:
         T.set_threads(previous)
+
+
+def _square(x):
+    return x * x
+
+
+@pytest.mark.parametrize("backend,workers", [("threads", 1), ("threads", 2), ("processes", 2)])
+def test_parallel_map_keeps_order_and_reports_each_item(backend, workers):
+    from lmmap.parallel import parallel_map
+
+    steps = []
+    out = parallel_map(_square, range(7), workers=workers, backend=backend, progress=steps.append, task="sq")
+    assert out == [x * x for x in range(7)]
+    done = [s.done for s in steps if s.task == "sq" and not s.finished]
+    assert done == list(range(8)) and steps[-1].finished and steps[-1].total == 7
+
+
+def test_parallel_map_refuses_bad_workers_and_backends():
+    from lmmap.parallel import parallel_map
+
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(InputError, match="workers must be"):
+            parallel_map(_square, [1], workers=bad)
+    with pytest.raises(InputError, match="backend must be"):
+        parallel_map(_square, [1], backend="mpi")

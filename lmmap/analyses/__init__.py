@@ -1,1 +1,11 @@
-"""TODO"""
+"""Analyses of a map: each takes a :class:`lmmap.ModelMap` and returns a Result; none writes files or prints.
+
+- :mod:`~lmmap.analyses.select` — importance resampling of texts → :class:`~lmmap.data.subset.Subset`
+- :mod:`~lmmap.analyses.place` — new models placed into a map → ``Placement``
+- :mod:`~lmmap.analyses.adaptive` — new models scored in rounds until their KL is known → ``AdaptiveResult``
+- :mod:`~lmmap.analyses.errors` — Table 1 and the error curves → ``ErrorAnalysis``
+- :mod:`~lmmap.analyses.stability` — maps from resampled texts, Table 3 and ellipses → ``StabilityResult``
+- :mod:`~lmmap.analyses.predict` — ridge prediction of benchmark scores → ``PredictionResult``
+
+``lmmap.report.write(result, outdir)`` turns any of them into files.
+"""

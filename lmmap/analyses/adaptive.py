@@ -48,10 +48,11 @@ Everything is vectorised: a round costs O(K·n + K·p) numpy per model (n
 draws so far, p features), never a loop over pairs or texts.
 
 :func:`place_adaptive` is the driver: it scores in rounds through
-:func:`lmmap.scoring.hf.score_models` (resumable: scored texts are kept in the
+:func:`lmmap.scoring.score_models` (resumable: scored texts are kept in the
 store and in its checkpoints, and the draws are a deterministic function of
 ``random_state``, so a killed run re-draws the same texts and scores only
-those it lacks).
+those it lacks), and places the new models on the 2-D map of the existing
+ones (:func:`adaptive_coords`). :mod:`lmmap.report.adaptive` writes the files.
 """
 
 from __future__ import annotations
@@ -66,9 +67,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from lmmap.maths import geometry
+from lmmap.data.atomic import atomic_write
 from lmmap.exceptions import InputError, ScoringError, StoreError
+from lmmap.maths import geometry
 from lmmap.maths.resampling import importance
+from lmmap.progress import ProgressFn, Tracker, say
 
 MIN_EXISTING = 3
 DEFAULT_COMPONENTS = 64
@@ -137,9 +140,10 @@ def prepare_map(L, threshold="auto", *, n_components: int = DEFAULT_COMPONENTS, 
     """
     L = np.asarray(L, dtype=np.float64)
     if L.ndim != 2 or L.shape[0] < MIN_EXISTING:
-        raise InputError(f"the existing map needs at least {MIN_EXISTING} models scored on every text; got shape {L.shape}")
+        raise InputError(f"the existing map needs at least {MIN_EXISTING} models scored on every text; got shape {L.shape}",
+                         params=("L",))
     if not 0 <= uniform_mix <= 1:
-        raise InputError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+        raise InputError(f"uniform_mix must be in [0, 1], got {uniform_mix}", params=("uniform_mix",))
     if isinstance(threshold, str):
         threshold = geometry.clip_threshold(L, clip_percentile)
     Lc = geometry.clip(L, threshold)
@@ -275,10 +279,10 @@ def estimate_sq_distances(amap: AdaptiveMap, s, y, *, folds: int = DEFAULT_FOLDS
     y = np.asarray(y, dtype=np.float64)
     n = len(s)
     if y.shape != (n,):
-        raise InputError(f"y must have one value per draw ({n}), got shape {y.shape}")
+        raise InputError(f"y must have one value per draw ({n}), got shape {y.shape}", params=("y",))
     F = int(min(folds, max(n // 2, 1)))
     if n < 2 or F < 2:
-        raise InputError(f"the estimate needs at least 4 draws, got {n}")
+        raise InputError(f"the estimate needs at least 4 draws, got {n}", params=("s",))
     K, N = amap.K, amap.N
     p, m = _n_features(amap, n - (n + F - 1) // F, n_components, n_neighbor_features)
     fold = np.arange(n) % F
@@ -371,20 +375,22 @@ def check_parameters(target_se, neighbors, max_texts, round_size, N: int, min_ro
     """Validate the user's settings (one-line InputErrors); returns max_texts (default N)."""
     def _int(v, what, lo):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v != int(v) or int(v) < lo:
-            raise InputError(f"{what} must be an integer ≥ {lo}, got {v!r}")
+            raise InputError(f"{what} must be an integer ≥ {lo}, got {v!r}", params=(what,))
         return int(v)
 
     if isinstance(target_se, bool) or not isinstance(target_se, numbers.Real) or not np.isfinite(target_se) \
             or not 0 < target_se < 1:
-        raise InputError(f"--target-se is a relative standard error and must lie strictly between 0 and 1, got {target_se!r}")
-    _int(neighbors, "--neighbors", 1)
-    _int(round_size, "--round (draws per round)", 4)
+        raise InputError(f"target_se is a relative standard error and must lie strictly between 0 and 1, got "
+                         f"{target_se!r}", params=("target_se",))
+    _int(neighbors, "neighbors", 1)
+    _int(round_size, "round_size", 4)
     _int(min_rounds, "min_rounds", 1)
     if max_texts is None:
         return N
-    mt = _int(max_texts, "--max-texts", 8)
+    mt = _int(max_texts, "max_texts", 8)
     if mt > N:
-        raise InputError(f"--max-texts {mt} is more than the {N} texts of the store; give at most {N}")
+        raise InputError(f"max_texts is {mt}, more than the {N} texts of the store; give at most {N}",
+                         params=("max_texts",))
     return mt
 
 
@@ -490,10 +496,17 @@ def true_sq_distances(amap: AdaptiveMap, loglik_full) -> np.ndarray:
 class AdaptiveResult:
     """New models placed adaptively (see :func:`place_adaptive`).
 
-    ``kl``, ``kl_se`` (m×K): estimated KL from each new model to each
-    existing one and its standard error (from the draws, see the module
-    docstring). ``runs``: each model's :class:`ModelRun` (draws, rounds, how
-    it stopped, the trace). ``failed``: models that could not be scored.
+    Attributes
+    ----------
+    new_models, existing_models : the m placed and K existing model names.
+    kl, kl_se : (m, K) estimated KL from each new model to each existing one and its standard error (from the
+        draws, see the module docstring).
+    runs : each model's :class:`ModelRun` (draws, rounds, how it stopped, the trace).
+    n_texts, target_se, neighbors, threshold, pi : N, the stopping rule, the clipping threshold and ``π``.
+    coords : (K + m, 2) positions of the existing models (their full map) then the new ones, or None when no
+        map was asked for; ``method`` the embedding (mds or tsne) and ``metadata`` the models' metadata (for
+        colouring the map).
+    failed : models that could not be scored, with the reason; ``scoring_seconds`` the scoring time.
     """
 
     new_models: list[str]
@@ -509,13 +522,23 @@ class AdaptiveResult:
     amap: AdaptiveMap | None = field(default=None, repr=False)
     failed: dict = field(default_factory=dict)
     scoring_seconds: float = 0.0
-    paths: dict = field(default_factory=dict)
+    coords: np.ndarray | None = None
+    method: str | None = None
+    metadata: pd.DataFrame | None = field(default=None, repr=False)
+    random_state: object = 0
+    embedding_random_state: object = 42
 
     def table(self) -> pd.DataFrame:
         """``placement.csv``, laid out as ``lmmap add`` writes it (:func:`lmmap.analyses.place.placement_table`)."""
         from lmmap.analyses.place import placement_table
 
         return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
+
+    def kl_frame(self) -> pd.DataFrame:
+        """``kl.csv``: m×K KL estimates, new models as rows, existing models as columns."""
+        from lmmap.analyses.place import kl_frame
+
+        return kl_frame(self.new_models, self.existing_models, self.kl)
 
     def adaptive_table(self) -> pd.DataFrame:
         """``adaptive.csv``: one row per new model (texts_scored = unique texts)."""
@@ -544,12 +567,40 @@ class AdaptiveResult:
         for row in near.itertuples(index=False):
             r = self.runs[row.new_model]
             how = "target reached" if r.stopped_by == "target" else \
-                f"stopped at --max-texts before the target (relative SE {r.se_reached:.3g})"
+                f"stopped at max_texts before the target (relative SE {r.se_reached:.3g})"
             lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g}); "
                          f"{r.texts_scored} texts in {r.rounds} rounds, {how}")
         for name, why in self.failed.items():
             lines.append(f"  {name}: not placed ({why})")
         return "\n".join(lines)
+
+
+def adaptive_coords(full, amap: AdaptiveMap, runs: dict, new_models, kl, *, embedding: str = "auto",
+                    random_state=42) -> tuple[np.ndarray, str]:
+    """2-D positions of the existing models (their full map ``full``) followed by the new ones; returns (coords, method).
+
+    MDS (``auto`` below 40 models): the new models are placed from their KL
+    estimates ``kl`` (m×K) by Gower's formula (exact up to the estimates'
+    error). t-SNE: each new model is placed against the fixed map (openTSNE
+    transform) with features ``[q̂, e]`` against ``[Q, 0]``: its prediction on
+    all N texts and one coordinate that makes its distance to its nearest model
+    the estimate (:func:`completed_features`) — a few dozen texts of plain
+    subset features would put a fine-tune anywhere near its family.
+    """
+    from lmmap.analyses.place import place_points
+    from lmmap.maths.embedding import fit_embedding
+
+    method = full.embedding_method(embedding)
+    if method == "mds":
+        emb = fit_embedding(full.Q, "mds", n_texts=full.n_texts)
+        return np.vstack([emb.coords, emb.place_by_kl(kl)]), method
+    if method != "tsne":
+        raise InputError(f"an adaptive placement is drawn on an mds or tsne map, not embedding={method!r}",
+                         params=("embedding",))
+    coords_old = full.embed("tsne", random_state=random_state)
+    X_new = np.vstack([completed_features(amap, r.draws, r.y, r.estimate) for r in (runs[n] for n in new_models)])
+    X_old = np.hstack([amap.Q, np.zeros((amap.K, 1))])
+    return np.vstack([coords_old, place_points(X_old, coords_old, X_new, "tsne", random_state)]), method
 
 
 def _state_path(store, name: str) -> Path:
@@ -558,49 +609,43 @@ def _state_path(store, name: str) -> Path:
     return Path(store.path) / "adaptive" / (model_filename(name)[: -len(".parquet")] + ".json")
 
 
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    from lmmap.data.atomic import atomic_write
+def _check_names(store, models, names, complete: set):
+    from lmmap import scoring
 
-    atomic_write(path, json.dumps(payload, indent=2))
-
-
-def _check_names(store, models, names, records):
     sources = [str(m) for m in models]
     if not sources:
-        raise InputError("give at least one model to add")
+        raise InputError("give at least one model to add", params=("models",))
     if names is None:
-        from lmmap.scoring.hf import default_model_name
-
-        names = [default_model_name(s) for s in sources]
+        names = [scoring.default_model_name(s) for s in sources]
     else:
         names = [str(n) for n in names]
     if len(names) != len(sources):
-        raise InputError(f"{len(names)} names for {len(sources)} models: give one name per model")
+        raise InputError(f"names has {len(names)} names for {len(sources)} models: give one name per model",
+                         params=("names",))
     dup = pd.Index(names)[pd.Index(names).duplicated()]
     if len(dup):
         clash = [s for s, n in zip(sources, names) if n == dup[0]]
         raise InputError(f"model name {dup[0]!r} would be given to {', '.join(map(repr, clash))}; "
-                         "name them apart with --name (one per model)")
+                         "name them apart (names, one per model)", params=("names",))
     for name in names:
-        rec = records.get(name)
-        if rec is None:
-            continue
-        n_scored = int(rec.get("n_scored", -1))
-        if n_scored == store.n_texts:
+        if name in complete:
             raise InputError(f"model {name!r} is already in the store on all {store.n_texts} texts, so it is on the map "
-                             "already; `lmmap map` shows it (or give another --name)")
-        if not _state_path(store, name).exists():
+                             "already; `lmmap map` shows it (or give the new model another name)", params=("names",))
+        if store.has_model(name) and not _state_path(store, name).exists():
+            n_scored = int(store.record(name).get("n_scored", -1))
             raise InputError(f"model {name!r} is already in the store (scored on {n_scored} of {store.n_texts} texts, "
-                             "not by an adaptive run); remove it from the store or give another --name")
+                             "not by an adaptive run); remove it from the store or give another name",
+                             params=("names",))
     return sources, names
 
 
 def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5, max_texts: int | None = None,
-                   round_size: int = 32, random_state=0, progress: Callable[[str], None] | None = None,
+                   round_size: int = 32, random_state=0, progress: ProgressFn = None,
                    score_kwargs: dict | None = None, names=None, existing=None, convention: str | None = None,
                    min_rounds: int = DEFAULT_MIN_ROUNDS, folds: int = DEFAULT_FOLDS,
                    uniform_mix: float = DEFAULT_UNIFORM_MIX, clip: bool = True,
-                   resolve_nearest: bool = True) -> AdaptiveResult:
+                   resolve_nearest: bool = True, embedding: str | None = "auto",
+                   embedding_random_state=42) -> AdaptiveResult:
     """Score each of ``models`` in rounds of ``round_size`` importance draws until its KL is known well enough.
 
     A model stops when the relative standard error of its estimated KL to
@@ -611,11 +656,11 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     the target: a tie at the precision asked); or once ``max_texts`` unique texts
     are scored (``stopped_by="max-texts"``; with ``max_texts`` = N, the
     default, once half the texts are scored the rest are scored too and the
-    KL is exact). The existing map is every model
+    KL is exact). The existing map is ``ModelMap.from_store`` of every model
     of ``store`` scored on all N texts (or ``existing``), clipped at its 2nd
     percentile as ``lmmap map`` does (``clip=False``: no clipping).
 
-    Scoring goes through :func:`lmmap.scoring.hf.score_models` (``score_kwargs``:
+    Scoring goes through :func:`lmmap.scoring.score_models` (``score_kwargs``:
     device, dtype, batch_tokens, ...), texts are stored as they are scored,
     and the draws depend on ``random_state`` and the existing map only: a
     killed run, run again with the same arguments, draws the same texts and
@@ -625,24 +670,32 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     from an adaptive run, so a rerun may extend them. Each round is one
     ``score_models`` call, which loads each still active model again: for
     large models a larger ``round_size`` amortises the loading.
+
+    ``embedding`` (auto, mds or tsne; None: no map) and
+    ``embedding_random_state``: the 2-D map of the result
+    (:func:`adaptive_coords`). ``progress``: ``callable(Step)``; a step per
+    round and a line per model and round.
     """
+    from lmmap import scoring
     from lmmap.data.store import Store
+    from lmmap.map import ModelMap
 
     store = store if isinstance(store, Store) else Store(store)
     N = store.n_texts
     max_texts = check_parameters(target_se, neighbors, max_texts, round_size, N, min_rounds)
-    records = store.records()
-    sources, names = _check_names(store, models, names, records)
+    complete = store.complete_models()
+    sources, names = _check_names(store, models, names, set(complete))
     if existing is None:
-        existing = [n for n, r in records.items() if int(r.get("n_scored", -1)) == N and n not in set(names)]
+        existing = [n for n in complete if n not in set(names)]
     else:
         existing = [str(e) for e in existing]
-        bad = [e for e in existing if e not in records or int(records[e].get("n_scored", -1)) != N]
+        bad = [e for e in existing if e not in set(complete)]
         if bad:
-            raise InputError(f"existing model {bad[0]!r} is not in the store with all {N} texts")
+            raise InputError(f"existing model {bad[0]!r} is not in the store with all {N} texts", params=("existing",))
     if len(existing) < MIN_EXISTING:
         raise InputError(f"the existing map has {len(existing)} model(s) scored on all {N} texts; adaptive placement "
                          f"needs at least {MIN_EXISTING} (score more models with `lmmap score`)")
+    records = store.records()
     convs = {records[e].get("convention") for e in existing}
     if len(convs) > 1:
         raise StoreError(f"the map's models were scored under several conventions ({sorted(map(str, convs))}); "
@@ -650,35 +703,29 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     map_conv = next(iter(convs))
     if convention is not None and map_conv is not None and convention != map_conv:
         raise InputError(f"the map's models were scored under the {map_conv!r} convention; new models scored under "
-                         f"{convention!r} cannot join it (SPEC §2); drop --convention or use {map_conv!r}")
+                         f"{convention!r} cannot join it (SPEC §2); drop convention={convention} or use "
+                         f"convention={map_conv}", params=("convention",))
     convention = convention or map_conv or "reference"
 
-    _, L = store.matrix(existing)
-    try:
-        geometry.check_finite(L, existing)
-    except ValueError as exc:
-        raise StoreError(str(exc)) from None
-    amap = prepare_map(L, "auto" if clip else None, uniform_mix=uniform_mix)
+    full = ModelMap.from_store(store, models=existing, clip=clip)
+    amap = prepare_map(full.L, full.threshold, uniform_mix=uniform_mix)
     for src, name in zip(sources, names):
-        _atomic_write_json(_state_path(store, name), {
+        atomic_write(_state_path(store, name), json.dumps({
             "version": STATE_VERSION, "model": name, "source": src, "random_state": repr(random_state),
             "round_size": int(round_size), "existing": len(existing), "threshold": amap.threshold,
-        })
+        }, indent=2))
 
     source_of = dict(zip(names, sources))
     failed: dict[str, str] = {}
     seconds = [0.0]
 
     def fetch(active, text_pos):
-        from lmmap.scoring.hf import score_models
-
-        kw = {"progress": False, **(score_kwargs or {})}
+        kw = dict(score_kwargs or {})
         kw.pop("convention", None)
-        if progress:
-            progress(f"scoring {len(active)} model(s) on {len(text_pos)} texts drawn so far (only new ones are scored)…")
+        say(progress, f"scoring {len(active)} model(s) on {len(text_pos)} texts drawn so far (only new ones are scored)…")
         t0 = time.perf_counter()
-        status = score_models(store, [source_of[n] for n in active], names=active, text_pos=text_pos,
-                              convention=convention, **kw)
+        status = scoring.score_models(store, [source_of[n] for n in active], names=active, text_pos=text_pos,
+                                      convention=convention, progress=progress, **kw)
         seconds[0] += time.perf_counter() - t0
         out = {}
         for name in active:
@@ -696,16 +743,17 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
             out[name] = vals
         return out
 
-    def on_round(rnd, runs):
-        if progress:
+    with Tracker(progress, "adaptive rounds", None, unit="rounds") as tracker:
+        def on_round(rnd, runs):
+            tracker.advance(1, texts=max(r.texts_scored for r in runs.values()))
             for n, r in runs.items():
                 if r.rounds == rnd and r.estimate is not None:
-                    progress(f"round {rnd}: {n}: {r.texts_scored} texts, relative SE {r.se_reached:.3g} "
-                             f"(target {target_se:g})" + (f", stopped ({r.stopped_by})" if r.stopped_by else ""))
+                    say(progress, f"round {rnd}: {n}: {r.texts_scored} texts, relative SE {r.se_reached:.3g} "
+                                  f"(target {target_se:g})" + (f", stopped ({r.stopped_by})" if r.stopped_by else ""))
 
-    runs = run_rounds(amap, names, fetch, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
-                      round_size=round_size, min_rounds=min_rounds, random_state=random_state, folds=folds,
-                      on_round=on_round, resolve_nearest=resolve_nearest)
+        runs = run_rounds(amap, names, fetch, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
+                          round_size=round_size, min_rounds=min_rounds, random_state=random_state, folds=folds,
+                          on_round=on_round, resolve_nearest=resolve_nearest)
     placed = [n for n in names if runs[n].stopped_by != "failed" and runs[n].estimate is not None]
     for n in names:
         if n not in placed and n not in failed:
@@ -714,6 +762,12 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
         raise ScoringError("no model could be placed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     kl = np.vstack([kl_and_se(runs[n].estimate, N)[0] for n in placed])
     se = np.vstack([kl_and_se(runs[n].estimate, N)[1] for n in placed])
+    coords = method = None
+    if embedding is not None:
+        coords, method = adaptive_coords(full, amap, runs, placed, kl, embedding=embedding,
+                                         random_state=embedding_random_state)
     return AdaptiveResult(new_models=placed, existing_models=existing, kl=kl, kl_se=se, runs=runs, n_texts=N,
                           target_se=float(target_se), neighbors=int(neighbors), threshold=amap.threshold,
-                          pi=amap.pi, amap=amap, failed=failed, scoring_seconds=seconds[0])
+                          pi=amap.pi, amap=amap, failed=failed, scoring_seconds=seconds[0], coords=coords,
+                          method=method, metadata=full.metadata, random_state=random_state,
+                          embedding_random_state=embedding_random_state)

@@ -1,474 +1,60 @@
 """Predicting benchmark scores from model coordinates (SPEC §7), and flagging possible contamination.
 
-Ridge regression of each target (a benchmark score, the benchmarks' mean, the
-model's mean log-likelihood) on the coordinates ``X`` = ``Q`` (or
-``Q̃_d W^{1/2}`` on a subset of texts):
+:func:`predict` takes a :class:`~lmmap.map.ModelMap` and a table of benchmark
+scores (indexed by model) and returns a :class:`PredictionResult`: for every
+target (each benchmark, their mean ``benchmark_mean``, the models' mean
+log-likelihood ``mean_loglik``) the grouped, repeated cross-validation of
+ridge regression on the coordinates ``Q`` (or ``Q̃_d W^{1/2}`` on a subset),
+the out-of-fold predictions with contamination flags (true score above the
+prediction by more than ``threshold`` residual sds), and predictions with
+intervals for the models that have no score.
 
-* outer ``n_folds``-fold cross-validation with folds **grouped** (no group on
-  both sides), the group-to-fold assignment shuffled by each seed
-  (scikit-learn's ``GroupKFold(shuffle=True)``, as in the authors' code);
-* α per target from an inner ``n_inner``-fold CV (scikit-learn ``KFold``,
-  shuffled by the same seed) on the training part only, minimising the mean
-  squared error, from :data:`SCORE_ALPHAS` (scores; predictions clipped to
-  [0, 100]) or :data:`LOGLIK_ALPHAS` (mean log-likelihood; not clipped);
-* Pearson r between out-of-fold predictions and truth, per seed, reported as
-  mean ± sd over seeds (population sd, as the authors).
-
-Speed: ridge with an intercept is ridge on centred data, and with K ≪ d it is
-cheapest in kernel form. The Gram matrix ``X Xᵀ`` of all K models is computed
-once; each training set's centred kernel (scikit-learn ``KernelCenterer``) is
-eigendecomposed once, and that one decomposition gives the fit for **every α
-and every target** (:class:`RidgePath`). The predictions are exactly those of
-``sklearn.linear_model.Ridge`` (``solver="sklearn"`` runs the plain
-scikit-learn ``GridSearchCV(Ridge)`` on the same folds as a reference; the
-tests check the two agree).
-
-Layers: the numeric core (arrays in, arrays out: :func:`gram_matrix`,
-:class:`RidgePath`, :func:`outer_folds`, :func:`select_alphas`,
-:func:`cross_validate`, :func:`fit_predict`, :func:`pearson`), then the
-model-level API (:func:`prepare_targets`, :func:`predict_scores` →
-:class:`PredictionReport`, which also writes the tables and figures).
+The numerics (folds, the α path, cross-validation, Pearson r, intervals) are
+in :mod:`lmmap.maths.ridge`; this module prepares the targets, resolves the
+grouping, explains what it dropped, and builds the tables. The files are
+written by :mod:`lmmap.report.predict` (``lmmap.report.write(result, outdir)``).
+:func:`predict_store` builds the map from a store and calls :func:`predict`.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import linalg
-from sklearn.model_selection import GroupKFold, KFold
-from sklearn.preprocessing import KernelCenterer
 
-from lmmap.exceptions import InputError, LmmapError, LmmapWarning
+from lmmap.exceptions import InputError, LmmapWarning
+from lmmap.maths.ridge import (
+    LOGLIK,
+    LOGLIK_ALPHAS,
+    SCORE,
+    SCORE_ALPHAS,
+    CrossValidation,
+    alpha_grid,
+    check_random_states,
+    cross_validate,
+    fit_predict,
+    gram_matrix,
+    mask_patterns,
+    pearson,
+    residual_interval,
+)
 
-SCORE_ALPHAS = 10.0 ** np.arange(1, 10)  # 10¹..10⁹ (SPEC §7)
-LOGLIK_ALPHAS = 10.0 ** np.arange(-4, 5)  # 10⁻⁴..10⁴ (SPEC §7)
 SCORE_RANGE = (0.0, 100.0)
-SCORE, LOGLIK = "score", "loglik"
 MEAN_TARGET = "benchmark_mean"
 LOGLIK_TARGET = "mean_loglik"
 # Table columns with these names hold log-likelihoods, not scores (the authors' data calls it mean_logp).
 LOGLIK_COLUMNS = frozenset({"mean_logp", "mean_loglik", "mean_log_likelihood"})
 MISSING_GROUP = "(missing)"
+DEFAULT_REPEATS = 5
 
 
-def alpha_grid(kind: str) -> np.ndarray:
-    """The α grid of SPEC §7 for a target of ``kind`` ``"score"`` or ``"loglik"``."""
-    if kind == SCORE:
-        return SCORE_ALPHAS.copy()
-    if kind == LOGLIK:
-        return LOGLIK_ALPHAS.copy()
-    raise LmmapError(f"unknown target kind {kind!r}: expected {SCORE!r} or {LOGLIK!r}")
-
-
-# =============================================================================== numeric core
-
-
-def gram_matrix(X) -> np.ndarray:
-    """``X Xᵀ`` (K×K) of the feature rows: everything ridge needs when K ≪ d."""
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise InputError(f"X must be 2-D (models × features), got shape {X.shape}")
-    return X @ X.T
-
-
-def centered_kernels(G, train, test=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The training kernel centred on the training rows' mean, and the test×train kernel centred the same way.
-
-    Equivalent to centring ``X`` by the training mean before forming the
-    kernels, which is what an unpenalised intercept amounts to.
-    """
-    G = np.asarray(G, dtype=np.float64)
-    train = np.asarray(train)
-    K_raw = G[np.ix_(train, train)]
-    centerer = KernelCenterer().fit(K_raw)
-    K_train = centerer.transform(K_raw)
-    K_test = None if test is None else centerer.transform(G[np.ix_(np.asarray(test), train)])
-    return K_train, K_test
-
-
-@dataclass
-class RidgePath:
-    """Ridge fits of every target for every α from one eigendecomposition of a centred training kernel.
-
-    With ``K_c = U diag(s) Uᵀ``, the dual coefficients for α are
-    ``U diag(1/(s+α)) Uᵀ (Y − ȳ)``, so a test prediction is
-    ``ȳ + (K_test U) diag(1/(s+α)) (Uᵀ (Y − ȳ))``: the decomposition and both
-    products are shared by all α and all targets.
-    """
-
-    U: np.ndarray
-    s: np.ndarray
-    UtY: np.ndarray
-    y_mean: np.ndarray
-
-    @classmethod
-    def fit(cls, K_train, Y) -> "RidgePath":
-        K_train = np.asarray(K_train, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
-        if Y.ndim == 1:
-            Y = Y[:, None]
-        if K_train.shape != (Y.shape[0], Y.shape[0]):
-            raise InputError(f"kernel {K_train.shape} does not match {Y.shape[0]} training rows")
-        s, U = linalg.eigh(K_train, driver="evd", check_finite=False)
-        # The centred kernel is PSD; rounding can leave tiny negative eigenvalues.
-        np.maximum(s, 0.0, out=s)
-        y_mean = Y.mean(axis=0)
-        return cls(U=U, s=s, UtY=U.T @ (Y - y_mean), y_mean=y_mean)
-
-    def predict(self, K_test, alphas) -> np.ndarray:
-        """Predictions (n_alpha × n_test × n_targets) for the centred test×train kernel ``K_test``."""
-        P = np.asarray(K_test, dtype=np.float64) @ self.U
-        alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
-        out = np.empty((alphas.size, P.shape[0], self.UtY.shape[1]))
-        for a, alpha in enumerate(alphas):
-            out[a] = (P / (self.s + alpha)) @ self.UtY + self.y_mean
-        return out
-
-
-def _union_grid(alpha_grids: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """All α values once, and for each target the positions of its own grid in that union."""
-    grids = [np.asarray(g, dtype=np.float64).ravel() for g in alpha_grids]
-    for g in grids:
-        if g.size == 0 or not np.all(np.isfinite(g)) or np.any(g <= 0):
-            raise InputError(f"an α grid must be non-empty, finite and positive, got {g}")
-    union = np.unique(np.concatenate(grids))
-    return union, [np.searchsorted(union, g) for g in grids]
-
-
-def inner_splits(n: int, n_inner: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The inner CV's (train, validation) positions among ``n`` training rows: shuffled ``KFold``."""
-    if n < n_inner:
-        raise LmmapError(
-            f"the inner {n_inner}-fold CV that chooses α needs at least {n_inner} training models, "
-            f"a training fold has {n}; score more models or lower the inner folds"
-        )
-    return list(KFold(n_splits=n_inner, shuffle=True, random_state=seed).split(np.zeros(n)))
-
-
-def select_alphas(G, Y, train, alpha_grids, n_inner: int = 5, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """α for each target (column of ``Y``) by ``n_inner``-fold CV on the rows ``train``.
-
-    Minimises the mean over inner folds of the validation MSE (what
-    ``GridSearchCV(Ridge(), scoring="neg_mean_squared_error")`` maximises;
-    ties go to the smaller α). Returns the chosen α per target and, per
-    target, the mean MSE over its grid.
-    """
-    train = np.asarray(train)
-    Y = np.asarray(Y, dtype=np.float64).reshape(len(train), -1)
-    union, positions = _union_grid(alpha_grids)
-    if len(positions) != Y.shape[1]:
-        raise InputError(f"{len(positions)} α grids for {Y.shape[1]} targets")
-    mse = np.zeros((union.size, Y.shape[1]))
-    splits = inner_splits(len(train), n_inner, seed)
-    for tr, va in splits:
-        K_tr, K_va = centered_kernels(G, train[tr], train[va])
-        pred = RidgePath.fit(K_tr, Y[tr]).predict(K_va, union)
-        mse += ((pred - Y[va][None]) ** 2).mean(axis=1)
-    mse /= len(splits)
-    curves = [mse[pos, t] for t, pos in enumerate(positions)]
-    chosen = np.array([union[pos[np.argmin(c)]] for pos, c in zip(positions, curves)])
-    return chosen, curves
-
-
-def predict_with_alphas(path: RidgePath, K_test, alphas) -> np.ndarray:
-    """Predictions (n_test × n_targets), target t with its own ``alphas[t]``."""
-    alphas = np.asarray(alphas, dtype=np.float64)
-    distinct, which = np.unique(alphas, return_inverse=True)
-    all_pred = path.predict(K_test, distinct)
-    return all_pred[which, :, np.arange(alphas.size)].T
-
-
-def clip_predictions(pred, clip_ranges) -> np.ndarray:
-    """Clip column t of ``pred`` to ``clip_ranges[t]`` (``None``: leave it)."""
-    pred = np.array(pred, dtype=np.float64, copy=True)
-    for t, rng in enumerate(clip_ranges):
-        if rng is not None:
-            pred[..., t] = np.clip(pred[..., t], rng[0], rng[1])
-    return pred
-
-
-def outer_folds(groups, n_folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Fold number (0..n_folds-1) of each row: whole groups are shuffled (by ``seed``) into folds.
-
-    scikit-learn's ``GroupKFold(shuffle=True, random_state=seed)`` (1.6+), as
-    in the authors' code; older scikit-learn gets the same algorithm (a seeded
-    permutation of the groups cut into ``n_folds`` near-equal runs).
-    """
-    groups = np.asarray(groups)
-    n_groups = np.unique(groups).size
-    if n_folds < 2:
-        raise LmmapError(f"cross-validation needs at least 2 folds, got {n_folds}")
-    if n_groups < n_folds:
-        raise LmmapError(
-            f"{n_folds}-fold grouped cross-validation needs at least {n_folds} groups; "
-            f"there are {n_groups} among {groups.size} models"
-        )
-    folds = np.full(groups.size, -1, dtype=np.int64)
-    try:
-        splitter = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        for f, (_, test) in enumerate(splitter.split(np.zeros(groups.size), groups=groups)):
-            folds[test] = f
-    except TypeError:  # scikit-learn < 1.6 has no shuffle: same algorithm by hand
-        unique = np.random.RandomState(seed).permutation(np.unique(groups))
-        for f, chunk in enumerate(np.array_split(unique, n_folds)):
-            folds[np.isin(groups, chunk)] = f
-    return folds
-
-
-def _sklearn_fold_predictions(X, Y, train, test, alpha_grids, n_inner, seed) -> tuple[np.ndarray, np.ndarray]:
-    """Reference path: plain scikit-learn ``GridSearchCV(Ridge)`` per target (slow; for checking)."""
-    from sklearn.linear_model import Ridge
-    from sklearn.model_selection import GridSearchCV
-
-    splits = inner_splits(len(train), n_inner, seed)
-    pred = np.empty((len(test), Y.shape[1]))
-    alphas = np.empty(Y.shape[1])
-    for t, grid in enumerate(alpha_grids):
-        search = GridSearchCV(Ridge(), {"alpha": list(grid)}, cv=splits, scoring="neg_mean_squared_error")
-        search.fit(X[train], Y[train, t])
-        pred[:, t] = search.predict(X[test])
-        alphas[t] = search.best_params_["alpha"]
-    return pred, alphas
-
-
-@dataclass
-class CrossValidation:
-    """Out-of-fold predictions of every target under every seed.
-
-    oof : (S, K, T) out-of-fold predictions (clipped where asked); NaN where the target is missing.
-    folds : (S, K, T) outer fold of each model; -1 where the target is missing.
-    alphas : (S, n_folds, T) the α chosen in each training fold.
-    Y : (K, T) the targets (NaN = missing).
-    seeds : the S seeds.
-    """
-
-    oof: np.ndarray
-    folds: np.ndarray
-    alphas: np.ndarray
-    Y: np.ndarray
-    seeds: list[int]
-
-    def pearson(self) -> np.ndarray:
-        """Pearson r (S × T) between out-of-fold predictions and truth."""
-        return pearson(self.oof, self.Y)
-
-    def residuals(self) -> np.ndarray:
-        """``y − mean over seeds of the out-of-fold prediction`` (K × T)."""
-        return self.Y - self.oof.mean(axis=0)
-
-
-def pearson(pred, Y, method: str = "pearson") -> np.ndarray:
-    """Correlation (S × T) of ``pred`` (S × K × T) with ``Y`` (K × T) over the rows where both are known.
-
-    NaN where it is undefined (fewer than 3 rows, or a constant side).
-    ``method="spearman"`` correlates ranks.
-    """
-    pred = np.asarray(pred, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
-    S, _, T = pred.shape
-    out = np.full((S, T), np.nan)
-    for s in range(S):
-        for t in range(T):
-            ok = np.isfinite(pred[s, :, t]) & np.isfinite(Y[:, t])
-            if ok.sum() < 3:
-                continue
-            a, b = pred[s, ok, t], Y[ok, t]
-            if method == "spearman":
-                a, b = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
-            if np.ptp(a) == 0 or np.ptp(b) == 0:
-                continue
-            out[s, t] = np.corrcoef(a, b)[0, 1]
-    return out
-
-
-def _mask_patterns(Y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Targets grouped by which models have them: (rows, target columns) per distinct pattern.
-
-    Targets known for the same models share folds and decompositions.
-    """
-    known = np.isfinite(Y)
-    patterns: dict[bytes, list[int]] = {}
-    for t in range(Y.shape[1]):
-        patterns.setdefault(known[:, t].tobytes(), []).append(t)
-    return [(np.flatnonzero(known[:, cols[0]]), np.asarray(cols)) for cols in patterns.values()]
-
-
-def _check_cv_inputs(n_models, Y, groups, alpha_grids, clip_ranges, target_names):
-    Y = np.asarray(Y, dtype=np.float64)
-    if Y.ndim == 1:
-        Y = Y[:, None]
-    if Y.shape[0] != n_models:
-        raise InputError(f"Y has {Y.shape[0]} rows for {n_models} models")
-    T = Y.shape[1]
-    if np.isinf(Y).any():
-        raise LmmapError("a target holds ±inf; give finite numbers (leave a cell empty for a missing value)")
-    # The labels themselves (not codes): GroupKFold orders groups by label before shuffling,
-    # so the same seed gives the same folds as scikit-learn run on the user's labels.
-    groups = np.arange(n_models) if groups is None else np.asarray([str(g) for g in groups], dtype=object)
-    if groups.shape[0] != n_models:
-        raise InputError(f"{groups.shape[0]} group labels for {n_models} models")
-    if len(alpha_grids) != T or len(clip_ranges) != T:
-        raise InputError(f"need one α grid and one clip range per target ({T})")
-    names = list(target_names) if target_names is not None else [f"target {t}" for t in range(T)]
-    return Y, groups, names
-
-
-def cross_validate(
-    X=None,
-    Y=None,
-    groups=None,
-    alpha_grids=None,
-    clip_ranges=None,
-    seeds: Sequence[int] = range(5),
-    n_folds: int = 5,
-    n_inner: int = 5,
-    *,
-    G=None,
-    target_names=None,
-    solver: str = "eigen",
-    n_jobs: int | None = 1,
-) -> CrossValidation:
-    """Grouped, repeated cross-validation of ridge regression of each column of ``Y`` on ``X``.
-
-    X : (K, d) features (or give ``G = X Xᵀ`` instead; ``solver="sklearn"`` needs ``X``).
-    Y : (K, T) targets; NaN marks a missing value (that model is left out for that target).
-    groups : K labels; no label is in the training and test parts of any split
-        (``None``: every model is its own group).
-    alpha_grids : T grids (default: :data:`SCORE_ALPHAS` for every target).
-    clip_ranges : T ``(lo, hi)`` or ``None`` (default: no clipping).
-    seeds : one repetition per seed (fold assignment and inner folds).
-    solver : ``"eigen"`` (one eigendecomposition per training set serves all α
-        and targets) or ``"sklearn"`` (``GridSearchCV(Ridge)``; slow, for checking).
-    n_jobs : folds run in parallel on this many threads (-1: all cores).
-    """
-    if X is None and G is None:
-        raise InputError("give the features X or their Gram matrix G")
-    if solver not in ("eigen", "sklearn"):
-        raise InputError(f"solver must be 'eigen' or 'sklearn', got {solver!r}")
-    if solver == "sklearn" and X is None:
-        raise InputError("solver='sklearn' needs the features X")
-    if X is not None:
-        X = np.asarray(X, dtype=np.float64)
-    K = X.shape[0] if X is not None else np.asarray(G).shape[0]
-    if Y is None:
-        raise InputError("give the targets Y")
-    T = np.asarray(Y).reshape(K, -1).shape[1]
-    alpha_grids = [SCORE_ALPHAS] * T if alpha_grids is None else list(alpha_grids)
-    clip_ranges = [None] * T if clip_ranges is None else list(clip_ranges)
-    Y, codes, names = _check_cv_inputs(K, Y, groups, alpha_grids, clip_ranges, target_names)
-    if G is None and solver == "eigen":
-        G = gram_matrix(X)
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise LmmapError("give at least one seed")
-    S = len(seeds)
-    tasks = []
-    oof = np.full((S, K, T), np.nan)
-    folds = np.full((S, K, T), -1, dtype=np.int64)
-    chosen = np.full((S, n_folds, T), np.nan)
-    for rows, cols in _mask_patterns(Y):
-        which = ", ".join(repr(names[c]) for c in cols)
-        if rows.size == 0:
-            raise LmmapError(f"no model has a value for {which}")
-        try:
-            pattern_folds = [outer_folds(codes[rows], n_folds, seed) for seed in seeds]
-        except LmmapError as exc:
-            raise LmmapError(
-                f"{which}: {exc}; use fewer folds (--folds), a finer group column, or no grouping (--group-by none)"
-            ) from None
-        grids = [alpha_grids[c] for c in cols]
-        for s, seed in enumerate(seeds):
-            fold_of = pattern_folds[s]
-            folds[s, rows[:, None], cols[None, :]] = fold_of[:, None]
-            for f in range(n_folds):
-                tasks.append((s, f, seed, rows[fold_of != f], rows[fold_of == f], cols, grids))
-
-    def run(task):
-        s, f, seed, train, test, cols, grids = task
-        if solver == "eigen":
-            pred, alphas = fit_predict(G, Y[np.ix_(train, cols)], train, test, grids, None, n_inner, seed)
-        else:
-            pred, alphas = _sklearn_fold_predictions(X, Y[:, cols], train, test, grids, n_inner, seed)
-        return task, clip_predictions(pred, [clip_ranges[c] for c in cols]), alphas
-
-    for (s, f, _, _, test, cols, _), pred, alphas in _map_tasks(run, tasks, n_jobs):
-        oof[s, test[:, None], cols[None, :]] = pred
-        chosen[s, f, cols] = alphas
-    return CrossValidation(oof=oof, folds=folds, alphas=chosen, Y=Y, seeds=seeds)
-
-
-def _map_tasks(fn, tasks, n_jobs: int | None):
-    """``fn`` over ``tasks`` on ``n_jobs`` threads, each with single-threaded BLAS.
-
-    The work is many mid-sized eigendecompositions: running whole folds in
-    parallel scales, whereas multi-threaded BLAS inside one 800×800 ``eigh``
-    barely does and collapses when the cores are shared (6× slower measured).
-    LAPACK releases the GIL, so threads suffice.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    n_jobs = 1 if n_jobs is None else int(n_jobs)
-    if n_jobs < 1:
-        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)  # -1 = all cores, as in scikit-learn
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_jobs == 1 or len(tasks) <= 1:
-            return [fn(t) for t in tasks]
-        with ThreadPoolExecutor(max_workers=n_jobs) as ex:
-            return list(ex.map(fn, tasks))
-
-
-def fit_predict(G, Y_train, train, test, alpha_grids, clip_ranges=None, n_inner: int = 5, seed: int = 0):
-    """Fit ridge on the rows ``train`` (α per target by inner CV) and predict the rows ``test``.
-
-    G : Gram matrix of all rows. Y_train : (n_train, T) targets of the rows ``train``.
-    alpha_grids : T grids (or one grid for all). clip_ranges : T ``(lo, hi)``/None (or one for all).
-    Returns ``(predictions (n_test × T), alphas (T,))``.
-    """
-    train, test = np.asarray(train), np.asarray(test)
-    Ytr = np.asarray(Y_train, dtype=np.float64).reshape(len(train), -1)
-    T = Ytr.shape[1]
-    grids = [alpha_grids] * T if np.ndim(alpha_grids[0]) == 0 else list(alpha_grids)
-    if clip_ranges is None or _is_range(clip_ranges):
-        clip_ranges = [clip_ranges] * T
-    alphas, _ = select_alphas(G, Ytr, train, grids, n_inner, seed)
-    K_tr, K_te = centered_kernels(G, train, test)
-    pred = predict_with_alphas(RidgePath.fit(K_tr, Ytr), K_te, alphas)
-    return clip_predictions(pred, clip_ranges), alphas
-
-
-def _is_range(value) -> bool:
-    """True for one ``(lo, hi)`` pair of numbers (as opposed to a list of per-target ranges)."""
-    return isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float, np.number)) for v in value)
-
-
-def residual_interval(residuals, level: float = 0.9) -> tuple[float, float]:
-    """The ``(1−level)/2`` and ``(1+level)/2`` quantiles of cross-validation residuals (true − predicted).
-
-    Added to a new prediction they give an interval that holds the truth for a
-    fraction ``level`` of held-out models (groups unseen in training, so it errs wide).
-    """
-    if not 0 < level < 1:
-        raise LmmapError(f"the interval level must be in (0, 1), got {level}")
-    r = np.asarray(residuals, dtype=np.float64).ravel()
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-# =============================================================================== model-level API
+# =============================================================================== targets and groups
 
 
 @dataclass
@@ -495,7 +81,8 @@ def score_columns(table: pd.DataFrame, source: str = "scores", exclude: Sequence
     for c in cols:
         col = table[c]
         if pd.api.types.is_bool_dtype(col):
-            raise LmmapError(f"{source}: column {c!r} holds true/false values, not scores; drop it or pick --targets")
+            raise InputError(f"{source}: column {c!r} holds true/false values, not scores; drop it or pick the columns to predict (targets=...)",
+                             params=("targets",))
         if pd.api.types.is_numeric_dtype(col):
             continue
         numbers = pd.to_numeric(col, errors="coerce")
@@ -503,10 +90,11 @@ def score_columns(table: pd.DataFrame, source: str = "scores", exclude: Sequence
         if bad.any():
             model = bad.index[np.flatnonzero(bad.to_numpy())[0]]
             line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise LmmapError(
+            raise InputError(
                 f"{source}: column {c!r} has a non-numeric entry {col[model]!r} for model {model!r} "
                 f"(line {line}); fix it, leave the cell empty if the score is missing, "
-                "or leave the column out with --targets"
+                "or pick the columns to predict (targets=...)",
+                params=("targets",),
             )
     return cols
 
@@ -540,25 +128,25 @@ def prepare_targets(
         table.index = table.index.astype(str)
         if table.index.has_duplicates:
             dup = table.index[table.index.duplicated()][0]
-            raise LmmapError(f"{source}: model {dup!r} has more than one row; keep one")
+            raise InputError(f"{source}: model {dup!r} has more than one row; keep one")
         cols = score_columns(table, source, exclude=exclude)
         if targets is not None:
             absent = [t for t in targets if t not in table.columns]
             if absent:
-                raise LmmapError(
+                raise InputError(
                     f"{source}: no column {absent[0]!r} (its columns: {', '.join(map(str, table.columns))})"
                 )
             cols = [c for c in cols if c in set(targets)]
         if not cols:
-            raise LmmapError(f"{source}: no score columns (its columns: {', '.join(map(str, table.columns)) or 'none'})")
+            raise InputError(f"{source}: no score columns (its columns: {', '.join(map(str, table.columns)) or 'none'})")
         reserved = [c for c in cols if c == MEAN_TARGET or (c == LOGLIK_TARGET and mean_loglik is not None)]
         if reserved:
-            raise LmmapError(f"{source}: column {reserved[0]!r} clashes with a target lmmap computes; rename it")
+            raise InputError(f"{source}: column {reserved[0]!r} clashes with a target lmmap computes; rename it")
         values = table[cols].apply(pd.to_numeric, errors="coerce")
         inf = np.isinf(values.to_numpy(dtype=np.float64))
         if inf.any():
             i, j = np.argwhere(inf)[0]
-            raise LmmapError(f"{source}: column {cols[j]!r} is infinite for model {values.index[i]!r}; give a finite score")
+            raise InputError(f"{source}: column {cols[j]!r} is infinite for model {values.index[i]!r}; give a finite score")
         in_map, listed = set(names), set(values.index)
         ignored = [m for m in values.index if m not in in_map]
         unlisted = [m for m in names if m not in listed]
@@ -579,12 +167,12 @@ def prepare_targets(
     if mean_loglik is not None:
         ml = np.asarray(mean_loglik, dtype=np.float64)
         if ml.shape != (len(names),):
-            raise InputError(f"mean_loglik has shape {ml.shape} for {len(names)} models")
+            raise InputError(f"mean_loglik has shape {ml.shape} for {len(names)} models", params=("mean_loglik",))
         frame[LOGLIK_TARGET] = ml
         kinds[LOGLIK_TARGET] = LOGLIK
         missing[LOGLIK_TARGET] = []
     if not kinds:
-        raise LmmapError("nothing to predict: give a scores table or ask for the mean log-likelihood")
+        raise InputError("nothing to predict: give a scores table or ask for the mean log-likelihood")
     return Targets(Y=frame, kinds=kinds, ignored=ignored, missing=missing, unlisted=unlisted)
 
 
@@ -592,10 +180,11 @@ def _check_range(col: pd.Series, name, score_range, source):
     lo, hi = score_range
     out = col[(col < lo) | (col > hi)]
     if len(out):
-        raise LmmapError(
+        raise InputError(
             f"{source}: column {name!r} has {len(out)} value(s) outside [{lo:g}, {hi:g}] "
             f"(e.g. {out.iloc[0]!r} for model {out.index[0]!r}); scores are percentages and "
-            f"predictions are clipped to that range — rescale the column, or turn clipping off (--score-range none)"
+            f"predictions are clipped to that range — rescale the column, or turn clipping off (score_range=None)",
+            params=("score_range",),
         )
 
 
@@ -611,7 +200,7 @@ def mean_loglik(L, w=None) -> np.ndarray:
 def group_candidates(names: Sequence[str], n_folds: int, *tables: pd.DataFrame | None, skip: Sequence[str] = ()) -> list[tuple[str, int]]:
     """Text-valued columns of ``tables`` that split ``names`` into at least ``n_folds`` groups (but not one per model).
 
-    ``(column, number of groups)``, most groups first: the ``--group-by``
+    ``(column, number of groups)``, most groups first: the ``group_by``
     values that would make a grouped ``n_folds``-fold cross-validation possible.
     """
     names = [str(n) for n in names]
@@ -641,10 +230,10 @@ def _grouping_advice(names, n_folds: int, n_groups: int, column, *tables, skip=(
     options = []
     better = group_candidates(names, n_folds, *tables, skip=[*skip, *([column] if column else [])])
     if better:
-        options.append("group by " + " or ".join(f"--group-by {c} ({k} groups)" for c, k in better[:3]))
+        options.append("group by " + " or ".join(f"group_by={c!r} ({k} groups)" for c, k in better[:3]))
     if n_groups >= 2:
-        options.append(f"use --folds {n_groups}")
-    options.append("use --group-by none (each model its own group; optimistic when models have near-copies)")
+        options.append(f"use n_folds={n_groups}")
+    options.append("use group_by='none' (each model its own group; optimistic when models have near-copies)")
     return "; or ".join(options)
 
 
@@ -663,7 +252,7 @@ def resolve_groups(group_by, names: Sequence[str], *tables: pd.DataFrame | None,
         else:
             labels = list(group_by)
         if len(labels) != len(names):
-            raise LmmapError(f"{len(labels)} group labels for {len(names)} models")
+            raise InputError(f"{len(labels)} group labels for {len(names)} models", params=("group_by",))
         return [MISSING_GROUP if pd.isna(v) else str(v) for v in labels], getattr(group_by, "name", None) or "group"
     available: list[str] = []
     for table in tables:
@@ -677,18 +266,19 @@ def resolve_groups(group_by, names: Sequence[str], *tables: pd.DataFrame | None,
             return [MISSING_GROUP if pd.isna(v) else str(v) for v in col], group_by
     better = group_candidates(names, n_folds, *tables)
     if better:
-        hint = "; columns that would work: " + ", ".join(f"--group-by {c} ({k} groups)" for c, k in better[:3])
+        hint = "; columns that would work: " + ", ".join(f"group_by={c!r} ({k} groups)" for c, k in better[:3])
     else:
         hint = f" (metadata columns: {', '.join(dict.fromkeys(available))})" if available else " (the store has no metadata)"
     raise InputError(
-        f"no column {group_by!r} to group the folds by{hint}; give one with --metadata MODELS.csv "
-        "(a 'model' column and the group column), or --group-by none"
+        f"no column {group_by!r} to group the folds by{hint}; give one with metadata=MODELS.csv "
+        "(a 'model' column and the group column), or group_by='none'",
+        params=("group_by", "metadata"),
     )
 
 
 @dataclass
-class PredictionReport:
-    """Everything one prediction run found; :meth:`write` puts it on disk.
+class PredictionResult:
+    """Everything one prediction run found; ``lmmap.report.write(result, outdir)`` puts it on disk.
 
     summary : one row per target: kind, n_models, n_groups, n_missing, r_mean, r_sd,
         spearman_mean, spearman_sd, rmse, alpha (the most often chosen), r per seed.
@@ -696,7 +286,11 @@ class PredictionReport:
         seeds of the out-of-fold predictions), predicted_sd, residual, z, flagged, fold_seed<s>.
     new : one row per (target, model without a value): the prediction of a model fitted
         on every scored model, with an interval from the cross-validation residuals.
-    cv : the raw :class:`CrossValidation`.
+    cv : the raw :class:`~lmmap.maths.ridge.CrossValidation`.
+    targets : the aligned targets (:class:`Targets`).
+    groups : the group label of each model (empty when every model is its own group).
+    settings : the parameters of the run (written to ``predict.json``).
+    notes : what was dropped or is doubtful; each was also issued as a :class:`~lmmap.exceptions.LmmapWarning`.
     """
 
     summary: pd.DataFrame
@@ -721,85 +315,30 @@ class PredictionReport:
             ["target", "model", "group", "true", "predicted", "residual", "z"]
         ]
 
-    def write(self, outdir, plots: bool = True) -> dict[str, Path]:
-        """Write correlations.csv, predictions.csv, contamination.csv, new_predictions.csv, predict.json and the figures."""
-        out = Path(outdir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {n: out / n for n in ("correlations.csv", "predictions.csv", "contamination.csv", "new_predictions.csv", "predict.json")}
-        self.summary.to_csv(paths["correlations.csv"], index=False)
-        self.predictions.to_csv(paths["predictions.csv"], index=False)
-        self.flagged().to_csv(paths["contamination.csv"], index=False)
-        self.new.to_csv(paths["new_predictions.csv"], index=False)
-        info = {**self.settings, "notes": self.notes, "targets": self.summary.to_dict(orient="records")}
-        if plots:
-            # Target names are mangled into file names: say which file shows which target.
-            info["figures"] = {f"pred_{slug}": str(t) for t, slug in zip(self.summary["target"], figure_slugs(self.summary["target"]))}
-        paths["predict.json"].write_text(json.dumps(info, indent=2, default=_json_default))
-        if plots:
-            paths.update(self.write_figures(out))
-        return paths
 
-    def write_figures(self, outdir) -> dict[str, Path]:
-        """Predicted-versus-true scatter plots (PNG and HTML) per target, coloured by group."""
-        from lmmap.report import plots
+def repetition_seeds(n_repeats: int | None = None, random_state=0) -> list[int]:
+    """The seeds of the cross-validation's repetitions.
 
-        out = Path(outdir)
-        paths: dict[str, Path] = {}
-        flagged = self.flagged()
-        group_title = self.settings.get("group_by") or None
-        for target, slug in zip(self.summary["target"], figure_slugs(self.summary["target"])):
-            p = self.predictions[self.predictions["target"] == target]
-            if p.empty:
-                continue
-            row = self.summary[self.summary["target"] == target].iloc[0]
-            cv_kind = f"{self.settings['n_folds']}-fold CV" + (f" grouped by {group_title}" if group_title else "")
-            title = f"{target}: r = {_fmt(row['r_mean'])} ± {_fmt(row['r_sd'])} ({len(p)} models, {cv_kind})"
-            hot = flagged.loc[flagged["target"] == target, "model"].tolist()
-            labels = p["model"].tolist()
-            groups = p["group"].tolist() if group_title else None
-            hover = [f"residual {r:+.3g} ({z:+.2f} sd){' — flagged' if m in hot else ''}" for m, r, z in zip(labels, p["residual"], p["z"])]
-            kw = dict(labels=labels, groups=groups, xlabel=f"true {target}", ylabel=f"predicted {target} (out-of-fold)", title=title, diagonal=True)
-            paths[f"pred_{slug}.png"] = plots.scatter_png(out / f"pred_{slug}.png", p["true"].to_numpy(), p["predicted"].to_numpy(), annotate=hot or None, group_title=group_title, **kw)
-            paths[f"pred_{slug}.html"] = plots.scatter_html(out / f"pred_{slug}.html", p["true"].to_numpy(), p["predicted"].to_numpy(), hover=hover, group_title=group_title, **kw)
-        return paths
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
-
-
-def figure_slugs(names) -> list[str]:
-    """File-name-safe, distinct (also without case), bounded stems for the target names, in order.
-
-    :func:`lmmap.data.filenames.safe_filename`: a clean name stays as it is, any
-    other gets a hash of itself, so ``x y``, ``x_y`` and ``x_y_1`` make three files.
+    An int ``random_state`` (or a Generator, or None: one seed drawn from it)
+    starts ``n_repeats`` consecutive seeds (default 5: ``random_state=0``
+    gives 0..4); a sequence of ints is the seeds themselves (``n_repeats``,
+    if given, must equal its length).
     """
-    from lmmap.data.filenames import safe_filename
-
-    taken: set[str] = set()
-    return [safe_filename(str(n), taken) for n in names]
-
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    explicit = not (random_state is None or isinstance(random_state, (int, np.integer, np.random.Generator)))
+    seeds = check_random_states(random_state)
+    if n_repeats is None:
+        n_repeats = len(seeds) if explicit else DEFAULT_REPEATS
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
+        raise InputError(f"n_repeats must be at least 1, got {n_repeats!r}", params=("n_repeats",))
+    if explicit:
+        if n_repeats != len(seeds):
+            raise InputError(f"n_repeats = {n_repeats} but random_state lists {len(seeds)} seeds",
+                             params=("n_repeats", "random_state"))
+        return seeds
+    return [seeds[0] + r for r in range(int(n_repeats))]
 
 
-def _seeds(seeds) -> list[int]:
-    if isinstance(seeds, (int, np.integer)):
-        if seeds < 1:
-            raise LmmapError(f"--seeds must be at least 1, got {seeds}")
-        return list(range(int(seeds)))
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise LmmapError("give at least one seed")
-    return seeds
+# =============================================================================== the analysis
 
 
 def predict_scores(
@@ -809,7 +348,8 @@ def predict_scores(
     *,
     groups=None,
     mean_loglik_values=None,
-    seeds=5,
+    n_repeats: int | None = None,
+    random_state=0,
     n_folds: int = 5,
     n_inner: int = 5,
     threshold: float = 2.0,
@@ -821,38 +361,44 @@ def predict_scores(
     source: str = "scores",
     exclude: Sequence[str] = (),
     solver: str = "eigen",
-    n_jobs: int | None = 1,
+    workers: int = 1,
+    progress=None,
     store_models: Sequence[str] | None = None,
     left_out: Sequence[str] = (),
-) -> PredictionReport:
+) -> PredictionResult:
     """Cross-validated prediction of every target from the models' coordinates, plus predictions for unscored models.
 
-    features : (K, d) coordinates of the models ``names`` (``ModelMap.features()``).
+    The array-level entry (:func:`predict` does the same for a :class:`~lmmap.map.ModelMap`).
+
+    Parameters
+    ----------
+    features : (K, d) coordinates of the models ``names`` (``ModelMap.features()``, ``Q W^{1/2}``).
     scores : table indexed by model, one numeric column per benchmark (or None).
     groups : K group labels (``None``: each model its own group); see :func:`resolve_groups`.
-    group_column : the name of the grouping (for the report and figure legends).
     mean_loglik_values : K mean log-likelihoods, predicted as an extra target (None: skip).
-    seeds : a count (seeds 0..n-1) or the seeds themselves.
+    n_repeats, random_state : the repetitions of the cross-validation; see :func:`repetition_seeds`
+        (default: 5 repetitions with the seeds 0..4).
+    n_folds, n_inner : outer folds, and inner folds that choose α.
     threshold : flag models whose true score exceeds the prediction by more than this many residual sds.
     level : coverage of the prediction intervals of the new predictions.
-    n_jobs : folds fitted in parallel (threads; -1: all cores).
+    group_column : the name of the grouping (for the report and figure legends).
+    workers : folds fitted in parallel (threads; -1: all cores).
+    progress : callable receiving :class:`lmmap.progress.Step` events, or None.
     store_models : every model of the store the map comes from: scores for a
         model outside it are named as unknown (a typo?), apart from models
         that are stored but not in this map.
     left_out : stored models the caller left out of the map and explains itself (no second note).
 
-    Each note of the report (``report.notes``) is also issued as a
+    Each note of the result (``result.notes``) is also issued as a
     :class:`~lmmap.exceptions.LmmapWarning`.
-
-    :func:`predict_map` does the same for a :class:`~lmmap.map.ModelMap`.
     """
     names = [str(n) for n in names]
     X = np.asarray(features, dtype=np.float64)
-    if X.shape[0] != len(names):
-        raise LmmapError(f"{X.shape[0]} feature rows for {len(names)} models")
+    if X.ndim != 2 or X.shape[0] != len(names):
+        raise InputError(f"{X.shape[0] if X.ndim else 0} feature rows for {len(names)} models", params=("features", "names"))
     if not np.isfinite(X).all():
-        raise LmmapError("the coordinates hold non-finite values; rebuild the map")
-    seeds = _seeds(seeds)
+        raise InputError("the coordinates hold non-finite values; rebuild the map", params=("features",))
+    seeds = repetition_seeds(n_repeats, random_state)
     tg = prepare_targets(
         scores, names, mean_loglik_values, targets=targets, include_mean=include_mean,
         score_range=score_range, source=source, exclude=exclude,
@@ -861,21 +407,18 @@ def predict_scores(
     kinds = [tg.kinds[c] for c in cols]
     Y = tg.Y.to_numpy(dtype=np.float64)
     labels = [str(i) for i in range(len(names))] if groups is None else [str(g) for g in groups]
+    shown_labels = labels if groups is not None else [""] * len(names)
     grids = [alpha_grid(k) for k in kinds]
     clips = [score_range if k == SCORE else None for k in kinds]
     G = gram_matrix(X)
     cv = cross_validate(
         X if solver == "sklearn" else None, Y, None if groups is None else labels, grids, clips, seeds, n_folds, n_inner,
-        G=G, target_names=cols, solver=solver, n_jobs=n_jobs,
+        G=G, target_names=cols, solver=solver, workers=workers, progress=progress,
     )
     notes = _notes(tg, names, store_models, left_out)
     summary = _summary(cv, cols, kinds, labels, tg)
-    predictions = _prediction_table(cv, cols, kinds, names, labels if groups is not None else [""] * len(names))
-    predictions = _flag(predictions, threshold)
-    new = _map_tasks(
-        lambda _: _new_predictions(G, Y, cv, cols, kinds, names, labels if groups is not None else [""] * len(names), clips, n_inner, seeds[0], level),
-        [None], 1,
-    )[0]
+    predictions = _flag(_prediction_table(cv, cols, kinds, names, shown_labels), threshold)
+    new = _new_predictions(G, Y, cv, cols, kinds, names, shown_labels, clips, n_inner, seeds[0], level)
     for t, c in enumerate(cols):
         if not np.all(np.isfinite(summary.loc[t, [f"r_seed{s}" for s in seeds]].to_numpy(dtype=float))):
             notes.append(f"{c}: Pearson r is undefined for some seed (constant predictions or truth)")
@@ -884,38 +427,75 @@ def predict_scores(
         warnings.warn(note, LmmapWarning, stacklevel=2)
     settings = {
         "n_models": len(names), "n_features": int(X.shape[1]), "seeds": seeds, "n_folds": n_folds,
-        "n_inner": n_inner, "threshold": float(threshold), "level": float(level), "group_by": (group_column or "group") if groups is not None else None,
+        "n_inner": n_inner, "threshold": float(threshold), "level": float(level),
+        "group_by": (group_column or "group") if groups is not None else None,
         "score_range": list(score_range) if score_range is not None else None,
         "alpha_grids": {SCORE: SCORE_ALPHAS.tolist(), LOGLIK: LOGLIK_ALPHAS.tolist()},
         "solver": solver, "ignored_models": tg.ignored,
     }
-    return PredictionReport(
+    return PredictionResult(
         summary=summary, predictions=predictions, new=new, cv=cv, targets=tg,
         groups=labels if groups is not None else [], settings=settings, notes=notes,
     )
 
 
-def predict_map(mm, scores: pd.DataFrame | None, group_by: str | None = "model_type", *, metadata: pd.DataFrame | None = None, include_loglik: bool = True, **kwargs) -> PredictionReport:
-    """:func:`predict_scores` on a :class:`~lmmap.map.ModelMap`: its features, its mean log-likelihoods, its metadata's groups.
+def predict(
+    mm,
+    scores: pd.DataFrame | None,
+    *,
+    group_by: str | Sequence[str] | pd.Series | None = "model_type",
+    metadata: pd.DataFrame | None = None,
+    include_loglik: bool = True,
+    n_repeats: int | None = None,
+    random_state=0,
+    n_folds: int = 5,
+    n_inner: int = 5,
+    threshold: float = 2.0,
+    level: float = 0.9,
+    targets: Sequence[str] | None = None,
+    include_mean: bool = True,
+    score_range: tuple[float, float] | None = SCORE_RANGE,
+    source: str = "scores",
+    solver: str = "eigen",
+    workers: int = 1,
+    progress=None,
+    store_models: Sequence[str] | None = None,
+    left_out: Sequence[str] = (),
+) -> PredictionResult:
+    """Benchmark scores predicted from the coordinates of the map ``mm`` (SPEC §7).
 
-    The group column is looked up in the scores table, then ``metadata``, then the map's metadata.
+    Parameters
+    ----------
+    mm : :class:`~lmmap.map.ModelMap`; its features ``Q W^{1/2}``, its mean
+        log-likelihoods ``Σ_t w_t L_t / Σ_t w_t`` and its metadata are used.
+    scores : table indexed by model, one numeric column per benchmark (None: the
+        mean log-likelihood only).
+    group_by : the column whose groups never straddle a split, looked up in
+        ``scores``, then ``metadata``, then the map's metadata; a sequence or
+        Series of labels; or None / ``"none"`` (each model its own group).
+    metadata : extra model table to find the group column in.
+    include_loglik : also predict the mean log-likelihood ``mean_loglik``.
+
+    The other parameters are those of :func:`predict_scores`.
     """
-    n_folds = int(kwargs.get("n_folds", 5))
     groups, column = resolve_groups(group_by, mm.names, scores, metadata, mm.metadata, n_folds=n_folds)
     if groups is not None:
         n_groups = len(set(groups))
         if n_groups < n_folds:
             raise InputError(
-                f"--group-by {column} gives {n_groups} group(s) among the {len(mm.names)} models, fewer than the "
+                f"group_by={column!r} gives {n_groups} group(s) among the {len(mm.names)} models, fewer than the "
                 f"{n_folds} folds of the cross-validation; "
-                + _grouping_advice(mm.names, n_folds, n_groups, column, scores, metadata, mm.metadata)
+                + _grouping_advice(mm.names, n_folds, n_groups, column, scores, metadata, mm.metadata),
+                params=("group_by", "n_folds"),
             )
     ml = mean_loglik(mm.L, mm.w) if include_loglik else None
     exclude = [column] if column is not None and scores is not None and column in scores.columns else []
-    kwargs.setdefault("source", "scores")
     return predict_scores(
         mm.features(), mm.names, scores, groups=groups, mean_loglik_values=ml, group_column=column,
-        exclude=exclude, **kwargs,
+        exclude=exclude, n_repeats=n_repeats, random_state=random_state, n_folds=n_folds, n_inner=n_inner,
+        threshold=threshold, level=level, targets=targets, include_mean=include_mean, score_range=score_range,
+        source=source, solver=solver, workers=workers, progress=progress, store_models=store_models,
+        left_out=left_out,
     )
 
 
@@ -1041,19 +621,19 @@ def _flag(predictions: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return predictions[first + [c for c in predictions.columns if c not in first]]
 
 
-def _new_predictions(G, Y, cv, cols, kinds, names, labels, clips, n_inner, seed, level) -> pd.DataFrame:
+def _new_predictions(G, Y, cv, cols, kinds, names, labels, clips, n_inner, random_state, level) -> pd.DataFrame:
     """Fit each target on every model that has it; predict the models that do not."""
     rows = []
     names = np.asarray(names, dtype=object)
     resid = cv.Y[None] - cv.oof  # every seed's out-of-fold residuals
-    for train, tcols in _mask_patterns(Y):
+    for train, tcols in mask_patterns(Y):
         test = np.setdiff1d(np.arange(Y.shape[0]), train)
         if test.size == 0:
             continue
         # Targets known for the same models share one fit (one decomposition per inner fold).
         pred, alphas = fit_predict(
             G, Y[np.ix_(train, tcols)], train, test, [alpha_grid(kinds[t]) for t in tcols],
-            [clips[t] for t in tcols], n_inner, seed,
+            [clips[t] for t in tcols], n_inner, random_state,
         )
         for k, t in enumerate(tcols):
             lo, hi = residual_interval(resid[:, :, t], level)
@@ -1103,14 +683,21 @@ def predict_store(
     allow_mixed: bool = False,
     include_loglik: bool = True,
     **kwargs,
-) -> PredictionReport:
-    """``lmmap predict``: :func:`predict_map` on every model of ``store`` (on ``subset``'s texts if given).
+) -> PredictionResult:
+    """``lmmap predict``: :func:`predict` on the map of ``store`` (on ``subset``'s texts if given).
 
+    The map is :meth:`ModelMap.from_store <lmmap.map.ModelMap.from_store>`'s
+    (every model scored on the texts it needs).
+
+    Parameters
+    ----------
     scores : a table indexed by model, a path to ``SCORES.csv``, or None to use
         the store metadata's ``score_*`` columns.
     subset : a :class:`~lmmap.analyses.select.Subset` or the path of ``SUBSET.json``:
-        features ``Q̃_d W^{1/2}``, only the models scored on its texts.
+        features ``Q̃_d W^{1/2}``, and the models scored on its texts.
     metadata : extra metadata (a table or ``MODELS.csv``) to find the group column in.
+    clip, allow_mixed : as in :meth:`~lmmap.map.ModelMap.from_store`.
+    **kwargs : the parameters of :func:`predict`.
     """
     from lmmap.map import ModelMap
 
@@ -1123,39 +710,36 @@ def predict_store(
 
         metadata = read_metadata_csv(metadata)
     if subset is not None and not hasattr(subset, "text_pos"):
-        from lmmap.analyses.select import Subset
+        from lmmap.data.subset import Subset
 
         subset = Subset.load(subset)
-    left_out: list[str] = []
-    if subset is not None:
-        models = store.models_with_texts(subset.text_pos)
-    else:
-        from lmmap.analyses.select import complete_models
-
-        models = complete_models(store)
-        left_out = [m for m in store.model_names() if m not in set(models)]
-    mm = ModelMap.from_store(store, models=models, subset=subset, clip=clip, allow_mixed=allow_mixed)
+    mm = ModelMap.from_store(store, subset=subset, clip=clip, allow_mixed=allow_mixed)
+    stored = store.model_names()
+    # Without a subset, models scored on only some texts (placed with `lmmap add`) are not in the map;
+    # with the subset they were scored on they would be.
+    left_out = [m for m in stored if m not in set(mm.names)] if subset is None else []
     if scores is None:
         scores = scores_from_metadata(mm.metadata)
         source = f"the store's metadata ({SCORE_PREFIX}* columns)"
         if scores is None:
-            raise LmmapError(
-                f"no scores: give --scores SCORES.csv (a 'model' column and one column per benchmark); "
-                f"the store's metadata has no {SCORE_PREFIX}* columns either"
+            raise InputError(
+                f"nothing to predict: give scores=SCORES.csv (a 'model' column and one column per benchmark); "
+                f"the store's metadata has no {SCORE_PREFIX}* columns either",
+                params=("scores",),
             )
-    kwargs.setdefault("store_models", store.model_names())
+    kwargs.setdefault("store_models", stored)
     kwargs.setdefault("left_out", left_out)
-    report = predict_map(mm, scores, group_by, metadata=metadata, include_loglik=include_loglik, source=source, **kwargs)
+    kwargs.setdefault("source", source)
+    result = predict(mm, scores, group_by=group_by, metadata=metadata, include_loglik=include_loglik, **kwargs)
     if left_out:
-        # Models placed with `lmmap add` are scored on a subset's texts only: they need its coordinates.
         note = (
             f"{len(left_out)} model(s) scored on only some texts were left out (e.g. {left_out[0]!r}); "
-            "give --subset SUBSET.json, the subset they were scored on, to include them"
+            "give the subset they were scored on (subset=SUBSET.json, --subset on the command line) to include them"
         )
-        report.notes.append(note)
+        result.notes.append(note)
         warnings.warn(note, LmmapWarning, stacklevel=2)
-    report.settings.update(
+    result.settings.update(
         store=str(store.path), scores=source, subset=None if subset is None else f"{subset.method}, d = {subset.d}",
         clip_threshold=mm.threshold, n_texts=int(mm.L.shape[1]),
     )
-    return report
+    return result

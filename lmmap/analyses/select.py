@@ -1,571 +1,107 @@
-"""A resampled subset of texts: which texts, drawn how often, with which weights (SPEC §4).
+"""Select a subset of texts by importance resampling (SPEC §4).
 
-``select`` computes the importance ``π`` of every text from the map of some
-models, draws n texts with replacement and keeps the d unique ones with their
-counts ``c`` and weights ``w = c/(nπ)``. The resulting :class:`Subset` is
-everything needed to build a map from those d texts alone
-(``ModelMap.from_store(store, subset=...)``) or to place new models scored on
-them (:mod:`lmmap.analyses.place`): the text positions, the weights, the models
-``π`` came from and the clipping threshold of their full map.
+:func:`select` computes the importance ``π`` of every text from the map's
+coordinates ``Q``, draws n texts with replacement and keeps the d unique ones
+with their counts ``c`` and weights ``w = c/(nπ)``: a
+:class:`lmmap.data.subset.Subset`, which records the models ``π`` came from,
+the clipping threshold of their full map and the identity of the text set, so
+that a map built from the d texts alone (``ModelMap.from_store(store,
+subset=...)``) or new models placed on them (:mod:`lmmap.analyses.place`)
+reproduce the full map's numbers.
 
-A subset is saved as JSON (``SUBSET.json``)::
-
-    {"format": "lmmap-subset", "version": 1, "method": "ls", "n": 2900, "seed": 0,
-     "d": 2192, "text_set_id": "sha256:…", "n_texts": 10000, "threshold": -1412.34,
-     "models": [...], "n_excluded": 0, "texts": [{"pos": 3, "index": 3, "count": 2,
-     "pi": 0.00012, "w": 0.83}, ...]}
+:func:`select_from_store` is the store convenience: the map is
+``ModelMap.from_store`` (the one rule for which models define a map).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import json
-import math
-import numbers
-import os
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from lmmap._version import __version__
-from lmmap.maths import resampling as imp
-from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning
+from lmmap.data.subset import Subset
+from lmmap.exceptions import InputError
+from lmmap.maths import resampling
 
-SUBSET_FORMAT = "lmmap-subset"
-SUBSET_VERSION = 1
-# w is recomputed from (c, n, π) on load; a stored w further than this from it
-# means the file was edited by hand or corrupted.
-_W_RTOL = 1e-9
+__all__ = ["Subset", "draw_subset", "select", "select_from_store"]
 
 
-@dataclass(eq=False)
-class Subset:
-    """d texts resampled from the N texts of a store's text set, with counts ``c``, ``π`` and weights ``w``.
-
-    Attributes
-    ----------
-    text_pos : (d,) int, sorted positions 0..N-1 of the texts in the text set.
-    text_index : (d,) int, the texts' ids (``TextSet.index``).
-    counts : (d,) int, ``c(u_t)``, times each text was drawn; ``Σc = n``.
-    pi : (d,) float, ``π_{u_t}``, the probability of drawing each text.
-    weights : (d,) float, ``w_t = c(u_t) / (n π_{u_t})``.
-    method, n, seed : how the texts were drawn.
-    text_set_id, n_texts : the identity and size N of the text set the positions index. A subset always
-        records them; ``text_set_id`` is None only for a subset marked ``unbound`` (selected from a bare
-        ``ModelMap(names, L)`` with ``unbound=True``), which a store accepts only when told to
-        (``allow_other_texts=True``, ``--allow-other-texts``).
-    models : names of the models whose map gave ``π``.
-    threshold : the clipping threshold of those models' full map (None: no clipping).
-    n_excluded : texts with ``π = 0`` (every model scores them alike), never drawn.
-    unbound : True when the subset does not know its text set (see ``text_set_id``).
-    """
-
-    text_pos: np.ndarray
-    text_index: np.ndarray
-    counts: np.ndarray
-    pi: np.ndarray
-    weights: np.ndarray
-    method: str
-    n: int
-    seed: int | None
-    text_set_id: str | None
-    n_texts: int
-    models: list[str]
-    threshold: float | None
-    n_excluded: int = 0
-    created_at: str | None = None
-    texts: list[str] | None = field(default=None, repr=False)
-    unbound: bool = False
-
-    def __post_init__(self):
-        self.text_pos = _int_array("text_pos", self.text_pos)
-        self.text_index = _int_array("text_index", self.text_index)
-        self.counts = _int_array("counts", self.counts)
-        self.pi = _float_array("pi", self.pi)
-        self.weights = _float_array("weights", self.weights)
-        if isinstance(self.models, str) or not all(isinstance(m, str) for m in self.models):
-            raise InputError(f"models must be a list of model names (strings), got {_short(self.models)}")
-        self.models = list(self.models)
-        try:
-            self.n = imp.check_sample_size(self.n)
-            self.method = imp.check_method(self.method)
-        except LmmapError as exc:
-            raise InputError(str(exc)) from None
-        self.n_texts = _int_scalar("n_texts", self.n_texts, minimum=1)
-        self.n_excluded = _int_scalar("n_excluded", self.n_excluded, minimum=0)
-        if self.seed is not None:
-            self.seed = _int_scalar("seed", self.seed)
-        if self.threshold is not None:
-            if not _is_number(self.threshold) or not math.isfinite(self.threshold):
-                raise InputError(f"threshold must be a finite number or None, got {_short(self.threshold)}")
-            self.threshold = float(self.threshold)
-        if not isinstance(self.unbound, bool):
-            raise InputError(f"unbound must be true or false, got {_short(self.unbound)}")
-        if self.text_set_id is None and not self.unbound:
-            raise InputError(
-                "a subset must record the identity of the text set it indexes (text_set_id): select it from a "
-                "store, or from a ModelMap with texts=TextSet (or a map built by ModelMap.from_store); pass "
-                "unbound=True only to mark on purpose a subset that will be used by position alone"
-            )
-        if self.text_set_id is not None:
-            if self.unbound:
-                raise InputError("a subset with a text_set_id is bound to that text set; do not also mark it unbound")
-            if not isinstance(self.text_set_id, str) or not self.text_set_id:
-                raise InputError(f"text_set_id must be a non-empty string, got {_short(self.text_set_id)}")
-        self._validate()
-
-    def _validate(self) -> None:
-        d = self.text_pos.shape[0]
-        if d == 0:
-            raise InputError("it holds no texts")
-        for name in ("text_index", "counts", "pi", "weights"):
-            if getattr(self, name).shape != (d,):
-                raise InputError(f"{name} has {getattr(self, name).shape[0]} entries for {d} texts (text_pos has {d})")
-        out = (self.text_pos < 0) | (self.text_pos >= self.n_texts)
-        if out.any():
-            k = int(np.flatnonzero(out)[0])
-            raise InputError(
-                f"text position {int(self.text_pos[k])} (text {k}) is outside 0..{self.n_texts - 1}, "
-                f"the N = {self.n_texts} texts of the text set"
-            )
-        if np.any(np.diff(self.text_pos) <= 0):
-            k = int(np.flatnonzero(np.diff(self.text_pos) <= 0)[0])
-            raise InputError(
-                f"text positions must be unique and sorted; position {int(self.text_pos[k + 1])} (text {k + 1}) "
-                f"follows {int(self.text_pos[k])}"
-            )
-        if np.any(self.counts <= 0):
-            k = int(np.flatnonzero(self.counts <= 0)[0])
-            raise InputError(
-                f"the count of the text at position {int(self.text_pos[k])} is {int(self.counts[k])}; a count is "
-                "how often the text was drawn, at least 1"
-            )
-        if int(self.counts.sum()) != self.n:
-            raise InputError(f"the counts sum to {int(self.counts.sum())} but n = {self.n} texts were drawn")
-        bad = ~np.isfinite(self.pi) | (self.pi <= 0) | (self.pi > 1)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"the text at position {int(self.text_pos[k])} has π = {float(self.pi[k])}; every drawn text needs "
-                "a probability π in (0, 1]"
-            )
-        expected = self.counts / (self.n * self.pi)
-        if not np.allclose(self.weights, expected, rtol=_W_RTOL, atol=0):
-            raise InputError("the weights are not c/(nπ); the file was edited or corrupted — select again")
-        if not 0 <= self.n_excluded < self.n_texts:
-            raise InputError(f"n_excluded is {self.n_excluded}; it must be in 0..N-1 (N = {self.n_texts})")
-
-    # -- basic quantities ---------------------------------------------------------
-    @property
-    def d(self) -> int:
-        """The number of unique texts."""
-        return int(self.text_pos.shape[0])
-
-    def __len__(self) -> int:
-        return self.d
-
-    def summary(self) -> str:
-        thr = "off" if self.threshold is None else f"{self.threshold:.2f}"
-        return (
-            f"{self.method} subset: n = {self.n} draws, d = {self.d} unique texts of N = {self.n_texts} "
-            f"({100 * self.d / self.n_texts:.1f}%), Σw = {self.weights.sum():.1f}, "
-            f"from {len(self.models)} models, clip threshold {thr}"
-            + (", unbound (no text-set identity)" if self.unbound else "")
-        )
-
-    # -- checks against a store -----------------------------------------------------
-    def check_store(self, store, allow_other_texts: bool = False) -> None:
-        """Raise :class:`InputError` unless this subset was selected on ``store``'s text set.
-
-        Same size N always; same identity, and the same text ids at the subset's positions, unless
-        ``allow_other_texts`` (``--allow-other-texts``): then a subset without an identity (unbound) or
-        with another text set's identity is used by position on the store's texts, with a note.
-        """
-        what = f"the subset ({self.method}, d = {self.d})"
-        if self.n_texts != store.n_texts:
-            raise InputError(
-                f"{what} has {self.n_texts} texts but the store's text set has {store.n_texts}: it was computed "
-                "on another text set; select again on this store"
-            )
-        if self.text_set_id != store.text_set_id:
-            if self.text_set_id is None:
-                problem = (
-                    f"{what} does not record which text set it indexes (it was made from a bare map of "
-                    "vectors), so its positions may point at other texts than the store's"
-                )
-            else:
-                problem = (
-                    f"{what} belongs to another text set ({self.text_set_id[:19]}…, not the store's "
-                    f"{store.text_set_id[:19]}…)"
-                )
-            if not allow_other_texts:
-                raise InputError(
-                    f"{problem}; select again on this store, or pass --allow-other-texts (allow_other_texts=True) "
-                    "to use its positions on this store's texts anyway"
-                )
-            warnings.warn(
-                f"{problem}; using its {self.d} positions on the store's texts as asked (--allow-other-texts)",
-                LmmapWarning,
-                stacklevel=2,
-            )
-            return
-        ids = np.asarray(store.texts.index)[self.text_pos]
-        if not np.array_equal(ids, self.text_index):
-            bad = int(np.flatnonzero(ids != self.text_index)[0])
-            raise InputError(
-                f"the subset's text {int(self.text_index[bad])} is not in the store at position "
-                f"{int(self.text_pos[bad])} (found text {int(ids[bad])}): the subset was edited or "
-                "made for another text set; select again on this store"
-            )
-
-    def bind(self, store, allow_other_texts: bool = False) -> "Subset":
-        """This subset, checked against ``store`` (:meth:`check_store`) and bound to its text set.
-
-        With ``allow_other_texts``, an unbound subset or one of another text set comes back with the
-        store's identity and text ids at its positions, so later checks (``ModelMap.from_store``,
-        placement) accept it without being told again.
-        """
-        self.check_store(store, allow_other_texts=allow_other_texts)
-        if self.text_set_id == store.text_set_id:
-            return self
-        return dataclasses.replace(
-            self,
-            text_set_id=store.text_set_id,
-            text_index=np.asarray(store.texts.index)[self.text_pos],
-            texts=None,
-            unbound=False,
-        )
-
-    def check_models(self, store) -> None:
-        """Raise unless every model that defined the subset's map is in ``store``."""
-        missing = [m for m in self.models if not store.has_model(m)]
-        if missing:
-            raise InputError(
-                f"the subset was selected from a map of {len(self.models)} models, {len(missing)} of which are not "
-                f"in the store {store.path} (e.g. {missing[0]!r}): it belongs to another map; "
-                "select again on this store"
-            )
-
-    # -- files --------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {
-            "format": SUBSET_FORMAT,
-            "version": SUBSET_VERSION,
-            "method": self.method,
-            "n": self.n,
-            "seed": self.seed,
-            "d": self.d,
-            "text_set_id": self.text_set_id,
-            "unbound": self.unbound,
-            "n_texts": int(self.n_texts),
-            "threshold": self.threshold,
-            "n_excluded": int(self.n_excluded),
-            "created_at": self.created_at,
-            "lmmap_version": __version__,
-            "models": list(self.models),
-            "texts": [
-                {"pos": int(p), "index": int(i), "count": int(c), "pi": float(q), "w": float(w)}
-                for p, i, c, q, w in zip(self.text_pos, self.text_index, self.counts, self.pi, self.weights)
-            ],
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``SUBSET.json`` atomically (floats round-trip exactly)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
-
-    @classmethod
-    def from_dict(cls, info: dict, where: str = "subset") -> "Subset":
-        """A subset from the dict of a ``SUBSET.json``; every field is checked, errors name ``where`` and the field.
-
-        A file without a ``text_set_id`` (written by lmmap 0.1 from a bare map) loads as unbound.
-        """
-        if not isinstance(info, dict) or info.get("format") != SUBSET_FORMAT:
-            raise FormatError(f"{where} is not an lmmap subset file (make one with `lmmap select`)")
-        f = _Fields(info, where)
-        version = f.integer("version", minimum=0, default=0)
-        if version > SUBSET_VERSION:
-            raise FormatError(f"{where} was written by a newer lmmap (subset version {version}); upgrade lmmap")
-        rows = f.get("texts", list)
-        cols = {k: [] for k in ("pos", "index", "count", "pi", "w")}
-        for t, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise FormatError(f"{where}: texts[{t}] is {_short(row)}, not an object with pos, index, count, pi, w")
-            for k in ("pos", "index", "count"):
-                cols[k].append(f.integer(k, row=row, t=t))
-            for k in ("pi", "w"):
-                cols[k].append(f.number(k, row=row, t=t))
-        text_set_id = f.get("text_set_id", str, required=False)
-        unbound = f.get("unbound", bool, required=False)
-        if text_set_id is None:
-            unbound = True  # it cannot say which texts it indexes; a store accepts it only when told to
-        elif unbound:
-            raise FormatError(f"{where}: says both text_set_id {text_set_id[:19]}… and unbound; the file is damaged")
-        threshold = f.number("threshold", required=False)
-        models = f.get("models", list, required=False, default=[])
-        try:
-            sub = cls(
-                text_pos=cols["pos"],
-                text_index=cols["index"],
-                counts=cols["count"],
-                pi=cols["pi"],
-                weights=cols["w"],
-                method=f.get("method", str),
-                n=f.integer("n"),
-                seed=f.integer("seed", required=False),
-                text_set_id=text_set_id,
-                n_texts=f.integer("n_texts", minimum=1),
-                models=models,
-                threshold=threshold,
-                n_excluded=f.integer("n_excluded", minimum=0, default=0),
-                created_at=f.get("created_at", str, required=False),
-                unbound=bool(unbound),
-            )
-        except LmmapError as exc:
-            raise FormatError(f"{where}: {exc}; fix the file or select again") from None
-        if "d" in info and f.integer("d") != sub.d:
-            raise FormatError(f"{where}: says d = {info['d']} but lists {sub.d} texts; the file is damaged")
-        return sub
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, store=None, allow_other_texts: bool = False) -> "Subset":
-        """Read ``SUBSET.json`` (as written by :meth:`save` / ``lmmap select``).
-
-        With ``store``: checked against it and bound to its text set (:meth:`bind`; ``allow_other_texts``
-        as there).
-        """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"subset file {path} does not exist (make one with `lmmap select`)")
-        if path.is_dir():
-            raise FormatError(f"{path} is a directory; give the SUBSET.json file that `lmmap select` wrote")
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise FormatError(f"{path} is not valid JSON ({_short(str(exc), 120)}); make a subset with `lmmap select`") from None
-        sub = cls.from_dict(info, where=str(path))
-        if store is not None:
-            try:
-                sub = sub.bind(store, allow_other_texts=allow_other_texts)
-            except InputError as exc:
-                raise InputError(f"{path}: {exc}") from None
-        return sub
-
-    def text_set(self, store=None):
-        """The d texts as a :class:`lmmap.TextSet` (from ``store``, checked, or those kept by :func:`select`)."""
-        if store is not None:
-            self.check_store(store)
-            return store.texts.subset(self.text_pos)
-        if self.texts is None:
-            raise InputError("this subset does not carry its texts: give the store they come from")
-        from lmmap.data.texts import TextSet
-
-        return TextSet.from_texts(self.texts, index=self.text_index)
-
-    def save_texts(self, path: str | os.PathLike, store=None) -> Path:
-        """Write the d texts as plain JSONL (one ``{"index", "text", ...}`` per line), to score them elsewhere."""
-        path = Path(path)
-        if path.suffix.lower() not in (".jsonl", ".ndjson"):
-            raise InputError(f"{path}: the texts are written as JSONL; give a .jsonl path")
-        return self.text_set(store).save(path)
-
-
-# -- checking values ------------------------------------------------------------------------
-
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _short(value, limit: int = 40) -> str:
-    r = repr(value)
-    return r if len(r) <= limit else r[: limit - 1] + "…"
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (numbers.Real, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-def _int_scalar(name: str, value, minimum: int | None = None) -> int:
-    if not _is_int(value):
-        raise InputError(f"{name} must be an integer, got {_short(value)}")
-    if minimum is not None and value < minimum:
-        raise InputError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
-def _int_array(name: str, values) -> np.ndarray:
-    """Integers as int64; fractions, NaN, strings and numbers beyond int64 are refused (never truncated)."""
-    a = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
-    if a.dtype.kind == "u" and a.size and a.max() > _INT64[1]:
-        raise InputError(f"{name} holds {int(a.max())}, beyond the 64-bit integer range")
-    if a.dtype.kind not in "iu":
-        for k, x in enumerate(a.reshape(-1)):
-            if not _is_int(x) or not _INT64[0] <= x <= _INT64[1]:
-                raise InputError(f"{name}[{k}] is {_short(x)}; it must be an integer")
-    return _one_dim(name, np.asarray(a.tolist() if a.dtype.kind == "O" else a, dtype=np.int64))
-
-
-def _float_array(name: str, values) -> np.ndarray:
-    a = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
-    if a.dtype.kind not in "fiu":
-        bad = [(k, x) for k, x in enumerate(a.reshape(-1)) if not _is_number(x)]
-        if bad:
-            k, x = bad[0]
-            raise InputError(f"{name}[{k}] is {_short(x)}; it must be a number")
-    try:
-        return _one_dim(name, np.asarray(values, dtype=np.float64))
-    except OverflowError:
-        raise InputError(f"{name} holds a number too large for a float") from None
-
-
-def _one_dim(name: str, a: np.ndarray) -> np.ndarray:
-    if a.ndim != 1:
-        raise InputError(f"{name} must be a list of values (1-D), got shape {a.shape}")
-    return a
-
-
-class _Fields:
-    """Typed access to a subset file's fields; errors are one-line FormatErrors naming the file and field."""
-
-    def __init__(self, info: dict, where: str):
-        self.info, self.where = info, where
-
-    def _name(self, key, t):
-        return key if t is None else f"texts[{t}].{key}"
-
-    def get(self, key, kind, required=True, default=None, row=None, t=None):
-        src = self.info if row is None else row
-        if key not in src or src[key] is None:
-            if required and default is None:
-                raise FormatError(f"{self.where}: field {self._name(key, t)!r} is missing; the file is damaged — select again")
-            return default
-        v = src[key]
-        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
-            raise FormatError(
-                f"{self.where}: field {self._name(key, t)!r} is {_short(v)}, not {_KIND_NAMES[kind]}; "
-                "the file is damaged — select again"
-            )
-        return v
-
-    def integer(self, key, required=True, minimum=None, default=None, row=None, t=None):
-        v = self.get(key, (int, float), required, default, row, t)
-        if v is None:
-            return None
-        if not _is_int(v) or not _INT64[0] <= v <= _INT64[1]:
-            raise FormatError(f"{self.where}: field {self._name(key, t)!r} is {_short(v)}, not an integer; the file is damaged — select again")
-        if minimum is not None and v < minimum:
-            raise FormatError(f"{self.where}: field {self._name(key, t)!r} is {v}; it must be at least {minimum}")
-        return v
-
-    def number(self, key, required=True, row=None, t=None):
-        v = self.get(key, (int, float), required, None, row, t)
-        if v is not None and not math.isfinite(v):
-            raise FormatError(f"{self.where}: field {self._name(key, t)!r} is {v}, not a finite number; the file is damaged — select again")
-        return v
-
-
-_KIND_NAMES = {str: "a string", list: "a list", bool: "true or false", (int, float): "a number"}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from lmmap.data.atomic import atomic_write
-
-    atomic_write(path, text)
-
-
-# -- selection --------------------------------------------------------------------------
-
-
-def draw_subset(Q, method: str, n: int, seed=None) -> dict:
+def draw_subset(Q, method: str, n: int, random_state=None) -> dict:
     """The numeric part of :func:`select`: ``π`` from ``Q``, n draws, the unique texts.
-
-    Returns a dict with ``text_pos`` (u), ``counts`` (c), ``pi`` (``π_u``),
-    ``weights`` (w) and ``n_excluded`` (texts with ``π = 0``).
-    """
-    n = imp.check_sample_size(n)
-    pi = imp.importance(Q, method)
-    u, c, w = imp.resample(pi, n, np.random.default_rng(seed))
-    return {"text_pos": u, "counts": c, "pi": pi[u], "weights": w, "n_excluded": imp.n_zero_importance(pi)}
-
-
-def complete_models(store) -> list[str]:
-    """The models of ``store`` scored on every text (the ones that can define a full map)."""
-    return [name for name, rec in store.records().items() if int(rec.get("n_scored", -1)) == store.n_texts]
-
-
-def select(
-    source, method: str, n: int, seed: int | None = 0, models=None, *, clip: bool = True, texts=None,
-    unbound: bool = False,
-) -> Subset:
-    """Resample n texts by importance ``method`` (uniform | ls | kl) from the map of ``models``.
 
     Parameters
     ----------
-    source : a :class:`lmmap.Store` or a full-text-set :class:`lmmap.ModelMap`.
-        From a store, the full map of ``models`` (default: every model scored
-        on all N texts) is built with clipping (unless ``clip=False``) to give
-        ``Q`` and the threshold.
+    Q : (K, N) the map's double-centred coordinates.
+    method : "uniform", "ls" or "kl" (:func:`lmmap.maths.resampling.importance`).
+    n : number of draws with replacement.
+    random_state : int, np.random.Generator or None; seeds the draws.
+
+    Returns
+    -------
+    dict with ``text_pos`` (u), ``counts`` (c), ``pi`` (``π_u``), ``weights``
+    (w) and ``n_excluded`` (texts with ``π = 0``).
+    """
+    n = resampling.check_sample_size(n)
+    pi = resampling.importance(Q, method)
+    u, c, w = resampling.resample(pi, n, np.random.default_rng(random_state))
+    return {"text_pos": u, "counts": c, "pi": pi[u], "weights": w, "n_excluded": resampling.n_zero_importance(pi)}
+
+
+def select(mm, method: str, n: int, *, random_state=0, texts=None, unbound: bool = False, models=None,
+           clip: bool = True) -> Subset:
+    """Resample n texts of ``mm``'s text set by importance ``method`` (uniform | ls | kl).
+
+    Parameters
+    ----------
+    mm : a :class:`lmmap.ModelMap` on the full text set (its ``Q`` gives ``π``,
+        its threshold is recorded). A :class:`lmmap.Store` is accepted too and
+        handed to :func:`select_from_store` (with ``models`` and ``clip``).
     method : "uniform", "ls" (``π ∝ ‖Q^(s)‖²``) or "kl" (``π ∝ sqrt(Σ_ij (q_i − q_j)⁴)``).
     n : number of draws with replacement (a positive integer).
-    seed : random seed of the draws.
-    models : names of the models that define the map (a store only).
-    texts : the map's :class:`lmmap.TextSet` when ``source`` is a ModelMap that does not know its
-        text set (``ModelMap(names, L)``); the subset records its identity and text ids.
-    unbound : with a bare ModelMap and no ``texts``: make a subset that records no text set (text ids
-        are the positions 0..N-1). A store then accepts it only with ``allow_other_texts=True``
-        (``--allow-other-texts``). Without ``texts`` or ``unbound`` such a selection is refused, so
-        that a subset never silently indexes another store's texts.
+    random_state : int, np.random.Generator or None; seeds the draws (same value, same subset).
+    texts : the map's :class:`lmmap.TextSet` when ``mm`` does not know its text set
+        (``ModelMap(names, L)``); the subset records its identity and text ids.
+    unbound : with a bare map and no ``texts``: make a subset that records no text set
+        (text ids are the positions 0..N-1). A store then accepts it only with
+        ``allow_other_texts=True``. Without ``texts`` or ``unbound`` such a
+        selection is refused, so that a subset never silently indexes another store's texts.
+    models, clip : for a store only (see :func:`select_from_store`).
+
+    Returns
+    -------
+    Subset
     """
     from lmmap.map import ModelMap
 
-    method = imp.check_method(method)
-    n = imp.check_sample_size(n)
-    if isinstance(source, ModelMap):
-        if models is not None:
-            raise InputError("models= applies to a store; a ModelMap already fixes its models")
-        mm = source
-        if mm.w is not None or mm.L.shape[1] != mm.n_texts:
-            raise InputError(
-                f"select needs the map on the full text set (N = {mm.n_texts}); this one is built on "
-                f"{mm.L.shape[1]} resampled texts"
-            )
-        if texts is not None and mm.text_set_id is not None and texts.identity != mm.text_set_id:
-            raise InputError(
-                "texts= is not the text set the map was built on (their identities differ); give the map's own texts"
-            )
-        if texts is None and mm.text_set_id is None and not unbound:
-            raise InputError(
-                "this map does not know its text set (it was built from bare vectors), so the subset could not "
-                "say which texts its positions index: pass texts=TextSet (the texts the map's columns score), "
-                "build the map with ModelMap.from_store, or pass unbound=True to make a subset that a store "
-                "accepts only with allow_other_texts=True"
-            )
-    else:
-        store = source
+    if not isinstance(mm, ModelMap):
         if unbound:
-            raise InputError("unbound=True applies to a bare ModelMap; a subset selected from a store records its text set")
-        if models is None:
-            models = complete_models(store)
-            if not models:
-                raise InputError(
-                    f"no model in the store {store.path} is scored on all {store.n_texts} texts; "
-                    "importance needs the full map of at least 3 models"
-                )
-        mm = ModelMap.from_store(store, models=list(models), clip=clip)
-        texts = store.texts
-    drawn = draw_subset(mm.Q, method, n, seed)
+            raise InputError("unbound=True applies to a bare ModelMap; a subset selected from a store records its "
+                             "text set", params=("unbound",))
+        return select_from_store(mm, method, n, random_state=random_state, models=models, clip=clip)
+    method = resampling.check_method(method)
+    n = resampling.check_sample_size(n)
+    if models is not None:
+        raise InputError("models applies to a store; a ModelMap already fixes its models", params=("models",))
+    if mm.w is not None or mm.L.shape[1] != mm.n_texts:
+        raise InputError(
+            f"select needs the map on the full text set (N = {mm.n_texts}); this one is built on "
+            f"{mm.L.shape[1]} resampled texts", params=("mm",),
+        )
+    if texts is not None and mm.text_set_id is not None and texts.identity != mm.text_set_id:
+        raise InputError("texts is not the text set the map was built on (their identities differ); give the map's "
+                         "own texts", params=("texts",))
+    if texts is None and mm.text_set_id is None and not unbound:
+        raise InputError(
+            "this map does not know its text set (it was built from bare vectors), so the subset could not "
+            "say which texts its positions index: pass texts=TextSet (the texts the map's columns score), "
+            "build the map with ModelMap.from_store, or pass unbound=True to make a subset that a store "
+            "accepts only with allow_other_texts=True", params=("texts", "unbound", "allow_other_texts"),
+        )
+    if texts is not None and len(texts) != mm.n_texts:
+        raise InputError(f"texts has {len(texts)} texts but the map has N = {mm.n_texts}", params=("texts",))
+    drawn = draw_subset(mm.Q, method, n, random_state)
     pos = drawn["text_pos"]
     if texts is not None:
-        if len(texts) != mm.n_texts:
-            raise InputError(f"texts has {len(texts)} texts but the map has N = {mm.n_texts}")
         index = np.asarray(texts.index)[pos]
         kept = texts.subset(pos).texts
     else:
@@ -578,7 +114,7 @@ def select(
         weights=drawn["weights"],
         method=method,
         n=n,
-        seed=seed,
+        random_state=random_state,
         text_set_id=mm.text_set_id if mm.text_set_id is not None else (texts.identity if texts is not None else None),
         unbound=mm.text_set_id is None and texts is None,
         n_texts=int(mm.n_texts),
@@ -588,3 +124,18 @@ def select(
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         texts=kept,
     )
+
+
+def select_from_store(store, method: str, n: int, *, random_state=0, models=None, clip: bool = True) -> Subset:
+    """:func:`select` on the full map of ``models`` in ``store`` (default: the models scored on every text).
+
+    The map is ``ModelMap.from_store(store, models=models, clip=clip)``: clipped
+    at its 2nd percentile unless ``clip=False`` (the subset then records no
+    threshold). The subset records the store's text set and the texts' ids.
+    """
+    from lmmap.map import ModelMap
+
+    method = resampling.check_method(method)
+    n = resampling.check_sample_size(n)
+    mm = ModelMap.from_store(store, models=None if models is None else list(models), clip=clip)
+    return select(mm, method, n, random_state=random_state, texts=store.texts)

@@ -1,134 +1,42 @@
-"""Stability of the 2-D map under text resampling (SPEC §6; resampling paper §5.1, Appendix B.2).
+"""Stability of the 2-D map under text resampling: ellipses and Table 3 (SPEC §6; resampling paper §5.1, Appendix B.2).
 
 R times: resample n texts (method M) from ``D_N``; build the map's features
-``Q̃_d W^{1/2}`` from those texts alone (clip with the stored threshold,
+``Q̃_d W^{1/2}`` from those texts alone (clip with the map's threshold,
 w-weighted row centring, column centring; SPEC §4); embed them (t-SNE with
-PCA initialisation and a fixed ``random_state``). Each 2-D configuration
-``X_r`` is centred, ``Y_r = X_r − X̄_r``, and rotated/reflected onto the
-centred reference ``Y_ref`` (t-SNE of the full ``Q``) by orthogonal
-Procrustes, ``Z_r = Y_r U_r``. Per model i, over the R aligned positions
-``z_i^(r)``:
+PCA initialisation and a fixed ``embedding_random_state``). Each
+configuration is aligned by Procrustes to the embedding of the full ``Q``
+and summarised per model (mean, covariance and its ellipse, Bias²,
+Variance, MSE); the formulas are in :mod:`lmmap.maths.stability`.
 
-* mean ``z̄_i`` and covariance ``Cov(z_i)`` (1/R normalisation, so its trace is
-  the Variance below); the standard deviational ellipse has semi-axes
-  ``√λ₁ ≥ √λ₂`` along the eigenvectors of ``Cov(z_i)`` (Yuill, 1971);
-* ``MSE_i = ‖z̄_i − y_i^ref‖² (Bias²) + (1/R) Σ_r ‖z_i^(r) − z̄_i‖² (Variance)``.
-
-Table 3 reports the medians over models. The numeric pieces (alignment,
-moments, ellipses) are pure functions of arrays; :func:`map_stability` runs
-the R embeddings (in parallel processes, with a progress bar).
+:func:`map_stability` runs one setting (method, n) on a
+:class:`~lmmap.map.ModelMap` and returns a :class:`StabilityResult`;
+:func:`compare_stability` runs several against one shared reference and
+returns a :class:`StabilityComparison` (Table 3). The R embeddings run on
+worker processes (:func:`lmmap.parallel.parallel_map`). No files:
+:func:`lmmap.report.write` writes either result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 import numpy as np
-from scipy.linalg import orthogonal_procrustes
 
-from lmmap.maths import geometry
-from lmmap.analyses.errors import check_trials, check_workers, parallel_map
-from lmmap.exceptions import LmmapError
-from lmmap.maths.resampling import check_method, check_sample_size, importance, resample
+from lmmap.exceptions import InputError
+from lmmap.maths.bootstrap import check_replicates
+from lmmap.maths.errors import seed_of, seed_sequence
+from lmmap.maths.resampling import (
+    check_method, check_sample_size, default_resample_size, importance, note_if_no_real_subset, resample,
+)
+from lmmap.maths.stability import (
+    align_all, as_configuration, bias_variance, centre, ellipse_axes, position_moments, resampled_features,
+)
+from lmmap.parallel import check_workers, parallel_map
 
 DEFAULT_METHOD = "ls"
-DEFAULT_N = 2900
-
-
-# ----------------------------------------------------------------------------- alignment
-
-
-def _as_configuration(Y, name: str = "Y") -> np.ndarray:
-    Y = np.asarray(Y, dtype=np.float64)
-    if Y.ndim != 2 or Y.shape[1] != 2 or Y.shape[0] < 2:
-        raise LmmapError(f"{name} must be a K×2 map configuration with K ≥ 2, got shape {Y.shape}")
-    if not np.all(np.isfinite(Y)):
-        raise LmmapError(f"{name} holds NaN or inf positions")
-    return Y
-
-
-def centre(Y) -> np.ndarray:
-    """``Y − Ȳ``: the configuration moved so its centroid is the origin."""
-    Y = np.asarray(Y, dtype=np.float64)
-    return Y - Y.mean(axis=0, keepdims=True)
-
-
-def procrustes_rotation(Y, Y_ref) -> np.ndarray:
-    """The orthogonal ``U`` (2×2, rotation or reflection) minimising ``‖(Y − Ȳ)U − (Y_ref − Ȳ_ref)‖_F``."""
-    Y = _as_configuration(Y)
-    Y_ref = _as_configuration(Y_ref, "Y_ref")
-    if Y.shape != Y_ref.shape:
-        raise LmmapError(f"configurations differ in shape: {Y.shape} and reference {Y_ref.shape}")
-    U, _ = orthogonal_procrustes(centre(Y), centre(Y_ref))
-    return U
-
-
-def align(Y, Y_ref) -> np.ndarray:
-    """``Z = (Y − Ȳ) U``: ``Y`` centred and rotated/reflected onto the centred ``Y_ref`` (no scaling)."""
-    return centre(Y) @ procrustes_rotation(Y, Y_ref)
-
-
-def align_all(Ys, Y_ref) -> np.ndarray:
-    """Align each of R configurations (R×K×2) to ``Y_ref``; returns the aligned R×K×2."""
-    Ys = np.asarray(Ys, dtype=np.float64)
-    if Ys.ndim != 3 or Ys.shape[2] != 2:
-        raise LmmapError(f"configurations must be an R×K×2 array, got shape {Ys.shape}")
-    return np.stack([align(Y, Y_ref) for Y in Ys])
-
-
-# ----------------------------------------------------------------------------- per-model moments
-
-
-def position_moments(Zs) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``z̄_i`` (K×2) and covariance ``Cov(z_i) = (1/R) Σ_r (z_i^(r) − z̄_i)(z_i^(r) − z̄_i)ᵀ`` (K×2×2)."""
-    Zs = np.asarray(Zs, dtype=np.float64)
-    if Zs.ndim != 3 or Zs.shape[2] != 2 or Zs.shape[0] < 1:
-        raise LmmapError(f"aligned positions must be an R×K×2 array, got shape {Zs.shape}")
-    mean = Zs.mean(axis=0)
-    dev = Zs - mean
-    cov = np.einsum("rki,rkj->kij", dev, dev) / Zs.shape[0]
-    return mean, cov
-
-
-def ellipse_axes(cov) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Standard deviational ellipse of each ``Cov(z_i)``: semi-axes ``√λ₁ ≥ √λ₂`` and the major axis' angle (degrees, [0, 180))."""
-    cov = np.asarray(cov, dtype=np.float64)
-    if cov.ndim < 2 or cov.shape[-2:] != (2, 2):
-        raise LmmapError(f"a covariance must be 2×2 (or K×2×2), got shape {cov.shape}")
-    if not np.all(np.isfinite(cov)):
-        raise LmmapError("a covariance holds NaN or inf: compute it from at least two finite positions")
-    # eigh wants symmetric input; averaging removes round-off asymmetry.
-    lam, vec = np.linalg.eigh((cov + np.swapaxes(cov, -1, -2)) / 2)
-    # Round-off can leave a tiny negative eigenvalue for a degenerate Σ.
-    semi = np.sqrt(np.clip(lam, 0.0, None))
-    major = vec[..., :, 1]  # eigh sorts ascending
-    angle = np.degrees(np.arctan2(major[..., 1], major[..., 0])) % 180.0
-    return semi[..., 1], semi[..., 0], angle
-
-
-def bias_variance(Zs, Y_ref) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per model: ``Bias² = ‖z̄_i − y_i^ref‖²``, ``Variance = (1/R)Σ_r‖z_i^(r) − z̄_i‖²`` and ``MSE = Bias² + Variance``.
-
-    ``Y_ref`` is centred here (the aligned ``Z_r`` are centred by construction).
-    """
-    Zs = np.asarray(Zs, dtype=np.float64)
-    Y_ref = centre(_as_configuration(Y_ref, "Y_ref"))
-    if Zs.shape[1:] != Y_ref.shape:
-        raise LmmapError(f"positions {Zs.shape[1:]} and reference {Y_ref.shape} differ in shape")
-    mean, cov = position_moments(Zs)
-    bias2 = np.sum((mean - Y_ref) ** 2, axis=1)
-    variance = np.trace(cov, axis1=1, axis2=2)
-    return bias2, variance, bias2 + variance
-
-
-# ----------------------------------------------------------------------------- resampled maps
-
-
-def resampled_features(L, u, w, threshold) -> np.ndarray:
-    """``Q̃_d W^{1/2}`` from the d texts ``u`` alone: clip at ``threshold``, w-weighted double centring (SPEC §4)."""
-    L_d = np.asarray(L)[:, np.asarray(u)]
-    return geometry.weighted_features(geometry.double_center(geometry.clip(L_d, threshold), w), w)
+DEFAULT_N = 2900  # the paper's n for N = 10,000; the default is 29% of N (default_resample_size)
 
 
 def reference_map(Q, embedding: str = "tsne", random_state: int = 42, **embed_kwargs) -> np.ndarray:
@@ -140,27 +48,37 @@ def reference_map(Q, embedding: str = "tsne", random_state: int = 42, **embed_kw
 
 @dataclass
 class StabilityResult:
-    """R resampled maps aligned to the reference, and per-model statistics (see module docstring)."""
+    """R resampled maps of one setting aligned to the reference, and per-model statistics.
+
+    ``reference`` is centred (K×2); ``aligned`` R×K×2; ``d`` the unique texts
+    of each trial; ``mean`` K×2, ``cov`` K×2×2, ``bias2``/``variance``/``mse``
+    (K,). ``model_map`` is the map the trials resampled (names, metadata,
+    threshold), or None for a result built from bare arrays.
+    """
 
     method: str
     n: int
-    reference: np.ndarray  # K×2, centred
-    aligned: np.ndarray  # R×K×2
-    d: np.ndarray  # (R,) unique texts per trial
-    mean: np.ndarray  # K×2
-    cov: np.ndarray  # K×2×2
-    bias2: np.ndarray  # (K,)
-    variance: np.ndarray  # (K,)
-    mse: np.ndarray  # (K,)
+    reference: np.ndarray
+    aligned: np.ndarray
+    d: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+    bias2: np.ndarray
+    variance: np.ndarray
+    mse: np.ndarray
+    model_map: Any = field(default=None, repr=False)
+    embedding: str = "tsne"  # as requested (auto is resolved per map size)
+    embedding_random_state: int = 42
+    random_state: Any = 0
 
     @classmethod
-    def from_configurations(cls, method: str, n: int, Ys, reference, d) -> "StabilityResult":
+    def from_configurations(cls, method: str, n: int, Ys, reference, d, **info) -> "StabilityResult":
         """Align raw configurations ``Ys`` (R×K×2) to ``reference`` and compute the statistics."""
-        reference = centre(_as_configuration(reference, "reference"))
+        reference = centre(as_configuration(reference, "reference"))
         Zs = align_all(Ys, reference)
         mean, cov = position_moments(Zs)
         bias2, variance, mse = bias_variance(Zs, reference)
-        return cls(method, int(n), reference, Zs, np.asarray(d), mean, cov, bias2, variance, mse)
+        return cls(method, int(n), reference, Zs, np.asarray(d), mean, cov, bias2, variance, mse, **info)
 
     @property
     def R(self) -> int:
@@ -170,6 +88,10 @@ class StabilityResult:
     def label(self) -> str:
         return f"{self.method} n={self.n}"
 
+    @property
+    def names(self) -> list[str] | None:
+        return None if self.model_map is None else list(self.model_map.names)
+
     def medians(self) -> dict[str, float]:
         """Table 3's entries: median Bias², Variance and MSE over models."""
         return {
@@ -178,12 +100,18 @@ class StabilityResult:
             "mse": float(np.median(self.mse)),
         }
 
-    def per_model(self, names):
-        """One row per model: reference and mean positions, covariance, ellipse, Bias², Variance, MSE."""
+    def per_model(self, names=None):
+        """One row per model: reference and mean positions, covariance, ellipse, Bias², Variance, MSE.
+
+        ``names``: the models' names (default: those of the map).
+        """
         import pandas as pd
 
+        names = self.names if names is None else list(names)
+        if names is None:
+            raise InputError("give the models' names: this result has no map", params=("names",))
         if len(names) != self.mean.shape[0]:
-            raise LmmapError(f"{len(names)} names for {self.mean.shape[0]} models")
+            raise InputError(f"{len(names)} names for {self.mean.shape[0]} models", params=("names",))
         major, minor, angle = ellipse_axes(self.cov)
         return pd.DataFrame({
             "model": list(names),
@@ -195,7 +123,7 @@ class StabilityResult:
         })  # fmt: skip
 
 
-def table3(results: Mapping[str, StabilityResult] | list[StabilityResult]):
+def table3(results: Mapping[str, StabilityResult] | Iterable[StabilityResult]):
     """Table 3: one row per setting with the mean unique-text count d and the medians of Bias², Variance, MSE."""
     import pandas as pd
 
@@ -210,6 +138,43 @@ def table3(results: Mapping[str, StabilityResult] | list[StabilityResult]):
     return pd.DataFrame(rows)
 
 
+@dataclass
+class StabilityComparison:
+    """Several settings (method, n) of one map against one shared reference: Table 3 and one ellipse map each.
+
+    ``results``: label (``"ls n=2900"``) → :class:`StabilityResult`, in the order asked for.
+    """
+
+    results: dict[str, StabilityResult]
+
+    def __post_init__(self):
+        if not self.results:
+            raise InputError("a comparison needs at least one setting", params=("settings",))
+
+    @property
+    def first(self) -> StabilityResult:
+        return next(iter(self.results.values()))
+
+    @property
+    def model_map(self):
+        return self.first.model_map
+
+    @property
+    def R(self) -> int:
+        return self.first.R
+
+    @property
+    def settings(self) -> list[tuple[str, int]]:
+        return [(r.method, r.n) for r in self.results.values()]
+
+    def table3(self):
+        """Table 3 (see :func:`table3`)."""
+        return table3(self.results)
+
+
+# ----------------------------------------------------------------------------- the trials
+
+
 def _trial(ss, L, pi, n, threshold, embedding, random_state, embed_kwargs):
     """One resampled map: draw, build ``Q̃_d W^{1/2}``, embed. Returns (K×2 configuration, d)."""
     from lmmap.maths.embedding import embed
@@ -219,37 +184,62 @@ def _trial(ss, L, pi, n, threshold, embedding, random_state, embed_kwargs):
     return embed(X, method=embedding, random_state=random_state, **embed_kwargs), u.size
 
 
-def _process_map(seeds, args, workers: int, progress, description: str) -> list:
-    """The trials on ``workers`` processes (joblib/loky, one BLAS thread each).
+def _map_arrays(mm) -> tuple[np.ndarray, np.ndarray]:
+    """``(L, Q)`` of a ModelMap on the full text set."""
+    if getattr(mm, "Q", None) is None or not hasattr(mm, "L") or not hasattr(mm, "names"):
+        raise InputError(f"mm must be a ModelMap (lmmap.map.ModelMap(names, L) or ModelMap.from_store(store)), "
+                         f"got {type(mm).__name__}", params=("mm",))
+    if getattr(mm, "w", None) is not None:
+        raise InputError("map stability resamples the full text set D_N: give the map of all N texts, "
+                         "not of a resampled subset", params=("mm",))
+    return np.asarray(mm.L, dtype=np.float64), np.asarray(mm.Q, dtype=np.float64)
 
-    Processes, not threads: openTSNE's gradient loop holds the GIL for part
-    of each iteration. joblib passes ``L`` to the workers as a shared memory
-    map, not a copy per trial.
-    """
-    from joblib import Parallel, delayed
 
-    from lmmap.analyses.errors import _progress
+def _prepare_embedding(embedding: str, K: int, embed_kwargs: dict) -> tuple[str, dict]:
+    from lmmap.maths.embedding import DEFAULT_PERPLEXITY, effective_perplexity, resolve_method
 
-    with _progress(len(seeds), description, progress) as advance:
-        runner = Parallel(n_jobs=workers, backend="loky", return_as="generator", inner_max_num_threads=1)
-        out = []
-        for result in runner(delayed(_trial)(ss, *args) for ss in seeds):
-            out.append(result)
-            advance()
-    return out
+    # Resolved once, so that every resampled map uses the method of the reference.
+    method = resolve_method(embedding, K)
+    kwargs = dict(embed_kwargs)
+    if method == "tsne":
+        # Lowered once here (with one warning) rather than once per map.
+        kwargs["perplexity"] = effective_perplexity(kwargs.get("perplexity", DEFAULT_PERPLEXITY), K)
+    return method, kwargs
+
+
+def _run(mm, L, Q, method, n, R, reference, embedding, resolved, embedding_random_state, seed, workers, progress,
+         embed_kwargs) -> StabilityResult:
+    pi = importance(Q, method)
+    seeds = seed_sequence(seed).spawn(R)
+    # A partial of a module-level function pickles for the worker processes; joblib memory-maps L.
+    trial = functools.partial(_trial, L=L, pi=pi, n=n, threshold=mm.threshold, embedding=resolved,
+                              random_state=embedding_random_state, embed_kwargs=embed_kwargs)
+    # Processes, not threads: openTSNE's gradient loop holds the GIL for part of each iteration.
+    out = parallel_map(trial, seeds, workers=workers, backend="processes", progress=progress,
+                       task=f"stability: {method} n={n}, R={R} maps", unit="maps")
+    return StabilityResult.from_configurations(
+        method, n, np.stack([o[0] for o in out]), reference, np.array([o[1] for o in out]), model_map=mm,
+        embedding=embedding, embedding_random_state=embedding_random_state, random_state=seed,
+    )  # fmt: skip
+
+
+def _check_reference(reference, K: int) -> np.ndarray:
+    reference = as_configuration(reference, "reference")
+    if reference.shape[0] != K:
+        raise InputError(f"the reference places {reference.shape[0]} models, the map has {K}", params=("reference",))
+    return reference
 
 
 def map_stability(
-    L,
+    mm,
+    *,
     method: str = DEFAULT_METHOD,
-    n: int = DEFAULT_N,
+    n: int | None = None,
     R: int = 100,
-    threshold: float | None = None,
-    Q=None,
     reference=None,
     embedding: str = "tsne",
-    random_state: int = 42,
-    seed: int = 0,
+    embedding_random_state: int = 42,
+    random_state=0,
     workers: int = 1,
     progress=None,
     **embed_kwargs,
@@ -258,49 +248,76 @@ def map_stability(
 
     Parameters
     ----------
-    L : K×N log-likelihoods of the map's models on ``D_N`` (unclipped).
-    threshold : the map's clipping threshold (None: no clipping); used for the
-        full ``Q`` and every resampled map alike.
-    Q : the full map's coordinates, if already computed (``double_center(clip(L, threshold))``).
+    mm : ModelMap
+        The map on the full text set ``D_N``; every resampled map is clipped with its threshold.
+    method : uniform | ls | kl.
+    n : texts drawn with replacement per map (default: 29% of N, the paper's 2,900 of 10,000).
+    R : resampled maps.
     reference : the full-data configuration (K×2), e.g. shared between settings;
-        default: the embedding of ``Q``.
-    embedding, random_state : the 2-D method (tsne | mds | pca | umap, or auto:
+        default: the embedding of the map's ``Q``.
+    embedding, embedding_random_state : the 2-D method (tsne | mds | pca | umap, or auto:
         mds below 40 models) and its fixed seed (42). MDS maps need no seed and
         are aligned by Procrustes like the others.
-    seed : seed of the resampling; trial r uses its own stream, so results do
-        not depend on ``workers``.
-    workers : processes for the R embeddings (1: in this process).
+    random_state : int, numpy Generator or None
+        Seeds the resampling; map r uses child r of ``SeedSequence(random_state)``, so
+        results do not depend on ``workers``.
+    workers : processes for the R embeddings (1: in this process; -1: every core).
+    progress : None or a callable receiving :class:`lmmap.progress.Step` events (one per map).
+    embed_kwargs : passed to :func:`lmmap.maths.embedding.embed` (perplexity, n_iter, ...).
     """
-    L = np.asarray(L, dtype=np.float64)
-    if L.ndim != 2 or L.shape[0] < 3:
-        raise LmmapError(f"L must be K×N with at least 3 models, got shape {L.shape}")
-    method = check_method(method)
-    n = check_sample_size(n)
-    R = check_trials(R)
-    Q = geometry.double_center(geometry.clip(L, threshold)) if Q is None else np.asarray(Q, dtype=np.float64)
-    if Q.shape != L.shape:
-        raise LmmapError(f"Q {Q.shape} and L {L.shape} differ in shape")
-    from lmmap.maths.embedding import DEFAULT_PERPLEXITY, effective_perplexity, resolve_method
+    return compare_stability(
+        mm, [(method, n)], R=R, reference=reference, embedding=embedding,
+        embedding_random_state=embedding_random_state, random_state=random_state, workers=workers,
+        progress=progress, **embed_kwargs,
+    ).first  # fmt: skip
 
-    # Resolved once, so that every resampled map uses the method of the reference.
-    embedding = resolve_method(embedding, L.shape[0])
-    if embedding == "tsne":
-        # Lowered once here (with one warning) rather than once per map.
-        embed_kwargs["perplexity"] = effective_perplexity(embed_kwargs.get("perplexity", DEFAULT_PERPLEXITY), L.shape[0])
-    if reference is None:
-        reference = reference_map(Q, embedding, random_state, **embed_kwargs)
-    reference = _as_configuration(reference, "reference")
-    if reference.shape[0] != L.shape[0]:
-        raise LmmapError(f"the reference places {reference.shape[0]} models, the map has {L.shape[0]}")
-    pi = importance(Q, method)
-    seeds = np.random.SeedSequence(seed).spawn(R)
-    args = (L, pi, n, threshold, embedding, random_state, embed_kwargs)
-    description = f"stability: {method} n={n}, R={R} maps"
+
+def compare_stability(
+    mm,
+    settings: Iterable[tuple[str, int | None]],
+    *,
+    R: int = 100,
+    reference=None,
+    embedding: str = "tsne",
+    embedding_random_state: int = 42,
+    random_state=0,
+    workers: int = 1,
+    progress=None,
+    **embed_kwargs,
+) -> StabilityComparison:
+    """:func:`map_stability` for each (method, n) of ``settings`` against one shared reference (Table 3).
+
+    ``n = None`` is the default 29% of N. Duplicate settings run once. Each
+    setting draws from the same ``random_state`` (as the command line always
+    has). Settings whose n draws would leave no real subset are noted
+    (:class:`~lmmap.exceptions.LmmapWarning`) before any work.
+    """
+    from lmmap.progress import say
+
+    L, Q = _map_arrays(mm)
+    K, N = L.shape
+    checked = []
+    for method, n in settings:
+        checked.append((check_method(method), default_resample_size(N) if n is None else check_sample_size(n)))
+    checked = list(dict.fromkeys(checked))
+    if not checked:
+        raise InputError("settings is empty: give at least one (method, n)", params=("settings",))
+    R = check_replicates(R)
     workers = check_workers(workers)
-    if workers == 1:
-        out = parallel_map(lambda ss: _trial(ss, *args), seeds, 1, progress, description)
-    else:
-        out = _process_map(seeds, args, workers, progress, description)
-    Ys = np.stack([o[0] for o in out])
-    d = np.array([o[1] for o in out])
-    return StabilityResult.from_configurations(method, n, Ys, reference, d)
+    seed = seed_of(random_state)
+    resolved, kwargs = _prepare_embedding(embedding, K, embed_kwargs)
+    for method, n in checked:
+        note_if_no_real_subset(Q, method, n, per_map=True)
+    if reference is None:
+        say(progress, f"reference map of {K} models on all {N} texts ({resolved})…")
+        reference = reference_map(Q, resolved, embedding_random_state, **kwargs)
+    reference = _check_reference(reference, K)
+    results = {}
+    for method, n in checked:
+        results[f"{method} n={n}"] = _run(mm, L, Q, method, n, R, reference, embedding, resolved,
+                                          embedding_random_state, seed, workers, progress, kwargs)
+    return StabilityComparison(results)
+
+
+__all__ = ["DEFAULT_METHOD", "DEFAULT_N", "StabilityComparison", "StabilityResult", "compare_stability",
+           "map_stability", "reference_map", "table3"]

@@ -72,6 +72,11 @@ FLAGS = {
     "random_state": "--seed",
     "embedding_random_state": "--tsne-seed",
     "store": "--store",
+    "n_folds": "--folds",
+    "n_inner": "--inner-folds",
+    "n_repeats": "--seeds",
+    "names": "--name",
+    "round_size": "--round",
 }
 
 

@@ -22,7 +22,7 @@ def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool
 
     sub = None
     if subset is not None:
-        from lmmap.analyses.select import Subset
+        from lmmap.data.subset import Subset
 
         sub = Subset.load(subset, store=store, allow_other_texts=allow_other_texts)
     mm = ModelMap.from_store(store, subset=sub, clip=not no_clip, allow_mixed=allow_mixed)

@@ -1,7 +1,7 @@
 """``lmmap predict``: benchmark scores from model coordinates, contamination candidates, scores for unscored models.
 
 Parse the options, call :func:`lmmap.analyses.predict.predict_store`, write
-the result with :func:`lmmap.result.write`, print a summary.
+the result with :func:`lmmap.report.write`, print a summary.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def predict(
                 include_mean=not no_mean, score_range=parse_score_range(score_range), workers=workers,
                 progress=progress,
             )
-        paths = result.write(result, output, plots=not no_plots)
+        paths = report.write(result, output, plots=not no_plots)
     _print_report(result)
     console.print(f"wrote {len(paths)} files to {lit(output)}:")
     for name in ("correlations.csv", "predictions.csv", "contamination.csv", "new_predictions.csv", "predict.json"):

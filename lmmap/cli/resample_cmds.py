@@ -16,16 +16,14 @@ if TYPE_CHECKING:  # annotations only: the heavy modules load when a command run
 
 def _model_list(models: list[str] | None, exclude: list[str] | None, store: Store) -> list[str] | None:
     """``--model``/``--exclude`` (each repeatable, or one comma-separated value) to a model list."""
-    from lmmap.analyses.select import complete_models
-
     split = lambda xs: [m.strip() for x in (xs or []) for m in x.split(",") if m.strip()]  # noqa: E731
     chosen, dropped = split(models), split(exclude)
     if not chosen and not dropped:
         return None
-    base = chosen or complete_models(store)
+    base = chosen or store.complete_models()
     unknown = [m for m in dropped if m not in base]
     if unknown:
-        raise LmmapError(f"--exclude names model(s) not in the map: {', '.join(map(repr, unknown[:5]))}")
+        raise InputError(f"--exclude names model(s) not in the map: {', '.join(map(repr, unknown[:5]))}")
     return [m for m in base if m not in set(dropped)]
 
 
@@ -39,7 +37,7 @@ def _parse_n(text: str) -> int:
         try:
             value = float(text)
         except ValueError:
-            raise LmmapError(f"--n must be a positive integer, got {text!r}") from None
+            raise InputError(f"--n must be a positive integer, got {text!r}") from None
     try:
         return check_sample_size(value)
     except LmmapError as exc:
@@ -59,16 +57,15 @@ def select(
     no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods (the subset then records no threshold).")] = False,
 ):
     """Resample texts by importance: π from the map's models, n draws, the d unique texts with counts and weights."""
+    from lmmap.analyses.select import select_from_store
+    from lmmap.data.store import Store
     from lmmap.maths.resampling import warn_if_no_real_subset
-    from lmmap.analyses.select import select as select_subset
 
     n_draws = _parse_n(n)
-    from lmmap.data.store import Store
-
     s = Store(store)
     models = _model_list(model, exclude, s)
-    sub = select_subset(s, method, n_draws, seed=seed, models=models, clip=not no_clip)
-    sub.save(output)
+    sub = select_from_store(s, method, n_draws, random_state=seed, models=models, clip=not no_clip)
+    sub.save(output)  # SUBSET.json is a data file, under the name the user gave
     console.print(lit(sub.summary()))
     warn_if_no_real_subset(sub.n, sub.d, sub.n_texts)
     if sub.n_excluded:
@@ -111,7 +108,8 @@ def add(
     color_by: Annotated[str, typer.Option("--color-by", help="Metadata column that colours the map.")] = "model_type",
     k: Annotated[int, typer.Option("-k", help="Neighbours listed per model.")] = 10,
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for the KL standard errors.")] = 100,
-    seed: Annotated[int, typer.Option(help="Random state of the embedding.")] = 42,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap replicates (with --subset) or of the draws (--adaptive).")] = 0,
+    tsne_seed: Annotated[int, typer.Option("--tsne-seed", help="Random state of the 2-D embedding.")] = 42,
     allow_other_texts: AllowOtherTextsOption = False,
     threads: ThreadsOption = "auto",
 ):
@@ -119,6 +117,17 @@ def add(
     from lmmap.parallel import set_threads
 
     set_threads(threads)
+    if adaptive:
+        if subset is not None:
+            raise InputError("--adaptive draws its own texts: drop --subset (or drop --adaptive to score the subset's texts)")
+        if replace or rebuild or base_coords is not None:
+            raise InputError("--replace, --rebuild and --base-coords do not apply to --adaptive")
+    elif subset is None:
+        raise InputError("give --subset SUBSET.json (from `lmmap select`), or --adaptive")
+    else:
+        check_replicates(R)
+    from lmmap import report
+    from lmmap.cli._progress import RichProgress
     from lmmap.data.store import Store
 
     s = Store(store)
@@ -127,49 +136,28 @@ def add(
     score_kwargs = {k_: v for k_, v in score_kwargs.items() if v is not None}
     if trust_remote_code:
         score_kwargs["trust_remote_code"] = True
-    if no_progress:
-        score_kwargs["progress"] = False
-    progress = lambda msg: console.print(lit(msg))  # noqa: E731
-    if not adaptive:
-        check_replicates(R)
-    meta = s.metadata()
-    check_color_by(color_by, meta.columns)
-    with output_dir(output):
-        result = _add(s, models, output, subset, adaptive, name, target_se, neighbors, max_texts, round_size, convention,
-                      score_kwargs, progress, replace, rebuild, base_coords, R, k, embedding, color_by, seed,
-                      allow_other_texts)
+    check_color_by(color_by, s.metadata().columns)
+    with output_dir(output), RichProgress(console, enabled=not no_progress) as progress:
+        if adaptive:
+            from lmmap.analyses.adaptive import place_adaptive
+
+            result = place_adaptive(
+                s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
+                round_size=round_size, random_state=seed, convention=convention, score_kwargs=score_kwargs,
+                embedding=embedding, embedding_random_state=tsne_seed, progress=progress,
+            )
+        else:
+            from lmmap.analyses.place import add_models
+            from lmmap.data.subset import Subset
+
+            result = add_models(
+                s, models, Subset.load(subset, store=s, allow_other_texts=allow_other_texts), names=name or None,
+                convention=convention, rebuild=rebuild, replace=replace, R=R, random_state=seed,
+                embedding=embedding, embedding_random_state=tsne_seed, base_coords=base_coords,
+                score_kwargs=score_kwargs, progress=progress,
+            )
+        paths = report.write(result, output, k=k, color_by=color_by)
     for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
         console.print(lit(line))
-    for name, p in result.paths.items():
-        console.print(f"  {name:14s} {lit(p)}")
-
-
-def _add(s, models, output, subset, adaptive, name, target_se, neighbors, max_texts, round_size, convention,
-         score_kwargs, progress, replace, rebuild, base_coords, R, k, embedding, color_by, seed, allow_other_texts):
-    """`lmmap add` after its options are parsed: by a subset or adaptively."""
-    if adaptive:
-        if subset is not None:
-            raise InputError("--adaptive draws its own texts: drop --subset (or drop --adaptive to score the subset's texts)")
-        if replace or rebuild or base_coords is not None:
-            raise InputError("--replace, --rebuild and --base-coords do not apply to --adaptive")
-        from lmmap.analyses.adaptive import place_adaptive
-        from lmmap.report.adaptive import write_adaptive
-
-        result = place_adaptive(
-            s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
-            round_size=round_size, convention=convention, score_kwargs=score_kwargs, progress=progress,
-        )
-        write_adaptive(result, output, s, embedding=embedding, random_state=seed, color_by=color_by)
-    else:
-        if subset is None:
-            raise InputError("give --subset SUBSET.json (from `lmmap select`), or --adaptive")
-        from lmmap.analyses.place import add_models
-        from lmmap.analyses.select import Subset
-
-        result = add_models(
-            s, models, Subset.load(subset, store=s, allow_other_texts=allow_other_texts), output, names=name or None,
-            convention=convention, rebuild=rebuild, replace=replace, se_R=R, k=k,
-            embedding=embedding, color_by=color_by, random_state=seed, base_coords=base_coords,
-            score_kwargs=score_kwargs, progress=progress,
-        )
-    return result
+    for file, p in paths.items():
+        console.print(f"  {file:14s} {lit(p)}")

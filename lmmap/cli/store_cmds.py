@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
-
-import json
-import sys
-
-import numpy as np
 
 from lmmap.cli._app import StoreOption, app, check_choice, console, lit, print_table, texts_app, visible
 
@@ -29,7 +26,8 @@ def texts_build(
     """Cut documents into fixed-size chunks, de-duplicate and sample N of them."""
     from lmmap.data.texts import build_text_set
 
-    ts = build_text_set(sources, chunk_bytes=chunk_bytes, min_bytes=min_bytes, n=n, seed=seed, on_bad_utf8=on_bad_utf8)
+    ts = build_text_set(sources, chunk_bytes=chunk_bytes, min_bytes=min_bytes, n=n, random_state=seed,
+                        on_bad_utf8=on_bad_utf8)
     ts.save(output)
     console.print(f"wrote {len(ts)} texts to {lit(output)} (identity {ts.identity[:19]}…)")
 
@@ -82,6 +80,8 @@ DEFAULT_COLUMNS = ("model", "n_scored", "complete", "convention", "model_type", 
 
 
 def _cell(value, csv: bool = False) -> str:
+    import numpy as np  # here, not at the top: `lmmap --help` loads no numpy
+
     if value is None or (isinstance(value, float) and value != value):
         return ""
     if isinstance(value, (bool, np.bool_)):
@@ -93,6 +93,8 @@ def _cell(value, csv: bool = False) -> str:
 
 def _plain(value):
     """A JSON-ready value (numpy scalars to Python, NaN to null)."""
+    import numpy as np
+
     if value is None:
         return None
     if isinstance(value, np.generic):
@@ -118,10 +120,10 @@ def models(
     )] = "table",
 ):
     """List the models in the store with their metadata."""
+    from lmmap.data.store import Store
     from lmmap.data.transfer import model_table
 
     check_choice(fmt, MODEL_FORMATS, "--format")
-    from lmmap.data.store import Store
 
     s = Store(store)
     df = model_table(s)
@@ -174,9 +176,8 @@ def export(
                                                   "models scored on only some texts, with NaN for the others.")] = False,
 ):
     """Export the models' log-likelihoods (.parquet: every stored row; .csv/.npz: the complete models)."""
-    from lmmap.data.transfer import export_vectors
-
     from lmmap.data.store import Store
+    from lmmap.data.transfer import export_vectors
 
     path = export_vectors(Store(store), output, include_partial=include_partial)
     console.print(f"wrote {lit(path)}")

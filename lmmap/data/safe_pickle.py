@@ -3,11 +3,11 @@
 A pickle is a program: ``pickle.load`` calls whatever importable function the
 file names, so a crafted file can run ``os.system``. The authors' published
 data are pickles, so lmmap reads them, but only on explicit request
-(``--allow-pickle``) and only through :class:`RestrictedUnpickler`, which
-resolves a short allow-list of globals: plain containers, strings, bytes,
-numbers, datetimes, and numpy arrays/scalars with the few helpers numpy
-itself pickles them with. Any other global is refused before it is imported,
-and the refusal names it.
+(``allow_pickle=True``; ``--allow-pickle`` on the command line) and only
+through :class:`RestrictedUnpickler`, which resolves a short allow-list of
+globals: plain containers, strings, bytes, numbers, datetimes, and numpy
+arrays/scalars with the few helpers numpy itself pickles them with. Any
+other global is refused before it is imported, and the refusal names it.
 
 The numpy helpers live in ``numpy.core`` in numpy 1.x and in ``numpy._core``
 in numpy 2.x; files written by either are accepted, and both names are
@@ -302,8 +302,9 @@ def load_pickle(path: str | os.PathLike, allow_pickle: bool = False):
     path = Path(path)
     if not allow_pickle:
         raise InputError(
-            f"{path} is a pickle, which can run code when loaded; pass --allow-pickle (allow_pickle=True) "
-            "if you trust it; lmmap then loads it with a restricted unpickler"
+            f"{path} is a pickle, which can run code when loaded; pass allow_pickle=True "
+            "if you trust it; lmmap then loads it with a restricted unpickler",
+            params=("allow_pickle",),
         )
     if not path.is_file():
         raise FormatError(f"{path} does not exist or is not a file")

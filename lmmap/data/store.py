@@ -55,7 +55,6 @@ import threading
 import time
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -67,9 +66,10 @@ import pyarrow.parquet as pq
 
 from lmmap._version import __version__
 from lmmap.exceptions import InputError, LmmapError, LmmapWarning, StoreError
-from lmmap.data.atomic import atomic_path, fsync_dir, fsync_file
-from lmmap.data.atomic import atomic_write as _atomic_write
+from lmmap.data.atomic import atomic_path, atomic_write, fsync_dir, fsync_file
+from lmmap.data.conventions import CONVENTIONS
 from lmmap.data.texts import TextSet
+from lmmap.parallel import parallel_map
 
 STORE_FORMAT = "lmmap-store"
 STORE_VERSION = 1
@@ -84,9 +84,6 @@ VECTOR_SCHEMA = pa.schema(
 )
 # Fields of a record that must agree for vectors to share one map (SPEC §2).
 CONVENTION_FIELDS = ("convention",)
-# The scoring conventions (SPEC §2). Kept here, not in scoring.py, so that importing vectors
-# can check a convention without importing torch.
-CONVENTIONS = ("reference", "full")
 # |log-likelihood| at or above this squares past float64's range (~1.8e308): distances become inf.
 MAX_ABS_LOGLIK = 1e150
 
@@ -96,6 +93,8 @@ _PREFIX = 120  # bytes of readable prefix kept when a name is shortened
 _HASH_HEX = 16
 STAGING = ".staging"
 COMMIT = "COMMIT"
+# Threads reading model files: they wait on the disk, not the CPU, so more than the cores.
+_IO_WORKERS = 8
 
 
 def _name_bytes(name: str) -> bytes:
@@ -108,7 +107,7 @@ def check_model_name(name) -> str:
     if not isinstance(name, str):
         raise InputError(f"a model name must be a string, got {type(name).__name__} {name!r}")
     if not name:
-        raise InputError("a model name cannot be empty; give the model a name (--name)")
+        raise InputError("a model name cannot be empty; give the model a name")
     return name
 
 
@@ -171,11 +170,6 @@ def _write_durably(table: pa.Table, path: Path) -> None:
     fsync_file(path)
 
 
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    with atomic_path(path, mkdir=False) as tmp:
-        pq.write_table(table, tmp)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -203,8 +197,8 @@ def _stray_tmp(path: Path, any_age: bool) -> bool:
 class ModelExistsError(StoreError):
     """A model to be written without ``replace`` is already in the store (``.names``: which)."""
 
-    def __init__(self, message: str, names):
-        super().__init__(message)
+    def __init__(self, message: str, names, *, params=("replace",)):
+        super().__init__(message, params=params)
         self.names = list(names)
 
 
@@ -274,7 +268,7 @@ class _Tx:
         """Publish the staged files; the caller holds the store's exclusive lock."""
         journal = json.dumps({"txid": self.id, "ops": self.ops}).encode()
         with _signals_deferred() as pending:
-            _atomic_write(self.dir / COMMIT, journal)
+            atomic_write(self.dir / COMMIT, journal)
             fsync_dir(self.dir)
             self.committed = True
             _apply(self.store.path, self.ops)
@@ -376,7 +370,8 @@ class Store:
             return store
         path.mkdir(parents=True, exist_ok=True)
         (path / "models").mkdir(exist_ok=True)
-        _atomic_write_table(path / "texts.parquet", texts.table)
+        with atomic_path(path / "texts.parquet", mkdir=False) as tmp:
+            pq.write_table(texts.table, tmp)
         info = {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,
@@ -384,7 +379,7 @@ class Store:
             "created_at": now_iso(),
             "lmmap_version": __version__,
         }
-        _atomic_write(path / "store.json", json.dumps(info, indent=2).encode())
+        atomic_write(path / "store.json", json.dumps(info, indent=2).encode())
         return cls(path)
 
     @classmethod
@@ -556,20 +551,26 @@ class Store:
         except FileNotFoundError:
             return []
 
-    def _scan(self) -> tuple[dict[str, tuple[Path, dict]], list[Path], list[Path]]:
-        """``({name: (file, record)}, unreadable files, second files of a name)``."""
+    def _scan(self, footers: dict | None = None) -> tuple[dict[str, tuple[Path, dict]], list[Path], list[Path]]:
+        """``({name: (file, record)}, unreadable files, second files of a name)``.
+
+        ``footers``: a dict to fill with ``{file: Parquet footer}``, for a caller that reads the files'
+        columns under the same hold of the lock (the footer is then read once, not twice).
+        """
         files = self._model_files()
 
         def read(p):
             try:
-                return p, _read_record(p)
+                rec, footer = _read_footer(p)
             except FileNotFoundError:
                 return p, None  # removed since the listing (rm, doctor): not a model any more
             except (LmmapError, OSError, pa.ArrowException, ValueError):
                 return p, False
+            if footers is not None:
+                footers[p] = footer
+            return p, rec
 
-        with ThreadPoolExecutor(max_workers=8) as ex:
-            results = list(ex.map(read, files))
+        results = parallel_map(read, files, workers=_IO_WORKERS)
         found: dict[str, tuple[Path, dict]] = {}
         unreadable, dups = [], []
         for p, rec in results:
@@ -760,8 +761,8 @@ class Store:
         tx = _Tx(self)
         try:
             staged = [tx.stage_path(self._model_path(n)) for n in names]
-            with ThreadPoolExecutor(max_workers=4) as ex:  # parquet encoding releases the GIL
-                list(ex.map(_write_durably, tables, staged))
+            # Parquet encoding releases the GIL.
+            parallel_map(lambda pair: _write_durably(*pair), list(zip(tables, staged)), workers=4)
             fsync_dir(tx.dir)
             with self._exclusive():
                 self._recover()
@@ -784,7 +785,7 @@ class Store:
         if clash:
             raise ModelExistsError(
                 f"{len(clash)} model(s) already in the store, e.g. {clash[0]!r}; "
-                "pass --replace (replace=True) to overwrite them; nothing was stored",
+                "pass replace=True to overwrite them; nothing was stored",
                 clash,
             )
 
@@ -852,17 +853,38 @@ class Store:
     def matrix(self, models=None, text_pos=None, allow_mixed: bool = False) -> tuple[list[str], np.ndarray]:
         """``(names, L)``: the K×n log-likelihood matrix of ``models`` on ``text_pos`` (default: all N).
 
-        ``models=None`` takes every model that has all the texts asked for;
-        models scored on only some of them are left out with one
-        :class:`LmmapWarning` naming them (``lmmap score NAME`` completes
-        one). Named ``models`` must have all the texts. Raises if the models
-        were scored under different conventions (unless ``allow_mixed``).
+        Each model file's footer is read once, under one hold of the store's
+        read lock, so the matrix is one consistent state of the store.
+
+        Parameters
+        ----------
+        models : list of str, optional
+            ``None`` takes every model that has all the texts asked for, in the
+            order they were added; models scored on only some of them are left
+            out with one :class:`LmmapWarning` naming them (``lmmap score NAME``
+            completes one). Named models must have all the texts.
+        text_pos : array_like of int, optional
+            Positions in the text set (0..N-1); default all N.
+        allow_mixed : bool
+            Allow models scored under different conventions (SPEC §2).
+
+        Returns
+        -------
+        names : list of str
+        L : ndarray, K×n float64
+            ``L[i, s] = log p_i(x_s)``.
+
+        Raises
+        ------
+        StoreError
+            A model is missing or lacks texts; conventions differ (unless ``allow_mixed``).
         """
         with self._shared():
             return self._matrix(models, text_pos, allow_mixed)
 
     def _matrix(self, models, text_pos, allow_mixed):
-        found, _, _ = self._scan()
+        footers: dict = {}
+        found, _, _ = self._scan(footers)
         recs = {n: rec for n, (_, rec) in found.items()}
         want = np.arange(self.n_texts) if text_pos is None else np.asarray(text_pos, dtype=np.int64)
         if len(want) and (want.min() < 0 or want.max() >= self.n_texts):
@@ -873,7 +895,8 @@ class Store:
             if int(recs[n].get("n_scored", -1)) == self.n_texts:
                 return True
             if n not in positions:
-                positions[n] = pq.read_table(found[n][0], columns=["text_pos"]).column("text_pos").to_numpy()
+                path = found[n][0]
+                positions[n] = _read_columns(path, ["text_pos"], footers.get(path)).column("text_pos").to_numpy()
             return bool(np.isin(want, positions[n]).all())
 
         if models is None:
@@ -906,12 +929,14 @@ class Store:
 
         def _load(i):
             rec = recs[names[i]]
-            t = pq.read_table(found[names[i]][0], columns=["text_pos", "loglik"])
+            path = found[names[i]][0]
+            if rec["n_scored"] == self.n_texts and text_pos is None:
+                # files are sorted by text_pos and complete: the positions are 0..N-1
+                L[i] = _read_columns(path, ["loglik"], footers.get(path)).column("loglik").to_numpy()
+                return
+            t = _read_columns(path, ["text_pos", "loglik"], footers.get(path))
             pos = t.column("text_pos").to_numpy()
             ll = t.column("loglik").to_numpy()
-            if rec["n_scored"] == self.n_texts and text_pos is None:
-                L[i] = ll  # files are sorted by text_pos and complete
-                return
             lookup = np.full(self.n_texts, -1, dtype=np.int64)
             lookup[pos] = np.arange(len(pos))
             at = lookup[want]
@@ -923,8 +948,7 @@ class Store:
                 )
             L[i] = ll[at]
 
-        with ThreadPoolExecutor(max_workers=8) as ex:
-            list(ex.map(_load, range(len(names))))
+        parallel_map(_load, range(len(names)), workers=_IO_WORKERS)
         return names, L
 
     # -- metadata ---------------------------------------------------------------
@@ -978,7 +1002,8 @@ class Store:
         for attempt in range(5):
             try:
                 d.mkdir(parents=True, exist_ok=True)
-                _atomic_write_table(d / f"chunk-{time.time_ns()}-{os.getpid()}.parquet", table)
+                with atomic_path(d / f"chunk-{time.time_ns()}-{os.getpid()}.parquet", mkdir=False) as tmp:
+                    pq.write_table(table, tmp)
                 return
             except FileNotFoundError:
                 # Another process stored the model and cleared its checkpoints while this chunk was being
@@ -1213,14 +1238,28 @@ def _as_text(v) -> str:
     return str(v)
 
 
-def _read_record(path: Path) -> dict:
-    meta = pq.read_schema(path).metadata or {}
+def _read_footer(path: Path) -> tuple[dict, pq.FileMetaData]:
+    """``(record, footer)`` of a model file; the footer can be handed to :func:`_read_columns`."""
+    footer = pq.read_metadata(path)
+    meta = footer.metadata or {}
     if RECORD_KEY not in meta:
         raise StoreError(f"{path}: not an lmmap vector file (no record); `lmmap doctor --repair` moves it aside")
     rec = json.loads(meta[RECORD_KEY])
     if not isinstance(rec, dict):
         raise StoreError(f"{path}: its record is not a JSON object")
-    return rec
+    return rec, footer
+
+
+def _read_record(path: Path) -> dict:
+    return _read_footer(path)[0]
+
+
+def _read_columns(path: Path, columns: list[str], footer: pq.FileMetaData | None = None) -> pa.Table:
+    """``columns`` of a model file. ``footer``: read by :meth:`Store._scan` under the same hold of the
+    store's lock, so the file is unchanged; passing it saves parsing the footer again (a third of the
+    time of loading a K = 1,018 matrix)."""
+    with pq.ParquetFile(path, metadata=footer) as f:
+        return f.read(columns=columns)
 
 
 def check_same_convention(records: dict[str, dict]) -> None:
@@ -1233,5 +1272,6 @@ def check_same_convention(records: dict[str, dict]) -> None:
         parts = "; ".join(f"{dict(zip(CONVENTION_FIELDS, k))}: {len(v)} model(s), e.g. {v[0]!r}" for k, v in groups.items())
         raise StoreError(
             f"the models were scored under different conventions ({parts}); map one convention at a time, "
-            "or pass --allow-mixed if you really mean to mix them"
+            "or pass allow_mixed=True if you really mean to mix them",
+            params=("allow_mixed",),
         )

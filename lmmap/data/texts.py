@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import random
 import re
@@ -284,7 +285,7 @@ def _decode(data: bytes, where: str, errors: str) -> str | None:
             return data.decode("utf-8", errors="replace")
         raise FormatError(
             f"{where}: not valid UTF-8 at byte {exc.start}; convert it, or pass "
-            "--on-bad-utf8 skip (drop such files) or replace"
+            "on_bad_utf8='skip' (drop such files) or on_bad_utf8='replace'", params=("on_bad_utf8",),
         ) from None
 
 
@@ -296,7 +297,7 @@ def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "err
     document (its ``text`` field), a plain-text file is one document.
     """
     if on_bad_utf8 not in ("error", "skip", "replace"):
-        raise InputError(f"on_bad_utf8 must be error, skip or replace, got {on_bad_utf8!r}")
+        raise InputError(f"on_bad_utf8 must be error, skip or replace, got {on_bad_utf8!r}", params=("on_bad_utf8",))
     for src in sources:
         src = Path(src)
         if src.is_dir():
@@ -353,18 +354,39 @@ def build_text_set(
     chunk_bytes: int = 1024,
     min_bytes: int = 256,
     n: int | None = None,
-    seed: int = 0,
+    random_state: int | np.random.Generator | None = 0,
     on_bad_utf8: str = "error",
 ) -> TextSet:
     """Chunk documents into texts of ``chunk_bytes`` bytes (SPEC §8), drop short/blank ones, de-duplicate, sample n.
 
     Each text keeps its ``source`` (file, and line or row) and ``chunk_idx``.
-    The sample is drawn with ``seed`` and kept in source order.
+
+    Parameters
+    ----------
+    sources : iterable of path
+        Plain-text, JSONL (a ``text`` field) or Parquet files, or directories of them.
+    chunk_bytes : int
+        Size of a text in bytes (a UTF-8 character is never split).
+    min_bytes : int
+        Chunks shorter than this are dropped.
+    n : int, optional
+        Sample this many texts (default: keep all); the sample keeps source order.
+    random_state : int, numpy.random.Generator or None
+        Draws the sample. An int draws as ``random.Random(random_state)`` does,
+        the same texts as the former ``seed``; None draws afresh.
+    on_bad_utf8 : {"error", "skip", "replace"}
+        What to do with a file that is not UTF-8.
+
+    Returns
+    -------
+    TextSet
     """
     if chunk_bytes < 4:
-        raise InputError(f"chunk_bytes must be at least 4 (one UTF-8 character), got {chunk_bytes}")
+        raise InputError(f"chunk_bytes must be at least 4 (one UTF-8 character), got {chunk_bytes}",
+                         params=("chunk_bytes",))
     if min_bytes < 0 or min_bytes > chunk_bytes:
-        raise InputError(f"min_bytes must be between 0 and chunk_bytes ({chunk_bytes}), got {min_bytes}")
+        raise InputError(f"min_bytes must be between 0 and chunk_bytes ({chunk_bytes}), got {min_bytes}",
+                         params=("min_bytes", "chunk_bytes"))
     texts, srcs, chunk_idx, seen = [], [], [], set()
     for label, doc in iter_documents(sources, on_bad_utf8=on_bad_utf8):
         for ci, piece in enumerate(utf8_chunks(doc.encode("utf-8"), chunk_bytes)):
@@ -380,17 +402,28 @@ def build_text_set(
     if not texts:
         raise InputError(
             f"no chunks of at least {min_bytes} bytes were found in the sources; "
-            "give more text or lower --min-bytes"
+            f"give more text or lower the minimum (min_bytes is {min_bytes})", params=("min_bytes",),
         )
     keep = list(range(len(texts)))
     if n is not None:
         if n <= 0:
-            raise InputError(f"--n must be positive, got {n}")
+            raise InputError(f"n must be positive, got {n}", params=("n",))
         if n > len(texts):
             raise InputError(f"asked for {n} texts but the sources give only {len(texts)} distinct chunks")
-        keep = sorted(random.Random(seed).sample(keep, n))
+        keep = sorted(_sample(keep, n, random_state))
     return TextSet.from_texts(
         [texts[i] for i in keep],
         sources=[srcs[i] for i in keep],
         chunk_idx=np.asarray([chunk_idx[i] for i in keep], dtype=np.int64),
     )
+
+
+def _sample(items: list, n: int, random_state) -> list:
+    """``n`` of ``items`` drawn without replacement (see :func:`build_text_set` for ``random_state``)."""
+    if isinstance(random_state, np.random.Generator):
+        return [items[i] for i in random_state.choice(len(items), size=n, replace=False)]
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
+        raise InputError(f"random_state must be an int, a numpy Generator or None, got {random_state!r}",
+                         params=("random_state",))
+    # random.Random, not numpy: an int draws the same sample as the former ``seed`` did.
+    return random.Random(None if random_state is None else int(random_state)).sample(items, n)

@@ -7,16 +7,17 @@ module checks that what is read belongs to the store and puts it there.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import warnings
-
-from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning, StoreError
-from lmmap.data.store import CONVENTIONS, Interrupted, Store, _normalise_metadata
+from lmmap.data.atomic import atomic_path
+from lmmap.data.conventions import check_convention
+from lmmap.data.store import Interrupted, Store, _normalise_metadata
 from lmmap.data.texts import TextSet
+from lmmap.exceptions import FormatError, LmmapWarning, StoreError
 
 
 def open_or_create_store(store_path, texts: str | os.PathLike | None) -> Store:
@@ -29,9 +30,10 @@ def open_or_create_store(store_path, texts: str | os.PathLike | None) -> Store:
             store.check_text_set(ts.identity, len(ts), what=f"text set {texts}")
         return store
     if texts is None:
-        raise LmmapError(
+        raise StoreError(
             f"{store_path} is not an lmmap store yet; create it with `lmmap init --texts TEXTS.jsonl` "
-            "or pass --texts to import"
+            "(Store.create), or give the vectors' text set as texts=TEXTS.jsonl to create it while importing",
+            params=("texts",),
         )
     return Store.create(store_path, TextSet.load(texts))
 
@@ -56,6 +58,29 @@ def import_vectors(
     so an import killed at any moment leaves none of them (see
     :mod:`lmmap.data.store`). A metadata column whose values mix numbers and text
     is stored as text, with a note.
+
+    Parameters
+    ----------
+    store_path : str or os.PathLike
+        The store; created on ``texts`` when there is none yet.
+    vectors_path : str or os.PathLike
+        Any file :func:`lmmap.data.formats.read_vectors` reads.
+    allow_pickle : bool
+        Read the authors' pickles (through the restricted unpickler).
+    texts : str or os.PathLike, optional
+        The vectors' text set: creates the store, or is checked against it.
+    metadata : str or os.PathLike, optional
+        A metadata table (a ``model`` column and others), e.g. ``MODELS.csv``.
+    convention : {"reference", "full"}
+        The scoring convention (SPEC §2) of vectors whose file does not record one.
+        Checked before anything is read, without torch.
+    replace : bool
+        Overwrite models already in the store (else the import is refused).
+
+    Returns
+    -------
+    list of str
+        The names imported, in file order.
     """
     try:
         return _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace)
@@ -68,12 +93,10 @@ def import_vectors(
 def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace) -> list[str]:
     from lmmap.data.formats import read_metadata_csv, read_vectors
 
-    _check_convention(convention, "--convention")
+    check_convention(convention)
     store = open_or_create_store(store_path, texts)
-    vec = read_vectors(vectors_path, allow_pickle=allow_pickle)
+    vec = read_vectors(vectors_path, allow_pickle=allow_pickle)  # refuses a recorded convention it does not know
     extra = vec.extra or {}
-    if extra.get("convention") is not None:
-        _check_convention(str(extra["convention"]), f"{vectors_path}: its recorded convention")
     text_pos = _text_positions(store, extra, vectors_path)
     store.check_text_set(vec.text_set_id, None if text_pos is not None else vec.L.shape[1], what=f"{vectors_path}")
     frames = [m for m in (vec.metadata, read_metadata_csv(metadata) if metadata else None) if m is not None and len(m)]
@@ -109,12 +132,6 @@ def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention,
     return vec.names
 
 
-def _check_convention(convention: str, what: str) -> str:
-    if convention not in CONVENTIONS:
-        raise InputError(f"{what} must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
-    return convention
-
-
 def _text_positions(store: Store, extra: dict, source) -> np.ndarray | None:
     """Positions in the store's text set of the file's columns, when the file names its texts.
 
@@ -137,7 +154,7 @@ def _text_positions(store: Store, extra: dict, source) -> np.ndarray | None:
     at = np.minimum(at, len(index) - 1)
     found = index[order[at]] == ids
     if not found.all():
-        raise LmmapError(
+        raise StoreError(
             f"{source} scores text index {int(ids[~found][0])}, which is not in the store's text set "
             f"({int((~found).sum())} such texts): it was scored on another text set"
         )
@@ -152,8 +169,20 @@ def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
     every stored row, partial models included. The wide formats hold the
     models scored on every text; partial models are left out with a note,
     or exported with NaN for their missing texts when ``include_partial``.
+
+    Parameters
+    ----------
+    store : Store
+    path : str or os.PathLike
+        The file to write; its suffix chooses the format.
+    include_partial : bool
+        Wide formats: also the models scored on only some texts (NaN elsewhere).
+
+    Returns
+    -------
+    Path
     """
-    from lmmap.data.formats import EXPORT_FORMAT, EXPORT_KEY, _metadata_records, write_vectors
+    from lmmap.data.formats import write_vectors
 
     path = Path(path)
     long = path.suffix.lower() in (".parquet", ".pq")
@@ -165,22 +194,22 @@ def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
         partial = [n for n in recs if n not in set(complete)]
         if long and partial:
             frames = {n: store.vectors(n) for n in recs}
-            _write_long(path, frames, store, EXPORT_FORMAT, EXPORT_KEY, _metadata_records)
+            _write_long(path, frames, store)
             return path
         if partial and not include_partial:
             shown = ", ".join(f"{n!r} ({recs[n].get('n_scored')} of {store.n_texts} texts)" for n in partial[:3])
-            warnings.warn(
+            warnings.warn(LmmapWarning(
                 f"left out {len(partial)} partial model(s): {shown}{' …' if len(partial) > 3 else ''}; "
-                "pass --include-partial to export them with NaN for their missing texts, export to .parquet "
+                "pass include_partial=True to export them with NaN for their missing texts, export to .parquet "
                 "(long format) for every stored row, or `lmmap score NAME` to complete one",
-                LmmapWarning,
-                stacklevel=2,
-            )
+                params=("include_partial",),
+            ), stacklevel=2)
         names = list(recs) if include_partial else complete
         if not names:
             raise StoreError(
-                f"no model in the store {store.path} has all {store.n_texts} texts; pass --include-partial, "
-                "or export to .parquet (long format)"
+                f"no model in the store {store.path} has all {store.n_texts} texts; pass include_partial=True, "
+                "or export to .parquet (long format)",
+                params=("include_partial",),
             )
         L = np.full((len(names), store.n_texts), np.nan)
         n_tokens = np.full((len(names), store.n_texts), -1, dtype=np.int64)
@@ -195,39 +224,23 @@ def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
     return path
 
 
-def _write_long(path: Path, frames: dict, store: Store, export_format, export_key, metadata_records) -> None:
-    """Every stored row of every model, long format (what ``formats.write_vectors`` writes for a full matrix)."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _write_long(path: Path, frames: dict, store: Store) -> None:
+    """Every stored row of every model (``frames``: name -> rows), in the long layout of the Parquet export."""
+    from lmmap.data.formats.metadata import _metadata_records
+    from lmmap.data.formats.parquet import write_long
 
     names = list(frames)
-    sizes = [len(frames[n]) for n in names]
-    codes = np.repeat(np.arange(len(names), dtype=np.int32), sizes)
-    cols = {
-        "model": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string())),
-        "text_pos": pa.array(np.concatenate([frames[n]["text_pos"].to_numpy() for n in names]).astype(np.int32)),
-        "loglik": pa.array(np.concatenate([frames[n]["loglik"].to_numpy() for n in names]).astype(np.float64)),
-    }
-    n_tokens = np.concatenate([frames[n]["n_tokens"].to_numpy() for n in names]).astype(np.int32)
-    if (n_tokens >= 0).all():  # -1: not known; a file has all counts or none
-        cols["n_tokens"] = pa.array(n_tokens)
+    n_tokens = np.concatenate([frames[n]["n_tokens"].to_numpy() for n in names])
     meta = store.metadata()
-    info = {
-        "format": export_format,
-        "version": 1,
-        "n_models": len(names),
-        "n_texts": store.n_texts,
-        "text_set_id": store.text_set_id,
-        "convention": None,
-        "metadata": metadata_records(meta, names) if len(meta) else None,
-    }
-    table = pa.table(cols).replace_schema_metadata({export_key: json.dumps(info).encode()})
-    from lmmap.data.atomic import atomic_path
-
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        write_long(
+            tmp, names, [len(frames[n]) for n in names],
+            np.concatenate([frames[n]["text_pos"].to_numpy() for n in names]),
+            np.concatenate([frames[n]["loglik"].to_numpy() for n in names]),
+            n_tokens if (n_tokens >= 0).all() else None,  # -1: not known; a file has all counts or none
+            n_texts=store.n_texts, text_set_id=store.text_set_id,
+            records=_metadata_records(meta, names) if len(meta) else None,
+        )
 
 
 RECORD_COLUMNS = ["model", "convention", "scorer", "dtype", "n_scored", "n_truncated", "added_at"]

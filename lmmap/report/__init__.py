@@ -28,7 +28,7 @@ WRITERS = {
     "lmmap.analyses.errors.ErrorAnalysis": "lmmap.report.errors",
     "lmmap.analyses.stability.StabilityResult": "lmmap.report.stability",
     "lmmap.analyses.stability.StabilityComparison": "lmmap.report.stability",
-    "lmmap.analyses.select.Subset": "lmmap.report.select",
+    "lmmap.data.subset.Subset": "lmmap.report.select",
 }
 
 

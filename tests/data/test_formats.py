@@ -441,9 +441,11 @@ def test_scorer_duplicate_text(scorer_dir):
 def test_text_set_given_as_vectors_is_explained(tmp_path):
     path = tmp_path / "texts-10k-pile.jsonl"
     path.write_text(json.dumps({"index": 0, "text": "hello", "pile_set_name": "Pile-CC"}) + "\n")
-    with pytest.raises(LmmapError, match="looks like a text set: pass it as texts") as err:
+    with pytest.raises(LmmapError, match="looks like a text set: give it as texts=texts-10k-pile.jsonl") as err:
         read_vectors(path)
-    assert err.value.params == ("texts",)  # the CLI shows --texts
+    from lmmap.cli import as_flags
+
+    assert "give it as --texts texts-10k-pile.jsonl, not as vectors" in as_flags(str(err.value), err.value.params)
 
 
 def test_directory_without_jsonl(tmp_path):

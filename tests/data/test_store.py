@@ -84,8 +84,9 @@ def test_bad_vectors_are_refused_and_nothing_written(store):
         store.write_model("pos", -vec(0))  # not physical for real texts, but stored: a warning, not a refusal
     store.remove_model("pos")
     store.write_model("x", vec(1))
-    with pytest.raises(LmmapError, match="already in the store.*--replace"):
+    with pytest.raises(LmmapError, match="already in the store.*replace=True") as err:
         store.write_model("x", vec(2))
+    assert err.value.params == ("replace",)  # the CLI shows --replace
     store.write_model("x", vec(2), replace=True)
     np.testing.assert_array_equal(store.matrix()[1][0], vec(2))
 
@@ -103,8 +104,9 @@ def test_partial_models_and_conventions(store):
     assert store.models_with_texts([1, 5]) == ["full", "part"]
     assert store.models_with_texts([0]) == ["full"]
     store.write_model("other-conv", vec(3), record={"convention": "full"})
-    with pytest.raises(LmmapError, match="different conventions"):
+    with pytest.raises(LmmapError, match="different conventions.*allow_mixed=True") as err:
         store.matrix(["full", "other-conv"])
+    assert err.value.params == ("allow_mixed",)  # the CLI shows --allow-mixed
     assert store.matrix(["full", "other-conv"], allow_mixed=True)[1].shape == (2, 12)
 
 

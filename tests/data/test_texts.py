@@ -4,6 +4,7 @@ import json
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,16 +27,37 @@ def test_utf8_chunks_never_split_a_character():
 
 def test_build_from_real_text_files(tmp_path):
     src = [STDLIB / "json", STDLIB / "this.py"]
-    ts = build_text_set(src, chunk_bytes=512, min_bytes=128, n=40, seed=3)
+    ts = build_text_set(src, chunk_bytes=512, min_bytes=128, n=40, random_state=3)
     assert len(ts) == 40
     sizes = [len(t.encode()) for t in ts.texts]
     assert max(sizes) <= 512 and min(sizes) >= 128
     assert len(set(ts.texts)) == 40
     assert all(s.startswith(str(STDLIB)) for s in ts.sources)
-    again = build_text_set(src, chunk_bytes=512, min_bytes=128, n=40, seed=3)
+    again = build_text_set(src, chunk_bytes=512, min_bytes=128, n=40, random_state=3)
     assert again.identity == ts.identity
-    other = build_text_set(src, chunk_bytes=512, min_bytes=128, n=40, seed=4)
+    other = build_text_set(src, chunk_bytes=512, min_bytes=128, n=40, random_state=4)
     assert other.identity != ts.identity
+
+
+def test_sample_takes_random_state_as_int_generator_or_none():
+    import random
+
+    src = [STDLIB / "json"]
+    every = build_text_set(src, chunk_bytes=512, min_bytes=128)
+    ts = build_text_set(src, chunk_bytes=512, min_bytes=128, n=10, random_state=3)
+    # an int draws what random.Random(int) draws (the sample of lmmap 0.1's seed=3)
+    picked = sorted(random.Random(3).sample(range(len(every)), 10))
+    assert ts.texts == [every.texts[i] for i in picked]
+    gen = build_text_set(src, chunk_bytes=512, min_bytes=128, n=10, random_state=np.random.default_rng(3))
+    again = build_text_set(src, chunk_bytes=512, min_bytes=128, n=10, random_state=np.random.default_rng(3))
+    assert len(set(gen.texts)) == 10 and gen.texts == again.texts
+    assert len(build_text_set(src, chunk_bytes=512, min_bytes=128, n=10, random_state=None)) == 10
+    with pytest.raises(LmmapError, match="random_state must be") as err:
+        build_text_set(src, chunk_bytes=512, min_bytes=128, n=10, random_state="x")
+    assert err.value.params == ("random_state",)
+    with pytest.raises(LmmapError, match="n must be positive") as err:
+        build_text_set(src, chunk_bytes=512, min_bytes=128, n=0)
+    assert err.value.params == ("n",)
 
 
 def test_dedup_drop_short_and_blank(tmp_path):

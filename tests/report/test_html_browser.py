@@ -142,9 +142,10 @@ def test_placed_map_page_shows_new_models_and_their_lines(browser, tmp_path):
     store.set_metadata(pd.DataFrame({"model": names, "model_type": fams}))
     held = [n for n in names if n.endswith("/m4")]
     rest = [n for n in names if n not in held]
-    sub = select(store, "ls", 300, seed=1, models=rest)
-    res = add_models(store, held, sub, tmp_path / "added", se_R=20)
-    page = Page(browser, res.paths["map.html"])
+    sub = select(store, "ls", 300, random_state=1, models=rest)
+    res = add_models(store, held, sub, R=20)
+    paths = report.write(res, tmp_path / "added")
+    page = Page(browser, paths["map.html"])
     page.check_offline_and_clean(tmp_path / "added")
     texts = [t for t in page.svg_texts() if t]
     assert sorted(set(texts)) == sorted(names)

@@ -1,4 +1,4 @@
-"""Scoring real (tiny) transformers models: batched results equal a plain one-text-at-a-time computation.
+"""The transformers backend: scoring real (tiny) models: batched results equal a plain one-text-at-a-time computation.
 
 The reference computations here are written independently of lmmap: the
 tokenizer's own truncation, one forward pass per text through the model's own
@@ -26,13 +26,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from lmmap.cli import app  # noqa: E402
 from lmmap.exceptions import LmmapError  # noqa: E402
-from lmmap.scoring.hf import (  # noqa: E402
-    LogProbComputer,
-    encode_texts,
-    load_model,
-    score_models,
-    score_texts,
-)
+from lmmap.scoring import encode_texts, score_models  # noqa: E402
+from lmmap.scoring.hf import LogProbComputer, load_model, score_texts  # noqa: E402
 from lmmap.data.store import Store  # noqa: E402
 from lmmap.data.texts import TextSet  # noqa: E402
 
@@ -293,7 +288,7 @@ def test_bad_options_are_refused_before_loading_anything(store, tiny_gpt2_dir):
         (dict(convention="half"), "convention"),
         (dict(dtype="int8"), "dtype"),
         (dict(device="tpu"), "device"),
-        (dict(batch_tokens=0), "batch-tokens"),
+        (dict(batch_tokens=0), "batch_tokens"),
     ):
         with pytest.raises(LmmapError, match=match):
             score_models(store, [str(tiny_gpt2_dir)], progress=False, **kwargs)
@@ -306,7 +301,7 @@ KILLED_RUN = textwrap.dedent(
     import sys, time
     import torch
     from lmmap.data.store import Store
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     torch.set_num_threads(1)
     save = Store.save_checkpoint
@@ -330,7 +325,7 @@ def test_resume_after_sigkill_scores_only_the_missing_texts(tmp_path, texts, tin
     killed = Store.create(tmp_path / "killed", ts)
     script = tmp_path / "run.py"
     script.write_text(KILLED_RUN)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, str(script), str(killed.path), str(tiny_gpt2_dir)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -363,3 +358,21 @@ def test_resume_after_sigkill_scores_only_the_missing_texts(tmp_path, texts, tin
     assert got["n_tokens"].tolist() == want["n_tokens"].tolist()
     assert got["truncated"].tolist() == want["truncated"].tolist()
     assert not list((killed.path / "partial").glob("*/*/chunk-*.parquet"))  # checkpoints cleared
+
+
+def test_the_command_line_shows_flags_where_the_library_names_parameters(store, tiny_gpt2_dir):
+    import io
+    from contextlib import redirect_stderr
+
+    from lmmap.cli import main
+
+    err = io.StringIO()
+    with redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        main(["score", str(tiny_gpt2_dir), "--store", str(store.path), "--batch-tokens", "0"])
+    assert stop.value.code == 1 and "--batch-tokens must be positive" in " ".join(err.getvalue().split())
+    runner = CliRunner()
+    args = ["score", str(tiny_gpt2_dir), "--store", str(store.path), "--device", "cpu", "--no-progress",
+            "--max-length", "16"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "(pass --replace to score it again)" in " ".join(again.output.split())

@@ -15,7 +15,8 @@ from lmmap.maths import resampling as imp
 from lmmap.cli import app
 from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning
 from lmmap.data.store import Store
-from lmmap.analyses.select import Subset, select
+from lmmap.analyses.select import select
+from lmmap.data.subset import Subset
 from lmmap.data.texts import TextSet
 from synthetic import family_L  # noqa: E402
 
@@ -40,29 +41,29 @@ def store(tmp_path):
 
 def test_select_from_store_records_everything(store):
     store, names, L = store
-    sub = select(store, "ls", 80, seed=3)
+    sub = select(store, "ls", 80, random_state=3)
     full = ModelMap(names, L)  # the full map with clipping: the source of π and the threshold
     pi = imp.importance(full.Q, "ls")
     assert sub.models == names
     assert sub.threshold == pytest.approx(full.threshold)
-    assert sub.n == 80 and sub.seed == 3 and sub.method == "ls"
+    assert sub.n == 80 and sub.random_state == 3 and sub.method == "ls"
     assert sub.counts.sum() == 80 and sub.d == len(sub.text_pos) <= 80
     np.testing.assert_allclose(sub.pi, pi[sub.text_pos])
     np.testing.assert_allclose(sub.weights, sub.counts / (80 * pi[sub.text_pos]))
     np.testing.assert_array_equal(sub.text_index, sub.text_pos + 1000)
     assert sub.text_set_id == store.text_set_id and sub.n_texts == 120
     # Same seed, same subset; another seed, another one.
-    np.testing.assert_array_equal(select(store, "ls", 80, seed=3).text_pos, sub.text_pos)
-    assert not np.array_equal(select(store, "ls", 80, seed=4).text_pos, sub.text_pos)
+    np.testing.assert_array_equal(select(store, "ls", 80, random_state=3).text_pos, sub.text_pos)
+    assert not np.array_equal(select(store, "ls", 80, random_state=4).text_pos, sub.text_pos)
 
 
 def test_select_from_a_map_and_a_model_subset(store):
     store, names, L = store
-    sub = select(store, "kl", 50, seed=0, models=names[:6])
+    sub = select(store, "kl", 50, random_state=0, models=names[:6])
     assert sub.models == names[:6]
     mm = ModelMap(names[:6], L[:6])
     assert sub.threshold == pytest.approx(mm.threshold)
-    sub2 = select(mm, "kl", 50, seed=0, texts=store.texts)
+    sub2 = select(mm, "kl", 50, random_state=0, texts=store.texts)
     np.testing.assert_array_equal(sub2.text_pos, sub.text_pos)
     np.testing.assert_allclose(sub2.weights, sub.weights)
     assert sub2.text_set_id == store.text_set_id
@@ -77,13 +78,14 @@ def test_select_from_a_map_and_a_model_subset(store):
 def test_partially_scored_models_do_not_define_the_map(store):
     store, names, L = store
     store.write_model("partial", L[0, :30] - 1, text_pos=np.arange(30))
-    sub = select(store, "uniform", 40, seed=0)
+    with pytest.warns(LmmapWarning, match="left out 1 partial model"):  # the map's one rule, with its note
+        sub = select(store, "uniform", 40, random_state=0)
     assert "partial" not in sub.models and len(sub.models) == len(names)
 
 
 def test_save_load_round_trip(store, tmp_path):
     store, names, _ = store
-    sub = select(store, "kl", 100, seed=1)
+    sub = select(store, "kl", 100, random_state=1)
     path = sub.save(tmp_path / "sub" / "SUBSET.json")
     info = json.loads(path.read_text())
     for key in ("method", "n", "seed", "text_set_id", "models", "threshold", "n_texts", "texts"):
@@ -92,14 +94,14 @@ def test_save_load_round_trip(store, tmp_path):
     back = Subset.load(path)
     for attr in ("text_pos", "text_index", "counts", "pi", "weights"):
         np.testing.assert_array_equal(getattr(back, attr), getattr(sub, attr))  # floats round-trip exactly
-    assert (back.method, back.n, back.seed, back.models, back.threshold) == (sub.method, sub.n, sub.seed, sub.models, sub.threshold)
+    assert (back.method, back.n, back.random_state, back.models, back.threshold) == (sub.method, sub.n, sub.random_state, sub.models, sub.threshold)
     back.check_store(store)
     assert not list(path.parent.glob(".*.tmp"))
 
 
 def test_save_texts_writes_the_d_texts(store, tmp_path):
     store, _, _ = store
-    sub = select(store, "ls", 60, seed=2)
+    sub = select(store, "ls", 60, random_state=2)
     out = sub.save_texts(tmp_path / "texts.jsonl", store)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == sub.d
@@ -118,7 +120,7 @@ def test_save_texts_writes_the_d_texts(store, tmp_path):
 
 def test_subset_from_another_text_set_is_refused(store, tmp_path):
     store, _, _ = store
-    sub = select(store, "ls", 60, seed=0)
+    sub = select(store, "ls", 60, random_state=0)
     other, _, _ = make_store(tmp_path / "other", N=120, seed=0)
     # Same N, different texts: the identity differs.
     texts = TextSet.from_texts([f"another text {i} " * 3 for i in range(120)])
@@ -134,7 +136,7 @@ def test_subset_from_another_text_set_is_refused(store, tmp_path):
 
 def test_subset_of_another_map_is_detected(store, tmp_path):
     store, names, L = store
-    sub = select(store, "ls", 60, seed=0)
+    sub = select(store, "ls", 60, random_state=0)
     sub.check_models(store)
     store.remove_model(names[0])
     with pytest.raises(LmmapError, match="another map"):
@@ -143,7 +145,7 @@ def test_subset_of_another_map_is_detected(store, tmp_path):
 
 def test_damaged_or_edited_files_are_refused(store, tmp_path):
     store, _, _ = store
-    sub = select(store, "ls", 60, seed=0)
+    sub = select(store, "ls", 60, random_state=0)
     path = sub.save(tmp_path / "s.json")
     info = json.loads(path.read_text())
 
@@ -187,8 +189,8 @@ def test_select_from_a_bare_map_needs_its_texts_or_an_explicit_unbound(store, tm
     store, names, L = store
     bare = ModelMap(names, L)  # no store, no text set: positions alone
     with pytest.raises(InputError, match="texts=TextSet.*unbound=True"):
-        select(bare, "ls", 50, seed=0)
-    bound = select(bare, "ls", 50, seed=0, texts=store.texts)
+        select(bare, "ls", 50, random_state=0)
+    bound = select(bare, "ls", 50, random_state=0, texts=store.texts)
     assert bound.text_set_id == store.text_set_id and not bound.unbound
     back = Subset.load(bound.save(tmp_path / "bound.json"))
     assert back.text_set_id == store.text_set_id
@@ -204,7 +206,7 @@ def test_select_from_a_bare_map_needs_its_texts_or_an_explicit_unbound(store, tm
 
 def test_unbound_subset_is_refused_by_a_store_unless_allowed(store, tmp_path):
     store, names, L = store
-    sub = select(ModelMap(names, L), "ls", 50, seed=0, unbound=True)
+    sub = select(ModelMap(names, L), "ls", 50, random_state=0, unbound=True)
     assert sub.unbound and sub.text_set_id is None
     path = sub.save(tmp_path / "unbound.json")
     info = json.loads(path.read_text())
@@ -214,13 +216,14 @@ def test_unbound_subset_is_refused_by_a_store_unless_allowed(store, tmp_path):
     # Another store of the same size: positions would silently index other texts.
     other = Store.create(tmp_path / "other", TextSet.from_texts([f"another text {i} " * 3 for i in range(120)]))
     for target in (store, other):
-        with pytest.raises(InputError, match="does not record which text set.*--allow-other-texts"):
+        with pytest.raises(InputError, match="does not record which text set.*allow_other_texts"):
             loaded.check_store(target)
-        with pytest.raises(InputError, match="unbound.json: .*--allow-other-texts"):
+        with pytest.raises(InputError, match="unbound.json: .*allow_other_texts"):
             Subset.load(path, store=target)
-        with pytest.raises(InputError, match="--allow-other-texts"):
+        with pytest.raises(InputError, match="allow_other_texts") as exc:
             ModelMap.from_store(target, subset=loaded)
-    with pytest.warns(LmmapWarning, match="allow-other-texts"):
+        assert "allow_other_texts" in exc.value.params
+    with pytest.warns(LmmapWarning, match="allow_other_texts"):
         loaded.check_store(store, allow_other_texts=True)
     with pytest.warns(LmmapWarning):
         rebound = Subset.load(path, store=store, allow_other_texts=True)
@@ -236,9 +239,9 @@ def test_unbound_subset_is_refused_by_a_store_unless_allowed(store, tmp_path):
 
 def test_subset_of_another_text_set_needs_the_override_too(store, tmp_path):
     store, _, _ = store
-    sub = select(store, "ls", 60, seed=0)
+    sub = select(store, "ls", 60, random_state=0)
     other = Store.create(tmp_path / "other", TextSet.from_texts([f"another text {i} " * 3 for i in range(120)]))
-    with pytest.raises(InputError, match="another text set.*--allow-other-texts"):
+    with pytest.raises(InputError, match="another text set.*allow_other_texts"):
         sub.check_store(other)
     with pytest.warns(LmmapWarning, match="another text set"):
         moved = sub.bind(other, allow_other_texts=True)
@@ -248,7 +251,7 @@ def test_subset_of_another_text_set_needs_the_override_too(store, tmp_path):
 
 def test_old_subset_file_without_identity_loads_as_unbound(store, tmp_path):
     store, _, _ = store
-    info = select(store, "ls", 60, seed=0).to_dict()
+    info = select(store, "ls", 60, random_state=0).to_dict()
     info.pop("text_set_id")
     info.pop("unbound")
     p = tmp_path / "old.json"
@@ -261,7 +264,7 @@ def test_old_subset_file_without_identity_loads_as_unbound(store, tmp_path):
 
 def test_a_subset_cannot_be_built_without_identity_by_accident(store):
     store, _, _ = store
-    fields = {k: v for k, v in vars(select(store, "ls", 60, seed=0)).items() if not k.startswith("_")}
+    fields = {k: v for k, v in vars(select(store, "ls", 60, random_state=0)).items() if not k.startswith("_")}
     with pytest.raises(InputError, match="must record the identity"):
         Subset(**{**fields, "text_set_id": None})
     with pytest.raises(InputError, match="do not also mark it unbound"):
@@ -318,7 +321,7 @@ SUBSET_FILE_CASES = [
 @pytest.mark.parametrize("mutate, fragment", [pytest.param(m, f, id=i) for i, m, f in SUBSET_FILE_CASES])
 def test_damaged_subset_file_is_a_one_line_format_error(store, tmp_path, mutate, fragment):
     store, _, _ = store
-    info = select(store, "ls", 60, seed=0).to_dict()
+    info = select(store, "ls", 60, random_state=0).to_dict()
     mutate(info)
     p = tmp_path / "SUBSET.json"
     p.write_text(json.dumps(info))
@@ -364,7 +367,7 @@ def test_texts_every_model_scores_alike_are_excluded_and_counted(tmp_path):
     L = rng.normal(-400, 20, size=(6, 1)) + rng.normal(0, 30, size=(1, N)) + E
     store = Store.create(tmp_path / "s", TextSet.from_texts([f"t{i}" for i in range(N)]))
     store.write_models([{"name": f"m{i}", "loglik": row} for i, row in enumerate(L)])
-    sub = select(store, "ls", 5000, seed=0, clip=False)  # clipping would break the exact structure
+    sub = select(store, "ls", 5000, random_state=0, clip=False)  # clipping would break the exact structure
     assert sub.n_excluded == 3
     assert not set(alike) & set(sub.text_pos)
     assert sub.d == N - 3  # 5000 draws reach every other text
@@ -376,7 +379,7 @@ def test_texts_every_model_scores_alike_are_excluded_and_counted(tmp_path):
 
 def test_subset_map_from_store_end_to_end(store):
     store, names, L = store
-    sub = select(store, "ls", 90, seed=7)
+    sub = select(store, "ls", 90, random_state=7)
     mm = ModelMap.from_store(store, subset=sub)
     N = 120
     # By hand: clip with the stored threshold, w-weighted row centring, column centring.
@@ -407,7 +410,7 @@ def test_subset_map_from_store_end_to_end(store):
 
 def test_subset_map_needs_the_texts(store):
     store, names, L = store
-    sub = select(store, "ls", 90, seed=7)
+    sub = select(store, "ls", 90, random_state=7)
     store.write_model("partial", L[0, :10] - 1, text_pos=np.arange(10))
     with pytest.raises(LmmapError, match="lacks"):
         ModelMap.from_store(store, models=names + ["partial"], subset=sub)
@@ -428,7 +431,7 @@ def test_cli_select_and_map_from_subset(store, tmp_path):
     )
     assert res.exit_code == 0, res.output
     sub = Subset.load(out)
-    assert sub.method == "kl" and sub.n == 70 and sub.seed == 5 and names[0] not in sub.models
+    assert sub.method == "kl" and sub.n == 70 and sub.random_state == 5 and names[0] not in sub.models
     assert len(texts.read_text().splitlines()) == sub.d
     assert "unique texts" in res.output
     mm = ModelMap.from_store(store, subset=sub)
@@ -452,3 +455,15 @@ def test_cli_select_bad_n(store, tmp_path, n, msg):
     assert proc.returncode != 0
     assert msg in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_report_writer_of_a_subset(store, tmp_path):
+    from lmmap.report import select as writer
+
+    store, _, _ = store
+    sub = select(store, "ls", 60, random_state=2)
+    paths = writer.write(sub, tmp_path / "out", texts=True)
+    assert set(paths) == {"SUBSET.json", "texts.jsonl"}
+    back = Subset.load(paths["SUBSET.json"])
+    np.testing.assert_array_equal(back.text_pos, sub.text_pos)
+    assert len(paths["texts.jsonl"].read_text().splitlines()) == sub.d

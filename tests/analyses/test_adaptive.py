@@ -139,8 +139,8 @@ def test_cap_unique_keeps_the_longest_prefix():
     (dict(target_se=-0.1), "between 0 and 1"),
     (dict(target_se=float("nan")), "between 0 and 1"),
     (dict(max_texts=N + 1), "more than the"),
-    (dict(neighbors=0), "--neighbors"),
-    (dict(round_size=2), "--round"),
+    (dict(neighbors=0), "neighbors must"),
+    (dict(round_size=2), "round_size must"),
 ])
 def test_bad_parameters_are_one_line_input_errors(eco, kw, msg):
     names, L, _, held, rest, amap = eco
@@ -153,7 +153,7 @@ def test_bad_parameters_are_one_line_input_errors(eco, kw, msg):
 
 
 class FakeScorer:
-    """Stands in for :func:`lmmap.scoring.hf.score_models`: looks scores up in a known matrix, stores them like it.
+    """Stands in for :func:`lmmap.scoring.score_models`: looks scores up in a known matrix, stores them like it.
 
     ``kill_at``: on that call, store half of the missing texts (a checkpoint
     would) and raise, as a killed run does mid-round.
@@ -163,7 +163,7 @@ class FakeScorer:
         self.rows, self.kill_at, self.calls, self.scored = rows, kill_at, 0, 0
 
     def __call__(self, store, models, *, names=None, text_pos=None, convention="reference", **kw):
-        from lmmap.scoring.hf import ScoreStatus
+        from lmmap.scoring import ScoreStatus
 
         self.calls += 1
         out = {}
@@ -194,15 +194,16 @@ def _store(tmp_path, eco, sub="store"):
 
 
 def test_driver_places_and_writes_and_resumes_after_a_kill(eco, tmp_path, monkeypatch):
-    import lmmap.scoring.hf
-    from lmmap.report.adaptive import write_adaptive
+    import lmmap.scoring
+    from lmmap import report
 
     names, L, _, held, rest, amap = eco
     rows = {f"src{j}": L[h] for j, h in enumerate(held)}
-    kw = dict(target_se=0.1, neighbors=3, round_size=16, random_state=1, names=["ft", "merge", "unrel"])
+    kw = dict(target_se=0.1, neighbors=3, round_size=16, random_state=1, names=["ft", "merge", "unrel"],
+              embedding="tsne")
 
     clean = FakeScorer(rows)
-    monkeypatch.setattr(lmmap.scoring.hf, "score_models", clean)
+    monkeypatch.setattr(lmmap.scoring, "score_models", clean)
     ref = ad.place_adaptive(_store(tmp_path, eco, "clean"), list(rows), **kw)
     assert ref.new_models == ["ft", "merge", "unrel"] and ref.kl.shape == (3, len(rest))
     table = ref.adaptive_table()
@@ -214,11 +215,11 @@ def test_driver_places_and_writes_and_resumes_after_a_kill(eco, tmp_path, monkey
 
     store = _store(tmp_path, eco, "killed")
     killer = FakeScorer(rows, kill_at=3)
-    monkeypatch.setattr(lmmap.scoring.hf, "score_models", killer)
+    monkeypatch.setattr(lmmap.scoring, "score_models", killer)
     with pytest.raises(KeyboardInterrupt):
         ad.place_adaptive(store, list(rows), **kw)
     resumed = FakeScorer(rows)
-    monkeypatch.setattr(lmmap.scoring.hf, "score_models", resumed)
+    monkeypatch.setattr(lmmap.scoring, "score_models", resumed)
     res = ad.place_adaptive(store, list(rows), **kw)
     # Same draws, same numbers, and nothing scored twice.
     np.testing.assert_allclose(res.kl, ref.kl)
@@ -226,7 +227,8 @@ def test_driver_places_and_writes_and_resumes_after_a_kill(eco, tmp_path, monkey
     for n in res.new_models:
         assert store.record(n)["n_scored"] == res.runs[n].texts_scored
 
-    paths = write_adaptive(res, tmp_path / "out", store, embedding="tsne")
+    assert res.method == "tsne" and res.coords.shape == (len(rest) + 3, 2)
+    paths = report.write(res, tmp_path / "out")
     coords = pd.read_csv(paths["coords.csv"])
     assert list(coords["model"]) == res.existing_models + res.new_models and coords["new"].sum() == 3
     assert np.isfinite(coords[["x", "y"]].to_numpy()).all() and paths["map.png"].stat().st_size > 1000
@@ -239,11 +241,11 @@ def test_driver_places_and_writes_and_resumes_after_a_kill(eco, tmp_path, monkey
 
 
 def test_driver_bad_input(eco, tmp_path, monkeypatch):
-    import lmmap.scoring.hf
+    import lmmap.scoring
 
     names, L, _, held, rest, amap = eco
     store = _store(tmp_path, eco)
-    monkeypatch.setattr(lmmap.scoring.hf, "score_models", FakeScorer({"x": L[held[0]]}))
+    monkeypatch.setattr(lmmap.scoring, "score_models", FakeScorer({"x": L[held[0]]}))
     for kw, msg in [(dict(target_se=0.0), "between 0 and 1"), (dict(target_se=1.5), "between 0 and 1"),
                     (dict(max_texts=N + 5), "more than the")]:
         with pytest.raises(InputError, match=msg):
@@ -266,26 +268,27 @@ def test_driver_bad_input(eco, tmp_path, monkeypatch):
 
 def test_driver_with_a_real_tiny_model(tmp_path, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     pytest.importorskip("torch")
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     texts = [doc[start: start + 160] for doc in stdlib_texts[20:36] for start in (0, 400, 900)]
     store = Store.create(tmp_path / "store", TextSet.from_texts([t for t in texts if t.strip()]))
     dirs = [make_tiny_gpt2(tmp_path / f"m{i}", tiny_tokenizer, seed=20 + i) for i in range(4)]
-    assert all(s.ok for s in score_models(store, [str(d) for d in dirs[:3]], device="cpu", progress=False).values())
+    assert all(s.ok for s in score_models(store, [str(d) for d in dirs[:3]], device="cpu").values())
     res = ad.place_adaptive(store, [str(dirs[3])], names=["new"], target_se=0.01, max_texts=20, round_size=8,
                             score_kwargs=dict(device="cpu"))
     run = res.runs["new"]
     assert run.stopped_by == "max-texts" and run.texts_scored == 20
     assert store.record("new")["n_scored"] == 20
     # The same model scored on every text gives the full-data KL the estimate aims at.
-    score_models(store, [str(dirs[3])], names=["full"], device="cpu", progress=False)
+    score_models(store, [str(dirs[3])], names=["full"], device="cpu")
     _, Lx = store.matrix(res.existing_models)
     amap = ad.prepare_map(Lx)
     truth = ad.true_sq_distances(amap, store.matrix(["full"])[1][0]) / (2 * store.n_texts)
     assert np.all(np.abs(res.kl[0] - truth) <= 4 * res.kl_se[0] + 1e-9)
     # Three existing models: an MDS map, the new model placed from its KL estimates.
-    from lmmap.report.adaptive import write_adaptive
+    from lmmap import report
 
-    paths = write_adaptive(res, tmp_path / "out", store)
+    assert res.method == "mds"
+    paths = report.write(res, tmp_path / "out")
     assert {"adaptive.csv", "placement.csv", "map.png", "map.html", "coords.csv"} <= set(paths)
     assert pd.read_csv(paths["adaptive.csv"])["stopped_by"].tolist() == ["max-texts"]

@@ -16,7 +16,8 @@ from lmmap.maths import geometry as core
 from lmmap.maths.bootstrap import bootstrap_sq_distance_se
 from lmmap.cli import app
 from lmmap.exceptions import LmmapError
-from lmmap.analyses.place import add_models, cross_sq_distance_se, cross_squared_distances, place_points
+from lmmap import report
+from lmmap.analyses.place import add_models, cross_sq_distance_se, cross_squared_distances, place, place_points
 from lmmap.data.store import Store
 from lmmap.analyses.select import select
 from lmmap.data.texts import TextSet
@@ -41,7 +42,7 @@ def eco(tmp_path):
     store.set_metadata(pd.DataFrame({"model": names, "model_type": fams}))
     held = [n for n in names if n.endswith("/m4")]
     rest = [n for n in names if n not in held]
-    sub = select(store, "ls", 400, seed=1, models=rest)  # d ≈ 160 of N = 400
+    sub = select(store, "ls", 400, random_state=1, models=rest)  # d ≈ 160 of N = 400
     return store, names, L, held, rest, sub
 
 
@@ -63,7 +64,7 @@ def test_cross_se_is_the_block_of_the_full_bootstrap():
     w = rng.uniform(0.5, 2, size=40)
     full = bootstrap_sq_distance_se(Q, w, counts, R=50, random_state=3)
     X = core.weighted_features(Q, w)
-    block = cross_sq_distance_se(X[4:], X[:4], counts, R=50, seed=3)
+    block = cross_sq_distance_se(X[4:], X[:4], counts, R=50, random_state=3)
     np.testing.assert_allclose(block, full[4:, :4], rtol=1e-7, atol=1e-9)
 
 
@@ -90,7 +91,8 @@ def test_place_points_keeps_the_base_and_lands_near_the_right_family():
 def test_add_models_places_held_out_models(eco, tmp_path):
     store, names, L, held, rest, sub = eco
     out = tmp_path / "out"
-    res = add_models(store, held, sub, out, se_R=200)
+    res = add_models(store, held, sub, R=200)
+    report.write(res, out)
     assert res.scored == [] and res.new_models == held and res.existing_models == rest
     # KL of new × existing: the subset map of all of them (w-weighted, stored threshold).
     idx = [names.index(m) for m in rest + held]
@@ -133,6 +135,20 @@ def test_add_models_places_held_out_models(eco, tmp_path):
     assert info["new_models"] == held and info["subset"]["method"] == "ls" and info["embedding"] == "mds"
 
 
+def test_place_from_arrays_is_add_models_without_the_store(eco):
+    store, names, L, held, rest, sub = eco
+    ref = add_models(store, held, sub, embedding="pca", R=30, random_state=4)
+    mm = ModelMap.from_store(store, models=rest, subset=sub)
+    L_new = L[[names.index(m) for m in held]][:, sub.text_pos]
+    res = place(mm, held, L_new, embedding="pca", R=30, random_state=4)
+    np.testing.assert_allclose(res.kl, ref.kl, rtol=1e-12)
+    np.testing.assert_allclose(res.kl_se, ref.kl_se, rtol=1e-12)
+    np.testing.assert_allclose(res.coords, ref.coords, atol=1e-9)
+    assert res.method == ref.method == "pca" and ref.subset is sub and res.subset is None
+    with pytest.raises(LmmapError, match="L_new must be"):
+        place(mm, held, L_new[:, :-1])
+
+
 def test_models_scored_on_the_subset_only_are_placed_identically(eco):
     store, names, L, held, rest, sub = eco
     ref = add_models(store, held[:2], sub, embedding="pca")
@@ -148,7 +164,7 @@ def test_models_scored_on_the_subset_only_are_placed_identically(eco):
 def test_standard_error_matches_spread_over_independent_subsets(eco):
     """The bootstrap SE of one subset ≈ the SD of KL estimates across 150 independent subsets (within 30%)."""
     store, names, L, held, rest, sub = eco
-    res = add_models(store, held[:1], sub, embedding="pca", se_R=400)
+    res = add_models(store, held[:1], sub, embedding="pca", R=400)
     idx = [names.index(m) for m in rest + held[:1]]
     full = ModelMap(rest + held[:1], L[idx], threshold=sub.threshold)
     from lmmap.maths import resampling as imp
@@ -176,7 +192,8 @@ def test_rebuild_and_base_coords(eco, tmp_path):
     np.testing.assert_allclose(res2.coords, res.coords)
     with pytest.raises(LmmapError, match="no position"):
         add_models(store, held, sub, base_coords=given.iloc[1:])
-    reb = add_models(store, held, sub, tmp_path / "rebuilt", rebuild=True, embedding="pca")
+    reb = add_models(store, held, sub, rebuild=True, embedding="pca")
+    report.write(reb, tmp_path / "rebuilt")
     assert reb.rebuilt and reb.coords.shape == (len(names), 2)
     np.testing.assert_allclose(reb.coords, reb.map.embed("pca"))
 
@@ -188,9 +205,10 @@ def test_placed_map_labels_models_highlights_new_ones_and_draws_their_nearest_li
     # A model given as a directory path is shown (and stored) under the directory's own name.
     (tmp_path / "models" / "fam1-m4-copy").mkdir(parents=True)
     store.write_model("fam1-m4-copy", L[names.index("fam1/m4")])
-    res = add_models(store, [held[0], str(tmp_path / "models" / "fam1-m4-copy")], sub, tmp_path / "out")
+    res = add_models(store, [held[0], str(tmp_path / "models" / "fam1-m4-copy")], sub)
+    paths = report.write(res, tmp_path / "out")
     assert res.new_models == [held[0], "fam1-m4-copy"] and res.scored == []
-    data, layout = plotly_figure(res.paths["map.html"])
+    data, layout = plotly_figure(paths["map.html"])
     (new,) = [t for t in data if t.get("name") == "new"]
     assert new["text"] == [f"<b>{held[0]}</b>", "<b>fam1-m4-copy</b>"]
     points = [t for t in data if t.get("legendgroup")]
@@ -205,7 +223,7 @@ def test_placed_map_labels_models_highlights_new_ones_and_draws_their_nearest_li
         np.testing.assert_allclose(seg[0], res.coords[K + i])
         np.testing.assert_allclose(seg[1], res.coords[int(np.argmin(res.kl[i]))])
     assert "2 new" in layout["title"]["text"] and "classical MDS" in layout["title"]["text"]
-    assert res.paths["map.html"].stat().st_size < 100_000 and (tmp_path / "out" / "plotly.min.js").exists()
+    assert paths["map.html"].stat().st_size < 100_000 and (tmp_path / "out" / "plotly.min.js").exists()
 
 
 def test_a_new_model_identical_to_an_existing_one_is_named(eco):
@@ -226,7 +244,7 @@ def test_a_new_model_identical_to_an_existing_one_is_named(eco):
 
 def test_model_already_in_the_map_is_refused(eco):
     store, names, L, held, rest, sub = eco
-    with pytest.raises(LmmapError, match="already in the map.*--replace"):
+    with pytest.raises(LmmapError, match="already in the map.*replace=True"):
         add_models(store, [rest[0]], sub)
     with pytest.raises(LmmapError, match="given twice"):
         add_models(store, [held[0], held[0]], sub)
@@ -235,7 +253,7 @@ def test_model_already_in_the_map_is_refused(eco):
 def test_convention_mismatch_is_refused(eco):
     store, names, L, held, rest, sub = eco
     store.write_model("full-conv", L[names.index(held[0])], record={"convention": "full"})
-    with pytest.raises(LmmapError, match="'full' convention.*--convention reference --replace"):
+    with pytest.raises(LmmapError, match="'full' convention.*convention=reference and replace=True"):
         add_models(store, ["full-conv"], sub)
     with pytest.raises(LmmapError, match="cannot join it"):
         add_models(store, [held[0]], sub, convention="full")
@@ -275,6 +293,44 @@ def test_cli_add_places_stored_models(eco, tmp_path):
     assert res.exit_code != 0 and "already in the map" in str(res.exception)
 
 
+def test_cli_add_seeds_the_bootstrap_and_tsne_seed_the_embedding(eco, tmp_path):
+    store, names, L, held, rest, sub = eco
+    sp = sub.save(tmp_path / "SUBSET.json")
+    out = tmp_path / "seeded"
+    res = runner.invoke(
+        app, ["add", *held, "--subset", str(sp), "-o", str(out), "--store", str(store.path), "--embedding", "tsne",
+              "--R", "20", "--seed", "3", "--tsne-seed", "7"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "map.json").read_text())
+    assert info["random_state"] == 3 and info["embedding_random_state"] == 7 and "provenance" in info
+    ref = add_models(store, held, sub, R=20, random_state=3, embedding="tsne", embedding_random_state=7)
+    pl = pd.read_csv(out / "placement.csv")
+    row = pl[(pl.new_model == held[0]) & (pl.existing_model == rest[0])].iloc[0]
+    assert row.kl_se == pytest.approx(ref.kl_se[0, 0], rel=1e-9)
+    coords = pd.read_csv(out / "coords.csv")
+    np.testing.assert_allclose(coords[["x", "y"]].to_numpy(), ref.coords, atol=1e-6)
+
+
+def test_cli_messages_name_the_flags(eco, tmp_path):
+    import subprocess
+    import sys
+
+    store, names, L, held, rest, sub = eco
+    sp = sub.save(tmp_path / "SUBSET.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmmap", "add", rest[0], "--subset", str(sp), "-o", str(tmp_path / "o"), "--store",
+         str(store.path)], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "pass --replace to re-score" in proc.stderr, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmmap", "add", "x", "--adaptive", "--target-se", "1.5", "-o", str(tmp_path / "o"),
+         "--store", str(store.path)], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "--target-se is a relative standard error" in proc.stderr, proc.stderr
+
+
 # -- real scoring: tiny transformers models built locally (tests/conftest.py) ---------------------
 
 
@@ -282,23 +338,23 @@ def test_cli_add_places_stored_models(eco, tmp_path):
 def tiny_eco(tmp_path_factory, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     """A store of 48 real texts scored fully by 4 tiny GPT-2 models; a 5th model directory to add."""
     pytest.importorskip("torch")
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     root = tmp_path_factory.mktemp("tiny-eco")
     texts = [doc[start : start + 200] for doc in stdlib_texts[20:36] for start in (0, 400, 900)]
     store = Store.create(root / "store", TextSet.from_texts([t for t in texts if t.strip()]))
     dirs = [make_tiny_gpt2(root / f"m{i}", tiny_tokenizer, seed=10 + i) for i in range(5)]
-    status = score_models(store, [str(d) for d in dirs[:4]], device="cpu", progress=False)
+    status = score_models(store, [str(d) for d in dirs[:4]], device="cpu")
     assert all(s.ok for s in status.values())
     existing = list(status)  # the names they are stored under (the directories' own names)
     return store, existing, str(dirs[4])
 
 
 def test_add_scores_the_new_model_on_the_subset_texts_only(tiny_eco, tmp_path):
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     store, existing, new = tiny_eco
-    sub = select(store, "ls", 30, seed=0)
+    sub = select(store, "ls", 30, random_state=0)
     assert sub.models == existing and sub.d < store.n_texts
     sp = sub.save(tmp_path / "SUBSET.json")
     # The command line end to end: score the model directory on the subset's texts, store it as "tiny-new".
@@ -316,11 +372,11 @@ def test_add_scores_the_new_model_on_the_subset_texts_only(tiny_eco, tmp_path):
     placed = pd.read_csv(out / "placement.csv")
     assert set(placed["new_model"]) == {"tiny-new"} and len(placed) == len(existing)
     # Adding it again scores nothing; the same model scored on every text gives the same placement.
-    res = add_models(store, ["tiny-new"], sub, embedding="pca", se_R=50)
+    res = add_models(store, ["tiny-new"], sub, embedding="pca", R=50)
     assert res.scored == []
-    score_models(store, [new], names=["full-copy"], device="cpu", progress=False)
+    score_models(store, [new], names=["full-copy"], device="cpu")
     assert store.record("full-copy")["n_scored"] == store.n_texts
-    copy = add_models(store, ["full-copy"], sub, embedding="pca", se_R=50)
+    copy = add_models(store, ["full-copy"], sub, embedding="pca", R=50)
     np.testing.assert_allclose(res.kl, copy.kl, rtol=1e-6)
     by_model = placed.set_index("existing_model")["kl"]
     np.testing.assert_allclose(by_model.loc[res.existing_models], res.kl[0], rtol=1e-9)
@@ -363,22 +419,22 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     and the scored run (seed 0) must reach r ≥ 0.98 for every model.
     """
     from lmmap.maths import resampling as imp
-    from lmmap.analyses.select import complete_models
 
     store, models_dir = demo_store
-    names = complete_models(store)
+    names = store.complete_models()
     held = demo_held_out(store, names)
     rest = [m for m in names if m not in held]
     assert len(held) == 4 and len(rest) >= 8
     N, K = store.n_texts, len(rest)
     pi = imp.importance(ModelMap.from_store(store, models=rest).Q, "ls")
     n = imp.n_for_expected_unique(pi, 0.22 * N)
-    sub = select(store, "ls", n, seed=0, models=rest)
+    sub = select(store, "ls", n, random_state=0, models=rest)
     assert 0.15 * N < sub.d < 0.30 * N
     # Scored afresh from the models' directories, on the subset's texts only.
     sources = [str(models_dir / m) for m in held]
     fresh = [m + "@subset" for m in held]  # the default names (directory names) are taken by the stored originals
-    res = add_models(store, sources, sub, tmp_path / "out", names=fresh, score_kwargs=dict(device="cpu", progress=False))
+    res = add_models(store, sources, sub, names=fresh, score_kwargs=dict(device="cpu"))
+    report.write(res, tmp_path / "out")
     assert res.scored == fresh
     assert all(store.record(s)["n_scored"] == sub.d for s in fresh)
     full_kl = ModelMap.from_store(store, models=rest + held, threshold=sub.threshold).kl()[K:, :K]
@@ -388,7 +444,7 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     np.testing.assert_allclose(res.kl, ModelMap.from_store(store, models=rest + held, subset=sub).kl()[K:, :K], rtol=1e-6)
     r_seeds = []
     for seed in range(20):
-        s = select(store, "ls", n, seed=seed, models=rest)
+        s = select(store, "ls", n, random_state=seed, models=rest)
         kl = ModelMap.from_store(store, models=rest + held, subset=s).kl()[K:, :K]
         r_seeds.append([np.corrcoef(kl[i], full_kl[i])[0, 1] for i in range(len(held))])
     r_median = np.median(r_seeds, axis=0)

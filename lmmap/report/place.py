@@ -1,0 +1,86 @@
+"""The files of a placement (:class:`lmmap.analyses.place.Placement`): ``write(placement, outdir)``.
+
+``placement.csv`` (new_model, existing_model, kl, kl_se, rank), ``kl.csv``
+(the subset map of existing and new models), ``coords.csv`` (model, x, y,
+new), ``neighbors.csv``, ``map.png`` and ``map.html`` (existing models
+coloured and labelled, new ones drawn large and named, each with a dashed
+line to its nearest existing model by KL) and ``map.json`` (the map's
+parameters, the subset, what was scored, with provenance).
+:func:`placed_map_figure` draws the map for the adaptive writer too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lmmap.exceptions import InputError
+from lmmap.report.files import Files
+
+
+def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | None = "model_type") -> dict[str, Path]:
+    """Write ``result``'s files under ``outdir``; returns ``{file name: path}``.
+
+    ``k``: neighbours per model in neighbors.csv; ``color_by``: the metadata
+    column that colours the existing models.
+    """
+    from lmmap.report.map import hover_neighbors, title
+
+    mm = result.map
+    groups = mm.groups(color_by)
+    if color_by and groups is None and color_by != "model_type":
+        raise InputError(f"no metadata column {color_by!r} to colour by; give one with metadata (a MODELS.csv)",
+                         params=("color_by",))
+    files = Files(outdir)
+    files.table("placement.csv", result.table())
+    files.table("kl.csv", mm.kl_frame(), index=True)
+    is_new = np.isin(mm.names, result.new_models)
+    files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1],
+                                            "new": is_new}))
+    table = mm.neighbor_table(k)
+    files.table("neighbors.csv", table)
+    placed_map_figure(
+        files, result.coords, mm.names, result.new_models, result.existing_models, result.kl, groups=groups,
+        hover=hover_neighbors(table, mm.names, n=3), method=result.method, color_by=color_by,
+        title=title(mm, result.method, models=f"{len(result.existing_models)} models + {len(result.new_models)} new"),
+    )
+    info = mm.describe(
+        embedding=result.method,
+        embedding_random_state=result.embedding_random_state,
+        color_by=color_by,
+        new_models=result.new_models,
+        existing_models=len(result.existing_models),
+        scored=result.scored,
+        scoring_seconds=result.scoring_seconds,
+        rebuilt=result.rebuilt,
+        R=result.R,
+        random_state=result.random_state,
+    )
+    sub = result.subset
+    if sub is not None:
+        info["subset"] = {"method": sub.method, "n": sub.n, "seed": sub.random_state, "d": sub.d}
+    files.json("map.json", info)
+    return files.paths
+
+
+def placed_map_figure(files: Files, coords, names, new_models, existing_models, kl, *, groups, hover, title, method,
+                      color_by) -> None:
+    """``map.png`` and ``map.html`` of a placement: existing models coloured and labelled, new models drawn
+    large and named, each with a dashed line to its nearest existing model by KL (``kl``: m×K)."""
+    from lmmap.report import plots
+    from lmmap.report.map import axis_label
+
+    nearest = [existing_models[j] for j in np.asarray(kl).argmin(axis=1)] if len(new_models) else []
+    style = dict(
+        groups=groups, highlight=list(new_models), title=title, highlight_label="new",
+        edges=[plots.Edges("placement", tuple(zip(new_models, nearest)))],
+        axis_label=axis_label(method), group_title=color_by if groups is not None else None,
+    )
+    files.figure(
+        "map",
+        lambda path: plots.map_png(path, coords, names, **style),
+        lambda path: plots.map_html(path, coords, names, hover=hover, **style),
+    )

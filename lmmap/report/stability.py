@@ -1,0 +1,83 @@
+"""Files of map stability (:class:`lmmap.analyses.stability.StabilityResult` or ``StabilityComparison``): Table 3, ellipses.
+
+``reference.csv`` (model, x, y of the full-data map), ``table3.csv`` (one row
+per setting: mean d, median Bias², Variance, MSE), ``stability_models.csv``
+(one row per setting and model: positions, covariance, ellipse, Bias²,
+Variance, MSE), one ellipse map per setting ``stability_<method>-n<n>.png``
+and ``.html`` (mean positions, 1-sd ellipses), and ``stability.json``
+(parameters and provenance).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lmmap.report.errors import METHOD_LABELS
+from lmmap.report.files import Files
+
+
+def _slug(method: str, n: int) -> str:
+    return f"{method}-n{n}"
+
+
+def _comparison(result):
+    from lmmap.analyses.stability import StabilityComparison, StabilityResult
+
+    if isinstance(result, StabilityResult):
+        return StabilityComparison({result.label: result})
+    return result
+
+
+def write(result, outdir: str | os.PathLike, *, names=None, color_by: str | None = "model_type",
+          **provenance) -> dict[str, Path]:
+    """Write Table 3, the per-model CSV, the reference coordinates, one ellipse map per setting and ``stability.json``.
+
+    ``names``: the models' names (default: the map's). ``color_by``: the
+    metadata column that colours the maps (no colours if the map has no such
+    column). ``provenance``: extra entries for the JSON's provenance block.
+    """
+    import pandas as pd
+
+    from lmmap.report import plots
+
+    comparison = _comparison(result)
+    results = comparison.results
+    first = comparison.first
+    mm = comparison.model_map
+    names = first.names if names is None else list(names)
+    groups = None if mm is None else mm.groups(color_by)
+    group_title = color_by if groups is not None else None
+
+    files = Files(outdir)
+    files.table("reference.csv", pd.DataFrame({"model": names, "x": first.reference[:, 0], "y": first.reference[:, 1]}))
+    files.table("table3.csv", comparison.table3())
+    frames = []
+    for label, r in results.items():
+        df = r.per_model(names)
+        df.insert(0, "setting", label)
+        frames.append(df)
+        title = (f"{METHOD_LABELS[r.method]} n = {r.n:,} (d ≈ {np.mean(r.d):,.0f}), R = {r.R}: "
+                 "mean positions, 1-sd ellipses")
+        hover = [f"Bias² {b:.3g}, Variance {v:.3g}, MSE {m:.3g}" for b, v, m in zip(r.bias2, r.variance, r.mse)]
+        files.figure(
+            f"stability_{_slug(r.method, r.n)}",
+            lambda p, r=r, title=title: plots.map_png(p, r.mean, names, groups=groups, ellipses=(r.mean, r.cov),
+                                                      title=title, group_title=group_title),
+            lambda p, r=r, title=title, hover=hover: plots.map_html(p, r.mean, names, groups=groups, hover=hover,
+                                                                    ellipses=(r.mean, r.cov), title=title,
+                                                                    group_title=group_title),
+        )
+    files.table("stability_models.csv", pd.concat(frames, ignore_index=True))
+    files.json("stability.json", {
+        "K": len(names), "N": None if mm is None else int(mm.L.shape[1]), "R": comparison.R,
+        "embedding": first.embedding, "random_state": first.embedding_random_state, "seed": first.random_state,
+        "clip_threshold": None if mm is None else mm.threshold,
+        "settings": [{"method": m, "n": n} for m, n in comparison.settings],
+    }, **provenance)  # fmt: skip
+    return files.paths
+
+
+__all__ = ["write"]

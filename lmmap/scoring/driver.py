@@ -1,0 +1,543 @@
+"""The scoring driver: models in, vectors in the store out — batched, checkpointed, resumable (SPEC §2).
+
+:func:`score_models` loads each model through a backend
+(:mod:`lmmap.scoring.protocol`; ``"hf"`` by default, ``"fake"`` for tests),
+scores the store's texts (or a subset of them), saves checkpoints as it goes
+so that a killed run resumes where it stopped, and stores the vector with
+everything SPEC §2 asks for. It talks only to :class:`lmmap.data.store.Store`
+and to a :class:`~lmmap.scoring.protocol.Scorer`; it never prints: progress
+and one-line messages go to ``progress`` (:mod:`lmmap.progress`).
+
+:func:`iter_scores` and :func:`score_texts` are the pure compute under it: a
+loaded scorer and texts in, log-likelihoods out. Texts are sorted by length
+and cut into batches of at most ``batch_tokens`` padded tokens
+(:func:`~lmmap.scoring.encoding.plan_batches`); a text's log-likelihood is
+the sum over its rows (one, or its windows when strided), accumulated with
+array operations: no Python object is built per token.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from lmmap._version import __version__
+from lmmap.exceptions import InputError, LmmapError, ScoringError
+from lmmap.progress import ProgressFn, Tracker, say
+from lmmap.scoring.encoding import (
+    Encoded, check_convention, encode_texts, make_rows, plan_batches, resolve_max_length, rows_tokens,
+)
+from lmmap.scoring.protocol import Backend, NonFiniteError, Scorer, ScoreStatus, TextScores
+
+SCORER = "lmmap"
+# Bump when a change can alter the numbers: checkpoints from another version are then not reused.
+SCORER_VERSION = "1"
+DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between checkpoints
+BACKENDS = ("hf", "fake")
+
+
+def get_backend(backend: "str | Backend") -> Backend:
+    """The backend named ``backend`` (``"hf"``: transformers; ``"fake"``: the test n-gram models), or ``backend`` itself."""
+    if isinstance(backend, str):
+        if backend == "hf":
+            from lmmap.scoring.hf import HFBackend
+
+            return HFBackend()
+        if backend == "fake":
+            from lmmap.scoring.fake import FakeBackend
+
+            return FakeBackend()
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)} or a Backend object, got {backend!r}",
+                         params=("backend",))
+    if not all(hasattr(backend, a) for a in ("name", "check", "load", "revision", "failure_hint")):
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)} or a Backend object, got {backend!r}",
+                         params=("backend",))
+    return backend
+
+
+# -- pure compute: texts in, vectors out --------------------------------------------------
+
+
+def iter_scores(
+    scorer: Scorer,
+    texts: Sequence[str],
+    *,
+    convention: str = "reference",
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_tokens: int | None = None,
+    positions: Sequence[int] | None = None,
+    tracker: Tracker | None = None,
+    encoded: Encoded | None = None,
+    info: dict | None = None,
+) -> Iterator[TextScores]:
+    """Score ``texts`` batch by batch, yielding the texts each batch completes.
+
+    ``positions`` only name texts in error messages (default: 0..n-1).
+    ``tracker`` advances by each batch's tokens, with counters ``texts`` and
+    ``texts_total``. ``info``, when given, receives how the batches were
+    computed (``mode``, ``batch_tokens``, ``n_batches``, ``n_rows``).
+    """
+    L = resolve_max_length(scorer.context_length, max_length, stride)
+    enc = encoded or encode_texts(scorer.tokenizer, texts, convention, L, stride, positions)
+    rows = make_rows(enc.sequences, L, stride)
+    if len(rows.ids) == 0:
+        return
+    plan = scorer.prepare(rows.ids[0], batch_tokens)
+    budget = int(plan["batch_tokens"])
+    if budget < 1:
+        raise InputError(f"batch_tokens must be positive, got {batch_tokens}", params=("batch_tokens",))
+    lengths = rows.lengths
+    batches = plan_batches(lengths, budget)
+    if info is not None:
+        info.update(mode=plan["mode"], batch_tokens=budget, n_batches=len(batches), n_rows=len(rows.ids))
+    n_texts = len(enc.sequences)
+    remaining = np.bincount(rows.text, minlength=n_texts)
+    total = np.zeros(n_texts, dtype=np.float64)
+    texts_done = 0
+    for batch in batches:
+        sums = scorer.score([rows.ids[i] for i in batch], rows.first[batch])
+        owners = rows.text[batch]
+        np.add.at(total, owners, sums)
+        np.subtract.at(remaining, owners, 1)
+        done = np.unique(owners[remaining[owners] == 0])
+        bad = done[~np.isfinite(total[done])]
+        if len(bad):
+            pos = int(bad[0]) if positions is None else int(positions[bad[0]])
+            raise NonFiniteError(f"non-finite log-likelihood ({total[bad[0]]}) for the text at position {pos}", pos)
+        texts_done += len(done)
+        if tracker is not None:
+            tracker.advance(int(lengths[batch].sum()), texts=texts_done, texts_total=n_texts)
+        if len(done):
+            yield TextScores(done, total[done].copy(), enc.n_tokens[done], enc.truncated[done])
+
+
+def score_texts(
+    scorer: Scorer,
+    texts: Sequence[str],
+    *,
+    convention: str = "reference",
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_tokens: int | None = None,
+    progress: ProgressFn = None,
+    description: str = "scoring",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(loglik, n_tokens, truncated)`` of each text under a loaded scorer (see :mod:`lmmap.scoring.encoding`).
+
+    Pure compute: nothing is read from or written to a store. Raises
+    :class:`~lmmap.scoring.protocol.NonFiniteError` if a text's
+    log-likelihood is NaN or infinite.
+    """
+    L = resolve_max_length(scorer.context_length, max_length, stride)
+    enc = encode_texts(scorer.tokenizer, texts, convention, L, stride)
+    n = len(enc.sequences)
+    loglik = np.full(n, np.nan)
+    with Tracker(progress, description, rows_tokens(enc, L, stride), unit="tokens") as tracker:
+        for part in iter_scores(scorer, texts, convention=convention, max_length=L, stride=stride,
+                                batch_tokens=batch_tokens, tracker=tracker, encoded=enc):
+            loglik[part.index] = part.loglik
+    return loglik, enc.n_tokens.copy(), enc.truncated.copy()
+
+
+# -- the store-level driver ---------------------------------------------------------------
+
+
+@dataclass
+class ScoringSettings:
+    """Everything that changes the numbers; its hash keys checkpoints and says whether stored texts can be extended."""
+
+    convention: str
+    dtype: str
+    max_length: int
+    stride: int | None
+    revision: str
+    text_set_id: str
+
+    @property
+    def truncation(self) -> str:
+        return "truncate" if self.stride is None else "strided"
+
+    def key(self, name: str) -> str:
+        payload = {"model": name, "scorer_version": SCORER_VERSION, **self.__dict__}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def score_models(
+    store,
+    models: Sequence[str],
+    *,
+    names: Sequence[str] | None = None,
+    text_pos: Iterable[int] | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    convention: str = "reference",
+    batch_tokens: int | None = None,
+    max_length: int | None = None,
+    stride: int | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    replace: bool = False,
+    progress: ProgressFn = None,
+    checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    device_map: str | None = None,
+    logits_memory: int | None = None,
+    backend: "str | Backend" = "hf",
+) -> dict[str, ScoreStatus]:
+    """Score each model on the store's texts (or on ``text_pos`` only) and store its vector.
+
+    Parameters
+    ----------
+    store : a :class:`~lmmap.data.store.Store` or its path.
+    models : local directories, hub names, or names of models in the store
+        (scored by lmmap: completes them from the source in their record,
+        under their recorded settings).
+    names : the name each model is stored under; by default a short name: a
+        directory's own name (``./runs/my-checkpoint`` → ``my-checkpoint``), a
+        hub id as it is (``org/name``). Two models that would get one name
+        are refused.
+    text_pos : the store's text positions to score (default: all).
+    device, dtype, trust_remote_code, revision, device_map, logits_memory :
+        how the backend loads and runs the model.
+    convention, max_length, stride : how texts are scored (SPEC §2, see
+        :mod:`lmmap.scoring.encoding`).
+    batch_tokens : padded tokens per batch (default: the backend's for the device).
+    replace : score again models already in the store.
+    progress : ``None`` (silent) or a callable getting :class:`lmmap.progress.Step`
+        events: one task per model in tokens (counters ``texts``,
+        ``texts_total``), and a one-line message per model's outcome.
+    checkpoint_every : seconds between checkpoints (0: after every batch), so
+        a killed run resumes with the missing texts only.
+    backend : ``"hf"`` (transformers), ``"fake"`` (exact n-gram models for
+        tests, :mod:`lmmap.scoring.fake`) or a :class:`~lmmap.scoring.protocol.Backend`.
+
+    Returns
+    -------
+    dict name → :class:`~lmmap.scoring.protocol.ScoreStatus`. A model already
+    in the store is skipped (unless ``replace``), or extended with the texts
+    it lacks when it was scored under the same settings. A model that fails
+    to load or gives a non-finite value is ``failed`` and nothing is recorded
+    for it; the others go on.
+    """
+    from lmmap.data.store import Interrupted, Store, check_model_name
+
+    progress = _check_progress(progress)
+    be = get_backend(backend)
+    store = store if isinstance(store, Store) else Store(store)
+    models = [str(m) for m in models]
+    if not models:
+        raise InputError("name at least one model to score", params=("models",))
+    per_model: list[dict] = [{} for _ in models]
+    if names is None:
+        names = []
+        stored = None
+        for i, m in enumerate(models):
+            if not Path(m).expanduser().exists():
+                stored = store.records() if stored is None else stored
+                if m in stored:  # a stored model's name: complete it from the source it was scored from
+                    models[i], own = _stored_source(store, m, stored[m], revision)
+                    # completing keeps the recorded settings; replace rescores under the ones given
+                    per_model[i] = {} if replace else own
+                    names.append(m)
+                    continue
+            names.append(default_model_name(m))
+    else:
+        names = [str(n) for n in names]
+    if len(names) != len(models):
+        raise InputError(f"{len(names)} names for {len(models)} models: give one name per model")
+    for n in names:
+        check_model_name(n)
+    first: dict[str, str] = {}
+    for src, n in zip(models, names):
+        if n in first:
+            if first[n] == src:
+                raise InputError(f"model {n!r} is listed twice; give each model once")
+            raise InputError(
+                f"models {first[n]!r} and {src!r} would both be stored as {n!r}; "
+                "score them one at a time, each with its own names=NAME", params=("names",)
+            )
+        first[n] = src
+    check_convention(convention)
+    be.check(device=device, dtype=dtype)
+    if batch_tokens is not None and batch_tokens < 1:
+        raise InputError(f"batch_tokens must be positive, got {batch_tokens}", params=("batch_tokens",))
+    if max_length is not None and max_length < 2:
+        raise InputError(f"max_length must be at least 2, got {max_length}", params=("max_length",))
+    if stride is not None and stride < 1:
+        raise InputError(f"stride must be positive, got {stride}", params=("stride",))
+    if checkpoint_every < 0:
+        raise InputError(f"checkpoint_every must be >= 0 seconds, got {checkpoint_every}",
+                         params=("checkpoint_every",))
+    positions = _check_positions(text_pos, store.n_texts)
+    options = dict(
+        device=device, dtype=dtype, convention=convention, batch_tokens=batch_tokens, max_length=max_length,
+        stride=stride, trust_remote_code=trust_remote_code, revision=revision, replace=replace, progress=progress,
+        checkpoint_every=checkpoint_every, device_map=device_map, logits_memory=logits_memory,
+    )
+    out = {}
+    for source, name, own in zip(models, names, per_model):
+        try:
+            status = _score_one(store, be, source, name, positions, **{**options, **own})
+        except Interrupted as exc:
+            raise Interrupted(f"{name!r}: {exc}{_done_before(out)}") from None
+        except KeyboardInterrupt:
+            n = store.checkpoint_chunks(name)
+            kept = (f"{n} checkpoint chunk(s) of {name!r} kept; rerun the same command to resume" if n
+                    else f"nothing of {name!r} was scored yet")
+            raise Interrupted(kept + _done_before(out)) from None
+        except NonFiniteError as exc:
+            hint = " (try dtype='float32')" if dtype != "float32" else ""
+            status = ScoreStatus(name, "failed", f"model {name!r}: {exc}; nothing was stored for it{hint}",
+                                 params=("dtype",) if hint else ())
+        except LmmapError as exc:
+            status = ScoreStatus(name, "failed", str(exc) if name in str(exc) else f"model {name!r}: {exc}",
+                                 params=tuple(getattr(exc, "params", ())))
+        except Exception as exc:  # one model's failure must not stop the others
+            hint, params = be.failure_hint(exc)
+            status = ScoreStatus(name, "failed", f"model {name!r}: {type(exc).__name__}: {first_line(exc)}{hint}",
+                                 params=tuple(params))
+        finally:
+            gc.collect()
+        out[name] = status
+        say(progress, f"{status.status} {name}" + (f": {status.message}" if status.message else ""), status.params)
+    return out
+
+
+def _check_progress(progress):
+    # progress=False was the old "no bars"; True asked the library to draw, which it no longer does.
+    if progress is None or progress is False:
+        return None
+    if not callable(progress):
+        raise InputError(
+            f"progress must be None or a callable taking lmmap.progress.Step events (e.g. print), got {progress!r}",
+            params=("progress",),
+        )
+    return progress
+
+
+def _done_before(out: dict) -> str:
+    done = [n for n, st in out.items() if st.status == "scored"]
+    return f"; {len(done)} model(s) finished before it are stored" if done else ""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def default_model_name(source: str) -> str:
+    """The name a model is stored under by default: a local directory's own name; a hub id as it is."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.resolve().name or str(path.resolve())
+    return source
+
+
+def _stored_source(store, name: str, rec: dict, revision) -> tuple[str, dict]:
+    """Where to load stored model ``name`` from, and the settings it was scored under."""
+    if rec.get("scorer") != SCORER or not rec.get("source"):
+        raise InputError(
+            f"model {name!r} was imported ({rec.get('source') or 'from a file'}), not scored by lmmap, so lmmap "
+            f"does not know where the model is: score it from its directory or hub id with names={name!r}",
+            params=("names",),
+        )
+    own = {k: rec[k] for k in ("convention", "dtype", "max_length", "stride") if rec.get(k) is not None}
+    return str(rec["source"]), own
+
+
+def _check_positions(text_pos, n_texts: int) -> np.ndarray:
+    if text_pos is None:
+        return np.arange(n_texts, dtype=np.int64)
+    pos = np.asarray(list(text_pos) if not isinstance(text_pos, np.ndarray) else text_pos, dtype=np.int64)
+    if pos.ndim != 1 or len(pos) == 0:
+        raise InputError("text_pos must be a non-empty list of text positions", params=("text_pos",))
+    if pos.min() < 0 or pos.max() >= n_texts:
+        raise InputError(f"text_pos must hold positions in 0..{n_texts - 1}; got {int(pos.min())}..{int(pos.max())}",
+                         params=("text_pos",))
+    return np.unique(pos)
+
+
+def _score_one(store, backend: Backend, source, name, positions, *, device, dtype, convention, batch_tokens,
+               max_length, stride, trust_remote_code, revision, replace, progress, checkpoint_every, device_map,
+               logits_memory) -> ScoreStatus:
+    from lmmap.data.store import ModelExistsError
+
+    existing = None
+    if store.has_model(name) and not replace:
+        existing = store.vectors(name)
+        if np.isin(positions, existing["text_pos"].to_numpy()).all():
+            store.clear_redundant_checkpoints(name)  # e.g. chunks of a scorer that lost a race for it
+            return ScoreStatus(name, "skipped", "already in the store (pass replace=True to score it again)",
+                               n_resumed=len(positions), params=("replace",))
+    t_load = time.perf_counter()
+    scorer = backend.load(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                          revision=revision, device_map=device_map, logits_memory=logits_memory)
+    try:
+        load_seconds = time.perf_counter() - t_load
+        L = resolve_max_length(scorer.context_length, max_length, stride)
+        settings = ScoringSettings(convention, dtype, L, stride, backend.revision(source, revision), store.text_set_id)
+        key = settings.key(name)
+        todo = positions
+        kept = None  # rows already stored for this model that the new vector keeps
+        if existing is not None:
+            old = store.record(name)
+            if old.get("settings_key") != key:
+                raise InputError(
+                    f"model {name!r} is already in the store on {len(existing)} texts under other settings "
+                    f"({_settings_summary(old)}), and lacks some of the texts asked for; pass replace=True to rescore it",
+                    params=("replace",),
+                )
+            kept = existing
+            todo = np.setdiff1d(positions, existing["text_pos"].to_numpy())
+        ck = store.load_checkpoint(name, key)
+        ck = ck[ck["text_pos"].isin(todo)]
+        todo = np.setdiff1d(todo, ck["text_pos"].to_numpy())
+        n_before = len(positions) - len(todo)
+        if len(ck):
+            say(progress, f"{name}: resuming from a checkpoint: {len(ck)} of {len(positions)} texts already scored")
+        texts = store.texts.texts
+        new = _score_positions(
+            store, name, key, scorer, [texts[i] for i in todo], todo, convention=convention, max_length=L,
+            stride=stride, batch_tokens=batch_tokens, progress=progress, checkpoint_every=checkpoint_every,
+        )
+        parts = [p for p in (kept, ck, new["frame"]) if p is not None and len(p)]
+        import pandas as pd
+
+        frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
+        record = _record(scorer, settings, key, source, device, new, n_before, load_seconds, batch_tokens)
+        wanted_all = len(frame) == store.n_texts
+        try:
+            store.write_model(
+                name, frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
+                truncated=frame["truncated"].to_numpy(), text_pos=None if wanted_all else frame["text_pos"].to_numpy(),
+                record=record, replace=replace or existing is not None,
+            )
+        except ModelExistsError:
+            # Another process stored this model while this one scored it.
+            theirs = store.record(name)
+            covered = np.isin(positions, store.vectors(name)["text_pos"].to_numpy()).all()
+            if theirs.get("settings_key") == key and covered:
+                store.clear_checkpoint(name)
+                return ScoreStatus(name, "skipped", "was completed by another process meanwhile; its stored vector "
+                                   "(same settings) is kept", n_resumed=len(positions))
+            raise ScoringError(
+                f"model {name!r} was stored by another process meanwhile under other settings "
+                f"({_settings_summary(theirs)}); pass replace=True to overwrite it with this run's", params=("replace",)
+            ) from None
+        store.clear_checkpoint(name)
+        n_trunc = int(frame["truncated"].sum())
+        msg = f"{len(todo)} texts scored" + (f", {n_before} resumed" if n_before else "")
+        msg += f", {n_trunc} truncated to {L} tokens" if stride is None else f", strided (window {L}, stride {stride})"
+        if len(todo):
+            msg += f" ({new['texts_per_s']:.1f} texts/s, {new['tokens_per_s']:,.0f} tokens/s)"
+        return ScoreStatus(name, "scored", msg, n_scored=len(todo), n_resumed=n_before, n_truncated=n_trunc,
+                           seconds=new["seconds"], texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"])
+    finally:
+        scorer.close()
+
+
+def _score_positions(store, name, key, scorer: Scorer, texts, positions, *, convention, max_length, stride,
+                     batch_tokens, progress, checkpoint_every) -> dict:
+    """Score ``texts`` (at store ``positions``), saving checkpoints; the finished rows as a DataFrame."""
+    import pandas as pd
+
+    enc = encode_texts(scorer.tokenizer, texts, convention, max_length, stride, positions)
+    done = {"text_pos": [], "loglik": [], "n_tokens": [], "truncated": []}
+    pending = {k: [] for k in done}
+    last_ck = time.perf_counter()
+
+    def flush():
+        if pending["text_pos"]:
+            cat = {k: np.concatenate(v) for k, v in pending.items()}
+            store.save_checkpoint(name, key, cat["text_pos"], cat["loglik"], cat["n_tokens"], cat["truncated"])
+            for k, v in pending.items():
+                done[k].extend(v)
+                v.clear()
+
+    task = name if len(name) <= 40 else "…" + name[-39:]
+    info: dict = {}
+    t0 = time.perf_counter()
+    with Tracker(progress, task, max(rows_tokens(enc, max_length, stride), 1), unit="tokens") as tracker:
+        try:
+            for part in iter_scores(
+                scorer, texts, convention=convention, max_length=max_length, stride=stride,
+                batch_tokens=batch_tokens, positions=positions, tracker=tracker, encoded=enc, info=info,
+            ):
+                pending["text_pos"].append(positions[part.index])
+                pending["loglik"].append(part.loglik)
+                pending["n_tokens"].append(part.n_tokens)
+                pending["truncated"].append(part.truncated)
+                if time.perf_counter() - last_ck >= checkpoint_every:
+                    flush()
+                    last_ck = time.perf_counter()
+        except BaseException:
+            # Keep what is finished (Ctrl-C, a bad text, out of memory): the next run resumes from it.
+            flush()
+            raise
+    seconds = time.perf_counter() - t0
+    for k, v in pending.items():
+        done[k].extend(v)
+    empty = {"text_pos": np.int64, "loglik": np.float64, "n_tokens": np.int64, "truncated": bool}
+    frame = pd.DataFrame({k: np.concatenate(v) if v else np.array([], dtype=empty[k]) for k, v in done.items()})
+    tokens = int(enc.n_tokens.sum())
+    return {
+        "frame": frame,
+        "seconds": seconds,
+        "texts_per_s": len(texts) / seconds if seconds > 0 else 0.0,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "encoding": enc,
+        "info": info,
+    }
+
+
+# Record fields the scorer gives (Scorer.describe), in the order SPEC §2 lists them; any others go after logprob_path.
+_MODEL_FIELDS = ("device", "architecture", "tokenizer", "tokenizer_class")
+
+
+def _record(scorer: Scorer, settings: ScoringSettings, key, source, device, run: dict, n_before, load_seconds,
+            batch_tokens) -> dict:
+    """The SPEC §2 record stored with the vector."""
+    info = run.get("info") or {}
+    enc: Encoded = run["encoding"]
+    model = dict(scorer.describe())
+    rec = {
+        "convention": settings.convention,
+        "truncation": settings.truncation,
+        "stride": settings.stride,
+        "max_length": settings.max_length,
+        "dtype": settings.dtype,
+        "device": model.pop("device", None),
+        "device_requested": device,
+        "scorer": SCORER,
+        "scorer_version": SCORER_VERSION,
+        "settings_key": key,
+        # absolute for a local directory: `lmmap score NAME` completes the model from any directory
+        "source": str(Path(source).expanduser().resolve()) if Path(source).expanduser().is_dir() else str(source),
+        "revision": settings.revision,
+        **{k: model.pop(k, None) for k in _MODEL_FIELDS[1:]},
+        "tokenizer_adds_bos": bool(enc.tokenizer_adds_bos),
+        "prepended_token": enc.prepended,
+        "n_texts_scored_this_run": int(len(enc.sequences)),
+        "n_texts_resumed": int(n_before),
+        "seconds": round(run["seconds"], 3),
+        "load_seconds": round(load_seconds, 3),
+        "texts_per_s": round(run["texts_per_s"], 3),
+        "tokens_per_s": round(run["tokens_per_s"], 1),
+        "batch_tokens": info.get("batch_tokens", batch_tokens or scorer.default_batch_tokens),
+        "logprob_path": info.get("mode"),
+    }
+    rec.update(model)  # library versions and other backend fields
+    rec["lmmap_scorer"] = f"lmmap {__version__}"
+    return rec
+
+
+def _settings_summary(rec: dict) -> str:
+    keys = ("scorer", "convention", "dtype", "max_length", "truncation", "revision")
+    return ", ".join(f"{k}={rec.get(k)}" for k in keys if rec.get(k) is not None)
