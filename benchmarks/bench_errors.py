@@ -17,7 +17,9 @@ Times, against the issue's targets:
 import argparse
 import os
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,19 +33,12 @@ from lmmap.maths import errors as me
 from lmmap.maths import geometry as core
 from lmmap.maths.resampling import importance
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data the tests use
+from synthetic import lowrank_L  # noqa: E402
+
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def synthetic_L(K: int, N: int, seed: int = 0) -> np.ndarray:
-    """Low-rank model structure, model families, log-normal text scales (some texts separate models far more than others)."""
-    rng = np.random.default_rng(seed)
-    families = rng.normal(size=(40, 8)) * 2
-    U = families[rng.integers(0, 40, K)] + 0.5 * rng.normal(size=(K, 8))
-    scale = rng.lognormal(0.0, 0.5, N)
-    difficulty = -rng.gamma(4.0, 80.0, N)
-    return difficulty + rng.normal(0, 20, (K, 1)) + scale * (U @ rng.normal(size=(8, N)) + 2.0 * rng.normal(size=(K, N)))
 
 
 def main():
@@ -57,7 +52,7 @@ def main():
     args = ap.parse_args()
     pd.set_option("display.width", 160)
 
-    L = synthetic_L(args.K, args.N)
+    L = lowrank_L(args.K, args.N)
     thr = core.clip_threshold(L)
     mm = ModelMap([f"m{i}" for i in range(args.K)], L, threshold=thr)
     Q = mm.Q

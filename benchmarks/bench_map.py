@@ -11,6 +11,7 @@ NPZ read of (1); t-SNE < 30 s.
 import argparse
 import resource
 import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from lmmap.data.transfer import import_vectors
 from lmmap.map import ModelMap
 from lmmap.data.store import Store
 from lmmap.data.texts import TextSet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data the tests use
+from synthetic import lowrank_L  # noqa: E402
 
 
 def peak_mb() -> float:
@@ -35,10 +39,7 @@ def main():
     ap.add_argument("--no-tsne", action="store_true")
     args = ap.parse_args()
     K, N = args.K, args.N
-    rng = np.random.default_rng(0)
-    # Low-rank structure plus heavy-tailed text effects, like real log-likelihoods.
-    L = -(rng.gamma(2.0, 300.0, size=N)[None, :] * (1 + 0.1 * rng.normal(size=(K, 3)) @ rng.normal(size=(3, N)) / 3)) - 1.0
-    L = np.minimum(L, -0.01)
+    L = lowrank_L(K, N)
     names = [f"org{i % 50}/model-{i}" for i in range(K)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -10,13 +10,18 @@ and the fit-on-all predictions for unscored models. Target (the issue): under
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lmmap.maths import geometry as core
 from lmmap.analyses.predict import predict_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data the tests use
+from synthetic import lowrank_L  # noqa: E402
 
 
 def peak_mb() -> float:
@@ -34,9 +39,7 @@ def main():
     args = ap.parse_args()
     K, N = args.K, args.N
     rng = np.random.default_rng(0)
-    # Low-rank model structure plus noise, like real log-likelihood vectors.
-    latent = rng.normal(size=(K, 8))
-    L = -rng.gamma(2.0, 300.0, size=N)[None, :] + latent @ rng.normal(size=(8, N)) * 20 + rng.normal(size=(K, N)) * 5
+    L, latent = lowrank_L(K, N, return_latent=True)
     Q, _ = core.map_coordinates(L)
     n_scores = args.targets - 2  # + benchmark_mean + mean_loglik
     scores = 50 + 10 * latent[:, :n_scores] + rng.normal(size=(K, n_scores)) * 3

@@ -21,25 +21,21 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def random_log_likelihoods(K: int, N: int, seed: int = 0) -> np.ndarray:
-    """Log-likelihood-like data: text lengths, a low-rank model structure, heavy-tailed noise."""
-    rng = np.random.default_rng(seed)
-    text_level = -rng.gamma(4.0, 120.0, size=N)
-    structure = rng.normal(size=(K, 8)) @ rng.normal(size=(8, N)) * 6.0
-    return np.minimum(text_level + structure + rng.standard_t(4, size=(K, N)) * 3.0 - rng.uniform(0, 20, size=(K, 1)), -0.01)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic data the tests use
+from synthetic import lowrank_L  # noqa: E402
 
 
 def bench_select(K: int, N: int, n: int, store_too: bool) -> None:
     from lmmap import ModelMap
     from lmmap.analyses.select import select
 
-    L = random_log_likelihoods(K, N)
+    L = lowrank_L(K, N)
     names = [f"model-{i:04d}" for i in range(K)]
     t0 = time.perf_counter()
     mm = ModelMap(names, L)

@@ -1,6 +1,35 @@
-"""Synthetic log-likelihood matrices shared by the tests (imported as a plain module)."""
+"""Synthetic log-likelihood matrices, the one source of them for the tests and the benchmarks.
+
+:func:`lowrank_L` is the generator: text difficulty, model families in a
+low-rank latent space, texts that separate models by log-normal amounts, and
+per-text noise. The ecosystems below add known structure on top (families,
+lineages of bases, fine-tunes and checkpoints, merges, benchmark scores that
+are a linear function of the map) for the tests that check a map recovers it.
+Imported as a plain module (``pythonpath = ["tests"]``; the benchmarks add
+``tests/`` to ``sys.path``).
+"""
 
 import numpy as np
+import pandas as pd
+
+
+def lowrank_L(K, N, *, rank=8, n_families=40, family_spread=2.0, member_spread=0.5, noise=2.0, text_scale=0.5,
+              seed=0, return_latent=False):
+    """A K×N log-likelihood-like matrix (negative): K models in ``n_families`` families of a rank-``rank`` space.
+
+    ``L = difficulty_t + offset_i + s_t·(u_iᵀ v_t + noise·ε_it)`` with text difficulty ``-Gamma(4, 80)``,
+    a model offset ``N(0, 20²)``, text scales ``s_t ~ LogNormal(0, text_scale)`` (some texts separate models
+    far more than others) and each model's ``u_i`` its family's centre plus ``member_spread`` noise.
+    ``return_latent``: also return the K×rank ``u`` (to build scores that depend on the map).
+    """
+    rng = np.random.default_rng(seed)
+    families = rng.normal(size=(n_families, rank)) * family_spread
+    U = families[rng.integers(0, n_families, K)] + member_spread * rng.normal(size=(K, rank))
+    scale = rng.lognormal(0.0, text_scale, N)
+    difficulty = -rng.gamma(4.0, 80.0, N)
+    L = difficulty + rng.normal(0, 20, (K, 1)) + scale * (U @ rng.normal(size=(rank, N)) + noise * rng.normal(size=(K, N)))
+    L = np.minimum(L, -0.01)
+    return (L, U) if return_latent else L
 
 
 def family_L(N, K_per=4, n_fam=3, seed=0, spread_shape=1.0, spread_scale=10.0, noise=0.3):
@@ -36,8 +65,6 @@ def lineage_L(N=400, n_lineages=6, n_finetunes=2, n_checkpoints=1, n_scratch=2, 
     ``base_model`` (the declared parent, empty for bases and scratch models)
     and ``domain``.
     """
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     rank = 8
     domain = rng.integers(0, n_domains, size=N)
@@ -115,3 +142,40 @@ def ecosystem_L(N, n_bases=8, ft_per_base=3, n_merges=4, n_unrelated=3, rank=6, 
     for u in range(n_unrelated):
         names.append(f"unrelated{u}"), rows.append(fresh()), kinds.append("unrelated"), parents.append(())
     return names, np.minimum(np.array(rows), -0.01), kinds, parents
+
+
+def ecosystem(K=120, N=400, n_families=24, n_bench=3, noise=2.0, seed=0):
+    """Models in families; L has low-rank structure; each benchmark is a linear function of Q plus noise.
+
+    Returns names, L, Q, families, scores (DataFrame, in [0, 100]) and the noiseless part of the scores.
+    """
+    rng = np.random.default_rng(seed)
+    fam = rng.integers(0, n_families, size=K)
+    fam_latent = rng.normal(size=(n_families, 4))
+    latent = fam_latent[fam] + 0.5 * rng.normal(size=(K, 4))
+    L = -rng.gamma(3.0, 100.0, size=N)[None, :] + latent @ rng.normal(size=(4, N)) * 15 + rng.normal(size=(K, N)) * 3
+    L = np.minimum(L, -0.01)
+    from lmmap.maths import geometry
+
+    Q, _ = geometry.map_coordinates(L, clip_percentile=None)
+    # A linear function of the coordinates: project Q on directions in its dominant row space.
+    U, s, Vt = np.linalg.svd(Q, full_matrices=False)
+    signal = Q @ (Vt[:4].T @ rng.normal(size=(4, n_bench)))
+    signal = 50 + 12 * (signal - signal.mean(0)) / signal.std(0)
+    scores = np.clip(signal + noise * rng.normal(size=signal.shape), 0, 100)
+    names = [f"fam{f}/model-{i}" for i, f in enumerate(fam)]
+    table = pd.DataFrame(scores, index=pd.Index(names, name="model"), columns=[f"bench{j}" for j in range(n_bench)])
+    return names, L, Q, [f"fam{f}" for f in fam], table, signal
+
+
+def make_store(tmp_path, names, L, metadata=None):
+    """A store at ``tmp_path/store`` with the models ``names`` (rows of L) and optional metadata."""
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
+
+    texts = TextSet.from_texts([f"text number {i}" for i in range(L.shape[1])])
+    store = Store.create(tmp_path / "store", texts)
+    store.write_models([{"name": n, "loglik": L[i]} for i, n in enumerate(names)])
+    if metadata is not None:
+        store.set_metadata(metadata)
+    return store

@@ -132,3 +132,5 @@ def test_the_command_line_starts_without_the_data_and_model_libraries():
     # libraries load only when a command that needs them runs.
     loaded = _loaded_after_import("lmmap.cli")
     assert [m for m in loaded if m not in ("rich", "typer")] == []
+    code = "import sys, lmmap.cli; print('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

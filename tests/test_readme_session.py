@@ -96,3 +96,51 @@ def test_every_session_command_runs_on_the_demo_store(demo_full, tmp_path):
                  "session/stability/table3.csv", "session/predict/correlations.csv"):
         assert (work / made).exists(), made
     print("\n".join(f"{s:6.1f} s  {c}" for c, s in timings))
+
+
+def python_block(text: str | None = None) -> str:
+    """The first ``python`` block of the README's "## Python API" section."""
+    text = README.read_text(encoding="utf-8") if text is None else text
+    section = re.search(r"^## Python API\n(.*?)(?=^## )", text, flags=re.S | re.M)
+    assert section, "README.md has no '## Python API' section"
+    block = re.search(r"^```python\n(.*?)^```", section.group(1), flags=re.S | re.M)
+    assert block, "the README's Python API has no ```python block"
+    return block.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo")
+def test_the_python_api_example_runs_on_the_demo_store(demo_full, tmp_path, monkeypatch):
+    """The README's Python example, verbatim, in a directory holding the demo as ``lmmap-demo/``.
+
+    Its two placeholders are given here: ``corpus/`` (a folder of text) and
+    ``loglik_vector`` (one number per text of the text set it builds).
+    """
+    import numpy as np
+
+    result, demo_dir = demo_full
+    shutil.copytree(demo_dir, tmp_path / "lmmap-demo", ignore=shutil.ignore_patterns("map", "partial"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = np.array("the a map of models texts likelihood each one new base tune code docs law".split())
+    rng = np.random.default_rng(0)
+    for i in range(5):  # about 13 MB: enough 1 KB chunks for the example's 10,000 texts
+        lines = [" ".join(words[rng.integers(0, len(words), 12)]) for _ in range(42_000)]
+        (corpus / f"doc{i}.txt").write_text("\n".join(lines))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    class Vector:  # the text set is built by the example itself: size the placeholder on first use
+        def __array__(self, dtype=None, copy=None):
+            from lmmap import Store
+
+            n = Store("my-store").n_texts
+            return -np.random.default_rng(0).gamma(3.0, 100.0, n)
+
+    namespace = {"loglik_vector": Vector(), "__name__": "readme"}
+    exec(compile(python_block(), "README.md (Python API)", "exec"), namespace)
+    for made in ("map/map.png", "subset.json", "placed/placement.csv", "placed-adaptive/adaptive.csv",
+                 "predict/correlations.csv"):
+        assert (tmp_path / made).exists(), made
+    assert namespace["placed"].new_models == ["base2-ft-docs"]
+    assert namespace["res"].adaptive_table()["model"].tolist() == ["docs-adaptive"]

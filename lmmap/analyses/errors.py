@@ -22,9 +22,10 @@ import numpy as np
 
 from lmmap.exceptions import InputError, LmmapWarning
 from lmmap.maths.bootstrap import check_replicates
+from lmmap.maths.randomness import seed_of, seed_sequence
 from lmmap.maths.errors import (
     EPS0, analytic_n_prime, analytic_tau2, as_q, check_error, check_n_grid, check_option, choose_precision,
-    default_n_grid, default_targets, first_reaching, kappa_theory, path_inputs, seed_of, seed_sequence, sigma_hat,
+    default_n_grid, default_targets, first_reaching, kappa_theory, path_inputs, sigma_hat,
     split_targets, trial_path, unique_counts,
 )
 from lmmap.maths.geometry import squared_distances
@@ -58,7 +59,7 @@ def simulate_tau2(Q, pi, n_grid, R: int = 100, error: str = "relative", eps0: fl
 
     Array-level (``Q`` K×N, ``π``); :func:`analyse_errors` calls it once per
     method. Trial r draws from child r of ``SeedSequence(random_state)``
-    (see :func:`lmmap.maths.errors.seed_of`), so the numbers do not depend
+    (see :func:`lmmap.maths.randomness.seed_of`), so the numbers do not depend
     on ``workers`` (threads, one BLAS thread each). ``precision``: the dtype
     of the increments' Gram products (float32 | float64; ``auto`` is resolved
     by :func:`lmmap.maths.errors.choose_precision` first and means float64 here).

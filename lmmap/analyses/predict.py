@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lmmap.exceptions import InputError, LmmapWarning
+from lmmap.maths.randomness import seeds_of
 from lmmap.maths.ridge import (
     LOGLIK,
     LOGLIK_ALPHAS,
@@ -36,7 +37,6 @@ from lmmap.maths.ridge import (
     SCORE_ALPHAS,
     CrossValidation,
     alpha_grid,
-    check_random_states,
     cross_validate,
     fit_predict,
     gram_matrix,
@@ -325,7 +325,7 @@ def repetition_seeds(n_repeats: int | None = None, random_state=0) -> list[int]:
     if given, must equal its length).
     """
     explicit = not (random_state is None or isinstance(random_state, (int, np.integer, np.random.Generator)))
-    seeds = check_random_states(random_state)
+    seeds = seeds_of(random_state)
     if n_repeats is None:
         n_repeats = len(seeds) if explicit else DEFAULT_REPEATS
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:

@@ -26,7 +26,7 @@ import numpy as np
 
 from lmmap.exceptions import InputError
 from lmmap.maths.bootstrap import check_replicates
-from lmmap.maths.errors import seed_of, seed_sequence
+from lmmap.maths.randomness import seed_of, seed_sequence
 from lmmap.maths.resampling import (
     check_method, check_sample_size, default_resample_size, importance, note_if_no_real_subset, resample,
 )

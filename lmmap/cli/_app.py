@@ -77,6 +77,7 @@ FLAGS = {
     "n_repeats": "--seeds",
     "names": "--name",
     "round_size": "--round",
+    "kappa_source": "--kappa",
 }
 
 

@@ -6,10 +6,10 @@ the result with :func:`lmmap.report.write`, print a summary.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -99,7 +99,7 @@ def _print_report(result) -> None:
     for col, just in (("target", "left"), ("models", "right"), ("groups", "right"), ("missing", "right"), ("r", "right"), ("RMSE", "right"), ("α", "right")):
         table.add_column(col, justify=just)
     for row in result.summary.itertuples(index=False):
-        r = "n/a" if not np.isfinite(row.r_mean) else f"{row.r_mean:.3f} ± {row.r_sd:.3f}"
+        r = "n/a" if not math.isfinite(row.r_mean) else f"{row.r_mean:.3f} ± {row.r_sd:.3f}"
         table.add_row(lit(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, f"{row.rmse:.3g}", f"{row.alpha:.0e}")
     console.print(table)
     # result.notes reached the user as warnings (one `note:` line each) while the report was built.

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from lmmap.maths.geometry import check_matrix, cross_squared_distances
+from lmmap.maths.randomness import seed_of
 from lmmap.exceptions import LmmapError, LmmapWarning
 
 METHODS = ("auto", "mds", "tsne", "pca", "umap")
@@ -173,7 +174,7 @@ def fit_embedding(
     """
     method = resolve_method(method, np.shape(X)[0] if np.ndim(X) == 2 else 0)
     X = _as_features(X)
-    _check_random_state(random_state)
+    random_state = seed_of(random_state)
     if method == "mds":
         return _fit_mds(X, **kwargs)
     if method == "tsne":
@@ -313,9 +314,3 @@ def _check_min_models(X: np.ndarray, minimum: int, method: str) -> None:
     if X.shape[0] < minimum:
         raise LmmapError(f"a {method} map needs at least {minimum} models, got {X.shape[0]}: add models")
 
-
-def _check_random_state(random_state) -> None:
-    if random_state is not None and (
-        isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)
-    ):
-        raise LmmapError(f"random_state must be an integer or None, got {random_state!r}")

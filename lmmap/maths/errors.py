@@ -38,13 +38,13 @@ Two ways to get ``τ²``:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from lmmap.exceptions import InputError, LmmapError
+from lmmap.maths.randomness import seed_sequence
+from lmmap.exceptions import InputError
 from lmmap.maths.geometry import check_matrix, squared_distances
 
 EPS0 = 1e-3
@@ -96,33 +96,6 @@ def check_n_grid(n_grid, name: str = "n_grid") -> np.ndarray:
         bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)) & (arr >= 1))][:5]
         raise InputError(f"{name} must be positive integers (resample sizes), got {bad}", params=(name,))
     return np.unique(arr.astype(np.int64))
-
-
-def seed_of(random_state):
-    """``random_state`` as the root of the trials' seeds: an int entropy, or a :class:`numpy.random.SeedSequence`.
-
-    An int is kept (the same int gives the same draws); ``None`` takes fresh
-    entropy and a :class:`numpy.random.Generator` draws it, so the int a
-    result records reproduces its numbers. Trial r then uses child r of
-    ``SeedSequence(seed)``: results do not depend on how trials are split
-    between workers.
-    """
-    if isinstance(random_state, np.random.SeedSequence):
-        return random_state
-    if random_state is None:
-        return int(np.random.SeedSequence().entropy)
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(2**63 - 1))
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0:
-        return int(random_state)
-    raise InputError(f"random_state must be a non-negative int, a numpy Generator or None, got {random_state!r}",
-                     params=("random_state",))
-
-
-def seed_sequence(random_state) -> np.random.SeedSequence:
-    """A fresh :class:`numpy.random.SeedSequence` from ``random_state`` (see :func:`seed_of`)."""
-    seed = seed_of(random_state)
-    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
 
 
 # ----------------------------------------------------------------------------- grids
@@ -440,6 +413,6 @@ __all__ = [
     "analytic_n_prime", "analytic_tau2", "as_q", "check_error", "check_n_grid", "check_option",
     "check_probability_vector", "check_targets", "choose_precision", "default_n_grid", "default_targets",
     "distance_variance", "error_scale", "first_reaching", "float32_rounding_error", "fourth_power_sums",
-    "inverse_pi", "kappa_theory", "mean_square_error", "pair_errors", "path_inputs", "seed_of", "seed_sequence", "sigma_hat",
+    "inverse_pi", "kappa_theory", "mean_square_error", "pair_errors", "path_inputs", "sigma_hat",
     "split_targets", "trial_path", "unique_counts", "unit_tau2",
 ]

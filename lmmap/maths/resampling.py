@@ -267,8 +267,8 @@ def no_real_subset_note(n: int, d: float, N: int, expected: bool = False) -> str
     per = " per map" if expected else ""
     what = "no real subset" if d >= NO_REAL_SUBSET_FRACTION * N else "as many draws as texts"
     return (
-        f"n={n} draws pick {about}{d:,.0f} of the {N:,} texts{per} ({100 * d / N:.0f}%): {what}; "
-        f"try --n ~{suggested_resample_size(N)} (about N/4)"
+        f"{n} draws pick {about}{d:,.0f} of the {N:,} texts{per} ({100 * d / N:.0f}%): {what}; "
+        f"try n={suggested_resample_size(N)} (about N/4)"
     )
 
 
@@ -276,7 +276,7 @@ def warn_if_no_real_subset(n: int, d: float, N: int, expected: bool = False) -> 
     """:func:`no_real_subset_note` as a :class:`LmmapWarning` (returns the note, or None)."""
     note = no_real_subset_note(n, d, N, expected)
     if note:
-        warnings.warn(note, LmmapWarning, stacklevel=3)
+        warnings.warn(LmmapWarning(note, params=("n",)), stacklevel=3)
     return note
 
 

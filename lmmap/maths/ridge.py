@@ -31,7 +31,6 @@ pandas, which this layer must not.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,6 +38,7 @@ import numpy as np
 from scipy import linalg
 from scipy.stats import rankdata
 
+from lmmap.maths.randomness import seeds_of
 from lmmap.exceptions import InputError
 
 SCORE_ALPHAS = 10.0 ** np.arange(1, 10)  # 10¹..10⁹ (SPEC §7)
@@ -53,28 +53,6 @@ def alpha_grid(kind: str) -> np.ndarray:
     if kind == LOGLIK:
         return LOGLIK_ALPHAS.copy()
     raise InputError(f"unknown target kind {kind!r}: expected {SCORE!r} or {LOGLIK!r}", params=("kind",))
-
-
-def check_random_states(random_state) -> list[int]:
-    """The seeds of the repetitions: an int gives one, a sequence of ints one per entry.
-
-    ``None`` or a :class:`numpy.random.Generator` draws one seed from fresh
-    entropy or from the generator. Every repetition needs an int because the
-    same seed must give the same folds to every target.
-    """
-    if random_state is None or isinstance(random_state, np.random.Generator):
-        return [int(np.random.default_rng(random_state).integers(2**31 - 1))]
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        return [int(random_state)]
-    try:
-        seeds = list(random_state)
-    except TypeError:
-        raise InputError(f"random_state must be an int or a sequence of ints, got {random_state!r}",
-                         params=("random_state",)) from None
-    if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
-        raise InputError(f"random_state must be an int or a non-empty sequence of ints, got {random_state!r}",
-                         params=("random_state",))
-    return [int(s) for s in seeds]
 
 
 # ------------------------------------------------------------------------------- kernels and the α path
@@ -444,7 +422,7 @@ def cross_validate(
     Y, codes, names = _check_cv_inputs(K, Y, groups, alpha_grids, clip_ranges, target_names)
     if G is None and solver == "eigen":
         G = gram_matrix(X)
-    seeds = check_random_states(random_state)
+    seeds = seeds_of(random_state)
     S = len(seeds)
     tasks = []
     oof = np.full((S, K, T), np.nan)
@@ -504,7 +482,7 @@ def residual_interval(residuals, level: float = 0.9) -> tuple[float, float]:
 
 __all__ = [
     "CrossValidation", "LOGLIK", "LOGLIK_ALPHAS", "RidgePath", "SCORE", "SCORE_ALPHAS", "alpha_grid",
-    "centered_kernels", "check_random_states", "clip_predictions", "cross_validate", "fit_predict", "gram_matrix",
+    "centered_kernels", "clip_predictions", "cross_validate", "fit_predict", "gram_matrix",
     "inner_splits", "mask_patterns", "outer_folds", "pearson", "predict_with_alphas", "residual_interval",
     "select_alphas",
 ]

@@ -361,6 +361,18 @@ def _default_figsize(n_legend_entries: int, width: float, height: float) -> tupl
     return (width + 2.4 * _legend_columns(n_legend_entries) if n_legend_entries else width, height)
 
 
+def _map_inputs(coords, names, groups, highlight, flagged, ellipses, edges, label):
+    """The checked inputs of a map picture, shared by the PNG and the HTML so both refuse the same things."""
+    coords = _check_coords(coords)
+    n = coords.shape[0]
+    names = _check_names(names, n)
+    labels, styles = _point_styles(groups, n)
+    mask = _highlight_mask(highlight, names)
+    flag = _highlight_mask(flagged, names, "flag")
+    return (coords, n, names, labels, styles, mask, flag, _check_ellipses(ellipses, n), _check_edges(edges, names),
+            _resolve_label(label, n))
+
+
 def map_png(
     path,
     coords,
@@ -423,15 +435,8 @@ def map_figure(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse
 
-    coords = _check_coords(coords)
-    n = coords.shape[0]
-    names = _check_names(names, n)
-    labels, styles = _point_styles(groups, n)
-    mask = _highlight_mask(highlight, names)
-    flag = _highlight_mask(flagged, names, "flag")
-    ell = _check_ellipses(ellipses, n)
-    edge_sets = _check_edges(edges, names)
-    label = _resolve_label(label, n)
+    coords, n, names, labels, styles, mask, flag, ell, edge_sets, label = _map_inputs(
+        coords, names, groups, highlight, flagged, ellipses, edges, label)
 
     extra = []
     for e, pairs in edge_sets:
@@ -783,16 +788,9 @@ def map_html(
     """
     import plotly.graph_objects as go
 
-    coords = _check_coords(coords)
-    n = coords.shape[0]
-    names = _check_names(names, n)
-    labels, styles = _point_styles(groups, n)
+    coords, n, names, labels, styles, mask, flag, ell, edge_sets, label = _map_inputs(
+        coords, names, groups, highlight, flagged, ellipses, edges, label)
     extra = _check_names(hover, n, "hover") if hover is not None else [""] * n
-    mask = _highlight_mask(highlight, names)
-    flag = _highlight_mask(flagged, names, "flag")
-    ell = _check_ellipses(ellipses, n)
-    edge_sets = _check_edges(edges, names)
-    label = _resolve_label(label, n)
     path = _prepare(path)
 
     label_array = np.asarray(labels, dtype=object)

@@ -504,22 +504,3 @@ def score_texts(
     return _score_texts(HFScorer(model, tokenizer, logits_memory=logits_memory), texts, convention=convention,
                         max_length=max_length, stride=stride, batch_tokens=batch_tokens, progress=progress,
                         description=description)
-
-
-# Names that lived in this module before the scoring package was split (``from lmmap.scoring.hf import
-# score_models``); they now come from the package. Kept while callers move to ``lmmap.scoring``.
-_MOVED = {
-    "score_models": "driver", "ScoringSettings": "driver", "default_model_name": "driver", "SCORER": "driver",
-    "SCORER_VERSION": "driver", "DEFAULT_CHECKPOINT_EVERY": "driver",
-    "ScoreStatus": "protocol", "TextScores": "protocol", "NonFiniteError": "protocol",
-    "CONVENTIONS": "encoding", "Encoded": "encoding", "Rows": "encoding", "check_convention": "encoding",
-    "encode_texts": "encoding", "make_rows": "encoding", "plan_batches": "encoding", "special_layout": "encoding",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"lmmap.scoring.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,8 @@ is a low-rank-plus-noise model matrix whose text effects have a heavy-tailed
 import numpy as np
 import pytest
 
+from synthetic import lowrank_L
+
 from lmmap.analyses import errors as ea
 from lmmap.exceptions import InputError, LmmapError, LmmapWarning
 from lmmap.map import ModelMap
@@ -41,9 +43,7 @@ def pop():
 
 
 def small_q(K=12, N=300, seed=1):
-    rng = np.random.default_rng(seed)
-    L = rng.standard_normal((K, 3)) @ rng.standard_normal((3, N)) * rng.lognormal(0, 0.5, N) + rng.standard_normal((K, N))
-    return core.double_center(L)
+    return core.double_center(lowrank_L(K, N, rank=3, n_families=K, family_spread=1.0, member_spread=0.0, noise=1.0, seed=seed))
 
 
 # ----------------------------------------------------------------------------- closed forms against the simulation

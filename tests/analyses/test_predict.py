@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic_scores import ecosystem, make_store
+from synthetic import ecosystem, make_store
 
 from lmmap.analyses import predict as P
 from lmmap.data.store import Store

@@ -8,6 +8,7 @@ from lmmap.exceptions import LmmapError
 from lmmap.map import ModelMap
 from lmmap.maths import geometry as core
 from lmmap.maths.stability import centre
+from synthetic import lowrank_L
 
 
 def as_map(L, threshold=None):
@@ -15,11 +16,7 @@ def as_map(L, threshold=None):
 
 
 def clustered_L(K=30, N=600, seed=5):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(5, 3)) * 3
-    U = centres[np.arange(K) % 5] + 0.3 * rng.normal(size=(K, 3))
-    s = rng.lognormal(0, 0.5, N)
-    return -300 + s * (U @ rng.normal(size=(3, N)) + rng.normal(size=(K, N)))
+    return lowrank_L(K, N, rank=3, n_families=5, family_spread=3.0, member_spread=0.3, noise=1.0, seed=seed)
 
 
 def test_more_texts_give_a_more_stable_map():

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
+from synthetic import lowrank_L
 
 
 def _store(tmp_path, K=20, N=600):
@@ -62,16 +63,11 @@ def test_errors_and_stability_commands_on_300_texts(tmp_path):
     assert r.returncode == 1 and "R must be at least 2" in r.stderr and "Traceback" not in r.stderr
     r = run("stability", "--store", store, "-o", tmp_path / "stab", "--n", "2900", "--R", "2", "--embedding", "pca")
     assert r.returncode == 0, r.stderr
-    assert "n=2900 draws pick about" in r.stderr and "of the 300 texts per map" in r.stderr and "try --n ~75" in r.stderr
+    assert "2900 draws pick about" in r.stderr and "of the 300 texts per map" in r.stderr and "try --n 75" in r.stderr
 
 
 def clustered_L(K=30, N=600, seed=5):
-    # As tests/analyses/test_stability.py's clustered_L.
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(5, 3)) * 3
-    U = centres[np.arange(K) % 5] + 0.3 * rng.normal(size=(K, 3))
-    s = rng.lognormal(0, 0.5, N)
-    return -300 + s * (U @ rng.normal(size=(3, N)) + rng.normal(size=(K, N)))
+    return lowrank_L(K, N, rank=3, n_families=5, family_spread=3.0, member_spread=0.3, noise=1.0, seed=seed)
 
 
 def test_stability_command_compares_two_settings(tmp_path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
-from synthetic_scores import ecosystem, make_store
+from synthetic import ecosystem, make_store
 from typer.testing import CliRunner
 
 from lmmap.cli import app

@@ -34,7 +34,7 @@ SCORER = textwrap.dedent(
     torch.set_num_threads(1)
     import transformers  # noqa: F401  (its first import takes a minute on a busy machine: before the start)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
     from lmmap.data.store import Store
     store_path, models, go, seed, log = sys.argv[1:]
     models = json.loads(models)
@@ -108,7 +108,7 @@ READER = textwrap.dedent(
 def test_soak(tmp_path, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     import torch
 
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     torch.set_num_threads(1)
     chunks = [t[i:i + 300] for t in stdlib_texts[20:30] for i in range(0, 3000, 300)]

@@ -367,7 +367,7 @@ def test_a_model_scored_from_a_path_gets_a_short_name_and_is_listed(tmp_path, co
     assert r.exit_code == 0 and "already in the store" in r.output and "1 skipped" in r.output
     # two models that would get one name
     shutil.copytree(tiny_gpt2_dir, work / "other" / "my-checkpoint")
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     with pytest.raises(InputError, match=r"other/my-checkpoint'.*would both be stored as 'my-checkpoint'"):
         score_models(code_store, [str(work / "other" / "my-checkpoint"), str(work / "my-checkpoint")],
@@ -375,7 +375,7 @@ def test_a_model_scored_from_a_path_gets_a_short_name_and_is_listed(tmp_path, co
 
 
 def test_score_name_completes_a_partial_model_with_only_the_missing_texts(tmp_path, code_store, tiny_gpt2_dir):
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     score_models(code_store, [str(tiny_gpt2_dir)], names=["tiny"], text_pos=[0, 3, 5], device="cpu", progress=False)
     with pytest.warns(LmmapWarning, match="'tiny' \\(3 of 40"):
@@ -395,7 +395,7 @@ def test_score_name_completes_a_partial_model_with_only_the_missing_texts(tmp_pa
 
 
 def test_same_model_race_is_reported_as_completed_by_another_process(code_store, tiny_gpt2_dir):
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     real = code_store.write_model
 
@@ -413,7 +413,7 @@ def test_same_model_race_is_reported_as_completed_by_another_process(code_store,
 def test_a_model_directory_without_tokenizer_says_so(tmp_path, code_store, tiny_gpt2_dir):
     import shutil
 
-    from lmmap.scoring.hf import score_models
+    from lmmap.scoring import score_models
 
     d = tmp_path / "no-tok"
     shutil.copytree(tiny_gpt2_dir, d)

@@ -118,7 +118,7 @@ def test_three_models_are_enough_and_two_are_not():
     [
         (dict(method="sne"), "unknown embedding method 'sne'"),
         (dict(perplexity=0), "perplexity must be a positive number"),
-        (dict(random_state=1.5), "random_state must be an integer"),
+        (dict(random_state=1.5), "random_state must be a non-negative int"),
     ],
 )
 def test_bad_parameters_are_refused(kwargs, message):

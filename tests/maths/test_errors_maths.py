@@ -2,16 +2,15 @@
 
 import numpy as np
 
+from synthetic import lowrank_L
+
 from lmmap.maths import errors as me
 from lmmap.maths import geometry as core
 from lmmap.maths.resampling import importance, resample
 
 
 def small_q(K=12, N=300, seed=1):
-    # The same matrix as tests/analyses/test_errors.py's small_q.
-    rng = np.random.default_rng(seed)
-    L = rng.standard_normal((K, 3)) @ rng.standard_normal((3, N)) * rng.lognormal(0, 0.5, N) + rng.standard_normal((K, N))
-    return core.double_center(L)
+    return core.double_center(lowrank_L(K, N, rank=3, n_families=K, family_spread=1.0, member_spread=0.0, noise=1.0, seed=seed))
 
 
 def test_fourth_power_sums_match_the_pairwise_definition():

@@ -288,7 +288,7 @@ def test_no_real_subset_note_and_suggestions_scale_with_N():
     assert suggested_resample_size(300) == 75 and suggested_resample_size(10_000) == 2500
     assert default_resample_size(10_000) == 2900 and default_resample_size(1020) == 300
     note = no_real_subset_note(2900, 287, 300)
-    assert note == "n=2900 draws pick 287 of the 300 texts (96%): no real subset; try --n ~75 (about N/4)"
+    assert note == "2900 draws pick 287 of the 300 texts (96%): no real subset; try n=75 (about N/4)"
     assert "as many draws as texts" in no_real_subset_note(10_000, 6320, 10_000)
     assert no_real_subset_note(2900, 2202, 10_000) is None  # the paper's LS setting is a real subset
 
@@ -310,6 +310,6 @@ def test_select_says_when_n_draws_leave_no_real_subset(tmp_path):
          "-o", str(tmp_path / out)], capture_output=True, text=True, timeout=120)
     r = run(2900, "big.json")
     assert r.returncode == 0 and (tmp_path / "big.json").exists()  # says so, and does the rest
-    assert "note:" in r.stderr and "n=2900 draws pick" in r.stderr and "no real subset; try --n ~75" in r.stderr
+    assert "note:" in r.stderr and "2900 draws pick" in r.stderr and "no real subset; try --n 75" in r.stderr
     r = run(60, "small.json")
     assert r.returncode == 0 and "no real subset" not in r.stderr

@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV, GroupKFold, KFold
 from sklearn.preprocessing import KernelCenterer
-from synthetic_scores import ecosystem
+from synthetic import ecosystem
 
 from lmmap.exceptions import InputError, LmmapError
 from lmmap.maths import ridge as P
@@ -164,18 +164,6 @@ def test_centered_kernels_equal_kernel_centerer():
     c = KernelCenterer().fit(G[np.ix_(train, train)])
     assert np.array_equal(K_tr, c.transform(G[np.ix_(train, train)]))
     assert np.array_equal(K_te, c.transform(G[np.ix_(test, train)]))
-
-
-def test_random_state_forms_and_bad_values():
-    assert P.check_random_states(3) == [3]
-    assert P.check_random_states([0, 3]) == [0, 3]
-    assert P.check_random_states(range(2)) == [0, 1]
-    a = P.check_random_states(np.random.default_rng(5))
-    assert a == P.check_random_states(np.random.default_rng(5)) and len(a) == 1
-    for bad in ([], "x", [1.5], True):
-        with pytest.raises(InputError) as info:
-            P.check_random_states(bad)
-        assert info.value.params == ("random_state",)
 
 
 def test_ridge_maths_imports_numpy_and_scipy_only():

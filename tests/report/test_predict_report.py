@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from synthetic_scores import ecosystem
+from synthetic import ecosystem
 
 from lmmap.analyses import predict as P
 from lmmap.report import write
