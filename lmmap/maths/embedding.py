@@ -37,7 +37,7 @@ import numpy as np
 
 from lmmap.maths.geometry import check_matrix, cross_squared_distances
 from lmmap.maths.randomness import seed_of
-from lmmap.exceptions import LmmapError, LmmapWarning
+from lmmap.exceptions import InputError, LmmapWarning
 
 METHODS = ("auto", "mds", "tsne", "pca", "umap")
 # Below this many models ``auto`` is classical MDS, from here on t-SNE.
@@ -82,7 +82,7 @@ class Embedding:
         X_new = _as_features(X_new, "X_new")
         d = self._n_features()
         if X_new.shape[1] != d:
-            raise LmmapError(
+            raise InputError(
                 f"X_new has {X_new.shape[1]} features but the map was built on {d}: "
                 "compute the new models' features on the same texts (and weights) as the map's"
             )
@@ -100,7 +100,7 @@ class Embedding:
         estimates' error) while the existing models keep their positions.
         """
         if self.method != "mds":
-            raise LmmapError(f"models are placed from their KL only in an MDS map, this one is {self.method}")
+            raise InputError(f"models are placed from their KL only in an MDS map, this one is {self.method}")
         return self.model.place(np.atleast_2d(np.asarray(kl_new, dtype=np.float64)))
 
     @classmethod
@@ -125,7 +125,7 @@ class Embedding:
         X = _as_features(X)
         coords = np.asarray(coords, dtype=np.float64)
         if coords.shape != (X.shape[0], 2):
-            raise LmmapError(
+            raise InputError(
                 f"coords must be K×2 with one row per row of X ({X.shape[0]}), got shape {coords.shape}"
             )
         _check_min_models(X, MIN_MODELS_TSNE, "tsne")
@@ -188,7 +188,7 @@ def fit_embedding(
 def resolve_method(method: str, n_models: int) -> str:
     """The embedding ``method`` stands for with ``n_models`` models: ``auto`` → ``mds`` (K < 40) or ``tsne``."""
     if method not in METHODS:
-        raise LmmapError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}")
+        raise InputError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}")
     if method == "auto":
         return "mds" if n_models < AUTO_TSNE_MIN_MODELS else "tsne"
     return method
@@ -201,7 +201,7 @@ def effective_perplexity(perplexity: float, n_models: int) -> float:
     K − 1; a warning says when the requested value is lowered.
     """
     if not isinstance(perplexity, numbers.Real) or not np.isfinite(perplexity) or perplexity <= 0:
-        raise LmmapError(f"perplexity must be a positive number (typically 5 to 50), got {perplexity!r}")
+        raise InputError(f"perplexity must be a positive number (typically 5 to 50), got {perplexity!r}")
     upper = (n_models - 1) / 3
     if perplexity > upper:
         warnings.warn(
@@ -256,7 +256,7 @@ class _ClassicalMDS:
 
     def place(self, d2: np.ndarray) -> np.ndarray:
         if d2.ndim != 2 or d2.shape[1] != self.V.shape[0]:
-            raise LmmapError(
+            raise InputError(
                 f"KL to place new models must be m×K with K = {self.V.shape[0]} (one column per model of the map), "
                 f"got shape {d2.shape}"
             )
@@ -271,7 +271,7 @@ class _ClassicalMDS:
 def _fit_mds(X: np.ndarray, n_texts: int | None = None) -> Embedding:
     _check_min_models(X, 2, "mds")
     if n_texts is not None and (not isinstance(n_texts, numbers.Integral) or n_texts <= 0):
-        raise LmmapError(f"n_texts (N) must be a positive integer, got {n_texts!r}")
+        raise InputError(f"n_texts (N) must be a positive integer, got {n_texts!r}")
     model = _ClassicalMDS(X, 1.0 / (2.0 * n_texts) if n_texts else 1.0)
     return Embedding(coords=model.coords.copy(), method="mds", model=model)
 
@@ -281,7 +281,7 @@ def _fit_pca(X: np.ndarray, random_state, **kwargs) -> Embedding:
 
     _check_min_models(X, 2, "pca")
     if X.shape[1] < 2:
-        raise LmmapError(f"a PCA map needs at least 2 features (texts), got {X.shape[1]}")
+        raise InputError(f"a PCA map needs at least 2 features (texts), got {X.shape[1]}")
     params = dict(n_components=2, random_state=random_state)
     params.update(kwargs)
     model = PCA(**params)
@@ -293,9 +293,9 @@ def _fit_umap(X: np.ndarray, random_state, **kwargs) -> Embedding:
     try:
         import umap
     except ImportError as exc:
-        raise LmmapError(
+        raise InputError(
             "the UMAP map needs the optional package umap-learn: `pip install umap-learn`, "
-            "or use --embedding tsne|pca"
+            "or use embedding='tsne'", params=("embedding",)
         ) from exc
     _check_min_models(X, MIN_MODELS_TSNE, "umap")
     # UMAP's default of 15 neighbours cannot exceed the other models there are.
@@ -312,5 +312,5 @@ def _as_features(X, name: str = "X") -> np.ndarray:
 
 def _check_min_models(X: np.ndarray, minimum: int, method: str) -> None:
     if X.shape[0] < minimum:
-        raise LmmapError(f"a {method} map needs at least {minimum} models, got {X.shape[0]}: add models")
+        raise InputError(f"a {method} map needs at least {minimum} models, got {X.shape[0]}: add models")
 

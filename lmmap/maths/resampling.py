@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from lmmap.maths.geometry import check_matrix, squared_distances
-from lmmap.exceptions import InputError, LmmapError, LmmapWarning
+from lmmap.exceptions import InputError, LmmapWarning
 
 METHODS = ("uniform", "ls", "kl")
 
@@ -76,7 +76,7 @@ def check_method(method) -> str:
     """Validate an importance method name (case-insensitive); returns it in lower case."""
     m = str(method).lower()
     if m not in METHODS:
-        raise LmmapError(f"unknown importance method {method!r}: choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown importance method {method!r}: choose one of {', '.join(METHODS)}")
     return m
 
 
@@ -90,10 +90,10 @@ def importance(Q, method: str) -> np.ndarray:
     """
     scores = importance_scores(Q, method)
     if not np.all(np.isfinite(scores)):
-        raise LmmapError(f"{method} importance is not finite for some text: Q holds NaN or inf values")
+        raise InputError(f"{method} importance is not finite for some text: Q holds NaN or inf values")
     top = scores.max()
     if top <= 0:
-        raise LmmapError(
+        raise InputError(
             f"{method} importance is zero for every text: all models score every text alike, "
             "so there is nothing to resample from"
         )
@@ -133,11 +133,11 @@ def check_probabilities(pi) -> np.ndarray:
     """Validate ``π``: a finite, non-negative 1-D vector summing to 1."""
     pi = np.asarray(pi, dtype=np.float64)
     if pi.ndim != 1 or pi.size == 0:
-        raise LmmapError(f"π must be a non-empty 1-D vector, got shape {pi.shape}")
+        raise InputError(f"π must be a non-empty 1-D vector, got shape {pi.shape}")
     if not np.all(np.isfinite(pi)) or np.any(pi < 0):
-        raise LmmapError("π must be finite and non-negative")
+        raise InputError("π must be finite and non-negative")
     if not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-8):
-        raise LmmapError(f"π must sum to 1, it sums to {pi.sum()!r}")
+        raise InputError(f"π must sum to 1, it sums to {pi.sum()!r}")
     return pi
 
 
@@ -175,7 +175,7 @@ def n_for_expected_unique(pi, d: float) -> int:
     pi = check_probabilities(pi)
     reachable = int(np.count_nonzero(pi))
     if not 0 < d < reachable:
-        raise LmmapError(f"a target of {d} unique texts is not reachable: choose 0 < d < {reachable}")
+        raise InputError(f"a target of {d} unique texts is not reachable: choose 0 < d < {reachable}")
     lo, hi = 1, 1
     while expected_unique(pi, hi)[0] < d:
         lo, hi = hi, hi * 2

@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lmmap.exceptions import InputError, LmmapError
+from lmmap.exceptions import InputError
 
 UNKNOWN = "unknown"
 UNKNOWN_COLOR = "#9e9e9e"
@@ -136,7 +136,7 @@ def group_labels(groups, n: int) -> list[str]:
         return [UNKNOWN] * n
     groups = list(groups)
     if len(groups) != n:
-        raise LmmapError(f"groups has {len(groups)} values but there are {n} points: give one group per model")
+        raise InputError(f"groups has {len(groups)} values but there are {n} points: give one group per model")
     return [UNKNOWN if _is_missing(g) else str(g) for g in groups]
 
 
@@ -210,11 +210,11 @@ def _check_ellipses(ellipses, n: int) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         centres, covs = ellipses
     except (TypeError, ValueError):
-        raise LmmapError("ellipses must be a pair (K×2 centres, K×2×2 covariances)") from None
+        raise InputError("ellipses must be a pair (K×2 centres, K×2×2 covariances)") from None
     centres = np.asarray(centres, dtype=np.float64)
     covs = np.asarray(covs, dtype=np.float64)
     if centres.shape != (n, 2) or covs.shape != (n, 2, 2):
-        raise LmmapError(
+        raise InputError(
             f"ellipses must be (K×2 centres, K×2×2 covariances) with K = {n}, "
             f"got shapes {centres.shape} and {covs.shape}"
         )
@@ -227,16 +227,16 @@ def _check_ellipses(ellipses, n: int) -> tuple[np.ndarray, np.ndarray] | None:
 def _check_coords(coords) -> np.ndarray:
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
-        raise LmmapError(f"coords must be a K×2 array of map positions, got shape {coords.shape}")
+        raise InputError(f"coords must be a K×2 array of map positions, got shape {coords.shape}")
     if not np.all(np.isfinite(coords)):
-        raise LmmapError("coords hold NaN or inf: recompute the embedding")
+        raise InputError("coords hold NaN or inf: recompute the embedding")
     return coords
 
 
 def _check_names(names, n: int, what: str = "names") -> list[str]:
     names = [str(v) for v in names]
     if len(names) != n:
-        raise LmmapError(f"{what} has {len(names)} entries but there are {n} points: give one per point")
+        raise InputError(f"{what} has {len(names)} entries but there are {n} points: give one per point")
     return names
 
 
@@ -249,7 +249,7 @@ def _highlight_mask(highlight, names: Sequence[str], what: str = "highlight") ->
     index = {name: i for i, name in enumerate(names)}
     missing = [h for h in highlight if str(h) not in index]
     if missing:
-        raise LmmapError(f"cannot {what} {missing[:5]}: not among the map's model names")
+        raise InputError(f"cannot {what} {missing[:5]}: not among the map's model names")
     mask[[index[str(h)] for h in highlight]] = True
     return mask
 
@@ -264,18 +264,18 @@ def _check_edges(edges, names: Sequence[str]) -> list[tuple[Edges, np.ndarray]]:
     out = []
     for e in edges:
         if not isinstance(e, Edges):
-            raise LmmapError("edges must be a list of plots.Edges(kind, pairs)")
+            raise InputError("edges must be a list of plots.Edges(kind, pairs)")
         if e.kind not in EDGE_STYLES:
-            raise LmmapError(f"unknown edge kind {e.kind!r}: use one of {', '.join(EDGE_STYLES)}")
+            raise InputError(f"unknown edge kind {e.kind!r}: use one of {', '.join(EDGE_STYLES)}")
         pairs = []
         for pair in e.pairs:
             try:
                 a, b = (str(v) for v in pair)
             except (TypeError, ValueError):
-                raise LmmapError(f"an edge must be a pair of model names, got {pair!r}") from None
+                raise InputError(f"an edge must be a pair of model names, got {pair!r}") from None
             unknown = [v for v in (a, b) if v not in index]
             if unknown:
-                raise LmmapError(f"an edge names {unknown[0]!r}, which is not among the map's model names")
+                raise InputError(f"an edge names {unknown[0]!r}, which is not among the map's model names")
             if a != b:
                 pairs.append((index[a], index[b]))
         out.append((e, np.array(pairs, dtype=np.int64).reshape(-1, 2)))
@@ -285,7 +285,7 @@ def _check_edges(edges, names: Sequence[str]) -> list[tuple[Edges, np.ndarray]]:
 def _resolve_label(label, n: int) -> bool:
     if isinstance(label, str):
         if label != "auto":
-            raise LmmapError(f"label must be True, False or 'auto', got {label!r}")
+            raise InputError(f"label must be True, False or 'auto', got {label!r}")
         return n <= LABEL_MAX_MODELS
     return bool(label)
 
@@ -303,7 +303,7 @@ def _check_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     if x.shape != y.shape:
-        raise LmmapError(f"x and y must have the same length, got {x.size} and {y.size}")
+        raise InputError(f"x and y must have the same length, got {x.size} and {y.size}")
     return x, y
 
 
@@ -679,22 +679,22 @@ def _finite_range(values: np.ndarray) -> tuple[float, float]:
 
 def _check_series(series, styles, colors) -> list[tuple[str, np.ndarray, np.ndarray, str, str | None]]:
     if not isinstance(series, Mapping) or not series:
-        raise LmmapError("series must be a non-empty dict {name: (x, y)}")
+        raise InputError("series must be a non-empty dict {name: (x, y)}")
     styles = dict(styles or {})
     colors = dict(colors or {})
     unknown = [k for k in list(styles) + list(colors) if k not in series]
     if unknown:
-        raise LmmapError(f"styles/colors name series that do not exist: {unknown[:5]}; series are {list(series)[:10]}")
+        raise InputError(f"styles/colors name series that do not exist: {unknown[:5]}; series are {list(series)[:10]}")
     items = []
     for name, xy in series.items():
         try:
             x, y = xy
         except (TypeError, ValueError):
-            raise LmmapError(f"series {name!r} must be a pair (x, y)") from None
+            raise InputError(f"series {name!r} must be a pair (x, y)") from None
         x, y = _check_xy(x, y)
         style = styles.get(name, "-")
         if style not in LINESTYLES:
-            raise LmmapError(f"style {style!r} of series {name!r} is not one of {sorted(LINESTYLES)}")
+            raise InputError(f"style {style!r} of series {name!r} is not one of {sorted(LINESTYLES)}")
         colour = colors.get(name)
         items.append((str(name), x, y, style, _css_colour(colour) if colour is not None else None))
     return items
@@ -1111,7 +1111,7 @@ def _css_colour(colour: str) -> str:
     try:
         return to_hex(colour)
     except ValueError:
-        raise LmmapError(f"{colour!r} is not a colour: use a name like 'black' or a hex code like '#1f77b4'") from None
+        raise InputError(f"{colour!r} is not a colour: use a name like 'black' or a hex code like '#1f77b4'") from None
 
 
 __all__ = [
