@@ -40,16 +40,21 @@ SCORER = "lmmap"
 # Bump when a change can alter the numbers: checkpoints from another version are then not reused.
 SCORER_VERSION = "1"
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between checkpoints
-BACKENDS = ("hf", "fake")
+BACKENDS = ("hf", "vllm", "fake")
 
 
 def get_backend(backend: "str | Backend") -> Backend:
-    """The backend named ``backend`` (``"hf"``: transformers; ``"fake"``: the test n-gram models), or ``backend`` itself."""
+    """The backend named ``backend`` (``"hf"``: transformers; ``"vllm"``: vLLM's offline engine; ``"fake"``: the
+    test n-gram models), or ``backend`` itself."""
     if isinstance(backend, str):
         if backend == "hf":
             from lmmap.scoring.hf import HFBackend
 
             return HFBackend()
+        if backend == "vllm":
+            from lmmap.scoring.vllm import VLLMBackend
+
+            return VLLMBackend()
         if backend == "fake":
             from lmmap.scoring.fake import FakeBackend
 
