@@ -180,7 +180,7 @@ def test_bad_options_are_refused_before_loading_anything(store):
         (dict(stride=0), "stride"),
         (dict(checkpoint_every=-1), "checkpoint_every"),
         (dict(text_pos=[10**6]), "text_pos"),
-        (dict(backend="vllm"), "backend"),
+        (dict(backend="nope"), "backend"),
         (dict(progress=True), "progress"),
     ):
         with pytest.raises(InputError, match=param) as err:
