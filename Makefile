@@ -9,6 +9,7 @@ BROWSER := .make/browser
 $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[models,test]'
+	$(PYTHON) -m pip install --quiet ray==2.60.0
 	@mkdir -p .make && touch $(STAMP)
 
 # The HTML tests drive a real headless Chromium (Debian's package; playwright cannot download

@@ -516,7 +516,8 @@ def session_commands(outdir, plan: DemoPlan, n_texts: int) -> list[str]:
 
 
 def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, random_state: int = 0, progress=None,
-             threads: int | str | None = "auto") -> dict:
+             threads: int | str | None = "auto", executor: str = "local", ray_address: str | None = None,
+             gpus_per_model: float | None = None, shard_texts: int | None = None) -> dict:
     """Build, score and map the demo ecosystem under ``outdir``; returns paths and a summary.
 
     ``random_state`` seeds everything (corpus split, training, text set):
@@ -529,6 +530,10 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, rando
     the idle cores less one on a larger one); restored afterwards. ``None``
     keeps the current setting.
 
+    ``executor``, ``ray_address``, ``gpus_per_model``, ``shard_texts``: how
+    the models are scored (see :func:`lmmap.scoring.score_models`; checked
+    before any training).
+
     Returns a dict with ``paths`` (the map files), ``store``, ``models_dir``,
     ``models_csv``, ``scores_csv``, ``held_out`` (models trained but not in
     the store), ``n_models``, ``n_texts``, ``seconds`` (wall), ``cpu_seconds``
@@ -539,11 +544,17 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, rando
     neighbour by KL) and ``session`` (the README's commands).
     """
     from lmmap.parallel import set_threads
+    from lmmap.scoring import executor as _executor
 
+    _executor.check_options(executor, ray_address, gpus_per_model, shard_texts)
+    if executor == "ray":
+        _executor.import_ray()  # not installed: say so now, not after training
+    executor_options = dict(executor=executor, ray_address=ray_address, gpus_per_model=gpus_per_model,
+                            shard_texts=shard_texts)
     previous = set_threads(threads) if threads is not None else None
     try:
         with _quiet_transformers():
-            return _run_demo(outdir, size, force, random_state, progress)
+            return _run_demo(outdir, size, force, random_state, progress, executor_options)
     finally:
         if previous is not None:
             set_threads(previous)
@@ -584,7 +595,7 @@ class _quiet_transformers:
         return False
 
 
-def _run_demo(outdir, size, force, seed, progress) -> dict:
+def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dict:
     import torch
 
     from lmmap import scoring
@@ -638,7 +649,8 @@ def _run_demo(outdir, size, force, seed, progress) -> dict:
             f"({plan.texts_per_domain} per domain, {plan.chunk_bytes} bytes each)")
         t_score = time.perf_counter()
         status = scoring.score_models(store, [str(models_dir / n) for n in pending], names=pending, device="cpu",
-                                      dtype="float32", progress=progress, checkpoint_every=30.0)
+                                      dtype="float32", progress=progress, checkpoint_every=30.0,
+                                      **(executor_options or {}))
         failed = {n: s.message for n, s in status.items() if not s.ok}
         if failed:
             raise LmmapError("the demo could not score: " + "; ".join(failed.values()))

@@ -23,6 +23,17 @@ LINEAGE_COLUMN = "base_model"
 # A nearest model in another lineage is flagged only if the model's own lineage is more than this much (relative KL)
 # further away: a near tie says nothing about lineage.
 LINEAGE_TIE = 0.10
+# KL units: nats per text (KL = g / 2N), or bits per byte of text (Kishino et al. 2025):
+# KL in nats per text / (mean UTF-8 bytes of the map's texts · ln 2).
+UNITS = ("nats-per-text", "bits-per-byte")
+UNIT_LABELS = {"nats-per-text": "nats/text", "bits-per-byte": "bits/byte"}
+
+
+def check_unit(unit: str) -> str:
+    """``unit`` if it is one of :data:`UNITS`; a one-line :class:`InputError` otherwise."""
+    if unit not in UNITS:
+        raise InputError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}", params=("unit",))
+    return unit
 
 
 @dataclass(eq=False)
@@ -42,6 +53,8 @@ class ModelMap:
     n_texts : N, the size of the full text set (default d). KL = g / (2N).
     counts : draw counts c of the d texts (subset maps), for bootstrap errors.
     metadata : optional DataFrame indexed by model (model_type, family, ...).
+    text_bytes : UTF-8 length in bytes of each of the d texts (from the text
+        set); needed for KL in bits per byte (``unit="bits-per-byte"``).
     """
 
     names: list[str]
@@ -53,6 +66,7 @@ class ModelMap:
     metadata: pd.DataFrame | None = None
     clip_percentile: float = geometry.DEFAULT_CLIP_PERCENTILE
     text_set_id: str | None = None
+    text_bytes: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -69,6 +83,11 @@ class ModelMap:
                 f"for fewer); got {len(self.names)}"
             )
         geometry.check_finite(self.L, self.names)
+        if self.text_bytes is not None:
+            self.text_bytes = np.asarray(self.text_bytes, dtype=np.float64)
+            if self.text_bytes.shape != (self.L.shape[1],) or not (self.text_bytes > 0).all():
+                raise InputError(f"text_bytes must hold one positive byte length per text ({self.L.shape[1]}), "
+                                 f"got shape {self.text_bytes.shape}", params=("text_bytes",))
         if self.n_texts is None:
             self.n_texts = self.L.shape[1]
         if isinstance(self.threshold, str):
@@ -101,10 +120,12 @@ class ModelMap:
             return cls(
                 names, L, threshold=thr, w=subset.weights, n_texts=store.n_texts, counts=subset.counts,
                 metadata=store.metadata(), text_set_id=store.text_set_id,
+                text_bytes=_store_text_bytes(store, subset.text_pos),
             )
         names, L = store.matrix(models, allow_mixed=allow_mixed)
         thr = (threshold if threshold is not None else "auto") if clip else None
-        return cls(names, L, threshold=thr, metadata=store.metadata(), text_set_id=store.text_set_id)
+        return cls(names, L, threshold=thr, metadata=store.metadata(), text_set_id=store.text_set_id,
+                   text_bytes=_store_text_bytes(store, None))
 
     def add_metadata(self, extra: pd.DataFrame) -> None:
         """Add metadata columns (a DataFrame indexed by model); ``extra`` wins where both have a value."""
@@ -132,35 +153,65 @@ class ModelMap:
             self._cache["G"] = geometry.squared_distances(self.Q, self.w)
         return self._cache["G"]
 
-    def kl(self) -> np.ndarray:
-        """Estimated ``KL(p_i, p_j) ≈ g_ij / (2N)`` (K×K, symmetric, zero diagonal)."""
-        return geometry.kl_from_squared_distances(self.squared_distances(), self.n_texts)
+    @property
+    def mean_text_bytes(self) -> float | None:
+        """Mean UTF-8 bytes of the map's texts (weighted by ``w`` on a subset map); None if unknown."""
+        if self.text_bytes is None:
+            return None
+        if self.w is None:
+            return float(self.text_bytes.mean())
+        w = np.asarray(self.w, dtype=np.float64)
+        return float((w * self.text_bytes).sum() / w.sum())
 
-    def kl_se(self, R: int = 100, random_state=0) -> np.ndarray:
+    def unit_factor(self, unit: str = "nats-per-text") -> float:
+        """What KL in nats per text is multiplied by to give ``unit`` (1, or 1 / (mean bytes · ln 2))."""
+        check_unit(unit)
+        if unit == "nats-per-text":
+            return 1.0
+        if self.mean_text_bytes is None:
+            raise InputError("unit='bits-per-byte' needs the byte lengths of the map's texts (text_bytes), which "
+                             "this map lacks; build it with ModelMap.from_store or give text_bytes",
+                             params=("unit",))
+        return 1.0 / (self.mean_text_bytes * np.log(2.0))
+
+    def kl(self, unit: str = "nats-per-text") -> np.ndarray:
+        """Estimated ``KL(p_i, p_j) ≈ g_ij / (2N)`` (K×K, symmetric, zero diagonal).
+
+        ``unit``: ``nats-per-text`` (default) or ``bits-per-byte`` (divided by
+        the mean text bytes · ln 2, see :attr:`mean_text_bytes`).
+        """
+        f = self.unit_factor(unit)
+        kl = geometry.kl_from_squared_distances(self.squared_distances(), self.n_texts)
+        return kl if f == 1.0 else kl * f
+
+    def kl_se(self, R: int = 100, random_state=0, unit: str = "nats-per-text") -> np.ndarray:
         """Bootstrap standard error of each KL estimate (K×K); see :mod:`lmmap.maths.bootstrap`."""
+        f = self.unit_factor(unit)
         key = ("kl_se", R, random_state)
         if key not in self._cache:
             from lmmap.maths.bootstrap import bootstrap_sq_distance_se
 
             se = bootstrap_sq_distance_se(self.Q, self.w, self.counts, R=R, random_state=random_state)
             self._cache[key] = geometry.kl_from_squared_distances(se, self.n_texts)
-        return self._cache[key]
+        return self._cache[key] if f == 1.0 else self._cache[key] * f
 
-    def kl_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.kl(), index=pd.Index(self.names, name="model"), columns=self.names)
+    def kl_frame(self, unit: str = "nats-per-text") -> pd.DataFrame:
+        return pd.DataFrame(self.kl(unit), index=pd.Index(self.names, name="model"), columns=self.names)
 
     # -- neighbours ---------------------------------------------------------------
-    def neighbors(self, model: str, k: int = 10, se: bool = False, R: int = 100) -> pd.DataFrame:
-        """The ``k`` models with the smallest estimated KL to ``model``."""
+    def neighbors(self, model: str, k: int = 10, se: bool = False, R: int = 100,
+                  unit: str = "nats-per-text") -> pd.DataFrame:
+        """The ``k`` models with the smallest estimated KL to ``model`` (KL in ``unit``)."""
+        check_unit(unit)
         self.index_of(model)  # a clear error for an unknown name
-        table = self.neighbor_table(k, se=se, R=R)
+        table = self.neighbor_table(k, se=se, R=R, unit=unit)
         return table[table["model"] == model].reset_index(drop=True)
 
-    def neighbor_table(self, k: int = 10, se: bool = False, R: int = 100) -> pd.DataFrame:
-        """For every model, its ``k`` nearest models: columns model, rank, neighbor, kl (and kl_se)."""
+    def neighbor_table(self, k: int = 10, se: bool = False, R: int = 100, unit: str = "nats-per-text") -> pd.DataFrame:
+        """For every model, its ``k`` nearest models: columns model, rank, neighbor, kl (and kl_se), KL in ``unit``."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}", params=("k",))
-        KL = self.kl()
+        KL = self.kl(unit)
         idx, vals = geometry.nearest_neighbors(KL, k)
         kk = idx.shape[1]
         names = np.asarray(self.names, dtype=object)
@@ -173,7 +224,7 @@ class ModelMap:
             }
         )
         if se:
-            table["kl_se"] = self.kl_se(R=R)[np.repeat(np.arange(self.K), kk), idx.ravel()]
+            table["kl_se"] = self.kl_se(R=R, unit=unit)[np.repeat(np.arange(self.K), kk), idx.ravel()]
         return table
 
     # -- embeddings ---------------------------------------------------------------
@@ -298,8 +349,16 @@ class ModelMap:
             "clip_threshold": self.threshold,
             "clip_percentile": self.clip_percentile if self.threshold is not None else None,
             "weighted": self.w is not None,
+            "mean_text_bytes": self.mean_text_bytes,
             **extra,
         }
+
+
+def _store_text_bytes(store, text_pos) -> np.ndarray | None:
+    """UTF-8 bytes of the store's texts (at ``text_pos``); None if one is empty (no bits per byte then)."""
+    b = store.texts.text_bytes
+    b = b if text_pos is None else b[np.asarray(text_pos, dtype=np.int64)]
+    return b if (b > 0).all() else None
 
 
 def _lineage_roots(names: list[str], bases: dict[str, str]) -> dict[str, str]:

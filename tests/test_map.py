@@ -184,3 +184,75 @@ def test_cli_map_takes_edges_and_embedding(tmp_path):
     assert info["edges"] == "nn" and info["embedding"] == "mds" and (out / "lineage.csv").exists()
     res = CliRunner().invoke(app, ["map", "-o", str(tmp_path / "bad"), "--store", str(store.path), "--edges", "every"])
     assert res.exit_code != 0 and not (tmp_path / "bad").exists()
+
+
+# -- KL units (issue 15 §4) -----------------------------------------------------------------
+
+
+def test_bits_per_byte_is_the_variance_of_the_difference_over_two_mean_bytes_ln2():
+    rng = np.random.default_rng(3)
+    L = rng.normal(-100, 5, size=(4, 30))
+    nbytes = rng.integers(50, 300, size=30)
+    mm = ModelMap([f"m{i}" for i in range(4)], L, threshold=None, text_bytes=nbytes)
+    # Independently: KL_ij = Σ_t (q_it − q_jt)² / 2N with q the double-centred L; per byte and in bits.
+    Q = L - L.mean(0) - L.mean(1)[:, None] + L.mean()
+    d = Q[0] - Q[2]
+    nats = (d**2).sum() / (2 * 30)
+    assert mm.kl()[0, 2] == pytest.approx(nats, rel=1e-12)
+    # d has mean zero over texts only after centring across models; the variance form holds for the
+    # centred difference of the raw rows:
+    raw = L[0] - L[2]
+    assert nats == pytest.approx(np.var(raw) / 2, rel=1e-12)
+    bpb = np.var(raw) / (2 * nbytes.mean() * np.log(2))
+    assert mm.kl("bits-per-byte")[0, 2] == pytest.approx(bpb, rel=1e-12)
+    nb = mm.neighbors("m0", k=2, unit="bits-per-byte")
+    assert nb["kl"].tolist() == pytest.approx(sorted(mm.kl("bits-per-byte")[0, [1, 2, 3]])[:2])
+
+
+def test_a_subset_map_uses_the_weighted_mean_bytes():
+    rng = np.random.default_rng(4)
+    L = rng.normal(-50, 3, size=(3, 5))
+    w = np.array([0.5, 2.0, 1.0, 1.0, 3.0])
+    nbytes = np.array([100, 200, 300, 400, 500])
+    mm = ModelMap(["a", "b", "c"], L, threshold=None, w=w, n_texts=20, text_bytes=nbytes)
+    mean = (0.5 * 100 + 2 * 200 + 300 + 400 + 3 * 500) / 7.5
+    assert mm.mean_text_bytes == pytest.approx(mean)
+    np.testing.assert_allclose(mm.kl("bits-per-byte"), mm.kl() / (mean * np.log(2)), rtol=1e-12)
+
+
+def test_unit_typos_and_maps_without_bytes_are_one_line_errors():
+    mm = ModelMap(["a", "b", "c"], np.random.default_rng(0).normal(size=(3, 6)), threshold=None)
+    with pytest.raises(LmmapError, match="unit must be one of nats-per-text, bits-per-byte, got 'bits-per-bytes'") as e:
+        mm.kl("bits-per-bytes")
+    assert e.value.params == ("unit",) and "\n" not in str(e.value)
+    with pytest.raises(LmmapError, match="text_bytes"):
+        mm.kl("bits-per-byte")
+
+
+def test_cli_map_and_neighbors_take_a_unit(tmp_path):
+    from typer.testing import CliRunner
+
+    from lmmap.cli import app
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
+
+    names, L, meta = lineage_map()
+    texts = [f"text {i}" + "é" * i for i in range(L.shape[1])]
+    store = Store.create(tmp_path / "store", TextSet.from_texts(texts))
+    store.write_models([{"name": n, "loglik": row} for n, row in zip(names, L)])
+    out = tmp_path / "map"
+    res = CliRunner().invoke(app, ["map", "-o", str(out), "--store", str(store.path), "--unit", "bits-per-byte"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "map.json").read_text())
+    mean = np.mean([len(t.encode()) for t in texts])
+    assert info["kl_unit"] == "bits-per-byte" and info["mean_text_bytes"] == pytest.approx(mean)
+    kl = pd.read_csv(out / "kl.csv", index_col=0)
+    nats = ModelMap.from_store(store).kl()
+    np.testing.assert_allclose(kl.to_numpy(), nats / (mean * np.log(2)), rtol=1e-9)
+    res = CliRunner().invoke(app, ["neighbors", names[0], "--store", str(store.path), "--unit", "bits-per-byte"])
+    assert res.exit_code == 0 and "bits/byte" in res.output, res.output
+    res = CliRunner().invoke(app, ["map", "-o", str(tmp_path / "bad"), "--store", str(store.path), "--unit", "bpb"])
+    assert res.exit_code != 0 and res.exception.params == ("unit",) and not (tmp_path / "bad").exists()
+    from lmmap.cli import as_flags
+
+    assert as_flags(str(res.exception), res.exception.params).startswith("--unit must be one of")

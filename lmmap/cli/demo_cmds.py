@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from lmmap.cli._app import app, console, err_console, lit
+from lmmap.cli.score_cmds import ExecutorOption, GpusPerModelOption, RayAddressOption, ShardTextsOption
 
 
 @app.command()
@@ -17,6 +18,10 @@ def demo(
     force: Annotated[bool, typer.Option("--force", help="Retrain and rescore everything instead of reusing OUTPUT's cache.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the training runs and the text sample.")] = 0,
     threads: Annotated[str, typer.Option(help="Torch threads for training and scoring: a number, or auto (1 on a 2-core machine, where a second thread is many times slower once the cores are busy; the idle cores less one on a larger machine).")] = "auto",
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    gpus_per_model: GpusPerModelOption = None,
+    shard_texts: ShardTextsOption = None,
 ):
     """Build a small ecosystem of real models from text on this machine, score them and draw their map (offline)."""
     from lmmap.cli._progress import RichProgress
@@ -25,7 +30,9 @@ def demo(
 
     resolve_threads(threads)  # a bad value fails before any work
     with RichProgress(err_console) as progress:
-        result = run_demo(output, size=size, force=force, random_state=seed, progress=progress, threads=threads)
+        result = run_demo(output, size=size, force=force, random_state=seed, progress=progress, threads=threads,
+                          executor=executor, ray_address=ray_address, gpus_per_model=gpus_per_model,
+                          shard_texts=shard_texts)
     _print_summary(result)
     console.print(f"[bold]demo map of {result['n_models']} models on {result['n_texts']} texts[/] "
                   f"({result['seconds']:.0f} s on this machine, {result['cpu_seconds']:.0f} s of CPU, "

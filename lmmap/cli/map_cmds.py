@@ -10,6 +10,8 @@ from rich.table import Table
 
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
 
+UnitOption = Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of every KL: nats-per-text (KL = g / 2N), or bits-per-byte (KL / (mean text bytes · ln 2), the unit of Kishino et al. 2025, comparable across text sets).")]
+
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
     from lmmap.map import ModelMap
     from lmmap.data.store import Store
@@ -49,20 +51,25 @@ def map_(
     tsne_seed: Annotated[int, typer.Option("--tsne-seed", help="Random state of the 2-D embedding (t-SNE, UMAP).")] = 42,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
     allow_other_texts: AllowOtherTextsOption = False,
+    unit: UnitOption = "nats-per-text",
 ):
     """Build the model map: KL estimates, neighbours, and a 2-D map (PNG and HTML)."""
     check_replicates(R, needed=se)
     from lmmap.data.store import Store
+    from lmmap.map import check_unit
+
+    check_unit(unit)
 
     s = Store(store)
     mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts)
     check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
     method, edges = mm.embedding_method(embedding), mm.resolve_edges(edges)  # bad values refused before any output
+    mm.unit_factor(unit)
     from lmmap import report
 
     with output_dir(output), console.status(f"embedding {mm.K} models ({lit(method)})…"):
         paths = report.write(mm, output, embedding=embedding, color_by=color_by, k=k, se=se, R=R,
-                             random_state=tsne_seed, edges=edges)
+                             random_state=tsne_seed, edges=edges, unit=unit)
     console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts (clip threshold {mm.threshold if mm.threshold is None else f'{mm.threshold:.2f}'}):")
     for name, p in paths.items():
         console.print(f"  {name:14s} {lit(p)}")
@@ -79,9 +86,13 @@ def neighbors(
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se (2 to 100,000).")] = 100,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
     allow_other_texts: AllowOtherTextsOption = False,
+    unit: UnitOption = "nats-per-text",
 ):
     """The models nearest to MODEL by estimated KL divergence."""
     from lmmap.exceptions import InputError
+    from lmmap.map import UNIT_LABELS, check_unit
+
+    check_unit(unit)
 
     # Everything the user can get wrong is checked before any vector is read.
     if k < 1:
@@ -97,11 +108,11 @@ def neighbors(
             f"model {model!r} is in the store but not in this map (it lacks some of the map's texts); "
             f"`lmmap score {model}` scores its missing texts"
         )
-    df = mm.neighbors(model, k=k, se=se, R=R)
+    df = mm.neighbors(model, k=k, se=se, R=R, unit=unit)
     table = Table(title=f"nearest models to {lit(model)}")
     table.add_column("rank", justify="right")
     table.add_column("model")
-    table.add_column("KL", justify="right")
+    table.add_column("KL" if unit == "nats-per-text" else f"KL ({UNIT_LABELS[unit]})", justify="right")
     if se:
         table.add_column("± SE", justify="right")
     for row in df.itertuples(index=False):

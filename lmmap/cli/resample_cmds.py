@@ -9,6 +9,7 @@ import typer
 
 from lmmap.exceptions import InputError, LmmapError
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
+from lmmap.cli.score_cmds import ExecutorOption, GpusPerModelOption, RayAddressOption, ShardTextsOption, executor_kwargs
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
     from lmmap.data.store import Store
@@ -112,6 +113,10 @@ def add(
     tsne_seed: Annotated[int, typer.Option("--tsne-seed", help="Random state of the 2-D embedding.")] = 42,
     allow_other_texts: AllowOtherTextsOption = False,
     threads: ThreadsOption = "auto",
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    gpus_per_model: GpusPerModelOption = None,
+    shard_texts: ShardTextsOption = None,
 ):
     """Score new models on a subset's texts only (or adaptively) and place them into the existing map."""
     from lmmap.parallel import set_threads
@@ -136,6 +141,7 @@ def add(
     score_kwargs = {k_: v for k_, v in score_kwargs.items() if v is not None}
     if trust_remote_code:
         score_kwargs["trust_remote_code"] = True
+    score_kwargs.update(executor_kwargs(executor, ray_address, gpus_per_model, shard_texts))
     check_color_by(color_by, s.metadata().columns)
     with output_dir(output), RichProgress(console, enabled=not no_progress) as progress:
         if adaptive:

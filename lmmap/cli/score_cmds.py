@@ -9,6 +9,19 @@ import typer
 
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, console, err_console, fail, lit
 
+# The executor options, shared by `lmmap score`, `lmmap add` and `lmmap demo`.
+ExecutorOption = Annotated[str, typer.Option("--executor", metavar="local|ray", help="local: score in this process, one model after another; ray: one Ray task per (model, shard of texts) on a Ray cluster, this process alone writing the store (pip install 'lmmap\\[ray]').")]
+RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", metavar="auto|HOST:PORT", help="--executor ray: the cluster to join (auto: the one started on this node with `ray start`). Default: a private Ray instance on this machine, listening on loopback only.")]
+GpusPerModelOption = Annotated[Optional[float], typer.Option("--gpus-per-model", metavar="G", help="--executor ray: GPUs each task asks Ray for (default: 0, CPU tasks).")]
+ShardTextsOption = Annotated[Optional[int], typer.Option("--shard-texts", metavar="S", help="--executor ray: texts per task (default: all of a model's texts). Smaller shards spread a model over more workers and lose less when a worker dies, at one model load per shard.")]
+
+
+def executor_kwargs(executor: str, ray_address, gpus_per_model, shard_texts) -> dict:
+    """The executor options as keyword arguments of score_models (the defaults left out)."""
+    kw = dict(ray_address=ray_address, gpus_per_model=gpus_per_model, shard_texts=shard_texts)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    return {"executor": executor, **kw} if executor != "local" or kw else {}
+
 
 @app.command()
 def score(
@@ -30,6 +43,10 @@ def score(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
     allow_other_texts: AllowOtherTextsOption = False,
     threads: ThreadsOption = "auto",
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    gpus_per_model: GpusPerModelOption = None,
+    shard_texts: ShardTextsOption = None,
 ):
     """Score models on the store's texts; a killed run resumes from its checkpoints."""
     from lmmap import scoring
@@ -53,6 +70,7 @@ def score(
             convention=convention, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
             trust_remote_code=trust_remote_code, revision=revision, replace=replace, progress=bars,
             checkpoint_every=checkpoint_every, device_map=device_map,
+            **executor_kwargs(executor, ray_address, gpus_per_model, shard_texts),
         )
     failed = [n for n, st in statuses.items() if not st.ok]
     done = sum(st.status == "scored" for st in statuses.values())

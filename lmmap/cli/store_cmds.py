@@ -22,10 +22,17 @@ def texts_build(
     n: Annotated[Optional[int], typer.Option("--n", help="Sample this many chunks (default: keep all).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
     on_bad_utf8: Annotated[str, typer.Option(help="Files that are not UTF-8: error, skip or replace.")] = "error",
+    prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", metavar="P", help="Build a prompt→response text set from JSONL/Parquet records: field P is each text's prompt (scored as log p(text | prompt)); no chunking.")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", metavar="T", help="With --prompt-field: the field holding the response text.")] = "text",
 ):
-    """Cut documents into fixed-size chunks, de-duplicate and sample N of them."""
-    from lmmap.data.texts import build_text_set
+    """Cut documents into fixed-size chunks, de-duplicate and sample N of them (or, with --prompt-field, take prompt→response records)."""
+    from lmmap.data.texts import build_prompt_text_set, build_text_set
 
+    if prompt_field is not None:
+        ts = build_prompt_text_set(sources, prompt_field=prompt_field, text_field=text_field, n=n, random_state=seed)
+        ts.save(output)
+        console.print(f"wrote {len(ts)} prompt→response texts to {lit(output)} (identity {ts.identity[:19]}…)")
+        return
     ts = build_text_set(sources, chunk_bytes=chunk_bytes, min_bytes=min_bytes, n=n, random_state=seed,
                         on_bad_utf8=on_bad_utf8)
     ts.save(output)

@@ -31,17 +31,48 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def text_set_identity(texts: Iterable[str]) -> str:
-    """``sha256:<hex>`` over the texts in order (each length-prefixed, so boundaries count)."""
+def text_set_identity(texts: Iterable[str], prompts: Iterable[str] | None = None) -> str:
+    """``sha256:<hex>`` over the texts in order (each length-prefixed, so boundaries count).
+
+    With ``prompts`` (a prompt→response text set) each prompt is hashed before
+    its text, under a distinct leading tag: the same responses to other
+    prompts are another text set.
+    """
     h = hashlib.sha256()
     count = 0
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
+    if prompts is not None:
+        h.update(b"lmmap prompt+text\x00")
+        pairs = zip(prompts, texts, strict=True)
+    else:
+        pairs = ((None, t) for t in texts)
+    for p, t in pairs:
+        for part in ((t,) if p is None else (p, t)):
+            b = part.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
         count += 1
     h.update(count.to_bytes(8, "little"))
     return "sha256:" + h.hexdigest()
+
+
+PROMPT_COLUMN = "prompt"
+
+
+class PromptedText(str):
+    """A response text carrying its ``prompt``: scoring computes ``log p(text | prompt)``.
+
+    :attr:`TextSet.texts` gives these for a prompt→response text set, so the
+    prompt travels with the text to the encoder
+    (:func:`lmmap.scoring.encoding.encode_texts`) whoever passes it on.
+    """
+
+    def __new__(cls, text: str, prompt: str):
+        obj = super().__new__(cls, text)
+        obj.prompt = prompt
+        return obj
+
+    def __reduce__(self):
+        return (PromptedText, (str(self), self.prompt))
 
 
 @dataclass(frozen=True)
@@ -60,12 +91,35 @@ class TextSet:
                 raise InputError(f"a text set needs an {col!r} column; it has {self.table.column_names}")
         if self.table.num_rows == 0:
             raise InputError("the text set is empty: it needs at least one text")
+        if PROMPT_COLUMN in self.table.column_names:
+            col = self.table.column(PROMPT_COLUMN)
+            if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+                raise InputError(f"the text set's {PROMPT_COLUMN!r} column must hold strings, not {col.type}")
+            if col.null_count:
+                row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                raise InputError(f"text set row {row} has no prompt while others have one: every text of a "
+                                 "prompt→response text set needs a prompt")
 
     # -- construction -----------------------------------------------------
     @classmethod
-    def from_texts(cls, texts: list[str], sources: list[str] | None = None, index=None, **extra) -> "TextSet":
-        """A text set from a list of strings (ids 0..N-1 unless ``index`` is given)."""
+    def from_texts(cls, texts: list[str], sources: list[str] | None = None, index=None, prompts=None,
+                   **extra) -> "TextSet":
+        """A text set from a list of strings (ids 0..N-1 unless ``index`` is given).
+
+        ``prompts``: one prompt per text, for a prompt→response text set
+        (scored as ``log p(text | prompt)``).
+        """
         texts = list(texts)
+        if prompts is not None:
+            prompts = list(prompts)
+            if len(prompts) != len(texts):
+                raise InputError(f"prompts has {len(prompts)} entries for {len(texts)} texts", params=("prompts",))
+            for i, p in enumerate(prompts):
+                if not isinstance(p, str):
+                    raise InputError(f"text {i} has no prompt (got {_short(p)}); every text needs one",
+                                     params=("prompts",))
+                _check_encodable(p, f"prompt {i}", InputError)
+            extra = {PROMPT_COLUMN: pa.array(prompts, pa.string()), **extra}
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InputError(f"text {i} is {type(t).__name__}, not a string")
@@ -118,7 +172,14 @@ class TextSet:
         if not records:
             raise FormatError(f"{path}: the text set is empty (no records); it needs at least one text")
         texts, index, sources = [], [], []
+        has_prompt = [isinstance(r.get(PROMPT_COLUMN), str) for r in records]
+        if any(has_prompt) and not all(has_prompt):
+            i = has_prompt.index(False)
+            raise FormatError(f"{where(i)}: no {PROMPT_COLUMN!r} (a string) while other rows have one; every row of a "
+                              "prompt→response text set needs a prompt")
         extra_keys = [k for k in records[0] if k not in ("text", "index", "source")]
+        if any(has_prompt) and PROMPT_COLUMN not in extra_keys:
+            extra_keys.insert(0, PROMPT_COLUMN)
         extra = {k: [] for k in extra_keys}
         first_at: dict[int, int] = {}
         for i, rec in enumerate(records):
@@ -177,7 +238,26 @@ class TextSet:
 
     @property
     def texts(self) -> list[str]:
-        return self.table.column("text").to_pylist()
+        """The texts; for a prompt→response text set, :class:`PromptedText` s carrying their prompts."""
+        texts = self.table.column("text").to_pylist()
+        prompts = self.prompts
+        if prompts is None:
+            return texts
+        return [PromptedText(t, p) for t, p in zip(texts, prompts)]
+
+    @property
+    def prompts(self) -> list[str] | None:
+        """The prompts of a prompt→response text set (column ``prompt``), else None."""
+        if PROMPT_COLUMN not in self.table.column_names:
+            return None
+        return self.table.column(PROMPT_COLUMN).to_pylist()
+
+    @property
+    def text_bytes(self) -> np.ndarray:
+        """UTF-8 length of each text in bytes (the response only, for prompt→response texts)."""
+        import pyarrow.compute as pc
+
+        return pc.binary_length(self.table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
 
     @property
     def index(self) -> np.ndarray:
@@ -189,7 +269,7 @@ class TextSet:
 
     @property
     def identity(self) -> str:
-        return text_set_identity(self.texts)
+        return text_set_identity(self.table.column("text").to_pylist(), self.prompts)
 
     def subset(self, positions) -> "TextSet":
         """The texts at the given positions (0..N-1), in that order."""
@@ -427,3 +507,64 @@ def _sample(items: list, n: int, random_state) -> list:
                          params=("random_state",))
     # random.Random, not numpy: an int draws the same sample as the former ``seed`` did.
     return random.Random(None if random_state is None else int(random_state)).sample(items, n)
+
+
+def build_prompt_text_set(
+    sources: Iterable[str | os.PathLike],
+    prompt_field: str = "prompt",
+    text_field: str = "text",
+    n: int | None = None,
+    random_state: int | np.random.Generator | None = 0,
+) -> TextSet:
+    """A prompt→response text set: one text per JSONL/Parquet record, ``text_field`` as the text, ``prompt_field`` its prompt.
+
+    Records are not chunked (a response is scored whole, given its prompt).
+    A record without a string prompt or a non-empty text is an error naming
+    its file and line (or row). ``n``: sample this many records (source
+    order kept); ``random_state`` as in :func:`build_text_set`.
+    """
+    if not prompt_field or not text_field or prompt_field == text_field:
+        raise InputError(f"prompt_field and text_field must be two different field names, got {prompt_field!r} and "
+                         f"{text_field!r}", params=("prompt_field", "text_field"))
+    texts, prompts, srcs = [], [], []
+    for src in sources:
+        src = Path(src)
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in
+                           TEXT_SUFFIXES_JSONL + TEXT_SUFFIXES_PARQUET and not any(
+                               part.startswith(".") for part in p.relative_to(src).parts))
+        elif src.exists():
+            files = [src]
+        else:
+            raise FileNotFoundError(f"text source {src} does not exist")
+        for path in files:
+            if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
+                table = _read_parquet_table(path)
+                rows = ((f"{path}: row {i}", f"{path}#{i}", r) for i, r in enumerate(table.to_pylist()))
+            elif path.suffix.lower() in TEXT_SUFFIXES_JSONL:
+                rows = ((f"{path}:{ln}", f"{path}:{ln}", r) for ln, r in _read_jsonl(path))
+            else:
+                raise FormatError(f"{path}: a prompt→response text set is read from JSONL or Parquet records, "
+                                  "not plain text", params=("sources",))
+            for where, label, rec in rows:
+                p, t = rec.get(prompt_field), rec.get(text_field)
+                if not isinstance(p, str):
+                    raise FormatError(f"{where}: no prompt field {prompt_field!r} (a string; got {_short(p)})",
+                                      params=("prompt_field",))
+                if not isinstance(t, str) or not t.strip():
+                    raise FormatError(f"{where}: the text field {text_field!r} is missing, not a string or empty "
+                                      f"(got {_short(t)})", params=("text_field",))
+                prompts.append(p)
+                texts.append(t)
+                srcs.append(label)
+    if not texts:
+        raise InputError("no records were found in the sources", params=("sources",))
+    keep = list(range(len(texts)))
+    if n is not None:
+        if n <= 0:
+            raise InputError(f"n must be positive, got {n}", params=("n",))
+        if n > len(texts):
+            raise InputError(f"asked for {n} texts but the sources hold only {len(texts)} records", params=("n",))
+        keep = sorted(_sample(keep, n, random_state))
+    return TextSet.from_texts([texts[i] for i in keep], sources=[srcs[i] for i in keep],
+                              prompts=[prompts[i] for i in keep])

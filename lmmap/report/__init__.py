@@ -29,6 +29,7 @@ WRITERS = {
     "lmmap.analyses.stability.StabilityResult": "lmmap.report.stability",
     "lmmap.analyses.stability.StabilityComparison": "lmmap.report.stability",
     "lmmap.data.subset.Subset": "lmmap.report.select",
+    "lmmap.analyses.scale.ScaleResult": "lmmap.report.scale",
 }
 
 

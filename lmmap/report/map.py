@@ -31,6 +31,7 @@ def write(
     R: int = 100,
     random_state: int = 42,
     edges: str = "auto",
+    unit: str = "nats-per-text",
 ) -> dict[str, Path]:
     """Write the map of ``mm``; returns ``{file name: path}``.
 
@@ -40,11 +41,14 @@ def write(
     base_model or none; with declared bases ``lineage.csv`` says for each
     model whether its nearest model by KL is in its lineage. ``se``: add
     bootstrap standard errors (``R`` replicates) to the neighbours and write
-    ``kl_se.csv``.
+    ``kl_se.csv``. ``unit``: the unit of every KL written (``nats-per-text``
+    or ``bits-per-byte``); map.json records it as ``kl_unit``.
     """
-    from lmmap.map import LINEAGE_TIE
+    from lmmap.map import LINEAGE_TIE, UNIT_LABELS, check_unit
     from lmmap.report import plots
 
+    check_unit(unit)
+    factor = mm.unit_factor(unit)  # refused before any file is written when the map cannot give this unit
     method = mm.embedding_method(embedding)
     edge_mode = mm.resolve_edges(edges)
     groups = mm.groups(color_by)
@@ -53,18 +57,20 @@ def write(
                          params=("color_by",))
     files = Files(outdir)
     index = pd.Index(mm.names, name="model")
-    files.table("kl.csv", mm.kl_frame(), index=True)
+    files.table("kl.csv", mm.kl_frame(unit), index=True)
     if se:
-        files.table("kl_se.csv", pd.DataFrame(mm.kl_se(R=R), index=index, columns=mm.names), index=True)
+        files.table("kl_se.csv", pd.DataFrame(mm.kl_se(R=R, unit=unit), index=index, columns=mm.names), index=True)
     coords = mm.embed(embedding, random_state=random_state)
     files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": coords[:, 0], "y": coords[:, 1]}))
-    table = mm.neighbor_table(k, se=se, R=R)
+    table = mm.neighbor_table(k, se=se, R=R, unit=unit)
     files.table("neighbors.csv", table)
     lineage = mm.lineage()
+    if len(lineage) and factor != 1.0:
+        lineage = lineage.assign(**{c: lineage[c] * factor for c in ("kl_to_base", "kl_to_nearest", "kl_to_lineage")})
     if len(lineage):
         files.table("lineage.csv", lineage)
     edge_sets, flagged = map_edges(mm, edge_mode)
-    hover = hover_neighbors(table, mm.names, n=3)
+    hover = hover_neighbors(table, mm.names, n=3, unit=UNIT_LABELS[unit] if unit != "nats-per-text" else "")
     if len(lineage):
         hover = _hover_lineage(hover, mm.names, lineage)
     style = dict(
@@ -77,7 +83,7 @@ def write(
         lambda path: plots.map_html(path, coords, mm.names, hover=hover, **style),
     )
     info = mm.describe(embedding=method, embedding_requested=embedding, embedding_random_state=random_state,
-                       color_by=color_by, edges=edge_mode)
+                       color_by=color_by, edges=edge_mode, kl_unit=unit)
     if len(lineage):
         info["lineage"] = {
             "declared": int(len(lineage)),
@@ -157,11 +163,12 @@ def _hover_lineage(hover: list[str], names: list[str], lineage: pd.DataFrame) ->
     return out
 
 
-def hover_neighbors(table: pd.DataFrame, names: list[str], n: int = 3) -> list[str]:
-    """Hover text per model: its ``n`` nearest models with their KL."""
+def hover_neighbors(table: pd.DataFrame, names: list[str], n: int = 3, unit: str = "") -> list[str]:
+    """Hover text per model: its ``n`` nearest models with their KL (``unit``: a label after each value)."""
     top = table[table["rank"] <= n]
+    u = f" {unit}" if unit else ""
     text = top.groupby("model", sort=False).apply(
-        lambda g: "nearest: " + ", ".join(f"{nb} (KL {kl:.3g})" for nb, kl in zip(g["neighbor"], g["kl"])),
+        lambda g: "nearest: " + ", ".join(f"{nb} (KL {kl:.3g}{u})" for nb, kl in zip(g["neighbor"], g["kl"])),
         include_groups=False,
     )
     return [text.get(m, "") for m in names]

@@ -195,6 +195,10 @@ def score_models(
     device_map: str | None = None,
     logits_memory: int | None = None,
     backend: "str | Backend" = "hf",
+    executor: str = "local",
+    ray_address: str | None = None,
+    gpus_per_model: float | None = None,
+    shard_texts: int | None = None,
 ) -> dict[str, ScoreStatus]:
     """Score each model on the store's texts (or on ``text_pos`` only) and store its vector.
 
@@ -219,9 +223,23 @@ def score_models(
         events: one task per model in tokens (counters ``texts``,
         ``texts_total``), and a one-line message per model's outcome.
     checkpoint_every : seconds between checkpoints (0: after every batch), so
-        a killed run resumes with the missing texts only.
+        a killed run resumes with the missing texts only (``executor="ray"``:
+        each completed shard is checkpointed as it arrives).
     backend : ``"hf"`` (transformers), ``"fake"`` (exact n-gram models for
         tests, :mod:`lmmap.scoring.fake`) or a :class:`~lmmap.scoring.protocol.Backend`.
+    executor : ``"local"`` (this process, one model after another) or
+        ``"ray"``: one Ray task per (model, shard of texts) on a Ray cluster
+        (:mod:`lmmap.scoring.executor`); this process alone writes the store
+        and checkpoints every completed shard. Needs ``pip install 'lmmap[ray]'``.
+    ray_address : ``executor="ray"`` only: the cluster to join (``"auto"``: the
+        one started on this node with ``ray start``; ``"HOST:PORT"``;
+        ``"ray://HOST:PORT"``). Default: a private Ray instance on this machine,
+        bound to loopback (or the Ray connection this process already has).
+    gpus_per_model : ``executor="ray"`` only: GPUs each task asks Ray for
+        (default 0: CPU tasks).
+    shard_texts : ``executor="ray"`` only: texts per task (default: all of a
+        model's texts in one task). Smaller shards spread a model over more
+        workers and lose less when a worker dies, at one model load per shard.
 
     Returns
     -------
@@ -281,11 +299,19 @@ def score_models(
         raise InputError(f"checkpoint_every must be >= 0 seconds, got {checkpoint_every}",
                          params=("checkpoint_every",))
     positions = _check_positions(text_pos, store.n_texts)
+    from lmmap.scoring import executor as _executor
+
+    _executor.check_options(executor, ray_address, gpus_per_model, shard_texts)
     options = dict(
         device=device, dtype=dtype, convention=convention, batch_tokens=batch_tokens, max_length=max_length,
         stride=stride, trust_remote_code=trust_remote_code, revision=revision, replace=replace, progress=progress,
         checkpoint_every=checkpoint_every, device_map=device_map, logits_memory=logits_memory,
     )
+    if executor == "ray":
+        return _executor.score_models_ray(
+            store, backend, be, list(zip(models, names, per_model)), positions, options,
+            ray_address=ray_address, gpus_per_model=gpus_per_model, shard_texts=shard_texts,
+        )
     out = {}
     for source, name, own in zip(models, names, per_model):
         try:
@@ -297,22 +323,36 @@ def score_models(
             kept = (f"{n} checkpoint chunk(s) of {name!r} kept; rerun the same command to resume" if n
                     else f"nothing of {name!r} was scored yet")
             raise Interrupted(kept + _done_before(out)) from None
-        except NonFiniteError as exc:
-            hint = " (try dtype='float32')" if dtype != "float32" else ""
-            status = ScoreStatus(name, "failed", f"model {name!r}: {exc}; nothing was stored for it{hint}",
-                                 params=("dtype",) if hint else ())
-        except LmmapError as exc:
-            status = ScoreStatus(name, "failed", str(exc) if name in str(exc) else f"model {name!r}: {exc}",
-                                 params=tuple(getattr(exc, "params", ())))
         except Exception as exc:  # one model's failure must not stop the others
-            hint, params = be.failure_hint(exc)
-            status = ScoreStatus(name, "failed", f"model {name!r}: {type(exc).__name__}: {first_line(exc)}{hint}",
-                                 params=tuple(params))
+            status = failure_status(name, failure_of(exc, be), {**options, **own}["dtype"])
         finally:
             gc.collect()
         out[name] = status
         say(progress, f"{status.status} {name}" + (f": {status.message}" if status.message else ""), status.params)
     return out
+
+
+def failure_of(exc: Exception, backend: Backend) -> tuple[str, str, tuple[str, ...]]:
+    """``(kind, message, params)`` of a model's failure: plain data, so that a Ray worker can send it back."""
+    if isinstance(exc, NonFiniteError):
+        return "nonfinite", str(exc), tuple(exc.params)
+    if isinstance(exc, LmmapError):
+        return "lmmap", str(exc), tuple(getattr(exc, "params", ()))
+    hint, params = backend.failure_hint(exc)
+    return "other", f"{type(exc).__name__}: {first_line(exc)}{hint}", tuple(params)
+
+
+def failure_status(name: str, failure: tuple[str, str, tuple[str, ...]], dtype: str) -> ScoreStatus:
+    """The ``failed`` status of model ``name`` for a :func:`failure_of` triple (the same words from every executor)."""
+    kind, message, params = failure
+    if kind == "nonfinite":
+        hint = " (try dtype='float32')" if dtype != "float32" else ""
+        return ScoreStatus(name, "failed", f"model {name!r}: {message}; nothing was stored for it{hint}",
+                           params=("dtype",) if hint else ())
+    if kind == "lmmap":
+        return ScoreStatus(name, "failed", message if name in message else f"model {name!r}: {message}",
+                           params=tuple(params))
+    return ScoreStatus(name, "failed", f"model {name!r}: {message}", params=tuple(params))
 
 
 def _check_progress(progress):
@@ -372,8 +412,6 @@ def _check_positions(text_pos, n_texts: int) -> np.ndarray:
 def _score_one(store, backend: Backend, source, name, positions, *, device, dtype, convention, batch_tokens,
                max_length, stride, trust_remote_code, revision, replace, progress, checkpoint_every, device_map,
                logits_memory) -> ScoreStatus:
-    from lmmap.data.store import ModelExistsError
-
     existing = None
     if store.has_model(name) and not replace:
         existing = store.vectors(name)
@@ -412,40 +450,58 @@ def _score_one(store, backend: Backend, source, name, positions, *, device, dtyp
             store, name, key, scorer, [texts[i] for i in todo], todo, convention=convention, max_length=L,
             stride=stride, batch_tokens=batch_tokens, progress=progress, checkpoint_every=checkpoint_every,
         )
-        parts = [p for p in (kept, ck, new["frame"]) if p is not None and len(p)]
-        import pandas as pd
-
-        frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
-        record = _record(scorer, settings, key, source, device, new, n_before, load_seconds, batch_tokens)
-        wanted_all = len(frame) == store.n_texts
-        try:
-            store.write_model(
-                name, frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
-                truncated=frame["truncated"].to_numpy(), text_pos=None if wanted_all else frame["text_pos"].to_numpy(),
-                record=record, replace=replace or existing is not None,
-            )
-        except ModelExistsError:
-            # Another process stored this model while this one scored it.
-            theirs = store.record(name)
-            covered = np.isin(positions, store.vectors(name)["text_pos"].to_numpy()).all()
-            if theirs.get("settings_key") == key and covered:
-                store.clear_checkpoint(name)
-                return ScoreStatus(name, "skipped", "was completed by another process meanwhile; its stored vector "
-                                   "(same settings) is kept", n_resumed=len(positions))
-            raise ScoringError(
-                f"model {name!r} was stored by another process meanwhile under other settings "
-                f"({_settings_summary(theirs)}); pass replace=True to overwrite it with this run's", params=("replace",)
-            ) from None
-        store.clear_checkpoint(name)
-        n_trunc = int(frame["truncated"].sum())
-        msg = f"{len(todo)} texts scored" + (f", {n_before} resumed" if n_before else "")
-        msg += f", {n_trunc} truncated to {L} tokens" if stride is None else f", strided (window {L}, stride {stride})"
-        if len(todo):
-            msg += f" ({new['texts_per_s']:.1f} texts/s, {new['tokens_per_s']:,.0f} tokens/s)"
-        return ScoreStatus(name, "scored", msg, n_scored=len(todo), n_resumed=n_before, n_truncated=n_trunc,
-                           seconds=new["seconds"], texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"])
+        enc: Encoded = new["encoding"]
+        info = new.get("info") or {}
+        record = _record(
+            scorer.describe(), settings, key, source, device, n_scored=len(enc.sequences), n_before=n_before,
+            adds_bos=enc.tokenizer_adds_bos, prepended=enc.prepended, seconds=new["seconds"],
+            load_seconds=load_seconds, texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"],
+            batch_tokens=info.get("batch_tokens", batch_tokens or scorer.default_batch_tokens), mode=info.get("mode"),
+        )
+        return store_vector(store, name, key, positions, [kept, ck, new["frame"]], record,
+                            replace=replace or existing is not None, n_todo=len(todo), n_before=n_before, L=L,
+                            stride=stride, seconds=new["seconds"], texts_per_s=new["texts_per_s"],
+                            tokens_per_s=new["tokens_per_s"])
     finally:
         scorer.close()
+
+
+def store_vector(store, name, key, positions, parts, record, *, replace, n_todo, n_before, L, stride, seconds,
+                 texts_per_s, tokens_per_s) -> ScoreStatus:
+    """Write model ``name``'s vector (the rows of ``parts``: kept, checkpointed, new) and clear its checkpoints."""
+    import pandas as pd
+
+    from lmmap.data.store import ModelExistsError
+
+    parts = [p for p in parts if p is not None and len(p)]
+    frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
+    wanted_all = len(frame) == store.n_texts
+    try:
+        store.write_model(
+            name, frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
+            truncated=frame["truncated"].to_numpy(), text_pos=None if wanted_all else frame["text_pos"].to_numpy(),
+            record=record, replace=replace,
+        )
+    except ModelExistsError:
+        # Another process stored this model while this one scored it.
+        theirs = store.record(name)
+        covered = np.isin(positions, store.vectors(name)["text_pos"].to_numpy()).all()
+        if theirs.get("settings_key") == key and covered:
+            store.clear_checkpoint(name)
+            return ScoreStatus(name, "skipped", "was completed by another process meanwhile; its stored vector "
+                               "(same settings) is kept", n_resumed=len(positions))
+        raise ScoringError(
+            f"model {name!r} was stored by another process meanwhile under other settings "
+            f"({_settings_summary(theirs)}); pass replace=True to overwrite it with this run's", params=("replace",)
+        ) from None
+    store.clear_checkpoint(name)
+    n_trunc = int(frame["truncated"].sum())
+    msg = f"{n_todo} texts scored" + (f", {n_before} resumed" if n_before else "")
+    msg += f", {n_trunc} truncated to {L} tokens" if stride is None else f", strided (window {L}, stride {stride})"
+    if n_todo:
+        msg += f" ({texts_per_s:.1f} texts/s, {tokens_per_s:,.0f} tokens/s)"
+    return ScoreStatus(name, "scored", msg, n_scored=n_todo, n_resumed=n_before, n_truncated=n_trunc,
+                       seconds=seconds, texts_per_s=texts_per_s, tokens_per_s=tokens_per_s)
 
 
 def _score_positions(store, name, key, scorer: Scorer, texts, positions, *, convention, max_length, stride,
@@ -506,12 +562,10 @@ def _score_positions(store, name, key, scorer: Scorer, texts, positions, *, conv
 _MODEL_FIELDS = ("device", "architecture", "tokenizer", "tokenizer_class")
 
 
-def _record(scorer: Scorer, settings: ScoringSettings, key, source, device, run: dict, n_before, load_seconds,
-            batch_tokens) -> dict:
-    """The SPEC §2 record stored with the vector."""
-    info = run.get("info") or {}
-    enc: Encoded = run["encoding"]
-    model = dict(scorer.describe())
+def _record(model: dict, settings: ScoringSettings, key, source, device, *, n_scored, n_before, adds_bos, prepended,
+            seconds, load_seconds, texts_per_s, tokens_per_s, batch_tokens, mode, extra: dict | None = None) -> dict:
+    """The SPEC §2 record stored with the vector (``model``: the scorer's ``describe()``)."""
+    model = dict(model)
     rec = {
         "convention": settings.convention,
         "truncation": settings.truncation,
@@ -527,18 +581,19 @@ def _record(scorer: Scorer, settings: ScoringSettings, key, source, device, run:
         "source": str(Path(source).expanduser().resolve()) if Path(source).expanduser().is_dir() else str(source),
         "revision": settings.revision,
         **{k: model.pop(k, None) for k in _MODEL_FIELDS[1:]},
-        "tokenizer_adds_bos": bool(enc.tokenizer_adds_bos),
-        "prepended_token": enc.prepended,
-        "n_texts_scored_this_run": int(len(enc.sequences)),
+        "tokenizer_adds_bos": bool(adds_bos),
+        "prepended_token": prepended,
+        "n_texts_scored_this_run": int(n_scored),
         "n_texts_resumed": int(n_before),
-        "seconds": round(run["seconds"], 3),
+        "seconds": round(seconds, 3),
         "load_seconds": round(load_seconds, 3),
-        "texts_per_s": round(run["texts_per_s"], 3),
-        "tokens_per_s": round(run["tokens_per_s"], 1),
-        "batch_tokens": info.get("batch_tokens", batch_tokens or scorer.default_batch_tokens),
-        "logprob_path": info.get("mode"),
+        "texts_per_s": round(texts_per_s, 3),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "batch_tokens": batch_tokens,
+        "logprob_path": mode,
     }
     rec.update(model)  # library versions and other backend fields
+    rec.update(extra or {})
     rec["lmmap_scorer"] = f"lmmap {__version__}"
     return rec
 

@@ -21,6 +21,25 @@ window as context.
 ``n_tokens`` is the length of the token sequence the text was scored as
 (special tokens included, like the authors' ``num-tokens``); ``n_tokens - 1``
 log-probabilities are summed.
+
+Prompt→response texts (conditional log-likelihood)
+--------------------------------------------------
+A text with a prompt (a str with a ``prompt`` attribute, as
+:class:`lmmap.data.texts.TextSet` gives them, or ``prompts=``) is scored as
+``log p(text | prompt)``: the token ids are the prompt's encoding (with the
+tokenizer's default special tokens) followed by the text's encoding without
+special tokens, and only the text's tokens are summed — the first scored
+position of the row is the prompt's length (``Encoded.first``), so the score
+equals ``full(ids) − full(prompt ids)`` exactly, with any backend. The
+convention plays no part (the prompt is the context), except for a prompt that
+encodes to nothing: then the text is scored as a plain text. ``chat_template``:
+the ids are the tokenizer's chat template applied to a user turn (the prompt)
+and an assistant turn (the text); the prompt part is the template of the user
+turn with the generation prompt, and every token after it is scored.
+Truncation keeps the response and cuts the prompt from the left (the prompt's
+leading special tokens are kept), flagged ``truncated``; a response that alone
+does not fit is cut from the right after one token of context.
+``n_tokens`` is the length of the whole sequence, prompt included.
 """
 
 from __future__ import annotations
@@ -34,7 +53,7 @@ from lmmap.data.conventions import CONVENTIONS, check_convention  # noqa: F401  
 from lmmap.exceptions import InputError
 
 __all__ = [
-    "CONVENTIONS", "Encoded", "Rows", "check_convention", "encode_texts", "make_rows", "plan_batches",
+    "CONVENTIONS", "Encoded", "Rows", "TokenSequences", "check_convention", "encode_texts", "make_rows", "plan_batches",
     "resolve_max_length", "rows_tokens", "special_layout",
 ]
 
@@ -67,6 +86,20 @@ def special_layout(tokenizer) -> tuple[list[int], list[int]]:
     return with_special[:k], []
 
 
+class TokenSequences(list):
+    """The token sequences of :class:`Encoded`, carrying ``first`` (each one's first scored position).
+
+    :func:`make_rows` reads ``first`` from here when it is not given, so a
+    caller that passes ``enc.sequences`` scores prompt→response texts right.
+    """
+
+    first: np.ndarray
+
+    def __init__(self, sequences=(), first=None):
+        super().__init__(sequences)
+        self.first = np.ones(len(self), np.int64) if first is None else np.asarray(first, np.int64)
+
+
 @dataclass
 class Encoded:
     """Texts as token sequences ready to score (see :func:`encode_texts`)."""
@@ -78,6 +111,19 @@ class Encoded:
     suffix: list[int]
     prepended: int | None  # the token lmmap prepended (full convention), or None
     tokenizer_adds_bos: bool
+    first: np.ndarray | None = None  # first scored position of each sequence (1; a prompt's length)
+    chat_template: bool = False
+
+    def __post_init__(self):
+        if self.first is None:
+            self.first = getattr(self.sequences, "first", None)
+        if self.first is None:
+            self.first = np.ones(len(self.sequences), np.int64)
+        self.first = np.asarray(self.first, np.int64)
+        if not isinstance(self.sequences, TokenSequences):
+            self.sequences = TokenSequences(self.sequences, self.first)
+        else:
+            self.sequences.first = self.first
 
 
 def encode_texts(
@@ -87,13 +133,28 @@ def encode_texts(
     max_length: int | None = None,
     stride: int | None = None,
     positions: Sequence[int] | None = None,
+    prompts: Sequence[str | None] | None = None,
+    chat_template: bool = False,
 ) -> Encoded:
     """Tokenize ``texts`` under ``convention``; truncate to ``max_length`` unless ``stride`` (sliding window).
 
-    Raises if a text would have no scored token; the error names its position
-    (``positions[i]`` when given).
+    ``prompts`` (default: each text's ``prompt`` attribute, when texts carry
+    one): score ``log p(text | prompt)`` (see the module's docstring);
+    ``chat_template`` wraps prompt and text in the tokenizer's chat template.
+    Raises if a text would have no scored token or lacks a prompt while
+    others have one; the error names its position (``positions[i]`` when given).
     """
     check_convention(convention)
+    texts = list(texts)
+    if prompts is None:
+        found = [getattr(t, "prompt", None) for t in texts]
+        prompts = found if any(p is not None for p in found) else None
+    if prompts is not None or chat_template:
+        return _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, positions, chat_template)
+    return _encode_plain(tokenizer, texts, convention, max_length, stride, positions)
+
+
+def _encode_plain(tokenizer, texts, convention, max_length, stride, positions) -> Encoded:
     prefix, suffix = special_layout(tokenizer)
     adds_bos = len(prefix) > 0
     prepended = None
@@ -106,7 +167,6 @@ def encode_texts(
                 params=("convention",),
             )
         prefix = [int(prepended)]
-    texts = list(texts)
     ids = tokenizer(texts, add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"] if texts else []
     n_pre, n_suf = len(prefix), len(suffix)
     keep = None
@@ -137,6 +197,93 @@ def encode_texts(
     return Encoded(sequences, n_tokens, truncated, prefix, suffix, prepended, adds_bos)
 
 
+def _chat_ids(tokenizer, messages, **kw) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kw)
+    if hasattr(out, "keys"):  # a BatchEncoding (newer transformers)
+        out = out["input_ids"]
+    return [int(x) for x in out]
+
+
+def _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, positions, chat_template) -> Encoded:
+    """Prompt ids + text ids; the first scored position is the prompt's length (see the module's docstring)."""
+    name = getattr(tokenizer, "name_or_path", "the tokenizer")
+    where = lambda i: i if positions is None else int(positions[i])  # noqa: E731
+    if prompts is None:
+        prompts = [getattr(t, "prompt", None) for t in texts]
+    prompts = list(prompts)
+    if len(prompts) != len(texts):
+        raise InputError(f"prompts has {len(prompts)} entries for {len(texts)} texts; give one prompt per text",
+                         params=("prompts",))
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"text at position {where(i)} has no prompt (got {type(p).__name__}) while others have "
+                             "one: every text of a prompt→response text set needs a prompt", params=("prompts",))
+    prefix, suffix = special_layout(tokenizer)
+    adds_bos = len(prefix) > 0
+    plain_prefix, prepended = list(prefix), None
+    if convention == "full" and not adds_bos:
+        prepended = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        plain_prefix = [] if prepended is None else [int(prepended)]
+    texts = [str(t) for t in texts]
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None) or not hasattr(tokenizer, "apply_chat_template"):
+            raise InputError(f"tokenizer {name!r} has no chat template; score without chat_template",
+                             params=("chat_template",))
+        pids, tids = [], []
+        for i, (p, t) in enumerate(zip(prompts, texts)):
+            user = [{"role": "user", "content": p}]
+            head = _chat_ids(tokenizer, user, add_generation_prompt=True)
+            whole = _chat_ids(tokenizer, user + [{"role": "assistant", "content": t}])
+            if whole[: len(head)] != head:
+                raise InputError(
+                    f"text at position {where(i)}: the chat template of {name!r} does not extend the user turn "
+                    "(with the generation prompt) when the assistant turn is added, so the response's tokens cannot "
+                    "be told apart; score without chat_template", params=("chat_template",))
+            pids.append(head)
+            tids.append(whole[len(head):])
+    else:
+        pids = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"]
+        tids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    n = len(texts)
+    sequences, first = [], np.empty(n, np.int64)
+    n_tokens, truncated = np.empty(n, np.int64), np.zeros(n, bool)
+    L = None if (max_length is None or stride is not None) else int(max_length)
+    for i in range(n):
+        p = [int(x) for x in pids[i]]
+        r = [int(x) for x in tids[i]]
+        if not r:
+            raise InputError(f"text at position {where(i)} encodes to no token with {name!r}: nothing to score; "
+                             "remove it from the text set", params=("convention",))
+        head_n = 0
+        if not p:  # an empty prompt: the text is scored as a plain text under the convention
+            p, f0 = plain_prefix, (len(plain_prefix) if plain_prefix else 1)
+            if not plain_prefix and len(r) < 2:
+                raise InputError(
+                    f"text at position {where(i)} has an empty prompt and encodes to 1 token under the {convention} "
+                    f"convention with {name!r}: nothing to score; use convention='full'", params=("convention",))
+            head_n = len(p)
+        else:
+            f0 = len(p)
+            if not chat_template and p[: len(prefix)] == prefix:
+                head_n = len(prefix)
+        if L is not None and len(p) + len(r) > L:
+            truncated[i] = True
+            ctx = max(head_n, 1)
+            if len(r) <= L - ctx:  # cut the prompt from the left, keep its leading special tokens
+                keep = L - len(r) - head_n
+                p = p[:head_n] + (p[len(p) - keep:] if keep > 0 else [])
+            else:  # the response alone does not fit: one token (or the specials) of context, the response cut
+                p = p[:head_n] if head_n else p[-1:]
+                r = r[: L - len(p)]
+            f0 = len(p) if p else 1
+        seq = np.asarray(p + r, dtype=np.int64)
+        sequences.append(seq)
+        first[i] = f0
+        n_tokens[i] = len(seq)
+    return Encoded(TokenSequences(sequences, first), n_tokens, truncated, list(prefix), list(suffix), prepended,
+                   adds_bos, first=first, chat_template=bool(chat_template))
+
+
 @dataclass
 class Rows:
     """Pieces of texts fed to the model: ``ids`` scores its tokens from ``first`` on; ``text`` is the owner."""
@@ -150,26 +297,34 @@ class Rows:
         return np.fromiter((len(r) for r in self.ids), np.int64, len(self.ids))
 
 
-def make_rows(sequences: Sequence[np.ndarray], max_length: int | None, stride: int | None) -> Rows:
+def make_rows(sequences: Sequence[np.ndarray], max_length: int | None, stride: int | None,
+              first: Sequence[int] | None = None) -> Rows:
     """One row per text, or sliding windows of ``max_length`` every ``stride`` tokens for long texts.
 
-    Window w covers ``[w·S, min(w·S + L, T))`` and scores the tokens from the
+    ``first``: each sequence's first scored position (default: the
+    sequences' own ``first`` (:class:`TokenSequences`), else 1 — every token but the first).
+    Window w covers ``[b + w·S, min(b + w·S + L, T))`` and scores the tokens from the
     previous window's end on, so every token is scored once, with at least
     ``L - S`` tokens of context (all earlier tokens in the first window).
+    ``b`` is 0, or for a prompt of f tokens ``max(0, f - (L - S))``:
+    windows over the prompt alone would score nothing.
     """
+    if first is None:
+        first = getattr(sequences, "first", None)
+    starts = np.ones(len(sequences), np.int64) if first is None else np.asarray(first, np.int64)
     ids, first, owner = [], [], []
     for t, seq in enumerate(sequences):
-        T = len(seq)
+        T, f = len(seq), int(starts[t])
         if stride is None or max_length is None or T <= max_length:
             ids.append(seq)
-            first.append(1)
+            first.append(f)
             owner.append(t)
             continue
-        begin, prev_end = 0, 0
+        begin, prev_end = max(0, f - (max_length - stride)) if f > 1 else 0, f
         while True:
             end = min(begin + max_length, T)
             ids.append(seq[begin:end])
-            first.append(max(prev_end, 1) - begin)
+            first.append(max(prev_end, begin + 1) - begin)
             owner.append(t)
             if end == T:
                 break

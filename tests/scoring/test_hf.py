@@ -376,3 +376,17 @@ def test_the_command_line_shows_flags_where_the_library_names_parameters(store, 
     assert runner.invoke(app, args).exit_code == 0
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "(pass --replace to score it again)" in " ".join(again.output.split())
+
+
+def test_fused_gelu_gives_the_models_own_numbers(tiny_gpt2_dir, gpt2):
+    # load_model swaps GPT-2's six-op gelu_new for torch's fused tanh-GELU: the same function.
+    from transformers import GPT2LMHeadModel
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    model, tok = gpt2
+    assert isinstance(model.transformer.h[0].mlp.act, GELUTanh)
+    original = GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir).eval()
+    assert isinstance(original.transformer.h[0].mlp.act, NewGELUActivation)
+    ids = torch.tensor([tok("def f(x):\n    return x * 2  # doubled")["input_ids"]])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(ids).logits.numpy(), original(ids).logits.numpy(), rtol=0, atol=1e-5)

@@ -1,0 +1,599 @@
+"""Scoring on a Ray cluster: one Ray task per (model, shard of texts); this process alone writes the store.
+
+:func:`score_models_ray` is what :func:`lmmap.scoring.driver.score_models`
+runs with ``executor="ray"``. Everything that touches the store stays in the
+driver (this process): which models are stored, which texts are checkpointed,
+checkpointing each completed shard, writing the vector. A task only loads the
+model through the same backend code path as the local executor
+(:func:`~lmmap.scoring.driver.get_backend`, ``Backend.load``,
+:func:`~lmmap.scoring.driver.iter_scores`) and returns plain arrays for its
+shard — ``loglik``, ``n_tokens``, ``truncated`` — and what the record needs
+(``scorer.describe()``, the context length, the revision). Workers therefore
+need no shared filesystem with the driver: only lmmap installed and the model
+reachable (a hub id, or a path that exists on every node).
+
+Promises (the local path's):
+
+- nothing lost: every completed shard is checkpointed by the driver into the
+  store's ``partial/`` checkpoints at once, so an interrupted or failed run,
+  rerun, scores only the shards it lacks; a worker that dies mid-task (a
+  killed process, a lost node) has its task retried by Ray (``max_retries``);
+- nothing duplicated: a task's result reaches the driver once (Ray delivers
+  each object reference's value once), and the vector is written once;
+- the same numbers: a shard is scored by the same code as the local
+  executor, so with one shard per model the batches, and the numbers, are the
+  local run's; the record equals the local run's but for timings and the
+  ``executor``/``shards`` fields.
+
+The settings key of a model's checkpoints needs its context length and
+revision, which only a loaded model knows, and the driver never loads models.
+So the driver *guesses* the key (the stored record's, or the one checkpoint
+directory there is), skips the texts checkpointed under it, and checks the
+guess when the first shard returns its true key; a wrong guess only costs
+scoring the skipped texts after all.
+
+Ray is bound to loopback when lmmap starts it (no ``ray_address``): a private
+instance on this machine that no other host can reach.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmmap.exceptions import InputError, ScoringError
+from lmmap.progress import Tracker, say
+from lmmap.scoring.protocol import ScoreStatus
+
+EXECUTORS = ("local", "ray")
+# Ray retries a task whose worker died (a killed process, a lost node) this many times; an exception raised by
+# the scoring code itself is not retried: it is the model's failure, reported once.
+MAX_RETRIES = 3
+CONNECT_TIMEOUT = 5.0  # seconds to wait for a Ray address to answer
+# Models' record fields that describe the run, not the model: they may differ between executors.
+TIMING_FIELDS = ("seconds", "load_seconds", "texts_per_s", "tokens_per_s")
+
+
+def check_options(executor, ray_address, gpus_per_model, shard_texts) -> None:
+    """Raise :class:`InputError` for executor options that cannot be used (nothing is started)."""
+    if executor not in EXECUTORS:
+        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}", params=("executor",))
+    if executor == "local":
+        for param, value in (("ray_address", ray_address), ("gpus_per_model", gpus_per_model),
+                             ("shard_texts", shard_texts)):
+            if value is not None:
+                raise InputError(f"{param}={value} needs executor='ray' (the local executor scores in this process)",
+                                 params=(param, "executor"))
+        return
+    if shard_texts is not None and (isinstance(shard_texts, bool) or not isinstance(shard_texts, (int, np.integer))
+                                    or shard_texts < 1):
+        raise InputError(f"shard_texts must be a whole number of texts >= 1, got {shard_texts!r}",
+                         params=("shard_texts",))
+    if gpus_per_model is not None and (isinstance(gpus_per_model, bool) or not np.isfinite(gpus_per_model)
+                                       or gpus_per_model < 0):
+        raise InputError(f"gpus_per_model must be >= 0, got {gpus_per_model!r}", params=("gpus_per_model",))
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise InputError(f"ray_address must be auto, HOST:PORT or ray://HOST:PORT, got {ray_address!r}",
+                         params=("ray_address",))
+
+
+def import_ray():
+    """The ``ray`` module, or an :class:`InputError` that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("executor='ray' needs Ray, which is not installed: pip install 'lmmap[ray]'",
+                         params=("executor",)) from None
+    return ray
+
+
+def connect(ray_address: str | None = None, gpus_per_model: float | None = None):
+    """Join a Ray cluster (or start a private one on loopback) and check it has the GPUs asked for; the ``ray`` module.
+
+    An existing connection of this process (``ray.init`` called before) is used as it is.
+    """
+    ray = import_ray()
+    if not ray.is_initialized():
+        quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
+        if ray_address is None:
+            _start_on_loopback(ray, quiet)
+        else:
+            target = _resolve(ray_address)
+            host = _check_answers(ray_address, target)
+            try:
+                # A cluster on this machine's loopback (a test cluster, `ray start --head` bound to 127.0.0.1):
+                # Ray would otherwise rewrite 127.0.0.1 into the machine's network address and wait for minutes.
+                with _loopback_mode(host in LOOPBACK):
+                    ray.init(address=target, **quiet)
+            except Exception as exc:
+                raise InputError(f"could not join the Ray cluster at ray_address={ray_address!r}: "
+                                 f"{type(exc).__name__}: {_line(exc)}", params=("ray_address",)) from None
+    if gpus_per_model:
+        have = float(ray.cluster_resources().get("GPU", 0))
+        where = f"at {ray_address}" if ray_address else "this process uses"
+        if have < gpus_per_model:
+            raise InputError(
+                f"gpus_per_model={gpus_per_model:g}, but the Ray cluster {where} has "
+                + (f"{have:g} GPU(s)" if have else "no GPUs") + " (score on CPUs: leave gpus_per_model out)",
+                params=("gpus_per_model",),
+            )
+    return ray
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _loopback_mode:
+    """Ray's single-machine mode while a Ray instance starts or is joined: every address is 127.0.0.1.
+
+    By default Ray takes the machine's network address and listens on all
+    interfaces. Its single-machine mode (what it does on macOS and Windows)
+    binds loopback: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by Ray's
+    processes as they start (they inherit this environment) and, in this
+    process, when ``ray`` was imported — hence the constant set as well. Both
+    are restored on leaving, so that a later ``ray.init`` of the caller's
+    behaves as Ray's default.
+    """
+
+    VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+    def __init__(self, on: bool = True):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            from ray._private import ray_constants
+
+            self.constants = ray_constants
+            self.old = os.environ.get(self.VAR), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+            os.environ[self.VAR], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            old_env, old_flag = self.old
+            if old_env is None:
+                os.environ.pop(self.VAR, None)
+            else:
+                os.environ[self.VAR] = old_env
+            self.constants.ENABLE_RAY_CLUSTER = old_flag
+        return False
+
+
+def _start_on_loopback(ray, quiet: dict) -> None:
+    """Start a private Ray instance on this machine whose every socket listens on 127.0.0.1 only."""
+    try:
+        with _loopback_mode():
+            ray.init(address="local", include_dashboard=False, **quiet)
+    except Exception as exc:
+        raise ScoringError(f"could not start a local Ray instance: {type(exc).__name__}: {_line(exc)}",
+                           params=("executor",)) from None
+    ips = {n["NodeManagerAddress"] for n in ray.nodes()}
+    if ips != {"127.0.0.1"}:  # never leave an instance reachable from other hosts
+        ray.shutdown()
+        raise ScoringError(f"the local Ray instance did not bind loopback (it took {', '.join(sorted(ips))}); "
+                           "start a cluster yourself and pass ray_address", params=("ray_address",))
+
+
+def _resolve(address: str) -> str:
+    """``auto`` → the ``HOST:PORT`` of the cluster started on this node (Ray's own lookup); others as they are."""
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        found = get_ray_address_from_environment("auto", None)
+    except Exception as exc:  # none recorded, or a Ray without this helper: Ray's own message
+        raise InputError(f"no Ray cluster found for ray_address='auto' ({_line(exc)}); start one on this node with "
+                         "`ray start --head`, or give HOST:PORT", params=("ray_address",)) from None
+    if not found or found == "auto":
+        raise InputError("no Ray cluster found for ray_address='auto' (none was started on this node with "
+                         "`ray start --head`); give HOST:PORT", params=("ray_address",))
+    return found
+
+
+def _check_answers(address: str, target: str) -> str:
+    """Fail fast, naming the address, when nothing listens there (Ray itself would retry for minutes); the host."""
+    hostport = target[len("ray://"):] if target.startswith("ray://") else target
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise InputError(f"ray_address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}",
+                         params=("ray_address",))
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
+        where = "" if target == address else f" (the cluster last started on this node: {target})"
+        raise InputError(f"no Ray cluster answers at ray_address={address!r}{where}: {reason} within "
+                         f"{CONNECT_TIMEOUT:g} s; start one with `ray start --head` or check the address",
+                         params=("ray_address",)) from None
+    return host
+
+
+def _line(exc: BaseException) -> str:
+    from lmmap.scoring.driver import first_line
+
+    return first_line(exc)
+
+
+# -- the task -------------------------------------------------------------------------------
+
+
+def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict) -> dict:
+    """Score the texts at ``text_pos`` (indices into ``texts``) with model ``source``: the body of one Ray task.
+
+    Loads the model as the local executor does and returns plain data (no
+    store): ``ok``; the shard's ``text_pos``, ``loglik``, ``n_tokens``,
+    ``truncated``; ``max_length`` (L), ``revision``, ``describe``,
+    ``default_batch_tokens``, ``adds_bos``, ``prepended``, ``info``,
+    ``seconds``, ``load_seconds``, ``pid``. A failure of the model is returned
+    (``ok`` False, ``failure``: a :func:`~lmmap.scoring.driver.failure_of`
+    triple), not raised: Ray retries only a worker's death.
+    """
+    from lmmap.scoring.driver import failure_of, get_backend, iter_scores
+    from lmmap.scoring.encoding import encode_texts, resolve_max_length
+
+    text_pos = np.asarray(text_pos, dtype=np.int64)
+    be = None
+    try:
+        be = get_backend(backend)
+        t_load = time.perf_counter()
+        scorer = be.load(source, device=options["device"], dtype=options["dtype"],
+                         trust_remote_code=options["trust_remote_code"], revision=options["revision"],
+                         device_map=options["device_map"], logits_memory=options["logits_memory"])
+        try:
+            load_seconds = time.perf_counter() - t_load
+            L = resolve_max_length(scorer.context_length, options["max_length"], options["stride"])
+            shard = [texts[i] for i in text_pos]
+            enc = encode_texts(scorer.tokenizer, shard, options["convention"], L, options["stride"], text_pos)
+            loglik = np.full(len(shard), np.nan)
+            info: dict = {}
+            t0 = time.perf_counter()
+            for part in iter_scores(scorer, shard, convention=options["convention"], max_length=L,
+                                    stride=options["stride"], batch_tokens=options["batch_tokens"],
+                                    positions=text_pos, encoded=enc, info=info):
+                loglik[part.index] = part.loglik
+            return dict(
+                ok=True, text_pos=text_pos, loglik=loglik, n_tokens=np.asarray(enc.n_tokens, np.int64),
+                truncated=np.asarray(enc.truncated, bool), max_length=L,
+                revision=be.revision(source, options["revision"]), describe=dict(scorer.describe()),
+                default_batch_tokens=scorer.default_batch_tokens, adds_bos=bool(enc.tokenizer_adds_bos),
+                prepended=enc.prepended, info=info, seconds=time.perf_counter() - t0, load_seconds=load_seconds,
+                pid=os.getpid(),
+            )
+        finally:
+            scorer.close()
+    except Exception as exc:  # the model's failure, reported by the driver like the local executor's
+        if be is None:
+            from lmmap.scoring.fake import FakeBackend  # any backend: failure_of only asks it for a hint
+
+            be = FakeBackend()
+        return dict(ok=False, failure=failure_of(exc, be), pid=os.getpid())
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """One model's scoring: what is kept, what is queued, what came back."""
+
+    source: str
+    name: str
+    opts: dict
+    positions: np.ndarray
+    existing: object = None  # the stored rows kept (a DataFrame), when the model is extended
+    guess: str | None = None  # the checkpoint key whose texts were skipped, until a shard confirms it
+    ck: object = None  # the checkpointed rows kept (a DataFrame)
+    key: str | None = None
+    settings: object = None
+    shard_size: int | None = None
+    in_flight: int = 0
+    queued: int = 0
+    n_shards: int = 0
+    n_todo: int = 0
+    results: list = field(default_factory=list)
+    status: ScoreStatus | None = None
+
+
+def score_models_ray(store, backend, be, models, positions, options, *, ray_address=None, gpus_per_model=None,
+                     shard_texts=None) -> dict[str, ScoreStatus]:
+    """:func:`~lmmap.scoring.driver.score_models` with ``executor="ray"`` (arguments already checked there).
+
+    ``backend``: as given (a name, or a Backend object sent to the tasks);
+    ``be``: the resolved backend (its failure hints); ``models``: ``(source,
+    name, own settings)`` triples; ``options``: score_models' keyword options.
+    """
+    from lmmap.data.store import Interrupted
+
+    progress = options["progress"]
+    import_ray()  # not installed: say so before any work
+    statuses: dict[str, ScoreStatus] = {}
+    counts = dict(models=0, texts=0, texts_total=0, tokens=0, failed=0)
+    jobs: list[_Job] = []
+    queue: deque = deque()
+    for source, name, own in models:
+        job = _Job(source, name, {**options, **own}, positions, shard_size=shard_texts)
+        try:
+            skipped = _prepare(store, job)
+        except Exception as exc:
+            skipped = _failure(job, exc, be)
+        if skipped is not None:
+            counts["models" if skipped.ok else "failed"] += 1
+            _finish(job, skipped, statuses, progress)
+            continue
+        jobs.append(job)
+        todo = np.setdiff1d(job.positions, _rows(job.existing, job.ck))
+        counts["texts_total"] += len(todo)
+        # A model with nothing left to score still gets one (empty) task: its settings key and its record.
+        for shard in _shards(todo, shard_texts) or [todo]:
+            queue.append((job, shard))
+            job.queued += 1
+    if not jobs:  # nothing to score: no cluster needed
+        return {name: statuses[name] for _, name, _ in models}
+
+    ray = connect(ray_address, gpus_per_model)
+    resources = ray.cluster_resources()
+    gpus = float(gpus_per_model or 0)
+    slots = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1))
+    # Two tasks per slot in flight: a worker that finishes finds the next task queued, and a failed model's
+    # later shards are mostly not submitted yet.
+    window = max(2, 2 * slots)
+    # A GPU task runs in a fresh worker process (max_calls=1, Ray's default for GPU tasks): a process that has
+    # initialised CUDA cannot move to the GPU Ray gives its next task, nor give back all the memory it held
+    # (ray-project/ray#29624). It costs importing torch again per task (~5 s here on CPU). CPU workers are
+    # reused: the import is paid once per worker.
+    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, max_calls=1 if gpus else 0)(score_shard)
+    texts_ref = ray.put(list(store.texts.texts))
+    backend_ref = ray.put(backend)
+    task_opts = ("device", "dtype", "convention", "batch_tokens", "max_length", "stride", "trust_remote_code",
+                 "revision", "device_map", "logits_memory")
+    pending: dict = {}
+    n_models = len(models)
+    label = f"scoring {n_models} model{'s' if n_models != 1 else ''} on Ray"
+
+    def submit():
+        while queue and len(pending) < window:
+            job, shard = queue.popleft()
+            job.queued -= 1
+            if job.status is not None:
+                continue
+            ref = remote.remote(backend_ref, job.source, texts_ref, shard, {k: job.opts[k] for k in task_opts})
+            pending[ref] = (job, shard)
+            job.in_flight += 1
+            job.n_shards += 1
+
+    def cancel(job=None):
+        # A failed model's other shards are interrupted, their workers kept (force=False); Ctrl-C stops all
+        # tasks at once, killing their workers (force=True): the worker processes are Ray's, not the user's.
+        for ref, (j, _) in list(pending.items()):
+            if job is None or j is job:
+                try:
+                    ray.cancel(ref, force=job is None)
+                except Exception:  # already finished, or its worker is gone
+                    pass
+
+    with Tracker(progress, label, None, unit="tokens") as tracker:
+        def report(tokens: int = 0):
+            running = len({id(j) for j, _ in pending.values()})
+            if counts["texts"]:  # the total in tokens is estimated from the texts done: ETA
+                tracker.total = max(tracker.done, counts["tokens"] / counts["texts"] * max(counts["texts_total"], 1))
+            tracker.advance(tokens, models=counts["models"], models_total=n_models, texts=counts["texts"],
+                            texts_total=counts["texts_total"], running=float(running), failed=float(counts["failed"]))
+
+        try:
+            submit()
+            report()
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if not ready:
+                    continue
+                ref = ready[0]
+                job, shard = pending.pop(ref)
+                job.in_flight -= 1
+                try:
+                    res = ray.get(ref)
+                except ray.exceptions.TaskCancelledError:
+                    continue
+                except ray.exceptions.RayError as exc:  # its worker died on every try (or the node is gone)
+                    kept = len(job.results)
+                    res = dict(ok=False, failure=("other", (
+                        f"a Ray worker died while scoring {len(shard)} of its texts, on all {MAX_RETRIES + 1} tries "
+                        f"({type(exc).__name__}: {_line(exc)}); its {kept} completed shard(s) are kept: rerun to resume"
+                    ), ()))
+                if job.status is not None:
+                    continue
+                try:
+                    tokens, requeued = _take(store, job, res, queue)
+                    counts["texts_total"] += requeued
+                except Interrupted:
+                    raise
+                except Exception as exc:
+                    job.status = _failure(job, exc, be)
+                    tokens = 0
+                if job.status is None and res.get("ok"):
+                    counts["texts"] += len(res["text_pos"])
+                    counts["tokens"] += tokens
+                    report(tokens)  # the shard is checkpointed: Ctrl-C from here on keeps it
+                    if not job.in_flight and not job.queued:
+                        try:
+                            job.status = _store(store, job)
+                        except Interrupted as exc:
+                            raise Interrupted(f"{job.name!r}: {exc}{_done_before(statuses)}") from None
+                        except Exception as exc:
+                            job.status = _failure(job, exc, be)
+                if job.status is not None:
+                    if not job.status.ok:
+                        cancel(job)
+                        counts["failed"] += 1
+                    else:
+                        counts["models"] += 1
+                    _finish(job, job.status, statuses, progress)
+                    report()
+                submit()
+        except KeyboardInterrupt:
+            cancel()
+            kept = {j.name: sum(len(r["text_pos"]) > 0 for r in j.results) for j in jobs if j.status is None}
+            kept = {name: n for name, n in kept.items() if n}
+            what = (", ".join(f"{n} shard(s) of {name!r}" for name, n in kept.items()) + " kept; rerun the same "
+                    "command to resume") if kept else "no shard of an unfinished model was completed"
+            raise Interrupted(what + _done_before(statuses)) from None
+    return {name: statuses[name] for _, name, _ in models}
+
+
+def _done_before(statuses: dict) -> str:
+    done = [n for n, st in statuses.items() if st.status == "scored"]
+    return f"; {len(done)} model(s) finished before it are stored" if done else ""
+
+
+def _finish(job: _Job, status: ScoreStatus, statuses: dict, progress) -> None:
+    statuses[job.name] = status
+    say(progress, f"{status.status} {job.name}" + (f": {status.message}" if status.message else ""), status.params)
+
+
+def _failure(job: _Job, exc: Exception, be) -> ScoreStatus:
+    from lmmap.scoring.driver import failure_of, failure_status
+
+    return failure_status(job.name, failure_of(exc, be), job.opts["dtype"])
+
+
+def _rows(*frames) -> np.ndarray:
+    parts = [f["text_pos"].to_numpy() for f in frames if f is not None and len(f)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def _shards(todo: np.ndarray, size: int | None) -> list[np.ndarray]:
+    if len(todo) == 0:
+        return []
+    size = len(todo) if size is None else int(size)
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _checkpoint_keys(store, name: str) -> list[str]:
+    """The settings keys under which checkpoint chunks of ``name`` are kept."""
+    root = Path(store.path) / "partial" / _stem(name)
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _stem(name: str) -> str:
+    from lmmap.data.store import model_stem
+
+    return model_stem(name)
+
+
+def _prepare(store, job: _Job) -> ScoreStatus | None:
+    """What is already done for ``job`` (stored rows, checkpointed rows under the guessed key); a status if all is."""
+    name, opts = job.name, job.opts
+    if store.has_model(name) and not opts["replace"]:
+        existing = store.vectors(name)
+        if np.isin(job.positions, existing["text_pos"].to_numpy()).all():
+            store.clear_redundant_checkpoints(name)
+            return ScoreStatus(name, "skipped", "already in the store (pass replace=True to score it again)",
+                               n_resumed=len(job.positions), params=("replace",))
+        job.existing = existing
+    keys = _checkpoint_keys(store, name)
+    guess = store.record(name).get("settings_key") if job.existing is not None else None
+    if guess is None and len(keys) == 1:
+        guess = keys[0]
+    # Loading a checkpoint removes the other keys' chunks: only when the guessed key's are the only ones.
+    if guess is not None and keys == [guess]:
+        ck = store.load_checkpoint(name, guess)
+        job.ck = ck[ck["text_pos"].isin(np.setdiff1d(job.positions, _rows(job.existing)))]
+        job.guess = guess
+    return None
+
+
+def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
+    """Take one shard's result for ``job``: check its key, checkpoint it.
+
+    Returns its tokens (0 when the model failed) and how many texts were
+    queued again (those of a checkpoint found to be of other settings).
+    """
+    from lmmap.scoring.driver import ScoringSettings, _settings_summary, failure_status
+
+    if not res["ok"]:
+        job.status = failure_status(job.name, res["failure"], job.opts["dtype"])
+        return 0, 0
+    opts = job.opts
+    settings = ScoringSettings(opts["convention"], opts["dtype"], int(res["max_length"]), opts["stride"],
+                               res["revision"], store.text_set_id)
+    key = settings.key(job.name)
+    requeued = 0
+    if job.key is None:
+        if job.existing is not None:
+            old = store.record(job.name)
+            if old.get("settings_key") != key:
+                raise InputError(
+                    f"model {job.name!r} is already in the store on {len(job.existing)} texts under other settings "
+                    f"({_settings_summary(old)}), and lacks some of the texts asked for; pass replace=True to rescore "
+                    "it", params=("replace",),
+                )
+        if job.guess is not None and job.guess != key and job.ck is not None and len(job.ck):
+            # The checkpoint was written under other settings: its texts must be scored after all.
+            for shard in _shards(job.ck["text_pos"].to_numpy().astype(np.int64), job.shard_size):
+                queue.appendleft((job, shard))
+                job.queued += 1
+            requeued = len(job.ck)
+            job.ck = None
+        store.load_checkpoint(job.name, key)  # removes chunks of other settings, as the local executor does
+        if job.ck is not None and len(job.ck):
+            say(opts["progress"], f"{job.name}: resuming from a checkpoint: {len(job.ck)} of {len(job.positions)} "
+                "texts already scored")
+        job.key, job.settings = key, settings
+    elif key != job.key:
+        raise ScoringError(f"model {job.name!r}: two shards were scored under different settings "
+                           f"({job.settings.max_length}/{job.settings.revision} and {res['max_length']}/"
+                           f"{res['revision']}); is the model the same on every node?")
+    n = len(res["text_pos"])
+    if n:
+        store.save_checkpoint(job.name, key, res["text_pos"], res["loglik"], res["n_tokens"], res["truncated"])
+    job.results.append(res)
+    job.n_todo += n
+    return int(np.sum(res["n_tokens"])), requeued
+
+
+def _store(store, job: _Job) -> ScoreStatus:
+    """All shards of ``job`` are in: write its vector and record (through the local executor's code)."""
+    import pandas as pd
+
+    from lmmap.scoring.driver import _record, store_vector
+
+    res = [r for r in job.results if r["ok"]]
+    scored = [r for r in res if len(r["text_pos"])]
+    new = pd.DataFrame({
+        "text_pos": np.concatenate([r["text_pos"] for r in res]).astype(np.int64),
+        "loglik": np.concatenate([r["loglik"] for r in res]).astype(np.float64),
+        "n_tokens": np.concatenate([r["n_tokens"] for r in res]).astype(np.int64),
+        "truncated": np.concatenate([r["truncated"] for r in res]).astype(bool),
+    })
+    first = (scored or res)[0]
+    seconds = float(sum(r["seconds"] for r in res))
+    tokens = int(new["n_tokens"].sum())
+    texts_per_s = len(new) / seconds if seconds > 0 else 0.0
+    tokens_per_s = tokens / seconds if seconds > 0 else 0.0
+    opts = job.opts
+    n_before = len(job.positions) - job.n_todo
+    info = first["info"]
+    record = _record(
+        first["describe"], job.settings, job.key, job.source, opts["device"], n_scored=job.n_todo, n_before=n_before,
+        adds_bos=first["adds_bos"], prepended=first["prepended"], seconds=seconds,
+        load_seconds=float(sum(r["load_seconds"] for r in res)), texts_per_s=texts_per_s, tokens_per_s=tokens_per_s,
+        batch_tokens=info.get("batch_tokens", opts["batch_tokens"] or first["default_batch_tokens"]),
+        mode=info.get("mode"), extra={"executor": "ray", "shards": len(scored)},
+    )
+    return store_vector(store, job.name, job.key, job.positions, [job.existing, job.ck, new], record,
+                        replace=opts["replace"] or job.existing is not None, n_todo=job.n_todo, n_before=n_before,
+                        L=job.settings.max_length, stride=opts["stride"], seconds=seconds, texts_per_s=texts_per_s,
+                        tokens_per_s=tokens_per_s)
