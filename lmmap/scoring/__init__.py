@@ -3,8 +3,10 @@
     protocol   what a backend and a loaded scorer provide; ScoreStatus (torch-free)
     encoding   texts → token rows → batches; the conventions (torch-free)
     driver     score_models: store, checkpoints, resumption; progress events, no printing
-    hf         the transformers backend (torch imported only when a model is loaded)
+    hf         the transformers backend (torch imported only when a model is loaded); packed batches, OOM retry
+    vllm       the vLLM backend (vllm imported only when a model is loaded)
     fake       exact bigram models over bytes, for tests without torch
+    executor   Ray: one task per (model, shard of texts); the driver alone writes the store
 
 ``import lmmap.scoring`` loads neither torch nor transformers nor rich, pandas or pyarrow. Call
 the driver as ``lmmap.scoring.score_models(...)`` (tests replace that

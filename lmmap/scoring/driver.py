@@ -38,7 +38,7 @@ from lmmap.scoring.protocol import Backend, NonFiniteError, Scorer, ScoreStatus,
 
 SCORER = "lmmap"
 # Bump when a change can alter the numbers: checkpoints from another version are then not reused.
-SCORER_VERSION = "1"
+SCORER_VERSION = "2"  # 2: GPT-2's GELU fused (bf16 rounding), the backend in the checkpoint key
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between checkpoints
 BACKENDS = ("hf", "vllm", "fake")
 
@@ -165,6 +165,7 @@ class ScoringSettings:
     stride: int | None
     revision: str
     text_set_id: str
+    backend: str = "hf"  # vLLM and transformers agree to ~1e-4, not bit for bit: never mix their checkpoints
 
     @property
     def truncation(self) -> str:
@@ -199,6 +200,7 @@ def score_models(
     ray_address: str | None = None,
     gpus_per_model: float | None = None,
     shard_texts: int | None = None,
+    packing: str = "auto",
 ) -> dict[str, ScoreStatus]:
     """Score each model on the store's texts (or on ``text_pos`` only) and store its vector.
 
@@ -225,8 +227,9 @@ def score_models(
     checkpoint_every : seconds between checkpoints (0: after every batch), so
         a killed run resumes with the missing texts only (``executor="ray"``:
         each completed shard is checkpointed as it arrives).
-    backend : ``"hf"`` (transformers), ``"fake"`` (exact n-gram models for
-        tests, :mod:`lmmap.scoring.fake`) or a :class:`~lmmap.scoring.protocol.Backend`.
+    backend : ``"hf"`` (transformers), ``"vllm"`` (vLLM's offline engine,
+        :mod:`lmmap.scoring.vllm`), ``"fake"`` (exact n-gram models for tests,
+        :mod:`lmmap.scoring.fake`) or a :class:`~lmmap.scoring.protocol.Backend`.
     executor : ``"local"`` (this process, one model after another) or
         ``"ray"``: one Ray task per (model, shard of texts) on a Ray cluster
         (:mod:`lmmap.scoring.executor`); this process alone writes the store
@@ -240,6 +243,10 @@ def score_models(
     shard_texts : ``executor="ray"`` only: texts per task (default: all of a
         model's texts in one task). Smaller shards spread a model over more
         workers and lose less when a worker dies, at one model load per shard.
+    packing : ``backend="hf"``: ``"auto"`` packs rows of different lengths into
+        shared sequences where that saves work (always under flash-attention
+        varlen), ``"on"`` wherever the model allows, ``"off"`` keeps padded batches
+        (see :mod:`lmmap.scoring.hf`).
 
     Returns
     -------
@@ -252,6 +259,12 @@ def score_models(
     from lmmap.data.store import Interrupted, Store, check_model_name
 
     progress = _check_progress(progress)
+    if packing != "auto":
+        if backend != "hf":
+            raise InputError(f"packing={packing!r} applies to backend='hf' only", params=("packing", "backend"))
+        from lmmap.scoring.hf import HFBackend
+
+        backend = HFBackend(packing=packing)  # an object: the Ray executor sends it to its tasks as it is
     be = get_backend(backend)
     store = store if isinstance(store, Store) else Store(store)
     models = [str(m) for m in models]
@@ -425,7 +438,8 @@ def _score_one(store, backend: Backend, source, name, positions, *, device, dtyp
     try:
         load_seconds = time.perf_counter() - t_load
         L = resolve_max_length(scorer.context_length, max_length, stride)
-        settings = ScoringSettings(convention, dtype, L, stride, backend.revision(source, revision), store.text_set_id)
+        settings = ScoringSettings(convention, dtype, L, stride, backend.revision(source, revision), store.text_set_id,
+                                   backend.name)
         key = settings.key(name)
         todo = positions
         kept = None  # rows already stored for this model that the new vector keeps

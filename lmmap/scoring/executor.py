@@ -265,7 +265,7 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
             return dict(
                 ok=True, text_pos=text_pos, loglik=loglik, n_tokens=np.asarray(enc.n_tokens, np.int64),
                 truncated=np.asarray(enc.truncated, bool), max_length=L,
-                revision=be.revision(source, options["revision"]), describe=dict(scorer.describe()),
+                revision=be.revision(source, options["revision"]), backend=be.name, describe=dict(scorer.describe()),
                 default_batch_tokens=scorer.default_batch_tokens, adds_bos=bool(enc.tokenizer_adds_bos),
                 prepended=enc.prepended, info=info, seconds=time.perf_counter() - t0, load_seconds=load_seconds,
                 pid=os.getpid(),
@@ -528,7 +528,7 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
         return 0, 0
     opts = job.opts
     settings = ScoringSettings(opts["convention"], opts["dtype"], int(res["max_length"]), opts["stride"],
-                               res["revision"], store.text_set_id)
+                               res["revision"], store.text_set_id, res["backend"])
     key = settings.key(job.name)
     requeued = 0
     if job.key is None:
