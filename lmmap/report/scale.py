@@ -57,6 +57,7 @@ def strip_png(path, result) -> Path:
     positive = np.concatenate([v for _, v, _ in rows]) if rows else np.zeros(0)
     if (positive > 0).sum() and positive[positive > 0].max() / positive[positive > 0].min() > 100:
         ax.set_xscale("symlog", linthresh=float(positive[positive > 0].min()))
+        ax.set_xlim(left=0)  # KL is not negative: symlog would otherwise mirror an empty half
     ax.set_xlabel(_mpl_literal(f"KL ({result.unit_label})"))
     ax.set_title(_mpl_literal(_title(result)), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
