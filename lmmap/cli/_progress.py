@@ -69,18 +69,19 @@ class RichProgress:
     @staticmethod
     def _detail(step: Step, start: float) -> str:
         elapsed = time.perf_counter() - start
-        parts = []
-        # extra counters first ("120/1,000 texts"), then the task's own unit
-        # integers are counters (shown with their rate); other numbers are readings (a loss), shown as they are
+        # Integers in info are counters (shown with their rate); floats are readings (a loss), shown as they are.
         readings = {k: v for k, v in step.info.items() if isinstance(v, float)}
         counters = {k: v for k, v in step.info.items() if not k.endswith("_total") and k not in readings}
-        for name, value in counters.items():
-            total = step.info.get(f"{name}_total")
-            parts.append(f"{value:,.0f}" + (f"/{total:,.0f}" if total is not None else "") + f" {name}")
-        if not counters:
+        counted = {k: v for k, v in counters.items() if f"{k}_total" in step.info}
+        # The counts people follow: the counters with a total ("120/1,000 texts"), else the task's own unit
+        # ("30/60 steps"); what the bar measures (tokens, for an honest ETA) shows as a rate.
+        parts = [f"{v:,.0f}/{step.info[f'{k}_total']:,.0f} {k}" for k, v in counted.items()]
+        if not counted:
             parts.append(f"{step.done:,.0f}" + (f"/{step.total:,.0f}" if step.total is not None else "") + f" {step.unit}")
         parts += [f"{k} {v:.3g}" for k, v in readings.items()]
         if elapsed > 0.5 and step.done:
-            rates = [f"{_rate(v, elapsed)} {k}/s" for k, v in counters.items()] + [f"{_rate(step.done, elapsed)} {step.unit}/s"]
+            rates = [f"{_rate(v, elapsed)} {k}/s" for k, v in counters.items()]
+            if step.unit not in counters and (counted or not counters):
+                rates.append(f"{_rate(step.done, elapsed)} {step.unit}/s")
             parts.append(" ".join(rates))
         return " · ".join(parts)
