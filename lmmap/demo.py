@@ -412,18 +412,26 @@ def model_table(plan: DemoPlan, held_out: bool = False) -> pd.DataFrame:
     Columns: ``model``, ``model_type``, ``family``, ``base_model`` (the model
     a fine-tune or checkpoint derives from — a checkpoint's is its run's final
     model; empty for a model trained from scratch), ``domain``,
-    ``train_steps``, ``seed``. ``held_out``: list the held-out models too.
+    ``train_steps``, ``seed``, ``trajectory`` and ``step`` (a model saved with
+    checkpoints and its checkpoints form the trajectory named after the
+    model, ordered by step; empty for other models). ``held_out``: list the
+    held-out models too.
     """
     rows = []
     for m in plan.models:
         if m.held_out and not held_out:
             continue
+        # A model saved with checkpoints is a training trajectory (named after the model) whose last point is
+        # the model itself; models without checkpoints get empty cells so that `lmmap trajectory` lists only runs.
+        traj = m.name if m.checkpoints else ""
         for k in m.checkpoints:
             rows.append(dict(model=f"{m.name}-step{k}", model_type="checkpoint", family=m.family, base_model=m.name,
-                             domain=m.domain, train_steps=k, seed=m.seed))
+                             domain=m.domain, train_steps=k, seed=m.seed, trajectory=traj, step=k))
         rows.append(dict(model=m.name, model_type=m.model_type, family=m.family, base_model=m.parent or "",
-                         domain=m.domain, train_steps=m.steps, seed=m.seed))
-    return pd.DataFrame(rows)
+                         domain=m.domain, train_steps=m.steps, seed=m.seed, trajectory=traj,
+                         step=m.steps if m.checkpoints else None))
+    # Int64: the step column stays integral ("10", not "10.0") although models without checkpoints have none.
+    return pd.DataFrame(rows).astype({"step": "Int64"})
 
 
 # -- benchmark-like scores --------------------------------------------------------------------

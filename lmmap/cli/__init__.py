@@ -31,7 +31,7 @@ from rich.text import Text
 from lmmap.cli._app import Interrupted, _notes_seen, app, err_console, one_line, print_error, print_note, visible
 
 # Importing a command module registers its commands on ``app``.
-from lmmap.cli import store_cmds, admin_cmds, map_cmds, score_cmds, demo_cmds, resample_cmds, errors_cmds, predict_cmds, scale_cmds  # noqa: E402,F401
+from lmmap.cli import store_cmds, admin_cmds, map_cmds, score_cmds, demo_cmds, resample_cmds, errors_cmds, predict_cmds, scale_cmds, trajectory_cmds  # noqa: E402,F401
 
 # OSErrors that are about the user's files and disk, not about lmmap.
 _USER_OS_ERRNOS = {

@@ -30,6 +30,7 @@ WRITERS = {
     "lmmap.analyses.stability.StabilityComparison": "lmmap.report.stability",
     "lmmap.data.subset.Subset": "lmmap.report.select",
     "lmmap.analyses.scale.ScaleResult": "lmmap.report.scale",
+    "lmmap.analyses.trajectory.TrajectoryResult": "lmmap.report.trajectory",
 }
 
 

@@ -116,7 +116,10 @@ def map_edges(mm, mode: str = "auto"):
     ``nn``: each model to its nearest by KL (a mutual pair drawn once).
     ``base_model``: each model to its declared base, and a dashed red line
     from a model whose nearest model lies in another lineage to that
-    nearest model (the model is flagged).
+    nearest model (the model is flagged). With either, when the metadata
+    declares training trajectories (columns ``trajectory`` and ``step``),
+    consecutive checkpoints of each are joined too (kind ``trajectory``);
+    ``none`` draws no line at all.
     """
     from lmmap.report.plots import Edges
 
@@ -126,13 +129,39 @@ def map_edges(mm, mode: str = "auto"):
     if mode == "nn":
         idx, _ = geometry.nearest_neighbors(mm.kl(), 1)
         pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
-        return [Edges("nn", tuple((mm.names[a], mm.names[b]) for a, b in pairs))], []
+        return [Edges("nn", tuple((mm.names[a], mm.names[b]) for a, b in pairs))] + trajectory_edges(mm), []
     table = mm.lineage()
     bad = table[~table["consistent"].astype(bool)]
     sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])))]
     if len(bad):
         sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
-    return sets, list(bad["model"])
+    return sets + trajectory_edges(mm), list(bad["model"])
+
+
+def trajectory_edges(mm) -> list:
+    """One :class:`plots.Edges` of kind ``trajectory``: consecutive checkpoints of each trajectory in step order.
+
+    Empty when the metadata declares no trajectory. A trajectory that cannot
+    be ordered (a step that is not a number) or has one checkpoint in the map
+    is left out with a note: the map is still drawn.
+    """
+    import warnings
+
+    from lmmap.analyses.trajectory import ordered_checkpoints, trajectories
+    from lmmap.exceptions import LmmapWarning
+    from lmmap.report.plots import Edges
+
+    pairs = []
+    for name, members in trajectories(mm).items():
+        if len(members) < 2:
+            continue  # one checkpoint: nothing to join, and nothing wrong
+        try:
+            points = ordered_checkpoints(mm, name)
+        except InputError as exc:
+            warnings.warn(f"trajectory {name!r} is not drawn on the map: {exc}", LmmapWarning, stacklevel=2)
+            continue
+        pairs.extend((a, b) for (a, _), (b, _) in zip(points[:-1], points[1:]))
+    return [Edges("trajectory", tuple(pairs))] if pairs else []
 
 
 def axis_label(method: str) -> str:

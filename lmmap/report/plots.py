@@ -74,6 +74,7 @@ EDGE_STYLES = {
     "lineage": ("#444444", 1.4, "-", 0.6, "declared base_model"),
     "contradiction": (FLAG_COLOR, 1.1, "--", 0.85, "nearest by KL, another lineage"),
     "placement": (HIGHLIGHT_COLOR, 1.2, "--", 0.75, "new → nearest by KL"),
+    "trajectory": ("#1f77b4", 1.6, "-", 0.8, "training trajectory (step order)"),
 }  # fmt: skip
 
 
@@ -82,7 +83,7 @@ class Edges:
     """Lines between models of a map: ``pairs`` of model names, drawn in the style of ``kind``.
 
     ``kind`` is one of :data:`EDGE_STYLES` (``nn``, ``lineage``,
-    ``contradiction``, ``placement``); ``label`` replaces its legend text.
+    ``contradiction``, ``placement``, ``trajectory``); ``label`` replaces its legend text.
     """
 
     kind: str
