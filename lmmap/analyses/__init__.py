@@ -7,6 +7,7 @@
 - :mod:`~lmmap.analyses.stability` — maps from resampled texts, Table 3 and ellipses → ``StabilityResult``
 - :mod:`~lmmap.analyses.predict` — ridge prediction of benchmark scores → ``PredictionResult``
 - :mod:`~lmmap.analyses.scale` — reference points for reading a KL (fine-tune↔base, unrelated, ...) → ``ScaleResult``
+- :mod:`~lmmap.analyses.trajectory` — KL along a training run's checkpoints → ``TrajectoryResult``
 
 ``lmmap.report.write(result, outdir)`` turns any of them into files.
 """
