@@ -32,7 +32,6 @@ against the local run's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -47,56 +46,22 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_scoring import CACHE, cached_text_set, save_gpt2s, train_bpe  # noqa: E402
 
 MODEL = dict(n_layer=4, n_embd=128, n_head=4, n_positions=256)
 VOCAB = 2048
-CACHE = Path(os.environ.get("LMMAP_BENCH_CACHE", Path.home() / ".cache" / "lmmap" / "bench"))
 WORKERS = 2
 
 
-def _documents() -> list[str]:
-    from lmmap.demo import code_documents, docs_documents, legal_documents
-
-    return [t for f in (code_documents, docs_documents, legal_documents) for _, t in f()]
-
-
 def prepare(n_models: int, n_texts: int) -> tuple[list[Path], Path]:
-    """The model directories and the text set (built once, then cached)."""
+    """The model directories and the text set (built once, then cached; the assets of bench_scoring.py)."""
     root = CACHE / f"ray-gpt2-{MODEL['n_layer']}x{MODEL['n_embd']}-v{VOCAB}"
-    texts_path = CACHE / f"texts-{n_texts}x512.jsonl"
     dirs = [root / f"model-{i}" for i in range(n_models)]
     if not all((d / "lmmap-bench.json").exists() for d in dirs):
-        _build_models(dirs)
-    if not texts_path.exists():
-        from lmmap.data.texts import build_text_set
-
-        with tempfile.TemporaryDirectory() as d:
-            src = Path(d) / "docs.jsonl"
-            src.write_text("\n".join(json.dumps({"text": t}) for t in _documents()), encoding="utf-8")
-            build_text_set([src], chunk_bytes=512, min_bytes=512, n=n_texts, random_state=1).save(texts_path)
-    return dirs, texts_path
-
-
-def _build_models(dirs: list[Path]) -> None:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    print(f"building {len(dirs)} benchmark models in {dirs[0].parent} (once)…", flush=True)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_documents(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    for seed, d in enumerate(dirs):
-        torch.manual_seed(seed)
-        cfg = GPT2Config(vocab_size=len(fast), bos_token_id=fast.eos_token_id, eos_token_id=fast.eos_token_id,
-                         initializer_range=0.1, **MODEL)
-        GPT2LMHeadModel(cfg).save_pretrained(d)
-        fast.save_pretrained(d)
-        (d / "lmmap-bench.json").write_text(json.dumps({"vocab": VOCAB, "seed": seed, **MODEL}))
+        print(f"building {len(dirs)} benchmark models in {root} (once)…", flush=True)
+        save_gpt2s(dirs, train_bpe(VOCAB), MODEL, seeds=range(len(dirs)), initializer_range=0.1)
+    return dirs, cached_text_set(n_texts, 512, 1)
 
 
 def cpu_seconds() -> float:

@@ -63,43 +63,60 @@ CACHE = Path(os.environ.get("LMMAP_BENCH_CACHE", Path.home() / ".cache" / "lmmap
 def prepare(n_texts: int, seed: int = 0) -> tuple[Path, Path]:
     """The model directory and the text set (built once, then cached)."""
     model_dir = CACHE / f"gpt2-6x512-v{VOCAB}"
-    texts_path = CACHE / f"texts-{n_texts}x1024.jsonl"
     if not (model_dir / "lmmap-bench.json").exists():
-        _build_model(model_dir, seed)
-    if not texts_path.exists():
-        from lmmap.data.texts import build_text_set
-
-        with tempfile.TemporaryDirectory() as d:
-            src = Path(d) / "docs.jsonl"
-            src.write_text("\n".join(json.dumps({"text": t}) for t in _local_documents()), encoding="utf-8")
-            build_text_set([src], chunk_bytes=1024, min_bytes=1024, n=n_texts, random_state=seed).save(texts_path)
-    return model_dir, texts_path
+        print(f"building the benchmark model in {model_dir} (once)…", flush=True)
+        save_gpt2s([model_dir], train_bpe(VOCAB), MODEL, seeds=[seed], vocab_size=VOCAB)
+    return model_dir, cached_text_set(n_texts, 1024, seed)
 
 
-def _local_documents() -> list[str]:
+def local_documents() -> list[str]:
+    """Text found on this machine (the demo's code, docs and legal documents)."""
     from lmmap.demo import code_documents, docs_documents, legal_documents
 
     return [t for f in (code_documents, docs_documents, legal_documents) for _, t in f()]
 
 
-def _build_model(model_dir: Path, seed: int) -> None:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+def cached_text_set(n_texts: int, chunk_bytes: int, seed: int) -> Path:
+    """``n_texts`` chunks of exactly ``chunk_bytes`` bytes of local text, as a text-set file (built once)."""
+    texts_path = CACHE / f"texts-{n_texts}x{chunk_bytes}.jsonl"
+    if not texts_path.exists():
+        from lmmap.data.texts import build_text_set
 
-    print(f"building the benchmark model in {model_dir} (once)…", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "docs.jsonl"
+            src.write_text("\n".join(json.dumps({"text": t}) for t in local_documents()), encoding="utf-8")
+            build_text_set([src], chunk_bytes=chunk_bytes, min_bytes=chunk_bytes, n=n_texts,
+                           random_state=seed).save(texts_path)
+    return texts_path
+
+
+def train_bpe(vocab: int):
+    """A GPT-2-style byte-level BPE tokenizer of ``vocab`` tokens trained on local text (nothing downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_local_documents(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, bos_token_id=fast.eos_token_id, eos_token_id=fast.eos_token_id, **MODEL)
-    GPT2LMHeadModel(cfg).save_pretrained(model_dir)
-    fast.save_pretrained(model_dir)
-    (model_dir / "lmmap-bench.json").write_text(json.dumps({"vocab": VOCAB, **MODEL}))
+    tok.train_from_iterator(local_documents(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def save_gpt2s(dirs: list[Path], tokenizer, shape: dict, seeds, vocab_size: int | None = None, **config) -> None:
+    """A randomly initialised GPT-2 of ``shape`` per directory (seed by seed), saved with its tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab_size = vocab_size or len(tokenizer)
+    for seed, d in zip(seeds, dirs):
+        torch.manual_seed(seed)
+        cfg = GPT2Config(vocab_size=vocab_size, bos_token_id=tokenizer.eos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **config, **shape)
+        GPT2LMHeadModel(cfg).save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        (d / "lmmap-bench.json").write_text(json.dumps({"vocab": vocab_size, "seed": seed, **shape}))
 
 
 # -- the three methods --------------------------------------------------------------------

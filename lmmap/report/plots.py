@@ -1076,15 +1076,26 @@ def lines_html(
     styles: Mapping[str, str] | None = None,
     *,
     colors: Mapping[str, str] | None = None,
+    point_labels: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """Interactive twin of :func:`lines_png` (same ``series``, ``styles`` and ``colors``)."""
+    """Interactive twin of :func:`lines_png` (same ``series``, ``styles`` and ``colors``).
+
+    ``point_labels``: for a series, one name per point (e.g. the model at each
+    step), shown first in the point's hover text.
+    """
     import plotly.graph_objects as go
 
     items = _check_series(series, styles, colors)
+    point_labels = dict(point_labels or {})
     path = _prepare(path)
     fig = go.Figure()
     for i, (name, x, y, style, colour) in enumerate(items):
         dash = LINESTYLES[style]
+        labels = point_labels.get(name)
+        if labels is not None and len(labels) != len(x):
+            raise InputError(f"point_labels of series {name!r} has {len(labels)} names for {len(x)} points",
+                             params=("point_labels",))
+        head = "%{customdata}<br>" if labels is not None else ""
         fig.add_trace(
             go.Scatter(
                 x=x,
@@ -1093,14 +1104,14 @@ def lines_html(
                 name=escape(name),
                 line=dict(color=colour or PALETTE[i % len(PALETTE)], dash=dash, width=2),
                 marker=dict(size=5),
-                hovertemplate=escape(name) + "<br>x: %{x:.4g}<br>y: %{y:.4g}<extra></extra>",
+                customdata=None if labels is None else [escape(v) for v in labels],
+                hovertemplate=head + escape(name) + "<br>x: %{x:.4g}<br>y: %{y:.4g}<extra></extra>",
             )
         )
     layout = _plotly_layout(title, xlabel, ylabel)
-    if logx:
-        layout["xaxis"]["type"] = "log"
-    if logy:
-        layout["yaxis"]["type"] = "log"
+    # Said outright, not left to plotly's guess (which may read numbers as categories).
+    layout["xaxis"]["type"] = "log" if logx else "linear"
+    layout["yaxis"]["type"] = "log" if logy else "linear"
     fig.update_layout(**layout)
     return _write_html(fig, path)
 

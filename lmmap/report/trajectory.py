@@ -53,42 +53,17 @@ def _series(result, log_axes: bool):
 
 
 def trajectory_png(path, result, log_axes: bool = False) -> Path:
-    import matplotlib
+    from lmmap.report.plots import lines_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmmap.report.plots import _mpl_literal, _save_png
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100, layout="constrained")
-    for k, (label, x, y, _) in enumerate(_series(result, log_axes)):
-        ax.plot(x, y, marker="o", color=f"C{k}", label=label)
-    if log_axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(_mpl_literal(f"KL ({result.unit_label})"))
-    ax.set_title(_mpl_literal(_title(result)), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    try:
-        return _save_png(fig, Path(path), 100)
-    finally:
-        plt.close(fig)
+    series = {label: (x, y) for label, x, y, _ in _series(result, log_axes)}
+    return lines_png(path, series, "training step", f"KL ({result.unit_label})", _title(result),
+                     logx=log_axes, logy=log_axes, figsize=(7, 4.5))
 
 
 def trajectory_html(path, result, log_axes: bool = False) -> Path:
-    import plotly.graph_objects as go
+    from lmmap.report.plots import lines_html
 
-    from lmmap.report.plots import _write_html, escape
-
-    fig = go.Figure()
-    unit = escape(result.unit_label)
-    for label, x, y, models in _series(result, log_axes):
-        hover = [f"{escape(m)}<br>step {s:g}<br>{escape(label)}: {v:.4g} {unit}" for m, s, v in zip(models, x, y)]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=escape(label), hovertext=hover,
-                                 hoverinfo="text"))
-    axis = "log" if log_axes else "linear"
-    fig.update_layout(template="plotly_white", title=dict(text=escape(_title(result))),
-                      xaxis=dict(title="training step", type=axis), yaxis=dict(title=escape(f"KL ({result.unit_label})"), type=axis))
-    return _write_html(fig, Path(path))
+    parts = _series(result, log_axes)
+    return lines_html(path, {label: (x, y) for label, x, y, _ in parts}, "training step",
+                      f"KL ({result.unit_label})", _title(result), logx=log_axes, logy=log_axes,
+                      point_labels={label: list(models) for label, _, _, models in parts})

@@ -107,6 +107,8 @@ def test_writer_writes_table_figures_and_parameters(tmp_path):
 
     data, layout = plotly_figure(paths["trajectory.html"])
     assert layout["xaxis"].get("type") == "linear" and len(data) == 2
+    # hover names the checkpoint behind each point, in step order
+    assert data[1]["customdata"] == res.table["model"].tolist()
     paths = report.write(res, tmp_path / "log", log_axes=True)
     _, layout = plotly_figure(paths["trajectory.html"])
     assert layout["xaxis"]["type"] == "log" and layout["yaxis"]["type"] == "log"

@@ -107,27 +107,14 @@ def test_errors_are_one_line_messages(tmp_path, texts_file):
 import io  # noqa: E402
 import logging  # noqa: E402
 import warnings  # noqa: E402
-from contextlib import redirect_stderr, redirect_stdout  # noqa: E402
 
 import click  # noqa: E402
 import typer.main  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from lmmap.cli import main  # noqa: E402
+from cli_main import run_main  # noqa: E402
 from lmmap.cli._app import lit, output_dir, visible  # noqa: E402
 from lmmap.exceptions import LmmapError, LmmapWarning  # noqa: E402
-
-
-def run_main(*args, env=None, monkeypatch=None):
-    """``lmmap ARGS`` through main() (the entry point's own error handling): (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

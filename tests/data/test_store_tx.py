@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_main import run_main
 
 from lmmap.exceptions import InputError, LmmapError, LmmapWarning
 from lmmap.data.formats import read_vectors
@@ -32,19 +33,8 @@ HARD_NAMES = [".hidden", "..", "../../x", "a/b", "x" * 300, "é" * 100, "[bold]x
 
 def lmmap(*args, check=True) -> subprocess.CompletedProcess:
     """Run the real `lmmap` entry point in this process (output captured; a subprocess costs seconds)."""
-    import contextlib
-    import io
-
-    from lmmap.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-    p = subprocess.CompletedProcess(args, code, out.getvalue(), " ".join(err.getvalue().split()))
+    code, out, err = run_main(*args)
+    p = subprocess.CompletedProcess(args, code, out, " ".join(err.split()))
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
     assert "Traceback" not in p.stderr, p.stderr

@@ -30,35 +30,16 @@ from lmmap.scoring import encode_texts, score_models  # noqa: E402
 from lmmap.scoring.hf import LogProbComputer, load_model, score_texts  # noqa: E402
 from lmmap.data.store import Store  # noqa: E402
 from lmmap.data.texts import TextSet  # noqa: E402
+from text_pieces import text_pieces  # noqa: E402
 
 CONTEXT = 64  # the tiny models' n_positions
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Tiny models gain nothing from more threads, and on a shared machine (or under pytest-xdist, one
-    # torch per worker) spinning OpenMP threads slow them several-fold.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def texts(stdlib_texts) -> list[str]:
     """Real texts of many lengths: some fit the 64-token context, most are truncated."""
-    out = []
-    for k, doc in enumerate(stdlib_texts[20:32]):
-        for start, size in ((0, 20 + 7 * k), (300, 120 + 11 * k), (1000, 1024)):
-            piece = doc[start : start + size]
-            if piece.strip():
-                out.append(piece)
-    return out
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir):
-    return load_model(str(tiny_gpt2_dir), device="cpu", dtype="float32")
+    return text_pieces(stdlib_texts[20:32], ((0, 20, 7), (300, 120, 11), (1000, 1024, 0)))
 
 
 @pytest.fixture(scope="module")

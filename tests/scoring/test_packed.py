@@ -16,36 +16,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from lmmap.exceptions import InputError, ScoringError  # noqa: E402
+from text_pieces import text_pieces  # noqa: E402
 from lmmap.scoring.hf import (  # noqa: E402
     CUDA_BATCH_TOKENS_RANGE, HFScorer, LogProbComputer, cuda_batch_tokens, load_model, score_texts,
 )
 
 CONTEXT = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def texts(stdlib_texts) -> list[str]:
     """Texts from a few characters to far beyond the context: batches mix very different lengths."""
-    out = []
-    for k, doc in enumerate(stdlib_texts[20:30]):
-        for start, size in ((0, 8 + 5 * k), (200, 60 + 13 * k), (900, 1200)):
-            piece = doc[start : start + size]
-            if piece.strip():
-                out.append(piece)
-    return out
-
-
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir):
-    return load_model(str(tiny_gpt2_dir), device="cpu", dtype="float32")
+    return text_pieces(stdlib_texts[20:30], ((0, 8, 5), (200, 60, 13), (900, 1200, 0)))
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_main import run_main
 
 from lmmap.data.store import Interrupted, Store
 from lmmap.data.texts import TextSet
@@ -324,23 +325,6 @@ def test_ray_not_installed_says_how(store_pair, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(InputError, match=r"pip install 'lmmap\[ray\]'"):
         score_models(other, ["alpha"], backend="fake", executor="ray")
-
-
-def run_main(*args):
-    """``lmmap ARGS`` in this process (so that it uses the module's cluster): (exit code, stdout, stderr)."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from lmmap.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_ray_cli_bad_options_name_the_flags(cluster, store_pair, monkeypatch):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from text_pieces import text_pieces
 
 from lmmap.cli import as_flags
 from lmmap.data.store import Store
@@ -140,13 +141,7 @@ ENGINE_SCRIPT = textwrap.dedent(
 
 def _texts(stdlib_texts) -> list[str]:
     """Real texts of many lengths: short ones, and long ones that the 64-token context truncates."""
-    out = []
-    for k, doc in enumerate(stdlib_texts[20:40]):
-        for start, size in ((0, 15 + 5 * k), (500, 90 + 13 * k), (2000, 1500)):
-            piece = doc[start : start + size]
-            if piece.strip():
-                out.append(piece)
-    return out
+    return text_pieces(stdlib_texts[20:40], ((0, 15, 5), (500, 90, 13), (2000, 1500, 0)))
 
 
 def _engine_env() -> dict:
