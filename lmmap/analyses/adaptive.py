@@ -500,7 +500,11 @@ class AdaptiveResult:
     ----------
     new_models, existing_models : the m placed and K existing model names.
     kl, kl_se : (m, K) estimated KL from each new model to each existing one and its standard error (from the
-        draws, see the module docstring).
+        draws, see the module docstring), in ``unit``.
+    unit, unit_factor : the unit of every KL of the result (``nats-per-text`` or ``bits-per-byte``) and what
+        KL in nats per text was multiplied by to give it (:meth:`lmmap.map.ModelMap.unit_factor` of the
+        existing map: 1 / (mean UTF-8 bytes of the N texts · ln 2) for bits per byte); ``mean_text_bytes``
+        that mean (None when unknown).
     runs : each model's :class:`ModelRun` (draws, rounds, how it stopped, the trace).
     n_texts, target_se, neighbors, threshold, pi : N, the stopping rule, the clipping threshold and ``π``.
     coords : (K + m, 2) positions of the existing models (their full map) then the new ones, or None when no
@@ -527,6 +531,15 @@ class AdaptiveResult:
     metadata: pd.DataFrame | None = field(default=None, repr=False)
     random_state: object = 0
     embedding_random_state: object = 42
+    unit: str = "nats-per-text"
+    unit_factor: float = 1.0
+    mean_text_bytes: float | None = None
+
+    @property
+    def unit_label(self) -> str:
+        from lmmap.map import UNIT_LABELS
+
+        return UNIT_LABELS[self.unit]
 
     def table(self) -> pd.DataFrame:
         """``placement.csv``, laid out as ``lmmap add`` writes it (:func:`lmmap.analyses.place.placement_table`)."""
@@ -548,12 +561,15 @@ class AdaptiveResult:
         return pd.DataFrame(rows, columns=["model", "texts_scored", "draws", "rounds", "se_reached", "stopped_by"])
 
     def trace_table(self) -> pd.DataFrame:
-        """After every round: the relative SE (largest over the k nearest), the nearest model, its KL and SE,
-        and ``gap_z``, how many SEs of their difference separate the nearest from the runner-up."""
+        """After every round: the relative SE (largest over the k nearest), the nearest model, its KL and SE
+        (in ``unit``), and ``gap_z``, how many SEs of their difference separate the nearest from the runner-up."""
         rows = [dict(t) for n in self.new_models for t in self.runs[n].trace]
         df = pd.DataFrame(rows, columns=["model", "round", "draws", "texts_scored", "rel_se", "nearest", "kl_nearest",
                                          "kl_se_nearest", "gap_z"])
         df["nearest"] = [self.existing_models[i] for i in df["nearest"]]
+        if self.unit_factor != 1.0:  # the rounds record nats per text (g / 2N)
+            df["kl_nearest"] *= self.unit_factor
+            df["kl_se_nearest"] *= self.unit_factor
         return df
 
     def nearest(self, k: int = 5) -> pd.DataFrame:
@@ -564,11 +580,12 @@ class AdaptiveResult:
         lines = [f"placed {len(self.new_models)} new model(s) adaptively among {len(self.existing_models)} "
                  f"(N = {self.n_texts} texts; target relative SE {self.target_se:g} on the {self.neighbors} nearest)"]
         near = self.nearest(1)
+        u = "" if self.unit == "nats-per-text" else f" {self.unit_label}"
         for row in near.itertuples(index=False):
             r = self.runs[row.new_model]
             how = "target reached" if r.stopped_by == "target" else \
                 f"stopped at max_texts before the target (relative SE {r.se_reached:.3g})"
-            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g}); "
+            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g}{u}); "
                          f"{r.texts_scored} texts in {r.rounds} rounds, {how}")
         for name, why in self.failed.items():
             lines.append(f"  {name}: not placed ({why})")
@@ -645,7 +662,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
                    min_rounds: int = DEFAULT_MIN_ROUNDS, folds: int = DEFAULT_FOLDS,
                    uniform_mix: float = DEFAULT_UNIFORM_MIX, clip: bool = True,
                    resolve_nearest: bool = True, embedding: str | None = "auto",
-                   embedding_random_state=42) -> AdaptiveResult:
+                   embedding_random_state=42, unit: str = "nats-per-text") -> AdaptiveResult:
     """Score each of ``models`` in rounds of ``round_size`` importance draws until its KL is known well enough.
 
     A model stops when the relative standard error of its estimated KL to
@@ -675,11 +692,18 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     ``embedding_random_state``: the 2-D map of the result
     (:func:`adaptive_coords`). ``progress``: ``callable(Step)``; a step per
     round and a line per model and round.
+
+    ``unit``: the unit of the result's KL and SE, ``nats-per-text`` (default)
+    or ``bits-per-byte`` (divided by the mean UTF-8 bytes of the store's N
+    texts · ln 2: KL = g / 2N is a mean over all N texts whichever were
+    drawn); refused before anything is scored when the texts cannot give it.
+    The stopping rule (relative SEs) and the map do not depend on it.
     """
     from lmmap import scoring
     from lmmap.data.store import Store
-    from lmmap.map import ModelMap
+    from lmmap.map import ModelMap, check_unit
 
+    check_unit(unit)
     store = store if isinstance(store, Store) else Store(store)
     N = store.n_texts
     max_texts = check_parameters(target_se, neighbors, max_texts, round_size, N, min_rounds)
@@ -708,6 +732,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     convention = convention or map_conv or "reference"
 
     full = ModelMap.from_store(store, models=existing, clip=clip)
+    factor = full.unit_factor(unit)
     amap = prepare_map(full.L, full.threshold, uniform_mix=uniform_mix)
     for src, name in zip(sources, names):
         atomic_write(_state_path(store, name), json.dumps({
@@ -766,8 +791,10 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     if embedding is not None:
         coords, method = adaptive_coords(full, amap, runs, placed, kl, embedding=embedding,
                                          random_state=embedding_random_state)
-    return AdaptiveResult(new_models=placed, existing_models=existing, kl=kl, kl_se=se, runs=runs, n_texts=N,
-                          target_se=float(target_se), neighbors=int(neighbors), threshold=amap.threshold,
+    # Converted only now: Gower's placement above works in nats per text (KL = g / 2N).
+    return AdaptiveResult(new_models=placed, existing_models=existing, kl=kl * factor, kl_se=se * factor, runs=runs,
+                          n_texts=N, target_se=float(target_se), neighbors=int(neighbors), threshold=amap.threshold,
                           pi=amap.pi, amap=amap, failed=failed, scoring_seconds=seconds[0], coords=coords,
                           method=method, metadata=full.metadata, random_state=random_state,
-                          embedding_random_state=embedding_random_state)
+                          embedding_random_state=embedding_random_state, unit=unit, unit_factor=factor,
+                          mean_text_bytes=full.mean_text_bytes)

@@ -40,7 +40,7 @@ from lmmap.maths import geometry
 from lmmap.maths.bootstrap import bootstrap_se, check_counts
 from lmmap.maths.geometry import cross_squared_distances  # noqa: F401  (lives in maths.geometry; still importable from here)
 from lmmap.exceptions import InputError, LmmapWarning, ScoringError, StoreError
-from lmmap.map import ModelMap
+from lmmap.map import UNIT_LABELS, ModelMap, check_unit
 from lmmap.progress import ProgressFn, say
 
 # Two clipping thresholds that differ by less than this (relative) are the same map's.
@@ -116,7 +116,9 @@ class Placement:
     new_models, existing_models : the m new and K existing model names.
     map : the subset map of the existing and new models (existing first).
     kl, kl_se : (m, K) estimated KL ``g̃_ij / 2N`` from each new model to each existing one, and its
-        bootstrap standard error (``R`` replicates seeded by ``random_state``).
+        bootstrap standard error (``R`` replicates seeded by ``random_state``), in ``unit``.
+    unit : the unit of ``kl`` and ``kl_se`` (and of every KL the files of the placement show):
+        ``nats-per-text`` or ``bits-per-byte`` (:meth:`lmmap.map.ModelMap.unit_factor`).
     coords : (K + m, 2) positions of ``map.names`` in the 2-D map; ``method`` the embedding that placed
         them (seeded by ``embedding_random_state``).
     rebuilt : True when the whole 2-D map was refitted (the existing models may have moved).
@@ -140,6 +142,11 @@ class Placement:
     scoring_seconds: float = 0.0
     failed: dict = field(default_factory=dict)
     subset: object = None
+    unit: str = "nats-per-text"
+
+    @property
+    def unit_label(self) -> str:
+        return UNIT_LABELS[self.unit]
 
     def table(self) -> pd.DataFrame:
         """``placement.csv``: see :func:`placement_table`."""
@@ -161,8 +168,9 @@ class Placement:
             + (f"; scored {len(self.scored)} in {self.scoring_seconds:.1f} s" if self.scored else "")
             + ("; map rebuilt" if self.rebuilt else "; existing positions kept")
         ]
+        u = "" if self.unit == "nats-per-text" else f" {self.unit_label}"
         for row in t.itertuples(index=False):
-            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g})")
+            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g}{u})")
         for name, why in self.failed.items():
             lines.append(f"  {name}: not placed ({why})")
         return "\n".join(lines)
@@ -204,6 +212,7 @@ def place(
     R: int = 100,
     random_state=0,
     embedding_random_state=42,
+    unit: str = "nats-per-text",
     progress: ProgressFn = None,
 ) -> Placement:
     """Place m new models into the map ``mm`` of K existing models from their log-likelihoods on ``mm``'s texts.
@@ -230,12 +239,16 @@ def place(
     rebuild : refit the whole 2-D map instead of keeping the existing positions.
     R, random_state : bootstrap replicates and their seed for ``kl_se``.
     embedding_random_state : seeds the 2-D embedding.
+    unit : the unit of the placement's KL and its SE: ``nats-per-text`` (default) or ``bits-per-byte``
+        (divided by the ``w``-weighted mean UTF-8 bytes of ``mm``'s texts · ln 2; ``mm`` needs
+        ``text_bytes``). The 2-D positions do not depend on it.
     progress : ``callable(Step)`` for a line on what is being placed.
 
     Returns
     -------
     Placement
     """
+    check_unit(unit)
     new = [str(n) for n in new_names]
     existing = list(mm.names)
     d = mm.L.shape[1]
@@ -251,7 +264,9 @@ def place(
     full = ModelMap(
         existing + new, np.vstack([mm.L, L_new]), threshold=mm.threshold, w=mm.w, n_texts=mm.n_texts,
         counts=mm.counts, metadata=mm.metadata, clip_percentile=mm.clip_percentile, text_set_id=mm.text_set_id,
+        text_bytes=mm.text_bytes,
     )
+    factor = full.unit_factor(unit)  # refused before any work when the map has no byte lengths
     K, m = len(existing), len(new)
     X = full.features()
     X_old, X_new = X[:K], X[K:]
@@ -266,9 +281,11 @@ def place(
         method = mm.embedding_method(embedding)  # as `lmmap map` of the existing models would choose
         say(progress, f"placing {m} model(s) into the map of {K} ({method})…")
         coords, method = _keep_positions(mm, base, base_coords, KL, X_old, X_new, method, embedding_random_state)
+    # Converted only now: Gower's placement and the identity check above work in nats per text (KL = g̃ / 2N).
     return Placement(
-        new_models=new, existing_models=existing, map=full, kl=KL, kl_se=se, coords=coords, method=method,
-        rebuilt=rebuild, R=R, random_state=random_state, embedding_random_state=embedding_random_state,
+        new_models=new, existing_models=existing, map=full, kl=KL * factor, kl_se=se * factor, coords=coords,
+        method=method, rebuilt=rebuild, R=R, random_state=random_state, embedding_random_state=embedding_random_state,
+        unit=unit,
     )
 
 
@@ -417,6 +434,7 @@ def add_models(
     embedding: str = "auto",
     embedding_random_state=42,
     base_coords=None,
+    unit: str = "nats-per-text",
     progress: ProgressFn = None,
 ) -> Placement:
     """Score ``models`` on ``subset``'s texts only and place them into the map of ``subset.models`` (:func:`place`).
@@ -440,6 +458,8 @@ def add_models(
     embedding, embedding_random_state, base_coords : the 2-D map, as in :func:`place`. By default the
         existing models keep the positions of their full map (what ``lmmap map`` draws for them), or of the
         subset map when they lack some texts.
+    unit : the unit of the placement's KL, as in :func:`place`; checked (the subset's texts must
+        have byte lengths for ``bits-per-byte``) before anything is scored.
     progress : ``callable(Step)``: scoring progress and a line per stage.
 
     Returns
@@ -448,6 +468,7 @@ def add_models(
     """
     from lmmap import scoring
 
+    check_unit(unit)
     subset.check_store(store)
     subset.check_models(store)
     sources = [str(m) for m in models]
@@ -473,6 +494,10 @@ def add_models(
     # The existing models' full map, when they have every text: checks that their vectors are still
     # those the subset was selected from (same threshold) before any scoring, and later gives their positions in the 2-D map.
     full = _full_map_if_possible(store, existing, subset)
+    # The existing models' subset map does not change by scoring new ones: built now, it refuses a unit
+    # the texts cannot give before anything is scored.
+    mm = ModelMap.from_store(store, models=existing, subset=subset)
+    mm.unit_factor(unit)
 
     seconds, failed = 0.0, {}
     if to_score:
@@ -490,9 +515,9 @@ def add_models(
         new = [m for m in new if m not in failed]
         to_score = [m for m in to_score if m not in failed]
 
-    mm = ModelMap.from_store(store, models=existing, subset=subset)
     _, L_new = store.matrix(new, text_pos=subset.text_pos)
     result = place(mm, new, L_new, base=full, base_coords=base_coords, embedding=embedding, rebuild=rebuild, R=R,
-                   random_state=random_state, embedding_random_state=embedding_random_state, progress=progress)
+                   random_state=random_state, embedding_random_state=embedding_random_state, unit=unit,
+                   progress=progress)
     result.scored, result.scoring_seconds, result.failed, result.subset = to_score, seconds, failed, subset
     return result

@@ -1,10 +1,14 @@
-"""Training trajectories: KL along a run's checkpoints (issue 15 §1).
+"""Paths through the map: KL along a run's checkpoints, or along a model's layers (issue 15 §1, §2).
 
-A trajectory is declared in the map's metadata: the models whose column
+A *trajectory* is declared in the map's metadata: the models whose column
 ``trajectory`` holds the same name, ordered by the numeric column ``step``
-(the final model is the one with the largest step). ``trajectory(mm, name)``
-gives, for each checkpoint, the KL to the previous checkpoint and to the
-final model.
+(the final model is the one with the largest step); ``lmmap score
+--revisions/--trajectory`` writes both. The *layers* of a model scored with
+the logit lens (``lmmap score --layers``) are the models whose column
+``layers_of`` names it, ordered by ``layer``. ``trajectory(mm, name)`` and
+``layers(mm, model)`` give, for each point of the path, the KL to the
+previous point and to the last one (the final checkpoint; the last layer,
+which is the model itself).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from lmmap.map import UNIT_LABELS, check_unit
 
 TRAJECTORY_COLUMN = "trajectory"
 STEP_COLUMN = "step"
+# kind → (the column naming the path, the column ordering it, what a point is, the path's noun)
+PATHS = {
+    "trajectory": (TRAJECTORY_COLUMN, STEP_COLUMN, "checkpoint", "trajectory"),
+    "layers": ("layers_of", "layer", "layer", "layers of model"),
+}
 
 
 @dataclass
@@ -42,6 +51,17 @@ class TrajectoryResult:
     unit: str
     table: pd.DataFrame
     info: dict = field(default_factory=dict)
+    kind: str = "trajectory"  # or "layers": the table's order column is then ``layer``
+
+    @property
+    def order_column(self) -> str:
+        """``step`` (a trajectory) or ``layer`` (a model's layers)."""
+        return PATHS[self.kind][1]
+
+    @property
+    def point(self) -> str:
+        """What one point of the path is: ``checkpoint`` or ``layer``."""
+        return PATHS[self.kind][2]
 
     @property
     def unit_label(self) -> str:
@@ -49,7 +69,7 @@ class TrajectoryResult:
 
     @property
     def final(self) -> str:
-        """The final model (the largest step)."""
+        """The final model (the largest step or layer)."""
         return str(self.table["model"].iloc[-1])
 
 
@@ -57,16 +77,18 @@ def _present(v) -> bool:
     return v is not None and not (not isinstance(v, str) and pd.isna(v)) and bool(str(v).strip())
 
 
-def trajectories(mm) -> dict[str, list[tuple[str, object]]]:
-    """``{trajectory name: [(model, raw step), ...]}`` in the map's model order, from the metadata.
+def trajectories(mm, kind: str = "trajectory") -> dict[str, list[tuple[str, object]]]:
+    """``{path name: [(model, raw step), ...]}`` in the map's model order, from the metadata.
 
-    Empty when the metadata has no ``trajectory`` column.
+    ``kind``: ``trajectory`` (columns ``trajectory``, ``step``) or ``layers``
+    (``layers_of``, ``layer``). Empty when the metadata lacks the column.
     """
+    group_col, order_col = PATHS[kind][:2]
     meta = mm.metadata
-    if meta is None or TRAJECTORY_COLUMN not in meta.columns:
+    if meta is None or group_col not in meta.columns:
         return {}
-    traj = meta[TRAJECTORY_COLUMN].reindex(mm.names)
-    step = meta[STEP_COLUMN].reindex(mm.names) if STEP_COLUMN in meta.columns else pd.Series(None, index=mm.names)
+    traj = meta[group_col].reindex(mm.names)
+    step = meta[order_col].reindex(mm.names) if order_col in meta.columns else pd.Series(None, index=mm.names)
     out: dict[str, list] = {}
     for model in mm.names:
         t = traj.loc[model]
@@ -75,45 +97,50 @@ def trajectories(mm) -> dict[str, list[tuple[str, object]]]:
     return out
 
 
-def _numeric_step(model: str, raw) -> float:
+def _numeric_step(model: str, raw, kind: str = "trajectory") -> float:
     """The step of ``model`` as a number; a missing or non-numeric step is an InputError naming the model."""
+    order_col, point = PATHS[kind][1], PATHS[kind][2]
     try:
         value = float(str(raw).strip()) if _present(raw) else float("nan")
     except ValueError:
         value = float("nan")
     if not np.isfinite(value):
-        raise InputError(f"model {model!r} of the trajectory has step {raw!r}, not a number: give every "
-                         f"checkpoint a numeric metadata column {STEP_COLUMN!r}", params=("name",))
+        raise InputError(f"model {model!r} of the {PATHS[kind][3].split()[0]} has {order_col} {raw!r}, not a number: "
+                         f"give every {point} a numeric metadata column {order_col!r}", params=("name",))
     return value
 
 
-def ordered_checkpoints(mm, name: str) -> list[tuple[str, float]]:
-    """The checkpoints of trajectory ``name`` as ``[(model, step)]`` in step order (ties kept in map order)."""
-    known = trajectories(mm)
+def ordered_checkpoints(mm, name: str, kind: str = "trajectory") -> list[tuple[str, float]]:
+    """The points of path ``name`` as ``[(model, step)]`` in step (layer) order (ties kept in map order)."""
+    group_col, _, point, noun = PATHS[kind]
+    known = trajectories(mm, kind)
     if name not in known:
-        listed = ", ".join(repr(k) for k in sorted(known)) or "none (no metadata column 'trajectory')"
-        raise InputError(f"no trajectory {name!r} in the map's metadata; known trajectories: {listed}",
-                         params=("name",))
-    points = [(m, _numeric_step(m, raw)) for m, raw in known[name]]
+        listed = ", ".join(repr(k) for k in sorted(known)) or f"none (no metadata column {group_col!r})"
+        what = "trajectories" if kind == "trajectory" else "models with layers"
+        raise InputError(f"no {noun} {name!r} in the map's metadata; known {what}: {listed}", params=("name",))
+    points = [(m, _numeric_step(m, raw, kind)) for m, raw in known[name]]
     if len(points) < 2:
-        raise InputError(f"trajectory {name!r} has {len(points)} checkpoint in the map; a trajectory needs at "
-                         "least 2", params=("name",))
+        raise InputError(f"{noun} {name!r} has {len(points)} {point} in the map; a path needs at least 2",
+                         params=("name",))
     # A stable sort: equal steps keep the map's order, so the result is the same on every run.
     return sorted(points, key=lambda p: p[1])
 
 
-def trajectory(mm, name: str, *, unit: str = "nats-per-text") -> TrajectoryResult:
-    """KL between consecutive checkpoints of trajectory ``name`` and from each to the final one.
+def trajectory(mm, name: str, *, unit: str = "nats-per-text", kind: str = "trajectory") -> TrajectoryResult:
+    """KL between consecutive points of path ``name`` and from each to the last one.
 
     Parameters
     ----------
     mm : lmmap.map.ModelMap
-        The map; its metadata declares the trajectory (columns ``trajectory``
-        and ``step``).
+        The map; its metadata declares the path (columns ``trajectory`` and
+        ``step``, or ``layers_of`` and ``layer``).
     name : str
-        The trajectory's name.
+        The trajectory's name (or, ``kind="layers"``, the lensed model's).
     unit : str
         ``nats-per-text`` (default) or ``bits-per-byte``.
+    kind : str
+        ``trajectory`` (a training run's checkpoints) or ``layers`` (a
+        model's layers, :func:`layers`).
 
     Returns
     -------
@@ -122,11 +149,14 @@ def trajectory(mm, name: str, *, unit: str = "nats-per-text") -> TrajectoryResul
     Raises
     ------
     lmmap.exceptions.InputError
-        An unknown trajectory (the known ones are listed), fewer than two
-        checkpoints in the map, or a step that is not a number.
+        An unknown path (the known ones are listed), fewer than two points
+        in the map, or a step that is not a number.
     """
     check_unit(unit)
-    points = ordered_checkpoints(mm, name)
+    if kind not in PATHS:
+        raise InputError(f"kind must be one of {', '.join(PATHS)}, got {kind!r}", params=("kind",))
+    order_col = PATHS[kind][1]
+    points = ordered_checkpoints(mm, name, kind)
     KL = mm.kl(unit)
     idx = np.array([mm.index_of(m) for m, _ in points], dtype=np.int64)
     prev = np.full(len(idx), np.nan)
@@ -135,12 +165,23 @@ def trajectory(mm, name: str, *, unit: str = "nats-per-text") -> TrajectoryResul
     steps = np.array([s for _, s in points])
     # Integral steps read as integers in the CSV (10, not 10.0).
     step_col = steps.astype(np.int64) if np.all(steps == np.round(steps)) else steps
-    table = pd.DataFrame({"model": [m for m, _ in points], "step": step_col, "kl_to_previous": prev,
+    table = pd.DataFrame({"model": [m for m, _ in points], order_col: step_col, "kl_to_previous": prev,
                           "kl_to_final": to_final})
-    info = {"trajectory": name, "unit": unit, "models": table["model"].tolist(), "steps": step_col.tolist(),
+    info = {("trajectory" if kind == "trajectory" else "layers_of"): name, "kind": kind, "unit": unit,
+            "models": table["model"].tolist(), f"{order_col}s": step_col.tolist(),
             "final": table["model"].iloc[-1], "n_models_in_map": mm.K, "n_texts": int(mm.n_texts),
             "text_set_id": mm.text_set_id}
-    return TrajectoryResult(name, unit, table, info)
+    return TrajectoryResult(name, unit, table, info, kind)
 
 
-__all__ = ["TrajectoryResult", "trajectory", "trajectories", "ordered_checkpoints"]
+def layers(mm, model: str, *, unit: str = "nats-per-text") -> TrajectoryResult:
+    """KL between consecutive layers of ``model`` (scored with ``layers``) and from each layer to the last.
+
+    The last layer is the model itself (its vector equals the plain
+    score), so ``kl_to_final`` says how far each layer's next-token
+    distribution is from the model's output.
+    """
+    return trajectory(mm, model, unit=unit, kind="layers")
+
+
+__all__ = ["TrajectoryResult", "trajectory", "layers", "trajectories", "ordered_checkpoints", "PATHS"]

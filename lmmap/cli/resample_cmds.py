@@ -9,6 +9,7 @@ import typer
 
 from lmmap.exceptions import InputError, LmmapError
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
+from lmmap.cli.map_cmds import UnitOption
 from lmmap.cli.score_cmds import ExecutorOption, GpusPerModelOption, RayAddressOption, ShardTextsOption, executor_kwargs
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
@@ -117,10 +118,13 @@ def add(
     ray_address: RayAddressOption = None,
     gpus_per_model: GpusPerModelOption = None,
     shard_texts: ShardTextsOption = None,
+    unit: UnitOption = "nats-per-text",
 ):
     """Score new models on a subset's texts only (or adaptively) and place them into the existing map."""
+    from lmmap.map import check_unit
     from lmmap.parallel import set_threads
 
+    check_unit(unit)  # a unit typo is refused before the store is read or anything is scored
     set_threads(threads)
     if adaptive:
         if subset is not None:
@@ -150,7 +154,7 @@ def add(
             result = place_adaptive(
                 s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
                 round_size=round_size, random_state=seed, convention=convention, score_kwargs=score_kwargs,
-                embedding=embedding, embedding_random_state=tsne_seed, progress=progress,
+                embedding=embedding, embedding_random_state=tsne_seed, unit=unit, progress=progress,
             )
         else:
             from lmmap.analyses.place import add_models
@@ -160,7 +164,7 @@ def add(
                 s, models, Subset.load(subset, store=s, allow_other_texts=allow_other_texts), names=name or None,
                 convention=convention, rebuild=rebuild, replace=replace, R=R, random_state=seed,
                 embedding=embedding, embedding_random_state=tsne_seed, base_coords=base_coords,
-                score_kwargs=score_kwargs, progress=progress,
+                score_kwargs=score_kwargs, unit=unit, progress=progress,
             )
         paths = report.write(result, output, k=k, color_by=color_by)
     for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time

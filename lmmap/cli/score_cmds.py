@@ -49,6 +49,12 @@ def score(
     ray_address: RayAddressOption = None,
     gpus_per_model: GpusPerModelOption = None,
     shard_texts: ShardTextsOption = None,
+    layers: Annotated[Optional[str], typer.Option("--layers", metavar="all|0,4,8", help="The logit lens: score every layer (or these indices of transformers' hidden_states; 0 = the embeddings) from one forward pass, the output layer applied after the final norm; each layer is stored as MODEL@layerK.")] = None,
+    final_norm: Annotated[Optional[str], typer.Option("--final-norm", metavar="ATTR", help="--layers: the final norm's module path (e.g. model.norm) when lmmap does not find it.")] = None,
+    chat_template: Annotated[bool, typer.Option("--chat-template", help="Texts with prompts: apply the tokenizer's chat template (the prompt as the user's turn, the text as the assistant's); recorded with the vector.")] = False,
+    revisions: Annotated[Optional[str], typer.Option("--revisions", metavar="REV,REV,...", help="Hub revisions of one model (e.g. step1000,step2000): each stored as MODEL@REV, a trajectory with its step.")] = None,
+    trajectory: Annotated[Optional[str], typer.Option("--trajectory", metavar="NAME", help="The models are checkpoints of one training run: each stored as NAME@DIRECTORY, with its step (the last number in the directory name, or --steps).")] = None,
+    steps: Annotated[Optional[str], typer.Option("--steps", metavar="S,S,...", help="--revisions/--trajectory: the step of each checkpoint, in order.")] = None,
 ):
     """Score models on the store's texts; a killed run resumes from its checkpoints."""
     from lmmap import scoring
@@ -58,6 +64,9 @@ def score(
 
     if name is not None and len(models) != 1:
         fail(f"--name names one model, but {len(models)} were given")
+    from lmmap.scoring.layers import parse_layers
+
+    parse_layers(layers)  # a typo is refused before the store is opened
     set_threads(threads)
     s = Store(store)
     text_pos = None
@@ -72,7 +81,8 @@ def score(
             convention=convention, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
             trust_remote_code=trust_remote_code, revision=revision, replace=replace, progress=bars,
             checkpoint_every=checkpoint_every, device_map=device_map, backend=backend, packing=packing,
-            **executor_kwargs(executor, ray_address, gpus_per_model, shard_texts),
+            layers=layers, final_norm=final_norm, chat_template=chat_template, revisions=revisions,
+            trajectory=trajectory, steps=steps, **executor_kwargs(executor, ray_address, gpus_per_model, shard_texts),
         )
     failed = [n for n, st in statuses.items() if not st.ok]
     done = sum(st.status == "scored" for st in statuses.values())

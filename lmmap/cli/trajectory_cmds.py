@@ -1,4 +1,4 @@
-"""Training trajectories: `lmmap trajectory NAME` (KL along a run's checkpoints)."""
+"""Paths through the map: `lmmap trajectory NAME` (a run's checkpoints), `lmmap layers MODEL` (logit lens)."""
 
 from __future__ import annotations
 
@@ -28,18 +28,48 @@ def trajectory_(
     from lmmap.map import check_unit
 
     check_unit(unit)  # a unit typo is refused before the store is read
-    from lmmap import report
     from lmmap.analyses.trajectory import trajectory
     from lmmap.data.store import Store
 
     mm = load_map(Store(store), subset, no_clip, allow_mixed, metadata, allow_other_texts)
-    result = trajectory(mm, name, unit=unit)
+    _write_and_print(trajectory(mm, name, unit=unit), output, log)
+
+
+@app.command("layers")
+def layers_(
+    model: Annotated[str, typer.Argument(help="A model scored with `lmmap score MODEL --layers ...` (its layers are stored as MODEL@layerK).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
+    store: StoreOption,
+    unit: Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of KL.")] = "nats-per-text",
+    log: Annotated[bool, typer.Option("--log", help="Draw layer and KL on log axes (layer 0 left out).")] = False,
+    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")] = None,
+    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    allow_other_texts: AllowOtherTextsOption = False,
+):
+    """KL between consecutive layers of a model (logit lens) and from each layer to the model's output."""
+    from lmmap.map import check_unit
+
+    check_unit(unit)
+    from lmmap.analyses.trajectory import layers
+    from lmmap.data.store import Store
+
+    mm = load_map(Store(store), subset, no_clip, allow_mixed, None, allow_other_texts)
+    _write_and_print(layers(mm, model, unit=unit), output, log)
+
+
+def _write_and_print(result, output: Path, log: bool) -> None:
+    from lmmap import report
+
     with output_dir(output):
         paths = report.write(result, output, log_axes=log)
-    console.print(f"trajectory {lit(name)}: {len(result.table)} checkpoints, final {lit(result.final)} "
+    what = "trajectory" if result.kind == "trajectory" else "layers of"
+    console.print(f"{what} {lit(result.name)}: {len(result.table)} {result.point}s, final {lit(result.final)} "
                   f"(KL in {lit(result.unit_label)}):")
-    for r in result.table.itertuples(index=False):
-        prev = "" if r.kl_to_previous != r.kl_to_previous else f"{r.kl_to_previous:.4g}"
-        console.print(f"  step {r.step!s:>10}  {lit(r.model):24s} to previous {prev:>10}  to final {r.kl_to_final:.4g}")
+    order = result.order_column
+    for r in result.table.to_dict("records"):
+        prev = "" if r["kl_to_previous"] != r["kl_to_previous"] else f"{r['kl_to_previous']:.4g}"
+        console.print(f"  {order} {r[order]!s:>10}  {lit(r['model']):24s} to previous {prev:>10}  "
+                      f"to final {r['kl_to_final']:.4g}")
     for fname, p in paths.items():
         console.print(f"  {fname:16s} {lit(p)}")

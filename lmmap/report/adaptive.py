@@ -6,6 +6,8 @@ per new model: model, texts_scored, draws, rounds, se_reached, stopped_by),
 ``adaptive_trace.csv`` (the relative SE and the nearest model's KL after every
 round), ``adaptive_trace.png`` (relative SE against texts scored, the target
 as a dotted line) and ``adaptive.json`` (the parameters, with provenance).
+Every KL is in the result's unit (``result.unit``), which adaptive.json
+records as ``kl_unit``.
 When the result has a map (``result.coords``, computed by
 :func:`lmmap.analyses.adaptive.adaptive_coords`), also ``coords.csv``,
 ``map.png`` and ``map.html``.
@@ -54,7 +56,7 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
         "target_se": result.target_se, "neighbors": result.neighbors, "clip_threshold": result.threshold,
         "random_state": result.random_state, "embedding": result.method,
         "embedding_random_state": result.embedding_random_state, "scoring_seconds": result.scoring_seconds,
-        "failed": result.failed,
+        "failed": result.failed, "kl_unit": result.unit, "mean_text_bytes": result.mean_text_bytes,
     })
     return files.paths
 
@@ -72,8 +74,9 @@ def _write_map(files: Files, result, color_by: str | None) -> None:
         col = meta.set_index("model")[color_by] if "model" in meta.columns else meta[color_by]
         groups = ["unknown" if pd.isna(v) else str(v) for v in col.reindex(names)]
     near = result.nearest(3)
+    u = "" if result.unit == "nats-per-text" else f" {result.unit_label}"
     hover = [""] * len(result.existing_models) + [
-        "nearest: " + ", ".join(f"{r.existing_model} (KL {r.kl:.3g} ± {r.kl_se:.2g})" for r in g.itertuples())
+        "nearest: " + ", ".join(f"{r.existing_model} (KL {r.kl:.3g} ± {r.kl_se:.2g}{u})" for r in g.itertuples())
         for _, g in near.groupby("new_model", sort=False)]
     title = (f"{len(result.existing_models)} models + {len(result.new_models)} placed adaptively "
              f"({_METHOD_NAMES.get(result.method, result.method)}; at most "

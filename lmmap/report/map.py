@@ -118,7 +118,9 @@ def map_edges(mm, mode: str = "auto"):
     from a model whose nearest model lies in another lineage to that
     nearest model (the model is flagged). With either, when the metadata
     declares training trajectories (columns ``trajectory`` and ``step``),
-    consecutive checkpoints of each are joined too (kind ``trajectory``);
+    consecutive checkpoints of each are joined too (kind ``trajectory``),
+    and so are consecutive layers of a lensed model (``layers_of``,
+    ``layer``; kind ``layers``);
     ``none`` draws no line at all.
     """
     from lmmap.report.plots import Edges
@@ -139,7 +141,8 @@ def map_edges(mm, mode: str = "auto"):
 
 
 def trajectory_edges(mm) -> list:
-    """One :class:`plots.Edges` of kind ``trajectory``: consecutive checkpoints of each trajectory in step order.
+    """:class:`plots.Edges` of kind ``trajectory`` (consecutive checkpoints of each trajectory in step order) and
+    ``layers`` (consecutive layers of each model scored with the logit lens).
 
     Empty when the metadata declares no trajectory. A trajectory that cannot
     be ordered (a step that is not a number) or has one checkpoint in the map
@@ -151,17 +154,21 @@ def trajectory_edges(mm) -> list:
     from lmmap.exceptions import LmmapWarning
     from lmmap.report.plots import Edges
 
-    pairs = []
-    for name, members in trajectories(mm).items():
-        if len(members) < 2:
-            continue  # one checkpoint: nothing to join, and nothing wrong
-        try:
-            points = ordered_checkpoints(mm, name)
-        except InputError as exc:
-            warnings.warn(f"trajectory {name!r} is not drawn on the map: {exc}", LmmapWarning, stacklevel=2)
-            continue
-        pairs.extend((a, b) for (a, _), (b, _) in zip(points[:-1], points[1:]))
-    return [Edges("trajectory", tuple(pairs))] if pairs else []
+    out = []
+    for kind in ("trajectory", "layers"):
+        pairs = []
+        for name, members in trajectories(mm, kind).items():
+            if len(members) < 2:
+                continue  # one checkpoint: nothing to join, and nothing wrong
+            try:
+                points = ordered_checkpoints(mm, name, kind)
+            except InputError as exc:
+                warnings.warn(f"{kind} {name!r} is not drawn on the map: {exc}", LmmapWarning, stacklevel=2)
+                continue
+            pairs.extend((a, b) for (a, _), (b, _) in zip(points[:-1], points[1:]))
+        if pairs:
+            out.append(Edges(kind, tuple(pairs)))
+    return out
 
 
 def axis_label(method: str) -> str:

@@ -5,7 +5,8 @@
 new), ``neighbors.csv``, ``map.png`` and ``map.html`` (existing models
 coloured and labelled, new ones drawn large and named, each with a dashed
 line to its nearest existing model by KL) and ``map.json`` (the map's
-parameters, the subset, what was scored, with provenance).
+parameters, the subset, what was scored, with provenance). Every KL is in
+the placement's unit (``result.unit``), which map.json records as ``kl_unit``.
 :func:`placed_map_figure` draws the map for the adaptive writer too.
 """
 
@@ -25,26 +26,28 @@ def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | Non
     """Write ``result``'s files under ``outdir``; returns ``{file name: path}``.
 
     ``k``: neighbours per model in neighbors.csv; ``color_by``: the metadata
-    column that colours the existing models.
+    column that colours the existing models. KL is written in ``result.unit``.
     """
     from lmmap.report.map import hover_neighbors, title
 
     mm = result.map
+    unit = result.unit
     groups = mm.groups(color_by)
     if color_by and groups is None and color_by != "model_type":
         raise InputError(f"no metadata column {color_by!r} to colour by; give one with metadata (a MODELS.csv)",
                          params=("color_by",))
     files = Files(outdir)
     files.table("placement.csv", result.table())
-    files.table("kl.csv", mm.kl_frame(), index=True)
+    files.table("kl.csv", mm.kl_frame(unit), index=True)
     is_new = np.isin(mm.names, result.new_models)
     files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1],
                                             "new": is_new}))
-    table = mm.neighbor_table(k)
+    table = mm.neighbor_table(k, unit=unit)
     files.table("neighbors.csv", table)
     placed_map_figure(
         files, result.coords, mm.names, result.new_models, result.existing_models, result.kl, groups=groups,
-        hover=hover_neighbors(table, mm.names, n=3), method=result.method, color_by=color_by,
+        hover=hover_neighbors(table, mm.names, n=3, unit="" if unit == "nats-per-text" else result.unit_label),
+        method=result.method, color_by=color_by,
         title=title(mm, result.method, models=f"{len(result.existing_models)} models + {len(result.new_models)} new"),
     )
     info = mm.describe(
@@ -58,6 +61,7 @@ def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | Non
         rebuilt=result.rebuilt,
         R=result.R,
         random_state=result.random_state,
+        kl_unit=unit,
     )
     sub = result.subset
     if sub is not None:

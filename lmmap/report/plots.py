@@ -75,6 +75,7 @@ EDGE_STYLES = {
     "contradiction": (FLAG_COLOR, 1.1, "--", 0.85, "nearest by KL, another lineage"),
     "placement": (HIGHLIGHT_COLOR, 1.2, "--", 0.75, "new → nearest by KL"),
     "trajectory": ("#1f77b4", 1.6, "-", 0.8, "training trajectory (step order)"),
+    "layers": ("#ff7f0e", 1.4, ":", 0.85, "layers of a model (logit lens, in order)"),
 }  # fmt: skip
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -32,7 +33,7 @@ from lmmap._version import __version__
 from lmmap.exceptions import InputError, LmmapError, ScoringError
 from lmmap.progress import ProgressFn, Tracker, say
 from lmmap.scoring.encoding import (
-    Encoded, check_convention, encode_texts, make_rows, plan_batches, resolve_max_length, rows_tokens,
+    Encoded, chat_template_id, check_convention, encode_texts, make_rows, plan_batches, resolve_max_length, rows_tokens,
 )
 from lmmap.scoring.protocol import Backend, NonFiniteError, Scorer, ScoreStatus, TextScores
 
@@ -105,18 +106,22 @@ def iter_scores(
         info.update(mode=plan["mode"], batch_tokens=budget, n_batches=len(batches), n_rows=len(rows.ids))
     n_texts = len(enc.sequences)
     remaining = np.bincount(rows.text, minlength=n_texts)
-    total = np.zeros(n_texts, dtype=np.float64)
+    total = None  # (texts,) or, for a scorer with several outputs (the layers of a logit lens), (texts, outputs)
     texts_done = 0
     for batch in batches:
         sums = scorer.score([rows.ids[i] for i in batch], rows.first[batch])
+        if total is None:
+            total = np.zeros((n_texts,) + np.shape(sums)[1:], dtype=np.float64)
         owners = rows.text[batch]
         np.add.at(total, owners, sums)
         np.subtract.at(remaining, owners, 1)
         done = np.unique(owners[remaining[owners] == 0])
-        bad = done[~np.isfinite(total[done])]
+        finite = np.isfinite(total[done]) if total.ndim == 1 else np.isfinite(total[done]).all(axis=1)
+        bad = done[~finite]
         if len(bad):
             pos = int(bad[0]) if positions is None else int(positions[bad[0]])
-            raise NonFiniteError(f"non-finite log-likelihood ({total[bad[0]]}) for the text at position {pos}", pos)
+            value = total[bad[0]] if total.ndim == 1 else total[bad[0]][~np.isfinite(total[bad[0]])][0]
+            raise NonFiniteError(f"non-finite log-likelihood ({value}) for the text at position {pos}", pos)
         texts_done += len(done)
         if tracker is not None:
             tracker.advance(int(lengths[batch].sum()), texts=texts_done, texts_total=n_texts)
@@ -134,17 +139,22 @@ def score_texts(
     batch_tokens: int | None = None,
     progress: ProgressFn = None,
     description: str = "scoring",
+    chat_template: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(loglik, n_tokens, truncated)`` of each text under a loaded scorer (see :mod:`lmmap.scoring.encoding`).
 
-    Pure compute: nothing is read from or written to a store. Raises
+    Pure compute: nothing is read from or written to a store.
+    ``chat_template``: prompt→response texts wrapped in the tokenizer's chat
+    template. A scorer with several outputs (the layers of a logit lens) gives
+    ``loglik`` a column per output. Raises
     :class:`~lmmap.scoring.protocol.NonFiniteError` if a text's
     log-likelihood is NaN or infinite.
     """
     L = resolve_max_length(scorer.context_length, max_length, stride)
-    enc = encode_texts(scorer.tokenizer, texts, convention, L, stride)
+    enc = encode_texts(scorer.tokenizer, texts, convention, L, stride, chat_template=chat_template)
     n = len(enc.sequences)
-    loglik = np.full(n, np.nan)
+    layers = getattr(scorer, "layers", None)
+    loglik = np.full((n,) if layers is None else (n, len(layers)), np.nan)
     with Tracker(progress, description, rows_tokens(enc, L, stride), unit="tokens") as tracker:
         for part in iter_scores(scorer, texts, convention=convention, max_length=L, stride=stride,
                                 batch_tokens=batch_tokens, tracker=tracker, encoded=enc):
@@ -166,6 +176,9 @@ class ScoringSettings:
     revision: str
     text_set_id: str
     backend: str = "hf"  # vLLM and transformers agree to ~1e-4, not bit for bit: never mix their checkpoints
+    # Settings that only some runs have (the chat template, the logit lens's final norm): in the key only when
+    # set, so that the keys of every other run, and their stored vectors' extension, stay as they were.
+    options: dict = field(default_factory=dict)
 
     @property
     def truncation(self) -> str:
@@ -173,6 +186,8 @@ class ScoringSettings:
 
     def key(self, name: str) -> str:
         payload = {"model": name, "scorer_version": SCORER_VERSION, **self.__dict__}
+        if not payload["options"]:
+            del payload["options"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -201,6 +216,12 @@ def score_models(
     gpus_per_model: float | None = None,
     shard_texts: int | None = None,
     packing: str = "auto",
+    layers=None,
+    final_norm: str | None = None,
+    chat_template: bool = False,
+    revisions=None,
+    trajectory: str | None = None,
+    steps=None,
 ) -> dict[str, ScoreStatus]:
     """Score each model on the store's texts (or on ``text_pos`` only) and store its vector.
 
@@ -247,6 +268,22 @@ def score_models(
         shared sequences where that saves work (always under flash-attention
         varlen), ``"on"`` wherever the model allows, ``"off"`` keeps padded batches
         (see :mod:`lmmap.scoring.hf`).
+    layers : ``backend="hf"``: ``"all"`` or indices of the model's
+        ``hidden_states`` (0 = the embeddings): the logit lens, every layer
+        from one forward pass, each stored as ``NAME@layerK`` with metadata
+        ``layers_of`` and ``layer`` (:mod:`lmmap.scoring.layers`).
+    final_norm : with ``layers``, the final norm's module path when lmmap
+        cannot find it (e.g. ``"model.norm"``).
+    chat_template : texts with prompts are wrapped in the tokenizer's chat
+        template (a user turn, then the text as the assistant's); the
+        template's identity is recorded (:mod:`lmmap.scoring.encoding`).
+    revisions : hub revisions of one model (``["step1000", "step2000"]``),
+        each stored as ``MODEL@REVISION`` with metadata ``trajectory`` and
+        ``step`` (:mod:`lmmap.scoring.checkpoints`).
+    trajectory : local checkpoint directories of one training run, stored as
+        ``TRAJECTORY@DIRECTORY`` with metadata ``trajectory`` and ``step``.
+    steps : each checkpoint's step (default: the last number of each
+        revision or directory name).
 
     Returns
     -------
@@ -257,8 +294,19 @@ def score_models(
     for it; the others go on.
     """
     from lmmap.data.store import Interrupted, Store, check_model_name
+    from lmmap.scoring.checkpoints import expand_checkpoints
+    from lmmap.scoring.layers import parse_layers
 
     progress = _check_progress(progress)
+    layers = parse_layers(layers)
+    if layers is not None and executor != "local":
+        raise InputError(f"executor={executor!r} cannot score layers yet (every layer is written by one process in "
+                         "one change): use executor='local' with layers", params=("executor",))
+    if final_norm is not None and layers is None:
+        raise InputError("final_norm needs layers (it names the norm the logit lens applies)", params=("final_norm",))
+    if revisions is not None and revision is not None:
+        raise InputError("revision cannot be combined with revisions (a trajectory of revisions): give one of them",
+                         params=("revision",))
     if packing != "auto":
         if backend != "hf":
             raise InputError(f"packing={packing!r} applies to backend='hf' only", params=("packing", "backend"))
@@ -266,11 +314,21 @@ def score_models(
 
         backend = HFBackend(packing=packing)  # an object: the Ray executor sends it to its tasks as it is
     be = get_backend(backend)
+    if layers is not None and be.name != "hf":
+        raise InputError(f"backend={be.name!r} cannot score layers (they come from transformers' hidden states): "
+                         "use backend='hf'", params=("backend",))
     store = store if isinstance(store, Store) else Store(store)
     models = [str(m) for m in models]
     if not models:
         raise InputError("name at least one model to score", params=("models",))
     per_model: list[dict] = [{} for _ in models]
+    checkpoints = expand_checkpoints(models, revisions=revisions, trajectory=trajectory, steps=steps, names=names,
+                                     default_name=default_model_name)
+    if checkpoints is not None:
+        models = [c.source for c in checkpoints]
+        names = [c.name for c in checkpoints]
+        per_model = [{"metadata": c.metadata, **({"revision": c.revision} if c.revision else {})}
+                     for c in checkpoints]
     if names is None:
         names = []
         stored = None
@@ -281,7 +339,8 @@ def score_models(
                     models[i], own = _stored_source(store, m, stored[m], revision)
                     # completing keeps the recorded settings; replace rescores under the ones given
                     per_model[i] = {} if replace else own
-                    names.append(m)
+                    # a lensed layer is completed as its model's layer (a vector of one column of the lens)
+                    names.append(str(stored[m]["layers_of"]) if "layers" in own else m)
                     continue
             names.append(default_model_name(m))
     else:
@@ -319,6 +378,8 @@ def score_models(
         device=device, dtype=dtype, convention=convention, batch_tokens=batch_tokens, max_length=max_length,
         stride=stride, trust_remote_code=trust_remote_code, revision=revision, replace=replace, progress=progress,
         checkpoint_every=checkpoint_every, device_map=device_map, logits_memory=logits_memory,
+        chat_template=bool(chat_template),
+        **({} if layers is None else {"layers": layers, "final_norm": final_norm}),
     )
     if executor == "ray":
         return _executor.score_models_ray(
@@ -407,7 +468,15 @@ def _stored_source(store, name: str, rec: dict, revision) -> tuple[str, dict]:
             params=("names",),
         )
     own = {k: rec[k] for k in ("convention", "dtype", "max_length", "stride") if rec.get(k) is not None}
-    return str(rec["source"]), own
+    if rec.get("chat_template"):
+        own["chat_template"] = True
+    if rec.get("layer") is not None and rec.get("layers_of"):
+        own.update(layers=(int(rec["layer"]),), final_norm=rec.get("final_norm"))
+    source = str(rec["source"])
+    # A hub model scored at a revision (a trajectory's checkpoint) is completed at the commit it was scored from.
+    if revision is None and re.fullmatch(r"[0-9a-f]{40}", str(rec.get("revision") or "")) and not Path(source).is_dir():
+        own["revision"] = rec["revision"]
+    return source, own
 
 
 def _check_positions(text_pos, n_texts: int) -> np.ndarray:
@@ -424,119 +493,203 @@ def _check_positions(text_pos, n_texts: int) -> np.ndarray:
 
 def _score_one(store, backend: Backend, source, name, positions, *, device, dtype, convention, batch_tokens,
                max_length, stride, trust_remote_code, revision, replace, progress, checkpoint_every, device_map,
-               logits_memory) -> ScoreStatus:
-    existing = None
-    if store.has_model(name) and not replace:
-        existing = store.vectors(name)
-        if np.isin(positions, existing["text_pos"].to_numpy()).all():
-            store.clear_redundant_checkpoints(name)  # e.g. chunks of a scorer that lost a race for it
-            return ScoreStatus(name, "skipped", "already in the store (pass replace=True to score it again)",
-                               n_resumed=len(positions), params=("replace",))
+               logits_memory, layers=None, final_norm=None, chat_template=False, metadata=None) -> ScoreStatus:
+    """Score one model (one vector, or one per layer with ``layers``) and store it with its ``metadata`` rows."""
+    from lmmap.scoring.layers import layer_name, parse_layers
+
+    layers = parse_layers(layers)
+    # Which stored vectors this source gives is known before loading, except for layers="all".
+    known = [name] if layers is None else None if layers == "all" else [layer_name(name, k) for k in layers]
+    if known is not None and not replace:
+        done = _already_stored(store, known, positions, name)
+        if done is not None:
+            return done
     t_load = time.perf_counter()
+    lens = {} if layers is None else {"layers": layers, "final_norm": final_norm}
     scorer = backend.load(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                          revision=revision, device_map=device_map, logits_memory=logits_memory)
+                          revision=revision, device_map=device_map, logits_memory=logits_memory, **lens)
     try:
         load_seconds = time.perf_counter() - t_load
+        outs = [name] if layers is None else [layer_name(name, k) for k in scorer.layers]
+        if known is None and not replace:
+            done = _already_stored(store, outs, positions, name)
+            if done is not None:
+                return done
         L = resolve_max_length(scorer.context_length, max_length, stride)
+        described = scorer.describe()
+        options = {}
+        if chat_template:
+            options["chat_template"] = chat_template_id(scorer.tokenizer)
+        if layers is not None:
+            options["final_norm"] = described.get("final_norm")
         settings = ScoringSettings(convention, dtype, L, stride, backend.revision(source, revision), store.text_set_id,
-                                   backend.name)
-        key = settings.key(name)
+                                   backend.name, options)
+        keys = [settings.key(o) for o in outs]
+        kept: list = [None] * len(outs)  # rows already stored for each output that its new vector keeps
         todo = positions
-        kept = None  # rows already stored for this model that the new vector keeps
-        if existing is not None:
-            old = store.record(name)
-            if old.get("settings_key") != key:
-                raise InputError(
-                    f"model {name!r} is already in the store on {len(existing)} texts under other settings "
-                    f"({_settings_summary(old)}), and lacks some of the texts asked for; pass replace=True to rescore it",
-                    params=("replace",),
-                )
-            kept = existing
-            todo = np.setdiff1d(positions, existing["text_pos"].to_numpy())
-        ck = store.load_checkpoint(name, key)
-        ck = ck[ck["text_pos"].isin(todo)]
-        todo = np.setdiff1d(todo, ck["text_pos"].to_numpy())
+        for j, o in enumerate(outs):
+            if store.has_model(o) and not replace:
+                old = store.record(o)
+                if old.get("settings_key") != keys[j]:
+                    raise InputError(
+                        f"model {o!r} is already in the store under other settings ({_settings_summary(old)}), "
+                        "and lacks some of the texts asked for; pass replace=True to rescore it", params=("replace",),
+                    )
+                kept[j] = store.vectors(o)
+        if any(k is not None for k in kept):
+            have = [set(positions) if k is None else set(k["text_pos"].to_numpy()) for k in kept]
+            todo = np.array(sorted(set(positions) - set.intersection(*have)), dtype=np.int64)
+            kept = [None if k is None else k[~k["text_pos"].isin(todo)] for k in kept]
+        cks = [store.load_checkpoint(o, k) for o, k in zip(outs, keys)]
+        # The outputs are checkpointed together: resume from the texts every one of them has.
+        common = set(todo).intersection(*(set(c["text_pos"].to_numpy()) for c in cks))
+        cks = [c[c["text_pos"].isin(common)] for c in cks]
+        todo = np.setdiff1d(todo, np.array(sorted(common), dtype=np.int64))
         n_before = len(positions) - len(todo)
-        if len(ck):
-            say(progress, f"{name}: resuming from a checkpoint: {len(ck)} of {len(positions)} texts already scored")
+        if common:
+            say(progress, f"{name}: resuming from a checkpoint: {len(common)} of {len(positions)} texts already scored")
         texts = store.texts.texts
         new = _score_positions(
-            store, name, key, scorer, [texts[i] for i in todo], todo, convention=convention, max_length=L,
-            stride=stride, batch_tokens=batch_tokens, progress=progress, checkpoint_every=checkpoint_every,
+            store, list(zip(outs, keys)), scorer, [texts[i] for i in todo], todo, convention=convention,
+            max_length=L, stride=stride, batch_tokens=batch_tokens, progress=progress,
+            checkpoint_every=checkpoint_every, chat_template=chat_template, task=name,
         )
         enc: Encoded = new["encoding"]
         info = new.get("info") or {}
-        record = _record(
-            scorer.describe(), settings, key, source, device, n_scored=len(enc.sequences), n_before=n_before,
-            adds_bos=enc.tokenizer_adds_bos, prepended=enc.prepended, seconds=new["seconds"],
-            load_seconds=load_seconds, texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"],
-            batch_tokens=info.get("batch_tokens", batch_tokens or scorer.default_batch_tokens), mode=info.get("mode"),
-        )
-        return store_vector(store, name, key, positions, [kept, ck, new["frame"]], record,
-                            replace=replace or existing is not None, n_todo=len(todo), n_before=n_before, L=L,
-                            stride=stride, seconds=new["seconds"], texts_per_s=new["texts_per_s"],
-                            tokens_per_s=new["tokens_per_s"])
+        items = []
+        for j, o in enumerate(outs):
+            extra = {} if layers is None else {"layer": int(scorer.layers[j]), "layers_of": name}
+            if chat_template:
+                extra["chat_template"] = options["chat_template"]
+            record = _record(
+                described, settings, keys[j], source, device, n_scored=len(enc.sequences), n_before=n_before,
+                adds_bos=enc.tokenizer_adds_bos, prepended=enc.prepended, seconds=new["seconds"],
+                load_seconds=load_seconds, texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"],
+                batch_tokens=info.get("batch_tokens", batch_tokens or scorer.default_batch_tokens),
+                mode=info.get("mode"), extra=extra,
+            )
+            items.append((o, keys[j], [kept[j], cks[j], new["frames"][j]], record))
+        meta = _metadata_rows(metadata, outs, name, None if layers is None else scorer.layers)
+        return store_vectors(store, items, positions, metadata=meta, replace=replace or any(k is not None for k in kept),
+                             n_todo=len(todo), n_before=n_before, L=L, stride=stride, seconds=new["seconds"],
+                             texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"], label=name)
     finally:
         scorer.close()
 
 
+def _already_stored(store, outs: list[str], positions, label: str) -> ScoreStatus | None:
+    """The ``skipped`` status when every one of ``outs`` is stored on all ``positions``, else None."""
+    for o in outs:
+        if not store.has_model(o) or not np.isin(positions, store.vectors(o)["text_pos"].to_numpy()).all():
+            return None
+    for o in outs:
+        store.clear_redundant_checkpoints(o)  # e.g. chunks of a scorer that lost a race for it
+    what = "already in the store" if len(outs) == 1 else f"its {len(outs)} layers are already in the store"
+    return ScoreStatus(label, "skipped",
+                       f"{what} (pass replace=True to score it again)", n_resumed=len(positions), params=("replace",))
+
+
+def _metadata_rows(metadata: dict | None, outs: list[str], name: str, layers) -> "pd.DataFrame | None":
+    """Metadata rows stored with the vectors: ``metadata`` for a plain model; ``layers_of``/``layer`` per layer."""
+    import pandas as pd
+
+    if layers is not None:
+        rows = [{"model": o, "layers_of": name, "layer": int(k)} for o, k in zip(outs, layers)]
+    elif metadata:
+        rows = [{"model": name, **metadata}]
+    else:
+        return None
+    return pd.DataFrame(rows)
+
+
 def store_vector(store, name, key, positions, parts, record, *, replace, n_todo, n_before, L, stride, seconds,
-                 texts_per_s, tokens_per_s) -> ScoreStatus:
+                 texts_per_s, tokens_per_s, metadata=None) -> ScoreStatus:
     """Write model ``name``'s vector (the rows of ``parts``: kept, checkpointed, new) and clear its checkpoints."""
+    return store_vectors(store, [(name, key, parts, record)], positions, metadata=metadata, replace=replace,
+                         n_todo=n_todo, n_before=n_before, L=L, stride=stride, seconds=seconds,
+                         texts_per_s=texts_per_s, tokens_per_s=tokens_per_s, label=name)
+
+
+def store_vectors(store, items, positions, *, metadata=None, replace, n_todo, n_before, L, stride, seconds,
+                  texts_per_s, tokens_per_s, label) -> ScoreStatus:
+    """Write the vectors of ``items`` (``(name, key, parts, record)``) and ``metadata`` in one change; clear checkpoints.
+
+    ``parts``: the rows kept, checkpointed and new. One transaction
+    (:meth:`~lmmap.data.store.Store.write_models`): every layer of a lensed
+    model is stored, or none. ``label`` names the scored model in the status.
+    """
     import pandas as pd
 
     from lmmap.data.store import ModelExistsError
 
-    parts = [p for p in parts if p is not None and len(p)]
-    frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
-    wanted_all = len(frame) == store.n_texts
+    vectors, frames = [], []
+    for name, _key, parts, record in items:
+        parts = [p for p in parts if p is not None and len(p)]
+        frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
+        wanted_all = len(frame) == store.n_texts
+        frames.append(frame)
+        vectors.append(dict(name=name, loglik=frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
+                            truncated=frame["truncated"].to_numpy(),
+                            text_pos=None if wanted_all else frame["text_pos"].to_numpy(), record=record))
     try:
-        store.write_model(
-            name, frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
-            truncated=frame["truncated"].to_numpy(), text_pos=None if wanted_all else frame["text_pos"].to_numpy(),
-            record=record, replace=replace,
-        )
+        store.write_models(vectors, replace=replace, metadata=metadata)
     except ModelExistsError:
-        # Another process stored this model while this one scored it.
-        theirs = store.record(name)
-        covered = np.isin(positions, store.vectors(name)["text_pos"].to_numpy()).all()
-        if theirs.get("settings_key") == key and covered:
-            store.clear_checkpoint(name)
-            return ScoreStatus(name, "skipped", "was completed by another process meanwhile; its stored vector "
+        # Another process stored these models while this one scored them.
+        same = all(store.has_model(n) and store.record(n).get("settings_key") == k
+                   and np.isin(positions, store.vectors(n)["text_pos"].to_numpy()).all() for n, k, _, _ in items)
+        if same:
+            for name, *_ in items:
+                store.clear_checkpoint(name)
+            return ScoreStatus(label, "skipped", "was completed by another process meanwhile; its stored vector "
                                "(same settings) is kept", n_resumed=len(positions))
+        theirs = next((store.record(n) for n, *_ in items if store.has_model(n)), {})
         raise ScoringError(
-            f"model {name!r} was stored by another process meanwhile under other settings "
+            f"model {label!r} was stored by another process meanwhile under other settings "
             f"({_settings_summary(theirs)}); pass replace=True to overwrite it with this run's", params=("replace",)
         ) from None
-    store.clear_checkpoint(name)
-    n_trunc = int(frame["truncated"].sum())
+    for name, *_ in items:
+        store.clear_checkpoint(name)
+    n_trunc = int(frames[0]["truncated"].sum())
     msg = f"{n_todo} texts scored" + (f", {n_before} resumed" if n_before else "")
     msg += f", {n_trunc} truncated to {L} tokens" if stride is None else f", strided (window {L}, stride {stride})"
+    if len(items) > 1:
+        msg += f"; {len(items)} layers stored as {items[0][0]} … {items[-1][0]}"
     if n_todo:
         msg += f" ({texts_per_s:.1f} texts/s, {tokens_per_s:,.0f} tokens/s)"
-    return ScoreStatus(name, "scored", msg, n_scored=n_todo, n_resumed=n_before, n_truncated=n_trunc,
+    return ScoreStatus(label, "scored", msg, n_scored=n_todo, n_resumed=n_before, n_truncated=n_trunc,
                        seconds=seconds, texts_per_s=texts_per_s, tokens_per_s=tokens_per_s)
 
 
-def _score_positions(store, name, key, scorer: Scorer, texts, positions, *, convention, max_length, stride,
-                     batch_tokens, progress, checkpoint_every) -> dict:
-    """Score ``texts`` (at store ``positions``), saving checkpoints; the finished rows as a DataFrame."""
+def _score_positions(store, outs: list[tuple[str, str]], scorer: Scorer, texts, positions, *, convention, max_length,
+                     stride, batch_tokens, progress, checkpoint_every, chat_template=False, task=None) -> dict:
+    """Score ``texts`` (at store ``positions``) for the outputs ``outs`` (``(name, key)``), saving checkpoints.
+
+    One output, or one per lensed layer (the scorer's sums then have a
+    column per output). Returns the finished rows as one DataFrame per output.
+    """
     import pandas as pd
 
-    enc = encode_texts(scorer.tokenizer, texts, convention, max_length, stride, positions)
-    done = {"text_pos": [], "loglik": [], "n_tokens": [], "truncated": []}
-    pending = {k: [] for k in done}
+    enc = encode_texts(scorer.tokenizer, texts, convention, max_length, stride, positions, chat_template=chat_template)
+    cols = {"text_pos": [], "loglik": [], "n_tokens": [], "truncated": []}
+    done = {k: [] for k in cols}
+    pending = {k: [] for k in cols}
     last_ck = time.perf_counter()
+
+    def column(loglik, j):
+        return loglik if loglik.ndim == 1 else loglik[:, j]
 
     def flush():
         if pending["text_pos"]:
             cat = {k: np.concatenate(v) for k, v in pending.items()}
-            store.save_checkpoint(name, key, cat["text_pos"], cat["loglik"], cat["n_tokens"], cat["truncated"])
+            for j, (name, key) in enumerate(outs):
+                store.save_checkpoint(name, key, cat["text_pos"], column(cat["loglik"], j), cat["n_tokens"],
+                                      cat["truncated"])
             for k, v in pending.items():
                 done[k].extend(v)
                 v.clear()
 
-    task = name if len(name) <= 40 else "…" + name[-39:]
+    task = task or outs[0][0]
+    task = task if len(task) <= 40 else "…" + task[-39:]
     info: dict = {}
     t0 = time.perf_counter()
     with Tracker(progress, task, max(rows_tokens(enc, max_length, stride), 1), unit="tokens") as tracker:
@@ -560,10 +713,12 @@ def _score_positions(store, name, key, scorer: Scorer, texts, positions, *, conv
     for k, v in pending.items():
         done[k].extend(v)
     empty = {"text_pos": np.int64, "loglik": np.float64, "n_tokens": np.int64, "truncated": bool}
-    frame = pd.DataFrame({k: np.concatenate(v) if v else np.array([], dtype=empty[k]) for k, v in done.items()})
+    cat = {k: np.concatenate(v) if v else np.array([], dtype=empty[k]) for k, v in done.items()}
+    frames = [pd.DataFrame({**cat, "loglik": column(cat["loglik"], j) if len(cat["loglik"]) else cat["loglik"]})
+              for j in range(len(outs))]
     tokens = int(enc.n_tokens.sum())
     return {
-        "frame": frame,
+        "frames": frames,
         "seconds": seconds,
         "texts_per_s": len(texts) / seconds if seconds > 0 else 0.0,
         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,

@@ -33,17 +33,26 @@ position of the row is the prompt's length (``Encoded.first``), so the score
 equals ``full(ids) − full(prompt ids)`` exactly, with any backend. The
 convention plays no part (the prompt is the context), except for a prompt that
 encodes to nothing: then the text is scored as a plain text. ``chat_template``:
-the ids are the tokenizer's chat template applied to a user turn (the prompt)
-and an assistant turn (the text); the prompt part is the template of the user
-turn with the generation prompt, and every token after it is scored.
+the ids are the tokenizer's chat template (rendered by transformers'
+``apply_chat_template``, which adds no default specials: a template that wants
+a BOS writes it) applied to a user turn (the prompt) and an assistant turn
+(the text); the prompt part is the template of the user turn with the
+generation prompt, H, and the response part R is what the assistant turn adds
+to it (the whole conversation renders as H + R): the ids are H's encoding
+followed by R's, and every token of R is scored — the response and the
+template's end of turn (e.g. ``<|im_end|>``). A template whose whole
+conversation does not begin with H is refused; :func:`chat_template_id`
+identifies the template for the stored record.
 Truncation keeps the response and cuts the prompt from the left (the prompt's
-leading special tokens are kept), flagged ``truncated``; a response that alone
-does not fit is cut from the right after one token of context.
+leading special tokens — the tokenizer's BOS, also when a chat template writes
+it — are kept), flagged ``truncated``; a response that alone does not fit is
+cut from the right after one token of context.
 ``n_tokens`` is the length of the whole sequence, prompt included.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,8 +62,8 @@ from lmmap.data.conventions import CONVENTIONS, check_convention  # noqa: F401  
 from lmmap.exceptions import InputError
 
 __all__ = [
-    "CONVENTIONS", "Encoded", "Rows", "TokenSequences", "check_convention", "encode_texts", "make_rows", "plan_batches",
-    "resolve_max_length", "rows_tokens", "special_layout",
+    "CONVENTIONS", "Encoded", "Rows", "TokenSequences", "chat_template_id", "check_convention", "encode_texts",
+    "make_rows", "plan_batches", "resolve_max_length", "rows_tokens", "special_layout",
 ]
 
 
@@ -197,11 +206,90 @@ def _encode_plain(tokenizer, texts, convention, max_length, stride, positions) -
     return Encoded(sequences, n_tokens, truncated, prefix, suffix, prepended, adds_bos)
 
 
-def _chat_ids(tokenizer, messages, **kw) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, **kw)
-    if hasattr(out, "keys"):  # a BatchEncoding (newer transformers)
-        out = out["input_ids"]
-    return [int(x) for x in out]
+CHAT_CHUNK = 1024  # conversations rendered and tokenized per call: one batched tokenizer call each, bounded memory
+
+
+def _chat_template_string(tokenizer) -> str:
+    """The Jinja template ``apply_chat_template`` uses (a tokenizer may hold several by name), or an InputError."""
+    name = getattr(tokenizer, "name_or_path", "the tokenizer")
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not hasattr(tokenizer, "apply_chat_template"):
+        raise InputError(f"tokenizer {name!r} has no chat template; score without chat_template",
+                         params=("chat_template",))
+    if isinstance(template, str):
+        return template
+    try:
+        return tokenizer.get_chat_template()
+    except Exception as exc:  # transformers' own ValueError: several named templates and no "default"
+        raise InputError(f"tokenizer {name!r} has several chat templates ({', '.join(sorted(map(str, template)))}) "
+                         f"and none named 'default': {exc}".replace("\n", " "), params=("chat_template",)) from None
+
+
+def chat_template_id(tokenizer) -> str:
+    """``sha256:<16 hex>``: the identity of the chat template the tokenizer applies, for the stored record.
+
+    The hash is over the Jinja template string (UTF-8) that
+    ``tokenizer.apply_chat_template`` renders with (the ``"default"`` one of a
+    tokenizer holding several), so two checkpoints sharing a template share
+    the identity, and a changed template (a fixed whitespace, another
+    generation prompt) gives another. Raises :class:`InputError` if the
+    tokenizer has no chat template.
+    """
+    return "sha256:" + hashlib.sha256(_chat_template_string(tokenizer).encode("utf-8")).hexdigest()[:16]
+
+
+def _render_chats(tokenizer, conversations, template: str, **kw) -> list[str]:
+    """Each conversation rendered by ``template`` (batched), a template's own error as one line."""
+    name = getattr(tokenizer, "name_or_path", "the tokenizer")
+    try:
+        out = tokenizer.apply_chat_template(conversations, chat_template=template, tokenize=False, **kw)
+    except Exception as exc:
+        # A template's own raise_exception (e.g. roles that must alternate) or a Jinja error: one line, not a traceback.
+        if type(exc).__module__.split(".")[0] != "jinja2" and "TemplateError" not in type(exc).__name__:
+            raise
+        msg = " ".join(str(exc).split())
+        raise InputError(f"the chat template of {name!r} fails on a user turn and an assistant turn: {msg}; "
+                         "score without chat_template", params=("chat_template",)) from None
+    return [out] if isinstance(out, str) else list(out)
+
+
+def _chat_pieces(tokenizer, prompts, texts, where) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt part, response part) ids of each text under the tokenizer's chat template.
+
+    The prompt part is the template of the user turn with the generation
+    prompt, H; the whole conversation W adds the assistant turn, and must
+    extend H as a string (W = H + R). The ids are H's encoding followed by R's
+    — the response and the template's end of turn — both without the
+    tokenizer's default specials, as ``apply_chat_template`` encodes (a
+    template that wants a BOS writes ``bos_token`` itself). These are the
+    ids of ``apply_chat_template`` on W whenever H's ids are a prefix of W's;
+    where a tokenizer merges the end of H with the start of R into one token
+    (GPT-2's pre-tokenizer joins ChatML's closing newline with a response's
+    leading spaces), they are still H's ids followed by R's, as in
+    generation, where the response is sampled after H's ids.
+    """
+    name = getattr(tokenizer, "name_or_path", "the tokenizer")
+    template = _chat_template_string(tokenizer)
+    pids, tids = [], []
+    for start in range(0, len(texts), CHAT_CHUNK):
+        users = [[{"role": "user", "content": p}] for p in prompts[start : start + CHAT_CHUNK]]
+        heads = _render_chats(tokenizer, users, template, add_generation_prompt=True)
+        wholes = _render_chats(tokenizer, [u + [{"role": "assistant", "content": t}]
+                                           for u, t in zip(users, texts[start : start + CHAT_CHUNK])], template)
+        for k, (head, whole) in enumerate(zip(heads, wholes)):
+            if not whole.startswith(head):
+                at = next((j for j, (x, y) in enumerate(zip(head, whole)) if x != y), min(len(head), len(whole)))
+                raise InputError(
+                    f"text at position {where(start + k)}: the chat template of {name!r} does not extend the user "
+                    "turn with the generation prompt when the assistant turn is added (they differ from character "
+                    f"{at}: {head[at:at + 20]!r} vs {whole[at:at + 20]!r}), so the response cannot be told apart "
+                    "from the prompt; score without chat_template", params=("chat_template",))
+        rests = [w[len(h):] for h, w in zip(heads, wholes)]
+        enc = lambda xs: tokenizer(xs, add_special_tokens=False, return_attention_mask=False,  # noqa: E731
+                                   verbose=False)["input_ids"] if xs else []
+        pids += [[int(x) for x in ids] for ids in enc(heads)]
+        tids += [[int(x) for x in ids] for ids in enc(rests)]
+    return pids, tids
 
 
 def _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, positions, chat_template) -> Encoded:
@@ -214,6 +302,10 @@ def _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, 
     if len(prompts) != len(texts):
         raise InputError(f"prompts has {len(prompts)} entries for {len(texts)} texts; give one prompt per text",
                          params=("prompts",))
+    if chat_template and texts and all(p is None for p in prompts):
+        raise InputError("chat_template scores prompt→response texts, and these texts carry no prompt: give "
+                         "prompts (a text set with a prompt field), or score without chat_template",
+                         params=("chat_template",))
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise InputError(f"text at position {where(i)} has no prompt (got {type(p).__name__}) while others have "
@@ -226,21 +318,8 @@ def _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, 
         plain_prefix = [] if prepended is None else [int(prepended)]
     texts = [str(t) for t in texts]
     if chat_template:
-        if not getattr(tokenizer, "chat_template", None) or not hasattr(tokenizer, "apply_chat_template"):
-            raise InputError(f"tokenizer {name!r} has no chat template; score without chat_template",
-                             params=("chat_template",))
-        pids, tids = [], []
-        for i, (p, t) in enumerate(zip(prompts, texts)):
-            user = [{"role": "user", "content": p}]
-            head = _chat_ids(tokenizer, user, add_generation_prompt=True)
-            whole = _chat_ids(tokenizer, user + [{"role": "assistant", "content": t}])
-            if whole[: len(head)] != head:
-                raise InputError(
-                    f"text at position {where(i)}: the chat template of {name!r} does not extend the user turn "
-                    "(with the generation prompt) when the assistant turn is added, so the response's tokens cannot "
-                    "be told apart; score without chat_template", params=("chat_template",))
-            pids.append(head)
-            tids.append(whole[len(head):])
+        pids, tids = _chat_pieces(tokenizer, prompts, texts, where)
+        prepended = None  # the template's turn header is the context of every response, empty prompt or not
     else:
         pids = tokenizer(prompts, add_special_tokens=True, return_attention_mask=False, verbose=False)["input_ids"]
         tids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
@@ -264,7 +343,7 @@ def _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, 
             head_n = len(p)
         else:
             f0 = len(p)
-            if not chat_template and p[: len(prefix)] == prefix:
+            if p[: len(prefix)] == prefix:  # a chat template's own BOS too: kept when the prompt is cut
                 head_n = len(prefix)
         if L is not None and len(p) + len(r) > L:
             truncated[i] = True

@@ -240,7 +240,7 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
     triple), not raised: Ray retries only a worker's death.
     """
     from lmmap.scoring.driver import failure_of, get_backend, iter_scores
-    from lmmap.scoring.encoding import encode_texts, resolve_max_length
+    from lmmap.scoring.encoding import chat_template_id, encode_texts, resolve_max_length
 
     text_pos = np.asarray(text_pos, dtype=np.int64)
     be = None
@@ -254,7 +254,8 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
             load_seconds = time.perf_counter() - t_load
             L = resolve_max_length(scorer.context_length, options["max_length"], options["stride"])
             shard = [texts[i] for i in text_pos]
-            enc = encode_texts(scorer.tokenizer, shard, options["convention"], L, options["stride"], text_pos)
+            enc = encode_texts(scorer.tokenizer, shard, options["convention"], L, options["stride"], text_pos,
+                               chat_template=options.get("chat_template", False))
             loglik = np.full(len(shard), np.nan)
             info: dict = {}
             t0 = time.perf_counter()
@@ -266,6 +267,7 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
                 ok=True, text_pos=text_pos, loglik=loglik, n_tokens=np.asarray(enc.n_tokens, np.int64),
                 truncated=np.asarray(enc.truncated, bool), max_length=L,
                 revision=be.revision(source, options["revision"]), backend=be.name, describe=dict(scorer.describe()),
+                chat_template=chat_template_id(scorer.tokenizer) if options.get("chat_template") else None,
                 default_batch_tokens=scorer.default_batch_tokens, adds_bos=bool(enc.tokenizer_adds_bos),
                 prepended=enc.prepended, info=info, seconds=time.perf_counter() - t0, load_seconds=load_seconds,
                 pid=os.getpid(),
@@ -356,7 +358,7 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
     texts_ref = ray.put(list(store.texts.texts))
     backend_ref = ray.put(backend)
     task_opts = ("device", "dtype", "convention", "batch_tokens", "max_length", "stride", "trust_remote_code",
-                 "revision", "device_map", "logits_memory")
+                 "revision", "device_map", "logits_memory", "chat_template")
     pending: dict = {}
     n_models = len(models)
     label = f"scoring {n_models} model{'s' if n_models != 1 else ''} on Ray"
@@ -528,7 +530,8 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
         return 0, 0
     opts = job.opts
     settings = ScoringSettings(opts["convention"], opts["dtype"], int(res["max_length"]), opts["stride"],
-                               res["revision"], store.text_set_id, res["backend"])
+                               res["revision"], store.text_set_id, res["backend"],
+                               {"chat_template": res["chat_template"]} if res.get("chat_template") else {})
     key = settings.key(job.name)
     requeued = 0
     if job.key is None:
@@ -568,7 +571,7 @@ def _store(store, job: _Job) -> ScoreStatus:
     """All shards of ``job`` are in: write its vector and record (through the local executor's code)."""
     import pandas as pd
 
-    from lmmap.scoring.driver import _record, store_vector
+    from lmmap.scoring.driver import _metadata_rows, _record, store_vector
 
     res = [r for r in job.results if r["ok"]]
     scored = [r for r in res if len(r["text_pos"])]
@@ -591,9 +594,9 @@ def _store(store, job: _Job) -> ScoreStatus:
         adds_bos=first["adds_bos"], prepended=first["prepended"], seconds=seconds,
         load_seconds=float(sum(r["load_seconds"] for r in res)), texts_per_s=texts_per_s, tokens_per_s=tokens_per_s,
         batch_tokens=info.get("batch_tokens", opts["batch_tokens"] or first["default_batch_tokens"]),
-        mode=info.get("mode"), extra={"executor": "ray", "shards": len(scored)},
+        mode=info.get("mode"), extra={"executor": "ray", "shards": len(scored), **job.settings.options},
     )
     return store_vector(store, job.name, job.key, job.positions, [job.existing, job.ck, new], record,
                         replace=opts["replace"] or job.existing is not None, n_todo=job.n_todo, n_before=n_before,
                         L=job.settings.max_length, stride=opts["stride"], seconds=seconds, texts_per_s=texts_per_s,
-                        tokens_per_s=tokens_per_s)
+                        tokens_per_s=tokens_per_s, metadata=_metadata_rows(opts.get("metadata"), [job.name], job.name, None))

@@ -291,6 +291,9 @@ def load_model(
             if model is None:
                 model = AutoModelForCausalLM.from_pretrained(source, **load)
     except Exception as exc:
+        missing = "" if path.is_dir() else _not_cached_message(source, revision, exc)
+        if missing:
+            raise ScoringError(missing, params=("revision",)) from exc
         needs_code = "trust_remote_code" in str(exc) and not trust_remote_code
         hint = "; it needs its own modelling code: pass trust_remote_code=True if you trust it" if needs_code else ""
         raise ScoringError(f"model {source!r} could not be loaded: {type(exc).__name__}: {first_line(exc)}{hint}",
@@ -300,6 +303,32 @@ def load_model(
     model.eval()
     fuse_activations(model)
     return model, tokenizer
+
+
+def _not_cached_message(source: str, revision: str | None, exc: BaseException) -> str:
+    """A one-line reason when hub model ``source`` failed because the hub could not be asked and the local
+    cache lacks it or its revision; "" for any other failure (bad files, remote code, a refused revision)."""
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        from huggingface_hub.file_download import repo_folder_name
+    except ImportError:  # pragma: no cover - an older huggingface_hub: keep transformers' message
+        return ""
+    # transformers wraps huggingface_hub's "not in the cache and cannot ask the hub" error: find it in the chain.
+    chain, seen = exc, set()
+    while chain is not None and not isinstance(chain, LocalEntryNotFoundError) and id(chain) not in seen:
+        seen.add(id(chain))
+        chain = chain.__cause__ or chain.__context__
+    if chain is None or id(chain) in seen:
+        return ""
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=source, repo_type="model")
+    refs = sorted(p.name for p in (repo / "refs").iterdir() if p.is_file()) if (repo / "refs").is_dir() else []
+    why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.is_offline_mode() else "the hub could not be reached"
+    if not refs:
+        return (f"model {source!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; "
+                "download it where the hub is reachable, or point HF_HOME at a cache that holds it")
+    return (f"model {source!r}: revision {revision or 'main'!r} is not in the local Hugging Face cache and {why} "
+            f"(cached revisions: {', '.join(refs)})")
 
 
 def fuse_activations(model) -> int:
@@ -368,7 +397,7 @@ class LogProbComputer:
     """
 
     def __init__(self, model, logits_memory: int | None = None, probe_ids: np.ndarray | None = None,
-                 vocab_block: int | None = None, packing: str = "auto"):
+                 vocab_block: int | None = None, packing: str = "auto", lens=None):
         import torch
 
         self.model = model
@@ -386,6 +415,12 @@ class LogProbComputer:
         block = vocab_block or DEFAULT_VOCAB_BLOCK.get(head_device.type, self.vocab_size)
         self.vocab_block = max(1, min(int(block), self.vocab_size))
         self.mode = "hidden" if self._hidden_path_matches(probe_ids) else "logits"
+        # The logit lens (lmmap.scoring.layers): the output layer applied to several layers' hidden states.
+        self.lens = lens
+        if lens is not None and self.mode != "hidden":
+            raise ScoringError(f"model {lens.name!r}: its logits are not its output layer applied to its hidden states "
+                               "(e.g. soft-capped), so its layers cannot be scored; score it without layers",
+                               params=("layers",))
         # Tiles need the plain weight matrix; any other output module (quantised, hooked) is called whole.
         self.tiled = (
             self.mode == "hidden" and type(self.head) is torch.nn.Linear and self.head.weight.device.type != "meta"
@@ -436,6 +471,11 @@ class LogProbComputer:
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **packed)
         return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
+    @property
+    def n_outputs(self) -> int:
+        """Sums per row: 1, or one per lensed layer."""
+        return 1 if self.lens is None else len(self.lens.layers)
+
     def _packing_problem(self, probe_ids) -> str:
         """Why this model cannot score packed batches ("" when it can), found by scoring a probe both ways.
 
@@ -459,6 +499,7 @@ class LogProbComputer:
         except Exception as exc:  # a forward without position_ids, or one that rejects the varlen arguments
             return f"{type(exc).__name__}: {first_line(exc)}"
         n = np.array([len(a) - 1, len(b) - 1])
+        n = n[:, None] if packed.ndim == 2 else n  # one column per lensed layer
         tol = 1e-4 if self.param_dtype == torch.float32 else 5e-2  # nats per token
         if not np.isfinite(packed).all() or (np.abs(packed - padded) > tol * n).any():
             return f"packed rows score differently ({np.abs(packed - padded).max():.3g} nats)"
@@ -567,6 +608,20 @@ class LogProbComputer:
                              max_length_k=int(lengths.max()))
         targets = flat[at_lane, at_pos]
         input_ids = torch.from_numpy(flat).to(self.input_device)
+        if self.lens is not None:
+            # One forward for every layer: each layer's states at the scored positions go through the output layer.
+            out = self.base(input_ids=input_ids, attention_mask=mask, use_cache=False, output_hidden_states=True,
+                            **extra)
+            states = out.hidden_states
+            dev = states[0].device
+            index = (torch.from_numpy(at_lane).to(dev), torch.from_numpy(at_pos - 1).to(dev))
+            srcs = [self.lens.head_input(states, k, index) for k in self.lens.layers]
+            del out, states
+            rows = torch.from_numpy(row)
+            sums = torch.zeros((B, len(srcs)), dtype=torch.float64)
+            for j, src in enumerate(srcs):
+                sums[:, j].index_add_(0, rows, self._head_logprobs(src, torch.from_numpy(targets)).double())
+            return sums.numpy()
         if self.mode == "hidden":
             hidden = self._decoder_hidden(input_ids, mask, **extra)
             # Hidden states at the positions that predict a scored token: padding never reaches the output layer.
@@ -681,9 +736,14 @@ class HFScorer:
     """
 
     def __init__(self, model, tokenizer, *, logits_memory: int | None = None, name: str | None = None,
-                 packing: str = "auto"):
+                 packing: str = "auto", layers=None, final_norm: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.name = name if name is not None else str(getattr(tokenizer, "name_or_path", ""))
+        self.lens = None
+        if layers is not None:
+            from lmmap.scoring.layers import LogitLens
+
+            self.lens = LogitLens(model, layers, final_norm, self.name)
         self.logits_memory = logits_memory
         self.packing = check_packing(packing)
         self.context_length = model_context_length(model)
@@ -693,12 +753,21 @@ class HFScorer:
         self.n_oom_splits = 0
 
     def prepare(self, probe_ids: np.ndarray, batch_tokens: int | None) -> dict:
-        self.computer = LogProbComputer(self.model, self.logits_memory, probe_ids=probe_ids, packing=self.packing)
+        self.computer = LogProbComputer(self.model, self.logits_memory, probe_ids=probe_ids, packing=self.packing,
+                                        lens=self.lens)
         if batch_tokens is None and self.computer.input_device.type == "cuda":
             batch_tokens = model_batch_tokens_for_cuda(self.model, self.computer.logits_memory,
                                                        self.computer.mode == "logits")
         budget = self.computer.max_batch_tokens(batch_tokens or self.default_batch_tokens)
-        return {"mode": f"{self.computer.mode}, {self.computer.layout}", "batch_tokens": budget}
+        mode = f"{self.computer.mode}, {self.computer.layout}"
+        if self.lens is not None:
+            mode = f"logit lens ({len(self.lens.layers)} layers, final norm {self.lens.norm_path}), {mode}"
+        return {"mode": mode, "batch_tokens": budget}
+
+    @property
+    def layers(self) -> tuple[int, ...] | None:
+        """The lensed layers (``score`` then returns one column per layer), or None."""
+        return None if self.lens is None else self.lens.layers
 
     def score(self, ids: Sequence[np.ndarray], first: np.ndarray) -> np.ndarray:
         """The rows' sums; a batch that runs out of memory is split in two and each half retried.
@@ -756,6 +825,7 @@ class HFScorer:
             "tokenizer_class": type(self.tokenizer).__name__,
             "torch_version": torch.__version__,
             "transformers_version": transformers.__version__,
+            **({} if self.lens is None else self.lens.describe()),
         }
 
     def close(self) -> None:
@@ -781,13 +851,14 @@ class HFBackend:
 
     def load(self, source: str, *, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
              revision: str | None = None, device_map=None, logits_memory: int | None = None,
-             packing: str | None = None) -> HFScorer:
+             packing: str | None = None, layers=None, final_norm: str | None = None) -> HFScorer:
         packing = check_packing(packing or self.packing)
         # Packed batches want flash attention's varlen kernels, where installed (CUDA, half precision).
         attn = "flash_attention_2" if packing != "off" and _flash_attention_usable(device, dtype) else None
         model, tokenizer = load_model(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
                                       revision=revision, device_map=device_map, attn_implementation=attn)
-        return HFScorer(model, tokenizer, logits_memory=logits_memory, name=source, packing=packing)
+        return HFScorer(model, tokenizer, logits_memory=logits_memory, name=source, packing=packing, layers=layers,
+                        final_norm=final_norm)
 
     def revision(self, source: str, revision: str | None) -> str:
         return describe_revision(source, revision)
@@ -813,17 +884,27 @@ def score_texts(
     progress: ProgressFn = None,
     description: str = "scoring",
     packing: str = "auto",
+    layers=None,
+    final_norm: str | None = None,
+    chat_template: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(loglik, n_tokens, truncated)`` of each text under a loaded transformers model and its tokenizer.
 
     Pure compute (see :func:`lmmap.scoring.driver.score_texts`): nothing is
-    read from or written to a store. ``packing``: see :class:`HFScorer`. Raises
+    read from or written to a store. ``packing``: see :class:`HFScorer`.
+    ``layers`` (``"all"`` or indices of ``hidden_states``; see
+    :mod:`lmmap.scoring.layers`): ``loglik`` has one column per layer, the
+    output layer applied to each layer's normed hidden states.
+    ``chat_template``: texts with prompts are wrapped in the tokenizer's chat
+    template (:mod:`lmmap.scoring.encoding`). Raises
     :class:`~lmmap.scoring.protocol.NonFiniteError` if a text's
     log-likelihood is NaN or infinite.
     """
     from lmmap.scoring.driver import score_texts as _score_texts
 
-    return _score_texts(HFScorer(model, tokenizer, logits_memory=logits_memory, packing=packing), texts,
+    scorer = HFScorer(model, tokenizer, logits_memory=logits_memory, packing=packing, layers=layers,
+                      final_norm=final_norm)
+    return _score_texts(scorer, texts,
                         convention=convention,
                         max_length=max_length, stride=stride, batch_tokens=batch_tokens, progress=progress,
-                        description=description)
+                        description=description, chat_template=chat_template)
