@@ -27,10 +27,15 @@
    loads into the store's metadata;
 6. builds the map (:class:`lmmap.ModelMap`), prints how far each fine-tune is
    from its base and from the nearest from-scratch model, and prints the
-   README's session with this demo's paths and demo-scale arguments.
+   README's session with this demo's paths and demo-scale arguments;
+7. scores the layers of ``base`` (the logit lens, ``lmmap score --layers all``)
+   into a store of their own beside copies of the models (``lens-store/``),
+   and writes the KL along the layers (``layers/``) and that map
+   (``lens-map/``).
 
 Everything lives under OUT (``data/``, ``tokenizer/``, ``models/``,
-``store/``, ``map/``, ``models.csv``, ``scores.csv``). Trained models, scores
+``store/``, ``map/``, ``lens-store/``, ``layers/``, ``lens-map/``,
+``models.csv``, ``scores.csv``). Trained models, scores
 and the corpus are cached there, so a second run only redraws the map.
 """
 
@@ -65,6 +70,7 @@ MIN_DOMAIN_BYTES = 60_000
 BENCH_CHUNKS = 48  # held-out chunks per domain (not in the text set) behind each accuracy score
 MIN_BENCH_CHUNKS = 16
 EXAMPLE_FINETUNE = "base-ft-code"
+LENS_MODEL = "base"  # the model whose layers the demo scores (the logit lens)
 
 
 @dataclass(frozen=True)
@@ -513,6 +519,9 @@ def session_commands(outdir, plan: DemoPlan, n_texts: int) -> list[str]:
         lines.append(f"lmmap add {out}/models/{name} --subset session/subset.json -o session/placed")
         lines.append(f"lmmap add {out}/models/{name} --name {name}-adaptive --adaptive --target-se 0.1 -o session/adaptive")
     lines += [
+        f"lmmap trajectory {LENS_MODEL} -o session/trajectory",
+        f"lmmap layers {LENS_MODEL} --store {out}/lens-store -o session/layers",
+        "lmmap scale -o session/scale",
         "lmmap errors -o session/errors",
         f"lmmap stability -o session/stability --method ls --n {n} --R 20",
         f"lmmap predict --scores {out}/scores.csv --group-by {group} -o session/predict",
@@ -678,6 +687,7 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
     from lmmap import report
 
     paths = report.write(mm, out / "map", color_by="model_type")
+    lens = logit_lens(store, models_dir, out, names, progress, say)
     check = finetune_check(mm, table)
     summary = kl_summary(check)
     session = session_commands(out, plan, len(texts))
@@ -689,9 +699,53 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
         n_models=len(names), n_texts=len(texts), seconds=seconds, cpu_seconds=cpu_seconds,
         threads=torch.get_num_threads(),
         finetune_check=check, kl_summary=summary, nearest=dict(zip(nn["model"], nn["neighbor"])), example_model=EXAMPLE_FINETUNE, session=session,
+        lens=lens,
     )
     _write_text(out / "demo.json", json.dumps({**_demo_id(plan, seed), "last_run": result}, indent=2, default=str))
     return result
+
+
+def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, say) -> dict:
+    """The layers of :data:`LENS_MODEL` (``lmmap score --layers all``) in a store of their own, beside the models.
+
+    ``OUT/lens-store`` holds every model of the demo's store (copied, with
+    its metadata) and ``LENS_MODEL@layer0..K``; its own store keeps the main
+    map's story (and its nearest neighbours) as it is. Writes the layers' KL
+    (``OUT/layers``, :func:`lmmap.analyses.trajectory.layers`) and the map
+    with the layers' path (``OUT/lens-map``). Returns their paths and the
+    KL of each layer to the model's output (nats per text).
+    """
+    from lmmap import report, scoring
+    from lmmap.analyses.trajectory import layers
+    from lmmap.data.store import Store
+    from lmmap.map import ModelMap
+
+    lens_store = Store.create(out / "lens-store", store.texts, exist_ok=True)
+    missing = [n for n in names if not lens_store.has_model(n)]
+    if missing:
+        vectors = []
+        for n in missing:
+            v = store.vectors(n)
+            vectors.append(dict(name=n, loglik=v["loglik"].to_numpy(), n_tokens=v["n_tokens"].to_numpy(),
+                                truncated=v["truncated"].to_numpy(), record=store.record(n)))
+        meta = store.metadata().reset_index()
+        lens_store.write_models(vectors, metadata=meta[meta["model"].isin(missing)])
+    status = scoring.score_models(lens_store, [str(models_dir / LENS_MODEL)], names=[LENS_MODEL], layers="all",
+                                  device="cpu", dtype="float32", progress=progress, checkpoint_every=30.0)
+    if not status[LENS_MODEL].ok:
+        raise LmmapError(f"the demo could not score the layers of {LENS_MODEL}: {status[LENS_MODEL].message}")
+    lensed = [n for n in lens_store.model_names() if lens_store.record(n).get("layers_of") == LENS_MODEL]
+    family = store.metadata()["family"].get(LENS_MODEL) if "family" in store.metadata() else None
+    # The map colours by model_type: the layers get their own colour (and the lensed model's lineage).
+    lens_store.set_metadata(pd.DataFrame({"model": lensed, "model_type": "layer", "family": family}))
+    mm = ModelMap.from_store(lens_store)
+    result = layers(mm, LENS_MODEL)
+    paths = report.write(result, out / "layers")
+    paths.update({f"lens-{k}": v for k, v in report.write(mm, out / "lens-map", color_by="model_type").items()})
+    say(f"logit lens: {len(result.table)} layers of {LENS_MODEL} in {lens_store.path} (KL to the model's output: "
+        + ", ".join(f"layer {r.layer} {r.kl_to_final:.0f}" for r in result.table.itertuples()) + " nats per text)")
+    return {"store": str(lens_store.path), "paths": {k: str(v) for k, v in paths.items()},
+            "kl_to_output": dict(zip(result.table["model"], result.table["kl_to_final"].round(3)))}
 
 
 def _all_saved(models_dir: Path, m: DemoModel, fingerprint: str) -> bool:
@@ -720,7 +774,7 @@ def _prepare_outdir(out: Path, plan: DemoPlan, seed: int, force: bool) -> None:
                 + "; use another directory, or pass --force to rebuild it"
             )
         if force:
-            for sub in ("data", "tokenizer", "models", "store", "map"):
+            for sub in ("data", "tokenizer", "models", "store", "map", "lens-store", "layers", "lens-map"):
                 shutil.rmtree(out / sub, ignore_errors=True)
             for name in ("models.csv", "scores.csv"):
                 (out / name).unlink(missing_ok=True)

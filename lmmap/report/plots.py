@@ -637,6 +637,7 @@ def lines_png(
     colors: Mapping[str, str] | None = None,
     figsize=(6.4, 4.8),
     dpi=DEFAULT_DPI,
+    integer_x: bool = False,
 ) -> Path:
     """Write line plots of named series ``{name: (x, y)}`` as a PNG.
 
@@ -644,6 +645,7 @@ def lines_png(
     ``"-."`` or their names); ``":"`` is the dotted baseline style. Solid and
     dashed series get point markers. ``colors`` optionally fixes a series'
     colour (any matplotlib/CSS colour). NaN in ``y`` leaves a gap.
+    ``integer_x``: ticks at whole numbers only (layers, counts).
     """
     items = _check_series(series, styles, colors)
     path = _prepare(path)
@@ -663,6 +665,10 @@ def lines_png(
         ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    if integer_x and not logx:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(_mpl_literal(xlabel))
     ax.set_ylabel(_mpl_literal(ylabel))
     if title:

@@ -66,7 +66,7 @@ def trajectory_png(path, result, log_axes: bool = False) -> Path:
 
     series = {label: (x, y) for label, x, y, _ in _series(result, log_axes)}
     return lines_png(path, series, _x_label(result), f"KL ({result.unit_label})", _title(result),
-                     logx=log_axes, logy=log_axes, figsize=(7, 4.5))
+                     logx=log_axes, logy=log_axes, figsize=(7, 4.5), integer_x=result.kind == "layers")
 
 
 def trajectory_html(path, result, log_axes: bool = False) -> Path:
