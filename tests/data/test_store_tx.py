@@ -387,14 +387,14 @@ def test_score_name_completes_a_partial_model_with_only_the_missing_texts(tmp_pa
 def test_same_model_race_is_reported_as_completed_by_another_process(code_store, tiny_gpt2_dir):
     from lmmap.scoring import score_models
 
-    real = code_store.write_model
+    real = code_store.write_models
 
     def another_process_finishes_first(*args, **kwargs):
         real(*args, **kwargs)  # the winner stores the same vector (same settings) ...
         code_store.save_checkpoint("tiny-gpt2", "x", [0], [-1.0], [1], [False])
         return real(*args, **kwargs)  # ... and this process's write finds it there
 
-    code_store.write_model = another_process_finishes_first
+    code_store.write_models = another_process_finishes_first
     st = score_models(code_store, [str(tiny_gpt2_dir)], device="cpu", progress=False)["tiny-gpt2"]
     assert st.ok and st.status == "skipped" and "completed by another process" in st.message
     assert code_store.model_names() == ["tiny-gpt2"] and not (code_store.path / "partial" / "tiny-gpt2").exists()
