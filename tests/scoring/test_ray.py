@@ -365,3 +365,32 @@ def test_ray_real_gpt2_equals_local(cluster, tiny_gpt2_dir, tmp_path, texts):
     name = next(iter(a))
     assert a[name].status == "scored" and sorted(other.records()) == [name]
     assert_same(local, other, [name])
+
+
+def test_ray_chat_template_and_trajectory_equal_local(cluster, chat_gpt2_dir, tmp_path):
+    """Prompt→response texts under a chat template, two checkpoints of one run: Ray stores what the local run does
+    (the template's identity in the settings and record, the trajectory's metadata with the vectors)."""
+    import shutil
+
+    from lmmap.parallel import set_threads
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        shutil.copytree(chat_gpt2_dir, run / f"step{step}")
+    pairs = [("Say hello.", "Hello there."), ("Add 2 and 3.", "5"), ("Name a colour.", "Blue, or maybe green.")]
+    ts = TextSet.from_texts([t for _, t in pairs], prompts=[p for p, _ in pairs])
+    local, other = Store.create(tmp_path / "local", ts), Store.create(tmp_path / "ray", ts)
+    dirs = [run / "step1", run / "step2"]
+    previous = set_threads(1)
+    try:
+        score_models(local, dirs, device="cpu", chat_template=True, trajectory="run")
+    finally:
+        set_threads(previous)
+    code, out, err = run_main("score", *dirs, "--store", other.path, "--device", "cpu", "--executor", "ray",
+                              "--chat-template", "--trajectory", "run", "--no-progress")
+    assert code == 0, err
+    names = ["run@step1", "run@step2"]
+    assert_same(local, other, names)
+    assert other.record("run@step1")["chat_template"].startswith("sha256:")
+    meta = other.metadata()
+    assert meta.loc[names, "trajectory"].tolist() == ["run", "run"] and meta.loc[names, "step"].tolist() == [1, 2]
