@@ -1084,8 +1084,9 @@ def lines_html(
     *,
     colors: Mapping[str, str] | None = None,
     point_labels: Mapping[str, Sequence[str]] | None = None,
+    integer_x: bool = False,
 ) -> Path:
-    """Interactive twin of :func:`lines_png` (same ``series``, ``styles`` and ``colors``).
+    """Interactive twin of :func:`lines_png` (same ``series``, ``styles``, ``colors`` and ``integer_x``).
 
     ``point_labels``: for a series, one name per point (e.g. the model at each
     step), shown first in the point's hover text.
@@ -1119,6 +1120,9 @@ def lines_html(
     # Said outright, not left to plotly's guess (which may read numbers as categories).
     layout["xaxis"]["type"] = "log" if logx else "linear"
     layout["yaxis"]["type"] = "log" if logy else "linear"
+    if integer_x and not logx:
+        layout["xaxis"]["tickformat"] = "d"
+        layout["xaxis"]["dtick"] = max(1, int(np.ceil(max((np.nanmax(np.abs(x)) for _, x, *_ in items if len(x)), default=1) / 12)))
     fig.update_layout(**layout)
     return _write_html(fig, path)
 

@@ -75,4 +75,5 @@ def trajectory_html(path, result, log_axes: bool = False) -> Path:
     parts = _series(result, log_axes)
     return lines_html(path, {label: (x, y) for label, x, y, _ in parts}, _x_label(result),
                       f"KL ({result.unit_label})", _title(result), logx=log_axes, logy=log_axes,
-                      point_labels={label: list(models) for label, _, _, models in parts})
+                      point_labels={label: list(models) for label, _, _, models in parts},
+                      integer_x=result.kind == "layers")
