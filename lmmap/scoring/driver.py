@@ -537,7 +537,8 @@ def _score_one(store, backend: Backend, source, name, positions, *, device, dtyp
                     )
                 kept[j] = store.vectors(o)
         if any(k is not None for k in kept):
-            have = [set(positions) if k is None else set(k["text_pos"].to_numpy()) for k in kept]
+            # The lens scores every output at once: a text is left out only when every output has it.
+            have = [set() if k is None else set(k["text_pos"].to_numpy()) for k in kept]
             todo = np.array(sorted(set(positions) - set.intersection(*have)), dtype=np.int64)
             kept = [None if k is None else k[~k["text_pos"].isin(todo)] for k in kept]
         cks = [store.load_checkpoint(o, k) for o, k in zip(outs, keys)]

@@ -229,3 +229,14 @@ def test_a_layer_scored_on_some_texts_is_completed_by_its_name(store, gpt2_3, te
     want, _, _ = score_texts(model, tok, texts, layers=[1])
     np.testing.assert_allclose(store.vectors("gpt2-3@layer1")["loglik"], want[:, 0], rtol=0, atol=1e-5)
     assert store.partial_models() == ["gpt2-3@layer3"] and store.record("gpt2-3@layer1")["layer"] == 1
+
+
+def test_more_layers_after_some_are_stored_scores_the_missing_ones_too(store, gpt2_3, texts):
+    score_models(store, [str(gpt2_3)], layers="1", device="cpu")  # layer 1 complete, layer 3 not stored at all
+    st = score_models(store, [str(gpt2_3)], layers="1,3", device="cpu")["gpt2-3"]
+    assert st.status == "scored" and st.n_scored == len(texts)
+    assert sorted(store.model_names()) == ["gpt2-3@layer1", "gpt2-3@layer3"] and store.partial_models() == []
+    model, tok = load_model(str(gpt2_3), device="cpu")
+    want, _, _ = score_texts(model, tok, texts, layers="1,3")
+    for j, n in enumerate(("gpt2-3@layer1", "gpt2-3@layer3")):
+        np.testing.assert_allclose(store.vectors(n)["loglik"], want[:, j], rtol=0, atol=1e-5)
