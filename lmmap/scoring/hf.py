@@ -128,7 +128,7 @@ def check_packing(packing: str) -> str:
 
 
 def cuda_batch_tokens(free_bytes: int, *, hidden_size: int, intermediate_size: int, vocab_size: int,
-                      dtype_bytes: int, logits_memory: int, logits_mode: bool = False,
+                      dtype_bytes: int, logits_memory: int, logits_mode: bool = False, hidden_states: int = 0,
                       reserve_bytes: int = 2 * 2**30, fraction: float = 0.5) -> int:
     """Tokens per batch that fit in ``free_bytes`` of GPU memory (a pure function of these numbers).
 
@@ -141,12 +141,15 @@ def cuda_batch_tokens(free_bytes: int, *, hidden_size: int, intermediate_size: i
     decoder's last hidden states with the copy gathered at scored positions
     (2 × hidden). The output layer's float32 tiles are bounded by
     ``logits_memory`` whatever the batch; a model scored through its own
-    forward (``logits_mode``) also holds its batch × vocabulary logits. Of
+    forward (``logits_mode``) also holds its batch × vocabulary logits, and
+    the logit lens keeps every layer's states (``hidden_states`` entries of
+    ``hidden`` per token) until the forward ends. Of
     what is left after ``reserve_bytes`` (allocator fragmentation, kernels'
     workspaces) ``fraction`` is used: an out-of-memory batch is split and
     retried anyway, but each retry costs a forward.
     """
-    per_token = dtype_bytes * (8 * hidden_size + 3 * intermediate_size + (vocab_size if logits_mode else 0))
+    per_token = dtype_bytes * (8 * hidden_size + 3 * intermediate_size + (vocab_size if logits_mode else 0)
+                               + hidden_states * hidden_size)
     usable = (free_bytes - reserve_bytes - logits_memory) * fraction
     lo, hi = CUDA_BATCH_TOKENS_RANGE
     tokens = int(usable // per_token) if usable > 0 else 0
@@ -154,7 +157,7 @@ def cuda_batch_tokens(free_bytes: int, *, hidden_size: int, intermediate_size: i
     return int(min(hi, max(lo, tokens // 256 * 256)))
 
 
-def model_batch_tokens_for_cuda(model, logits_memory: int, logits_mode: bool) -> int:
+def model_batch_tokens_for_cuda(model, logits_memory: int, logits_mode: bool, hidden_states: int = 0) -> int:
     """:func:`cuda_batch_tokens` for a loaded model on its (first) GPU, from ``torch.cuda.mem_get_info``."""
     import torch
 
@@ -169,7 +172,8 @@ def model_batch_tokens_for_cuda(model, logits_memory: int, logits_mode: bool) ->
     free, _total = torch.cuda.mem_get_info(param.device)
     return cuda_batch_tokens(free, hidden_size=hidden, intermediate_size=inter,
                              vocab_size=int(model.get_input_embeddings().weight.shape[0]),
-                             dtype_bytes=param.element_size(), logits_memory=logits_memory, logits_mode=logits_mode)
+                             dtype_bytes=param.element_size(), logits_memory=logits_memory, logits_mode=logits_mode,
+                             hidden_states=hidden_states)
 
 
 def model_context_length(model) -> int:
@@ -394,6 +398,10 @@ class LogProbComputer:
     ``packing`` (``auto``, ``on``, ``off``; see :class:`HFScorer`) lays a
     batch's rows out padded or packed (:meth:`row_logliks`); ``layout`` says
     which, and ``packing_unsupported`` why a model was left padded.
+
+    ``lens`` (a :class:`lmmap.scoring.layers.LogitLens`): the sums are taken
+    for each of its layers (one column each) from one forward pass, the
+    output layer applied, tile by tile, to every layer's normed states.
     """
 
     def __init__(self, model, logits_memory: int | None = None, probe_ids: np.ndarray | None = None,
@@ -470,11 +478,6 @@ class LogProbComputer:
     def _decoder_hidden(self, input_ids, attention_mask, **packed):
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **packed)
         return out[0] if isinstance(out, tuple) else out.last_hidden_state
-
-    @property
-    def n_outputs(self) -> int:
-        """Sums per row: 1, or one per lensed layer."""
-        return 1 if self.lens is None else len(self.lens.layers)
 
     def _packing_problem(self, probe_ids) -> str:
         """Why this model cannot score packed batches ("" when it can), found by scoring a probe both ways.
@@ -757,7 +760,8 @@ class HFScorer:
                                         lens=self.lens)
         if batch_tokens is None and self.computer.input_device.type == "cuda":
             batch_tokens = model_batch_tokens_for_cuda(self.model, self.computer.logits_memory,
-                                                       self.computer.mode == "logits")
+                                                       self.computer.mode == "logits",
+                                                       0 if self.lens is None else self.lens.n_hidden)
         budget = self.computer.max_batch_tokens(batch_tokens or self.default_batch_tokens)
         mode = f"{self.computer.mode}, {self.computer.layout}"
         if self.lens is not None:

@@ -12,22 +12,23 @@ score (:class:`lmmap.scoring.hf.LogProbComputer`).
 
 The final norm is found by name under the model's base (``model.base_model``):
 
-=====================================================  ==========================
-architectures (transformers classes)                    final norm
-=====================================================  ==========================
-GPT-2, GPT-J, Falcon, BLOOM, CodeGen, GPT-Neo          ``ln_f``
-Llama, Mistral, Mixtral, Qwen2/3, Gemma, Phi-3, OLMo   ``norm``
-GPT-NeoX (Pythia), StableLM                            ``final_layer_norm``
-OPT                                                    ``decoder.final_layer_norm``
-Phi-1/1.5/2                                            ``final_layernorm``
-MPT                                                    ``norm_f``
-=====================================================  ==========================
+==============================================================  ============================
+architectures (transformers classes)                            final norm
+==============================================================  ============================
+GPT-2, GPT-J, Falcon, BLOOM, CodeGen, GPT-Neo                   ``ln_f``
+Llama, Mistral, Mixtral, Qwen2/3, Gemma, Phi-3, OLMo, StableLM  ``norm``
+GPT-NeoX (Pythia)                                               ``final_layer_norm``
+OPT                                                             ``decoder.final_layer_norm``
+Phi-1/1.5/2                                                     ``final_layernorm``
+MPT                                                             ``norm_f``
+==============================================================  ============================
 
 and checked on a probe: the module must run once per forward and its
-output must be the decoder's last hidden state. A model where none is
-found, or the one found fails the check (OPT-350m projects after its norm),
-is refused with a message that says so; ``final_norm="ATTR"`` names the
-module (a path under the model, e.g. ``"model.norm"``). Models whose logits
+output must be the decoder's last hidden state. A model where none is found
+(OPT-350m has none: its blocks normalise their own outputs, and it projects
+the last one), or where the one found fails the check, is refused with a
+message that says so; ``final_norm="ATTR"`` names the module (a path under
+the model, e.g. ``"model.norm"``). Models whose logits
 are not the output layer applied to the hidden states (logit soft-capping)
 cannot be lensed this way and are refused.
 
@@ -46,7 +47,7 @@ from lmmap.exceptions import InputError, ScoringError
 
 # Names of the final norm under the model's base, in the order they are tried (see the module's table).
 FINAL_NORM_ATTRS = ("ln_f", "norm", "final_layer_norm", "final_layernorm", "norm_f", "decoder.final_layer_norm",
-                    "decoder.norm", "transformer.ln_f")
+                    "decoder.norm")
 LAYER_SUFFIX = "@layer"
 
 

@@ -260,6 +260,9 @@ def test_cuda_batch_tokens_from_free_memory():
     # Logits through the model's own forward cost a vocabulary row per token: far fewer tokens.
     assert cuda_batch_tokens(24 * GiB, **kw, logits_mode=True) == int(
         (22 * GiB - 512 * 2**20) * 0.5 // (per_token + 2 * 128256)) // 256 * 256
+    # The logit lens over all 33 hidden states holds 33 × 4,096 more values per token until the forward ends.
+    assert cuda_batch_tokens(24 * GiB, **kw, hidden_states=33) == int(
+        (22 * GiB - 512 * 2**20) * 0.5 // (per_token + 2 * 33 * 4096)) // 256 * 256
     # Nearly full: the floor, and OOM splitting takes over from there.
     assert cuda_batch_tokens(1 * GiB, **kw) == CUDA_BATCH_TOKENS_RANGE[0]
     # A small model on a big GPU: the ceiling.
