@@ -41,6 +41,13 @@ def demo(
         console.print(f"  {label:14s} {lit(p)}")
     console.print(f"  {'models.csv':14s} {lit(result['models_csv'])}")
     console.print(f"  {'scores.csv':14s} {lit(result['scores_csv'])}")
+    lens = result.get("lens")
+    if lens:
+        paths = lens["paths"]
+        console.print(f"logit lens of base (its layers as models, in {lit(lens['store'])}):")
+        for label in ("layers.png", "layers.html", "lens-map.png", "lens-map.html"):
+            if label in paths:
+                console.print(f"  {label:14s} {lit(paths[label])}")
     if result["held_out"]:
         console.print(f"held out of the store for `lmmap add`: {lit(', '.join(result['held_out']))}")
     console.print("the README's session on this demo (outputs go to ./session/):", highlight=False)
