@@ -84,7 +84,7 @@ def expand_checkpoints(models: Sequence[str], *, revisions=None, trajectory: str
     step_list = split_list(steps, "steps")
     if revisions is None and trajectory is None:
         if step_list is not None:
-            raise InputError("steps go with revisions or trajectory: give one of them too", params=("steps",))
+            raise InputError("steps needs revisions or trajectory: give one of them too", params=("steps",))
         return None
     if trajectory is not None and not str(trajectory).strip():
         raise InputError("trajectory must be a non-empty name", params=("trajectory",))
@@ -101,7 +101,7 @@ def expand_checkpoints(models: Sequence[str], *, revisions=None, trajectory: str
         out_names = [f"{base}@{r}" for r in revisions]
     else:
         if names:
-            raise InputError("names and trajectory cannot be combined: the checkpoints are stored as "
+            raise InputError(f"trajectory cannot be combined with names={names[0]}: the checkpoints are stored as "
                              "TRAJECTORY@DIRECTORY", params=("names", "trajectory"))
         traj = str(trajectory).strip()
         labels = [Path(m).expanduser().resolve().name if Path(m).expanduser().exists() else m.rstrip("/").split("/")[-1]

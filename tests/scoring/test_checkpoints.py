@@ -33,8 +33,8 @@ def test_steps_are_read_from_names_or_given():
     (dict(models=["org/m"], revisions="step1,,step2"), "without empty entries"),
     (dict(models=["org/m"], revisions="step1,step2", steps="1"), "1 steps for 2 checkpoints"),
     (dict(models=["org/m"], revisions="step1", steps="one"), "steps must be numbers"),
-    (dict(models=["org/m"], steps="1"), "steps go with revisions or trajectory"),
-    (dict(models=["a/step1"], trajectory="run", names=["x"]), "names and trajectory cannot be combined"),
+    (dict(models=["org/m"], steps="1"), "steps needs revisions or trajectory"),
+    (dict(models=["a/step1"], trajectory="run", names=["x"]), "trajectory cannot be combined with names=x"),
 ])
 def test_bad_checkpoint_options_are_input_errors(kwargs, words):
     models = kwargs.pop("models")
