@@ -105,7 +105,8 @@ def _numeric_step(model: str, raw, kind: str = "trajectory") -> float:
     except ValueError:
         value = float("nan")
     if not np.isfinite(value):
-        raise InputError(f"model {model!r} of the {PATHS[kind][3].split()[0]} has {order_col} {raw!r}, not a number: "
+        raise InputError(f"model {model!r} of the {'trajectory' if kind == 'trajectory' else 'layers'} has "
+                         f"{order_col} {raw!r}, not a number: "
                          f"give every {point} a numeric metadata column {order_col!r}", params=("name",))
     return value
 

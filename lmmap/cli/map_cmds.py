@@ -11,6 +11,10 @@ from rich.table import Table
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
 
 UnitOption = Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of every KL: nats-per-text (KL = g / 2N), or bits-per-byte (KL / (mean text bytes · ln 2), the unit of Kishino et al. 2025, comparable across text sets).")]
+# The options that say which map to build, shared by every command that builds one (map, scale, trajectory, layers).
+SubsetOption = Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")]
+NoClipOption = Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")]
+AllowMixedOption = Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")]
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
     from lmmap.map import ModelMap
@@ -39,9 +43,9 @@ def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool
 def map_(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
-    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")] = None,
+    subset: SubsetOption = None,
     metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns.")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
+    no_clip: NoClipOption = False,
     embedding: Annotated[str, typer.Option("--embedding", metavar="auto|mds|tsne|pca|umap", help="2-D embedding: auto (classical MDS of KL below 40 models, t-SNE from 40 on), mds, tsne, pca (or umap if installed).")] = "auto",
     edges: Annotated[str, typer.Option("--edges", metavar="auto|nn|base_model|none", help="Lines on the map: nn (each model to its nearest by KL), base_model (declared lineage from the metadata column base_model; models whose nearest model is in another lineage are circled), none. auto: base_model when that column names models of the map, else nn.")] = "auto",
     color_by: Annotated[str, typer.Option("--color-by", help="Metadata column that colours the map.")] = "model_type",
@@ -49,7 +53,7 @@ def map_(
     se: Annotated[bool, typer.Option("--se", help="Add bootstrap standard errors of the KL estimates.")] = False,
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se.")] = 100,
     tsne_seed: Annotated[int, typer.Option("--tsne-seed", help="Random state of the 2-D embedding (t-SNE, UMAP).")] = 42,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    allow_mixed: AllowMixedOption = False,
     allow_other_texts: AllowOtherTextsOption = False,
     unit: UnitOption = "nats-per-text",
 ):
@@ -81,10 +85,10 @@ def neighbors(
     store: StoreOption,
     k: Annotated[int, typer.Option("-k", help="How many neighbours (at least 1).")] = 10,
     subset: Annotated[Optional[Path], typer.Option("--subset", help="Use the map of a subset's texts.")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
+    no_clip: NoClipOption = False,
     se: Annotated[bool, typer.Option("--se", help="Add bootstrap standard errors.")] = False,
     R: Annotated[int, typer.Option("--R", help="Bootstrap replicates for --se (2 to 100,000).")] = 100,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    allow_mixed: AllowMixedOption = False,
     allow_other_texts: AllowOtherTextsOption = False,
     unit: UnitOption = "nats-per-text",
 ):

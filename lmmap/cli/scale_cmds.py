@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, lit, output_dir
-from lmmap.cli.map_cmds import load_map
+from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, load_map
 
 
 @app.command("scale")
@@ -16,10 +16,10 @@ def scale_(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
     unit: Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of KL (default bits-per-byte: comparable across text sets).")] = "bits-per-byte",
-    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")] = None,
+    subset: SubsetOption = None,
     metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns (base_model, model_type, family, quantization).")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    no_clip: NoClipOption = False,
+    allow_mixed: AllowMixedOption = False,
     allow_other_texts: AllowOtherTextsOption = False,
 ):
     """KL on a readable scale: the median KL of fine-tunes, checkpoints, quantised models and unrelated families."""

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, lit, output_dir
-from lmmap.cli.map_cmds import load_map
+from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, UnitOption, load_map
 
 
 @app.command("trajectory")
@@ -16,12 +16,12 @@ def trajectory_(
     name: Annotated[str, typer.Argument(help="The trajectory: models whose metadata column trajectory has this value, ordered by the column step.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
-    unit: Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of KL.")] = "nats-per-text",
+    unit: UnitOption = "nats-per-text",
     log: Annotated[bool, typer.Option("--log", help="Draw step and KL on log axes.")] = False,
-    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")] = None,
+    subset: SubsetOption = None,
     metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns (trajectory, step).")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    no_clip: NoClipOption = False,
+    allow_mixed: AllowMixedOption = False,
     allow_other_texts: AllowOtherTextsOption = False,
 ):
     """KL between consecutive checkpoints of a training trajectory and from each to the final model."""
@@ -40,11 +40,11 @@ def layers_(
     model: Annotated[str, typer.Argument(help="A model scored with `lmmap score MODEL --layers ...` (its layers are stored as MODEL@layerK).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
-    unit: Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of KL.")] = "nats-per-text",
+    unit: UnitOption = "nats-per-text",
     log: Annotated[bool, typer.Option("--log", help="Draw layer and KL on log axes (layer 0 left out).")] = False,
-    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: map from its texts only.")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions in one map.")] = False,
+    subset: SubsetOption = None,
+    no_clip: NoClipOption = False,
+    allow_mixed: AllowMixedOption = False,
     allow_other_texts: AllowOtherTextsOption = False,
 ):
     """KL between consecutive layers of a model (logit lens) and from each layer to the model's output."""
