@@ -299,9 +299,6 @@ def score_models(
 
     progress = _check_progress(progress)
     layers = parse_layers(layers)
-    if layers is not None and executor != "local":
-        raise InputError(f"executor={executor!r} cannot score layers yet (every layer is written by one process in "
-                         "one change): use executor='local' with layers", params=("executor",))
     if final_norm is not None and layers is None:
         raise InputError("final_norm needs layers (it names the norm the logit lens applies)", params=("final_norm",))
     if revisions is not None and revision is not None:
@@ -601,14 +598,6 @@ def _metadata_rows(metadata: dict | None, outs: list[str], name: str, layers) ->
     else:
         return None
     return pd.DataFrame(rows)
-
-
-def store_vector(store, name, key, positions, parts, record, *, replace, n_todo, n_before, L, stride, seconds,
-                 texts_per_s, tokens_per_s, metadata=None) -> ScoreStatus:
-    """Write model ``name``'s vector (the rows of ``parts``: kept, checkpointed, new) and clear its checkpoints."""
-    return store_vectors(store, [(name, key, parts, record)], positions, metadata=metadata, replace=replace,
-                         n_todo=n_todo, n_before=n_before, L=L, stride=stride, seconds=seconds,
-                         texts_per_s=texts_per_s, tokens_per_s=tokens_per_s, label=name)
 
 
 def store_vectors(store, items, positions, *, metadata=None, replace, n_todo, n_before, L, stride, seconds,

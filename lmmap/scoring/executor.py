@@ -32,6 +32,12 @@ directory there is), skips the texts checkpointed under it, and checks the
 guess when the first shard returns its true key; a wrong guess only costs
 scoring the skipped texts after all.
 
+With ``layers`` (the logit lens) a model has several outputs, one stored
+vector per layer: a task returns a column per layer, the driver checkpoints
+every layer's column and stores them all in one change. Which layers
+``layers="all"`` names is guessed the same way (the layers the store holds of
+the model) and checked by the first shard.
+
 Ray is bound to loopback when lmmap starts it (no ``ray_address``): a private
 instance on this machine that no other host can reach.
 """
@@ -232,8 +238,9 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
     """Score the texts at ``text_pos`` (indices into ``texts``) with model ``source``: the body of one Ray task.
 
     Loads the model as the local executor does and returns plain data (no
-    store): ``ok``; the shard's ``text_pos``, ``loglik``, ``n_tokens``,
-    ``truncated``; ``max_length`` (L), ``revision``, ``describe``,
+    store): ``ok``; the shard's ``text_pos``, ``loglik`` (a column per layer
+    with ``options["layers"]``, the logit lens), ``n_tokens``, ``truncated``;
+    ``layers`` (the lensed layers, or None); ``max_length`` (L), ``revision``, ``describe``,
     ``default_batch_tokens``, ``adds_bos``, ``prepended``, ``info``,
     ``seconds``, ``load_seconds``, ``pid``. A failure of the model is returned
     (``ok`` False, ``failure``: a :func:`~lmmap.scoring.driver.failure_of`
@@ -247,16 +254,19 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
     try:
         be = get_backend(backend)
         t_load = time.perf_counter()
+        lens = {} if options.get("layers") is None else {"layers": options["layers"],
+                                                          "final_norm": options.get("final_norm")}
         scorer = be.load(source, device=options["device"], dtype=options["dtype"],
                          trust_remote_code=options["trust_remote_code"], revision=options["revision"],
-                         device_map=options["device_map"], logits_memory=options["logits_memory"])
+                         device_map=options["device_map"], logits_memory=options["logits_memory"], **lens)
         try:
             load_seconds = time.perf_counter() - t_load
             L = resolve_max_length(scorer.context_length, options["max_length"], options["stride"])
             shard = [texts[i] for i in text_pos]
             enc = encode_texts(scorer.tokenizer, shard, options["convention"], L, options["stride"], text_pos,
                                chat_template=options.get("chat_template", False))
-            loglik = np.full(len(shard), np.nan)
+            layers = getattr(scorer, "layers", None)
+            loglik = np.full((len(shard),) if layers is None else (len(shard), len(layers)), np.nan)
             info: dict = {}
             t0 = time.perf_counter()
             for part in iter_scores(scorer, shard, convention=options["convention"], max_length=L,
@@ -264,7 +274,8 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
                                     positions=text_pos, encoded=enc, info=info):
                 loglik[part.index] = part.loglik
             return dict(
-                ok=True, text_pos=text_pos, loglik=loglik, n_tokens=np.asarray(enc.n_tokens, np.int64),
+                ok=True, text_pos=text_pos, loglik=loglik, layers=None if layers is None else [int(k) for k in layers],
+                n_tokens=np.asarray(enc.n_tokens, np.int64),
                 truncated=np.asarray(enc.truncated, bool), max_length=L,
                 revision=be.revision(source, options["revision"]), backend=be.name, describe=dict(scorer.describe()),
                 chat_template=chat_template_id(scorer.tokenizer) if options.get("chat_template") else None,
@@ -287,16 +298,24 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
 
 @dataclass
 class _Job:
-    """One model's scoring: what is kept, what is queued, what came back."""
+    """One model's scoring: what is kept, what is queued, what came back.
+
+    A model writes one stored vector, or one per layer with ``layers`` (the
+    logit lens): its *outputs*. They are scored, checkpointed and stored
+    together, as by the local executor.
+    """
 
     source: str
     name: str
     opts: dict
     positions: np.ndarray
-    existing: object = None  # the stored rows kept (a DataFrame), when the model is extended
-    guess: str | None = None  # the checkpoint key whose texts were skipped, until a shard confirms it
-    ck: object = None  # the checkpointed rows kept (a DataFrame)
-    key: str | None = None
+    outs: list | None = None  # the outputs' names; None until a task says which layers "all" is
+    existing: list = field(default_factory=list)  # per output: its stored rows (a DataFrame) when extended, or None
+    guesses: list | None = None  # per output: the checkpoint key whose texts were skipped, until a shard confirms it
+    ck: list | None = None  # per output: the checkpointed rows kept (DataFrames, the same texts for every output)
+    # texts not queued: stored, or checkpointed under the guessed keys
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    keys: list | None = None  # per output: the settings key, from the first shard
     settings: object = None
     shard_size: int | None = None
     in_flight: int = 0
@@ -334,7 +353,7 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
             _finish(job, skipped, statuses, progress)
             continue
         jobs.append(job)
-        todo = np.setdiff1d(job.positions, _rows(job.existing, job.ck))
+        todo = np.setdiff1d(job.positions, job.skipped)
         counts["texts_total"] += len(todo)
         # A model with nothing left to score still gets one (empty) task: its settings key and its record.
         for shard in _shards(todo, shard_texts) or [todo]:
@@ -358,7 +377,7 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
     texts_ref = ray.put(list(store.texts.texts))
     backend_ref = ray.put(backend)
     task_opts = ("device", "dtype", "convention", "batch_tokens", "max_length", "stride", "trust_remote_code",
-                 "revision", "device_map", "logits_memory", "chat_template")
+                 "revision", "device_map", "logits_memory", "chat_template", "layers", "final_norm")
     pending: dict = {}
     n_models = len(models)
     label = f"scoring {n_models} model{'s' if n_models != 1 else ''} on Ray"
@@ -369,7 +388,7 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
             job.queued -= 1
             if job.status is not None:
                 continue
-            ref = remote.remote(backend_ref, job.source, texts_ref, shard, {k: job.opts[k] for k in task_opts})
+            ref = remote.remote(backend_ref, job.source, texts_ref, shard, {k: job.opts.get(k) for k in task_opts})
             pending[ref] = (job, shard)
             job.in_flight += 1
             job.n_shards += 1
@@ -468,9 +487,14 @@ def _failure(job: _Job, exc: Exception, be) -> ScoreStatus:
     return failure_status(job.name, failure_of(exc, be), job.opts["dtype"])
 
 
-def _rows(*frames) -> np.ndarray:
-    parts = [f["text_pos"].to_numpy() for f in frames if f is not None and len(f)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+def _common(frames) -> np.ndarray:
+    """The texts every one of ``frames`` holds (none when there are no frames or one is None)."""
+    if not frames or any(f is None for f in frames):
+        return np.zeros(0, np.int64)
+    out = frames[0]["text_pos"].to_numpy().astype(np.int64)
+    for f in frames[1:]:
+        out = np.intersect1d(out, f["text_pos"].to_numpy().astype(np.int64))
+    return np.unique(out)
 
 
 def _shards(todo: np.ndarray, size: int | None) -> list[np.ndarray]:
@@ -495,108 +519,188 @@ def _stem(name: str) -> str:
     return model_stem(name)
 
 
+def _outputs(store, job: _Job) -> list[str] | None:
+    """The stored models ``job`` writes: its name, or one per lensed layer (None: ``layers="all"``, not known yet).
+
+    Which layers ``"all"`` is, only the loaded model knows. Until a task
+    says, the layers this store holds of the model, stored or checkpointed,
+    are the guess (:func:`_is_guess`): every layer is checkpointed and stored
+    together, so a run of ``"all"`` left all of them.
+    """
+    from lmmap.scoring.layers import layer_name, parse_layers
+
+    layers = parse_layers(job.opts.get("layers"))
+    if layers is None:
+        return [job.name]
+    if layers != "all":
+        return [layer_name(job.name, k) for k in layers]
+    outs: list[str] = []
+    while store.has_model(o := layer_name(job.name, len(outs))) or _checkpoint_keys(store, o):
+        outs.append(o)
+    return outs or None
+
+
+def _is_guess(job: _Job) -> bool:
+    from lmmap.scoring.layers import parse_layers
+
+    return parse_layers(job.opts.get("layers")) == "all"
+
+
+def _stored_rows(store, outs: list[str], replace: bool) -> list:
+    return [store.vectors(o) if not replace and store.has_model(o) else None for o in outs]
+
+
 def _prepare(store, job: _Job) -> ScoreStatus | None:
-    """What is already done for ``job`` (stored rows, checkpointed rows under the guessed key); a status if all is."""
-    name, opts = job.name, job.opts
-    if store.has_model(name) and not opts["replace"]:
-        existing = store.vectors(name)
-        if np.isin(job.positions, existing["text_pos"].to_numpy()).all():
-            store.clear_redundant_checkpoints(name)
-            return ScoreStatus(name, "skipped", "already in the store (pass replace=True to score it again)",
-                               n_resumed=len(job.positions), params=("replace",))
-        job.existing = existing
-    keys = _checkpoint_keys(store, name)
-    guess = store.record(name).get("settings_key") if job.existing is not None else None
-    if guess is None and len(keys) == 1:
-        guess = keys[0]
+    """What is already done for ``job`` (stored rows, checkpointed rows under the guessed keys); a status if all is."""
+    from lmmap.scoring.driver import _already_stored
+
+    opts = job.opts
+    job.outs = outs = _outputs(store, job)
+    if outs is None:
+        return None
+    # Guessed outputs (layers="all") all stored are checked by a task, which loads the model and tells its layers.
+    if not opts["replace"] and not _is_guess(job):
+        done = _already_stored(store, outs, job.positions, job.name)
+        if done is not None:
+            return done
+    job.existing = _stored_rows(store, outs, opts["replace"])
+    # The outputs are scored together: a text is left out only when every output has it.
+    have = _common(job.existing)
+    keys = [_checkpoint_keys(store, o) for o in outs]
+    guesses = [store.record(o).get("settings_key") if e is not None else k[0] if len(k) == 1 else None
+               for o, e, k in zip(outs, job.existing, keys)]
+    common = np.zeros(0, np.int64)
     # Loading a checkpoint removes the other keys' chunks: only when the guessed key's are the only ones.
-    if guess is not None and keys == [guess]:
-        ck = store.load_checkpoint(name, guess)
-        job.ck = ck[ck["text_pos"].isin(np.setdiff1d(job.positions, _rows(job.existing)))]
-        job.guess = guess
+    if all(g is not None and k == [g] for g, k in zip(guesses, keys)):
+        cks = [store.load_checkpoint(o, g) for o, g in zip(outs, guesses)]
+        common = np.intersect1d(np.setdiff1d(_common(cks), have), job.positions)
+        job.ck = [c[c["text_pos"].isin(common)] for c in cks]
+        job.guesses = guesses
+    job.skipped = np.intersect1d(job.positions, np.union1d(have, common))
     return None
 
 
 def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
-    """Take one shard's result for ``job``: check its key, checkpoint it.
+    """Take one shard's result for ``job``: check its keys (the first), checkpoint it for every output.
 
     Returns its tokens (0 when the model failed) and how many texts were
-    queued again (those of a checkpoint found to be of other settings).
+    queued again (those skipped on a guess the first shard shows wrong).
     """
-    from lmmap.scoring.driver import ScoringSettings, _settings_summary, failure_status
+    from lmmap.scoring.driver import ScoringSettings, failure_status
+    from lmmap.scoring.layers import layer_name
 
     if not res["ok"]:
         job.status = failure_status(job.name, res["failure"], job.opts["dtype"])
         return 0, 0
     opts = job.opts
+    lensed = res.get("layers")
+    options = {}
+    if res.get("chat_template"):
+        options["chat_template"] = res["chat_template"]
+    if lensed is not None:
+        options["final_norm"] = res["describe"].get("final_norm")
     settings = ScoringSettings(opts["convention"], opts["dtype"], int(res["max_length"]), opts["stride"],
-                               res["revision"], store.text_set_id, res["backend"],
-                               {"chat_template": res["chat_template"]} if res.get("chat_template") else {})
-    key = settings.key(job.name)
+                               res["revision"], store.text_set_id, res["backend"], options)
+    outs = [job.name] if lensed is None else [layer_name(job.name, k) for k in lensed]
+    keys = [settings.key(o) for o in outs]
     requeued = 0
-    if job.key is None:
-        if job.existing is not None:
-            old = store.record(job.name)
-            if old.get("settings_key") != key:
-                raise InputError(
-                    f"model {job.name!r} is already in the store on {len(job.existing)} texts under other settings "
-                    f"({_settings_summary(old)}), and lacks some of the texts asked for; pass replace=True to rescore "
-                    "it", params=("replace",),
-                )
-        if job.guess is not None and job.guess != key and job.ck is not None and len(job.ck):
-            # The checkpoint was written under other settings: its texts must be scored after all.
-            for shard in _shards(job.ck["text_pos"].to_numpy().astype(np.int64), job.shard_size):
-                queue.appendleft((job, shard))
-                job.queued += 1
-            requeued = len(job.ck)
-            job.ck = None
-        store.load_checkpoint(job.name, key)  # removes chunks of other settings, as the local executor does
-        if job.ck is not None and len(job.ck):
-            say(opts["progress"], f"{job.name}: resuming from a checkpoint: {len(job.ck)} of {len(job.positions)} "
-                "texts already scored")
-        job.key, job.settings = key, settings
-    elif key != job.key:
+    if job.keys is None:
+        requeued = _confirm(store, job, outs, keys, queue)
+        job.keys, job.settings = keys, settings
+    elif keys != job.keys:
         raise ScoringError(f"model {job.name!r}: two shards were scored under different settings "
                            f"({job.settings.max_length}/{job.settings.revision} and {res['max_length']}/"
                            f"{res['revision']}); is the model the same on every node?")
     n = len(res["text_pos"])
     if n:
-        store.save_checkpoint(job.name, key, res["text_pos"], res["loglik"], res["n_tokens"], res["truncated"])
+        loglik = np.asarray(res["loglik"])
+        for j, (o, k) in enumerate(zip(outs, keys)):
+            store.save_checkpoint(o, k, res["text_pos"], loglik if loglik.ndim == 1 else loglik[:, j],
+                                  res["n_tokens"], res["truncated"])
     job.results.append(res)
     job.n_todo += n
     return int(np.sum(res["n_tokens"])), requeued
 
 
+def _confirm(store, job: _Job, outs: list[str], keys: list[str], queue: deque) -> int:
+    """The first shard's true outputs and keys against the guesses: requeue what was skipped wrongly; how many texts."""
+    from lmmap.scoring.driver import _settings_summary
+
+    again = np.zeros(0, np.int64)
+    if outs != job.outs:
+        # layers="all" of a model whose layers in the store are another set: nothing skipped stands
+        again, job.skipped, job.ck = job.skipped, np.zeros(0, np.int64), None
+        job.outs, job.existing = outs, _stored_rows(store, outs, job.opts["replace"])
+    for o, rows, k in zip(outs, job.existing, keys):
+        if rows is not None and store.record(o).get("settings_key") != k:
+            raise InputError(
+                f"model {o!r} is already in the store on {len(rows)} texts under other settings "
+                f"({_settings_summary(store.record(o))}), and lacks some of the texts asked for; pass replace=True "
+                "to rescore it", params=("replace",),
+            )
+    if job.ck is not None and job.guesses != keys:
+        # The checkpoints were written under other settings: their texts must be scored after all.
+        from_ck = job.ck[0]["text_pos"].to_numpy().astype(np.int64)
+        again, job.skipped, job.ck = np.union1d(again, from_ck), np.setdiff1d(job.skipped, from_ck), None
+    for shard in reversed(_shards(again, job.shard_size)):
+        queue.appendleft((job, shard))
+        job.queued += 1
+    for o, k in zip(outs, keys):
+        store.load_checkpoint(o, k)  # removes chunks of other settings, as the local executor does
+    if job.ck is not None and len(job.ck[0]):
+        say(job.opts["progress"], f"{job.name}: resuming from a checkpoint: {len(job.ck[0])} of "
+            f"{len(job.positions)} texts already scored")
+    return len(again)
+
+
 def _store(store, job: _Job) -> ScoreStatus:
-    """All shards of ``job`` are in: write its vector and record (through the local executor's code)."""
+    """All shards of ``job`` are in: write its vectors and records in one change (the local executor's code)."""
     import pandas as pd
 
-    from lmmap.scoring.driver import _metadata_rows, _record, store_vector
+    from lmmap.scoring.driver import _already_stored, _metadata_rows, _record, store_vectors
 
+    opts = job.opts
+    if not job.n_todo and not opts["replace"]:
+        done = _already_stored(store, job.outs, job.positions, job.name)  # e.g. every layer of "all" was stored
+        if done is not None:
+            return done
     res = [r for r in job.results if r["ok"]]
     scored = [r for r in res if len(r["text_pos"])]
-    new = pd.DataFrame({
-        "text_pos": np.concatenate([r["text_pos"] for r in res]).astype(np.int64),
-        "loglik": np.concatenate([r["loglik"] for r in res]).astype(np.float64),
-        "n_tokens": np.concatenate([r["n_tokens"] for r in res]).astype(np.int64),
-        "truncated": np.concatenate([r["truncated"] for r in res]).astype(bool),
-    })
     first = (scored or res)[0]
+    lensed = first.get("layers")
+    width = 1 if lensed is None else len(lensed)
+    pos = np.concatenate([r["text_pos"] for r in res]).astype(np.int64)
+    loglik = np.concatenate([np.asarray(r["loglik"], np.float64).reshape(len(r["text_pos"]), width) for r in res])
+    n_tokens = np.concatenate([r["n_tokens"] for r in res]).astype(np.int64)
+    truncated = np.concatenate([r["truncated"] for r in res]).astype(bool)
     seconds = float(sum(r["seconds"] for r in res))
-    tokens = int(new["n_tokens"].sum())
-    texts_per_s = len(new) / seconds if seconds > 0 else 0.0
+    tokens = int(n_tokens.sum())
+    texts_per_s = len(pos) / seconds if seconds > 0 else 0.0
     tokens_per_s = tokens / seconds if seconds > 0 else 0.0
-    opts = job.opts
     n_before = len(job.positions) - job.n_todo
     info = first["info"]
-    record = _record(
-        first["describe"], job.settings, job.key, job.source, opts["device"], n_scored=job.n_todo, n_before=n_before,
-        adds_bos=first["adds_bos"], prepended=first["prepended"], seconds=seconds,
-        load_seconds=float(sum(r["load_seconds"] for r in res)), texts_per_s=texts_per_s, tokens_per_s=tokens_per_s,
-        batch_tokens=info.get("batch_tokens", opts["batch_tokens"] or first["default_batch_tokens"]),
-        mode=info.get("mode"), extra={"executor": "ray", "shards": len(scored), **job.settings.options},
-    )
-    return store_vector(store, job.name, job.key, job.positions, [job.existing, job.ck, new], record,
-                        replace=opts["replace"] or job.existing is not None, n_todo=job.n_todo, n_before=n_before,
-                        L=job.settings.max_length, stride=opts["stride"], seconds=seconds, texts_per_s=texts_per_s,
-                        tokens_per_s=tokens_per_s, metadata=_metadata_rows(opts.get("metadata"), [job.name], job.name, None))
+    items = []
+    for j, (o, key) in enumerate(zip(job.outs, job.keys)):
+        new = pd.DataFrame({"text_pos": pos, "loglik": loglik[:, j], "n_tokens": n_tokens, "truncated": truncated})
+        ck = None if job.ck is None else job.ck[j]
+        rows = job.existing[j] if job.existing else None
+        if rows is not None:  # the stored rows this run did not score again
+            fresh = pos if ck is None else np.union1d(pos, ck["text_pos"].to_numpy())
+            rows = rows[~rows["text_pos"].isin(fresh)]
+        extra = {"executor": "ray", "shards": len(scored), **job.settings.options}
+        if lensed is not None:
+            extra.update(layer=int(lensed[j]), layers_of=job.name)
+        record = _record(
+            first["describe"], job.settings, key, job.source, opts["device"], n_scored=job.n_todo,
+            n_before=n_before, adds_bos=first["adds_bos"], prepended=first["prepended"], seconds=seconds,
+            load_seconds=float(sum(r["load_seconds"] for r in res)), texts_per_s=texts_per_s,
+            tokens_per_s=tokens_per_s, batch_tokens=info.get("batch_tokens", opts["batch_tokens"]
+                                                             or first["default_batch_tokens"]),
+            mode=info.get("mode"), extra=extra,
+        )
+        items.append((o, key, [rows, ck, new], record))
+    meta = _metadata_rows(opts.get("metadata"), job.outs, job.name, lensed)
+    return store_vectors(store, items, job.positions, metadata=meta,
+                         replace=opts["replace"] or any(e is not None for e in job.existing), n_todo=job.n_todo,
+                         n_before=n_before, L=job.settings.max_length, stride=opts["stride"], seconds=seconds,
+                         texts_per_s=texts_per_s, tokens_per_s=tokens_per_s, label=job.name)

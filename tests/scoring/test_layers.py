@@ -211,7 +211,6 @@ def test_cli_layers_end_to_end_with_the_map_and_the_layers_report(store, gpt2_3,
     (["--layers", "7"], "layer 7 is out of range; it has hidden states 0..3"),
     (["--final-norm", "model.norm"], "--final-norm needs layers"),
     (["--layers", "all", "--backend", "vllm"], "--backend vllm cannot score layers"),
-    (["--layers", "all", "--executor", "ray"], "--executor ray cannot score layers yet"),
 ])
 def test_cli_bad_layer_options_are_one_line_errors(store, gpt2_3, args, words):
     code, out, err = run_main("score", gpt2_3, "--store", store.path, "--device", "cpu", "--no-progress", *args)

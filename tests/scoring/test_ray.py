@@ -394,3 +394,84 @@ def test_ray_chat_template_and_trajectory_equal_local(cluster, chat_gpt2_dir, tm
     assert other.record("run@step1")["chat_template"].startswith("sha256:")
     meta = other.metadata()
     assert meta.loc[names, "trajectory"].tolist() == ["run", "run"] and meta.loc[names, "step"].tolist() == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def gpt2_3(tmp_path_factory, tiny_tokenizer, make_tiny_gpt2):
+    """A real tiny GPT-2 of 3 blocks: 4 hidden states, so 4 lensed layers."""
+    return make_tiny_gpt2(tmp_path_factory.mktemp("lens") / "gpt2-3", tiny_tokenizer, seed=3, n_layer=3)
+
+
+LAYERS = [f"gpt2-3@layer{k}" for k in range(4)]
+
+
+def lens_local(tmp_path, ts, model, layers="all") -> Store:
+    """The local executor's logit lens of ``model``, one thread (as a Ray worker runs): the reference."""
+    from lmmap.parallel import set_threads
+
+    local = Store.create(tmp_path / "local", ts)
+    previous = set_threads(1)
+    try:
+        st = score_models(local, [str(model)], layers=layers, device="cpu")
+    finally:
+        set_threads(previous)
+    assert st["gpt2-3"].status == "scored"
+    return local
+
+
+@pytest.mark.slow
+def test_ray_logit_lens_equals_local_every_layer_in_one_change(cluster, gpt2_3, tmp_path, texts):
+    """`score --layers all --executor ray`: every layer stored, as the local run stores it (vectors, records,
+    metadata), from one task per shard; a second run skips them all."""
+    ts = TextSet.from_texts(texts)
+    local = lens_local(tmp_path, ts, gpt2_3)
+    other = Store.create(tmp_path / "ray", ts)
+    code, out, err = run_main("score", gpt2_3, "--layers", "all", "--store", other.path, "--device", "cpu",
+                              "--executor", "ray", "--no-progress")
+    assert code == 0, err
+    assert "1 scored, 0 skipped, 0 failed" in out
+    assert_same(local, other, LAYERS)
+    stored_once(other, LAYERS)
+    meta = other.metadata()
+    assert meta.loc[LAYERS, "layers_of"].tolist() == ["gpt2-3"] * 4
+    assert meta.loc[LAYERS, "layer"].tolist() == [0, 1, 2, 3]
+    again = score_models(other, [str(gpt2_3)], layers="all", device="cpu", executor="ray")["gpt2-3"]
+    assert again.status == "skipped" and "4 layers are already in the store" in again.message
+
+
+@pytest.mark.slow
+def test_ray_logit_lens_resumes_only_missing_shards(cluster, gpt2_3, tmp_path, texts):
+    """Interrupted after two shards: every layer's checkpoint holds them; the rerun (layers="all", which the driver
+    learns from the store) scores only the other shards, and the layers equal the local run's."""
+    ts = TextSet.from_texts(texts)
+    local = lens_local(tmp_path, ts, gpt2_3)
+    other = Store.create(tmp_path / "ray", ts)
+    with pytest.raises(Interrupted, match="rerun the same command to resume"):
+        score_models(other, [str(gpt2_3)], layers="all", device="cpu", executor="ray", shard_texts=20,
+                     progress=interrupt_at(40))
+    assert not other.records()
+    assert all(other.checkpoint_chunks(n) >= 2 for n in LAYERS)
+    st = score_models(other, [str(gpt2_3)], layers="all", device="cpu", executor="ray", shard_texts=20)["gpt2-3"]
+    assert st.status == "scored" and st.n_resumed >= 40 and st.n_resumed % 20 == 0
+    assert st.n_scored == other.n_texts - st.n_resumed
+    stored_once(other, LAYERS)
+    for n in LAYERS:  # shards of 20 texts batch differently from one shard: equal to float32 rounding
+        a, b = local.vectors(n), other.vectors(n)
+        assert np.array_equal(a["text_pos"].to_numpy(), b["text_pos"].to_numpy())
+        np.testing.assert_allclose(b["loglik"].to_numpy(), a["loglik"].to_numpy(), rtol=1e-5, atol=1e-4)
+        assert other.record(n)["n_texts_resumed"] == st.n_resumed and other.record(n)["shards"] > 0
+
+
+@pytest.mark.slow
+def test_ray_all_layers_after_some_scores_every_text_again(cluster, gpt2_3, tmp_path, texts):
+    """Layers 0,1 stored, then layers="all": the driver's guess (the stored layers) skips every text, the first
+    task shows the model has four; the skipped texts are scored after all, and all four layers stored."""
+    ts = TextSet.from_texts(texts)
+    local = lens_local(tmp_path, ts, gpt2_3)
+    other = Store.create(tmp_path / "ray", ts)
+    score_models(other, [str(gpt2_3)], layers="0,1", device="cpu", executor="ray")
+    assert sorted(other.records()) == LAYERS[:2]
+    st = score_models(other, [str(gpt2_3)], layers="all", device="cpu", executor="ray")["gpt2-3"]
+    assert st.status == "scored" and st.n_scored == other.n_texts and st.n_resumed == 0
+    assert_same(local, other, LAYERS, resumed=True)
+    stored_once(other, LAYERS)
