@@ -453,8 +453,8 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
                         except Exception as exc:
                             job.status = _failure(job, exc, be)
                 if job.status is not None:
+                    cancel(job)  # a failed model's other shards; a model found stored has none left
                     if not job.status.ok:
-                        cancel(job)
                         counts["failed"] += 1
                     else:
                         counts["models"] += 1
@@ -607,6 +607,8 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
     if job.keys is None:
         requeued = _confirm(store, job, outs, keys, queue)
         job.keys, job.settings = keys, settings
+        if job.status is not None:  # every layer of "all" was stored already
+            return 0, 0
     elif keys != job.keys:
         raise ScoringError(f"model {job.name!r}: two shards were scored under different settings "
                            f"({job.settings.max_length}/{job.settings.revision} and {res['max_length']}/"
@@ -624,8 +626,14 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
 
 def _confirm(store, job: _Job, outs: list[str], keys: list[str], queue: deque) -> int:
     """The first shard's true outputs and keys against the guesses: requeue what was skipped wrongly; how many texts."""
-    from lmmap.scoring.driver import _settings_summary
+    from lmmap.scoring.driver import _already_stored, _settings_summary
 
+    if _is_guess(job) and not job.opts["replace"]:
+        # As the local executor, which loads the model to learn its layers: all stored is skipped, whatever the
+        # settings asked.
+        job.status = _already_stored(store, outs, job.positions, job.name)
+        if job.status is not None:
+            return 0
     again = np.zeros(0, np.int64)
     if outs != job.outs:
         # layers="all" of a model whose layers in the store are another set: nothing skipped stands
@@ -657,13 +665,9 @@ def _store(store, job: _Job) -> ScoreStatus:
     """All shards of ``job`` are in: write its vectors and records in one change (the local executor's code)."""
     import pandas as pd
 
-    from lmmap.scoring.driver import _already_stored, _metadata_rows, _record, store_vectors
+    from lmmap.scoring.driver import _metadata_rows, _record, store_vectors
 
     opts = job.opts
-    if not job.n_todo and not opts["replace"]:
-        done = _already_stored(store, job.outs, job.positions, job.name)  # e.g. every layer of "all" was stored
-        if done is not None:
-            return done
     res = [r for r in job.results if r["ok"]]
     scored = [r for r in res if len(r["text_pos"])]
     first = (scored or res)[0]

@@ -435,8 +435,10 @@ def test_ray_logit_lens_equals_local_every_layer_in_one_change(cluster, gpt2_3, 
     meta = other.metadata()
     assert meta.loc[LAYERS, "layers_of"].tolist() == ["gpt2-3"] * 4
     assert meta.loc[LAYERS, "layer"].tolist() == [0, 1, 2, 3]
-    again = score_models(other, [str(gpt2_3)], layers="all", device="cpu", executor="ray")["gpt2-3"]
+    # as locally, a model whose every layer is stored is skipped whatever the settings asked (a task learns its layers)
+    again = score_models(other, [str(gpt2_3)], layers="all", device="cpu", executor="ray", max_length=32)["gpt2-3"]
     assert again.status == "skipped" and "4 layers are already in the store" in again.message
+    assert_same(local, other, LAYERS)
 
 
 @pytest.mark.slow
@@ -475,3 +477,21 @@ def test_ray_all_layers_after_some_scores_every_text_again(cluster, gpt2_3, tmp_
     assert st.status == "scored" and st.n_scored == other.n_texts and st.n_resumed == 0
     assert_same(local, other, LAYERS, resumed=True)
     stored_once(other, LAYERS)
+
+
+@pytest.mark.slow
+def test_ray_lensed_layers_on_some_texts_are_extended(cluster, gpt2_3, tmp_path, texts):
+    """Layers 1,3 stored on the even texts; asked on all: only the odd texts are scored, each layer keeps its rows."""
+    ts = TextSet.from_texts(texts)
+    local = lens_local(tmp_path, ts, gpt2_3, layers="1,3")
+    other = Store.create(tmp_path / "ray", ts)
+    names = [LAYERS[1], LAYERS[3]]
+    score_models(other, [str(gpt2_3)], layers="1,3", device="cpu", executor="ray", text_pos=range(0, len(texts), 2))
+    assert all(len(other.vectors(n)) == len(texts[::2]) for n in names)
+    st = score_models(other, [str(gpt2_3)], layers="1,3", device="cpu", executor="ray")["gpt2-3"]
+    assert st.status == "scored" and st.n_scored == len(texts[1::2])
+    stored_once(other, names)
+    for n in names:  # the two runs batch other texts together than the local one: equal to float32 rounding
+        a, b = local.vectors(n), other.vectors(n)
+        assert np.array_equal(a["text_pos"].to_numpy(), b["text_pos"].to_numpy())
+        np.testing.assert_allclose(b["loglik"].to_numpy(), a["loglik"].to_numpy(), rtol=1e-5, atol=1e-4)
