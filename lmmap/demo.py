@@ -687,7 +687,7 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
     from lmmap import report
 
     paths = report.write(mm, out / "map", color_by="model_type")
-    lens = logit_lens(store, models_dir, out, names, progress, say)
+    lens = logit_lens(store, models_dir, out, names, progress, say, executor_options)
     check = finetune_check(mm, table)
     summary = kl_summary(check)
     session = session_commands(out, plan, len(texts))
@@ -705,7 +705,8 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
     return result
 
 
-def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, say) -> dict:
+def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, say,
+               executor_options: dict | None = None) -> dict:
     """The layers of :data:`LENS_MODEL` (``lmmap score --layers all``) in a store of their own, beside the models.
 
     ``OUT/lens-store`` holds every model of the demo's store (copied, with
@@ -713,7 +714,8 @@ def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, s
     map's story (and its nearest neighbours) as it is. Writes the layers' KL
     (``OUT/layers``, :func:`lmmap.analyses.trajectory.layers`) and the map
     with the layers' path (``OUT/lens-map``). Returns their paths and the
-    KL of each layer to the model's output (nats per text).
+    KL of each layer to the model's output (nats per text). ``executor_options``:
+    as for the demo's models (:func:`run_demo`).
     """
     from lmmap import report, scoring
     from lmmap.analyses.trajectory import layers
@@ -731,7 +733,8 @@ def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, s
         meta = store.metadata().reset_index()
         lens_store.write_models(vectors, metadata=meta[meta["model"].isin(missing)])
     status = scoring.score_models(lens_store, [str(models_dir / LENS_MODEL)], names=[LENS_MODEL], layers="all",
-                                  device="cpu", dtype="float32", progress=progress, checkpoint_every=30.0)
+                                  device="cpu", dtype="float32", progress=progress, checkpoint_every=30.0,
+                                  **(executor_options or {}))
     if not status[LENS_MODEL].ok:
         raise LmmapError(f"the demo could not score the layers of {LENS_MODEL}: {status[LENS_MODEL].message}")
     lensed = [n for n in lens_store.model_names() if lens_store.record(n).get("layers_of") == LENS_MODEL]

@@ -495,3 +495,17 @@ def test_ray_lensed_layers_on_some_texts_are_extended(cluster, gpt2_3, tmp_path,
         a, b = local.vectors(n), other.vectors(n)
         assert np.array_equal(a["text_pos"].to_numpy(), b["text_pos"].to_numpy())
         np.testing.assert_allclose(b["loglik"].to_numpy(), a["loglik"].to_numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_small_demo_scores_its_models_and_layers_on_ray(cluster, tmp_path):
+    """`lmmap demo --executor ray`: every model and every layer of the lens is scored by Ray tasks and stored."""
+    from lmmap.demo import LENS_MODEL, run_demo
+
+    result = run_demo(tmp_path / "demo", size="small", executor="ray", progress=None)
+    store, lens = Store(result["store"]), Store(result["lens"]["store"])
+    assert result["n_models"] == len(store.model_names()) > 0
+    assert all(store.record(n)["executor"] == "ray" for n in store.model_names())
+    layers = [n for n in lens.model_names() if lens.record(n).get("layers_of") == LENS_MODEL]
+    assert len(layers) >= 3 and all(lens.record(n)["executor"] == "ray" for n in layers)
+    assert not list((store.path / "partial").glob("*/*/chunk-*.parquet"))
