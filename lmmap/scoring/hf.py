@@ -239,6 +239,37 @@ def _accelerate_available() -> bool:
     return True
 
 
+def cuda_device_map(weight_bytes: int, free_bytes: int, device_index: int, headroom: float = 0.8) -> dict | str:
+    """Where a model goes on CUDA (a pure function of these numbers).
+
+    ``{"": device_index}``, the whole model on that GPU, when its weights take
+    at most ``headroom`` of the GPU's free memory (the rest holds the
+    batches); else ``"auto"``: accelerate spreads it over the visible GPUs, and
+    CPU memory if need be. One model per GPU is what scoring many models wants
+    (a GPU each, through the Ray executor); ``"auto"`` for a model that fits
+    would spread it over every visible GPU, which then take turns on each batch.
+    """
+    return {"": int(device_index)} if weight_bytes <= headroom * free_bytes else "auto"
+
+
+def weight_bytes(source: str, *, dtype: "torch.dtype", revision: str | None = None,
+                 trust_remote_code: bool = False) -> int | None:
+    """The bytes of ``source``'s parameters in ``dtype``, counted on a model built on the meta device (no memory,
+    nothing loaded); None when its configuration cannot be read."""
+    torch = _torch()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with _quiet_transformers():
+            cfg = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+    except Exception:  # the loader that follows reports what is wrong with the model
+        return None
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return sum(p.numel() for p in model.parameters()) * itemsize  # parameters() yields a tied matrix once
+
+
 def load_model(
     source: str,
     *,
@@ -251,9 +282,11 @@ def load_model(
 ):
     """``(model, tokenizer)`` for a local directory or a hub name, in eval mode on ``device``.
 
-    On CUDA the model is placed with ``device_map="auto"`` when accelerate is
-    installed (as the authors' scorer does), so a model larger than one GPU
-    spreads over the GPUs (and CPU memory) instead of failing. Remote code runs
+    On CUDA, with accelerate installed, a model whose weights fit one GPU is
+    loaded straight onto it (the current GPU, or ``cuda:N``); a larger one gets
+    ``device_map="auto"`` (as the authors' scorer does), so it spreads over
+    the GPUs (and CPU memory) instead of failing (:func:`cuda_device_map`).
+    Remote code runs
     only when ``trust_remote_code`` is passed. ``attn_implementation`` (e.g.
     ``"flash_attention_2"``) is asked of transformers; a model that refuses
     it is loaded with its default attention instead.
@@ -276,8 +309,14 @@ def load_model(
             f"model {source!r}: the directory has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
             "save the tokenizer next to the model with tokenizer.save_pretrained(DIR)"
         )
-    if device_map is None and dev.type == "cuda" and dev.index is None and _accelerate_available():
-        device_map = "auto"
+    if device_map is None and dev.type == "cuda" and _accelerate_available():
+        if dev.index is not None:
+            device_map = {"": dev.index}  # the GPU asked for, loaded straight onto it
+        else:
+            torch = _torch()
+            index = torch.cuda.current_device()
+            size = weight_bytes(source, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code)
+            device_map = "auto" if size is None else cuda_device_map(size, torch.cuda.mem_get_info(index)[0], index)
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
     # transformers renamed torch_dtype to dtype in 4.56; older releases reject the new name.
     dtype_kw = "dtype" if _version_tuple(transformers.__version__) >= (4, 56) else "torch_dtype"
@@ -822,8 +861,9 @@ class HFScorer:
 
         model = self.model
         first_param = next(model.parameters())
+        spread = len(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))) > 1
         return {
-            "device": str(first_param.device) if not getattr(model, "hf_device_map", None) else "device_map:auto",
+            "device": "device_map:auto" if spread else str(first_param.device),
             "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
             "tokenizer": getattr(self.tokenizer, "name_or_path", self.name),
             "tokenizer_class": type(self.tokenizer).__name__,

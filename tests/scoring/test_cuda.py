@@ -68,6 +68,9 @@ def test_float32_on_the_gpu_equals_the_cpu_padded_and_packed(arch, tiny_gpt2_dir
     want, n_want, _ = score_texts(model, tok, texts, packing="off", batch_tokens=600)
     model, tok = load_model(path, device="cuda", dtype="float32")
     assert next(model.parameters()).device.type == "cuda"
+    # a model that fits one GPU is on one GPU, not spread over all the visible ones
+    assert len({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}) <= 1
+    assert HFScorer(model, tok).describe()["device"].startswith("cuda")
     for packing in ("off", "on"):
         scorer = HFScorer(model, tok, packing=packing)
         mode = scorer.prepare(np.arange(1, 40), 600)["mode"]

@@ -18,7 +18,8 @@ pytest.importorskip("transformers")
 from lmmap.exceptions import InputError, ScoringError  # noqa: E402
 from text_pieces import text_pieces  # noqa: E402
 from lmmap.scoring.hf import (  # noqa: E402
-    CUDA_BATCH_TOKENS_RANGE, HFScorer, LogProbComputer, cuda_batch_tokens, load_model, score_texts,
+    CUDA_BATCH_TOKENS_RANGE, HFScorer, LogProbComputer, cuda_batch_tokens, cuda_device_map, load_model, score_texts,
+    weight_bytes,
 )
 
 CONTEXT = 64
@@ -245,6 +246,21 @@ def test_other_errors_are_not_retried(gpt2, texts, monkeypatch):
 
 
 # -- the CUDA token budget ------------------------------------------------------------------------
+
+
+def test_a_model_that_fits_one_gpu_goes_on_one_gpu(tiny_gpt2_dir, gpt2, tmp_path):
+    GiB = 2**30
+    llama3_8b = 8_030_261_248 * 2  # bf16 bytes
+    assert cuda_device_map(llama3_8b, 139 * GiB, 0) == {"": 0}  # an H200: the whole model on the current GPU
+    assert cuda_device_map(llama3_8b, 139 * GiB, 3) == {"": 3}
+    assert cuda_device_map(llama3_8b, 16 * GiB, 0) == "auto"  # weights over 80% of what is free: spread it
+    assert cuda_device_map(70_553_706_496 * 2, 139 * GiB, 0) == "auto"  # Llama-3-70B in bf16 fits no single GPU
+    # The weights are counted on the meta device, in the dtype asked for (a tied matrix once).
+    model, _ = gpt2
+    n = sum(p.numel() for p in model.parameters())
+    assert weight_bytes(str(tiny_gpt2_dir), dtype=torch.float32) == 4 * n
+    assert weight_bytes(str(tiny_gpt2_dir), dtype=torch.bfloat16) == 2 * n
+    assert weight_bytes(str(tmp_path / "nothing"), dtype=torch.float32) is None
 
 
 def test_cuda_batch_tokens_from_free_memory():
