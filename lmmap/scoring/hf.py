@@ -286,10 +286,10 @@ def load_model(
     loaded straight onto it (the current GPU, or ``cuda:N``); a larger one gets
     ``device_map="auto"`` (as the authors' scorer does), so it spreads over
     the GPUs (and CPU memory) instead of failing (:func:`cuda_device_map`).
-    Remote code runs
-    only when ``trust_remote_code`` is passed. ``attn_implementation`` (e.g.
-    ``"flash_attention_2"``) is asked of transformers; a model that refuses
-    it is loaded with its default attention instead.
+    Remote code runs only when ``trust_remote_code`` is passed.
+    ``attn_implementation`` (e.g. ``"flash_attention_2"``) is asked of
+    transformers; a model that refuses it is loaded with its default
+    attention instead.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
