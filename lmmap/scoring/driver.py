@@ -533,19 +533,15 @@ def _score_one(store, backend: Backend, source, name, positions, *, device, dtyp
                         "and lacks some of the texts asked for; pass replace=True to rescore it", params=("replace",),
                     )
                 kept[j] = store.vectors(o)
-        if any(k is not None for k in kept):
-            # The lens scores every output at once: a text is left out only when every output has it.
-            have = [set() if k is None else set(k["text_pos"].to_numpy()) for k in kept]
-            todo = np.array(sorted(set(positions) - set.intersection(*have)), dtype=np.int64)
-            kept = [None if k is None else k[~k["text_pos"].isin(todo)] for k in kept]
         cks = [store.load_checkpoint(o, k) for o, k in zip(outs, keys)]
-        # The outputs are checkpointed together: resume from the texts every one of them has.
-        common = set(todo).intersection(*(set(c["text_pos"].to_numpy()) for c in cks))
-        cks = [c[c["text_pos"].isin(common)] for c in cks]
-        todo = np.setdiff1d(todo, np.array(sorted(common), dtype=np.int64))
+        todo, resumed = resume_plan(positions, kept, cks)
+        fresh = np.union1d(todo, resumed)
+        kept = [None if k is None else k[~k["text_pos"].isin(fresh)] for k in kept]
+        cks = [c[c["text_pos"].isin(resumed)] for c in cks]
         n_before = len(positions) - len(todo)
-        if common:
-            say(progress, f"{name}: resuming from a checkpoint: {len(common)} of {len(positions)} texts already scored")
+        if len(resumed):
+            say(progress, f"{name}: resuming from a checkpoint: {len(resumed)} of {len(positions)} texts already "
+                "scored")
         texts = store.texts.texts
         new = _score_positions(
             store, list(zip(outs, keys)), scorer, [texts[i] for i in todo], todo, convention=convention,
@@ -575,10 +571,41 @@ def _score_one(store, backend: Backend, source, name, positions, *, device, dtyp
         scorer.close()
 
 
-def _already_stored(store, outs: list[str], positions, label: str) -> ScoreStatus | None:
-    """The ``skipped`` status when every one of ``outs`` is stored on all ``positions``, else None."""
-    for o in outs:
-        if not store.has_model(o) or not np.isin(positions, store.vectors(o)["text_pos"].to_numpy()).all():
+def _common_texts(frames) -> np.ndarray:
+    """The texts every one of ``frames`` holds (none when there are no frames or one is None)."""
+    if not frames or any(f is None for f in frames):
+        return np.zeros(0, np.int64)
+    out = np.unique(frames[0]["text_pos"].to_numpy().astype(np.int64))
+    for f in frames[1:]:
+        out = np.intersect1d(out, f["text_pos"].to_numpy().astype(np.int64))
+    return out
+
+
+def resume_plan(positions, stored: list, checkpointed: list | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(todo, resumed)``: of ``positions``, the texts still to score and those taken from checkpoints.
+
+    ``stored`` and ``checkpointed``: each output's rows (DataFrames, None for
+    an output with none; ``checkpointed`` None when no checkpoint is used).
+    A model's outputs (the layers of a logit lens) are scored and
+    checkpointed together, so a text is left out only when every output has
+    it stored, or every output has it checkpointed.
+    """
+    todo = np.setdiff1d(positions, _common_texts(stored))
+    resumed = np.intersect1d(todo, _common_texts(checkpointed)) if checkpointed is not None else todo[:0]
+    return np.setdiff1d(todo, resumed), resumed
+
+
+def _already_stored(store, outs: list[str], positions, label: str, rows: list | None = None) -> ScoreStatus | None:
+    """The ``skipped`` status when every one of ``outs`` is stored on all ``positions``, else None.
+
+    ``rows``: the outputs' stored rows when the caller has read them (None for one not stored).
+    """
+    for j, o in enumerate(outs):
+        if rows is not None:
+            have = rows[j]
+        else:
+            have = store.vectors(o) if store.has_model(o) else None
+        if have is None or not np.isin(positions, have["text_pos"].to_numpy()).all():
             return None
     for o in outs:
         store.clear_redundant_checkpoints(o)  # e.g. chunks of a scorer that lost a race for it

@@ -487,16 +487,6 @@ def _failure(job: _Job, exc: Exception, be) -> ScoreStatus:
     return failure_status(job.name, failure_of(exc, be), job.opts["dtype"])
 
 
-def _common(frames) -> np.ndarray:
-    """The texts every one of ``frames`` holds (none when there are no frames or one is None)."""
-    if not frames or any(f is None for f in frames):
-        return np.zeros(0, np.int64)
-    out = frames[0]["text_pos"].to_numpy().astype(np.int64)
-    for f in frames[1:]:
-        out = np.intersect1d(out, f["text_pos"].to_numpy().astype(np.int64))
-    return np.unique(out)
-
-
 def _shards(todo: np.ndarray, size: int | None) -> list[np.ndarray]:
     if len(todo) == 0:
         return []
@@ -552,31 +542,30 @@ def _stored_rows(store, outs: list[str], replace: bool) -> list:
 
 def _prepare(store, job: _Job) -> ScoreStatus | None:
     """What is already done for ``job`` (stored rows, checkpointed rows under the guessed keys); a status if all is."""
-    from lmmap.scoring.driver import _already_stored
+    from lmmap.scoring.driver import _already_stored, resume_plan
 
     opts = job.opts
     job.outs = outs = _outputs(store, job)
     if outs is None:
         return None
+    job.existing = _stored_rows(store, outs, opts["replace"])
     # Guessed outputs (layers="all") all stored are checked by a task, which loads the model and tells its layers.
     if not opts["replace"] and not _is_guess(job):
-        done = _already_stored(store, outs, job.positions, job.name)
+        done = _already_stored(store, outs, job.positions, job.name, rows=job.existing)
         if done is not None:
             return done
-    job.existing = _stored_rows(store, outs, opts["replace"])
-    # The outputs are scored together: a text is left out only when every output has it.
-    have = _common(job.existing)
     keys = [_checkpoint_keys(store, o) for o in outs]
     guesses = [store.record(o).get("settings_key") if e is not None else k[0] if len(k) == 1 else None
                for o, e, k in zip(outs, job.existing, keys)]
-    common = np.zeros(0, np.int64)
+    cks = None
     # Loading a checkpoint removes the other keys' chunks: only when the guessed key's are the only ones.
     if all(g is not None and k == [g] for g, k in zip(guesses, keys)):
         cks = [store.load_checkpoint(o, g) for o, g in zip(outs, guesses)]
-        common = np.intersect1d(np.setdiff1d(_common(cks), have), job.positions)
-        job.ck = [c[c["text_pos"].isin(common)] for c in cks]
         job.guesses = guesses
-    job.skipped = np.intersect1d(job.positions, np.union1d(have, common))
+    todo, resumed = resume_plan(job.positions, job.existing, cks)
+    if cks is not None:
+        job.ck = [c[c["text_pos"].isin(resumed)] for c in cks]
+    job.skipped = np.setdiff1d(job.positions, todo)
     return None
 
 
