@@ -90,10 +90,9 @@ def trajectories(mm, kind: str = "trajectory") -> dict[str, list[tuple[str, obje
     traj = meta[group_col].reindex(mm.names)
     step = meta[order_col].reindex(mm.names) if order_col in meta.columns else pd.Series(None, index=mm.names)
     out: dict[str, list] = {}
-    for model in mm.names:
-        t = traj.loc[model]
+    for model, t, raw in zip(mm.names, traj.to_numpy(), step.to_numpy()):
         if _present(t):
-            out.setdefault(str(t).strip(), []).append((model, step.loc[model]))
+            out.setdefault(str(t).strip(), []).append((model, raw))
     return out
 
 
@@ -113,13 +112,20 @@ def _numeric_step(model: str, raw, kind: str = "trajectory") -> float:
 
 def ordered_checkpoints(mm, name: str, kind: str = "trajectory") -> list[tuple[str, float]]:
     """The points of path ``name`` as ``[(model, step)]`` in step (layer) order (ties kept in map order)."""
-    group_col, _, point, noun = PATHS[kind]
+    group_col, _, _, noun = PATHS[kind]
     known = trajectories(mm, kind)
     if name not in known:
         listed = ", ".join(repr(k) for k in sorted(known)) or f"none (no metadata column {group_col!r})"
         what = "trajectories" if kind == "trajectory" else "models with layers"
         raise InputError(f"no {noun} {name!r} in the map's metadata; known {what}: {listed}", params=("name",))
-    points = [(m, _numeric_step(m, raw, kind)) for m, raw in known[name]]
+    return order_points(name, known[name], kind)
+
+
+def order_points(name: str, members: list, kind: str = "trajectory") -> list[tuple[str, float]]:
+    """``members`` of path ``name`` (``[(model, raw step)]``, from :func:`trajectories`) as ``[(model, step)]`` in
+    step (layer) order; fewer than two points or a step that is not a number is an InputError."""
+    _, _, point, noun = PATHS[kind]
+    points = [(m, _numeric_step(m, raw, kind)) for m, raw in members]
     if len(points) < 2:
         raise InputError(f"{noun} {name!r} has {len(points)} {point} in the map; a path needs at least 2",
                          params=("name",))
@@ -185,4 +191,5 @@ def layers(mm, model: str, *, unit: str = "nats-per-text") -> TrajectoryResult:
     return trajectory(mm, model, unit=unit, kind="layers")
 
 
-__all__ = ["TrajectoryResult", "trajectory", "layers", "trajectories", "ordered_checkpoints", "PATHS"]
+__all__ = ["TrajectoryResult", "trajectory", "layers", "trajectories", "ordered_checkpoints", "order_points",
+           "PATHS"]

@@ -150,7 +150,7 @@ def trajectory_edges(mm) -> list:
     """
     import warnings
 
-    from lmmap.analyses.trajectory import ordered_checkpoints, trajectories
+    from lmmap.analyses.trajectory import order_points, trajectories
     from lmmap.exceptions import LmmapWarning
     from lmmap.report.plots import Edges
 
@@ -161,7 +161,7 @@ def trajectory_edges(mm) -> list:
             if len(members) < 2:
                 continue  # one checkpoint: nothing to join, and nothing wrong
             try:
-                points = ordered_checkpoints(mm, name, kind)
+                points = order_points(name, members, kind)
             except InputError as exc:
                 warnings.warn(f"{kind} {name!r} is not drawn on the map: {exc}", LmmapWarning, stacklevel=2)
                 continue
