@@ -194,6 +194,53 @@ def _stray_tmp(path: Path, any_age: bool) -> bool:
         return False
 
 
+def _open_lock(path: Path):
+    """A store's lock file opened for flock; never through a symbolic link (it could point anywhere)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link; a store's lock file must be a plain file: remove it") from None
+        raise
+    return os.fdopen(fd, "r+")
+
+
+def _flock(f, gate, mode: int) -> None:
+    # Everyone passes the gate to take the lock: a writer waiting for readers to finish
+    # holds the gate, so that a stream of readers can never starve it (flock is not fair).
+    fcntl.flock(gate.fileno(), fcntl.LOCK_EX)
+    try:
+        fcntl.flock(f.fileno(), mode)
+    finally:
+        fcntl.flock(gate.fileno(), fcntl.LOCK_UN)
+
+
+def _os_reason(exc: OSError) -> str:
+    what = exc.strerror or type(exc).__name__
+    return f"{what.lower()} ({exc.filename})" if exc.filename else what.lower()
+
+
+def _check_info(info, info_path: Path) -> dict:
+    """``store.json``'s contents, checked: a damaged or foreign one is refused in one line naming it."""
+    if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
+        raise StoreError(f"{info_path}: not an lmmap store file")
+    version = info.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{info_path}: damaged (version {version!r} is not a whole number)")
+    if version > STORE_VERSION:
+        raise StoreError(f"{info_path.parent} was written by a newer lmmap (store version {version}); upgrade lmmap")
+    ts = info.get("text_set")
+    if not isinstance(ts, dict):
+        raise StoreError(f"{info_path}: damaged (no text_set); restore it from a copy of the store")
+    n = ts.get("n_texts")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise StoreError(f"{info_path}: damaged (text_set.n_texts {n!r} is not a positive whole number); "
+                         "restore it from a copy of the store")
+    if not isinstance(ts.get("identity"), str) or not ts["identity"]:
+        raise StoreError(f"{info_path}: damaged (text_set.identity is not a string); restore it from a copy of the store")
+    return info
+
+
 class ModelExistsError(StoreError):
     """A model to be written without ``replace`` is already in the store (``.names``: which)."""
 
@@ -246,8 +293,11 @@ class _Tx:
         # Created under the store lock, so that a recovering process sees the directory and its
         # held lock together, never a directory whose lock is not taken yet.
         with store._exclusive():
-            self.dir.mkdir(parents=True)
-            self._lockf = open(self.dir / ".lock", "a+")
+            try:
+                self.dir.mkdir(parents=True)
+                self._lockf = _open_lock(self.dir / ".lock")
+            except OSError as exc:
+                raise StoreError(f"cannot write to the store {store.path}: {_os_reason(exc)}; nothing was changed") from None
             fcntl.flock(self._lockf.fileno(), fcntl.LOCK_EX)
 
     def stage_path(self, dest: Path) -> Path:
@@ -265,13 +315,28 @@ class _Tx:
         self.ops.append(["delete", str(path.relative_to(self.store.path))])
 
     def commit(self) -> None:
-        """Publish the staged files; the caller holds the store's exclusive lock."""
-        journal = json.dumps({"txid": self.id, "ops": self.ops}).encode()
+        """Publish the staged files; the caller holds the store's exclusive lock.
+
+        All or nothing: once the journal is written the change is complete
+        even if the process is killed (the next opener rolls it forward); if
+        the file system refuses an operation (a permission, a full disk) what
+        was done is undone, the journal withdrawn and a :class:`StoreError`
+        raised, so the store is exactly as before.
+        """
+        root = self.store.path
+        ops = _journal_ops(root, self.dir, {"ops": self.ops})  # never write through a link out of the store
+        journal = json.dumps({"txid": self.id, "ops": ops}).encode()
         with _signals_deferred() as pending:
             atomic_write(self.dir / COMMIT, journal)
             fsync_dir(self.dir)
             self.committed = True
-            _apply(self.store.path, self.ops)
+            try:
+                _apply(root, ops, self.dir)
+            except OSError as exc:
+                (self.dir / COMMIT).unlink()
+                fsync_dir(self.dir)
+                self.committed = False
+                raise StoreError(f"could not change the store {root}: {_os_reason(exc)}; nothing was changed") from None
             self.close()
         if pending:
             raise Interrupted("the change was committed before the interruption took effect: it is complete in the store")
@@ -282,20 +347,100 @@ class _Tx:
             self._lockf.close()
 
 
-def _apply(root: Path, ops: list[list[str]]) -> None:
-    """Carry out a journal; idempotent, so a killed commit can be applied again."""
-    dirs = set()
-    for op in ops:
-        if op[0] == "rename":
+def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
+    """The operations of the journal ``raw`` (parsed ``COMMIT``), each checked to stay inside the store.
+
+    A store may come from anyone (copied between machines, downloaded with
+    results), so a journal is data, not a program: only the operations lmmap
+    writes are carried out — a rename from this change's own staging folder
+    (or, for ``doctor --repair``'s renames, from ``models/``) to
+    ``models/<file>.parquet`` or ``metadata.parquet``, and a deletion in
+    ``models/`` — and never through a symbolic link. Anything else raises
+    :class:`StoreError` naming the journal and the first bad operation.
+    """
+    where = f"{txdir / COMMIT}"
+    if not isinstance(raw, dict) or not isinstance(raw.get("ops"), list):
+        raise StoreError(f"{where}: not a journal lmmap wrote (no list of operations)")
+    staged = f"{STAGING}/{txdir.name}"
+
+    def in_models(rel: str) -> bool:
+        head, _, leaf = rel.partition("/")
+        return head == "models" and _plain_leaf(leaf)
+
+    def from_ok(rel: str) -> bool:
+        head, _, leaf = rel.rpartition("/")
+        return (head == staged and _plain_leaf(leaf)) or in_models(rel)
+
+    def to_ok(rel: str) -> bool:
+        return rel == "metadata.parquet" or (in_models(rel) and rel.endswith(".parquet"))
+
+    out = []
+    for op in raw["ops"]:
+        if not (isinstance(op, list) and op and all(isinstance(x, str) for x in op)):
+            raise StoreError(f"{where}: not a journal lmmap wrote (operation {str(op)[:80]!r})")
+        ok = (op[0] == "rename" and len(op) == 3 and from_ok(op[1]) and to_ok(op[2])) or (
+            op[0] == "delete" and len(op) == 2 and in_models(op[1]))
+        if not ok:
+            raise StoreError(f"{where}: not a journal lmmap wrote (operation {str(op)[:120]!r} is not one of "
+                             "lmmap's, or names a path outside the store's own files)")
+        out.append(op)
+    for d in (root / "models", txdir):
+        if d.is_symlink():
+            raise StoreError(f"{d} is a symbolic link; lmmap never follows one out of a store "
+                             "(`lmmap doctor --repair` moves it aside)")
+    return out
+
+
+def _plain_leaf(leaf: str) -> bool:
+    return bool(leaf) and leaf not in (".", "..") and "/" not in leaf and "\\" not in leaf and "\0" not in leaf
+
+
+def _apply(root: Path, ops: list[list[str]], txdir: Path) -> None:
+    """Carry out a checked journal (:func:`_journal_ops`); idempotent, so a killed commit can be applied again.
+
+    Each file a rename replaces is first hard-linked into ``txdir`` and each
+    deleted file is moved there, so that an operation refused midway (a
+    permission, a full disk) can be undone: on ``OSError`` what was done is
+    reversed and the error raised. The caller removes ``txdir`` afterwards.
+    """
+    dirs: set[Path] = set()
+    done: list[tuple[Path, Path, Path | None]] = []  # (moved from, moved to, backup of what `to` held)
+    try:
+        for i, op in enumerate(ops):
+            if op[0] != "rename":
+                continue
             src, dst = root / op[1], root / op[2]
-            if src.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-                dirs.add(dst.parent)
-    for op in ops:
-        if op[0] == "delete":
-            (root / op[1]).unlink(missing_ok=True)
-            dirs.add((root / op[1]).parent)
+            if not os.path.lexists(src):
+                continue  # applied before a kill
+            if src.is_symlink():
+                raise StoreError(f"{src} is a symbolic link; lmmap never moves one into a store")
+            backup = txdir / f"undo-{i:06d}"
+            if os.path.lexists(dst) and not os.path.lexists(backup):
+                try:
+                    os.link(dst, backup, follow_symlinks=False)
+                except OSError:
+                    backup = None  # a file system without hard links: this one rename cannot be undone
+            elif not os.path.lexists(dst):
+                backup = None
+            dst.parent.mkdir(exist_ok=True)
+            os.replace(src, dst)
+            done.append((src, dst, backup))
+            dirs.add(dst.parent)
+        for i, op in enumerate(ops):
+            if op[0] != "delete":
+                continue
+            path = root / op[1]
+            if os.path.lexists(path):
+                os.replace(path, txdir / f"undo-{i:06d}")  # gone with txdir
+                done.append((path, txdir / f"undo-{i:06d}", None))
+                dirs.add(path.parent)
+    except OSError:
+        for src, dst, backup in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(dst, src)
+                if backup is not None:
+                    os.replace(backup, dst)
+        raise
     for d in dirs:
         fsync_dir(d)
 
@@ -311,6 +456,9 @@ class StoreReport:
     old_names: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    foreign_journals: list[str] = field(default_factory=list)
+    obstacles: list[str] = field(default_factory=list)
+    damaged_files: list[str] = field(default_factory=list)
     repaired: bool = False
 
     @property
@@ -326,6 +474,9 @@ class StoreReport:
             ("model file with a 0.1.0-style name", self.old_names),
             ("unreadable model file", self.unreadable),
             ("second file for a model", self.duplicates),
+            ("journal that lmmap did not write, not carried out", self.foreign_journals),
+            ("not a folder of the store, never followed", self.obstacles),
+            ("damaged store file", self.damaged_files),
         ):
             out.extend(f"{label}: {item}" for item in items)
         return out
@@ -344,17 +495,16 @@ class Store:
             )
         try:
             info = json.loads(info_path.read_text())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError, OSError):
             raise StoreError(f"{info_path}: not valid JSON; is this an lmmap store?") from None
-        if not isinstance(info, dict) or info.get("format") != STORE_FORMAT:
-            raise StoreError(f"{info_path}: not an lmmap store file")
-        if info.get("version", 0) > STORE_VERSION:
-            raise StoreError(f"{self.path} was written by a newer lmmap (store version {info['version']}); upgrade lmmap")
-        self.info = info
+        self.info = _check_info(info, info_path)
         self._texts: TextSet | None = None
         self._held = 0  # depth of this object's hold on the store lock (shared or exclusive)
         self._held_lock = threading.RLock()
+        self._rejected: set[str] = set()  # journals refused as not lmmap's (warned about once)
+        self._why: dict[Path, str] = {}  # why each unreadable model file is so (filled by _scan)
         if recover:
+            self._check_layout()
             self._recover_if_needed()
 
     # -- creation -------------------------------------------------------------
@@ -399,7 +549,18 @@ class Store:
     @property
     def texts(self) -> TextSet:
         if self._texts is None:
-            self._texts = TextSet(pq.read_table(self.path / "texts.parquet"))
+            path = self.path / "texts.parquet"
+            try:
+                if path.is_symlink():
+                    raise StoreError("a symbolic link, never followed")
+                ts = TextSet(pq.read_table(path))
+            except (OSError, pa.ArrowException, LmmapError) as exc:
+                why = str(exc) if isinstance(exc, LmmapError) else f"not a readable Parquet file ({type(exc).__name__})"
+                raise StoreError(f"{path}: {why}; restore it from a copy of the store") from None
+            if len(ts) != self.n_texts:
+                raise StoreError(f"{path}: {len(ts)} texts, but store.json says {self.n_texts}; "
+                                 "restore it from a copy of the store")
+            self._texts = ts
         return self._texts
 
     def check_text_set(self, identity: str | None, n_texts: int | None, what: str) -> None:
@@ -427,22 +588,36 @@ class Store:
                 yield
                 return
             try:
-                f = open(self.path / ".lock", "a+")
-                gate = open(self.path / ".lock-gate", "a+")
+                f = _open_lock(self.path / ".lock")
+                try:
+                    gate = _open_lock(self.path / ".lock-gate")
+                except BaseException:
+                    f.close()
+                    raise
             except OSError:
                 if required:
                     raise StoreError(f"cannot write to the store {self.path}: no permission to create {self.path / '.lock'}") from None
+                if self._pending_journals():
+                    raise StoreError(
+                        f"the store {self.path} holds a change that was interrupted midway ({STAGING}/…/{COMMIT}) "
+                        "and is read-only here, so it cannot be completed; run any lmmap command where the store "
+                        "is writable first"
+                    ) from None
                 yield  # a read-only store: nobody can be changing it through lmmap
                 return
             with f, gate:
-                # Everyone passes the gate to take the lock: a writer waiting for readers to finish
-                # holds the gate, so that a stream of readers can never starve it (flock is not fair).
-                fcntl.flock(gate.fileno(), fcntl.LOCK_EX)
+                _flock(f, gate, mode)
                 try:
-                    fcntl.flock(f.fileno(), mode)
-                finally:
-                    fcntl.flock(gate.fileno(), fcntl.LOCK_UN)
-                try:
+                    # A writer killed midway leaves its journal; a reader that waited on the lock meanwhile
+                    # must not read the half-applied state: roll it forward first (under the exclusive lock).
+                    while self._pending_journals():
+                        if mode == fcntl.LOCK_SH:
+                            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                            _flock(f, gate, fcntl.LOCK_EX)
+                        self._recover()
+                        if mode == fcntl.LOCK_SH:
+                            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                            _flock(f, gate, fcntl.LOCK_SH)  # and look again: another writer may have died meanwhile
                     yield
                 finally:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
@@ -462,61 +637,129 @@ class Store:
         with self._exclusive():
             yield
 
+    # -- layout -------------------------------------------------------------------
+    def _obstacles(self) -> list[Path]:
+        """The store's own folders that are something else (a file, a symbolic link): lmmap never follows them."""
+        out = []
+        for name in ("models", STAGING, "partial", "damaged"):
+            d = self.path / name
+            if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
+                out.append(d)
+        return out
+
+    def _check_layout(self) -> None:
+        bad = self._obstacles()
+        if bad:
+            what = "a symbolic link" if bad[0].is_symlink() else "not a folder"
+            raise StoreError(
+                f"{bad[0]} is {what}; lmmap never writes or reads through it: `lmmap doctor --repair` moves it aside"
+            )
+
     # -- recovery ---------------------------------------------------------------
     def _staging_state(self) -> list[tuple[Path, str]]:
-        """Each staging directory with its state: ``committed``, ``dead`` or ``live``."""
+        """Each staging entry with its state: ``committed``, ``dead`` or ``live``."""
         root = self.path / STAGING
+        if root.is_symlink():
+            return []  # an obstacle (`_check_layout`), never followed
         try:
             entries = list(os.scandir(root))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         out = []
         for e in entries:
             p = Path(e.path)
-            if not e.is_dir():
+            if not e.is_dir(follow_symlinks=False):
                 out.append((p, "dead"))
-            elif (p / COMMIT).exists():
+            elif os.path.lexists(p / COMMIT):
                 out.append((p, "committed"))
             else:
                 out.append((p, "live" if _tx_alive(p) else "dead"))
         return out
+
+    def _pending_journals(self) -> list[Path]:
+        """Staging folders holding a journal not yet carried out (those refused as hostile left out)."""
+        root = self.path / STAGING
+        if root.is_symlink():
+            return []
+        try:
+            return [Path(e.path) for e in os.scandir(root)
+                    if e.is_dir(follow_symlinks=False) and os.path.lexists(os.path.join(e.path, COMMIT))
+                    and e.path not in self._rejected]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def _stray_tmp_files(self) -> list[Path]:
         out = []
         # lmmap writes no temporary file into models/ any more (changes are staged), so any there is
         # a leftover; in the store's root another process may be writing one right now.
         for d, any_age in ((self.path, False), (self.path / "models", True)):
+            if d.is_symlink():
+                continue
             try:
                 out.extend(Path(e.path) for e in os.scandir(d)
-                           if e.name.endswith(".tmp") and e.is_file() and _stray_tmp(Path(e.path), any_age))
-            except FileNotFoundError:
+                           if e.name.endswith(".tmp") and e.is_file(follow_symlinks=False)
+                           and _stray_tmp(Path(e.path), any_age))
+            except (FileNotFoundError, NotADirectoryError):
                 pass
-        # os.walk, not rglob: a scorer may remove a checkpoint directory while it is being walked
-        for d, _, files in os.walk(self.path / "partial"):
-            out.extend(Path(d) / f for f in files if f.endswith(".tmp") and _stray_tmp(Path(d) / f, False))
+        partial = self.path / "partial"
+        if not partial.is_symlink():
+            # os.walk, not rglob: a scorer may remove a checkpoint directory while it is being walked
+            # (os.walk does not descend into symbolic links)
+            for d, _, files in os.walk(partial):
+                out.extend(Path(d) / f for f in files if f.endswith(".tmp") and _stray_tmp(Path(d) / f, False))
         return out
 
     def _recover_if_needed(self) -> None:
-        if any(state != "live" for _, state in self._staging_state()) or self._stray_tmp_files():
+        if any(state != "live" for p, state in self._staging_state() if str(p) not in self._rejected) \
+                or self._stray_tmp_files():
             try:
                 with self._exclusive():
                     self._recover()
-            except (StoreError, OSError):
-                pass  # a read-only store: readers ignore staging and temporary files
+            except (StoreError, OSError) as exc:
+                if self._pending_journals():
+                    raise StoreError(f"{exc}") from None
+                # a read-only store: readers ignore dead staging folders and temporary files
+
+    def _journal(self, path: Path) -> list[list[str]] | None:
+        """The checked operations of the journal in ``path``; None (and one warning) when it is not lmmap's."""
+        try:
+            raw = json.loads((path / COMMIT).read_bytes())
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raw = None
+        except OSError as exc:  # e.g. COMMIT is a folder or a symbolic link loop
+            raw = exc
+        try:
+            if (path / COMMIT).is_symlink() or not (path / COMMIT).is_file() or isinstance(raw, OSError):
+                raise StoreError(f"{path / COMMIT}: not a journal lmmap wrote (not a plain file)")
+            if raw is None:
+                raise StoreError(f"{path / COMMIT}: not a journal lmmap wrote (not JSON)")
+            return _journal_ops(self.path, path, raw)
+        except StoreError as exc:
+            if str(path) not in self._rejected:
+                self._rejected.add(str(path))
+                warnings.warn(LmmapWarning(f"{exc}; nothing in it was done (`lmmap doctor --repair` moves it aside)"),
+                              stacklevel=4)
+            return None
 
     def _recover(self) -> None:
         """Roll journalled changes forward, drop dead ones and stray temporary files (under the exclusive lock)."""
         for path, state in self._staging_state():
+            if str(path) in self._rejected:
+                continue
             if state == "committed":
+                ops = self._journal(path)
+                if ops is None:
+                    continue  # damage: reported by `doctor`, moved aside by `doctor --repair`
                 try:
-                    ops = json.loads((path / COMMIT).read_bytes())["ops"]
-                except (ValueError, KeyError, OSError):
-                    ops = None  # a journal cut short was never committed: its rename came last
-                if ops is not None:
-                    _apply(self.path, ops)
+                    _apply(self.path, ops, path)
+                except OSError as exc:
+                    raise StoreError(
+                        f"the store {self.path} holds an interrupted change ({path.relative_to(self.path)}) that "
+                        f"cannot be completed: {_os_reason(exc)}; fix that and run the command again"
+                    ) from None
                 shutil.rmtree(path, ignore_errors=True)
             elif state == "dead":
-                if path.is_dir():
+                if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
@@ -530,13 +773,15 @@ class Store:
     def _existing_path(self, name: str) -> Path | None:
         """The file holding model ``name``: its own, or the one lmmap 0.1.0 named."""
         path = self._model_path(name)
+        if path.is_symlink():
+            return None  # never followed (`doctor` reports it)
         if path.exists():
             return path
         old = legacy_filename(name)
         if old is not None and old != path.name:
             try:
                 legacy = self.path / "models" / old
-                if legacy.exists() and _read_record(legacy).get("model") == name:
+                if not legacy.is_symlink() and legacy.exists() and _read_record(legacy).get("model") == name:
                     return legacy
             except (OSError, LmmapError):
                 return None
@@ -546,9 +791,14 @@ class Store:
         return self._existing_path(name) is not None
 
     def _model_files(self) -> list[Path]:
+        """Every ``*.parquet`` entry of ``models/``, symbolic links included (`_scan` refuses to follow them)."""
+        d = self.path / "models"
+        if d.is_symlink():
+            return []
         try:
-            return [Path(e.path) for e in os.scandir(self.path / "models") if e.name.endswith(".parquet") and e.is_file()]
-        except FileNotFoundError:
+            return [Path(e.path) for e in os.scandir(d)
+                    if e.name.endswith(".parquet") and (e.is_symlink() or e.is_file(follow_symlinks=False))]
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
     def _scan(self, footers: dict | None = None) -> tuple[dict[str, tuple[Path, dict]], list[Path], list[Path]]:
@@ -556,16 +806,21 @@ class Store:
 
         ``footers``: a dict to fill with ``{file: Parquet footer}``, for a caller that reads the files'
         columns under the same hold of the lock (the footer is then read once, not twice).
+        Why each unreadable file is so is kept in ``self._why`` (for ``doctor`` and the notes).
         """
         files = self._model_files()
 
         def read(p):
+            if p.is_symlink():
+                return p, "a symbolic link, never followed"
             try:
-                rec, footer = _read_footer(p)
+                rec, footer = _read_footer(p, self.n_texts)
             except FileNotFoundError:
                 return p, None  # removed since the listing (rm, doctor): not a model any more
-            except (LmmapError, OSError, pa.ArrowException, ValueError):
-                return p, False
+            except LmmapError as exc:
+                return p, str(exc).removeprefix(f"{p}: ")
+            except (OSError, pa.ArrowException, ValueError, RecursionError) as exc:
+                return p, f"not a readable Parquet file ({type(exc).__name__})"
             if footers is not None:
                 footers[p] = footer
             return p, rec
@@ -573,11 +828,13 @@ class Store:
         results = parallel_map(read, files, workers=_IO_WORKERS)
         found: dict[str, tuple[Path, dict]] = {}
         unreadable, dups = [], []
+        self._why = {}
         for p, rec in results:
             if rec is None:
                 continue
-            if rec is False or not isinstance(rec.get("model"), str):
+            if isinstance(rec, str):
                 unreadable.append(p)
+                self._why[p] = rec
                 continue
             name = rec["model"]
             if name in found:
@@ -591,17 +848,22 @@ class Store:
             found[name] = (p, rec)
         return found, unreadable, dups
 
+    def _note_unreadable(self, unreadable: list[Path], stacklevel: int) -> None:
+        if unreadable:
+            p = unreadable[0]
+            warnings.warn(
+                f"{len(unreadable)} unreadable file(s) in {self.path / 'models'} left out, e.g. {p.name} "
+                f"({self._why.get(p, 'unreadable')}); `lmmap doctor` reports them and `lmmap doctor --repair` "
+                "moves them aside",
+                LmmapWarning,
+                stacklevel=stacklevel + 1,
+            )
+
     def records(self) -> dict[str, dict]:
         """Every model's record, in the order the models were added."""
         with self._shared():
             found, unreadable, _ = self._scan()
-        if unreadable:
-            warnings.warn(
-                f"{len(unreadable)} unreadable file(s) in {self.path / 'models'} left out, e.g. {unreadable[0].name}; "
-                "`lmmap doctor` reports them and `lmmap doctor --repair` moves them aside",
-                LmmapWarning,
-                stacklevel=2,
-            )
+        self._note_unreadable(unreadable, 2)
         recs = [rec for _, rec in found.values()]
         recs.sort(key=lambda r: (r.get("added_ns", 0), r["model"]))
         return {r["model"]: r for r in recs}
@@ -624,7 +886,7 @@ class Store:
         path = self._existing_path(name)
         if path is None:
             raise self._not_in_store(name)
-        return _read_record(path)
+        return _read_footer(path, self.n_texts)[0]
 
     def _vector_table(self, name, loglik, n_tokens, truncated, text_pos, record, positive: list) -> pa.Table:
         check_model_name(name)
@@ -723,7 +985,15 @@ class Store:
 
         Each item has ``name`` and ``loglik`` and optionally ``n_tokens``,
         ``truncated``, ``text_pos`` (positions in the text set when only some
-        texts were scored) and ``record`` (SPEC §2 fields). Everything is
+        texts were scored), ``record`` (SPEC §2 fields) and ``extends``. An
+        item with ``extends`` (the ``added_ns`` of the stored version whose
+        rows it already holds, as ``vectors(name).attrs["added_ns"]`` gives,
+        or None for a model not stored when it was scored) adds texts to a
+        model: if another process stored a version of it meanwhile, the rows
+        of that version the item lacks are merged in under the commit's lock
+        (so two processes extending one model never lose each other's
+        texts), provided it was scored under the same ``settings_key``;
+        otherwise :class:`ModelExistsError` is raised. Everything is
         validated first; the files are staged and published in one journalled
         commit (module docstring), so after a crash the store holds all of
         them or none. Positive log-likelihoods are stored with an
@@ -756,8 +1026,10 @@ class Store:
                 LmmapWarning,
                 stacklevel=2,
             )
+        merging = {v["name"]: v["extends"] for v in vectors if "extends" in v}
+        plain = [n for n in names if n not in merging]
         if not replace:
-            self._refuse_clash(names, self._scan()[0])  # early, before the slow writing; again at commit
+            self._refuse_clash(plain, self._scan()[0])  # early, before the slow writing; again at commit
         tx = _Tx(self)
         try:
             staged = [tx.stage_path(self._model_path(n)) for n in names]
@@ -768,7 +1040,11 @@ class Store:
                 self._recover()
                 found, _, _ = self._scan()
                 if not replace:
-                    self._refuse_clash(names, found)
+                    self._refuse_clash(plain, found)
+                for i, n in enumerate(names):
+                    if n in merging and n in found and found[n][1].get("added_ns") != merging[n]:
+                        # stored by another process since this one read it: keep that version's other texts
+                        _write_durably(self._merged(tables[i], *found[n]), staged[i])
                 for n in names:
                     if n in found and found[n][0] != self._model_path(n):
                         tx.delete(found[n][0])  # a 0.1.0-named file of the model being replaced
@@ -779,6 +1055,21 @@ class Store:
             if not tx.committed:
                 tx.close()
         return names
+
+    def _merged(self, table: pa.Table, path: Path, stored: dict) -> pa.Table:
+        """``table`` (a model's new vector) with the rows of its stored version at ``path`` it lacks."""
+        rec = json.loads(table.schema.metadata[RECORD_KEY])
+        name = rec["model"]
+        if stored.get("settings_key") != rec.get("settings_key"):
+            raise ModelExistsError(
+                f"model {name!r} was stored by another process meanwhile under other settings; nothing was stored "
+                "(pass replace=True to overwrite it)", [name])
+        old = _read_columns(path, VECTOR_SCHEMA.names)
+        keep = old.filter(pa.array(~np.isin(old.column("text_pos").to_numpy(), table.column("text_pos").to_numpy())))
+        merged = pa.concat_tables([table.replace_schema_metadata(None), keep]).sort_by("text_pos")
+        rec["n_scored"] = merged.num_rows
+        rec["n_truncated"] = int(np.count_nonzero(merged.column("truncated").to_numpy(zero_copy_only=False)))
+        return merged.replace_schema_metadata({RECORD_KEY: json.dumps(rec).encode()})
 
     def _refuse_clash(self, names, found) -> None:
         clash = [n for n in names if n in found]
@@ -837,7 +1128,11 @@ class Store:
         path = self._existing_path(name)
         if path is None:
             raise self._not_in_store(name)
-        return pq.read_table(path).to_pandas()
+        rec, footer = _read_footer(path, self.n_texts)
+        df = _read_columns(path, VECTOR_SCHEMA.names, footer).to_pandas()
+        # which stored version these rows are: a writer extending them merges with a newer one (write_models)
+        df.attrs["added_ns"] = rec.get("added_ns")
+        return df
 
     def models_with_texts(self, text_pos) -> list[str]:
         """The models scored on every text at ``text_pos`` (all complete models, and partial ones that cover them)."""
@@ -884,7 +1179,8 @@ class Store:
 
     def _matrix(self, models, text_pos, allow_mixed):
         footers: dict = {}
-        found, _, _ = self._scan(footers)
+        found, unreadable, _ = self._scan(footers)
+        self._note_unreadable(unreadable, 3)
         recs = {n: rec for n, (_, rec) in found.items()}
         want = np.arange(self.n_texts) if text_pos is None else np.asarray(text_pos, dtype=np.int64)
         if len(want) and (want.min() < 0 or want.max() >= self.n_texts):
@@ -955,8 +1251,12 @@ class Store:
     def metadata(self) -> pd.DataFrame:
         """User metadata (model_type, family, ...) indexed by model name; empty if none was given."""
         path = self.path / "metadata.parquet"
-        if not path.exists():
+        if not os.path.lexists(path):
             return pd.DataFrame(index=pd.Index([], name="model"))
+        problem = _metadata_problem(path)
+        if problem:
+            raise StoreError(f"{path}: {problem}; `lmmap doctor --repair` moves it aside (then give the metadata "
+                             "again with `lmmap metadata`)")
         return pq.read_table(path).to_pandas().set_index("model")
 
     def set_metadata(self, df: pd.DataFrame) -> None:
@@ -1098,30 +1398,75 @@ class Store:
         """Look for leftovers of killed processes and other damage; ``repair=True`` fixes what it finds.
 
         Reports: stray temporary files, unfinished changes in ``.staging``
-        (a journalled one is rolled forward, others removed), orphan
+        (a journalled one is rolled forward, others removed), journals lmmap
+        did not write (never carried out; moved to ``STORE/damaged/``), store
+        folders that are files or symbolic links (moved aside), orphan
         checkpoint chunks (their texts are stored under the same settings),
         model files with 0.1.0-style names (renamed), unreadable model files
-        (moved to ``STORE/damaged/``) and second files for one model (the
-        older is moved to ``damaged/``).
+        and symbolic links in ``models/`` (moved to ``damaged/``), second files
+        for one model (the older is moved to ``damaged/``) and a damaged
+        ``metadata.parquet`` (moved to ``damaged/``). Every move stays inside
+        the store and never follows a symbolic link.
         """
         rep = StoreReport(self.path)
         with self._exclusive() if repair else self._shared():
+            obstacles = self._obstacles()
+            rep.obstacles = [f"{p.relative_to(self.path)} ({'a symbolic link' if p.is_symlink() else 'a file'})"
+                             for p in obstacles]
             rep.stray_files = [str(p.relative_to(self.path)) for p in self._stray_tmp_files()]
-            rep.staging = [f"{p.relative_to(self.path)} ({state})" for p, state in self._staging_state() if state != "live"]
+            states = self._staging_state()
+            foreign = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LmmapWarning)  # reported here instead
+                for p, state in states:
+                    if state == "committed" and self._journal(p) is None:
+                        foreign.append(p)
+            rep.foreign_journals = [str(p.relative_to(self.path)) for p in foreign]
+            rep.staging = [f"{p.relative_to(self.path)} ({state})" for p, state in states
+                           if state != "live" and p not in foreign]
             found, unreadable, dups = self._scan()
-            rep.unreadable = [str(p.relative_to(self.path)) for p in unreadable]
+            rep.unreadable = [f"{p.relative_to(self.path)} ({self._why.get(p, 'unreadable')})" for p in unreadable]
             rep.duplicates = [str(p.relative_to(self.path)) for p in dups]
             old = [(n, p) for n, (p, _) in found.items() if p.name != model_filename(n)]
             rep.old_names = [f"{p.relative_to(self.path)} (model {n!r})" for n, p in old]
             orphans = self._orphan_checkpoints(found)
             rep.orphan_checkpoints = [str(p.relative_to(self.path)) for p in orphans]
+            meta = self.path / "metadata.parquet"
+            meta_problem = _metadata_problem(meta) if os.path.lexists(meta) else None
+            texts_path = self.path / "texts.parquet"
+            try:
+                self._texts = None
+                self.texts
+            except StoreError as exc:
+                rep.damaged_files.append(str(exc).replace(f"{self.path}/", ""))
+            if meta_problem:
+                rep.damaged_files.append(f"metadata.parquet: {meta_problem}")
             if not repair:
                 return rep
-            self._recover()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for p in obstacles:  # a file or link where a folder belongs: moved aside, never followed
+                os.replace(p, p.with_name(f"{p.name}.moved-aside-{stamp}-{uuid.uuid4().hex[:6]}"))
+            (self.path / "models").mkdir(exist_ok=True)
             damaged = self.path / "damaged"
-            for p in [*unreadable, *dups]:
+
+            def aside(p: Path) -> None:
                 damaged.mkdir(exist_ok=True)
-                os.replace(p, damaged / p.name)
+                dest = damaged / p.name
+                if os.path.lexists(dest):
+                    dest = damaged / f"{p.name}.{stamp}-{uuid.uuid4().hex[:6]}"
+                os.replace(p, dest)
+
+            for p in foreign:
+                aside(p)
+            self._rejected.clear()
+            self._recover()
+            # scanned again: rolling a change forward may have removed or renamed what was found above
+            found, unreadable, dups = self._scan()
+            for p in [*unreadable, *dups]:
+                aside(p)
+            if meta_problem and os.path.lexists(meta):
+                aside(meta)
+            old = [(n, p) for n, (p, _) in found.items() if p.name != model_filename(n)]
             if old:
                 tx = _Tx(self)
                 try:
@@ -1131,12 +1476,25 @@ class Store:
                 finally:
                     if not tx.committed:
                         tx.close()
-            for p in orphans:
+            for p in self._orphan_checkpoints(found):
                 shutil.rmtree(p, ignore_errors=True)
                 if p.parent.name != "partial" and p.parent.exists() and not any(p.parent.iterdir()):
                     p.parent.rmdir()
             rep.repaired = True
         return rep
+
+
+def _metadata_problem(path: Path) -> str | None:
+    """Why ``metadata.parquet`` cannot be used (None when it can)."""
+    if path.is_symlink():
+        return "a symbolic link, never followed"
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        return f"not a readable Parquet file ({type(exc).__name__})"
+    if "model" not in schema.names:
+        return "no 'model' column"
+    return None
 
 
 def _glob(path: Path, pattern: str) -> list[Path]:
@@ -1158,8 +1516,8 @@ def _listdir(path: Path) -> list[Path]:
 def _tx_alive(path: Path) -> bool:
     """Whether the process that owns staging directory ``path`` still runs (it holds the flock)."""
     try:
-        f = open(path / ".lock", "r")
-    except OSError:
+        f = _open_lock(path / ".lock")
+    except (OSError, StoreError):
         return False
     with f:
         try:
@@ -1238,15 +1596,40 @@ def _as_text(v) -> str:
     return str(v)
 
 
-def _read_footer(path: Path) -> tuple[dict, pq.FileMetaData]:
-    """``(record, footer)`` of a model file; the footer can be handed to :func:`_read_columns`."""
+def _read_footer(path: Path, n_texts: int | None = None) -> tuple[dict, pq.FileMetaData]:
+    """``(record, footer)`` of a model file; the footer can be handed to :func:`_read_columns`.
+
+    The record is checked (types of the fields lmmap relies on) and, given
+    the store's ``n_texts``, so is the file's shape: columns, and a row count
+    equal to the record's ``n_scored`` within ``1..n_texts`` (read from the
+    footer, so a file claiming 3×10⁸ rows is refused without reading them).
+    """
     footer = pq.read_metadata(path)
     meta = footer.metadata or {}
     if RECORD_KEY not in meta:
         raise StoreError(f"{path}: not an lmmap vector file (no record); `lmmap doctor --repair` moves it aside")
-    rec = json.loads(meta[RECORD_KEY])
+    try:
+        rec = json.loads(meta[RECORD_KEY])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise StoreError(f"{path}: its record is not valid JSON") from None
     if not isinstance(rec, dict):
         raise StoreError(f"{path}: its record is not a JSON object")
+    for key, kinds, need in (("model", str, True), ("n_scored", int, True), ("added_ns", int, False),
+                             ("convention", str, False), ("settings_key", str, False)):
+        v = rec.get(key)
+        if v is None and not need:
+            continue
+        if not isinstance(v, kinds) or isinstance(v, bool) or (kinds is str and not v):
+            raise StoreError(f"{path}: its record's {key!r} is {str(v)[:40]!r}, not a "
+                             f"{'non-empty string' if kinds is str else 'whole number'}")
+    if n_texts is not None:
+        names = footer.schema.to_arrow_schema().names
+        missing = [c for c in VECTOR_SCHEMA.names if c not in names]
+        if missing:
+            raise StoreError(f"{path}: no {missing[0]!r} column")
+        if not 1 <= rec["n_scored"] <= n_texts or footer.num_rows != rec["n_scored"]:
+            raise StoreError(f"{path}: its record says {rec['n_scored']} texts scored but the file has "
+                             f"{footer.num_rows} rows (the store has {n_texts} texts)")
     return rec, footer
 
 

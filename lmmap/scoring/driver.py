@@ -641,24 +641,34 @@ def store_vectors(store, items, positions, *, metadata=None, replace, n_todo, n_
 
     vectors, frames = [], []
     for name, _key, parts, record in items:
+        # Rows kept from the stored version: name that version, so that texts another process adds to the
+        # model meanwhile are merged, not lost (Store.write_models).
+        extends = {} if parts[0] is None else {"extends": parts[0].attrs.get("added_ns")}
         parts = [p for p in parts if p is not None and len(p)]
         frame = pd.concat(parts, ignore_index=True).sort_values("text_pos") if parts else None
         wanted_all = len(frame) == store.n_texts
         frames.append(frame)
         vectors.append(dict(name=name, loglik=frame["loglik"].to_numpy(), n_tokens=frame["n_tokens"].to_numpy(),
                             truncated=frame["truncated"].to_numpy(),
-                            text_pos=None if wanted_all else frame["text_pos"].to_numpy(), record=record))
+                            text_pos=None if wanted_all else frame["text_pos"].to_numpy(), record=record,
+                            **extends))
     try:
-        store.write_models(vectors, replace=replace, metadata=metadata)
+        try:
+            store.write_models(vectors, replace=replace, metadata=metadata)
+        except ModelExistsError:
+            # Another process stored these models while this one scored them.
+            same = all(store.has_model(n) and store.record(n).get("settings_key") == k
+                       and np.isin(positions, store.vectors(n)["text_pos"].to_numpy()).all() for n, k, _, _ in items)
+            if same:
+                for name, *_ in items:
+                    store.clear_checkpoint(name)
+                return ScoreStatus(label, "skipped", "was completed by another process meanwhile; its stored vector "
+                                   "(same settings) is kept", n_resumed=len(positions))
+            if any("extends" in v for v in vectors):
+                raise
+            # the same model scored on other texts by another process: merge with what it stored
+            store.write_models([{**v, "extends": None} for v in vectors], replace=replace, metadata=metadata)
     except ModelExistsError:
-        # Another process stored these models while this one scored them.
-        same = all(store.has_model(n) and store.record(n).get("settings_key") == k
-                   and np.isin(positions, store.vectors(n)["text_pos"].to_numpy()).all() for n, k, _, _ in items)
-        if same:
-            for name, *_ in items:
-                store.clear_checkpoint(name)
-            return ScoreStatus(label, "skipped", "was completed by another process meanwhile; its stored vector "
-                               "(same settings) is kept", n_resumed=len(positions))
         theirs = next((store.record(n) for n, *_ in items if store.has_model(n)), {})
         raise ScoringError(
             f"model {label!r} was stored by another process meanwhile under other settings "

@@ -218,8 +218,8 @@ def test_a_replace_killed_midway_is_rolled_forward_by_the_next_command(tmp_path,
 
     real = store_mod._apply
 
-    def die_after_first_rename(root, ops):
-        real(root, ops[:1])
+    def die_after_first_rename(root, ops, txdir):
+        real(root, ops[:1], txdir)
         raise SystemExit("killed")
 
     store_mod._apply = die_after_first_rename
@@ -312,7 +312,8 @@ def test_doctor_reports_and_repairs_leftovers(tmp_path, texts_file):
     store.save_checkpoint("m", "k1", [0, 1], [-1.0, -2.0], [3, 3], [False, False])
     (store.path / "models" / "junk.parquet").write_bytes(b"not parquet")
     rep = Store(store.path, recover=False).check()
-    assert rep.staging and rep.stray_files and rep.orphan_checkpoints and rep.unreadable == ["models/junk.parquet"]
+    assert rep.staging and rep.stray_files and rep.orphan_checkpoints and rep.unreadable == [
+        "models/junk.parquet (not a readable Parquet file (ArrowInvalid))"]
     rep = Store(store.path, recover=False).check(repair=True)
     assert rep.repaired
     again = Store(store.path, recover=False).check()

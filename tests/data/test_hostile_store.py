@@ -1,0 +1,468 @@
+"""A store from elsewhere cannot touch anything outside itself; readers never see half a change; no update is lost;
+a change the file system refuses leaves the store exactly as before; damage is a one-line error or a `doctor`
+finding, never an internal error (issue 21 §1–3).
+
+Each test asserts the invariant (files outside the store untouched, the models a reader sees, the texts a model
+keeps), not only the message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from cli_main import run_main
+
+from lmmap.data import store as store_mod
+from lmmap.data.store import RECORD_KEY, Store, legacy_filename, model_filename
+from lmmap.data.texts import TextSet
+from lmmap.exceptions import LmmapWarning, StoreError
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+N = 8
+
+
+def lmmap(*args) -> tuple[int, str]:
+    """The real entry point in this process: (exit code, stdout + stderr on one line per message)."""
+    code, out, err = run_main(*map(str, args))
+    assert "Traceback" not in err and "internal error" not in err, err
+    return code, out + err
+
+
+def vectors(k, n=N, seed=0):
+    return -np.random.default_rng(seed).uniform(10, 100, size=(k, n))
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    s = Store.create(tmp_path / "store", TextSet.from_texts([f"text number {i} " * 4 for i in range(N)]))
+    s.write_models([{"name": n, "loglik": v} for n, v in zip(["a", "b", "c"], vectors(3))])
+    return s
+
+
+@pytest.fixture
+def outside(tmp_path) -> dict[Path, bytes]:
+    """Files outside the store that no command may touch: their bytes, to compare after."""
+    d = tmp_path / "outside"
+    d.mkdir()
+    files = {d / "victim.txt": b"precious\n", d / "sub" / "other.parquet": b"not yours", d / "x.tmp": b"temp"}
+    for p, b in files.items():
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b)
+    return files
+
+
+def untouched(outside: dict[Path, bytes]) -> bool:
+    root = next(iter(outside)).parent
+    now = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    return now == outside
+
+
+def journal(store: Store, ops, name="1-2-abc", raw: bytes | None = None) -> Path:
+    d = store.path / ".staging" / name
+    d.mkdir(parents=True)
+    (d / "COMMIT").write_bytes(raw if raw is not None else json.dumps({"txid": name, "ops": ops}).encode())
+    return d
+
+
+# -- 1. a hostile store touches nothing outside itself ---------------------------------------------------------
+
+
+def hostile_journals(store: Store, outside) -> list:
+    victim = next(iter(outside))
+    rel = os.path.relpath(victim, store.path)
+    return [
+        [["delete", rel]],
+        [["delete", str(victim)]],
+        [["delete", "models/../../outside/victim.txt"]],
+        [["rename", str(victim), "store.json"]],
+        [["rename", rel, "models/zz.parquet"]],
+        [["rename", ".staging/1-2-abc/../../../outside/victim.txt", "metadata.parquet"]],
+        [["rename", ".staging/1-2-abc/f.parquet", "../outside/new.txt"]],
+        [["rename", ".staging/1-2-abc/f.parquet", "texts.parquet"]],
+        [["rename", ".staging/1-2-abc/f.parquet", "models/sub/x.parquet"]],
+        [["delete", "texts.parquet"]],
+        [["chmod", "models/a.parquet"]],
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_a_journal_naming_paths_outside_the_store_is_never_carried_out(store, outside, case):
+    before = {p.name: p.read_bytes() for p in (store.path / "models").iterdir()}
+    ops = hostile_journals(store, outside)[case]
+    d = journal(store, ops)
+    (d / "f.parquet").write_bytes(b"staged")
+    with pytest.warns(LmmapWarning, match="not carried out|nothing in it was done"):
+        s = Store(store.path)  # merely opening a store once carried it out
+    assert s.model_names() == ["a", "b", "c"]
+    code, out = lmmap("models", "--store", store.path)
+    assert code == 0 and "nothing in it was done" in out
+    assert untouched(outside)
+    assert {p.name: p.read_bytes() for p in (store.path / "models").iterdir()} == before
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "journal that lmmap did not write" in out
+    code, out = lmmap("doctor", "--repair", "--store", store.path)
+    assert code == 0, out
+    assert not (store.path / ".staging" / d.name).exists() and (store.path / "damaged" / d.name / "COMMIT").exists()
+    assert lmmap("doctor", "--store", store.path)[0] == 0
+    assert untouched(outside) and Store(store.path).model_names() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("raw", [b'{"txid": 1, "ops": 5}', b"[1, 2]", b'{"ops": [["delete"]]}', b'{"ops": [[1, 2]]}',
+                                 b"not json", b"[" * 100_000, b'{"ops": [["rename", "a"]]}', b'"x"'])
+def test_malformed_journals_are_damage_reported_and_moved_aside(store, raw):
+    d = journal(store, None, raw=raw)
+    with pytest.warns(LmmapWarning, match="not a journal lmmap wrote"):
+        assert Store(store.path).model_names() == ["a", "b", "c"]
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "journal that lmmap did not write" in out and d.name in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert not d.exists() and lmmap("doctor", "--store", store.path)[0] == 0
+
+
+def test_a_journal_that_is_a_folder_or_a_link_is_damage(store, outside):
+    d = store.path / ".staging" / "1-2-x"
+    (d / "COMMIT").mkdir(parents=True)
+    e = store.path / ".staging" / "1-2-y"
+    e.mkdir()
+    (e / "COMMIT").symlink_to(next(iter(outside)))
+    with pytest.warns(LmmapWarning):
+        assert Store(store.path).model_names() == ["a", "b", "c"]
+    code, out = lmmap("doctor", "--repair", "--store", store.path)
+    assert code == 0 and untouched(outside) and not d.exists() and not e.exists()
+
+
+def test_symbolic_links_in_models_are_never_read_and_moved_aside_as_links(store, outside, tmp_path):
+    target = next(iter(outside))
+    (store.path / "models" / "evil.parquet").symlink_to(target)
+    # a link to a real model file elsewhere: still not followed (it could change under the store)
+    elsewhere = tmp_path / "elsewhere.parquet"
+    shutil.copy(store.path / "models" / "a.parquet", elsewhere)
+    os.unlink(store.path / "models" / "a.parquet")
+    (store.path / "models" / "a.parquet").symlink_to(elsewhere)
+    with pytest.warns(LmmapWarning, match="symbolic link"):
+        assert Store(store.path).model_names() == ["b", "c"]
+    code, out = lmmap("map", "--store", store.path, "-o", tmp_path / "m")
+    assert "unreadable file(s)" in out  # `map` names what it leaves out, like `models`
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "evil.parquet (a symbolic link, never followed)" in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert (store.path / "damaged" / "evil.parquet").is_symlink()  # the link moved, not its target
+    assert untouched(outside) and elsewhere.exists()
+
+
+@pytest.mark.parametrize("folder", [".staging", "partial", "models"])
+def test_store_folders_that_link_out_of_the_store_are_never_followed(store, outside, folder):
+    out_dir = next(iter(outside)).parent
+    # what would be carried out or cleaned if the link were followed: a journal deleting a file, stray temporaries
+    j = out_dir / "1-2-abc"
+    j.mkdir()
+    (j / "COMMIT").write_text(json.dumps({"ops": [["delete", "models/a.parquet"]]}))
+    (j / "chunk.tmp").write_text("x")
+    outside = {**outside, j / "COMMIT": (j / "COMMIT").read_bytes(), j / "chunk.tmp": b"x"}
+    real = store.path / folder
+    if real.exists():
+        shutil.rmtree(real)
+    real.symlink_to(out_dir)
+    code, out = lmmap("models", "--store", store.path)
+    assert code == 1 and "symbolic link" in out and "doctor --repair" in out
+    code, out = lmmap("doctor", "--repair", "--store", store.path)
+    assert code == 0, out
+    assert not real.is_symlink() and untouched(outside)
+    assert lmmap("models", "--store", store.path)[0] == 0
+
+
+def test_lock_files_that_are_links_are_refused_and_never_created_outside(store, tmp_path):
+    target = tmp_path / "outside-lock"
+    os.unlink(store.path / ".lock")
+    (store.path / ".lock").symlink_to(target)
+    code, out = lmmap("rm", "a", "--store", store.path)
+    assert code == 1 and ".lock is a symbolic link" in out
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("obstacle", [".staging", "models", "damaged"])
+def test_a_file_where_a_folder_belongs_is_moved_aside_by_repair(store, obstacle, tmp_path):
+    (store.path / "models" / "junk.parquet").write_bytes(b"junk")  # something for repair to move into damaged/
+    p = store.path / obstacle
+    if p.is_dir():
+        shutil.rmtree(p)
+    p.write_text("in the way")
+    code, out = lmmap("models", "--store", store.path)
+    assert code == 1 and "not a folder" in out and "doctor --repair" in out
+    code, out = lmmap("doctor", "--repair", "--store", store.path)
+    assert code == 0 and "not a folder of the store" in out, out
+    assert (p.is_dir() or obstacle == ".staging") and not p.is_file()  # .staging is made when a change needs it
+    assert (store.path / f"{obstacle}.moved-aside").exists() or list(store.path.glob(f"{obstacle}.moved-aside-*"))
+    code, out = lmmap("models", "--store", store.path)
+    assert code == 0
+    want = [] if obstacle == "models" else ["a", "b", "c"]
+    assert Store(store.path).model_names() == want
+
+
+# -- 2. readers see a change whole; no update is lost; a refused change changes nothing ----------------------
+
+
+_KILL_AT = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from lmmap.data import store as store_mod
+    from lmmap.data.store import Store
+    real, at = store_mod._apply, int(sys.argv[2])
+
+    def killed(root, ops, txdir):
+        real(root, ops[:at], txdir)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    store_mod._apply = killed
+    s = Store(sys.argv[1])
+    names = [f"m{i}" for i in range(5)] + ["a"]
+    s.write_models([{"name": n, "loglik": -np.full(8, 7.0 + i)} for i, n in enumerate(names)], replace=True)
+""")
+
+
+@pytest.mark.parametrize("at", [0, 1, 3, 5])
+def test_a_reader_that_opened_the_store_before_a_writer_was_killed_mid_apply_sees_it_whole(store, at):
+    """A real process killed by SIGKILL after `at` of its 6 renames; a reader opened before reads after."""
+    readers = [Store(store.path) for _ in range(3)]
+    p = subprocess.run([sys.executable, "-c", _KILL_AT, str(store.path), str(at)], env=ENV, capture_output=True)
+    assert p.returncode == -9, p.stderr.decode()
+    assert list((store.path / ".staging").glob("*/COMMIT"))  # the half-applied state is on disk
+    new = ["a", "b", "c", "m0", "m1", "m2", "m3", "m4"]
+    names, L = readers[0].matrix()  # the roll-forward happens after the reader takes the lock
+    assert sorted(names) == new and len(L) == 8
+    np.testing.assert_array_equal(L[names.index("a")], -np.full(8, 12.0))
+    assert sorted(readers[1].model_names()) == new
+    assert sorted(readers[2].records()) == new
+    assert not list((store.path / ".staging").glob("*/COMMIT"))
+
+
+def test_a_read_only_store_with_a_half_applied_change_refuses_to_be_read(store, monkeypatch):
+    journal(store, [["delete", "models/a.parquet"]])
+    reader = Store(store.path, recover=False)
+    monkeypatch.setattr(store_mod, "_open_lock", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(StoreError, match="interrupted midway.*read-only"):
+        reader.matrix()
+
+
+def test_two_processes_extending_one_model_with_different_texts_keep_both(tmp_path):
+    """The lost update: B extends the partial model while A scores; A's commit merges B's texts in."""
+    from lmmap.scoring import score_models
+
+    texts = TextSet.from_texts([f"some text {i} " * (1 + i % 5) for i in range(40)])
+    a = Store.create(tmp_path / "s", texts)
+    score_models(a, ["m"], text_pos=range(10), backend="fake", progress=False)
+    b = Store(a.path)
+    real = a.write_models
+    calls = []
+
+    def b_extends_first(vectors, **kw):
+        if not calls:
+            calls.append(1)
+            st = score_models(b, ["m"], text_pos=range(20, 30), backend="fake", progress=False)["m"]
+            assert st.status == "scored" and st.n_scored == 10
+        return real(vectors, **kw)
+
+    a.write_models = b_extends_first
+    st = score_models(a, ["m"], text_pos=range(10, 20), backend="fake", progress=False)["m"]
+    assert st.status == "scored"
+    got = Store(a.path).vectors("m")
+    assert got["text_pos"].tolist() == list(range(30))
+    assert Store(a.path).record("m")["n_scored"] == 30
+    # the merged vector equals scoring the same 30 texts in one go
+    ref = Store.create(tmp_path / "ref", texts)
+    score_models(ref, ["m"], text_pos=range(30), backend="fake", progress=False)
+    np.testing.assert_allclose(got["loglik"], ref.vectors("m")["loglik"], rtol=1e-12)
+
+
+def test_an_extension_racing_a_rescore_under_other_settings_is_refused_not_merged(tmp_path):
+    from lmmap.scoring import score_models
+
+    texts = TextSet.from_texts([f"some text {i} " * (1 + i % 5) for i in range(20)])
+    a = Store.create(tmp_path / "s", texts)
+    score_models(a, ["m"], text_pos=range(5), backend="fake", progress=False)
+    b = Store(a.path)
+    real = a.write_models
+
+    def b_rescores_first(vectors, **kw):
+        a.write_models = real
+        score_models(b, ["m"], convention="full", replace=True, backend="fake", progress=False)
+        return real(vectors, **kw)
+
+    a.write_models = b_rescores_first
+    st = score_models(a, ["m"], text_pos=range(5, 10), backend="fake", progress=False)["m"]
+    assert st.status == "failed" and "other settings" in st.message
+    rec = Store(a.path).record("m")
+    assert rec["convention"] == "full" and rec["n_scored"] == 20  # B's whole vector, untouched
+
+
+def _refuse(monkeypatch, fn: str, part: str):
+    """Make ``os.<fn>`` fail with a permission error for paths containing ``part`` (root ignores chmod)."""
+    real = getattr(os, fn)
+
+    def fake(*args, **kw):
+        if any(part in str(a) for a in args[:2]):
+            raise PermissionError(13, "Permission denied", str(args[0]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store_mod.os, fn, fake)
+
+
+def snapshot(store: Store) -> dict:
+    return {str(p.relative_to(store.path)): p.read_bytes() for p in store.path.rglob("*")
+            if p.is_file() and not p.name.startswith(".lock")}
+
+
+@pytest.mark.parametrize("fn,part", [("replace", "models/b"), ("replace", "metadata"), ("replace", "undo-000001")])
+def test_rm_refused_by_the_file_system_leaves_the_store_exactly_as_before(store, monkeypatch, fn, part):
+    store.set_metadata(pd.DataFrame({"model": ["a", "b"], "family": ["x", "y"]}))
+    before = snapshot(store)
+    _refuse(monkeypatch, fn, part)
+    code, out = lmmap("rm", "a", "b", "--store", store.path)
+    assert code == 1 and "nothing was changed" in out and "permission denied" in out, out
+    monkeypatch.undo()
+    assert snapshot(store) == before
+    s = Store(store.path)  # and nothing is rolled forward later
+    assert s.model_names() == ["a", "b", "c"] and list(s.metadata().index) == ["a", "b"]
+    assert snapshot(store) == before
+
+
+def test_an_import_refused_by_the_file_system_never_appears_later(store, monkeypatch, tmp_path):
+    npz = tmp_path / "v.npz"
+    np.savez(npz, L=vectors(3, seed=9), models=np.array(["x", "y", "a"]))
+    before = snapshot(store)
+    _refuse(monkeypatch, "replace", "models/y")
+    code, out = lmmap("import", "--vectors", npz, "--store", store.path, "--replace")
+    assert code == 1 and "nothing was changed" in out, out
+    monkeypatch.undo()
+    assert Store(store.path).model_names() == ["a", "b", "c"] and snapshot(store) == before
+    np.testing.assert_array_equal(Store(store.path).matrix()[1], vectors(3))
+
+
+def test_repair_after_a_kill_during_replace_of_an_old_style_named_model(tmp_path):
+    s = Store.create(tmp_path / "s", TextSet.from_texts([f"t{i}" for i in range(N)]))
+    s.write_model("Org/Model", vectors(1)[0])
+    # as lmmap 0.1.0 named it
+    os.replace(s.path / "models" / model_filename("Org/Model"), s.path / "models" / legacy_filename("Org/Model"))
+    real = store_mod._apply
+
+    def killed(root, ops, txdir):
+        real(root, ops[:1], txdir)  # the new file in place, the old-style one not yet deleted
+        raise SystemExit("killed")
+
+    store_mod._apply = killed
+    try:
+        with pytest.raises(SystemExit):
+            s.write_model("Org/Model", vectors(1, seed=3)[0], replace=True)
+    finally:
+        store_mod._apply = real
+    code, out = lmmap("doctor", "--repair", "--store", s.path)
+    assert code == 0, out
+    s = Store(s.path)
+    assert s.model_names() == ["Org/Model"]
+    np.testing.assert_array_equal(s.matrix()[1][0], vectors(1, seed=3)[0])
+    assert [p.name for p in (s.path / "models").iterdir()] == [model_filename("Org/Model")]
+
+
+# -- 3. damage is a one-line error or a doctor finding ---------------------------------------------------------
+
+
+def _set_info(store, **change):
+    info = json.loads((store.path / "store.json").read_text())
+    for k, v in change.items():
+        if v is None:
+            info.pop(k, None)
+        elif k == "n_texts":
+            info["text_set"]["n_texts"] = v
+        else:
+            info[k] = v
+    (store.path / "store.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("change", [{"n_texts": "many"}, {"text_set": None}, {"n_texts": -3}, {"version": "1"},
+                                    {"text_set": [1]}])
+def test_a_damaged_store_json_is_named_in_one_line(store, change):
+    _set_info(store, **change)
+    for cmd in (["models"], ["doctor"], ["map", "-o", str(store.path.parent / "m")]):
+        code, out = lmmap(*cmd, "--store", store.path)
+        assert code == 1 and "store.json: damaged" in out, (cmd, out)
+
+
+def _record_file(store, name, rec_change=None, rows=None):
+    p = store.path / "models" / model_filename(name)
+    t = pq.read_table(p)
+    rec = json.loads(t.schema.metadata[RECORD_KEY])
+    if rec_change is not None:
+        rec = rec_change(rec)
+    if rows is not None:
+        t = t.slice(0, rows)
+    pq.write_table(t.replace_schema_metadata({RECORD_KEY: json.dumps(rec).encode()}), p)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda s: _record_file(s, "b", lambda r: {**r, "model": 5}),
+    lambda s: _record_file(s, "b", lambda r: {**r, "added_ns": "yesterday"}),
+    lambda s: _record_file(s, "b", lambda r: {**r, "n_scored": "all"}),
+    lambda s: _record_file(s, "b", lambda r: [r]),
+    lambda s: _record_file(s, "b", rows=5),
+    lambda s: (s.path / "models" / "b.parquet").write_bytes((s.path / "models" / "b.parquet").read_bytes()[:-30]),
+])
+def test_a_damaged_model_file_is_left_out_with_a_note_and_reported_by_doctor(store, damage, tmp_path):
+    damage(store)
+    for cmd in (["models"], ["map", "-o", str(tmp_path / "m")], ["export", "-o", str(tmp_path / "e.npz")],
+                ["neighbors", "a"]):
+        code, out = lmmap(*cmd, "--store", store.path)
+        assert "unreadable file(s)" in out and "b.parquet" in out, (cmd, out)
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "unreadable model file: models/b.parquet (" in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert Store(store.path).model_names() == ["a", "c"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no model column", "link"])
+def test_damaged_metadata_is_named_and_moved_aside(store, damage, tmp_path):
+    store.set_metadata(pd.DataFrame({"model": ["a"], "family": ["x"]}))
+    p = store.path / "metadata.parquet"
+    if damage == "truncated":
+        p.write_bytes(p.read_bytes()[:40])
+    elif damage == "no model column":
+        pq.write_table(pa.table({"name": ["a"]}), p)
+    else:
+        p.unlink()
+        p.symlink_to(tmp_path / "elsewhere.parquet")
+    code, out = lmmap("map", "--store", store.path, "-o", tmp_path / "m")
+    assert code == 1 and "metadata.parquet" in out and "doctor --repair" in out
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "damaged store file: metadata.parquet" in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert lmmap("map", "--store", store.path, "-o", tmp_path / "m")[0] == 0
+
+
+def test_a_truncated_text_set_is_named(store, tmp_path):
+    p = store.path / "texts.parquet"
+    p.write_bytes(p.read_bytes()[:50])
+    code, out = lmmap("score", "x", "--backend", "fake", "--store", store.path)
+    assert code == 1 and "texts.parquet" in out and "restore it" in out
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "damaged store file: texts.parquet" in out
+
+
+def test_a_model_written_is_readable_by_the_checks_of_a_store(store):
+    """The record checks accept everything lmmap writes (no false damage)."""
+    store.write_model("p", -np.ones(3), text_pos=[1, 4, 6], record={"convention": "full"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LmmapWarning)
+        assert set(store.records()) == {"a", "b", "c", "p"}
+    assert store.check().ok
