@@ -53,6 +53,7 @@ import shutil
 import signal
 import threading
 import time
+import unicodedata
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -102,8 +103,7 @@ def _name_bytes(name: str) -> bytes:
     return name.encode("utf-8", "surrogatepass")
 
 
-def check_model_name(name) -> str:
-    """``name`` if it can name a model (any non-empty string); an InputError otherwise."""
+def _name_type(name) -> str:
     if not isinstance(name, str):
         raise InputError(f"a model name must be a string, got {type(name).__name__} {name!r}")
     if not name:
@@ -111,9 +111,30 @@ def check_model_name(name) -> str:
     return name
 
 
+def check_model_name(name) -> str:
+    """``name`` if it can name a new model; an InputError otherwise.
+
+    Any non-empty string that can be typed again and written to every output:
+    not only white space, no control character (NUL, a carriage return, a
+    newline, … are altered or cut by CSV files, terminals and the command
+    line) and no lone surrogate (not encodable as UTF-8, so not in Parquet or
+    HTML). Refused at the door, since a model stored under such a name could
+    never be named again.
+    """
+    _name_type(name)
+    if not name.strip():
+        raise InputError(f"a model name cannot be only white space ({name!r}); give the model a name")
+    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cs")), None)
+    if bad is not None:
+        what = "a lone surrogate" if unicodedata.category(bad) == "Cs" else "a control character"
+        raise InputError(f"model name {name!r} holds {what} ({bad!r}), which no file or command line keeps intact; "
+                         "give the model another name")
+    return name
+
+
 def model_stem(name: str) -> str:
     """The file-name stem of model ``name`` (see the module docstring): never hidden, bounded, collision-free."""
-    check_model_name(name)
+    _name_type(name)
     parts = []
     for ch in name:
         if ch in _SAFE:
@@ -1087,7 +1108,7 @@ class Store:
 
     def remove_models(self, names) -> list[str]:
         """Remove models and their metadata rows in one all-or-nothing change; raise naming any not in the store."""
-        names = list(dict.fromkeys(check_model_name(n) for n in names))
+        names = list(dict.fromkeys(_name_type(n) for n in names))  # a stored name may predate today's rules
         if not names:
             raise InputError("name at least one model to remove")
         tx = _Tx(self)

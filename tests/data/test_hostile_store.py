@@ -27,7 +27,7 @@ from cli_main import run_main
 from lmmap.data import store as store_mod
 from lmmap.data.store import RECORD_KEY, Store, legacy_filename, model_filename
 from lmmap.data.texts import TextSet
-from lmmap.exceptions import LmmapWarning, StoreError
+from lmmap.exceptions import LmmapError, LmmapWarning, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -466,3 +466,23 @@ def test_a_model_written_is_readable_by_the_checks_of_a_store(store):
         warnings.simplefilter("error", LmmapWarning)
         assert set(store.records()) == {"a", "b", "c", "p"}
     assert store.check().ok
+
+
+# -- 5. names that could never be named again are refused at the door ------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["\ud800x", "a\rb", "a\x00b", " ", "\t\n", "x\x1by", "line\nbreak", "\x85"])
+def test_names_that_cannot_be_used_afterwards_are_refused_and_nothing_is_stored(store, tmp_path, bad):
+    npz = tmp_path / "v.npz"
+    np.savez(npz, L=vectors(2, seed=4), models=np.array(["fine", bad]))
+    code, out = lmmap("import", "--vectors", npz, "--store", store.path)
+    assert code == 1 and "model name" in out and out.count("\n") == 1, out
+    assert Store(store.path).model_names() == ["a", "b", "c"]
+    with pytest.raises(LmmapError):
+        store.write_model(bad, vectors(1)[0])
+
+
+def test_score_name_of_only_white_space_is_refused(store):
+    code, out = lmmap("score", "m", "--backend", "fake", "--name", " ", "--store", store.path)
+    assert code == 1 and "white space" in out
+    assert Store(store.path).model_names() == ["a", "b", "c"]
