@@ -662,7 +662,7 @@ class Store:
     def _obstacles(self) -> list[Path]:
         """The store's own folders that are something else (a file, a symbolic link): lmmap never follows them."""
         out = []
-        for name in ("models", STAGING, "partial", "damaged"):
+        for name in ("models", STAGING, "partial", "damaged", "adaptive"):
             d = self.path / name
             if d.is_symlink() or (os.path.lexists(d) and not d.is_dir()):
                 out.append(d)
@@ -1302,11 +1302,23 @@ class Store:
         tx.stage_table(_metadata_table(_merge_metadata(self.metadata(), new)), self.path / "metadata.parquet")
 
     # -- scoring checkpoints ----------------------------------------------------
+    def _no_link(self, path: Path) -> Path:
+        """``path`` (inside the store) if no folder on the way to it from the store is a symbolic link."""
+        for q in [path, *path.parents]:
+            if q == self.path:
+                return path
+            if q.is_symlink():
+                raise StoreError(f"{q} is a symbolic link; lmmap never writes or reads through one in a store "
+                                 "(`lmmap doctor --repair` moves it aside)")
+        raise StoreError(f"{path} is not inside the store {self.path}")
+
     def _partial_root(self, name: str) -> Path:
-        return self.path / "partial" / model_stem(name)
+        return self._no_link(self.path / "partial" / model_stem(name))
 
     def _partial_dir(self, name: str, key: str) -> Path:
-        return self._partial_root(name) / key
+        if not _plain_leaf(key):
+            raise InputError(f"a checkpoint key must be a plain folder name, got {key!r}")
+        return self._no_link(self._partial_root(name) / key)
 
     def save_checkpoint(self, name: str, key: str, text_pos, loglik, n_tokens, truncated) -> None:
         """Atomically add a chunk of scored texts for ``name`` under settings ``key``."""
@@ -1352,7 +1364,7 @@ class Store:
         """The texts already scored for ``name`` under ``key`` (other keys' chunks are stale and removed)."""
         root = self._partial_root(name)
         for other in _listdir(root):
-            if other.name != key and other.is_dir():
+            if other.name != key and other.is_dir() and not other.is_symlink():
                 shutil.rmtree(other, ignore_errors=True)
         d = self._partial_dir(name, key)
         files = sorted(_glob(d, "chunk-*.parquet"))
@@ -1368,14 +1380,13 @@ class Store:
         return df.drop_duplicates("text_pos", keep="last").sort_values("text_pos").reset_index(drop=True)
 
     def clear_checkpoint(self, name: str) -> None:
-        root = self._partial_root(name)
-        if root.exists():
-            shutil.rmtree(root, ignore_errors=True)
+        partial = self.path / "partial"
+        if partial.is_symlink():
+            return
         old = legacy_filename(name)
-        if old is not None:
-            legacy = self.path / "partial" / old[: -len(".parquet")]
-            if legacy != root and legacy.exists():
-                shutil.rmtree(legacy, ignore_errors=True)
+        for d in {partial / model_stem(name), *([] if old is None else [partial / old[: -len(".parquet")]])}:
+            if d.exists() and not d.is_symlink():  # a link is not lmmap's: never followed, never removed
+                shutil.rmtree(d, ignore_errors=True)
 
     def _orphan_checkpoints(self, found: dict[str, tuple[Path, dict]]) -> list[Path]:
         """Checkpoint directories whose every text is already stored under the same settings (a lost race)."""
@@ -1390,9 +1401,9 @@ class Store:
                 by_stem.setdefault(old[: -len(".parquet")], (n, rec))
         out = []
         for model_dir in _listdir(partial):
-            if not model_dir.is_dir():
-                continue
-            keys = [k for k in _listdir(model_dir) if k.is_dir()]
+            if model_dir.is_symlink() or not model_dir.is_dir():
+                continue  # a link is never followed (nor removed: it is not lmmap's)
+            keys = [k for k in _listdir(model_dir) if k.is_dir() and not k.is_symlink()]
             if not keys:
                 out.append(model_dir)
                 continue
@@ -1432,8 +1443,10 @@ class Store:
         rep = StoreReport(self.path)
         with self._exclusive() if repair else self._shared():
             obstacles = self._obstacles()
+            partial = self.path / "partial"
+            links = [] if partial in obstacles else [q for q in _listdir(partial) if q.is_symlink()]
             rep.obstacles = [f"{p.relative_to(self.path)} ({'a symbolic link' if p.is_symlink() else 'a file'})"
-                             for p in obstacles]
+                             for p in [*obstacles, *links]]
             rep.stray_files = [str(p.relative_to(self.path)) for p in self._stray_tmp_files()]
             states = self._staging_state()
             foreign = []
@@ -1477,7 +1490,7 @@ class Store:
                     dest = damaged / f"{p.name}.{stamp}-{uuid.uuid4().hex[:6]}"
                 os.replace(p, dest)
 
-            for p in foreign:
+            for p in [*foreign, *links]:
                 aside(p)
             self._rejected.clear()
             self._recover()

@@ -486,3 +486,18 @@ def test_score_name_of_only_white_space_is_refused(store):
     code, out = lmmap("score", "m", "--backend", "fake", "--name", " ", "--store", store.path)
     assert code == 1 and "white space" in out
     assert Store(store.path).model_names() == ["a", "b", "c"]
+
+
+def test_a_checkpoint_folder_that_links_out_of_the_store_is_never_written_or_cleared(store, outside):
+    out_dir = next(iter(outside)).parent
+    (store.path / "partial").mkdir(exist_ok=True)
+    (store.path / "partial" / "m").symlink_to(out_dir)
+    code, out = lmmap("score", "m", "--backend", "fake", "--store", store.path)
+    assert code == 1 and "symbolic link" in out, out
+    assert untouched(outside) and not Store(store.path).has_model("m")
+    code, out = lmmap("rm", "a", "--store", store.path)
+    assert code == 0 and untouched(outside)
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "partial/m (a symbolic link)" in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0 and untouched(outside)
+    assert (store.path / "damaged" / "m").is_symlink() and lmmap("doctor", "--store", store.path)[0] == 0
