@@ -318,6 +318,12 @@ def load_model(
             size = weight_bytes(source, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code)
             device_map = "auto" if size is None else cuda_device_map(size, torch.cuda.mem_get_info(index)[0], index)
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if not path.is_dir():
+        # Asked of the hub only when it answers: transformers retries an unreachable hub for about a minute
+        # before it reads the cache (or fails), printing each retry.
+        offline = _hub_offline(source, revision)
+        if offline:
+            kwargs["local_files_only"] = True
     # transformers renamed torch_dtype to dtype in 4.56; older releases reject the new name.
     dtype_kw = "dtype" if _version_tuple(transformers.__version__) >= (4, 56) else "torch_dtype"
     try:
@@ -346,6 +352,44 @@ def load_model(
     model.eval()
     fuse_activations(model)
     return model, tokenizer
+
+
+def _hub_offline(source: str, revision: str | None) -> bool:
+    """Whether hub name ``source`` must be read from the local cache alone (offline mode, or no hub answers).
+
+    Raises :class:`ScoringError` at once when it is not in the cache either,
+    so that a mistyped name fails in a second, not after a minute of retries.
+    """
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+    except ImportError:  # pragma: no cover - transformers needs huggingface_hub
+        return False
+    offline = bool(constants.is_offline_mode()) or not _hub_answers(constants.ENDPOINT)
+    if not offline:
+        return False
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=source, repo_type="model")
+    if not (repo / "snapshots").is_dir():
+        why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.is_offline_mode() else \
+            f"the hub ({constants.ENDPOINT}) could not be reached"
+        raise ScoringError(f"model {source!r} is neither a directory nor in the local Hugging Face cache "
+                           f"({constants.HF_HUB_CACHE}), and {why}: check the name, or download it where the hub "
+                           "is reachable")
+    return True
+
+
+def _hub_answers(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub's endpoint opens within ``timeout`` seconds (no request is sent)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _not_cached_message(source: str, revision: str | None, exc: BaseException) -> str:
