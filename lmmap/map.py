@@ -292,7 +292,7 @@ class ModelMap:
             return pd.DataFrame(columns=columns)
         KL = self.kl()
         idx, vals = geometry.nearest_neighbors(KL, 1)
-        root = _lineage_roots(self.names, bases)
+        root = _lineage_roots(self.names, bases, self._kin_links())
         roots = np.array([root[n] for n in self.names], dtype=object)
         rows = []
         for model, base in bases.items():
@@ -314,6 +314,26 @@ class ModelMap:
             rows.append((model, base, nearest, float(KL[i, self._index[base]]), float(vals[i, 0]), in_lineage, relation,
                          consistent))  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
+
+    def _kin_links(self) -> list[tuple[str, str]]:
+        """Pairs of models of one model's making besides base_model: a layer of the logit lens and its model
+        (metadata ``layers_of``), checkpoints of one training run (``trajectory``) and the model it names."""
+        if self.metadata is None:
+            return []
+        md = self.metadata.reindex(self.names)
+        out = []
+        for column in ("layers_of", "trajectory"):
+            if column not in md.columns:
+                continue
+            first: dict[str, str] = {}
+            for model, value in zip(self.names, md[column]):
+                if not isinstance(value, str) or not value.strip():
+                    continue
+                value = value.strip()
+                if value in self._index and value != model:
+                    out.append((model, value))
+                out.append((model, first.setdefault(value, model)))
+        return out
 
     def resolve_edges(self, edges: str = "auto") -> str:
         """``auto`` → ``base_model`` when the metadata declares a base for some model of the map, else ``nn``."""
@@ -361,8 +381,8 @@ def _store_text_bytes(store, text_pos) -> np.ndarray | None:
     return b if (b > 0).all() else None
 
 
-def _lineage_roots(names: list[str], bases: dict[str, str]) -> dict[str, str]:
-    """Each model's lineage: the connected component of the base_model links (cycles allowed)."""
+def _lineage_roots(names: list[str], bases: dict[str, str], links=()) -> dict[str, str]:
+    """Each model's lineage: the connected component of the base_model links and ``links`` (cycles allowed)."""
     parent = {n: n for n in names}
 
     def find(x):
@@ -371,7 +391,7 @@ def _lineage_roots(names: list[str], bases: dict[str, str]) -> dict[str, str]:
             x = parent[x]
         return x
 
-    for model, base in bases.items():
+    for model, base in [*bases.items(), *links]:
         a, b = find(model), find(base)
         if a != b:
             parent[a] = b

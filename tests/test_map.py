@@ -256,3 +256,26 @@ def test_cli_map_and_neighbors_take_a_unit(tmp_path):
     from lmmap.cli import as_flags
 
     assert as_flags(str(res.exception), res.exception.params).startswith("--unit must be one of")
+
+
+@pytest.mark.parametrize("kin", ["layers_of", "trajectory"])
+def test_layers_and_checkpoints_belong_to_their_models_lineage(kin):
+    """Issue 22 §6: a fine-tune whose nearest model is a layer (or a checkpoint) of its own base is not flagged."""
+    rng = np.random.default_rng(3)
+    n = 400
+    base = -rng.uniform(20, 80, n)
+    kin_vec = base + rng.normal(0, 3.0, n)  # a layer of base (or an earlier checkpoint): far from base itself
+    ft = kin_vec + rng.normal(0, 0.3, n)  # closest to that layer, declared a fine-tune of base
+    other = -rng.uniform(20, 80, n)
+    names = ["base", "base@layer2", "base-ft", "other", "other-ft"]
+    L = np.vstack([base, kin_vec, ft, other, other + rng.normal(0, 0.3, n)])
+    meta = pd.DataFrame(index=pd.Index(names, name="model"))
+    meta["base_model"] = [None, None, "base", None, "other"]
+    meta[kin] = [None, "base", None, None, None] if kin == "layers_of" else ["run", "run", None, None, None]
+    mm = ModelMap(names, L, metadata=meta)
+    row = mm.lineage().set_index("model").loc["base-ft"]
+    assert row.nearest == "base@layer2" and row.kl_to_nearest < row.kl_to_base / 3
+    assert row.relation == "same lineage" and row.consistent
+    # without the kin column the same map flags it: the test tells the two apart
+    plain = ModelMap(names, L, metadata=meta.drop(columns=[kin]))
+    assert not plain.lineage().set_index("model").loc["base-ft", "consistent"]
