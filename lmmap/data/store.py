@@ -10,6 +10,8 @@ Layout::
                                   as JSON in the schema metadata under b"lmmap"
       metadata.parquet            user metadata: a `model` column and any others
       partial/<file>/<key>/       scoring checkpoints (resumable scoring)
+      adaptive/<file>.json        an adaptive placement's marker and settings (removed with the model)
+      damaged/                    files moved aside by ``doctor --repair``
       .staging/<txid>/            a change being written (see "Transactions")
 
 **File names.** A model's name is in its record; the file name is derived from
@@ -93,6 +95,8 @@ _MAX_STEM = 200  # bytes of an unshortened encoding; with ".parquet" well under 
 _PREFIX = 120  # bytes of readable prefix kept when a name is shortened
 _HASH_HEX = 16
 STAGING = ".staging"
+# Folders of per-model state that analyses keep in the store (adaptive placement's marker and settings).
+STATE_KINDS = ("adaptive",)
 COMMIT = "COMMIT"
 # Threads reading model files: they wait on the disk, not the CPU, so more than the cores.
 _IO_WORKERS = 8
@@ -328,6 +332,12 @@ class _Tx:
         self.ops.append(["rename", str(staged.relative_to(self.store.path)), str(dest.relative_to(self.store.path))])
         return staged
 
+    def stage_bytes(self, data: bytes, dest: Path) -> None:
+        """Write ``data`` to a staging file that the commit renames to ``dest``."""
+        staged = self.stage_path(dest)
+        staged.write_bytes(data)
+        fsync_file(staged)
+
     def stage_table(self, table: pa.Table, dest: Path) -> None:
         """Write ``table`` to a staging file that the commit renames to ``dest``."""
         _write_durably(table, self.stage_path(dest))
@@ -386,14 +396,15 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
 
     def in_models(rel: str) -> bool:
         head, _, leaf = rel.partition("/")
-        return head == "models" and _plain_leaf(leaf)
+        return (head == "models" and _plain_leaf(leaf)) or (head in STATE_KINDS and leaf.endswith(".json")
+                                                             and _plain_leaf(leaf))
 
     def from_ok(rel: str) -> bool:
         head, _, leaf = rel.rpartition("/")
         return (head == staged and _plain_leaf(leaf)) or in_models(rel)
 
     def to_ok(rel: str) -> bool:
-        return rel == "metadata.parquet" or (in_models(rel) and rel.endswith(".parquet"))
+        return rel == "metadata.parquet" or (in_models(rel) and rel.endswith((".parquet", ".json")))
 
     out = []
     for op in raw["ops"]:
@@ -405,7 +416,7 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
             raise StoreError(f"{where}: not a journal lmmap wrote (operation {str(op)[:120]!r} is not one of "
                              "lmmap's, or names a path outside the store's own files)")
         out.append(op)
-    for d in (root / "models", txdir):
+    for d in (root / "models", txdir, *(root / k for k in STATE_KINDS)):
         if d.is_symlink():
             raise StoreError(f"{d} is a symbolic link; lmmap never follows one out of a store "
                              "(`lmmap doctor --repair` moves it aside)")
@@ -480,6 +491,7 @@ class StoreReport:
     foreign_journals: list[str] = field(default_factory=list)
     obstacles: list[str] = field(default_factory=list)
     damaged_files: list[str] = field(default_factory=list)
+    orphan_states: list[str] = field(default_factory=list)
     repaired: bool = False
 
     @property
@@ -498,6 +510,7 @@ class StoreReport:
             ("journal that lmmap did not write, not carried out", self.foreign_journals),
             ("not a folder of the store, never followed", self.obstacles),
             ("damaged store file", self.damaged_files),
+            ("state of a model not in the store (a run killed before it stored anything)", self.orphan_states),
         ):
             out.extend(f"{label}: {item}" for item in items)
         return out
@@ -1130,6 +1143,11 @@ class Store:
                             tx.delete(p)
                     except (LmmapError, OSError, pa.ArrowException):
                         pass
+                for n in names:
+                    for kind in STATE_KINDS:
+                        state = self._state_path(kind, n)
+                        if os.path.lexists(state):
+                            tx.delete(state)
                 md = self.metadata()
                 if len(md) and md.index.isin(names).any():
                     tx.stage_table(_metadata_table(md[~md.index.isin(names)]), self.path / "metadata.parquet")
@@ -1301,6 +1319,50 @@ class Store:
         """Stage the stored metadata merged with ``new`` in ``tx`` (call under the exclusive lock)."""
         tx.stage_table(_metadata_table(_merge_metadata(self.metadata(), new)), self.path / "metadata.parquet")
 
+    # -- per-model state of analyses ------------------------------------------------
+    def _state_path(self, kind: str, name: str) -> Path:
+        if kind not in STATE_KINDS:
+            raise InputError(f"state kind must be one of {', '.join(STATE_KINDS)}, got {kind!r}")
+        return self._no_link(self.path / kind / f"{model_stem(name)}.json")
+
+    def save_state(self, kind: str, name: str, state: dict) -> None:
+        """Keep ``state`` (JSON) for model ``name`` in ``STORE/<kind>/``, as one change of the store.
+
+        ``lmmap rm`` removes it with the model; ``lmmap doctor`` reports the
+        state of a model that is not in the store.
+        """
+        data = json.dumps({**state, "model": name}, indent=2).encode()
+        tx = _Tx(self)
+        try:
+            tx.stage_bytes(data, self._state_path(kind, name))
+            with self._exclusive():
+                tx.commit()
+        finally:
+            if not tx.committed:
+                tx.close()
+
+    def load_state(self, kind: str, name: str) -> dict | None:
+        """The state kept for ``name`` (None when there is none, or it is not a JSON object)."""
+        path = self._state_path(kind, name)
+        try:
+            if path.is_symlink():
+                return None
+            state = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+        return state if isinstance(state, dict) else None
+
+    def _orphan_states(self, found) -> list[Path]:
+        """State files whose model is not in the store (a run killed before its first store, or an old rm)."""
+        stems = {model_stem(n) for n in found}
+        out = []
+        for kind in STATE_KINDS:
+            d = self.path / kind
+            if d.is_symlink():
+                continue
+            out += [p for p in _listdir(d) if p.suffix == ".json" and p.stem not in stems and not p.is_symlink()]
+        return out
+
     # -- scoring checkpoints ----------------------------------------------------
     def _no_link(self, path: Path) -> Path:
         """``path`` (inside the store) if no folder on the way to it from the store is a symbolic link."""
@@ -1465,6 +1527,7 @@ class Store:
             rep.old_names = [f"{p.relative_to(self.path)} (model {n!r})" for n, p in old]
             orphans = self._orphan_checkpoints(found)
             rep.orphan_checkpoints = [str(p.relative_to(self.path)) for p in orphans]
+            rep.orphan_states = [str(p.relative_to(self.path)) for p in self._orphan_states(found)]
             meta = self.path / "metadata.parquet"
             meta_problem = _metadata_problem(meta) if os.path.lexists(meta) else None
             texts_path = self.path / "texts.parquet"
@@ -1506,6 +1569,16 @@ class Store:
                 try:
                     for n, p in old:
                         tx.ops.append(["rename", str(p.relative_to(self.path)), str(self._model_path(n).relative_to(self.path))])
+                    tx.commit()
+                finally:
+                    if not tx.committed:
+                        tx.close()
+            stale = self._orphan_states(found)
+            if stale:
+                tx = _Tx(self)
+                try:
+                    for p in stale:
+                        tx.delete(p)
                     tx.commit()
                 finally:
                     if not tx.committed:

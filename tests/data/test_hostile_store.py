@@ -501,3 +501,29 @@ def test_a_checkpoint_folder_that_links_out_of_the_store_is_never_written_or_cle
     assert code == 1 and "partial/m (a symbolic link)" in out
     assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0 and untouched(outside)
     assert (store.path / "damaged" / "m").is_symlink() and lmmap("doctor", "--store", store.path)[0] == 0
+
+
+# -- state files of analyses live in the store's transactions (issue 22 §3) -------------------------------------
+
+
+def test_state_files_are_changes_of_the_store_removed_with_their_model_and_known_to_doctor(store):
+    store.save_state("adaptive", "a", {"source": "dir/a", "round_size": 32})
+    assert store.load_state("adaptive", "a") == {"source": "dir/a", "round_size": 32, "model": "a"}
+    assert (store.path / "adaptive" / "a.json").exists() and not list((store.path / ".staging").iterdir())
+    assert lmmap("doctor", "--store", store.path)[0] == 0
+    code, out = lmmap("rm", "a", "--store", store.path)
+    assert code == 0 and not (store.path / "adaptive" / "a.json").exists()
+    # the state of a model never stored (a run killed before its first round was stored) is a doctor finding
+    store.save_state("adaptive", "ghost", {"source": "x"})
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and "state of a model not in the store" in out and "adaptive/ghost.json" in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert store.load_state("adaptive", "ghost") is None and lmmap("doctor", "--store", store.path)[0] == 0
+
+
+def test_state_files_are_never_written_through_a_link(store, outside):
+    out_dir = next(iter(outside)).parent
+    (store.path / "adaptive").symlink_to(out_dir)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.save_state("adaptive", "a", {"x": 1})
+    assert untouched(outside)
