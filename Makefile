@@ -6,8 +6,10 @@ BROWSER := .make/browser
 .PHONY: install demo test test-fast test-vllm bench
 
 # torch is pinned to the CPU build first so that the `models` extra does not pull a CUDA build.
+# TORCH_PIP_ARGS: e.g. "--index-url https://download.pytorch.org/whl/cpu" for the CPU-only wheel elsewhere.
+TORCH_PIP_ARGS ?=
 $(STAMP): pyproject.toml
-	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PYTHON) -m pip install --quiet -e '.[models,test]'
 	$(PYTHON) -m pip install --quiet ray==2.60.0
 	@mkdir -p .make && touch $(STAMP)
