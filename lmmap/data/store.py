@@ -119,18 +119,21 @@ def check_model_name(name) -> str:
     """``name`` if it can name a new model; an InputError otherwise.
 
     Any non-empty string that can be typed again and written to every output:
-    not only white space, no control character (NUL, a carriage return, a
-    newline, … are altered or cut by CSV files, terminals and the command
-    line) and no lone surrogate (not encodable as UTF-8, so not in Parquet or
-    HTML). Refused at the door, since a model stored under such a name could
-    never be named again.
+    not only white space, no NUL (no command line can hold it), no line break
+    of any kind (``\\r``, ``\\n``, NEL, U+2028 …: CSV files and one-line
+    messages alter them) and no lone surrogate (not encodable as UTF-8, so not
+    in Parquet or HTML). Refused at the door, since a model stored under such
+    a name could never be named again. Other control characters are kept and
+    shown escaped wherever a name is printed.
     """
     _name_type(name)
     if not name.strip():
         raise InputError(f"a model name cannot be only white space ({name!r}); give the model a name")
-    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cs")), None)
+    bad = next((ch for ch in name if ch == "\0" or unicodedata.category(ch) == "Cs" or len(f"a{ch}b".splitlines()) > 1),
+               None)
     if bad is not None:
-        what = "a lone surrogate" if unicodedata.category(bad) == "Cs" else "a control character"
+        what = ("a lone surrogate" if unicodedata.category(bad) == "Cs" else "a NUL character" if bad == "\0"
+                else "a line break")
         raise InputError(f"model name {name!r} holds {what} ({bad!r}), which no file or command line keeps intact; "
                          "give the model another name")
     return name

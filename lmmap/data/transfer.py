@@ -95,7 +95,9 @@ def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention,
 
     check_convention(convention)
     store = open_or_create_store(store_path, texts)
-    vec = read_vectors(vectors_path, allow_pickle=allow_pickle)  # refuses a recorded convention it does not know
+    # expect_texts: sizes are checked against the store's text set before the values are loaded (a small
+    # hostile file can declare gigabytes); refuses a recorded convention it does not know.
+    vec = read_vectors(vectors_path, allow_pickle=allow_pickle, expect_texts=store.n_texts)
     extra = vec.extra or {}
     text_pos = _text_positions(store, extra, vectors_path)
     store.check_text_set(vec.text_set_id, None if text_pos is not None else vec.L.shape[1], what=f"{vectors_path}")

@@ -62,9 +62,12 @@ def read_vectors(path: str | os.PathLike, allow_pickle: bool = False, *, expect_
     allow_pickle : bool
         Read a pickle (through :mod:`lmmap.data.safe_pickle`); refused otherwise.
     expect_texts : int, optional
-        N of the text set the vectors are for (a store's), when known: an NPZ
-        whose ``L`` is wider (or, without ``text_pos``, of another width) is
-        refused from its header, before anything is loaded.
+        N of the text set the vectors are for (a store's), when known. Vectors
+        that do not say which texts they are for (pickles, wide CSV/Parquet,
+        NPZ without ``text_pos``) must have N values per model, scorer output
+        one line per text, a long Parquet file at most N rows per model; an
+        NPZ is checked from its header and a Parquet file from its footer and
+        model column, before the values are loaded.
 
     Returns
     -------
@@ -78,7 +81,7 @@ def read_vectors(path: str | os.PathLike, allow_pickle: bool = False, *, expect_
     """
     path = Path(path)
     if path.is_dir():
-        return jsonl.read_dir(path)
+        return jsonl.read_dir(path, expect_texts)
     if not path.exists():
         raise FormatError(f"{path} does not exist")
     if path.stat().st_size == 0:
@@ -90,17 +93,17 @@ def read_vectors(path: str | os.PathLike, allow_pickle: bool = False, *, expect_
     if head.startswith(b"PK\x03\x04"):
         return npz.read(path, expect_texts)
     if head.startswith(b"PAR1"):
-        return parquet.read(path)
+        return parquet.read(path, expect_texts)
     if is_pickle(head) or suffix in pickle.SUFFIXES:
-        return pickle.read(path, allow_pickle)
+        return pickle.read(path, allow_pickle, expect_texts)
     if suffix == ".npz":
         return npz.read(path, expect_texts)
     if suffix in parquet.SUFFIXES:
-        return parquet.read(path)
+        return parquet.read(path, expect_texts)
     if suffix in jsonl.SUFFIXES:
-        return jsonl.read_files([path], source=path)
+        return jsonl.read_files([path], source=path, expect_texts=expect_texts)
     if suffix == ".csv":
-        return csv.read(path)
+        return csv.read(path, expect_texts)
     raise FormatError(
         f"cannot tell the format of {path}; lmmap reads .npz, .parquet, .csv, the authors' .pkl files "
         "(with allow_pickle=True) and scorer output (.jsonl files or a directory of them)",

@@ -8,6 +8,7 @@ or text positions, and an unknown scoring convention.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +92,9 @@ def _check_finite(source, names, L, locate=None) -> None:
 
 def _finish(source, names, L, metadata=None, text_set_id=None, locate=None, **extra) -> Vectors:
     names = _check_names(source, names)
+    L = np.asarray(L)
+    if L.ndim == 2 and L.shape[0] == len(names):
+        _check_exact_integers(source, L, lambda i, j: (names[i], locate(i, j) if locate else f"text column {j}"))
     L = np.asarray(L, dtype=np.float64)
     if L.ndim != 2 or L.shape[0] != len(names):
         raise FormatError(f"{source}: expected a matrix of {len(names)} rows (one per model), got shape {L.shape}")
@@ -170,6 +174,50 @@ def _check_positions(source, field_name, a) -> np.ndarray:
     return a
 
 
+# The largest integer up to which float64 holds every integer exactly (2**53 + 1 reads back as 2**53).
+_MAX_EXACT_INT = 2**53
+
+
+def _check_exact_integers(source, a: np.ndarray, where) -> None:
+    """Refuse an integer array holding a value beyond ±2**53; ``where(*index)``: (model, place) of an entry.
+
+    Converting to float64 would change such a value silently, and no log-likelihood is that large: it is
+    a sentinel, a fixed-point encoding or garbage, and the file needs a look rather than a rounding.
+    """
+    if a.dtype.kind not in "iu" or a.dtype.itemsize < 8 or not a.size:
+        return
+    # max/min first: one pass each, no mask, on the usual (clean) file.
+    if int(a.max()) <= _MAX_EXACT_INT and (a.dtype.kind == "u" or int(a.min()) >= -_MAX_EXACT_INT):
+        return
+    bad = a > _MAX_EXACT_INT
+    if a.dtype.kind == "i":
+        bad |= a < -_MAX_EXACT_INT
+    index = tuple(int(x[0]) for x in np.nonzero(bad))
+    name, place = where(*index)
+    raise _inexact_integer(source, name, int(a[index]), place)
+
+
+def _inexact_integer(source, name, value: int, place) -> FormatError:
+    return FormatError(
+        f"{source}: model {name!r} holds the integer {_short_repr(value)} at {place}, beyond ±2^53 "
+        f"({_MAX_EXACT_INT}), which float64 cannot hold exactly and no log-likelihood reaches; "
+        "check how the file was written (log-likelihoods are floats)"
+    )
+
+
+def _vector_length(source, name, value) -> int:
+    """How many values one model's vector holds, without converting it (what :func:`_as_vector` takes)."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise FormatError(
+                f"{source}: model {name!r} holds an array of shape {value.shape}; expected one vector (1-D)"
+            )
+        return int(value.shape[0])
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    raise FormatError(f"{source}: model {name!r} holds {type(value).__name__}, not a vector of numbers")
+
+
 def _as_vector(source, name, value) -> np.ndarray:
     """One model's vector as 1-D float64, or an error naming the model.
 
@@ -184,10 +232,19 @@ def _as_vector(source, name, value) -> np.ndarray:
         if value.dtype.kind not in "fiu":
             if value.dtype.kind != "O" or not all(_is_number(x) for x in value):
                 raise FormatError(f"{source}: model {name!r} holds an array of {value.dtype}, not of numbers")
+        _check_exact_integers(source, value, lambda k: (name, f"value #{k + 1}"))
+        try:
+            out = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise FormatError(
+                f"{source}: model {name!r} holds values that are not numbers (or too large for a float)"
+            ) from None
+        if value.dtype.kind != "O":
+            return out
     elif isinstance(value, (list, tuple)):
         # fromiter takes one number per element and refuses a nested sequence, at C speed.
         try:
-            return np.fromiter(value, dtype=np.float64, count=len(value))
+            out = np.fromiter(value, dtype=np.float64, count=len(value))
         except (TypeError, ValueError, OverflowError):
             bad = next((x for x in value if not _is_number(x)), None)
             if bad is None:
@@ -200,39 +257,69 @@ def _as_vector(source, name, value) -> np.ndarray:
             ) from None
     else:
         raise FormatError(f"{source}: model {name!r} holds {type(value).__name__}, not a vector of numbers")
-    try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError):
-        raise FormatError(f"{source}: model {name!r} holds values that are not numbers (or too large for a float)") from None
+    # Python numbers (a list, an object array): only the rare values beyond 2**53 are looked at one by
+    # one, to tell an integer float64 has rounded from a float that was already one.
+    for k in np.flatnonzero(np.abs(out) > _MAX_EXACT_INT):
+        if isinstance(value[k], (int, np.integer)):
+            raise _inexact_integer(source, name, int(value[k]), f"value #{int(k) + 1}")
+    return out
 
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
-def _stack(source, names, vectors, max_bytes: int | None = None) -> np.ndarray:
-    """Rows stacked into K×N; all vectors must be on the same N texts.
+def _stack(source, names, values, max_bytes: int | None = None, expect_texts: int | None = None) -> np.ndarray:
+    """Each model's vector (as found in the file) converted into one K×N float64 matrix.
 
-    ``max_bytes``: refuse a matrix larger than this before allocating it (a pickle can name one array
-    under many models through its memo, so K×N need not fit in the file).
+    Lengths, the text set's N (``expect_texts``) and ``max_bytes`` are checked before anything is
+    converted or allocated: a pickle can name one vector under 20,000 models through its memo, and
+    converting each to float64 first would take K×N×8 bytes however small the file.
     """
-    n = len(vectors[0])
-    for name, v in zip(names, vectors):
-        if len(v) != n:
-            raise FormatError(
-                f"{source}: model {name!r} has {len(v)} log-likelihoods but {names[0]!r} has {n}; "
-                "every model must be scored on the same texts"
-            )
-    nbytes = len(vectors) * n * 8
+    lengths = np.array([_vector_length(source, name, v) for name, v in zip(names, values)], dtype=np.int64)
+    n = int(lengths[0])
+    if expect_texts is not None:
+        _check_width(source, names, lengths, expect_texts, "a pickle does not say which texts its values are for")
+    if (lengths != n).any():
+        i = int(np.flatnonzero(lengths != n)[0])
+        raise FormatError(
+            f"{source}: model {names[i]!r} has {int(lengths[i])} log-likelihoods but {names[0]!r} has {n}; "
+            "every model must be scored on the same texts"
+        )
+    nbytes = len(values) * n * 8
     if max_bytes is not None and nbytes > max_bytes:
         raise FormatError(
-            f"{source}: {len(vectors)} models × {n} texts would take {_size(nbytes)}, far more than the file holds "
+            f"{source}: {len(values)} models × {n} texts would take {_size(nbytes)}, far more than the file holds "
             "(its models share vectors through pickle references); the file is damaged or crafted"
         )
-    L = np.empty((len(vectors), n), dtype=np.float64)
-    for i, v in enumerate(vectors):
-        L[i] = v
+    L = np.empty((len(values), n), dtype=np.float64)
+    for i, (name, v) in enumerate(zip(names, values)):
+        L[i] = _as_vector(source, name, v)
     return L
+
+
+def _check_width(source, names, lengths, expect_texts: int, why: str) -> None:
+    """Refuse models whose vectors are not one value per text of the text set (files without text positions).
+
+    ``lengths``: per model (or one for all); ``why``: why the values cannot be placed, for the message.
+    """
+    lengths = np.broadcast_to(np.asarray(lengths, dtype=np.int64), (len(names),))
+    off = np.flatnonzero(lengths != expect_texts)
+    if not len(off):
+        return
+    i = int(off[0])
+    others = f" (and {len(off) - 1} more models)" if len(off) > 1 else ""
+    raise FormatError(
+        f"{source}: model {names[i]!r}{others} has {int(lengths[i])} log-likelihoods but the text set has "
+        f"{expect_texts} texts, and {why}; these vectors are incomplete or were computed on another text set"
+    )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _size(nbytes: int) -> str:
@@ -261,17 +348,24 @@ def _int_headers(headers: list[str]) -> np.ndarray | None:
         return None
 
 
-def _finish_wide(source, table, text_cols: list[str], fmt: str, locate) -> Vectors:
+def _finish_wide(source, table, text_cols: list[str], fmt: str, locate, expect_texts: int | None = None) -> Vectors:
     """Vectors from a wide table: a ``model`` column, then one numeric column per text (Parquet or CSV).
 
     ``locate(i, j)``: where model ``i``'s value for text column ``j`` sits in the file, for error messages.
+    ``expect_texts``: the text set's N; a wide file must then have one column per text, whatever its headers
+    (integer headers such as pandas' ``0, 1, …`` are not proof of which texts the columns are).
     """
     import pyarrow as pa
 
     names_col = table.column("model")
     if not (pa.types.is_string(names_col.type) or pa.types.is_large_string(names_col.type)):
         names_col = names_col.cast(pa.string())
+    names = _check_names(source, names_col.to_pylist())
+    if expect_texts is not None:
+        _check_width(source, names, len(text_cols), expect_texts, "a wide file has one column per text")
     L = np.empty((table.num_rows, len(text_cols)), dtype=np.float64)
     for j, c in enumerate(text_cols):
-        L[:, j] = table.column(c).to_numpy()
-    return _finish(source, names_col.to_pylist(), L, locate=locate, format=fmt, text_pos=_int_headers(text_cols))
+        values = table.column(c).to_numpy()
+        _check_exact_integers(source, values, lambda i, j=j: (names[i], locate(i, j)))
+        L[:, j] = values
+    return _finish(source, names, L, locate=locate, format=fmt, text_pos=_int_headers(text_cols))

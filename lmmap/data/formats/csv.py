@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from lmmap.data.formats.common import Vectors, _finish_wide, _one_line
+from lmmap.data.formats.common import Vectors, _finish_wide, _one_line, _short_repr
 from lmmap.exceptions import FormatError
 
 # Arrow's default 1 MiB blocks hold only ~50 rows of a 10,000-column file, and the per-block,
@@ -30,13 +30,21 @@ def _csv_header(path: Path) -> list[str]:
     # Old Mac line ends (\r alone) leave the whole file on one binary "line".
     line = (line.splitlines() or [""])[0]
     try:
-        return next(csv.reader([line]), [])
+        # Strict: a quote left open (a quoted line break in a column name) or text after a closing quote
+        # would be read one way here and another by Arrow, which then has columns this header lacks.
+        return next(csv.reader([line], strict=True), [])
     except csv.Error as exc:
-        raise FormatError(f"{path}:1: cannot read the header ({_one_line(exc)}); write one line of column names") from None
+        raise FormatError(
+            f"{path}:1: cannot read the header ({_one_line(exc)}); write the column names on one line, "
+            "with no line break or stray quote inside a name"
+        ) from None
 
 
-def read(path: Path) -> Vectors:
-    """Vectors from a wide CSV; a cell that is not a number is named by line and column."""
+def read(path: Path, expect_texts: int | None = None) -> Vectors:
+    """Vectors from a wide CSV; a cell that is not a number is named by line and column.
+
+    ``expect_texts``: the text set's N; the CSV must then have one column per text.
+    """
     header = [str(h) for h in _csv_header(path)]
     if not header or header[0] != "model":
         raise FormatError(
@@ -68,9 +76,22 @@ def read(path: Path) -> Vectors:
             )
         except (pa.ArrowException, OSError):
             raise FormatError(f"{path}: not a well-formed CSV ({_one_line(exc)}); every row needs as many cells as the header") from None
+        _check_header_agrees(path, raw, header)
         _raise_first_non_numeric(path, raw, text_cols)
         raise FormatError(f"{path}: cannot read as CSV ({_one_line(exc)})") from None
-    return _finish_wide(path, table, text_cols, "csv-wide", lambda i, j: f"line {i + 2}, column {text_cols[j]!r}")
+    _check_header_agrees(path, table, header)
+    return _finish_wide(
+        path, table, text_cols, "csv-wide", lambda i, j: f"line {i + 2}, column {text_cols[j]!r}", expect_texts
+    )
+
+
+def _check_header_agrees(path, table: pa.Table, header: list[str]) -> None:
+    """Arrow and the csv module must read the same column names, or the columns looked up are not there."""
+    if table.column_names != header:
+        raise FormatError(
+            f"{path}:1: the header is ambiguous (read as {_short_repr(header)} here but as "
+            f"{_short_repr(table.column_names)} by the CSV parser); write the column names on one line, plainly quoted"
+        )
 
 
 def _raise_first_non_numeric(path, raw: pa.Table, text_cols) -> None:

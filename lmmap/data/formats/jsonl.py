@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pajson
 
-from lmmap.data.formats.common import _MAX_COUNT, Vectors, _finish, _one_line, _short_repr
+from lmmap.data.formats.common import _MAX_COUNT, _MAX_EXACT_INT, Vectors, _finish, _one_line, _short_repr
 from lmmap.exceptions import FormatError
 
 # The authors' scorer names files <org>--<name>_<torch dtype>.jsonl (str(torch.float16) -> "float16").
@@ -32,7 +32,7 @@ def scorer_model_name(path: Path) -> tuple[str, str | None]:
     return stem.replace("--", "/", 1), dtype
 
 
-def read_dir(path: Path) -> Vectors:
+def read_dir(path: Path, expect_texts: int | None = None) -> Vectors:
     """Vectors from every ``.jsonl`` file of directory ``path``, one model per file, in file-name order."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not files:
@@ -40,11 +40,15 @@ def read_dir(path: Path) -> Vectors:
             f"{path} is a directory with no .jsonl files; lmmap reads a directory of the authors' "
             "scorer output, one <org>--<name>_<dtype>.jsonl per model"
         )
-    return read_files(files, source=path)
+    return read_files(files, source=path, expect_texts=expect_texts)
 
 
-def read_files(files: list[Path], source: Path) -> Vectors:
-    """Vectors from scorer files (``source``: what errors name); every model must be on the same texts."""
+def read_files(files: list[Path], source: Path, expect_texts: int | None = None) -> Vectors:
+    """Vectors from scorer files (``source``: what errors name); every model must be on the same texts.
+
+    ``expect_texts``: the text set's N. The scorer writes one line per text of the set, so a file with
+    fewer lines is a run cut short (or another text set), not a subset, and is refused.
+    """
     names, dtypes, index, vectors, tokens = [], {}, None, [], []
     first_file = {}
     for f in files:
@@ -55,6 +59,12 @@ def read_files(files: list[Path], source: Path) -> Vectors:
             )
         first_file[name] = f
         idx, ll, nt = _read_scorer_file(f)
+        if expect_texts is not None and len(idx) != expect_texts:
+            raise FormatError(
+                f"{f}: model {name!r} has {len(idx)} log-likelihoods (lines) but the text set has {expect_texts} "
+                "texts, and the scorer writes one line per text: the run was cut short or scored another text "
+                "set; rescore the model on the whole text set"
+            )
         if index is None:
             index = idx
         elif not np.array_equal(idx, index):
@@ -110,6 +120,8 @@ def _read_scorer_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | 
         ll = table.column("log-likelihood").to_numpy()
         nt_col = table.column("num-tokens")
         nt = nt_col.to_numpy() if nt_col.null_count == 0 else None
+        if len(ll) and np.abs(ll).max() > _MAX_EXACT_INT:
+            raise pa.ArrowInvalid("a value beyond 2**53, perhaps an integer float64 cannot hold")
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Anything odd: the line-by-line reader names the line.
         idx, ll, nt = _read_scorer_file_slow(path)
@@ -132,6 +144,8 @@ def _read_scorer_file_slow(path: Path):
                 obj = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise FormatError(f"{path}:{lineno}: malformed JSON ({_one_line(exc)}); fix or rescore this line") from None
+            except RecursionError:
+                raise FormatError(f"{path}:{lineno}: JSON nested too deeply to read; fix or rescore this line") from None
             if not isinstance(obj, dict):
                 raise FormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             if "log-likelihood" not in obj:
@@ -146,8 +160,11 @@ def _read_scorer_file_slow(path: Path):
                 raise FormatError(f"{path}:{lineno}: 'index' must be an integer (64-bit), got {_short_repr(i)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise FormatError(f"{path}:{lineno}: 'log-likelihood' must be a number, got {_short_repr(v)}")
-            if isinstance(v, int) and abs(v) > 2**1000:
-                raise FormatError(f"{path}:{lineno}: 'log-likelihood' {_short_repr(v)} is too large for a float; rescore this text")
+            if isinstance(v, int) and abs(v) > _MAX_EXACT_INT:
+                raise FormatError(
+                    f"{path}:{lineno}: 'log-likelihood' is the integer {_short_repr(v)}, beyond ±2^53, which float64 "
+                    "cannot hold exactly and no log-likelihood reaches; rescore this text"
+                )
             if not math.isfinite(v):
                 raise FormatError(f"{path}:{lineno}: 'log-likelihood' is {v}; rescore this text")
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _MAX_COUNT):

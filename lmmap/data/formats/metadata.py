@@ -38,7 +38,7 @@ def _metadata_from_json(path, text):
         return None
     try:
         records = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise FormatError(f"{path}: damaged 'metadata_json'; re-export the file") from None
     return _metadata_from_records(path, records)
 

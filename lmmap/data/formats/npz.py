@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import numpy.lib.format as npformat
 
-from lmmap.data.formats.common import Vectors, _finish, _one_line, _size
+from lmmap.data.formats.common import Vectors, _finish, _one_line, _physical_memory, _size
 from lmmap.data.formats.metadata import _metadata_from_json
 from lmmap.exceptions import FormatError
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 # What an NPZ array may hold: a deflated member may expand this many times (log-likelihoods barely
@@ -155,24 +147,35 @@ def read(path: Path, expect_texts: int | None = None) -> Vectors:
     if expect_texts is not None:
         width = headers["L"][0][1]
         if width > expect_texts or ("text_pos" not in headers and width != expect_texts):
+            # Only the (small) names are loaded, to say which models; 'L' stays in the file.
+            names = _load(path, ["models"])["models"]
+            which = f"model {str(names[0])!r}" if len(names) else "no model"
+            if len(names) > 1:
+                which += f" (and {len(names) - 1} more)"
+            why = "" if "text_pos" in headers else ", and no 'text_pos' says which texts its columns are"
             raise FormatError(
-                f"{path}: 'L' has {width} columns (texts) but the text set has {expect_texts}; these vectors "
-                "were computed on another text set"
+                f"{path}: 'L' has {width} columns (texts) but the text set has {expect_texts}{why}: {which} "
+                "was computed on another text set, or is incomplete"
             )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in headers}
-    except Exception as exc:  # the headers were fine, so this is a damaged body (bad CRC, truncated data)
-        raise FormatError(
-            f"{path} is not a readable NPZ file ({type(exc).__name__}: {_one_line(exc)}); "
-            "write it with np.savez or `lmmap export`"
-        ) from None
+    arrays = _load(path, list(headers))
     scalars = {k: str(arrays[k].item()) if k in arrays else None for k in ("text_set_id", "convention", "metadata_json")}
     return _finish(
         path, arrays["models"].tolist(), arrays["L"], metadata=_metadata_from_json(path, scalars["metadata_json"]),
         text_set_id=scalars["text_set_id"], format="npz", n_tokens=arrays.get("n_tokens"),
         text_pos=arrays.get("text_pos"), convention=scalars["convention"],
     )
+
+
+def _load(path: Path, keys: list[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an NPZ whose headers were checked."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in keys}
+    except Exception as exc:  # the headers were fine, so this is a damaged body (bad CRC, truncated data)
+        raise FormatError(
+            f"{path} is not a readable NPZ file ({type(exc).__name__}: {_one_line(exc)}); "
+            "write it with np.savez or `lmmap export`"
+        ) from None
 
 
 def write(tmp, names, L, text_set_id, n_tokens, text_pos, convention, records):

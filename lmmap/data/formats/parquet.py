@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmmap.data.formats.common import Vectors, _check_convention, _finish, _finish_wide, _one_line
+from lmmap.data.formats.common import (
+    Vectors, _check_convention, _finish, _finish_wide, _one_line, _physical_memory, _short_repr, _size,
+)
 from lmmap.data.formats.metadata import _metadata_from_records
 from lmmap.exceptions import FormatError
 
@@ -24,13 +26,28 @@ SUFFIXES = (".parquet", ".pq")
 
 
 def _export_info(path, schema) -> dict:
+    """lmmap's export metadata, checked for shape and types (any Parquet file can carry the key)."""
     meta = schema.metadata or {}
     if EXPORT_KEY not in meta:
         return {}
     try:
-        return json.loads(meta[EXPORT_KEY])
-    except ValueError:
+        info = json.loads(meta[EXPORT_KEY])
+    except (ValueError, RecursionError):
         raise FormatError(f"{path}: damaged lmmap metadata in the Parquet schema; re-export the file") from None
+    if not isinstance(info, dict):
+        raise FormatError(
+            f"{path}: the lmmap metadata in the Parquet schema is {_short_repr(info)}, not a JSON object; "
+            "re-export the file (or drop the schema's 'lmmap_vectors' key)"
+        )
+    for key, kinds, what in (("text_set_id", str, "a string"), ("convention", str, "a string"),
+                             ("metadata", list, "a list of rows")):
+        value = info.get(key)
+        if value is not None and not isinstance(value, kinds):
+            raise FormatError(
+                f"{path}: the lmmap metadata's {key!r} is {_short_repr(value)}, not {what}; re-export the file "
+                "(or drop the schema's 'lmmap_vectors' key)"
+            )
+    return info
 
 
 def _read_parquet_table(path: Path, **kwargs) -> pa.Table:
@@ -42,10 +59,76 @@ def _read_parquet_table(path: Path, **kwargs) -> pa.Table:
         ) from None
 
 
-def read(path: Path) -> Vectors:
-    """Vectors from a long or wide Parquet file (the layout is told by a ``loglik`` column)."""
+# What a Parquet file may decode to: dictionary and run-length encoding store a constant column of
+# 3x10^8 rows in a few kilobytes. Real log-likelihoods barely compress (a long export decodes to
+# 2-3 times its size), so a file that would grow a hundredfold past the floor is refused unread.
+_MAX_EXPANSION = 100
+_EXPANSION_FLOOR = 64 << 20
+# About what one value takes once read, per row and column (float64 log-likelihoods, int64 positions).
+_DECODED_WIDTH = 8
+
+
+def _check_decoded_size(path: Path, meta: pq.FileMetaData, n_columns: int) -> None:
+    """Refuse from the footer a file that would decode to far more than it holds, or than memory holds."""
+    decoded = meta.num_rows * n_columns * _DECODED_WIDTH
+    size = path.stat().st_size
+    if decoded > _EXPANSION_FLOOR and decoded > _MAX_EXPANSION * size:
+        raise FormatError(
+            f"{path}: its footer declares {meta.num_rows:,} rows of {n_columns} columns, {_size(decoded)} once "
+            f"read from a {_size(size)} file (×{decoded / max(size, 1):.0f}); refusing what looks like a Parquet "
+            "bomb (a constant column, run-length encoded) — re-export the vectors with `lmmap export`"
+        )
+    memory = _physical_memory()
+    if memory and decoded > memory // 2:
+        raise FormatError(
+            f"{path}: its {meta.num_rows:,} rows of {n_columns} columns need {_size(decoded)}, more than half of "
+            f"this machine's {_size(memory)} of memory; split the file (fewer models per file) and import the parts"
+        )
+
+
+def _check_rows_per_model(path: Path, meta: pq.FileMetaData, expect_texts: int) -> None:
+    """In a long file a model has at most one row per text: refuse one with more than N rows.
+
+    Only the model column is read, a batch at a time, before any other column: a file of 3x10^8 rows of
+    one model is refused after N + 1 of them, in the memory of one batch.
+    """
+    if meta.num_rows <= expect_texts:
+        return
+    counts: dict = {}
     try:
-        schema = pq.read_schema(path)
+        with pq.ParquetFile(path, read_dictionary=["model"]) as pf:
+            for batch in pf.iter_batches(batch_size=1 << 16, columns=["model"]):
+                col = batch.column(0)
+                if not pa.types.is_dictionary(col.type):
+                    col = col.dictionary_encode()
+                codes = col.indices.drop_null().to_numpy()
+                if not codes.size or codes.min() < 0 or codes.max() >= len(col.dictionary):
+                    continue  # no names, or a damaged dictionary: the full read names the fault
+                per_code = np.bincount(codes)
+                present = np.flatnonzero(per_code)
+                for name, n in zip(col.dictionary.take(pa.array(present)).to_pylist(), per_code[present].tolist()):
+                    counts[name] = counts.get(name, 0) + n
+                    if counts[name] > expect_texts:
+                        raise FormatError(
+                            f"{path}: model {_short_repr(name)} has more than {expect_texts} rows (at least "
+                            f"{counts[name]:,} of the file's {meta.num_rows:,}) but the text set has {expect_texts} "
+                            "texts and a model has one row per text; the file is damaged or crafted"
+                        )
+    except (pa.ArrowException, OSError) as exc:
+        raise FormatError(
+            f"{path} is not a readable Parquet file ({type(exc).__name__}: {_one_line(exc)}); re-export it"
+        ) from None
+
+
+def read(path: Path, expect_texts: int | None = None) -> Vectors:
+    """Vectors from a long or wide Parquet file (the layout is told by a ``loglik`` column).
+
+    ``expect_texts``: the text set's N; a long file may then hold at most N rows per model and a wide
+    file must have N text columns. Sizes are checked from the footer before any column is read.
+    """
+    try:
+        with pq.ParquetFile(path) as pf:  # the footer only
+            meta, schema = pf.metadata, pf.schema_arrow
     except Exception as exc:
         raise FormatError(f"{path} is not a readable Parquet file ({type(exc).__name__}: {_one_line(exc)})") from None
     cols = schema.names
@@ -57,9 +140,13 @@ def read(path: Path) -> Vectors:
         raise FormatError(f"{path}: no 'model' column (columns: {', '.join(cols[:10])}){hint}")
     info = _export_info(path, schema)
     if "loglik" in cols:
+        _check_decoded_size(path, meta, len(_long_columns(path, cols)))
+        if expect_texts is not None:
+            _check_rows_per_model(path, meta, expect_texts)
         v = _read_parquet_long(path, cols)
     else:
-        v = _read_parquet_wide(path, schema)
+        _check_decoded_size(path, meta, len(cols))
+        v = _read_parquet_wide(path, schema, expect_texts)
     v.text_set_id = info.get("text_set_id")
     if info.get("convention"):
         _check_convention(path, info["convention"])
@@ -124,13 +211,19 @@ def _grid_order(codes: np.ndarray, pos: np.ndarray, K: int) -> np.ndarray | None
     return first.astype(np.int64)
 
 
-def _read_parquet_long(path: Path, cols: list[str]) -> Vectors:
+def _long_columns(path: Path, cols: list[str]) -> list[str]:
+    """The columns read from a long file: model, position, loglik and, when present, n_tokens and truncated."""
     pos_col = "text_pos" if "text_pos" in cols else "index" if "index" in cols else None
     if pos_col is None:
         raise FormatError(
             f"{path}: a long Parquet file needs a 'text_pos' (or 'index') column saying which text each row scores"
         )
-    want = ["model", pos_col, "loglik"] + [c for c in ("n_tokens", "truncated") if c in cols]
+    return ["model", pos_col, "loglik"] + [c for c in ("n_tokens", "truncated") if c in cols]
+
+
+def _read_parquet_long(path: Path, cols: list[str]) -> Vectors:
+    want = _long_columns(path, cols)
+    pos_col = want[1]
     table = _read_parquet_table(path, columns=want, read_dictionary=["model"])
     if table.num_rows == 0:
         raise FormatError(f"{path}: no rows")
@@ -189,10 +282,12 @@ def _float_column(path, table, name) -> np.ndarray:
     col = table.column(name)
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
         raise FormatError(f"{path}: column {name!r} must be numeric, got {col.type}")
-    return col.to_numpy().astype(np.float64, copy=False)  # nulls come back as NaN and are reported by model
+    # As stored: integers are checked against float64's exact range by _finish. Nulls come back as NaN
+    # (an integer column with nulls as float64) and are reported by model.
+    return col.to_numpy()
 
 
-def _read_parquet_wide(path: Path, schema: pa.Schema) -> Vectors:
+def _read_parquet_wide(path: Path, schema: pa.Schema, expect_texts: int | None = None) -> Vectors:
     # pandas may store its index as an extra column; it is not a text.
     text_cols = [c for c in schema.names if c != "model" and not c.startswith("__index_level_")]
     if not text_cols:
@@ -205,7 +300,7 @@ def _read_parquet_wide(path: Path, schema: pa.Schema) -> Vectors:
                 "numeric column of log-likelihoods per text"
             )
     table = _read_parquet_table(path, columns=["model", *text_cols])
-    return _finish_wide(path, table, text_cols, "parquet-wide", lambda i, j: f"column {text_cols[j]!r}")
+    return _finish_wide(path, table, text_cols, "parquet-wide", lambda i, j: f"column {text_cols[j]!r}", expect_texts)
 
 
 def write(tmp, names, L, text_set_id, n_tokens, text_pos, convention, records):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lmmap.data.formats.common import Vectors, _as_vector, _check_names, _finish, _stack
+from lmmap.data.formats.common import Vectors, _check_names, _finish, _stack
 from lmmap.data.safe_pickle import load_pickle
 from lmmap.exceptions import FormatError
 
@@ -30,25 +30,28 @@ def _pickle_budget(path: Path) -> int:
     return 8 * path.stat().st_size + (1 << 20)
 
 
-def read(path: Path, allow_pickle: bool) -> Vectors:
-    """Vectors (and, from the model-data list, metadata) from one of the authors' pickles."""
+def read(path: Path, allow_pickle: bool, expect_texts: int | None = None) -> Vectors:
+    """Vectors (and, from the model-data list, metadata) from one of the authors' pickles.
+
+    ``expect_texts``: the text set's N; a pickle carries no text positions, so every vector must have N values.
+    """
     obj = load_pickle(path, allow_pickle=allow_pickle)
     if isinstance(obj, dict):
-        return _from_vector_dict(path, obj)
+        return _from_vector_dict(path, obj, expect_texts)
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(r, dict) for r in obj):
-        return _from_model_records(path, obj, _pickle_budget(path))
+        return _from_model_records(path, obj, _pickle_budget(path), expect_texts)
     raise FormatError(
         f"{path} holds a {type(obj).__name__}; lmmap reads a dict {{model: vector}} "
         "(raw_log-likelihood_1018.pkl) or a list of per-model dicts (model-data-1018.pkl)"
     )
 
 
-def _from_vector_dict(path: Path, obj: dict) -> Vectors:
+def _from_vector_dict(path: Path, obj: dict, expect_texts: int | None = None) -> Vectors:
     """{model name: vector}; insertion order is the model order."""
     if not obj:
         raise FormatError(f"{path} holds an empty dict: no models")
     names = _check_names(path, list(obj))
-    L = _stack(path, names, [_as_vector(path, n, obj[n]) for n in names], _pickle_budget(path))
+    L = _stack(path, names, [obj[n] for n in names], _pickle_budget(path), expect_texts)
     return _finish(path, names, L, format="pickle-dict", convention="reference")
 
 
@@ -89,11 +92,12 @@ def _pick_vector_key(path: Path, first: dict) -> str:
     )
 
 
-def _from_model_records(path: Path, records: list, max_bytes: int | None = None) -> Vectors:
+def _from_model_records(path: Path, records: list, max_bytes: int | None = None,
+                        expect_texts: int | None = None) -> Vectors:
     """The authors' model-data list: one dict per model with ``model_name``, a vector and metadata."""
     key = _pick_vector_key(path, records[0])
     budget = [max_bytes] if max_bytes is not None else None
-    names, vectors, rows, skipped = [], [], [], []
+    names, vectors = [], []
     for i, rec in enumerate(records):
         name = rec.get("model_name")
         if not isinstance(name, str) or not name.strip():
@@ -101,7 +105,12 @@ def _from_model_records(path: Path, records: list, max_bytes: int | None = None)
         if key not in rec:
             raise FormatError(f"{path}: model {name!r} (record #{i + 1}) has no {key!r} vector, unlike the first record")
         names.append(name)
-        vectors.append(_as_vector(path, name, rec[key]))
+        vectors.append(rec[key])
+    names = _check_names(path, names)
+    # Before any vector is converted: the records may all share one vector through the pickle's memo.
+    L = _stack(path, names, vectors, max_bytes, expect_texts)
+    rows, skipped = [], []
+    for name, rec in zip(names, records):
         row = {}
         for k, v in rec.items():
             if k == "model_name" or k in VECTOR_KEYS:
@@ -119,8 +128,6 @@ def _from_model_records(path: Path, records: list, max_bytes: int | None = None)
                 continue
             row[k] = cell
         rows.append(row)
-    names = _check_names(path, names)
-    L = _stack(path, names, vectors, max_bytes)
     # A key skipped for one model (an array, say) is dropped for all, so a column never mixes kinds.
     metadata = pd.DataFrame(rows, index=pd.Index(names, name="model")).drop(columns=skipped, errors="ignore")
     return _finish(
