@@ -40,10 +40,18 @@ DEFAULT_N = 2900  # the paper's n for N = 10,000; the default is 29% of N (defau
 
 
 def reference_map(Q, embedding: str = "tsne", random_state: int = 42, **embed_kwargs) -> np.ndarray:
-    """The reference configuration: the embedding of the full ``Q`` (K×2); ``auto``: MDS below 40 models, t-SNE above."""
-    from lmmap.maths.embedding import embed
+    """The reference configuration: the embedding of the full ``Q`` (K×N) (``auto``: MDS below 40 models, t-SNE above).
 
-    return embed(np.asarray(Q, dtype=np.float64), method=embedding, random_state=random_state, **embed_kwargs)
+    A classical MDS map is on the scale of ``lmmap map``'s (squared distance ≈
+    KL in nats per text, ``n_texts`` = N, the columns of ``Q``), so the
+    ellipses, Bias² and Variance are in the map's units.
+    """
+    from lmmap.maths.embedding import embed, resolve_method
+
+    Q = np.asarray(Q, dtype=np.float64)
+    if Q.ndim == 2 and resolve_method(embedding, Q.shape[0]) == "mds":
+        embed_kwargs.setdefault("n_texts", int(Q.shape[1]))
+    return embed(Q, method=embedding, random_state=random_state, **embed_kwargs)
 
 
 @dataclass
@@ -195,12 +203,16 @@ def _map_arrays(mm) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mm.L, dtype=np.float64), np.asarray(mm.Q, dtype=np.float64)
 
 
-def _prepare_embedding(embedding: str, K: int, embed_kwargs: dict) -> tuple[str, dict]:
+def _prepare_embedding(embedding: str, K: int, embed_kwargs: dict, N: int | None = None) -> tuple[str, dict]:
     from lmmap.maths.embedding import DEFAULT_PERPLEXITY, effective_perplexity, resolve_method
 
     # Resolved once, so that every resampled map uses the method of the reference.
     method = resolve_method(embedding, K)
     kwargs = dict(embed_kwargs)
+    if method == "mds" and N is not None:
+        # The map's scale (KL = squared distance / 2N, N the full text set: a resampled map's features estimate
+        # the full set's squared distances), not the features' own, which is √(2N) times larger.
+        kwargs.setdefault("n_texts", int(N))
     if method == "tsne":
         # Lowered once here (with one warning) rather than once per map.
         kwargs["perplexity"] = effective_perplexity(kwargs.get("perplexity", DEFAULT_PERPLEXITY), K)
@@ -305,7 +317,8 @@ def compare_stability(
     R = check_replicates(R)
     workers = check_workers(workers)
     seed = seed_of(random_state)
-    resolved, kwargs = _prepare_embedding(embedding, K, embed_kwargs)
+    seed_of(embedding_random_state, "embedding_random_state")  # named here: deeper down it is "random_state"
+    resolved, kwargs = _prepare_embedding(embedding, K, embed_kwargs, N)
     for method, n in checked:
         note_if_no_real_subset(Q, method, n, per_map=True)
     if reference is None:

@@ -46,9 +46,10 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
         target = f"target {result.target_se:g}"
         x_max = max(float(np.max(x)) for x, _ in series.values())
         series[target] = (np.array([0.0, x_max]), np.full(2, result.target_se))
-        plots.lines_png(files.path("adaptive_trace.png"), series, xlabel="texts scored",
-                        ylabel=f"largest relative SE of KL to the {result.neighbors} nearest", logy=True,
-                        title="adaptive placement", styles={target: ":"}, figsize=(5.6, 4.0))
+        plots.lines_png(files.path("adaptive_trace.png"), series, xlabel="texts scored (per new model)",
+                        ylabel=f"largest relative SE of KL to the {result.neighbors} nearest\n(SE / KL, no unit)",
+                        logy=True, title="Adaptive placement: error bars against texts scored",
+                        styles={target: ":"}, figsize=(6.0, 4.2))
     if result.coords is not None:
         _write_map(files, result, color_by)
     files.json("adaptive.json", {
@@ -62,6 +63,7 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
 
 
 def _write_map(files: Files, result, color_by: str | None) -> None:
+    from lmmap.report.map import units_line
     from lmmap.report.place import placed_map_figure
 
     coords = result.coords
@@ -80,6 +82,7 @@ def _write_map(files: Files, result, color_by: str | None) -> None:
         for _, g in near.groupby("new_model", sort=False)]
     title = (f"{len(result.existing_models)} models + {len(result.new_models)} placed adaptively "
              f"({_METHOD_NAMES.get(result.method, result.method)}; at most "
-             f"{max(r.texts_scored for r in result.runs.values())} of {result.n_texts} texts scored per new model)")
+             f"{max(r.texts_scored for r in result.runs.values())} of {result.n_texts} texts scored per new model)\n"
+             + units_line(result.method, result.unit))
     placed_map_figure(files, coords, names, result.new_models, result.existing_models, result.kl, groups=groups,
-                      hover=hover, title=title, method=result.method, color_by=color_by)
+                      hover=hover, title=title, method=result.method, color_by=color_by, metadata=meta)

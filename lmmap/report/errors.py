@@ -3,9 +3,9 @@
 ``errors.csv`` (one row per method and n: d, τ, σ̂, simulated and analytic,
 and their agreement z), ``kappa.csv`` (``κ̂_d`` and ``sqrt(N/d)·κ̂_N``),
 ``table1.csv`` (unique texts d' to match ``κ̂_d``; with mode ``both`` also
-``table1_analytic.csv``), ``figure2.png``/``figure2.html`` (σ̂ against d,
-log–log) and ``errors.json`` (parameters, τ_unif,N, d' ratios to uniform,
-provenance).
+``table1_analytic.csv``), ``figure2.png``/``figure2.html`` (the error of the
+estimated KL, σ̂, against the texts scored d, log–log) and ``errors.json``
+(parameters, τ_unif,N, d' ratios to uniform, provenance).
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ def figure2_series(result, kappa) -> tuple[dict, dict, dict]:
     return series, styles, colours
 
 
+def figure2_ylabel(error: str) -> str:
+    """Figure 2's y-label: what is plotted in words, its unit, and the paper's symbol last."""
+    if error == "relative":
+        return "error of the estimated KL, relative to the true KL\n(RMS over model pairs, no unit; σ̂)"
+    return "error of the estimated KL, relative to the typical KL\n(RMS error / RMS KL over model pairs, no unit; σ̂)"
+
+
 def write(result, outdir: str | os.PathLike, *, table=None, **provenance) -> dict[str, Path]:
     """Write the tables, Figure 2 (PNG and HTML) and ``errors.json`` of ``result``; returns ``{name: path}``.
 
@@ -69,11 +76,11 @@ def write(result, outdir: str | os.PathLike, *, table=None, **provenance) -> dic
         files.table("table1_analytic.csv", result.texts_needed(source="analytic", warn=False))
 
     series, styles, colours = figure2_series(result, kappa)
-    what = "relative" if result.error == "relative" else "absolute"
     kw = dict(
-        xlabel="number of unique texts d",
-        ylabel=f"σ̂ (RMS {what} error of g̃ against the population)",
-        title=f"K = {result.K} models, N = {result.N} texts, R = {result.R}",
+        xlabel="texts scored: unique texts d in the subset (log scale)",
+        ylabel=figure2_ylabel(result.error),
+        title=(f"Error of the KL estimates against the number of texts scored\n"
+               f"K = {result.K} models, N = {result.N:,} texts, R = {result.R} draws per point"),
         logx=True, logy=True, styles=styles, colors=colours,
     )  # fmt: skip
     files.figure("figure2", lambda p: plots.lines_png(p, series, **kw), lambda p: plots.lines_html(p, series, **kw))
@@ -92,4 +99,4 @@ def write(result, outdir: str | os.PathLike, *, table=None, **provenance) -> dic
     return files.paths
 
 
-__all__ = ["METHOD_COLOURS", "METHOD_LABELS", "figure2_series", "write"]
+__all__ = ["METHOD_COLOURS", "METHOD_LABELS", "figure2_series", "figure2_ylabel", "write"]

@@ -77,11 +77,12 @@ class Files:
         """``stem``.png by ``draw_png(path)`` and, when given, ``stem``.html by ``draw_html(path)``.
 
         The HTML loads ``plotly.min.js`` from its folder (written once per folder
-        by :mod:`lmmap.report.plots`), so it is listed too.
+        by :mod:`lmmap.report.plots`), or from the session's shared folder
+        (``LMMAP_PLOTLY_JS_DIR``), so it is listed too, where it is.
         """
         draw_png(self.path(f"{stem}.png"))
         if draw_html is not None:
-            from lmmap.report.plots import PLOTLY_JS
+            from lmmap.report.plots import PLOTLY_JS, plotly_js_for
 
             draw_html(self.path(f"{stem}.html"))
-            self.paths[PLOTLY_JS] = self.outdir / PLOTLY_JS
+            self.paths[PLOTLY_JS] = plotly_js_for(self.outdir)[0]

@@ -74,7 +74,8 @@ def write(
     if len(lineage):
         hover = _hover_lineage(hover, mm.names, lineage)
     style = dict(
-        groups=groups, title=title(mm, method), edges=edge_sets, flagged=flagged, axis_label=axis_label(method),
+        groups=groups, title=title(mm, method, unit=unit), edges=edge_sets, flagged=flagged,
+        flagged_label=flagged_label(mm), axis_label=axis_label(method),
         group_title=color_by if groups is not None else None,
     )
     files.figure(
@@ -95,8 +96,9 @@ def write(
     return files.paths
 
 
-def title(mm, method: str = "auto", models: str | None = None) -> str:
-    """What the map shows: models (``models`` replaces "K models"), texts, embedding and clipping (two lines)."""
+def title(mm, method: str = "auto", models: str | None = None, unit: str = "nats-per-text") -> str:
+    """What the map shows: models (``models`` replaces "K models"), texts, embedding and clipping, and the units
+    of its axes and of the KL in its hover text and tables (``unit``), in three lines."""
     from lmmap.maths.embedding import METHOD_LABELS
 
     method = mm.embedding_method(method)
@@ -107,7 +109,35 @@ def title(mm, method: str = "auto", models: str | None = None) -> str:
         clip = "no clipping"
     else:
         clip = f"log-likelihoods clipped at {mm.threshold:.4g} ({_ordinal(mm.clip_percentile)} percentile)"
-    return f"Model map: {first}\n{METHOD_LABELS.get(method, method)}; {clip}"
+    return f"Model map: {first}\n{METHOD_LABELS.get(method, method)}; {clip}\n{units_line(method, unit)}"
+
+
+def units_line(method: str, unit: str = "nats-per-text") -> str:
+    """The units of a map's axes (by embedding ``method``) and of the KL it reports (``unit``), for a title."""
+    from lmmap.map import UNIT_LABELS
+
+    kl = UNIT_LABELS.get(unit, unit)
+    if method == "mds":
+        axes = "squared map distance ≈ KL in nats/text"
+    elif method == "pca":
+        axes = "PCA of the log-likelihoods: squared distance ≈ 2N·KL"
+    else:
+        axes = f"{axis_label(method)} axes have no unit"
+    return f"{axes}; KL in hover and tables: {kl}" if (method != "mds" or kl != "nats/text") else axes
+
+
+def dense(mm) -> bool:
+    """Whether the map has too many models for every line and ring (:data:`plots.DENSE_MAP_MODELS`)."""
+    from lmmap.report.plots import DENSE_MAP_MODELS
+
+    return mm.K > DENSE_MAP_MODELS
+
+
+def flagged_label(mm) -> str:
+    """The legend's words for the red rings of :func:`map_edges` on this map."""
+    if dense(mm):
+        return "nearest by KL in another declared lineage"
+    return "nearest model in another lineage"
 
 
 def map_edges(mm, mode: str = "auto"):
@@ -122,6 +152,12 @@ def map_edges(mm, mode: str = "auto"):
     and so are consecutive layers of a lensed model (``layers_of``,
     ``layer``; kind ``layers``);
     ``none`` draws no line at all.
+
+    Above :data:`plots.DENSE_MAP_MODELS` models only what informs is drawn:
+    the declared ``base_model`` lines (no dashed lines to the nearest model),
+    and a ring only where the nearest model belongs to another *declared*
+    lineage (a model with a base or with models derived from it), not to a
+    model whose lineage nobody declared. The legend says so.
     """
     from lmmap.report.plots import Edges
 
@@ -134,10 +170,41 @@ def map_edges(mm, mode: str = "auto"):
         return [Edges("nn", tuple((mm.names[a], mm.names[b]) for a, b in pairs))] + trajectory_edges(mm), []
     table = mm.lineage()
     bad = table[~table["consistent"].astype(bool)]
-    sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])))]
-    if len(bad):
+    sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])),
+                  label=f"declared base_model ({len(table)} lines)" if dense(mm) else None)]
+    if dense(mm):
+        bases = mm.base_models()
+        declared = set(bases) | set(bases.values())
+        bad = bad[bad["nearest"].isin(declared)]
+    elif len(bad):
         sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
     return sets + trajectory_edges(mm), list(bad["model"])
+
+
+def declared_edges(names, metadata) -> list:
+    """The lines a map's metadata declares, whatever the KL says: each model to its ``base_model`` and the
+    trajectory and layer paths (:func:`trajectory_edges`), among ``names`` only. For placed maps, whose KL
+    comes from a subset of texts."""
+    from types import SimpleNamespace
+
+    from lmmap.map import LINEAGE_COLUMN
+    from lmmap.report.plots import Edges
+
+    if metadata is None or not len(names):
+        return []
+    meta = metadata.set_index("model") if "model" in metadata.columns else metadata
+    meta = meta[~meta.index.duplicated()]
+    out = []
+    if LINEAGE_COLUMN in meta.columns:
+        present = set(names)
+        pairs = []
+        for model, base in zip(names, meta[LINEAGE_COLUMN].reindex(names)):
+            base = "" if base is None or (not isinstance(base, str) and pd.isna(base)) else str(base).strip()
+            if base and base != model and base in present:
+                pairs.append((model, base))
+        if pairs:
+            out.append(Edges("lineage", tuple(pairs)))
+    return out + trajectory_edges(SimpleNamespace(names=list(names), metadata=meta))
 
 
 def trajectory_edges(mm) -> list:

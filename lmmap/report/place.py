@@ -47,8 +47,9 @@ def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | Non
     placed_map_figure(
         files, result.coords, mm.names, result.new_models, result.existing_models, result.kl, groups=groups,
         hover=hover_neighbors(table, mm.names, n=3, unit="" if unit == "nats-per-text" else result.unit_label),
-        method=result.method, color_by=color_by,
-        title=title(mm, result.method, models=f"{len(result.existing_models)} models + {len(result.new_models)} new"),
+        method=result.method, color_by=color_by, metadata=mm.metadata,
+        title=title(mm, result.method, models=f"{len(result.existing_models)} models + {len(result.new_models)} new",
+                    unit=unit),
     )
     info = mm.describe(
         embedding=result.method,
@@ -71,16 +72,25 @@ def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | Non
 
 
 def placed_map_figure(files: Files, coords, names, new_models, existing_models, kl, *, groups, hover, title, method,
-                      color_by) -> None:
+                      color_by, metadata=None) -> None:
     """``map.png`` and ``map.html`` of a placement: existing models coloured and labelled, new models drawn
-    large and named, each with a dashed line to its nearest existing model by KL (``kl``: m×K)."""
+    large and named, each with a dashed line to its nearest existing model by KL (``kl``: m×K).
+
+    The lines the map's ``metadata`` declares (``base_model``, trajectories,
+    layers) are drawn as on ``lmmap map``. A new model takes the colour of its
+    own ``color_by`` value when the metadata has one, and otherwise the
+    distinct :data:`plots.NEW_GROUP` style, not the grey of "unknown".
+    """
     from lmmap.report import plots
-    from lmmap.report.map import axis_label
+    from lmmap.report.map import axis_label, declared_edges
 
     nearest = [existing_models[j] for j in np.asarray(kl).argmin(axis=1)] if len(new_models) else []
+    if groups is not None:
+        new = set(new_models)
+        groups = [plots.NEW_GROUP if (n in new and g == plots.UNKNOWN) else g for n, g in zip(names, groups)]
     style = dict(
         groups=groups, highlight=list(new_models), title=title, highlight_label="new",
-        edges=[plots.Edges("placement", tuple(zip(new_models, nearest)))],
+        edges=declared_edges(list(names), metadata) + [plots.Edges("placement", tuple(zip(new_models, nearest)))],
         axis_label=axis_label(method), group_title=color_by if groups is not None else None,
     )
     files.figure(

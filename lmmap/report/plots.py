@@ -10,17 +10,24 @@ Conventions, kept by every function here:
 * Groups (model type, family…) are categorical; a missing value (None, NaN,
   empty) is drawn as ``"unknown"`` in grey. Categories are ordered by size, so
   the largest get the most distinct colours; past 20 categories the colours
-  repeat with a different marker.
+  repeat with a different marker. No category colour is red (the ring of a
+  contradicted lineage) or grey (unknown, lines); paths (trajectories, layers)
+  are dark grey dashes of their own.
 * PNGs are drawn on a bare :class:`matplotlib.figure.Figure` (Agg, no
   pyplot state, no display needed) at a fixed ``figsize × dpi``.
 * HTML pages load plotly.js from ``plotly.min.js`` beside them: every HTML
   writer goes through :func:`_write_html`, which writes that one file per
-  output folder (once, atomically). Pages stay small (tens of kB instead of
-  4.8 MB each) and still open offline from ``file://``; move a page together
-  with its folder's ``plotly.min.js``.
-* Maps of up to :data:`LABEL_MAX_MODELS` models name every point: in PNGs the
-  labels are moved apart with adjustText, in HTML each label sits on the side
-  away from its nearest point, and a search box highlights a model by name.
+  output folder (once, atomically), or once into the folder named by
+  ``LMMAP_PLOTLY_JS_DIR`` for a whole session (:func:`plotly_js_for`). Pages
+  stay small (tens of kB instead of 4.8 MB each) and still open offline from
+  ``file://``; a page that cannot load its ``plotly.min.js`` shows a message
+  saying so instead of a blank page.
+* Maps of up to :data:`LABEL_MAX_MODELS` models name every point: in PNGs each
+  label goes on the side of its dot with the fewest dots, lines and labels
+  under it (then adjustText if labels still collide), in HTML each label sits
+  on the side away from its nearest point, and a search box highlights a model
+  by name. A far outlier is drawn at the edge of the frame that fits the rest
+  (:func:`robust_frame`), with an arrow and its true position.
 * Every writer creates missing parent folders, writes atomically (temporary
   file, fsync, rename) and returns the path written.
 """
@@ -32,6 +39,8 @@ import html
 import io
 import json
 import math
+import os
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +53,16 @@ from lmmap.exceptions import InputError
 
 UNKNOWN = "unknown"
 UNKNOWN_COLOR = "#9e9e9e"
-# tab10, then the light halves of tab20: 20 colours that stay apart.
+# A model placed into a map whose metadata says nothing about it: drawn as "new", not as "unknown".
+NEW_GROUP = "new (no metadata)"
+NEW_COLOR = "#222222"
+# tab10 and the light halves of tab20 without their reds (red is the ring of a contradicted lineage) and greys
+# (grey is "unknown" and the lines), filled up with dark tab20b colours: 20 colours that stay apart.
 PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-    "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b",
+    "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939",
+    "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#dbdb8d", "#9edae5", "#8c6d31", "#7b4173",
 )  # fmt: skip
 # matplotlib marker → plotly symbol, cycled once the colours run out.
 MARKERS = (("o", "circle"), ("s", "square"), ("^", "triangle-up"), ("D", "diamond"),
@@ -66,16 +79,25 @@ FLAG_COLOR = "#d62728"
 SEARCH_COLOR = "#e600e6"
 # Up to this many models every point of a map is labelled (PNG and HTML).
 LABEL_MAX_MODELS = 60
+# Above this many models a map draws only the lines and rings that inform (see report.map.map_edges), thinner.
+DENSE_MAP_MODELS = 40
+# A model further from the map's median than this many times the 75th percentile of such distances, and
+# isolated, is drawn at the frame's edge so that it does not squeeze the rest (robust_frame).
+FAR_OUTLIER = 2.0
 LABEL_ITERATIONS = 150  # adjustText steps per pass (a fixed count keeps the PNG reproducible)
 PLOTLY_JS = "plotly.min.js"
+# A folder for the one plotly.min.js that every page of a session loads (by a relative path), instead of a copy
+# in each output folder.
+PLOTLY_JS_DIR_ENV = "LMMAP_PLOTLY_JS_DIR"
 # Lines between models: colour, width, matplotlib dash, opacity and legend text.
 EDGE_STYLES = {
     "nn": ("#555555", 0.8, "-", 0.35, "nearest model by KL"),
     "lineage": ("#444444", 1.4, "-", 0.6, "declared base_model"),
     "contradiction": (FLAG_COLOR, 1.1, "--", 0.85, "nearest by KL, another lineage"),
     "placement": (HIGHLIGHT_COLOR, 1.2, "--", 0.75, "new → nearest by KL"),
-    "trajectory": ("#1f77b4", 1.6, "-", 0.8, "training trajectory (step order)"),
-    "layers": ("#ff7f0e", 1.4, ":", 0.85, "layers of a model (logit lens, in order)"),
+    # Neutral and dashed: a path is not a category, and must not take a category's colour.
+    "trajectory": ("#2b2b2b", 1.5, "-.", 0.85, "training trajectory (step order)"),
+    "layers": ("#5c5c5c", 1.4, ":", 0.9, "layers of a model (logit lens, in order)"),
 }  # fmt: skip
 
 
@@ -154,13 +176,15 @@ def _is_missing(value) -> bool:
 
 
 def group_styles(labels: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """Colour and marker index for each category, ordered largest first, ``"unknown"`` last.
+    """Colour and marker index for each category, ordered largest first, then :data:`NEW_GROUP`, ``"unknown"`` last.
 
     Returns ``{category: (hex colour, index into MARKERS)}`` in legend order.
     """
     counts = Counter(labels)
-    known = sorted((c for c in counts if c != UNKNOWN), key=lambda c: (-counts[c], c))
+    known = sorted((c for c in counts if c not in (UNKNOWN, NEW_GROUP)), key=lambda c: (-counts[c], c))
     styles = {c: (PALETTE[i % len(PALETTE)], (i // len(PALETTE)) % len(MARKERS)) for i, c in enumerate(known)}
+    if NEW_GROUP in counts:
+        styles[NEW_GROUP] = (NEW_COLOR, 0)
     if UNKNOWN in counts:
         styles[UNKNOWN] = (UNKNOWN_COLOR, 0)
     return styles
@@ -375,6 +399,119 @@ def _map_inputs(coords, names, groups, highlight, flagged, ellipses, edges, labe
             _resolve_label(label, n))
 
 
+# --------------------------------------------------------------------------- the frame of a map
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What a map picture shows: the data rectangle ``lo``–``hi`` and the models drawn at its edge.
+
+    ``outliers``: K booleans, the models far outside the bulk of the map
+    (:func:`robust_frame`); ``shown``: K×2 positions to draw, the outliers
+    moved along the ray from the frame's centre to the frame's edge.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    outliers: np.ndarray
+    shown: np.ndarray
+
+    @property
+    def span(self) -> np.ndarray:
+        return self.hi - self.lo
+
+
+def robust_frame(coords, far: float = FAR_OUTLIER) -> Frame:
+    """The frame that shows the bulk of a map, with far outliers moved to its edge.
+
+    A model is an outlier when it lies more than ``far`` times the 75th
+    percentile of the distances from the median position away from that
+    median, no other model is near it (within that percentile), at most one
+    model in ten is one, and leaving them out shrinks the frame to 80% or less.
+    One far model would otherwise squeeze all the others into a corner of the
+    picture. Maps of fewer than 8 models are shown whole.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    n = coords.shape[0]
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    whole = Frame(lo, hi, np.zeros(n, dtype=bool), coords.copy())
+    if n < 8:
+        return whole
+    centre = np.median(coords, axis=0)
+    r = np.hypot(*(coords - centre).T)
+    scale = float(np.quantile(r, 0.75))
+    candidates = r > far * scale
+    if not scale > 0 or not candidates.any() or candidates.sum() > max(1, n // 10):
+        return whole
+    rest = coords[~candidates]
+    gap = np.sqrt(((coords[candidates, None, :] - rest[None, :, :]) ** 2).sum(axis=-1)).min(axis=1)
+    outliers = np.zeros(n, dtype=bool)
+    outliers[np.flatnonzero(candidates)[gap > scale]] = True
+    if not outliers.any():
+        return whole
+    ilo, ihi = coords[~outliers].min(axis=0), coords[~outliers].max(axis=0)
+    if (ihi - ilo).max() > 0.8 * (hi - lo).max():
+        return whole
+    # Each outlier sits on the frame's edge (inset by 3% of its size) where the ray from the centre to it leaves.
+    inset = 0.03 * max((ihi - ilo).max(), 1e-12)
+    elo, ehi, mid = ilo - inset, ihi + inset, (ilo + ihi) / 2
+    shown = coords.copy()
+    for i in np.flatnonzero(outliers):
+        d = coords[i] - mid
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.min(np.where(d > 0, (ehi - mid) / d, np.where(d < 0, (elo - mid) / d, np.inf)))
+        shown[i] = mid + min(float(t), 1.0) * d
+    return Frame(elo, ehi, outliers, shown)
+
+
+def _map_point_size(n: int, ellipses: bool) -> float:
+    # With ellipses the dots are drawn smaller, so that more ellipses show around them.
+    return _marker_size(n) * (0.45 if ellipses else 1.0)
+
+
+# The nominal plotting width of a map (inches): 8-inch figure less the axis labels and ticks.
+_MAP_AXES_INCHES = 7.0
+
+
+def visible_ellipse_scale(coords, covs, n: int | None = None, ratio: float = 2.0, quantile: float = 0.25) -> float:
+    """A round factor (1, 2, 5, 10, 20, …) that makes most of a map's ellipses larger than their dots.
+
+    The ``quantile`` (a quarter) of the major semi-axes, times the factor, is at
+    least ``ratio`` times the radius of the dot that :func:`map_figure` draws on
+    a frame of this map (:func:`robust_frame`, about 7 inches wide): three
+    ellipses in four stand clear of their dots. 1 when they do as they are. A
+    picture drawn with a factor other than 1 must say so.
+    """
+    coords = _check_coords(coords)
+    n = coords.shape[0] if n is None else int(n)
+    from lmmap.maths.stability import ellipse_axes
+
+    major = ellipse_axes(np.asarray(covs, dtype=np.float64))[0]
+    typical = float(np.quantile(major, quantile)) if np.size(major) else 0.0
+    span = float(robust_frame(coords).span.max())
+    if not typical > 0 or not span > 0:
+        return 1.0
+    dot_radius = math.sqrt(_map_point_size(n, True)) / 2 * span / (_MAP_AXES_INCHES * 72)
+    need = ratio * dot_radius / typical
+    if need <= 1:
+        return 1.0
+    decade = 10 ** math.floor(math.log10(need))
+    return float(next(m * decade for m in (1, 2, 5, 10) if m * decade >= need))
+
+
+def _map_figsize(frame: Frame, n_legend: int, title) -> tuple[float, float]:
+    # The figure's height follows the frame's shape: equal axes in a square box would leave a wide map's top and
+    # bottom empty.
+    width = _default_figsize(n_legend, 8.0, 0)[0]
+    span = frame.span
+    size = span.max() if span.max() > 0 else 1.0
+    aspect = (span[1] + 0.12 * size) / (span[0] + 0.2 * size)  # with the padding map_figure adds
+    lines = 0 if not title else len(str(title).splitlines())
+    rows = min(n_legend, 28)
+    height = max(float(np.clip(_MAP_AXES_INCHES * aspect, 4.2, 8.0)) + 0.7 + 0.2 * lines, 0.22 * rows + 0.8)
+    return width, height
+
+
 def map_png(
     path,
     coords,
@@ -409,6 +546,7 @@ def map_figure(
     flagged=None,
     flagged_label="nearest model in another lineage",
     axis_label=None,
+    frame="robust",
     figsize=None,
     dpi=DEFAULT_DPI,
 ):
@@ -421,17 +559,24 @@ def map_figure(
     groups : K category values (model type, family…) colouring the points; None → one colour.
     highlight : model names (e.g. newly added) drawn larger, black-edged and labelled in bold.
     ellipses : ``(centres K×2, covariances K×2×2)``: a standard deviational
-        ellipse per model, semi-axes ``ellipse_scale·√λ`` (see :func:`ellipse_parameters`).
+        ellipse per model, semi-axes ``ellipse_scale·√λ`` (see :func:`ellipse_parameters`;
+        :func:`visible_ellipse_scale` picks a factor that makes them visible, which the title must state).
+        The dots are drawn smaller then.
     title : figure title (newlines allowed).
     label : write every model's name beside its point: True, False or
-        ``"auto"`` (K ≤ :data:`LABEL_MAX_MODELS`). Labels are pushed apart with
-        adjustText so that they do not overlap; a thin line joins a moved label to its point.
+        ``"auto"`` (K ≤ :data:`LABEL_MAX_MODELS`). Each label is put on the side of
+        its point with the fewest points and lines under it, then pushed apart
+        with adjustText if labels still collide; a thin line joins a moved label to its point.
     group_title : legend title (e.g. ``"model_type"``).
     edges : :class:`Edges` (or a list of them): lines between models, drawn under the points.
+        Above :data:`DENSE_MAP_MODELS` models they are drawn thinner and lighter.
     flagged : model names circled in red (e.g. a nearest neighbour that contradicts the declared lineage).
     axis_label : ``"MDS"`` gives axis titles "MDS 1" and "MDS 2"; or a pair of titles.
+    frame : ``"robust"`` (default): far outliers (:func:`robust_frame`) are drawn
+        at the frame's edge with an arrow pointing their way, and labelled with
+        their name and true position; ``"full"``: every model where it is.
     figsize, dpi : inches and dots per inch; the PNG is ``figsize × dpi`` pixels.
-        Default figsize widens with the number of legend columns.
+        Default: 8 inches wide plus the legend, as tall as the map's shape needs.
     """
     from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.lines import Line2D
@@ -439,36 +584,50 @@ def map_figure(
 
     coords, n, names, labels, styles, mask, flag, ell, edge_sets, label = _map_inputs(
         coords, names, groups, highlight, flagged, ellipses, edges, label)
+    if frame not in ("robust", "full"):
+        raise InputError(f"frame must be 'robust' or 'full', got {frame!r}", params=("frame",))
+    fr = robust_frame(coords) if frame == "robust" else robust_frame(coords, far=np.inf)
+    shown, far = fr.shown, fr.outliers
+    dense = n > DENSE_MAP_MODELS
 
     extra = []
     for e, pairs in edge_sets:
         if len(pairs):
-            colour, width, dash, alpha, text = e.style
+            colour, width, dash, alpha, text = _edge_style(e, dense)
             extra.append(Line2D([], [], color=colour, lw=width, ls=dash, alpha=max(alpha, 0.6), label=_mpl_literal(text)))
-    n_legend = (len(styles) if groups is not None else 0) + int(mask.any()) + int(flag.any()) + len(extra)
-    fig, ax = _new_figure(figsize or _default_figsize(n_legend, 8.0, 7.5), dpi)
-    size = _marker_size(n)
+    n_legend = ((len(styles) if groups is not None else 0) + int(mask.any()) + int(flag.any()) + int(far.any())
+                + len(extra))
+    fig, ax = _new_figure(figsize or _map_figsize(fr, n_legend, title), dpi)
+    fig.set_layout_engine("compressed")
+    size = _map_point_size(n, ell is not None)
     label_array = np.asarray(labels, dtype=object)
     counts = Counter(labels)
+    segments = []
     for e, pairs in edge_sets:
         if len(pairs):
-            colour, width, dash, alpha, _ = e.style
+            colour, width, dash, alpha, _ = _edge_style(e, dense)
+            segments.append(shown[pairs])
             ax.add_collection(
-                LineCollection(coords[pairs], colors=colour, linewidths=width, linestyles=dash, alpha=alpha, zorder=1)
+                LineCollection(shown[pairs], colors=colour, linewidths=width, linestyles=dash, alpha=alpha, zorder=1)
             )
     if ell is not None:
-        centres, covs = ell
+        _, covs = ell
         width, height, angle = ellipse_parameters(covs, ellipse_scale)
         colours = [styles[g][0] for g in labels]
-        patches = [Ellipse(c, w, h, angle=a) for c, w, h, a in zip(centres, width, height, angle)]
+        # Centred on the dots as drawn: an outlier's ellipse moves to the frame's edge with it.
+        patches = [Ellipse(c, w, h, angle=a) for c, w, h, a in zip(shown, width, height, angle)]
+        # Their outlines are lines that labels keep off, like the edges'.
+        for c, cov in zip(shown, covs):
+            outline = ellipse_outline(c, cov, ellipse_scale, n_points=24)
+            segments.append(np.stack([outline[:-1], outline[1:]], axis=1))
         ax.add_collection(
-            PatchCollection(patches, facecolors="none", edgecolors=colours, linewidths=0.6, alpha=0.55, zorder=1)
+            PatchCollection(patches, facecolors="none", edgecolors=colours, linewidths=0.8, alpha=0.7, zorder=1)
         )
     for category, (colour, marker) in styles.items():
         sel = label_array == category
         ax.scatter(
-            coords[sel, 0],
-            coords[sel, 1],
+            shown[sel, 0],
+            shown[sel, 1],
             s=size,
             c=colour,
             marker=MARKERS[marker][0],
@@ -478,8 +637,8 @@ def map_figure(
         )
     if mask.any():
         ax.scatter(
-            coords[mask, 0],
-            coords[mask, 1],
+            shown[mask, 0],
+            shown[mask, 1],
             s=max(4 * size, 60.0),
             c=[styles[g][0] for g in label_array[mask]],
             edgecolors=HIGHLIGHT_COLOR,
@@ -491,15 +650,28 @@ def map_figure(
                    label=_mpl_literal(highlight_label))
         )  # fmt: skip
     if flag.any():
+        ring = (3.5 * size, 1.0) if dense else (max(5 * size, 90.0), 1.6)
         ax.scatter(
-            coords[flag, 0], coords[flag, 1], s=max(5 * size, 90.0), facecolors="none", edgecolors=FLAG_COLOR,
-            linewidths=1.6, zorder=3,
+            shown[flag, 0], shown[flag, 1], s=ring[0], facecolors="none", edgecolors=FLAG_COLOR,
+            linewidths=ring[1], zorder=3,
         )  # fmt: skip
         extra.append(
-            Line2D([], [], ls="", marker="o", mfc="none", mec=FLAG_COLOR, mew=1.6, ms=9,
+            Line2D([], [], ls="", marker="o", mfc="none", mec=FLAG_COLOR, mew=ring[1], ms=9,
                    label=_mpl_literal(f"{flagged_label} ({int(flag.sum())})"))
         )  # fmt: skip
-    ax.set_aspect("equal", adjustable="datalim")
+    # A map of one point (or of identical ones) still gets a frame of its own size.
+    pad = np.array([0.1, 0.06]) * (fr.span.max() if fr.span.max() > 0 else 10.0)
+    ax.set_xlim(fr.lo[0] - pad[0], fr.hi[0] + pad[0])
+    ax.set_ylim(fr.lo[1] - pad[1], fr.hi[1] + pad[1])
+    if far.any():
+        _mark_outliers(ax, coords, shown, far, fr)
+        extra.append(
+            Line2D([], [], ls="", marker=">", color="0.15", ms=7,
+                   label=f"far off the map ({int(far.sum())}): at its edge")
+        )  # fmt: skip
+    # The frame is fixed and the figure shaped to it: the box, not the limits, adapts to equal axes ("compressed"
+    # is the layout made for such axes; "constrained" can push the axis labels off the figure).
+    ax.set_aspect("equal", adjustable="box")
     ax.tick_params(labelsize="small")
     xtitle, ytitle = _axis_titles(axis_label)
     ax.set_xlabel(_mpl_literal(xtitle))
@@ -508,14 +680,60 @@ def map_figure(
         ax.set_title(_mpl_literal(title), fontsize=10)
     if groups is not None or extra:
         _add_group_legend(fig, styles if groups is not None else {}, counts, group_title, extra)
-    to_label = np.ones(n, dtype=bool) if label else mask
+    to_label = (np.ones(n, dtype=bool) if label else mask) | far
     if to_label.any():
-        _place_labels(fig, ax, coords, names, to_label, mask)
+        texts = [f"{a} (at {x:.3g}, {y:.3g})" if o else a for a, (x, y), o in zip(names, coords, far)]
+        segments = np.concatenate(segments) if segments else np.empty((0, 2, 2))
+        _place_labels(fig, ax, shown, texts, to_label, mask, radius_pt=math.sqrt(size) / 2, segments=segments)
     return fig
 
 
-def _place_labels(fig, ax, coords, names, to_label, bold) -> None:
-    """Names beside their points, moved apart (adjustText) so that no two overlap."""
+def _edge_style(e: Edges, dense: bool):
+    colour, width, dash, alpha, text = e.style
+    if dense and e.kind in ("lineage", "nn", "contradiction"):
+        # Many lines cross on a crowded map: thinner and lighter, so that the points stay readable.
+        return colour, width * 0.6, dash, alpha * 0.6, text
+    return colour, width, dash, alpha, text
+
+
+def _mark_outliers(ax, coords, shown, far, fr: Frame) -> None:
+    """An arrow from each outlier's dot on the frame's edge, pointing where the model really is."""
+    mid = (fr.lo + fr.hi) / 2
+    step = 0.045 * float(fr.span.max())
+    for i in np.flatnonzero(far):
+        d = coords[i] - mid
+        d = d / (np.hypot(*d) or 1.0)
+        arrow = ax.annotate("", xy=tuple(shown[i] + step * d), xytext=tuple(shown[i]), annotation_clip=False,
+                            arrowprops=dict(arrowstyle="-|>", color="0.15", lw=1.2, shrinkA=3, shrinkB=0), zorder=4)
+        arrow.set_in_layout(False)
+
+
+# Where a label may sit around its point, in order of preference: right, above, left, below, then the diagonals.
+_LABEL_SIDES = ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, 1), (-1, -1), (1, -1))
+
+
+def _segment_samples(segments_px: np.ndarray, step: float = 6.0, cap: int = 20_000) -> np.ndarray:
+    """Points every ``step`` pixels along each line (ends excluded: those are the models' own dots)."""
+    if not len(segments_px):
+        return np.empty((0, 2))
+    a, b = segments_px[:, 0], segments_px[:, 1]
+    length = np.hypot(*(b - a).T)
+    counts = np.clip((length / step).astype(int), 0, 200)
+    if counts.sum() > cap:
+        counts = np.maximum((counts * cap / counts.sum()).astype(int), 0)
+    # At least the middle of each line, however short (an ellipse's outline is many short ones).
+    pieces = [a[k] + (b[k] - a[k]) * (np.arange(1, c) / c)[:, None] for k, c in enumerate(np.maximum(counts, 2))]
+    return np.vstack(pieces) if pieces else np.empty((0, 2))
+
+
+def _inside(points: np.ndarray, box) -> int:
+    x0, y0, x1, y1 = box
+    return int(((points[:, 0] > x0) & (points[:, 0] < x1) & (points[:, 1] > y0) & (points[:, 1] < y1)).sum())
+
+
+def _place_labels(fig, ax, coords, names, to_label, bold, *, radius_pt=3.0, segments=None) -> None:
+    """Names beside their points, never on them: each on the side with the fewest dots, lines and other labels
+    under it, then moved apart (adjustText) if labels still collide."""
     small = 7 if to_label.sum() <= 30 else 6
     idx = np.flatnonzero(to_label)
 
@@ -527,31 +745,59 @@ def _place_labels(fig, ax, coords, names, to_label, bold) -> None:
             bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7) if bold[i] else None,
         )
 
-    try:
-        from adjustText import adjust_text
-    except ImportError:  # pragma: no cover - a dependency; without it labels sit up-right of their points
-        adjust_text = None
-    if adjust_text is None or len(idx) < 2:
-        for i in idx:
-            ax.annotate(_mpl_literal(names[i]), coords[i], xytext=(4, 4), textcoords="offset points", **style(i))
-        return
     texts = [ax.text(coords[i, 0], coords[i, 1], _mpl_literal(names[i]), **style(i)) for i in idx]
+    for t in texts:
+        t.set_in_layout(False)  # placed inside the axes below: where they start must not shape the layout
     # Lay the figure out first (legend, equal aspect): label sizes are measured in the final axes, and
     # freezing the layout keeps them there when the figure is saved.
     fig.canvas.draw()
     fig.set_layout_engine("none")
-    # Iteration limits, not adjustText's default time limit: the same map gives the same picture on a busy machine.
-    common = dict(ax=ax, ensure_inside_axes=True, expand_axes=False, target_x=coords[idx, 0], target_y=coords[idx, 1])
-    # First away from every point, then (if labels still collide) away from each other only.
-    adjust_text(texts, x=coords[:, 0], y=coords[:, 1], expand=(1.1, 1.3), iter_lim=LABEL_ITERATIONS, **common)
-    if _overlapping_labels(fig, texts):
-        adjust_text(texts, x=[], y=[], expand=(1.05, 1.2), iter_lim=2 * LABEL_ITERATIONS, **common)
-    # A thin line from each label that moved off its point back to the point.
     renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    points = to_px(coords)
+    gap = (radius_pt + 2.5) * fig.dpi / 72
+    segs = np.empty((0, 2, 2)) if segments is None or not len(segments) else np.asarray(segments, dtype=np.float64)
+    lines = _segment_samples(to_px(segs.reshape(-1, 2)).reshape(-1, 2, 2)) if len(segs) else np.empty((0, 2))
+    frame = ax.get_window_extent(renderer)
+    placed: list[tuple[float, float, float, float]] = []
+    for t, i in zip(texts, idx):
+        ext = t.get_window_extent(renderer)
+        w, h = ext.width + 2, ext.height + 2
+        best = None
+        for k, (dx, dy) in enumerate(_LABEL_SIDES):
+            norm = math.hypot(dx, dy)
+            anchor = points[i] + gap * np.array([dx, dy]) / norm
+            x0 = anchor[0] if dx > 0 else anchor[0] - w if dx < 0 else anchor[0] - w / 2
+            y0 = anchor[1] if dy > 0 else anchor[1] - h if dy < 0 else anchor[1] - h / 2
+            box = (x0, y0, x0 + w, y0 + h)
+            clash = sum(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed)
+            outside = box[0] < frame.x0 or box[2] > frame.x1 or box[1] < frame.y0 or box[3] > frame.y1
+            score = 4 * _inside(points, box) + _inside(lines, box) + 6 * clash + 50 * outside + 0.01 * k
+            if best is None or score < best[0]:
+                best = (score, anchor, dx, dy, box)
+        _, anchor, dx, dy, box = best
+        t.set_position(tuple(ax.transData.inverted().transform(anchor)))
+        t.set_horizontalalignment("left" if dx > 0 else "right" if dx < 0 else "center")
+        t.set_verticalalignment("bottom" if dy > 0 else "top" if dy < 0 else "center")
+        placed.append(box)
+    if len(idx) >= 2 and _overlapping_labels(fig, texts):
+        try:
+            from adjustText import adjust_text
+        except ImportError:  # pragma: no cover - a dependency; without it the sides chosen above stay
+            adjust_text = None
+        if adjust_text is not None:
+            # Iteration limits, not adjustText's default time limit: the same map gives the same picture on a busy
+            # machine. The labels start beside their points, so they are not pushed away from where they start.
+            common = dict(ax=ax, ensure_inside_axes=True, expand_axes=False, avoid_self=False,
+                          target_x=coords[idx, 0], target_y=coords[idx, 1])
+            adjust_text(texts, x=coords[:, 0], y=coords[:, 1], expand=(1.1, 1.3), iter_lim=LABEL_ITERATIONS, **common)
+            if _overlapping_labels(fig, texts):
+                adjust_text(texts, x=[], y=[], expand=(1.05, 1.2), iter_lim=2 * LABEL_ITERATIONS, **common)
+    # A thin line from each label that moved away from its point back to the point.
     for t, i in zip(texts, idx):
         box = t.get_window_extent(renderer)
-        px, py = ax.transData.transform(coords[i])
-        if not box.expanded(1.0, 1.0).contains(px, py) and _distance_to_box(box, px, py) > 4:
+        px, py = points[i]
+        if _distance_to_box(box, px, py) > gap + 5:
             tx, ty = ax.transData.inverted().transform(_nearest_on_box(box, px, py))
             ax.plot([tx, coords[i, 0]], [ty, coords[i, 1]], color="0.45", lw=0.5, alpha=0.8, zorder=4)
 
@@ -663,8 +909,10 @@ def lines_png(
         )
     if logx:
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis, *_positive_range(np.concatenate([x for _, x, *_ in items])))
     if logy:
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis, *_positive_range(np.concatenate([y for _, _, y, *_ in items])))
     if integer_x and not logx:
         from matplotlib.ticker import MaxNLocator
 
@@ -676,6 +924,43 @@ def lines_png(
     ax.grid(True, which="major", lw=0.4, alpha=0.5)
     ax.legend(fontsize="small", frameon=False)
     return _save_png(fig, path, dpi)
+
+
+def _positive_range(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    return (float(values.min()), float(values.max())) if values.size else (math.nan, math.nan)
+
+
+def _plain_number(value: float) -> str:
+    text = f"{value:.6g}"
+    return text if "e" not in text else f"{value:g}"
+
+
+def plain_log_ticks(axis, lo: float, hi: float) -> None:
+    """Plain decimal tick labels (0.05, 0.1, 0.2) on a log ``axis`` whose data run from ``lo`` to ``hi``.
+
+    matplotlib writes ticks inside a decade as ``3×10⁻¹``, which a reader has to
+    decode. Over less than one decade the ticks are 1–9 × 10^k, over less than
+    two 1, 2 and 5 × 10^k, over more the powers of ten only. Ranges below 10⁻⁴ or
+    from 10⁶ on keep matplotlib's powers of ten.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi >= lo) or lo < 1e-4 or hi >= 1e6:
+        return
+    decades = math.log10(hi / lo)
+    plain = FuncFormatter(lambda v, _pos: _plain_number(v) if v > 0 else "")
+    axis.set_major_formatter(plain)
+    if decades < 1:
+        subs = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    elif decades < 2:
+        subs = (2.0, 5.0)
+    else:
+        axis.set_minor_formatter(NullFormatter())
+        return
+    axis.set_minor_locator(LogLocator(base=10.0, subs=subs))
+    axis.set_minor_formatter(plain)
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float]:
@@ -731,19 +1016,63 @@ def ensure_plotlyjs(folder) -> Path:
     return target
 
 
+def plotly_js_for(folder) -> tuple[Path, str]:
+    """The ``plotly.min.js`` that a page written into ``folder`` loads, and the ``src`` the page names it by.
+
+    By default the file beside the page (``src="plotly.min.js"``). With the
+    environment variable :data:`PLOTLY_JS_DIR_ENV` (``LMMAP_PLOTLY_JS_DIR``)
+    naming a folder, one copy there serves every page of a session, loaded
+    by a relative path (a ``file://`` URL where there is none, e.g. another
+    Windows drive); pages stay offline either way.
+    """
+    shared = os.environ.get(PLOTLY_JS_DIR_ENV, "").strip()
+    if not shared:
+        return Path(folder) / PLOTLY_JS, PLOTLY_JS
+    target = Path(shared).expanduser().resolve() / PLOTLY_JS
+    try:
+        src = urllib.parse.quote(Path(os.path.relpath(target, Path(folder).resolve())).as_posix(), safe="/")
+    except ValueError:
+        src = target.as_uri()
+    return target, src
+
+
+_NO_PLOTLY_ID = "lmmap-no-plotly"
+# Shown unless the script after it finds plotly.js loaded: a page opened without its plotly.min.js (or with
+# JavaScript off) says why it is blank instead of staying blank.
+_NO_PLOTLY_HTML = (
+    '<div id="{id}" style="font: 15px/1.5 sans-serif; margin: 2em; padding: 1em 1.5em; max-width: 48em; '
+    'border: 2px solid #b00020; background: #fff5f5; color: #222;">'
+    "<b>This interactive figure could not be drawn.</b> It needs JavaScript and plotly.js, which it loads from "
+    "<code>{src}</code> (relative to this page), and that file did not load. Keep the page beside that file: "
+    "copy the whole output folder{shared}, not the page alone. The PNG of the same name shows the figure."
+    "</div>\n"
+    '<script type="text/javascript">(function () {{ var m = document.getElementById("{id}"); '
+    'if (m && window.Plotly) {{ m.style.display = "none"; }} }})();</script>\n'
+)
+
+
 def _write_html(fig, path: Path, post_script: str | None = None) -> Path:
     # The one writer of every HTML page: plotly.js is loaded from plotly.min.js in the same folder (written once per
-    # folder), so a run's pages stay small and still open offline from file://.
+    # folder) or in the session's shared folder (plotly_js_for), so a run's pages stay small and open offline.
+    path = _prepare(path)
+    js, src = plotly_js_for(path.parent)
     page = fig.to_html(
-        include_plotlyjs="directory",
+        include_plotlyjs="directory" if src == PLOTLY_JS else src,
         full_html=True,
         config={"displaylogo": False, "responsive": True},
         post_script=post_script,
         div_id="lmmap-plot",
         default_height="88vh",
     )
-    path = _prepare(path)
-    ensure_plotlyjs(path.parent)
+    notice = _NO_PLOTLY_HTML.format(id=_NO_PLOTLY_ID, src=escape(urllib.parse.unquote(src)),
+                                    shared=" and the shared plotly.min.js" if src != PLOTLY_JS else "")
+    # Right after plotly.js's own script tag: parsed only once that script has loaded or failed, so the notice
+    # never flashes while the page loads.
+    tag = f'src="{src}"></script>'
+    at = page.find(tag)
+    at = at + len(tag) if at >= 0 else page.find("<body>") + len("<body>")
+    page = page[:at] + "\n" + notice + page[at:]
+    ensure_plotlyjs(js.parent)
     return _write(path, page)
 
 
@@ -816,7 +1145,7 @@ def map_html(
     for e, pairs in edge_sets:
         if not len(pairs):
             continue
-        colour, width, dash, alpha, text = e.style
+        colour, width, dash, alpha, text = _edge_style(e, n > DENSE_MAP_MODELS)
         segments = np.concatenate([coords[pairs], np.full((len(pairs), 1, 2), np.nan)], axis=1).reshape(-1, 2)
         fig.add_trace(
             go.Scatter(
@@ -901,16 +1230,32 @@ def map_html(
     layout = _plotly_layout(title, xtitle, ytitle, legend_title=legend_title, equal_aspect=True)
     if title:
         layout["title"] = dict(text=_html_lines(title), font=dict(size=15))
-    if label or mask.any():
-        # Labels beside the outermost points would be cut off at plotly's tight default range.
-        finite = coords[np.isfinite(coords).all(axis=1)]
-        if len(finite):
-            (x0, y0), (x1, y1) = finite.min(axis=0), finite.max(axis=0)
-            sx, sy = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
-            layout["xaxis"]["range"] = [x0 - 0.15 * sx, x1 + 0.15 * sx]
-            layout["yaxis"]["range"] = [y0 - 0.08 * sy, y1 + 0.08 * sy]
+    fr = robust_frame(coords)
+    if label or mask.any() or fr.outliers.any():
+        # Labels beside the outermost points would be cut off at plotly's tight default range; far outliers are
+        # left outside the first view (zoom out to see them) and marked at its edge by an arrow with their name.
+        (x0, y0), (x1, y1) = fr.lo, fr.hi
+        sx, sy = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+        layout["xaxis"]["range"] = [x0 - 0.15 * sx, x1 + 0.15 * sx]
+        layout["yaxis"]["range"] = [y0 - 0.08 * sy, y1 + 0.08 * sy]
+        layout["annotations"] = _outlier_annotations(coords, escaped, fr)
     fig.update_layout(**layout)
     return _write_html(fig, path, post_script)
+
+
+def _outlier_annotations(coords, escaped, fr: Frame) -> list[dict]:
+    mid = (fr.lo + fr.hi) / 2
+    out = []
+    for i in np.flatnonzero(fr.outliers):
+        d = coords[i] - mid
+        d = d / (np.hypot(*d) or 1.0)
+        x, y = fr.shown[i]
+        out.append(dict(
+            x=float(x), y=float(y), ax=float(-40 * d[0]), ay=float(40 * d[1]), showarrow=True, arrowhead=2,
+            arrowwidth=1.5, arrowcolor="#262626", font=dict(size=11, color="#262626"),
+            text=f"{escaped[i]} (at {coords[i, 0]:.3g}, {coords[i, 1]:.3g})",
+        ))  # fmt: skip
+    return out
 
 
 def _text_positions(coords: np.ndarray, which: np.ndarray) -> np.ndarray:
@@ -1144,6 +1489,11 @@ __all__ = [
     "ellipse_parameters",
     "ellipse_outline",
     "Edges",
+    "Frame",
+    "robust_frame",
+    "visible_ellipse_scale",
+    "plain_log_ticks",
+    "plotly_js_for",
     "ensure_plotlyjs",
     "map_figure",
     "map_png",

@@ -35,6 +35,16 @@ def _fmt(x) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
+def _target_unit(target) -> str:
+    from lmmap.analyses.predict import LOGLIK_TARGET, MEAN_TARGET
+
+    if target == LOGLIK_TARGET:
+        return "nats per text"
+    if target == MEAN_TARGET:
+        return "mean of the scores, in their unit"
+    return "unit of the scores file"
+
+
 def write(result, outdir: str | os.PathLike, plots: bool = True, **options) -> dict[str, Path]:
     """Write the tables, ``predict.json`` and (with ``plots``) the figures of ``result`` under ``outdir``.
 
@@ -75,8 +85,10 @@ def write_figures(result, files: Files, slugs=None) -> None:
         groups = p["group"].tolist() if group_title else None
         hover = [f"residual {r:+.3g} ({z:+.2f} sd){' — flagged' if m in hot else ''}"
                  for m, r, z in zip(labels, p["residual"], p["z"])]
-        kw = dict(labels=labels, groups=groups, xlabel=f"true {target}", ylabel=f"predicted {target} (out-of-fold)",
-                  title=title, diagonal=True, group_title=group_title)
+        unit = _target_unit(target)
+        kw = dict(labels=labels, groups=groups, xlabel=f"true {target} ({unit})",
+                  ylabel=f"predicted {target} (out-of-fold; {unit})", title=title, diagonal=True,
+                  group_title=group_title)
         x, y = p["true"].to_numpy(), p["predicted"].to_numpy()
         files.figure(
             f"pred_{slug}",

@@ -38,33 +38,52 @@ def _rows(result):
 
 
 def strip_png(path, result) -> Path:
-    import matplotlib
+    """The strip plot: a row per relation, a dot per pair, the median marked; log KL axis when KL spans > 2 decades.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lmmap.report.plots import _mpl_literal, _save_png
+    On the log axis the ticks are plain decimals, a pair with KL ≤ 0 (identical
+    models) is drawn at the left edge as a hollow triangle, and the axis runs
+    past the largest KL so no dot is cut.
+    """
+    from lmmap.report.plots import DEFAULT_DPI, _mpl_literal, _new_figure, _save_png, plain_log_ticks
 
     rows = _rows(result)
-    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.7 * len(rows)), dpi=100, layout="constrained")
+    fig, ax = _new_figure((9.0, 1.5 + 0.8 * max(len(rows), 1)), DEFAULT_DPI)
     rng = np.random.default_rng(0)  # jitter only: the picture is the same on every run
+    values = np.concatenate([v for _, v, _ in rows]) if rows else np.zeros(0)
+    values = values[np.isfinite(values)]
+    positive = values[values > 0]
+    log = positive.size > 0 and positive.max() / positive.min() > 100
+    if log:
+        # Room beyond the smallest and largest pair so that no dot is cut at the frame.
+        lo, hi = positive.min() / 1.6, positive.max() * 1.6
+    else:
+        top = float(values.max()) if values.size else 1.0
+        lo, hi = (min(0.0, float(values.min())) if values.size else 0.0), top + 0.06 * max(top, 1e-12)
     for k, (relation, v, med) in enumerate(rows):
         y = len(rows) - 1 - k
-        ax.scatter(v, y + rng.uniform(-0.18, 0.18, len(v)), s=14, alpha=0.6, color=f"C{k}", linewidths=0)
+        jitter = y + rng.uniform(-0.18, 0.18, len(v))
+        if log:
+            zero = v <= 0
+            ax.scatter(v[~zero], jitter[~zero], s=16, alpha=0.6, color=f"C{k}", linewidths=0)
+            if zero.any():
+                ax.scatter(np.full(zero.sum(), lo), jitter[zero], s=22, marker=">", facecolors="none",
+                           edgecolors=f"C{k}", clip_on=False)
+        else:
+            ax.scatter(v, jitter, s=16, alpha=0.6, color=f"C{k}", linewidths=0)
         ax.plot([med, med], [y - 0.32, y + 0.32], color="black", lw=2)
         ax.annotate(f"median {med:.3g}", (med, y + 0.34), fontsize=8, ha="center", va="bottom")
     ax.set_yticks(range(len(rows)), [_mpl_literal(f"{r} (n={len(v)})") for r, v, _ in reversed(rows)])
-    positive = np.concatenate([v for _, v, _ in rows]) if rows else np.zeros(0)
-    if (positive > 0).sum() and positive[positive > 0].max() / positive[positive > 0].min() > 100:
-        ax.set_xscale("symlog", linthresh=float(positive[positive > 0].min()))
-        ax.set_xlim(left=0)  # KL is not negative: symlog would otherwise mirror an empty half
-    ax.set_xlabel(_mpl_literal(f"KL ({result.unit_label})"))
-    ax.set_title(_mpl_literal(_title(result)), fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    try:
-        return _save_png(fig, Path(path), 100)
-    finally:
-        plt.close(fig)
+    ax.set_ylim(-0.6, len(rows) - 0.25)
+    if log:
+        ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis, lo, hi)
+    ax.set_xlim(lo, hi)
+    unit = _mpl_literal(result.unit_label)
+    note = "; log scale, KL ≤ 0 as hollow triangles at the left edge" if log and (values <= 0).any() else "; log scale" if log else ""
+    ax.set_xlabel(f"KL between the two models of a pair ({unit}){note}")
+    ax.set_title(_mpl_literal(_title(result)), fontsize=11)
+    ax.grid(axis="x", which="major", alpha=0.3)
+    return _save_png(fig, Path(path), DEFAULT_DPI)
 
 
 def strip_html(path, result) -> Path:
