@@ -538,7 +538,8 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, rando
     """Build, score and map the demo ecosystem under ``outdir``; returns paths and a summary.
 
     ``random_state`` seeds everything (corpus split, training, text set):
-    the same value rebuilds the same demo. ``progress``: ``None`` or a
+    the same value rebuilds the same demo; an int from 0 to 2**32 − 4 (the
+    models are seeded ``random_state`` .. ``random_state + 3``). ``progress``: ``None`` or a
     callable receiving :class:`lmmap.progress.Step` events (training steps,
     scoring tokens, one-line stage messages).
 
@@ -560,9 +561,15 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, rando
     from-scratch model), ``kl_summary``, ``nearest`` (each model's nearest
     neighbour by KL) and ``session`` (the README's commands).
     """
-    from lmmap.parallel import set_threads
+    from lmmap.maths.randomness import check_seed
+    from lmmap.parallel import resolve_threads, restore_threads, set_threads
     from lmmap.scoring import executor as _executor
 
+    # The models are seeded random_state..random_state+3 (demo_plan); torch and numpy refuse seeds outside
+    # 0..2**32-1 only once training has begun.
+    check_seed(random_state, span=4)
+    if threads is not None:
+        resolve_threads(threads)
     _executor.check_options(executor, ray_address, gpus_per_model, shard_texts)
     if executor == "ray":
         _executor.import_ray()  # not installed: say so now, not after training
@@ -574,7 +581,7 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, rando
             return _run_demo(outdir, size, force, random_state, progress, executor_options)
     finally:
         if previous is not None:
-            set_threads(previous)
+            restore_threads(previous)
 
 
 class _quiet_transformers:

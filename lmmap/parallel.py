@@ -27,6 +27,11 @@ import os
 from lmmap.exceptions import InputError
 
 MAX_AUTO_THREADS = 8
+# Threads (and workers) beyond a few per core only slow the work down, and a huge count is worse than slow:
+# torch.set_num_threads(10**5) exhausts memory starting OpenMP threads, 10**20 overflows torch's C int,
+# and as many joblib processes would each load numpy. So a count is refused above this many per core.
+THREADS_PER_CORE_LIMIT = 4
+MIN_THREAD_LIMIT = 16
 
 
 def usable_cores() -> int:
@@ -41,7 +46,7 @@ def auto_threads() -> int:
     """The ``auto`` thread count: idle cores minus one, in 1..MAX_AUTO_THREADS (see the module text)."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
-        return int(env)
+        return min(int(env), max_threads())  # an environment value is not checked like a flag: it is capped
     cores = usable_cores()
     try:
         busy = os.getloadavg()[0]
@@ -49,6 +54,20 @@ def auto_threads() -> int:
         busy = 0.0
     idle = cores - int(math.ceil(busy - 0.25))  # a load of 1.2 means a second core is partly taken
     return max(1, min(MAX_AUTO_THREADS, idle - 1))
+
+
+def max_threads() -> int:
+    """The most threads or workers lmmap accepts: :data:`THREADS_PER_CORE_LIMIT` per core of the machine."""
+    return max(MIN_THREAD_LIMIT, THREADS_PER_CORE_LIMIT * (os.cpu_count() or 1))
+
+
+def _check_count(n: int, name: str) -> int:
+    top = max_threads()
+    if n > top:
+        cores = os.cpu_count() or 1
+        raise InputError(f"{name} = {n:,} is more than this machine can use ({cores} core{'s' if cores != 1 else ''}); "
+                         f"give at most {top}", params=(name,))
+    return int(n)
 
 
 def resolve_threads(n: int | str | None) -> int:
@@ -62,14 +81,14 @@ def resolve_threads(n: int | str | None) -> int:
             raise InputError(f"threads must be a positive integer or auto, got {n!r}", params=("threads",)) from None
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise InputError(f"threads must be a positive integer or auto, got {n!r}", params=("threads",))
-    return int(n)
+    return _check_count(n, "threads")
 
 
 def set_threads(n: int | str | None = "auto") -> int:
     """Set torch's intra-op threads to ``n`` (a count, or ``"auto"``/None); returns the previous count.
 
-    Restore with ``set_threads(previous)``, or use :func:`threads` as a
-    context manager. Without torch installed it only validates ``n``.
+    Restore with :func:`restore_threads` (or ``set_threads(previous)``), or use
+    :func:`threads` as a context manager. Without torch installed it only validates ``n``.
     """
     count = resolve_threads(n)
     try:
@@ -82,6 +101,20 @@ def set_threads(n: int | str | None = "auto") -> int:
     return previous
 
 
+def restore_threads(previous: int) -> None:
+    """Give torch back the thread count :func:`set_threads` returned.
+
+    Not checked against :func:`max_threads`: the count came from torch itself (``OMP_NUM_THREADS`` may have
+    set it above the limit), and a restore in a ``finally`` must not fail.
+    """
+    try:
+        import torch
+    except ImportError:
+        return
+    if int(previous) != torch.get_num_threads():
+        torch.set_num_threads(int(previous))
+
+
 @contextlib.contextmanager
 def threads(n: int | str | None = "auto"):
     """``with threads(1): ...`` — torch threads set for the block, the previous count restored after it."""
@@ -90,16 +123,17 @@ def threads(n: int | str | None = "auto"):
     try:
         yield count
     finally:
-        set_threads(previous)
+        restore_threads(previous)
 
 
 
 
 def check_workers(workers) -> int:
-    """``workers`` as a positive count; ``-1`` (scikit-learn's convention) means every usable core."""
+    """``workers`` as a positive count (at most :func:`max_threads`); ``-1`` (scikit-learn's convention) means
+    every usable core."""
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers == 0 or workers < -1:
         raise InputError(f"workers must be a positive integer or -1 (all cores), got {workers!r}", params=("workers",))
-    return usable_cores() if workers == -1 else int(workers)
+    return usable_cores() if workers == -1 else _check_count(workers, "workers")
 
 
 def parallel_map(fn, items, *, workers: int = 1, backend: str = "threads", progress=None, task: str = "",
@@ -141,5 +175,5 @@ def parallel_map(fn, items, *, workers: int = 1, backend: str = "threads", progr
             tracker.advance()
         return out
 
-__all__ = ["auto_threads", "check_workers", "parallel_map", "resolve_threads", "set_threads", "threads", "usable_cores",
-           "MAX_AUTO_THREADS"]
+__all__ = ["auto_threads", "check_workers", "max_threads", "parallel_map", "resolve_threads", "restore_threads",
+           "set_threads", "threads", "usable_cores", "MAX_AUTO_THREADS"]

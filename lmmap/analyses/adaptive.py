@@ -57,7 +57,7 @@ ones (:func:`adaptive_coords`). :mod:`lmmap.report.adaptive` writes the files.
 
 from __future__ import annotations
 
-import json
+import math
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -67,9 +67,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from lmmap.data.atomic import atomic_write
 from lmmap.exceptions import InputError, ScoringError, StoreError
 from lmmap.maths import geometry
+from lmmap.maths.randomness import check_random_state
 from lmmap.maths.resampling import importance
 from lmmap.progress import ProgressFn, Tracker, say
 
@@ -78,6 +78,8 @@ DEFAULT_COMPONENTS = 64
 DEFAULT_NEIGHBOR_FEATURES = 16
 DEFAULT_FOLDS = 4
 DEFAULT_MIN_ROUNDS = 3
+DEFAULT_NEIGHBORS = 5
+DEFAULT_ROUND_SIZE = 32
 DEFAULT_UNIFORM_MIX = 0.05
 # Ridge penalties tried, relative to the largest squared singular value of the (centred) design;
 # the one with the smallest leave-one-out error is kept (closed form, one SVD for all).
@@ -371,31 +373,63 @@ class ModelRun:
     texts_scored: int = 0  # unique texts (the drawn ones, or all N once the rest was filled in)
 
 
-def check_parameters(target_se, neighbors, max_texts, round_size, N: int, min_rounds=DEFAULT_MIN_ROUNDS) -> int:
-    """Validate the user's settings (one-line InputErrors); returns max_texts (default N)."""
-    def _int(v, what, lo):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v != int(v) or int(v) < lo:
-            raise InputError(f"{what} must be an integer ≥ {lo}, got {v!r}", params=(what,))
-        return int(v)
+def _whole(v, what: str, lo: int) -> int:
+    """``v`` as an int ≥ ``lo`` (an integral float is accepted), or a one-line InputError naming ``what``."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        ok = v >= lo
+    else:
+        # math.isfinite, not np.isfinite: a Python int past 2**64 is no numpy number.
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v == int(v) and v >= lo
+    if not ok:
+        raise InputError(f"{what} must be an integer ≥ {lo}, got {v!r}", params=(what,))
+    return int(v)
 
+
+def resolve_neighbors(neighbors, K: int) -> int:
+    """How many nearest existing models must reach the target: ``neighbors`` (≤ K), or by default
+    :data:`DEFAULT_NEIGHBORS` (all K when the map has fewer)."""
+    if neighbors is None:
+        return int(min(DEFAULT_NEIGHBORS, K))
+    k = _whole(neighbors, "neighbors", 1)
+    if k > K:
+        raise InputError(f"neighbors = {k:,} is more than the {K} existing models of the map; give at most {K}",
+                         params=("neighbors",))
+    return k
+
+
+def check_parameters(target_se, neighbors, max_texts, round_size, N: int, min_rounds=DEFAULT_MIN_ROUNDS,
+                     K: int | None = None) -> int:
+    """Validate the user's settings (one-line InputErrors); returns max_texts (default N).
+
+    ``K``: the existing models, when known (``neighbors`` cannot exceed them).
+    """
     if isinstance(target_se, bool) or not isinstance(target_se, numbers.Real) or not np.isfinite(target_se) \
             or not 0 < target_se < 1:
         raise InputError(f"target_se is a relative standard error and must lie strictly between 0 and 1, got "
                          f"{target_se!r}", params=("target_se",))
-    _int(neighbors, "neighbors", 1)
-    _int(round_size, "round_size", 4)
-    _int(min_rounds, "min_rounds", 1)
+    if neighbors is not None:
+        _whole(neighbors, "neighbors", 1)
+    if K is not None:
+        resolve_neighbors(neighbors, K)
+    rs = _whole(round_size, "round_size", 4)
+    # Draws are i.i.d.: a round of N already covers most texts (and half of them triggers the exact fill-in),
+    # so more draws per round mean nothing but memory; the default stays valid on a tiny store.
+    top = max(N, DEFAULT_ROUND_SIZE)
+    if rs > top:
+        raise InputError(f"round_size = {rs:,} is more draws per round than a store of {N} texts can use; give at "
+                         f"most {top}", params=("round_size",))
+    _whole(min_rounds, "min_rounds", 1)
     if max_texts is None:
         return N
-    mt = _int(max_texts, "max_texts", 8)
+    mt = _whole(max_texts, "max_texts", 8)
     if mt > N:
         raise InputError(f"max_texts is {mt}, more than the {N} texts of the store; give at most {N}",
                          params=("max_texts",))
     return mt
 
 
-def run_rounds(amap: AdaptiveMap, names, fetch: Callable, *, target_se: float = 0.05, neighbors: int = 5,
-               max_texts: int | None = None, round_size: int = 32, min_rounds: int = DEFAULT_MIN_ROUNDS,
+def run_rounds(amap: AdaptiveMap, names, fetch: Callable, *, target_se: float = 0.05, neighbors: int | None = None,
+               max_texts: int | None = None, round_size: int = DEFAULT_ROUND_SIZE, min_rounds: int = DEFAULT_MIN_ROUNDS,
                random_state=0, folds: int = DEFAULT_FOLDS, on_round: Callable | None = None,
                estimate_kwargs: dict | None = None, resolve_nearest: bool = True) -> dict[str, ModelRun]:
     """Draw, fetch and estimate in rounds until every model has stopped.
@@ -406,8 +440,9 @@ def run_rounds(amap: AdaptiveMap, names, fetch: Callable, *, target_se: float = 
     (``stopped_by="failed"``). The draws are a function of ``random_state``
     and ``π`` only, shared by all models, so a rerun draws the same texts.
     """
-    max_texts = check_parameters(target_se, neighbors, max_texts, round_size, amap.N, min_rounds)
-    rng = np.random.default_rng(random_state)
+    max_texts = check_parameters(target_se, neighbors, max_texts, round_size, amap.N, min_rounds, K=amap.K)
+    neighbors = resolve_neighbors(neighbors, amap.K)
+    rng = np.random.default_rng(check_random_state(random_state))
     runs = {n: ModelRun(n) for n in names}
     active = list(names)
     draws = np.zeros(0, dtype=np.int64)
@@ -620,10 +655,7 @@ def adaptive_coords(full, amap: AdaptiveMap, runs: dict, new_models, kl, *, embe
     return np.vstack([coords_old, place_points(X_old, coords_old, X_new, "tsne", random_state)]), method
 
 
-def _state_path(store, name: str) -> Path:
-    from lmmap.data.store import model_filename
-
-    return Path(store.path) / "adaptive" / (model_filename(name)[: -len(".parquet")] + ".json")
+STATE_KIND = "adaptive"  # the store keeps each model's marker in STORE/adaptive/ and removes it with the model
 
 
 def _check_names(store, models, names, complete: set):
@@ -644,11 +676,17 @@ def _check_names(store, models, names, complete: set):
         clash = [s for s, n in zip(sources, names) if n == dup[0]]
         raise InputError(f"model name {dup[0]!r} would be given to {', '.join(map(repr, clash))}; "
                          "name them apart (names, one per model)", params=("names",))
-    for name in names:
+    for src, name in zip(sources, names):
+        state = store.load_state(STATE_KIND, name) if store.has_model(name) else None
+        if state is not None:
+            # Added by an adaptive run, partly or (once half its texts were drawn) on every text: running the
+            # command again finishes it from what is stored — as `lmmap score` does — provided it is the same model.
+            _check_same_source(state, name, src)
+            continue
         if name in complete:
             raise InputError(f"model {name!r} is already in the store on all {store.n_texts} texts, so it is on the map "
                              "already; `lmmap map` shows it (or give the new model another name)", params=("names",))
-        if store.has_model(name) and not _state_path(store, name).exists():
+        if store.has_model(name):
             n_scored = int(store.record(name).get("n_scored", -1))
             raise InputError(f"model {name!r} is already in the store (scored on {n_scored} of {store.n_texts} texts, "
                              "not by an adaptive run); remove it from the store or give another name",
@@ -656,9 +694,24 @@ def _check_names(store, models, names, complete: set):
     return sources, names
 
 
-def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5, max_texts: int | None = None,
-                   round_size: int = 32, random_state=0, progress: ProgressFn = None,
-                   score_kwargs: dict | None = None, names=None, existing=None, convention: str | None = None,
+def _resolved(source: str) -> str:
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
+
+
+def _check_same_source(state: dict, name: str, source: str) -> None:
+    """Refuse to finish stored model ``name`` with another model: its stored texts would be taken as the new one's."""
+    old = state.get("source")
+    if old is None or old == source or state.get("source_path") == _resolved(source):
+        return
+    raise InputError(f"model {name!r} was added adaptively from {old!r}, not {source!r}; give the new model another "
+                     f"name (names=NAME), or remove the old one first (`lmmap rm {name}`)", params=("names",))
+
+
+def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | None = None,
+                   max_texts: int | None = None, round_size: int = DEFAULT_ROUND_SIZE, random_state=0,
+                   progress: ProgressFn = None, score_kwargs: dict | None = None, names=None, existing=None,
+                   convention: str | None = None,
                    min_rounds: int = DEFAULT_MIN_ROUNDS, folds: int = DEFAULT_FOLDS,
                    uniform_mix: float = DEFAULT_UNIFORM_MIX, clip: bool = True,
                    resolve_nearest: bool = True, embedding: str | None = "auto",
@@ -666,7 +719,8 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     """Score each of ``models`` in rounds of ``round_size`` importance draws until its KL is known well enough.
 
     A model stops when the relative standard error of its estimated KL to
-    each of its ``neighbors`` nearest existing models is ≤ ``target_se``
+    each of its ``neighbors`` nearest existing models (default 5, or every
+    existing model when there are fewer; never more) is ≤ ``target_se``
     (after at least ``min_rounds`` rounds) and — with ``resolve_nearest`` —
     its nearest existing model is told apart from the runner-up (their KL
     differ by ≥ 1.96 SE of the difference, or that SE is below a quarter of
@@ -684,7 +738,10 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     scores only those it lacks (give an int ``random_state``; None draws
     afresh). The new models stay in the store as partial vectors (their
     scored texts); a marker in ``STORE/adaptive/`` records that they came
-    from an adaptive run, so a rerun may extend them. Each round is one
+    from an adaptive run, so a rerun may extend them — or, when the run
+    was killed after its last round was stored or had finished, place them
+    again from the stored texts alone (the same result, nothing scored; the
+    marker's source must be the model given). Each round is one
     ``score_models`` call, which loads each still active model again: for
     large models a larger ``round_size`` amortises the loading.
 
@@ -707,6 +764,8 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     store = store if isinstance(store, Store) else Store(store)
     N = store.n_texts
     max_texts = check_parameters(target_se, neighbors, max_texts, round_size, N, min_rounds)
+    check_random_state(random_state)
+    check_random_state(embedding_random_state, "embedding_random_state")
     complete = store.complete_models()
     sources, names = _check_names(store, models, names, set(complete))
     if existing is None:
@@ -719,6 +778,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     if len(existing) < MIN_EXISTING:
         raise InputError(f"the existing map has {len(existing)} model(s) scored on all {N} texts; adaptive placement "
                          f"needs at least {MIN_EXISTING} (score more models with `lmmap score`)")
+    neighbors = resolve_neighbors(neighbors, len(existing))
     records = store.records()
     convs = {records[e].get("convention") for e in existing}
     if len(convs) > 1:
@@ -735,33 +795,50 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int = 5
     factor = full.unit_factor(unit)
     amap = prepare_map(full.L, full.threshold, uniform_mix=uniform_mix)
     for src, name in zip(sources, names):
-        atomic_write(_state_path(store, name), json.dumps({
-            "version": STATE_VERSION, "model": name, "source": src, "random_state": repr(random_state),
+        store.save_state(STATE_KIND, name, {
+            "version": STATE_VERSION, "source": src, "source_path": _resolved(src), "random_state": repr(random_state),
             "round_size": int(round_size), "existing": len(existing), "threshold": amap.threshold,
-        }, indent=2))
+        })
 
     source_of = dict(zip(names, sources))
     failed: dict[str, str] = {}
     seconds = [0.0]
 
+    def stored_values(name, text_pos):
+        """The stored log-likelihoods of ``name`` at ``text_pos`` (NaN where a text is not stored)."""
+        lookup = np.full(N, np.nan)
+        if store.has_model(name):
+            vec = store.vectors(name)
+            lookup[vec["text_pos"].to_numpy()] = vec["loglik"].to_numpy()
+        return lookup[text_pos]
+
     def fetch(active, text_pos):
+        out = {}
+        # A rerun (or a run killed after a round was stored) finds texts already stored: they are read, and the
+        # model is neither loaded nor even needed again to finish the placement from them.
+        need = []
+        for name in active:
+            vals = stored_values(name, text_pos)
+            if np.all(np.isfinite(vals)):
+                out[name] = vals
+            else:
+                need.append(name)
+        if not need:
+            return out
         kw = dict(score_kwargs or {})
         kw.pop("convention", None)
-        say(progress, f"scoring {len(active)} model(s) on {len(text_pos)} texts drawn so far (only new ones are scored)…")
+        say(progress, f"scoring {len(need)} model(s) on {len(text_pos)} texts drawn so far "
+                      "(only new ones are scored)…")
         t0 = time.perf_counter()
-        status = scoring.score_models(store, [source_of[n] for n in active], names=active, text_pos=text_pos,
+        status = scoring.score_models(store, [source_of[n] for n in need], names=need, text_pos=text_pos,
                                       convention=convention, progress=progress, **kw)
         seconds[0] += time.perf_counter() - t0
-        out = {}
-        for name in active:
+        for name in need:
             st = status.get(name)
             if st is None or not st.ok:
                 failed[name] = str(st) if st is not None else "not scored"
                 continue
-            vec = store.vectors(name)
-            lookup = np.full(N, np.nan)
-            lookup[vec["text_pos"].to_numpy()] = vec["loglik"].to_numpy()
-            vals = lookup[text_pos]
+            vals = stored_values(name, text_pos)
             if not np.all(np.isfinite(vals)):
                 failed[name] = f"the store lacks {int((~np.isfinite(vals)).sum())} of its scored texts"
                 continue

@@ -24,7 +24,7 @@ from lmmap.exceptions import InputError, LmmapWarning
 from lmmap.maths.bootstrap import check_replicates
 from lmmap.maths.randomness import seed_of, seed_sequence
 from lmmap.maths.errors import (
-    EPS0, analytic_n_prime, analytic_tau2, as_q, check_error, check_n_grid, check_option, choose_precision,
+    EPS0, analytic_n_prime, analytic_tau2, as_q, check_eps0, check_error, check_n_grid, check_option, choose_precision,
     default_n_grid, default_targets, first_reaching, kappa_theory, path_inputs, sigma_hat,
     split_targets, trial_path, unique_counts,
 )
@@ -337,6 +337,7 @@ def analyse_coordinates(Q, *, methods: Iterable[str] = METHODS, n_grid=None, R: 
     Q = as_q(Q)
     K, N = Q.shape
     error = check_error(error)
+    eps0 = check_eps0(eps0)
     mode = check_option(mode, MODES, "mode")
     kappa_source = check_option(kappa_source, KAPPA_SOURCES, "kappa_source")
     R = check_replicates(R)

@@ -248,7 +248,11 @@ def place(
     -------
     Placement
     """
+    from lmmap.maths.randomness import check_random_state
+
     check_unit(unit)
+    check_random_state(random_state)
+    check_random_state(embedding_random_state, "embedding_random_state")  # deeper down it is called random_state
     new = [str(n) for n in new_names]
     existing = list(mm.names)
     d = mm.L.shape[1]
@@ -320,7 +324,10 @@ def _read_base_coords(base_coords, existing: list[str]) -> np.ndarray:
         path = Path(base_coords)
         if not path.exists():
             raise FileNotFoundError(f"base coordinates {path} do not exist (give the coords.csv of `lmmap map`)")
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype={"model": str})
+        if "model" in df.columns:
+            # A model called NA, None, null or nan is a name here, not a missing value.
+            df["model"] = pd.read_csv(path, usecols=["model"], dtype=str, na_filter=False)["model"].to_numpy()
         where = str(path)
     else:
         df, where = pd.DataFrame(base_coords), "base_coords"
@@ -467,8 +474,14 @@ def add_models(
     Placement (``lmmap.report.write(placement, outdir)`` writes its files)
     """
     from lmmap import scoring
+    from lmmap.maths.bootstrap import check_replicates
+    from lmmap.maths.randomness import check_random_state
 
     check_unit(unit)
+    # Refused before anything is scored: a bad seed would otherwise surface only after the scoring it wasted.
+    check_replicates(R)
+    check_random_state(random_state)
+    check_random_state(embedding_random_state, "embedding_random_state")
     subset.check_store(store)
     subset.check_models(store)
     sources = [str(m) for m in models]

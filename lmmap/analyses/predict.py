@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lmmap.exceptions import InputError, LmmapWarning
-from lmmap.maths.randomness import seeds_of
+from lmmap.maths.randomness import check_seed, seeds_of
 from lmmap.maths.ridge import (
     LOGLIK,
     LOGLIK_ALPHAS,
@@ -52,6 +52,9 @@ LOGLIK_TARGET = "mean_loglik"
 LOGLIK_COLUMNS = frozenset({"mean_logp", "mean_loglik", "mean_log_likelihood"})
 MISSING_GROUP = "(missing)"
 DEFAULT_REPEATS = 5
+# Each repetition is a whole cross-validation (folds × inner folds of ridge fits) and keeps K×T predictions:
+# 2**31 of them filled the memory; far fewer already pin the mean r down.
+MAX_REPEATS = 10_000
 
 
 # =============================================================================== targets and groups
@@ -330,12 +333,43 @@ def repetition_seeds(n_repeats: int | None = None, random_state=0) -> list[int]:
         n_repeats = len(seeds) if explicit else DEFAULT_REPEATS
     if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
         raise InputError(f"n_repeats must be at least 1, got {n_repeats!r}", params=("n_repeats",))
+    if n_repeats > MAX_REPEATS:
+        raise InputError(f"n_repeats = {n_repeats:,} is more repetitions than the mean r needs; give at most "
+                         f"{MAX_REPEATS:,}", params=("n_repeats",))
     if explicit:
         if n_repeats != len(seeds):
             raise InputError(f"n_repeats = {n_repeats} but random_state lists {len(seeds)} seeds",
                              params=("n_repeats", "random_state"))
         return seeds
+    check_seed(seeds[0], "random_state", span=int(n_repeats))  # every repetition's seed must suit numpy
     return [seeds[0] + r for r in range(int(n_repeats))]
+
+
+def check_cv_settings(*, n_repeats=None, random_state=0, n_folds=5, n_inner=5, threshold=2.0, level=0.9,
+                      workers=1, n_models: int | None = None) -> None:
+    """Refuse cross-validation settings that cannot work, before any work (each error names its parameter).
+
+    ``n_models``: how many models there can be at most (folds and inner folds cannot outnumber them).
+    """
+    from lmmap.parallel import check_workers
+
+    repetition_seeds(n_repeats, random_state)
+    for name, value in (("n_folds", n_folds), ("n_inner", n_inner)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise InputError(f"{name} must be a whole number of folds, at least 2, got {value!r}", params=(name,))
+        if n_models is not None and value > n_models:
+            # A fold needs a model: more folds than models is never possible (and a huge count was allocated
+            # before the grouping refused it).
+            raise InputError(f"{name} = {value:,} is more folds than the {n_models} models; give at most "
+                             f"{max(2, n_models)}", params=(name,))
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number of residual sds (e.g. 2), got {threshold!r}",
+                         params=("threshold",))
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)) or not 0 < level < 1:
+        raise InputError(f"level must lie strictly between 0 and 1 (the coverage of the intervals, e.g. 0.9), "
+                         f"got {level!r}", params=("level",))
+    check_workers(workers)
 
 
 # =============================================================================== the analysis
@@ -398,6 +432,8 @@ def predict_scores(
         raise InputError(f"{X.shape[0] if X.ndim else 0} feature rows for {len(names)} models", params=("features", "names"))
     if not np.isfinite(X).all():
         raise InputError("the coordinates hold non-finite values; rebuild the map", params=("features",))
+    check_cv_settings(n_repeats=n_repeats, random_state=random_state, n_folds=n_folds, n_inner=n_inner,
+                      threshold=threshold, level=level, workers=workers, n_models=len(names))
     seeds = repetition_seeds(n_repeats, random_state)
     tg = prepare_targets(
         scores, names, mean_loglik_values, targets=targets, include_mean=include_mean,
@@ -478,6 +514,8 @@ def predict(
 
     The other parameters are those of :func:`predict_scores`.
     """
+    check_cv_settings(n_repeats=n_repeats, random_state=random_state, n_folds=n_folds, n_inner=n_inner,
+                      threshold=threshold, level=level, workers=workers, n_models=len(mm.names))
     groups, column = resolve_groups(group_by, mm.names, scores, metadata, mm.metadata, n_folds=n_folds)
     if groups is not None:
         n_groups = len(set(groups))
@@ -672,6 +710,9 @@ def read_scores(path) -> pd.DataFrame:
     return read_metadata_csv(path)
 
 
+_CV_SETTINGS = ("n_repeats", "random_state", "n_folds", "n_inner", "threshold", "level", "workers")
+
+
 def predict_store(
     store,
     scores: pd.DataFrame | str | os.PathLike | None = None,
@@ -701,6 +742,8 @@ def predict_store(
     """
     from lmmap.map import ModelMap
 
+    # Before the scores are read or the map is built; the map has at most the store's models.
+    check_cv_settings(**{k: v for k, v in kwargs.items() if k in _CV_SETTINGS}, n_models=len(store.model_names()))
     source = "scores"
     if isinstance(scores, (str, os.PathLike)):
         source = str(scores)

@@ -22,6 +22,7 @@ import numpy as np
 from lmmap.data.subset import Subset
 from lmmap.exceptions import InputError
 from lmmap.maths import resampling
+from lmmap.maths.randomness import check_random_state
 
 __all__ = ["Subset", "draw_subset", "select", "select_from_store"]
 
@@ -42,6 +43,7 @@ def draw_subset(Q, method: str, n: int, random_state=None) -> dict:
     (w) and ``n_excluded`` (texts with ``π = 0``).
     """
     n = resampling.check_sample_size(n)
+    check_random_state(random_state)
     pi = resampling.importance(Q, method)
     u, c, w = resampling.resample(pi, n, np.random.default_rng(random_state))
     return {"text_pos": u, "counts": c, "pi": pi[u], "weights": w, "n_excluded": resampling.n_zero_importance(pi)}
@@ -80,6 +82,7 @@ def select(mm, method: str, n: int, *, random_state=0, texts=None, unbound: bool
         return select_from_store(mm, method, n, random_state=random_state, models=models, clip=clip)
     method = resampling.check_method(method)
     n = resampling.check_sample_size(n)
+    check_random_state(random_state)
     if models is not None:
         raise InputError("models applies to a store; a ModelMap already fixes its models", params=("models",))
     if mm.w is not None or mm.L.shape[1] != mm.n_texts:
@@ -137,5 +140,6 @@ def select_from_store(store, method: str, n: int, *, random_state=0, models=None
 
     method = resampling.check_method(method)
     n = resampling.check_sample_size(n)
+    check_random_state(random_state)  # before the map is built: a bad seed costs nothing
     mm = ModelMap.from_store(store, models=None if models is None else list(models), clip=clip)
     return select(mm, method, n, random_state=random_state, texts=store.texts)

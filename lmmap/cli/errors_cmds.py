@@ -40,6 +40,8 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
     """``"10:90:10,100,1000:3000:1000"`` → [10, 20, …, 90, 100, 1000, 2000, 3000] (ranges inclusive)."""
     if text is None or not str(text).strip():
         return None
+    from lmmap.maths.errors import MAX_GRID_SIZES
+
     out: list[int] = []
     for item in str(text).replace(" ", "").split(","):
         if not item:
@@ -53,7 +55,12 @@ def parse_int_list(text: str | None, what: str) -> list[int] | None:
             start, stop, step = nums
             if stop < start:
                 raise InputError(f"{what}: range {item!r} ends before it starts")
-            out.extend(range(start, stop + 1, step))
+            sizes = range(start, stop + 1, step)
+            # Counted before it is expanded: 1:10**12:1 would fill the memory before any check saw it.
+            if len(out) + len(sizes) > MAX_GRID_SIZES:
+                raise InputError(f"{what}: {item!r} gives {len(sizes):,} values; give at most "
+                                 f"{MAX_GRID_SIZES:,} in all (a coarser step)")
+            out.extend(sizes)
     if not out:
         raise InputError(f"{what} is empty")
     return out
@@ -75,7 +82,11 @@ def parse_setting(text: str) -> tuple[str, int]:
     m = re.fullmatch(r"\s*([A-Za-z]+)\s*[:=]\s*([0-9_]+)\s*", str(text))
     if not m:
         raise InputError(f"--compare {text!r}: write METHOD:N, e.g. uniform:10000")
-    return check_method(m.group(1)), check_sample_size(int(m.group(2).replace("_", "")))
+    try:
+        n = check_sample_size(int(m.group(2).replace("_", "")))
+    except InputError as exc:
+        raise InputError(f"--compare {text!r}: {exc}") from None
+    return check_method(m.group(1)), n
 
 
 def _load_map(store: Path, model, exclude, no_clip: bool, allow_mixed: bool):
@@ -129,11 +140,20 @@ def errors(
     from lmmap import report
     from lmmap.analyses.errors import analyse_errors
     from lmmap.cli._progress import RichProgress
+    from lmmap.maths.errors import check_eps0, check_n_grid
+    from lmmap.maths.randomness import check_seed
+    from lmmap.parallel import check_workers
 
     method_list = parse_methods(methods)
     grid = parse_int_list(n_grid, "--n-grid")
     target_list = parse_int_list(targets, "--targets")
+    for values, flag in ((grid, "n_grid"), (target_list, "targets")):
+        if values is not None:
+            check_n_grid(values, flag)
     check_replicates(R)
+    check_eps0(eps0)
+    check_seed(seed)
+    check_workers(workers)
     mm = _load_map(store, model, exclude, no_clip, allow_mixed)
     with output_dir(output):
         with RichProgress(console) as progress:
@@ -180,15 +200,21 @@ def stability(
     from lmmap import report
     from lmmap.analyses.stability import compare_stability
     from lmmap.cli._progress import RichProgress
+    from lmmap.maths.randomness import check_seed
     from lmmap.maths.resampling import check_method, check_sample_size
     from lmmap.parallel import check_workers
 
     method = check_method(method)
     if n is not None:
-        check_sample_size(n)
+        try:
+            check_sample_size(n)
+        except InputError as exc:
+            raise InputError(str(exc).replace("the resample size n", "--n")) from None
     compared = [parse_setting(c) for c in compare or []]
     check_workers(workers)
     check_replicates(R)
+    check_seed(seed)
+    check_seed(tsne_seed, "embedding_random_state")
     mm = _load_map(store, model, exclude, no_clip, allow_mixed)
     check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
     with output_dir(output):

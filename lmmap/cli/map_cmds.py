@@ -61,8 +61,10 @@ def map_(
     check_replicates(R, needed=se)
     from lmmap.data.store import Store
     from lmmap.map import check_unit
+    from lmmap.maths.randomness import check_seed
 
     check_unit(unit)
+    check_seed(tsne_seed, "embedding_random_state")  # the library calls it random_state: name the flag given
 
     s = Store(store)
     mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts)

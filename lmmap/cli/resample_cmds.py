@@ -89,7 +89,7 @@ def add(
     subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: the new models are scored on its texts only (or use --adaptive).")] = None,
     adaptive: Annotated[bool, typer.Option("--adaptive", help="Instead of --subset: score each model in rounds of texts drawn by importance and stop once its KL to its nearest existing models is known to --target-se.")] = False,
     target_se: Annotated[float, typer.Option("--target-se", help="--adaptive: stop when the relative standard error of the KL to each of the --neighbors nearest existing models is at most this (0 < x < 1).")] = 0.05,
-    neighbors: Annotated[int, typer.Option("--neighbors", help="--adaptive: how many nearest existing models must reach --target-se.")] = 5,
+    neighbors: Annotated[Optional[int], typer.Option("--neighbors", show_default=False, help="--adaptive: how many nearest existing models must reach --target-se (default: 5, or every existing model when the map has fewer).")] = None,
     max_texts: Annotated[Optional[int], typer.Option("--max-texts", help="--adaptive: score at most this many texts per model (default: all N); adaptive.csv marks a model stopped there max-texts.")] = None,
     round_size: Annotated[int, typer.Option("--round", help="--adaptive: texts drawn per round (each round loads the model again; use more for large models).")] = 32,
     device: Annotated[Optional[str], typer.Option(help="Device for scoring (cpu, cuda, mps; default: best available).")] = None,

@@ -67,6 +67,9 @@ def score(
     from lmmap.scoring.layers import parse_layers
 
     parse_layers(layers)  # a typo is refused before the store is opened
+    # NaN passes the library's `< 0` check and silently means "never checkpoint": refused here, by its flag.
+    if not checkpoint_every >= 0:
+        fail(f"--checkpoint-every must be a number of seconds ≥ 0 (0: after every batch), got {checkpoint_every}")
     set_threads(threads)
     s = Store(store)
     text_pos = None

@@ -461,6 +461,7 @@ def build_text_set(
     -------
     TextSet
     """
+    _check_sampling(n, random_state)
     if chunk_bytes < 4:
         raise InputError(f"chunk_bytes must be at least 4 (one UTF-8 character), got {chunk_bytes}",
                          params=("chunk_bytes",))
@@ -498,6 +499,15 @@ def build_text_set(
     )
 
 
+def _check_sampling(n, random_state) -> None:
+    """``n`` and ``random_state`` refused before the sources are read (reading them may take long)."""
+    from lmmap.maths.randomness import check_random_state
+
+    if n is not None and n <= 0:
+        raise InputError(f"n must be positive, got {n}", params=("n",))
+    check_random_state(random_state)
+
+
 def _sample(items: list, n: int, random_state) -> list:
     """``n`` of ``items`` drawn without replacement (see :func:`build_text_set` for ``random_state``)."""
     if isinstance(random_state, np.random.Generator):
@@ -523,6 +533,7 @@ def build_prompt_text_set(
     its file and line (or row). ``n``: sample this many records (source
     order kept); ``random_state`` as in :func:`build_text_set`.
     """
+    _check_sampling(n, random_state)
     if not prompt_field or not text_field or prompt_field == text_field:
         raise InputError(f"prompt_field and text_field must be two different field names, got {prompt_field!r} and "
                          f"{text_field!r}", params=("prompt_field", "text_field"))

@@ -46,6 +46,7 @@ import numpy as np
 from lmmap.maths.randomness import seed_sequence
 from lmmap.exceptions import InputError
 from lmmap.maths.geometry import check_matrix, squared_distances
+from lmmap.maths.resampling import MAX_SAMPLE_SIZE
 
 EPS0 = 1e-3
 ERRORS = ("relative", "absolute")
@@ -58,6 +59,12 @@ TARGET_FRACTIONS = (0.05, 0.25, 0.5, 0.75)
 FLOAT32_TOLERANCE = 0.05
 # Rows per block of the K×K error sums: a 128×K float64 slab stays in cache.
 _BLOCK = 128
+# ε₀ enters squared (e_ij² = …/max(g_ij, ε₀)²): below ~1e-154 that square underflows to 0 and τ² turns NaN,
+# above ~1e154 to inf; these bounds keep every square a normal float.
+EPS0_RANGE = (1e-150, 1e150)
+# Each size of an n-grid is one step of every trial (a multinomial over N texts and a K×K sum): a grid of
+# millions of sizes runs for days, and one written as a range (1:10**12:1) would not even fit in memory.
+MAX_GRID_SIZES = 10_000
 
 
 # ----------------------------------------------------------------------------- checks
@@ -84,6 +91,19 @@ def check_error(error: str) -> str:
     return e
 
 
+def check_eps0(eps0) -> float:
+    """``ε₀`` of the relative error: a finite number in :data:`EPS0_RANGE`."""
+    lo, hi = EPS0_RANGE
+    try:
+        v = float(eps0)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(eps0, bool) or not (lo <= v <= hi):
+        raise InputError(f"eps0 must be a number from {lo:g} to {hi:g} (it is ε₀ in max(g_ij, ε₀); the "
+                         f"default is {EPS0:g}), got {eps0!r}", params=("eps0",))
+    return v
+
+
 def check_n_grid(n_grid, name: str = "n_grid") -> np.ndarray:
     """A sorted array of distinct positive integer resample sizes (``name``: the parameter, for messages)."""
     try:
@@ -95,7 +115,14 @@ def check_n_grid(n_grid, name: str = "n_grid") -> np.ndarray:
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or np.any(arr < 1):
         bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)) & (arr >= 1))][:5]
         raise InputError(f"{name} must be positive integers (resample sizes), got {bad}", params=(name,))
-    return np.unique(arr.astype(np.int64))
+    if arr.max() > MAX_SAMPLE_SIZE:
+        raise InputError(f"{name} has a resample size of {arr.max():.0f} draws; give sizes of at most "
+                         f"{MAX_SAMPLE_SIZE:,}", params=(name,))
+    out = np.unique(arr.astype(np.int64))
+    if out.size > MAX_GRID_SIZES:
+        raise InputError(f"{name} has {out.size:,} resample sizes; give at most {MAX_GRID_SIZES:,} (each is a step "
+                         "of every trial)", params=(name,))
+    return out
 
 
 # ----------------------------------------------------------------------------- grids
@@ -163,9 +190,7 @@ def error_scale(G, error: str = "relative", eps0: float = EPS0):
     error = check_error(error)
     G = np.asarray(G, dtype=np.float64)
     if error == "relative":
-        if not eps0 > 0:
-            raise InputError(f"eps0 must be positive (it is ε₀ in max(g_ij, ε₀)), got {eps0}", params=("eps0",))
-        return np.maximum(G, eps0)
+        return np.maximum(G, check_eps0(eps0))
     C = math.sqrt(float(np.mean(G * G)))
     if C == 0:
         raise InputError("all distances are 0 (every model identical): the absolute error is undefined")
@@ -396,9 +421,12 @@ def first_reaching(sigma, kappa: float) -> int | None:
 def analytic_n_prime(v_m: float, tau2_unif_N: float, kappa: float, n_max: int) -> int | None:
     """The smallest integer n' ≤ ``n_max`` with ``σ̂² = τ²_unif,N + V_M/n' ≤ κ̂_d²``; None if there is none."""
     gap = kappa**2 - tau2_unif_N
-    if gap <= 0:
+    if not gap > 0:  # NaN too: no n' can be shown to reach it
         return None
-    n_prime = max(1, math.ceil(v_m / gap * (1 - 1e-12)))
+    ratio = v_m / gap * (1 - 1e-12)
+    if not math.isfinite(ratio) or ratio > n_max:
+        return None
+    n_prime = max(1, math.ceil(ratio))
     return n_prime if n_prime <= n_max else None
 
 
@@ -410,7 +438,8 @@ def unique_counts(pi: np.ndarray, n: int, R: int, random_state) -> np.ndarray:
 
 __all__ = [
     "EPS0", "ERRORS", "PRECISIONS", "DEFAULT_TARGETS", "TARGET_FRACTIONS", "FLOAT32_TOLERANCE", "PathInputs",
-    "analytic_n_prime", "analytic_tau2", "as_q", "check_error", "check_n_grid", "check_option",
+    "EPS0_RANGE", "MAX_GRID_SIZES", "analytic_n_prime", "analytic_tau2", "as_q", "check_eps0", "check_error",
+    "check_n_grid", "check_option",
     "check_probability_vector", "check_targets", "choose_precision", "default_n_grid", "default_targets",
     "distance_variance", "error_scale", "first_reaching", "float32_rounding_error", "fourth_power_sums",
     "inverse_pi", "kappa_theory", "mean_square_error", "pair_errors", "path_inputs", "sigma_hat",

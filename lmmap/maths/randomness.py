@@ -16,26 +16,43 @@ from lmmap.exceptions import InputError
 
 # Drawn seeds stay below 2³¹: every consumer (numpy's legacy RandomState in fold shuffles, openTSNE) accepts them.
 _SEED_BOUND = 2**31 - 1
+# What a given seed may be: numpy's legacy RandomState (scikit-learn's folds and PCA, openTSNE) refuses anything
+# outside 0..2³²−1, deep inside the work; refusing it here names the parameter before anything runs.
+MAX_SEED = 2**32 - 1
 
 
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def check_seed(seed, name: str = "random_state", span: int = 1) -> int:
+    """``seed`` as an int in ``0..MAX_SEED``; with ``span``, the seeds ``seed..seed+span−1`` must all be.
+
+    ``name`` is the parameter named in the error (the CLI shows its flag).
+    """
+    if not _is_int(seed):
+        raise InputError(f"{name} must be a non-negative int (0 to {MAX_SEED:,}), got {seed!r}", params=(name,))
+    top = MAX_SEED - (int(span) - 1)
+    if not 0 <= seed <= top:
+        also = f" (the {span:,} seeds from it must all be at most {MAX_SEED:,})" if span > 1 else ""
+        raise InputError(f"{name} must be a non-negative int from 0 to {top:,}{also}, got {seed!r}", params=(name,))
+    return int(seed)
+
+
 def seed_of(random_state, name: str = "random_state"):
     """``random_state`` as an int seed (or a :class:`numpy.random.SeedSequence`, passed through).
 
-    An int ≥ 0 is kept; ``None`` draws one from fresh entropy and a Generator
+    An int in ``0..MAX_SEED`` is kept; ``None`` draws one from fresh entropy and a Generator
     draws one from its stream.
     """
     if isinstance(random_state, np.random.SeedSequence):
         return random_state
     if random_state is None or isinstance(random_state, np.random.Generator):
         return int(np.random.default_rng(random_state).integers(_SEED_BOUND))
-    if _is_int(random_state) and random_state >= 0:
-        return int(random_state)
-    raise InputError(f"{name} must be a non-negative int, a numpy Generator or None, got {random_state!r}",
-                     params=(name,))
+    if _is_int(random_state):
+        return check_seed(random_state, name)
+    raise InputError(f"{name} must be a non-negative int (0 to {MAX_SEED:,}), a numpy Generator or None, "
+                     f"got {random_state!r}", params=(name,))
 
 
 def seed_sequence(random_state) -> np.random.SeedSequence:
@@ -60,4 +77,16 @@ def seeds_of(random_state, name: str = "random_state") -> list[int]:
     return [seed_of(s, name) for s in seeds]
 
 
-__all__ = ["seed_of", "seed_sequence", "seeds_of"]
+def check_random_state(random_state, name: str = "random_state"):
+    """Refuse a bad ``random_state`` before any work; ``random_state`` itself is returned unchanged.
+
+    For callers that hand ``random_state`` to numpy as it is (``None`` stays fresh entropy, a Generator its
+    own stream): an int must lie in ``0..MAX_SEED``, as everywhere else.
+    """
+    if random_state is None or isinstance(random_state, (np.random.Generator, np.random.SeedSequence)):
+        return random_state
+    check_seed(random_state, name)
+    return random_state
+
+
+__all__ = ["MAX_SEED", "check_random_state", "check_seed", "seed_of", "seed_sequence", "seeds_of"]

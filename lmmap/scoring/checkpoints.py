@@ -12,6 +12,7 @@ map read. A step is the last number in the revision or directory name
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ class Checkpoint:
     def metadata(self) -> dict:
         step = int(self.step) if float(self.step).is_integer() else self.step
         return {"trajectory": self.trajectory, "step": step}
+
+
+MAX_STEP = 2**53
 
 
 def split_list(value, what: str) -> list[str] | None:
@@ -122,4 +126,10 @@ def expand_checkpoints(models: Sequence[str], *, revisions=None, trajectory: str
         if missing:
             raise InputError(f"no step number in {missing[0]!r}: name checkpoints by their step (step1000, "
                              "checkpoint-1000) or give each checkpoint's step: steps=S,S,...", params=("steps",))
+    for lab, v in zip(labels, step_values):
+        # A step is a count of training steps: NaN, inf or a negative one cannot order a trajectory, and one past
+        # 2**53 is no longer an exact number (stored, it turned the whole step column into text).
+        if not (math.isfinite(v) and 0 <= v <= MAX_STEP):
+            raise InputError(f"steps must be numbers from 0 to {MAX_STEP:,} (training steps); {lab!r} has {v:g}",
+                             params=("steps",))
     return [Checkpoint(src, n, r, traj, s) for src, n, r, s in zip(sources, out_names, revs, step_values)]

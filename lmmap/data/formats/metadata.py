@@ -77,6 +77,12 @@ def read_metadata_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise FormatError(f"{path} is empty: expected a header with a 'model' column")
     try:
         df = pd.read_csv(path, dtype={"model": str}, keep_default_na=True)
+        if "model" in df.columns:
+            # A model may be called NA, None, null or nan: pandas would read those names as missing values.
+            # The names are read again as written; elsewhere those words still mean "no value".
+            # An empty cell stays missing (a row without a name is refused by the store).
+            names = pd.read_csv(path, usecols=["model"], dtype=str, keep_default_na=False, na_filter=False)["model"]
+            df["model"] = names.where(names != "", None).to_numpy()
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise FormatError(f"{path}: cannot read as CSV ({_one_line(exc)})") from None
     if "model" not in df.columns:
