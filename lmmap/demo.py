@@ -753,7 +753,7 @@ def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, s
     paths = report.write(result, out / "layers")
     paths.update({f"lens-{k}": v for k, v in report.write(mm, out / "lens-map", color_by="model_type").items()})
     say(f"logit lens: {len(result.table)} layers of {LENS_MODEL} in {lens_store.path} (KL to the model's output: "
-        + ", ".join(f"layer {r.layer} {r.kl_to_final:.0f}" for r in result.table.itertuples()) + " nats per text)")
+        + ", ".join(f"layer {r.layer} {r.kl_to_final:.0f}" for r in result.table.itertuples()) + " nats/text)")
     return {"store": str(lens_store.path), "paths": {k: str(v) for k, v in paths.items()},
             "kl_to_output": dict(zip(result.table["model"], result.table["kl_to_final"].round(3)))}
 

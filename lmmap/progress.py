@@ -46,6 +46,12 @@ class Step:
 ProgressFn = Optional[Callable[[Step], None]]
 
 
+def format_rate(per_second: float) -> str:
+    """A rate as every line shows it (the bar and the line after it agree: ``198.3 texts/s`` in both):
+    one decimal below 1,000, whole numbers with thousands separators from 1,000 on."""
+    return f"{per_second:,.1f}" if abs(per_second) < 999.95 else f"{per_second:,.0f}"
+
+
 def say(progress: ProgressFn, message: str, params: tuple[str, ...] = ()) -> None:
     """Send a one-line message (no bar) to ``progress``, if any; ``params``: the parameters it names."""
     if progress is not None:

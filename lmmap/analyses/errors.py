@@ -249,11 +249,10 @@ class ErrorAnalysis:
             warnings.warn(_unreachable_note(dropped, self.N), LmmapWarning, stacklevel=2)
         if warn and unreached:
             shown = ", ".join(f"{m} d = {d:,}" for m, d in unreached[:4]) + (" …" if len(unreached) > 4 else "")
-            warnings.warn(
+            warnings.warn(LmmapWarning(
                 f"Table 1: {len(unreached)} cell(s) N/A ({shown}): no resample size up to n = {int(self.n_grid[-1]):,} "
-                f"reaches κ̂_d; more draws may: give an n_grid that goes on to n = {3 * int(self.n_grid[-1]):,}",
-                LmmapWarning, stacklevel=2,
-            )
+                f"is as accurate as d texts drawn at random (κ̂_d); resample sizes (n_grid) up to "
+                f"n = {3 * int(self.n_grid[-1]):,} may reach it", params=("n_grid",)), stacklevel=2)
         table = pd.DataFrame(rows, columns=["method", "d", "kappa_d", "n_prime", "d_prime_mean", "d_prime_sd", "cell", "note"])
         order = {m: i for i, m in enumerate(self.methods)}
         return table.sort_values(["method", "d"], key=lambda s: s.map(order) if s.name == "method" else s, kind="stable").reset_index(drop=True)

@@ -168,12 +168,21 @@ class Placement:
             + (f"; scored {len(self.scored)} in {self.scoring_seconds:.1f} s" if self.scored else "")
             + ("; map rebuilt" if self.rebuilt else "; existing positions kept")
         ]
-        u = "" if self.unit == "nats-per-text" else f" {self.unit_label}"
         for row in t.itertuples(index=False):
-            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g}{u})")
+            lines.append(f"  {row.new_model}: nearest {row.existing_model} "
+                         f"(KL {format_estimate(row.kl, row.kl_se)} {self.unit_label})")
         for name, why in self.failed.items():
             lines.append(f"  {name}: not placed ({why})")
         return "\n".join(lines)
+
+
+def format_estimate(value: float, se: float) -> str:
+    """``value ± se`` rounded alike: the SE to two significant figures and the value to the same decimals
+    (``76.7 ± 5.0``; ``76.73 ± 5`` reads as if the two were known to different precision)."""
+    if not np.isfinite(se) or se <= 0:
+        return f"{value:.4g}"
+    decimals = int(min(6, max(0, 1 - np.floor(np.log10(se)))))
+    return f"{value:,.{decimals}f} ± {se:,.{decimals}f}"
 
 
 def placement_table(new_models, existing_models, kl, kl_se) -> pd.DataFrame:

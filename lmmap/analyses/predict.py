@@ -777,10 +777,12 @@ def predict_store(
     if left_out:
         note = (
             f"{len(left_out)} model(s) scored on only some texts were left out (e.g. {left_out[0]!r}); "
-            "give the subset they were scored on (subset=SUBSET.json, --subset on the command line) to include them"
+            "give the subset they were scored on (subset=SUBSET.json) to include them"
         )
-        result.notes.append(note)
-        warnings.warn(note, LmmapWarning, stacklevel=2)
+        # The files are read from Python and from the shell alike; the note printed names the reader's own flag.
+        result.notes.append(note.replace("(subset=SUBSET.json)", "(subset=SUBSET.json; on the command line "
+                                                                  "--subset SUBSET.json)"))
+        warnings.warn(LmmapWarning(note, params=("subset",)), stacklevel=2)
     result.settings.update(
         store=str(store.path), scores=source, subset=None if subset is None else f"{subset.method}, d = {subset.d}",
         clip_threshold=mm.threshold, n_texts=int(mm.L.shape[1]),

@@ -101,7 +101,7 @@ def relation_pairs(mm) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model_a", "model_b", "relation"])
 
 
-def scale(mm, *, unit: str = "bits-per-byte") -> ScaleResult:
+def scale(mm, *, unit: str = "nats-per-text") -> ScaleResult:
     """Reference points of KL (in ``unit``) from ``mm``'s metadata (model_type, family, base_model, quantization).
 
     Raises :class:`~lmmap.exceptions.InputError` when the metadata declares

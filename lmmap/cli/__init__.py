@@ -11,7 +11,9 @@
 - every warning (lmmap's own notes, a library's UserWarning or logged
   warning) is one line ``note: ...``, each message once.
 
-Usage errors (an unknown option, a bad number) keep click's usage message.
+- a usage error (a missing or unknown option, a value of the wrong type) is
+  one line ``error: ...`` too, exit 1 (see :mod:`lmmap.cli._usage`); only
+  ``--help`` and a bare ``lmmap`` / ``lmmap texts`` print the usage, exit 0.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import traceback
 import warnings
 
 import click
+import typer
 
 from lmmap.exceptions import LmmapError
 from rich.text import Text
 
-from lmmap.cli._app import Interrupted, _notes_seen, app, err_console, one_line, print_error, print_note, visible
+from lmmap.cli._app import Interrupted, _notes_seen, app, console, err_console, one_line, print_error, print_note, visible
+from lmmap.cli import _usage
 
 # Importing a command module registers its commands on ``app``.
 from lmmap.cli import store_cmds, admin_cmds, map_cmds, score_cmds, demo_cmds, resample_cmds, errors_cmds, predict_cmds, scale_cmds, trajectory_cmds  # noqa: E402,F401
@@ -83,10 +87,27 @@ def main(argv=None):
             if debug:
                 warnings.simplefilter("always")
             warnings.showwarning = _show_warning
+            args = list(sys.argv[1:] if argv is None else argv)
             try:
-                app(args=argv, prog_name="lmmap", standalone_mode=True)
+                # Not standalone: click would print its usage box and exit 2 for a usage error, before
+                # lmmap could say it in one line. Commands return None (see _Group.invoke), so what
+                # comes back is an exit code only when a command or --help/--version asked for one.
+                result = app(args=args, prog_name="lmmap", standalone_mode=False)
+                code = result if isinstance(result, int) and not isinstance(result, bool) else 0
             except SystemExit as exc:
                 code = exc.code
+            except _usage.NoArgsIsHelpError as exc:
+                # A bare group prints its help (typer already has; plain click leaves it in the message).
+                text = _usage.help_text(exc)
+                if text:
+                    console.print(text, markup=False, highlight=False)
+                code = 0
+            except _usage.UsageError as exc:
+                print_error(_usage.usage_message(exc, args))
+                code = 1
+            except _usage.ClickException as exc:
+                print_error(exc.format_message())
+                code = 1
     except (Interrupted, KeyboardInterrupt) as exc:
         # The library may say what it kept ("4 checkpoints kept; rerun to resume").
         message = one_line(exc)
@@ -111,7 +132,7 @@ def main(argv=None):
             code = 1
         else:
             code = _internal(exc, debug)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print(Text("interrupted", style="bold"), highlight=False)
         code = 130
     except Exception as exc:
@@ -127,7 +148,9 @@ def as_flags(message: str, params) -> str:
     Only unmistakable mentions are rewritten, so that a parameter named like a
     common word (``metadata``) stays a word elsewhere in the sentence:
     ``allow_pickle=True`` → ``--allow-pickle``, ``edges='nn'`` → ``--edges nn``,
-    and ``random_state must ...`` / ``R = 3 ...`` → ``--seed must ...`` / ``--R 3``.
+    ``random_state must ...`` / ``R = 3 ...`` → ``--seed must ...`` / ``--R 3``, and a parameter named
+    in parentheses or after "pass": ``sizes (n_grid)`` → ``sizes (--n-grid)``, ``pass ray_address`` →
+    ``pass --ray-address``.
     """
     import re
 
@@ -140,6 +163,8 @@ def as_flags(message: str, params) -> str:
         message = re.sub(rf"(?<![\w-]){p}=(['\"]?)([^'\"\s,;)]*)\1", lambda m: f"{flag} {m.group(2)}", message)
         message = re.sub(rf"(?<![\w-]){p} = ", f"{flag} ", message)
         message = re.sub(rf"(?<![\w.-]){p}(?=\s+(must|is|needs|takes|cannot|can't|has|gives)\b)", flag, message)
+        message = re.sub(rf"(?<=\bpass ){p}(?![\w=-])", flag, message)
+        message = message.replace(f"({param})", f"({flag})")
     return message
 
 

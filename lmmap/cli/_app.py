@@ -165,6 +165,46 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+# -- numbers -------------------------------------------------------------------
+# One rule per printed column or line, so that 199 never stands beside 198.3: a column of one quantity
+# shares its decimals; values of different quantities on one line keep three significant figures.
+
+def shared_decimals(*columns: Iterable[float], digits: int = 3, max_decimals: int = 6) -> int:
+    """Decimals for every value of ``columns``: ``digits`` significant figures for the largest value and at least
+    two for the smallest non-zero one (0 to ``max_decimals``)."""
+    import math
+
+    sizes = [abs(float(v)) for col in columns for v in col if v is not None and math.isfinite(float(v)) and v != 0]
+    if not sizes:
+        return 0
+    big = digits - 1 - math.floor(math.log10(max(sizes)))
+    small = 1 - math.floor(math.log10(min(sizes)))
+    return max(0, min(max_decimals, max(big, small)))
+
+
+def fixed(value: float, decimals: int) -> str:
+    """``value`` with ``decimals`` decimals and thousands separators; ``–`` for a missing value; never ``-0.0``."""
+    import math
+
+    if value is None or not math.isfinite(float(value)):
+        return "–"
+    text = f"{float(value):,.{decimals}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
+
+
+def sig(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant figures, trailing zeros kept (``1.10``, not ``1.1`` beside ``1.77``)."""
+    import math
+
+    value = float(value)
+    if not math.isfinite(value):
+        return "–"
+    if value == 0:
+        return "0"
+    exponent = int(f"{abs(value):.{digits - 1}e}".split("e")[1])  # after rounding: 99.96 → 1.00e+02
+    return fixed(value, max(0, digits - 1 - exponent))
+
+
 # -- suggestions ---------------------------------------------------------------
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -200,6 +240,13 @@ def check_choice(value: str, choices: Iterable[str], what: str, hint: str = "") 
 def check_model(name: str, names: Iterable[str]) -> None:
     """A clear error, with close matches, for a model that is not in the store."""
     check_choice(name, names, "model", hint="`lmmap models` lists them")
+
+
+def check_embedding(method: str) -> None:
+    """``--embedding`` checked before the store is read, with close matches (the library's check comes later)."""
+    from lmmap.maths.embedding import METHODS
+
+    check_choice(method, METHODS, "--embedding")
 
 
 def check_color_by(column: Optional[str], metadata_columns: Iterable[str], default: str = "model_type") -> None:
@@ -256,9 +303,11 @@ class Interrupted(Exception):
 class _Group(typer.core.TyperGroup):
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            super().invoke(ctx)
         except KeyboardInterrupt as exc:
             raise Interrupted(str(exc)) from exc
+        # main() runs click non-standalone, where a command's return value would be taken for an exit code.
+        return None
 
 
 # typer shows ``<bool>`` as the "type" of a flag, which reads as if the flag
@@ -334,6 +383,13 @@ def print_table(table) -> None:
         console.print(table)
     else:
         _LiteralConsole(width=100_000, emoji=False, highlight=False).print(table)
+
+
+def print_files(paths: dict) -> None:
+    """The files a command wrote, one a line, their paths in one column however long the names."""
+    width = max((len(str(name)) for name in paths), default=0)
+    for name, p in paths.items():
+        console.print(f"  {lit(name):{width}s}  {lit(p)}")
 
 
 AllowOtherTextsOption = Annotated[

@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 import time
 
-from lmmap.progress import Step
+from lmmap.progress import Step, format_rate
 
 
 def _rate(x: float, seconds: float) -> str:
-    r = x / max(seconds, 1e-9)
-    return f"{r:,.1f}" if r < 100 else f"{r:,.0f}"
+    return format_rate(x / max(seconds, 1e-9))
 
 
 class RichProgress:
@@ -27,6 +26,7 @@ class RichProgress:
     def __init__(self, console, enabled: bool = True, messages: bool = True):
         self.console, self.enabled, self.messages = console, enabled, messages
         self._bar = None
+        self._started = False  # a bar that never gets a task is never drawn (it would leave a blank line)
         self._tasks: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
@@ -39,11 +39,10 @@ class RichProgress:
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=self.console, transient=False,
             )
-            self._bar.start()
         return self
 
     def __exit__(self, *exc) -> bool:
-        if self._bar is not None:
+        if self._bar is not None and self._started:
             self._bar.stop()
         return False
 
@@ -58,6 +57,9 @@ class RichProgress:
                 return
             if self._bar is None:
                 return
+            if not self._started:
+                self._bar.start()
+                self._started = True
             if step.task not in self._tasks:
                 task_id = self._bar.add_task(lit(step.task), total=step.total, detail="")
                 self._tasks[step.task] = (task_id, time.perf_counter())
@@ -78,7 +80,9 @@ class RichProgress:
         parts = [f"{v:,.0f}/{step.info[f'{k}_total']:,.0f} {k}" for k, v in counted.items()]
         if not counted:
             parts.append(f"{step.done:,.0f}" + (f"/{step.total:,.0f}" if step.total is not None else "") + f" {step.unit}")
-        parts += [f"{k} {v:.3g}" for k, v in readings.items()]
+        from lmmap.cli._app import sig
+
+        parts += [f"{k} {sig(v)}" for k, v in readings.items()]  # loss 6.00 beside loss 6.06, not loss 6
         if elapsed > 0.5 and step.done:
             rates = [f"{_rate(v, elapsed)} {k}/s" for k, v in counters.items()]
             if step.unit not in counters and (counted or not counters):

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from lmmap.cli._app import StoreOption, app, console, lit
+from lmmap.cli._app import StoreOption, app, console, did_you_mean, lit
+from lmmap.exceptions import InputError
 
 
 @app.command()
@@ -18,6 +19,15 @@ def rm(
     from lmmap.data.store import Store
 
     s = Store(store)
+    # The store refuses unknown names too (and stays the authority if the store changes meanwhile); checking
+    # here first adds the "did you mean" every other command gives for a model name.
+    known = s.model_names()
+    missing = [m for m in dict.fromkeys(models) if m not in known]
+    if missing:
+        hints = [did_you_mean(m, known) for m in missing[:5]]  # "; did you mean 'x'?" or ""
+        named = [repr(m) + (f" ({hint[2:]})" if hint else "") for m, hint in zip(missing, hints)]
+        more = " …" if len(missing) > 5 else ""
+        raise InputError(f"not in the store: {', '.join(named)}{more}; nothing was removed (`lmmap models` lists what is)")
     removed = s.remove_models(models)
     shown = ", ".join(lit(repr(n)) for n in removed[:10]) + (" …" if len(removed) > 10 else "")
     console.print(f"removed {len(removed)} model(s) from {lit(s.path)}: {shown}", highlight=False)

@@ -60,7 +60,8 @@ def _print_summary(result: dict) -> None:
     from rich.table import Table
 
     check, summary = result["finetune_check"], result["kl_summary"]
-    t = Table(title="fine-tunes stay near their base (estimated KL, nats per text)", title_justify="left")
+    # The unit in the title, not in each KL column: the table must still fit an 80-column terminal.
+    t = Table(title="fine-tunes stay near their base (estimated KL, nats/text)", title_justify="left")
     for col in ("fine-tune", "KL to base", "nearest from-scratch model", "its KL", "ratio"):
         t.add_column(col, justify="right" if col in ("KL to base", "its KL", "ratio") else "left")
     for r in check:
@@ -69,7 +70,7 @@ def _print_summary(result: dict) -> None:
     err_console.print(t)
     if summary:
         err_console.print(
-            f"each fine-tune's KL to its base: {summary['kl_to_base_min']:.0f}–{summary['kl_to_base_max']:.0f} nats, "
+            f"each fine-tune's KL to its base: {summary['kl_to_base_min']:.0f}–{summary['kl_to_base_max']:.0f} nats/text, "
             f"{summary['ratio_min']:.1f}–{summary['ratio_max']:.1f}× smaller than to the nearest from-scratch model",
             highlight=False, markup=False,
         )

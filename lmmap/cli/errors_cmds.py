@@ -16,7 +16,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from lmmap.cli._app import StoreOption, app, check_color_by, check_replicates, console, lit, output_dir
+from lmmap.cli._app import (StoreOption, app, check_color_by, check_embedding, check_replicates, console, lit, output_dir,
+                            print_files, sig)
 from lmmap.exceptions import InputError
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
@@ -165,14 +166,15 @@ def errors(
         table = result.texts_needed()
         paths = report.write(result, output, table=table, text_set_id=mm.text_set_id)
     source = "simulated" if result.simulated else "analytic (Lemma 2)"
+    # The symbols are the files' column names; the line says what they are (the arithmetic is in errors.json).
     console.print(
         f"{result.K} models, N = {result.N} texts, {result.error} error, {source}"
-        + (f", R = {result.R}, Gram in {result.precision}" if result.simulated else "")
-        + f": τ_unif,N = {np.sqrt(result.tau2_unif_N()):.4g}  ({result.seconds:.1f} s)"
+        + (f" over R = {result.R} trials" if result.simulated else "")
+        + f"; error of the KL estimates from all N texts (τ_unif,N): {sig(np.sqrt(result.tau2_unif_N()))}"
+        + f" ({result.seconds:.1f} s)"
     )
-    _print_table1(table, f"Table 1: unique texts d' to match κ̂_d ({source})")
-    for name, p in paths.items():
-        console.print(f"  {name:20s} {lit(p)}")
+    _print_table1(table, f"Table 1: unique texts d' needed to match d random texts (κ̂_d), {source}")
+    print_files(paths)
 
 
 # ----------------------------------------------------------------------------- lmmap stability
@@ -205,6 +207,7 @@ def stability(
     from lmmap.parallel import check_workers
 
     method = check_method(method)
+    check_embedding(embedding)
     if n is not None:
         try:
             check_sample_size(n)
@@ -225,13 +228,14 @@ def stability(
             )  # fmt: skip
         paths = report.write(result, output, color_by=color_by, text_set_id=mm.text_set_id)
     t3 = result.table3()
+    # Positions, not KL: on an MDS map a squared distance is a KL (nats/text); other embeddings have no unit.
+    mds = mm.embedding_method(embedding) == "mds"
     t = Table(title=f"Table 3: medians over {mm.K} models (R = {R})")
-    t.add_column("")
+    t.add_column("nats/text" if mds else "")
     for row in t3.itertuples():
         # A Text, not a str: the console writes a line break inside a string as a visible backslash-n.
         t.add_column(Text(f"{METHOD_LABELS[row.method]} n={row.n:,}\nd = {row.d_mean:,.0f}"), justify="right")
     for key, label in (("bias2", "Bias²"), ("variance", "Variance"), ("mse", "MSE")):
-        t.add_row(label, *[f"{v:.3g}" for v in t3[key]])
+        t.add_row(label, *[sig(v) for v in t3[key]])
     console.print(t)
-    for name, p in paths.items():
-        console.print(f"  {name:30s} {lit(p)}")
+    print_files(paths)

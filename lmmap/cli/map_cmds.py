@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, check_color_by, check_model, check_replicates, console, lit, output_dir, print_table
+from lmmap.cli._app import (AllowOtherTextsOption, StoreOption, app, check_color_by, check_embedding, check_model,
+                            check_replicates, console, fixed, lit, output_dir, print_files, print_table, shared_decimals)
 
 UnitOption = Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of every KL: nats-per-text (KL = g / 2N), or bits-per-byte (KL / (mean text bytes · ln 2), the unit of Kishino et al. 2025, comparable across text sets).")]
 # The options that say which map to build, shared by every command that builds one (map, scale, trajectory, layers).
@@ -39,6 +40,13 @@ def load_map(store: Store, subset: Path | None, no_clip: bool, allow_mixed: bool
     return mm
 
 
+def clipping(threshold: float | None) -> str:
+    """The map's clipping in words: what the threshold does, not only its name."""
+    if threshold is None:
+        return "log-likelihoods not clipped"
+    return f"log-likelihoods clipped at {threshold:.2f} nats"
+
+
 @app.command("map")
 def map_(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
@@ -64,6 +72,7 @@ def map_(
     from lmmap.maths.randomness import check_seed
 
     check_unit(unit)
+    check_embedding(embedding)
     check_seed(tsne_seed, "embedding_random_state")  # the library calls it random_state: name the flag given
 
     s = Store(store)
@@ -76,9 +85,8 @@ def map_(
     with output_dir(output), console.status(f"embedding {mm.K} models ({lit(method)})…"):
         paths = report.write(mm, output, embedding=embedding, color_by=color_by, k=k, se=se, R=R,
                              random_state=tsne_seed, edges=edges, unit=unit)
-    console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts (clip threshold {mm.threshold if mm.threshold is None else f'{mm.threshold:.2f}'}):")
-    for name, p in paths.items():
-        console.print(f"  {name:14s} {lit(p)}")
+    console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts ({clipping(mm.threshold)}):")
+    print_files(paths)
 
 
 @app.command()
@@ -118,12 +126,14 @@ def neighbors(
     table = Table(title=f"nearest models to {lit(model)}")
     table.add_column("rank", justify="right")
     table.add_column("model")
-    table.add_column("KL" if unit == "nats-per-text" else f"KL ({UNIT_LABELS[unit]})", justify="right")
+    table.add_column(f"KL ({UNIT_LABELS[unit]})", justify="right")
     if se:
         table.add_column("± SE", justify="right")
+    # An estimate and its standard error share their decimals (80.2 ± 2.7, not 80.18 ± 2.7).
+    dec = shared_decimals(df["kl"], df["kl_se"] if se else [])
     for row in df.itertuples(index=False):
-        cells = [str(row.rank), lit(row.neighbor), f"{row.kl:.4g}"]
+        cells = [str(row.rank), lit(row.neighbor), fixed(row.kl, dec)]
         if se:
-            cells.append(f"{row.kl_se:.2g}")
+            cells.append(fixed(row.kl_se, dec))
         table.add_row(*cells)
     print_table(table)

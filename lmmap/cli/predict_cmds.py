@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from lmmap.exceptions import InputError
-from lmmap.cli._app import StoreOption, app, console, lit, output_dir
+from lmmap.cli._app import StoreOption, app, console, fixed, lit, output_dir, shared_decimals, sig
 
 
 def parse_score_range(text: str) -> tuple[float, float] | None:
@@ -100,14 +100,17 @@ def _print_report(result) -> None:
         table.add_column(col, justify=just)
     for row in result.summary.itertuples(index=False):
         r = "n/a" if not math.isfinite(row.r_mean) else f"{row.r_mean:.3f} ± {row.r_sd:.3f}"
-        table.add_row(lit(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, f"{row.rmse:.3g}", f"{row.alpha:.0e}")
+        table.add_row(lit(row.target), str(row.n_models), str(row.n_groups), str(row.n_missing), r, sig(row.rmse), f"{row.alpha:.0e}")
     console.print(table)
     # result.notes reached the user as warnings (one `note:` line each) while the report was built.
     flagged = result.flagged()
     if len(flagged):
         console.print(f"{len(flagged)} possible contamination case(s) (true − predicted > {st['threshold']:g} residual sd):")
         for row in flagged.head(10).itertuples(index=False):
-            console.print(f"  {lit(row.target)}: {lit(row.model)}  true {row.true:.3g}, predicted {row.predicted:.3g}, residual {row.residual:+.3g} ({row.z:+.1f} sd)", highlight=False)
+            d = shared_decimals([row.true, row.predicted, row.residual])  # one score's three numbers, alike
+            console.print(f"  {lit(row.target)}: {lit(row.model)}  true {fixed(row.true, d)}, predicted "
+                          f"{fixed(row.predicted, d)}, residual {'+' if row.residual >= 0 else ''}{fixed(row.residual, d)} "
+                          f"({row.z:+.1f} sd)", highlight=False)
         if len(flagged) > 10:
             console.print(f"  … {len(flagged) - 10} more in contamination.csv")
     else:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from lmmap.exceptions import InputError, LmmapError
-from lmmap.cli._app import AllowOtherTextsOption, StoreOption, ThreadsOption, app, check_color_by, check_replicates, console, lit, output_dir
+from lmmap.cli._app import (AllowOtherTextsOption, Interrupted, StoreOption, ThreadsOption, app, check_color_by,
+                            check_embedding, check_replicates, console, lit, one_line, output_dir, print_files)
 from lmmap.cli.map_cmds import UnitOption
 from lmmap.cli.score_cmds import ExecutorOption, GpusPerModelOption, RayAddressOption, ShardTextsOption, executor_kwargs
 
@@ -27,6 +28,16 @@ def _model_list(models: list[str] | None, exclude: list[str] | None, store: Stor
     if unknown:
         raise InputError(f"--exclude names model(s) not in the map: {', '.join(map(repr, unknown[:5]))}")
     return [m for m in base if m not in set(dropped)]
+
+
+def _adaptive_interrupted(exc: BaseException) -> str:
+    """What Ctrl-C during ``add --adaptive`` kept: the rounds already scored are in the store, and a rerun with the
+    same seed draws the same texts, so it scores only those it lacks (as ``score`` says of its checkpoints)."""
+    said = one_line(exc)
+    kept = "the texts of the rounds already scored are kept in the store"
+    if "rerun the same command to resume" in said:
+        return f"{said}; {kept}"
+    return (f"{said}; " if said else "") + f"{kept}; rerun the same command to resume (the same --seed draws the same texts)"
 
 
 def _parse_n(text: str) -> int:
@@ -125,6 +136,7 @@ def add(
     from lmmap.parallel import set_threads
 
     check_unit(unit)  # a unit typo is refused before the store is read or anything is scored
+    check_embedding(embedding)
     set_threads(threads)
     if adaptive:
         if subset is not None:
@@ -151,11 +163,14 @@ def add(
         if adaptive:
             from lmmap.analyses.adaptive import place_adaptive
 
-            result = place_adaptive(
-                s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
-                round_size=round_size, random_state=seed, convention=convention, score_kwargs=score_kwargs,
-                embedding=embedding, embedding_random_state=tsne_seed, unit=unit, progress=progress,
-            )
+            try:
+                result = place_adaptive(
+                    s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
+                    round_size=round_size, random_state=seed, convention=convention, score_kwargs=score_kwargs,
+                    embedding=embedding, embedding_random_state=tsne_seed, unit=unit, progress=progress,
+                )
+            except KeyboardInterrupt as exc:
+                raise Interrupted(_adaptive_interrupted(exc)) from None
         else:
             from lmmap.analyses.place import add_models
             from lmmap.data.subset import Subset
@@ -169,5 +184,4 @@ def add(
         paths = report.write(result, output, k=k, color_by=color_by)
     for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
         console.print(lit(line))
-    for file, p in paths.items():
-        console.print(f"  {file:14s} {lit(p)}")
+    print_files(paths)

@@ -7,15 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, lit, output_dir
-from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, load_map
+from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, fixed, lit, output_dir, print_files, shared_decimals
+from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, UnitOption, load_map
 
 
 @app.command("scale")
 def scale_(
     output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
     store: StoreOption,
-    unit: Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of KL (default bits-per-byte: comparable across text sets).")] = "bits-per-byte",
+    unit: UnitOption = "nats-per-text",
     subset: SubsetOption = None,
     metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns (base_model, model_type, family, quantization).")] = None,
     no_clip: NoClipOption = False,
@@ -34,8 +34,13 @@ def scale_(
     result = scale(mm, unit=unit)
     with output_dir(output):
         paths = report.write(result, output)
-    console.print(f"KL scale of {mm.K} models ({lit(result.unit_label)}):")
-    for r in result.references.itertuples(index=False):
-        console.print(f"  {lit(r.relation):24s} median {r.median:.4g}  (n={r.n_pairs}, {r.q25:.3g}–{r.q75:.3g})")
-    for name, p in paths.items():
-        console.print(f"  {name:14s} {lit(p)}")
+    refs = result.references
+    console.print(f"KL scale of {mm.K} models ({lit(result.unit_label)}; median and interquartile range of each kind "
+                  "of pair):")
+    dec = shared_decimals(refs["median"], refs["q25"], refs["q75"])
+    medians = [fixed(v, dec) for v in refs["median"]]
+    iqrs = [f"[IQR {fixed(a, dec)}–{fixed(b, dec)}]" for a, b in zip(refs["q25"], refs["q75"])]
+    wm, wi = max(map(len, medians), default=0), max(map(len, iqrs), default=0)
+    for r, med, iqr in zip(refs.itertuples(index=False), medians, iqrs):
+        console.print(f"  {lit(r.relation):24s} median {med:>{wm}}  {iqr:{wi}}  {r.n_pairs} pair(s)")
+    print_files(paths)

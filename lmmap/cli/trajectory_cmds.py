@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, lit, output_dir
+from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, fixed, lit, output_dir, print_files, shared_decimals
 from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, UnitOption, load_map
 
 
@@ -67,9 +67,10 @@ def _write_and_print(result, output: Path, log: bool) -> None:
     console.print(f"{what} {lit(result.name)}: {len(result.table)} {result.point}s, final {lit(result.final)} "
                   f"(KL in {lit(result.unit_label)}):")
     order = result.order_column
-    for r in result.table.to_dict("records"):
-        prev = "" if r["kl_to_previous"] != r["kl_to_previous"] else f"{r['kl_to_previous']:.4g}"
+    rows = result.table.to_dict("records")
+    dec = shared_decimals([r["kl_to_previous"] for r in rows], [r["kl_to_final"] for r in rows])
+    for r in rows:
+        prev = "" if r["kl_to_previous"] != r["kl_to_previous"] else fixed(r["kl_to_previous"], dec)
         console.print(f"  {order} {r[order]!s:>10}  {lit(r['model']):24s} to previous {prev:>10}  "
-                      f"to final {r['kl_to_final']:.4g}")
-    for fname, p in paths.items():
-        console.print(f"  {fname:16s} {lit(p)}")
+                      f"to final {fixed(r['kl_to_final'], dec):>10}")
+    print_files(paths)

@@ -171,11 +171,13 @@ class Subset:
         return self.d
 
     def summary(self) -> str:
-        thr = "off" if self.threshold is None else f"{self.threshold:.2f}"
+        thr = "not clipped" if self.threshold is None else f"clipped at {self.threshold:.2f} nats"
+        # E[Σw] is the number of texts that can be drawn (π > 0): saying so makes the sum a check, not a symbol.
         return (
             f"{self.method} subset: n = {self.n} draws, d = {self.d} unique texts of N = {self.n_texts} "
-            f"({100 * self.d / self.n_texts:.1f}%), Σw = {self.weights.sum():.1f}, "
-            f"from {len(self.models)} models, clip threshold {thr}"
+            f"({100 * self.d / self.n_texts:.1f}%), weights summing to {self.weights.sum():.1f} (expected "
+            f"{self.n_texts - self.n_excluded}, the texts they stand for), from {len(self.models)} models, "
+            f"log-likelihoods {thr}"
             + (", unbound (no text-set identity)" if self.unbound else "")
         )
 
@@ -210,11 +212,10 @@ class Subset:
                     "this store's texts anyway",
                     params=("allow_other_texts",),
                 )
-            warnings.warn(
+            warnings.warn(LmmapWarning(
                 f"{problem}; using its {self.d} positions on the store's texts as asked (allow_other_texts)",
-                LmmapWarning,
-                stacklevel=2,
-            )
+                params=("allow_other_texts",),
+            ), stacklevel=2)
             return
         ids = np.asarray(store.texts.index)[self.text_pos]
         if not np.array_equal(ids, self.text_index):

@@ -31,7 +31,7 @@ import numpy as np
 
 from lmmap._version import __version__
 from lmmap.exceptions import InputError, LmmapError, ScoringError
-from lmmap.progress import ProgressFn, Tracker, say
+from lmmap.progress import ProgressFn, Tracker, format_rate, say
 from lmmap.scoring.encoding import (
     Encoded, chat_template_id, check_convention, encode_texts, make_rows, plan_batches, resolve_max_length, rows_tokens,
 )
@@ -682,7 +682,7 @@ def store_vectors(store, items, positions, *, metadata=None, replace, n_todo, n_
     if len(items) > 1:
         msg += f"; {len(items)} layers stored as {items[0][0]} … {items[-1][0]}"
     if n_todo:
-        msg += f" ({texts_per_s:.1f} texts/s, {tokens_per_s:,.0f} tokens/s)"
+        msg += f" ({format_rate(texts_per_s)} texts/s, {format_rate(tokens_per_s)} tokens/s)"
     return ScoreStatus(label, "scored", msg, n_scored=n_todo, n_resumed=n_before, n_truncated=n_trunc,
                        seconds=seconds, texts_per_s=texts_per_s, tokens_per_s=tokens_per_s)
 

@@ -248,7 +248,7 @@ def test_texts_needed_never_returns_an_empty_table_silently():
 def test_unreached_cells_say_why():
     Q = small_q(K=15, N=1000)
     res = ea.analyse_errors(as_map(Q), R=10, targets=[900], random_state=0)
-    with pytest.warns(LmmapWarning, match="reaches κ̂_d"):
+    with pytest.warns(LmmapWarning, match=r"as accurate as d texts drawn at random \(κ̂_d\); resample sizes \(n_grid\)"):
         t = res.texts_needed()
     row = t.set_index(["method", "d"]).loc[("uniform", 900)]
     assert row["cell"] == "N/A" and "no n" in row["note"]

@@ -74,7 +74,7 @@ def test_write_scale_files(tmp_path):
     table = pd.read_csv(paths["scale.csv"])
     assert list(table["relation"])[-1] == "all pairs"
     info = json.loads(paths["scale.json"].read_text())
-    assert info["unit"] == "bits-per-byte" and "provenance" in info
+    assert info["unit"] == "nats-per-text" and "provenance" in info  # the one default unit (issue 22 §7)
 
 
 def test_cli_scale(tmp_path):
