@@ -7,6 +7,7 @@ Build it from arrays (``ModelMap(names, L)``) or from a store
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,7 +15,7 @@ import pandas as pd
 
 from lmmap._version import __version__
 from lmmap.maths import geometry
-from lmmap.exceptions import InputError
+from lmmap.exceptions import InputError, LmmapWarning
 
 MIN_MODELS = 3
 # --edges: lines from each model to its nearest by KL, the declared lineage (metadata column base_model), or none.
@@ -25,6 +26,11 @@ LINEAGE_COLUMN = "base_model"
 LINEAGE_TIE = 0.10
 # KL units: nats per text (KL = g / 2N), or bits per byte of text (Kishino et al. 2025):
 # KL in nats per text / (mean UTF-8 bytes of the map's texts · ln 2).
+# Above this many models neighbours are found without a K×K matrix (lmmap.maths.knn): blocked exact products,
+# or a randomized projection with exact re-ranking once K²·N is too many flops.
+DENSE_MAX_K = 2000
+# The K×K matrices (kl, squared_distances) are refused past this size: a map of 100,000 models would need 80 GB.
+DENSE_MAX_BYTES = 4 << 30
 UNITS = ("nats-per-text", "bits-per-byte")
 UNIT_LABELS = {"nats-per-text": "nats/text", "bits-per-byte": "bits/byte"}
 
@@ -148,8 +154,14 @@ class ModelMap:
         return geometry.weighted_features(self.Q, self.w)
 
     def squared_distances(self) -> np.ndarray:
-        """``G`` with ``g_ij = ‖q_i − q_j‖²_w`` (K×K)."""
+        """``G`` with ``g_ij = ‖q_i − q_j‖²_w`` (K×K; refused past :data:`DENSE_MAX_BYTES`)."""
         if "G" not in self._cache:
+            size = 8 * self.K * self.K
+            if size > DENSE_MAX_BYTES:
+                raise InputError(
+                    f"a map of {self.K:,} models has a {self.K:,}×{self.K:,} KL matrix of {size / 2**30:.0f} GiB; "
+                    "use neighbor_table(k) or neighbors(model), which need no K×K matrix (lmmap neighbors, "
+                    "neighbors.csv)")
             self._cache["G"] = geometry.squared_distances(self.Q, self.w)
         return self._cache["G"]
 
@@ -203,7 +215,17 @@ class ModelMap:
                   unit: str = "nats-per-text") -> pd.DataFrame:
         """The ``k`` models with the smallest estimated KL to ``model`` (KL in ``unit``)."""
         check_unit(unit)
-        self.index_of(model)  # a clear error for an unknown name
+        i = self.index_of(model)  # a clear error for an unknown name
+        if self.K > DENSE_MAX_K and not se:
+            # One row against all: 2·K·N flops, whatever K.
+            from lmmap.maths import knn
+
+            if k < 1:
+                raise InputError(f"k must be at least 1, got {k}", params=("k",))
+            idx, g = knn.exact_knn_rows(self.features(), [i], int(min(k, self.K - 1)))
+            kl = geometry.kl_from_squared_distances(g[0], self.n_texts) * self.unit_factor(unit)
+            return pd.DataFrame({"model": model, "rank": np.arange(1, len(kl) + 1),
+                                 "neighbor": np.asarray(self.names, dtype=object)[idx[0]], "kl": kl})
         table = self.neighbor_table(k, se=se, R=R, unit=unit)
         return table[table["model"] == model].reset_index(drop=True)
 
@@ -211,8 +233,19 @@ class ModelMap:
         """For every model, its ``k`` nearest models: columns model, rank, neighbor, kl (and kl_se), KL in ``unit``."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}", params=("k",))
-        KL = self.kl(unit)
-        idx, vals = geometry.nearest_neighbors(KL, k)
+        if self.K > DENSE_MAX_K and not se:
+            from lmmap.maths import knn
+
+            found = self._cache.get(("knn", k))
+            if found is None:
+                found = self._cache[("knn", k)] = knn.knn(self.features(), k, n_texts=self.n_texts, random_state=0)
+                if found.recall is not None and found.recall < 0.99:
+                    warnings.warn(LmmapWarning(
+                        f"neighbours of {self.K:,} models found approximately: recall@{k} {found.recall:.3f} on a "
+                        f"sample of {len(found.recall_rows)} models (their KL values are exact)"), stacklevel=2)
+            idx, vals = found.idx, found.kl * self.unit_factor(unit)
+        else:
+            idx, vals = geometry.nearest_neighbors(self.kl(unit), k)
         kk = idx.shape[1]
         names = np.asarray(self.names, dtype=object)
         table = pd.DataFrame(

@@ -279,3 +279,43 @@ def test_layers_and_checkpoints_belong_to_their_models_lineage(kin):
     # without the kin column the same map flags it: the test tells the two apart
     plain = ModelMap(names, L, metadata=meta.drop(columns=[kin]))
     assert not plain.lineage().set_index("model").loc["base-ft", "consistent"]
+
+
+def test_a_large_map_finds_neighbours_without_a_k_by_k_matrix(monkeypatch):
+    """Issue 24: past DENSE_MAX_K the neighbour table and one model's neighbours come from lmmap.maths.knn and
+    equal the dense float64 computation (geometry), without ever building the K×K matrix."""
+    import lmmap.map as map_mod
+    from lmmap.maths import geometry
+
+    rng = np.random.default_rng(5)
+    K, N = 240, 150
+    fam = rng.normal(0, 3, (12, N))
+    L = -50 + fam[rng.integers(0, 12, K)] + rng.normal(0, 1.0, (K, N))
+    names = [f"m{i}" for i in range(K)]
+    mm = ModelMap(names, L)
+    G = geometry.squared_distances(mm.Q)  # independent: dense float64 from Q
+    want_idx, want_g = geometry.nearest_neighbors(G, 5)
+    monkeypatch.setattr(map_mod, "DENSE_MAX_K", 100)
+
+    def no_dense(*a, **k):
+        raise AssertionError("built the K×K matrix")
+
+    monkeypatch.setattr(mm, "squared_distances", no_dense)
+    table = mm.neighbor_table(5)
+    got_idx = np.array([mm.index_of(n) for n in table["neighbor"]]).reshape(K, 5)
+    np.testing.assert_array_equal(got_idx, want_idx)
+    np.testing.assert_allclose(table["kl"].to_numpy().reshape(K, 5), want_g / (2 * N), rtol=1e-9)
+    one = mm.neighbors("m7", k=5)
+    assert one["neighbor"].tolist() == [names[j] for j in want_idx[7]]
+    np.testing.assert_allclose(one["kl"], want_g[7] / (2 * N), rtol=1e-9)
+
+
+def test_a_map_too_large_for_a_k_by_k_kl_says_what_to_use(monkeypatch):
+    import lmmap.map as map_mod
+
+    mm = ModelMap([f"m{i}" for i in range(50)], -np.random.default_rng(0).uniform(1, 9, (50, 20)))
+    monkeypatch.setattr(map_mod, "DENSE_MAX_BYTES", 8 * 49 * 49)
+    monkeypatch.setattr(map_mod, "DENSE_MAX_K", 40)
+    with pytest.raises(LmmapError, match=r"50×50 KL matrix.*neighbor_table\(k\)"):
+        mm.kl()
+    assert len(mm.neighbors("m3", k=3)) == 3  # still answered, without the K×K matrix

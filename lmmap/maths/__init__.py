@@ -2,6 +2,8 @@
 
 - :mod:`~lmmap.maths.geometry` — clip, double-centre (``L → Q``), weighted features ``Q W^{1/2}``, squared
   distances ``g_ij`` (incl. cross blocks), KL ``= g/(2N)``, neighbours
+- :mod:`~lmmap.maths.knn` — the ``k`` nearest models without a K×K matrix: blocked exact products, or a
+  randomized projection whose candidates are re-ranked exactly (recall@k measured on a sample)
 - :mod:`~lmmap.maths.resampling` — text importance ``π`` (uniform, LS, KL), draws, weights ``w = c/(nπ)``,
   closed-form errors
 - :mod:`~lmmap.maths.bootstrap` — the one Welford bootstrap loop; standard errors of ``g̃``
