@@ -178,12 +178,10 @@ def nearest_neighbors(D, k: int) -> tuple[np.ndarray, np.ndarray]:
         raise InputError("k must be at least 1")
     masked = D.copy()
     np.fill_diagonal(masked, np.inf)
-    # argpartition keeps this O(K²) rather than O(K² log K) for the full sort.
-    part = np.argpartition(masked, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(masked, part, axis=1)
-    order = np.lexsort((part, vals), axis=1)
-    idx = np.take_along_axis(part, order, axis=1)
-    return idx, np.take_along_axis(vals, order, axis=1)
+    # A stable sort, not argpartition: argpartition keeps an arbitrary subset of the models tied at the k-th
+    # value, so the ties would not be broken by index (K ≤ a few thousand here; lmmap.maths.knn beyond).
+    idx = np.argsort(masked, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(masked, idx, axis=1)
 
 
 def map_coordinates(L, threshold: float | None = None, w=None, clip_percentile: float | None = DEFAULT_CLIP_PERCENTILE):

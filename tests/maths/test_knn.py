@@ -319,3 +319,18 @@ def test_knn_approximate_is_reproducible(small_Q):
     np.testing.assert_array_equal(a.recall_rows, b.recall_rows)
     assert a.recall == b.recall
     assert knn.knn(small_Q, 5, method="approximate", recall_rows=0, random_state=3).recall is None
+
+
+def test_dense_neighbours_break_ties_by_index_like_knn():
+    """geometry.nearest_neighbors keeps the lowest indices among models tied at the k-th value, as knn does."""
+    from lmmap.maths import geometry
+
+    X = np.random.default_rng(2).integers(0, 2, size=(40, 6)).astype(float)  # many exact ties
+    G = geometry.squared_distances(X)
+    idx, vals = geometry.nearest_neighbors(G, 5)
+    for i in range(40):
+        row = [(G[i, j], j) for j in range(40) if j != i]
+        want = sorted(row)[:5]
+        assert idx[i].tolist() == [j for _, j in want]
+    kidx, _ = knn.exact_knn(X, 5)
+    np.testing.assert_array_equal(idx, kidx)
