@@ -25,6 +25,15 @@ subset's texts. Distributions over the held-out models are printed
 ``--demo-store``: the same, leaving each model of a store of full vectors
 (e.g. the demo's) out in turn, with the fixed subset scaled to n = 2,900·N/10,000
 (one distribution over all held-out models; ``--no-synthetic`` runs only this).
+
+``--fake-store N``: end to end through a store and the scoring driver (issue 22
+§4): N synthetic texts, 16 fake bigram models (:mod:`lmmap.scoring.fake`, 4
+bases with 3 fine-tunes each) scored on all of them, and a new fine-tune placed
+by :func:`lmmap.analyses.adaptive.place_adaptive` at each ``--targets`` value.
+For each: rounds, unique texts, how it stopped, wall seconds, the lines a
+terminal would keep (messages and finished bars), against scoring the same
+model on all N texts once. Runs on the code it is given (``PYTHONPATH``), so
+the same command measures before and after a change.
 """
 
 from __future__ import annotations
@@ -64,12 +73,15 @@ def _dist(x):
 def report(rows, held, kinds, n_fixed):
     d_fixed = np.median([r[0] for r in rows["fixed"]])
     for key, rs in rows.items():
-        texts, r, nn1, nn_tie, top5, rel, cover, stopped = map(list, zip(*rs))
+        texts, r, nn1, nn_tie, top5, rel, cover, stopped, rounds = map(list, zip(*rs))
         name = "fixed LS n=%d" % n_fixed if key == "fixed" else f"adaptive target {key}"
         print(f"-- {name}")
         print(f"   unique texts  {_dist(texts)}   (median {100 * np.median(texts) / d_fixed:.0f}% of fixed; "
               f"{np.mean(np.array(texts) <= 0.25 * d_fixed):.0%} of the models within 25%, "
               f"{np.sum(texts) / (d_fixed * len(texts)):.0%} of the fixed subset's texts in all)")
+        if key != "fixed":
+            n_all = sum(s == "all-texts" for s in stopped)
+            print(f"   rounds        {_dist(rounds)}   (stopped by all-texts: {n_all})")
         print(f"   Pearson r     {_dist(r)}")
         print(f"   same nearest  {np.mean(nn1):.0%}   (or one within 5% of its KL: {np.mean(nn_tie):.0%})   "
               f"top-5 overlap {_dist(top5)}")
@@ -106,14 +118,14 @@ def run(L, held, kinds, n_fixed, targets, round_size, seed, label, verbose=True)
         y = amap.y_of(L[h][u], u)
         delta = y[None, :] - amap.Q[:, u]
         g = (delta * delta) @ w - (delta @ w) ** 2 / w.sum()
-        rows["fixed"].append((len(u), *_metrics(g, truths[h]), "fixed"))
+        rows["fixed"].append((len(u), *_metrics(g, truths[h]), "fixed", 1))
     for target in targets:
         rows[target] = []
         t0 = time.perf_counter()
         for i, h in enumerate(held):
             run_ = ad.simulate(amap, L[h], target_se=target, neighbors=5, round_size=round_size, random_state=seed + 1000 + i)
             rows[target].append((run_.texts_scored, *_metrics(run_.estimate.g, truths[h], run_.estimate.se),
-                                 run_.stopped_by))
+                                 run_.stopped_by, run_.rounds))
         rows[target + 0.0] = rows.pop(target)
         if verbose:
             print(f"   (adaptive, target {target}: {time.perf_counter() - t0:.1f} s for {len(held)} models)")
@@ -133,10 +145,14 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--demo-store", type=Path, default=Path("lmmap-demo/store"))
     ap.add_argument("--no-synthetic", action="store_true", help="Only the demo store.")
+    ap.add_argument("--fake-store", type=int, metavar="N", help="Only the end-to-end run on a store of N texts "
+                    "scored by the fake backend.")
     a = ap.parse_args(argv)
 
     from synthetic import ecosystem_L
 
+    if a.fake_store:
+        return _fake_store(a.fake_store, a.targets, a.round, a.seed)
     if a.no_synthetic:
         return _demo(a)
     # K = bases·(1 + fine-tunes per base) + merges + unrelated.
@@ -176,6 +192,51 @@ def _demo(a):
         report(rows, list(range(len(models))), None, n_fixed)
     else:
         print(f"\n(no demo store at {a.demo_store}: `lmmap demo` builds one; skipped)")
+
+
+def _fake_store(N, targets, round_size, seed):
+    import tempfile
+
+    from lmmap.data.store import Store
+    from lmmap.data.texts import TextSet
+    from lmmap.scoring import score_models
+    from lmmap.scoring.fake import BigramModel, FakeBackend
+
+    rng = np.random.default_rng(seed)
+    words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 9))) for _ in range(400)]
+    texts = [" ".join(rng.choice(words, rng.integers(10, 60))) for _ in range(N)]
+    models = {}
+    for b in range(4):
+        base = BigramModel.from_name(f"base{b}").counts
+        models[f"base{b}"] = BigramModel(base)
+        for f in range(3):
+            models[f"base{b}-ft{f}"] = BigramModel(base + rng.integers(0, 6, base.shape))
+    new = BigramModel(models["base1"].counts + rng.integers(0, 6, base.shape))
+    print(f"fake store: {N} texts, {len(models)} existing bigram models, a new fine-tune of base1; round {round_size}")
+    for target in targets:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store.create(Path(tmp) / "store", TextSet.from_texts(texts))
+            backend = FakeBackend({**models, "new": new})
+            score_models(store, list(models), backend=backend)
+            kept = []
+
+            def progress(step):
+                # What a terminal keeps: each message, and each bar once it is finished.
+                if (step.task is None and step.message) or step.finished:
+                    kept.append(str(step))
+
+            t0 = time.perf_counter()
+            res = ad.place_adaptive(store, ["new"], names=["new"], target_se=target, round_size=round_size,
+                                    random_state=seed, score_kwargs={"backend": backend}, embedding=None,
+                                    progress=progress)
+            t_adaptive = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            score_models(store, ["new"], names=["all"], backend=backend)
+            t_all = time.perf_counter() - t0
+            r = res.adaptive_table().iloc[0]
+            print(f"  target {target:g}: {r['rounds']} rounds, {r['texts_scored']} of {N} texts, stopped_by "
+                  f"{r['stopped_by']}, se_reached {r['se_reached']:.3g}; {t_adaptive:.1f} s "
+                  f"(scoring all {N} texts once: {t_all:.1f} s); {len(kept)} lines kept on screen")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ mixed with a little uniform so that every text can be drawn and no weight
 re-estimated with a standard error, and the model stops once the KL to each
 of its ``k`` nearest existing models has a relative standard error ≤ the
 target and its nearest model is told apart from the runner-up (or when
-``max_texts`` unique texts have been scored).
+``max_texts`` unique texts have been scored). Rounds grow geometrically, so
+a model takes a dozen or so of them, not texts / round size; a model whose
+target is predicted, from the trend of its SE, to need most of the texts left
+is scored on all of them at once and its KL is exact (``all-texts``).
 
 The estimator (model-assisted, or difference, estimation)
 ---------------------------------------------------------
@@ -85,8 +88,18 @@ DEFAULT_UNIFORM_MIX = 0.05
 # the one with the smallest leave-one-out error is kept (closed form, one SVD for all).
 _RIDGE_GRID = np.array([1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 STATE_VERSION = 1
-# Once this fraction of the texts is scored (and --max-texts allows all N), the rest is scored too.
-EXACT_FRACTION = 0.5
+# A model whose target is predicted to need at least this fraction of the texts not yet scored (and
+# --max-texts allows all N) has the rest scored at once: the KL is then exact, for at most twice the
+# predicted cost, and no rounds are spent drawing the last, least likely texts.
+ALL_TEXTS_FRACTION = 0.5
+# After the first min_rounds rounds each round draws up to this factor more than all the rounds before
+# it, so reaching n draws takes O(log n) rounds (each round loads the model again) ...
+ROUND_GROWTH = 1.5
+# ... and, when the SE trend says fewer draws will do, just those, but at least this factor more, so
+# that an optimistic prediction costs a few extra rounds, not one per round_size draws. (Measured on a
+# K = 300 synthetic benchmark: ×1.5 against ×2 or ×1.35 trades a round for 5–7% of the texts either way;
+# a 1.2 margin on the prediction cost 6% more texts and saved half a round.)
+MIN_ROUND_GROWTH = 1.2
 # The nearest and the runner-up are a tie (no need to order them) once the SE of their difference is
 # below this fraction of the target relative SE times the nearest KL.
 TIE_FRACTION = 0.25
@@ -371,6 +384,13 @@ class ModelRun:
     se_reached: float = float("inf")
     trace: list = field(default_factory=list)
     texts_scored: int = 0  # unique texts (the drawn ones, or all N once the rest was filled in)
+    # With stopped_by="all-texts": why the rest was scored at once ("predicted": the target was predicted to
+    # need at least ALL_TEXTS_FRACTION of the texts left; "half-scored": half of all texts were scored;
+    # "no-trend": a nearest KL estimated ≤ 0, so no relative SE to follow), the unique texts the target was
+    # predicted to need (inf: no prediction), and the relative SE of the last estimate before the fill-in.
+    all_texts_why: str | None = None
+    predicted_texts: float | None = None
+    se_estimated: float | None = None
 
 
 def _whole(v, what: str, lo: int) -> int:
@@ -428,40 +448,168 @@ def check_parameters(target_se, neighbors, max_texts, round_size, N: int, min_ro
     return mt
 
 
+def round_sizes(round_size: int, min_rounds: int, n_rounds: int, N: int) -> list[int]:
+    """Draws per round when nothing is predicted: ``round_size`` for the first ``min_rounds`` rounds, then
+    ``ROUND_GROWTH − 1`` times the draws so far (capped at ``max(N, round_size)``)."""
+    sizes, n = [], 0
+    for rnd in range(1, n_rounds + 1):
+        sizes.append(_next_size(rnd, n, round_size, min_rounds, N, None))
+        n += sizes[-1]
+    return sizes
+
+
+def _next_size(rnd: int, n: int, round_size: int, min_rounds: int, N: int, need: float | None) -> int:
+    """Draws of round ``rnd`` after ``n`` draws; ``need``: the most total draws an active model is predicted
+    to need (None: no prediction)."""
+    if rnd <= min_rounds:
+        return round_size
+    top = max(round_size, min(math.ceil((ROUND_GROWTH - 1.0) * n), max(N, round_size)))
+    if need is None or not math.isfinite(need):
+        return top
+    low = max(round_size, min(math.ceil((MIN_ROUND_GROWTH - 1.0) * n), top))
+    return int(min(max(math.ceil(need) - n, low), top))
+
+
+def se_slope(trace: list) -> float:
+    """How fast the relative SE falls with the draws, ``rel ∝ n^−b``: b fitted (log–log least squares) on the
+    estimated rounds with at least a quarter of the latest draws, clamped to [0.5, 1].
+
+    Plain resampling gives b = ½. The prediction's features grow with the draws (:func:`_n_features`), so
+    early on the SE falls faster (measured: b ≈ 1 over the first rounds of fine-tunes and merges); assuming
+    ½ there predicts many times the texts a model goes on to need.
+    """
+    rows = [(t["draws"], t["rel_se"]) for t in trace if not t.get("exact")]
+    if not rows:
+        return 0.5
+    n_last = rows[-1][0]
+    x, y = zip(*[(math.log(n), math.log(r)) for n, r in rows if n * 4 >= n_last and 0 < r < math.inf])
+    if len(x) < 2 or max(x) - min(x) < 1e-9:
+        return 0.5
+    b = -float(np.polyfit(x, y, 1)[0])
+    return float(min(max(b, 0.5), 1.0))
+
+
+def draws_needed(trace: list, target_se: float) -> float | None:
+    """Total draws the relative SE of the k nearest is predicted to need to reach ``target_se``, following its
+    trend (:func:`se_slope`) from the latest round. A nearest KL estimated ≤ 0 has no relative SE to follow
+    (the KL may be 0): inf when that holds in the last two rounds, None (no prediction) after one."""
+    rows = [t for t in trace if not t.get("exact")]
+    n, rel = rows[-1]["draws"], rows[-1]["rel_se"]
+    if not math.isfinite(rel):
+        return math.inf if len(rows) >= 2 and not math.isfinite(rows[-2]["rel_se"]) else None
+    if rel <= target_se:
+        return float(n)
+    return float(n * (rel / target_se) ** (1.0 / se_slope(rows)))
+
+
+def resolve_draws_needed(est: Estimate, target_se: float) -> float:
+    """Total draws until the nearest is told apart from the runner-up or known to be tied with it, by ``SE ∝ 1/√n``.
+
+    Only sizes the next round: the estimated gap jumps by several SEs between rounds, too noisy a trend to
+    decide from it to score every text.
+    """
+    a, b = _nearest_two(est.g)
+    sd = float(est.diff_se(b, a)[0])
+    gap = est.g[b] - est.g[a]
+    if not sd > 0 or gap >= 1.96 * sd:
+        return float(est.n)
+    z_need = est.n * (1.96 * sd / gap) ** 2 if gap > 0 else math.inf
+    tie_sd = TIE_FRACTION * target_se * max(est.g[a], 0.0)
+    tie_need = est.n * (sd / tie_sd) ** 2 if tie_sd > 0 else math.inf
+    return float(min(z_need, tie_need))
+
+
+def expected_unique(pi: np.ndarray, seen: np.ndarray, more_draws: float) -> float:
+    """Expected unique texts after ``more_draws`` further i.i.d. draws from ``π``, given the texts ``seen``."""
+    if not math.isfinite(more_draws):
+        return float(len(pi))
+    unseen = pi[~seen]
+    return float(seen.sum() + (-np.expm1(max(more_draws, 0.0) * np.log1p(-np.minimum(unseen, 1.0 - 1e-16)))).sum())
+
+
+def _nearest_two(g: np.ndarray) -> tuple[int, int]:
+    a, b = np.argpartition(g, 1)[:2]
+    return (int(a), int(b)) if g[a] <= g[b] else (int(b), int(a))
+
+
+def _nearest_resolved(est: Estimate, target_se: float) -> tuple[bool, float]:
+    # The nearest must also be told apart from the runner-up (z ≥ 1.96 on their difference, in which the
+    # residual term common to all distances cancels), unless that difference is known to a quarter of the
+    # precision asked and is still small: a tie at the precision asked. (Measured on the K = 1,000
+    # benchmark: half instead of a quarter saves few texts but orders 92% instead of 97% of the nearest
+    # neighbours right.)
+    a, b = _nearest_two(est.g)
+    sd = float(est.diff_se(b, a)[0])
+    gap = est.g[b] - est.g[a]
+    ok = gap >= 1.96 * sd or sd <= TIE_FRACTION * target_se * max(est.g[a], 0.0)
+    return bool(ok), (gap / sd if sd > 0 else np.inf)
+
+
+def _trace_row(amap: AdaptiveMap, run: ModelRun, rnd: int, rel: float, nn0: int, exact: bool) -> dict:
+    return {"model": run.name, "round": rnd, "draws": len(run.draws), "texts_scored": run.texts_scored,
+            "rel_se": rel, "nearest": int(nn0), "kl_nearest": max(run.estimate.g[nn0], 0.0) / (2 * amap.N),
+            "kl_se_nearest": run.estimate.se[nn0] / (2 * amap.N), "gap_z": np.nan, "exact": exact}
+
+
+def _finish_exact(amap: AdaptiveMap, run: ModelRun, loglik_full, rnd: int, neighbors: int) -> None:
+    """Every text of ``run`` is scored: the distances are exact (SE 0), and the run says so."""
+    g = true_sq_distances(amap, np.asarray(loglik_full, dtype=np.float64))
+    run.estimate = Estimate(g=g, se=np.zeros_like(g), n=len(run.draws))
+    run.rounds, run.texts_scored, run.se_reached, run.stopped_by = rnd, amap.N, 0.0, "all-texts"
+    nn, _ = neighbor_rel_se(run.estimate, neighbors)
+    # A row of its own, flagged exact: the trace of the estimates ends at the last estimated round, and
+    # no plot should read the exact fill-in as the SE dropping to 0.
+    run.trace.append(_trace_row(amap, run, rnd, 0.0, nn[0], True))
+
+
 def run_rounds(amap: AdaptiveMap, names, fetch: Callable, *, target_se: float = 0.05, neighbors: int | None = None,
                max_texts: int | None = None, round_size: int = DEFAULT_ROUND_SIZE, min_rounds: int = DEFAULT_MIN_ROUNDS,
                random_state=0, folds: int = DEFAULT_FOLDS, on_round: Callable | None = None,
-               estimate_kwargs: dict | None = None, resolve_nearest: bool = True) -> dict[str, ModelRun]:
+               estimate_kwargs: dict | None = None, resolve_nearest: bool = True,
+               on_all_texts: Callable | None = None) -> dict[str, ModelRun]:
     """Draw, fetch and estimate in rounds until every model has stopped.
 
     ``fetch(names, text_pos) -> {name: raw log-likelihoods at text_pos}`` for
     the still active models (``text_pos``: every unique text drawn so far,
-    sorted); a model missing from the answer has failed and is dropped
-    (``stopped_by="failed"``). The draws are a function of ``random_state``
-    and ``π`` only, shared by all models, so a rerun draws the same texts.
+    sorted, or all N for the models whose rest is scored at once); a model
+    missing from the answer has failed and is dropped
+    (``stopped_by="failed"``).
+
+    Rounds: ``round_size`` draws for the first ``min_rounds``, then growing
+    geometrically (:data:`ROUND_GROWTH`), less when the SE trend predicts
+    fewer draws will reach the target. A model whose target is predicted to
+    need at least :data:`ALL_TEXTS_FRACTION` of the texts not yet scored (with
+    ``max_texts`` = N) is scored on all of them at once: ``stopped_by=
+    "all-texts"``, exact distances, ``se_reached`` 0. The draws are one
+    stream, a function of ``random_state`` and ``π`` only, shared by all
+    models, which the rounds cut into prefixes: a rerun draws the same texts.
+    ``on_round(rnd, runs)`` is called after each round, ``on_all_texts(names,
+    runs)`` before the rest of the texts is fetched for ``names``.
     """
     max_texts = check_parameters(target_se, neighbors, max_texts, round_size, amap.N, min_rounds, K=amap.K)
     neighbors = resolve_neighbors(neighbors, amap.K)
+    N = amap.N
     rng = np.random.default_rng(check_random_state(random_state))
     runs = {n: ModelRun(n) for n in names}
     active = list(names)
     draws = np.zeros(0, dtype=np.int64)
-    seen = np.zeros(amap.N, dtype=bool)
+    seen = np.zeros(N, dtype=bool)
     rnd = 0
+    size = _next_size(1, 0, round_size, min_rounds, N, None)
     while active:
         rnd += 1
-        new = cap_unique(seen, draw_round(amap.pi, round_size, rng), max_texts)
+        # Generator.random(a) then random(b) gives the same numbers as random(a + b): however the rounds are
+        # sized, the draws are prefixes of one stream.
+        new = cap_unique(seen, draw_round(amap.pi, size, rng), max_texts)
         draws = np.concatenate([draws, new])
         seen[new] = True
-        if max_texts == amap.N and seen.sum() >= EXACT_FRACTION * amap.N:
-            # Scoring the rest costs at most as much again and makes the distances exact; drawing on
-            # instead would spend ever more draws on the last, least likely texts.
-            seen[:] = True
-        capped = int(seen.sum()) >= max_texts
+        n_seen = int(seen.sum())
+        capped = n_seen >= max_texts
         text_pos = np.flatnonzero(seen)
         values = fetch(list(active), text_pos)
-        lookup = np.full(amap.N, -1, dtype=np.int64)
+        lookup = np.full(N, -1, dtype=np.int64)
         lookup[text_pos] = np.arange(len(text_pos))
+        fill, needs = [], []
         for name in list(active):  # a loop over the (few) new models
             run = runs[name]
             if name not in values:
@@ -475,38 +623,58 @@ def run_rounds(amap: AdaptiveMap, names, fetch: Callable, *, target_se: float = 
                     run.stopped_by = "max-texts"
                     active.remove(name)
                 continue
-            if len(text_pos) == amap.N:  # every text is scored: the distances are exact
-                g = true_sq_distances(amap, np.asarray(values[name], dtype=np.float64))
-                run.estimate = Estimate(g=g, se=np.zeros_like(g), n=len(draws))
-            else:
-                run.estimate = estimate_sq_distances(amap, draws, run.y, folds=folds, **(estimate_kwargs or {}))
+            if len(text_pos) == N:  # the draws reached every text (a small store)
+                _finish_exact(amap, run, values[name], rnd, neighbors)
+                active.remove(name)
+                continue
+            run.estimate = estimate_sq_distances(amap, draws, run.y, folds=folds, **(estimate_kwargs or {}))
             nn, rel = neighbor_rel_se(run.estimate, neighbors)
             run.se_reached = rel
-            run.trace.append({"model": name, "round": rnd, "draws": len(draws), "texts_scored": run.texts_scored,
-                              "rel_se": rel, "nearest": int(nn[0]),
-                              "kl_nearest": max(run.estimate.g[nn[0]], 0.0) / (2 * amap.N),
-                              "kl_se_nearest": run.estimate.se[nn[0]] / (2 * amap.N)})
+            run.trace.append(_trace_row(amap, run, rnd, rel, nn[0], False))
             resolved = True
             if resolve_nearest and amap.K > 1:
-                # The nearest must also be told apart from the runner-up (z ≥ 1.96 on their difference, in
-                # which the residual term common to all distances cancels), unless that difference is known
-                # to a quarter of the precision asked and is still small: a tie at the precision asked.
-                # (Measured on the K = 1,000 benchmark: half instead of a quarter saves few texts but
-                # orders 92% instead of 97% of the nearest neighbours right.)
-                a, b = np.argpartition(run.estimate.g, 1)[:2]
-                a, b = (a, b) if run.estimate.g[a] <= run.estimate.g[b] else (b, a)
-                sd = float(run.estimate.diff_se(b, a)[0])
-                gap = run.estimate.g[b] - run.estimate.g[a]
-                resolved = gap >= 1.96 * sd or sd <= TIE_FRACTION * target_se * max(run.estimate.g[a], 0.0)
-                run.trace[-1]["gap_z"] = gap / sd if sd > 0 else np.inf
+                resolved, run.trace[-1]["gap_z"] = _nearest_resolved(run.estimate, target_se)
             if rnd >= min_rounds and rel <= target_se and resolved:
                 run.stopped_by = "target"
             elif capped:
                 run.stopped_by = "max-texts"
+            else:
+                need = draws_needed(run.trace, target_se)
+                predicted = None if need is None else expected_unique(amap.pi, seen, need - len(draws))
+                why = None
+                if rnd >= min_rounds and max_texts == N:
+                    if need is not None and math.isinf(need):
+                        why = "no-trend"
+                    elif predicted is not None and predicted - n_seen >= ALL_TEXTS_FRACTION * (N - n_seen):
+                        why = "predicted"
+                    elif n_seen >= ALL_TEXTS_FRACTION * N:
+                        # Whatever the prediction (a nearest model not yet told apart from the runner-up):
+                        # the rest costs at most as much again.
+                        why = "half-scored"
+                if why:
+                    run.all_texts_why, run.predicted_texts = why, (math.inf if predicted is None else predicted)
+                    fill.append(name)
+                else:
+                    if not resolved:
+                        need = max(need or len(draws), resolve_draws_needed(run.estimate, target_se))
+                    needs.append(math.inf if need is None else need)
             if run.stopped_by:
                 active.remove(name)
+        if fill:
+            if on_all_texts is not None:
+                on_all_texts(list(fill), runs)
+            exact = fetch(list(fill), np.arange(N))
+            for name in fill:
+                run = runs[name]
+                active.remove(name)
+                if name not in exact:
+                    run.stopped_by = "failed"
+                    continue
+                run.se_estimated = run.se_reached
+                _finish_exact(amap, run, exact[name], rnd + 1, neighbors)
         if on_round is not None:
             on_round(rnd, runs)
+        size = _next_size(rnd + 1, len(draws), round_size, min_rounds, N, max(needs) if needs else None)
     return runs
 
 
@@ -597,10 +765,14 @@ class AdaptiveResult:
 
     def trace_table(self) -> pd.DataFrame:
         """After every round: the relative SE (largest over the k nearest), the nearest model, its KL and SE
-        (in ``unit``), and ``gap_z``, how many SEs of their difference separate the nearest from the runner-up."""
+        (in ``unit``), and ``gap_z``, how many SEs of their difference separate the nearest from the runner-up.
+
+        ``exact`` marks a model's last row when every text was scored (``stopped_by="all-texts"``): its KL is
+        the full-data one and its SE 0 — no estimate, so not a point of the SE's trend."""
         rows = [dict(t) for n in self.new_models for t in self.runs[n].trace]
         df = pd.DataFrame(rows, columns=["model", "round", "draws", "texts_scored", "rel_se", "nearest", "kl_nearest",
-                                         "kl_se_nearest", "gap_z"])
+                                         "kl_se_nearest", "gap_z", "exact"])
+        df["exact"] = df["exact"].astype(bool)
         df["nearest"] = [self.existing_models[i] for i in df["nearest"]]
         if self.unit_factor != 1.0:  # the rounds record nats per text (g / 2N)
             df["kl_nearest"] *= self.unit_factor
@@ -614,13 +786,21 @@ class AdaptiveResult:
     def summary(self) -> str:
         lines = [f"placed {len(self.new_models)} new model(s) adaptively among {len(self.existing_models)} "
                  f"(N = {self.n_texts} texts; target relative SE {self.target_se:g} on the {self.neighbors} nearest)"]
+        from lmmap.analyses.place import format_estimate
+
         near = self.nearest(1)
-        u = "" if self.unit == "nats-per-text" else f" {self.unit_label}"
         for row in near.itertuples(index=False):
             r = self.runs[row.new_model]
-            how = "target reached" if r.stopped_by == "target" else \
-                f"stopped at max_texts before the target (relative SE {r.se_reached:.3g})"
-            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {row.kl:.4g} ± {row.kl_se:.2g}{u}); "
+            if r.stopped_by == "target":
+                how = "target reached"
+            elif r.stopped_by == "all-texts":
+                how = "every text scored, so the KL is exact" + (
+                    f" (the target was predicted to need {r.predicted_texts:,.0f} texts)"
+                    if r.all_texts_why == "predicted" else "")
+            else:
+                how = f"stopped at max_texts before the target (relative SE {r.se_reached:.2f})"
+            kl = format_estimate(row.kl, row.kl_se)
+            lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {kl} {self.unit_label}); "
                          f"{r.texts_scored} texts in {r.rounds} rounds, {how}")
         for name, why in self.failed.items():
             lines.append(f"  {name}: not placed ({why})")
@@ -708,6 +888,73 @@ def _check_same_source(state: dict, name: str, source: str) -> None:
                      f"name (names=NAME), or remove the old one first (`lmmap rm {name}`)", params=("names",))
 
 
+class _FoldedScoring:
+    """The progress that each round's ``score_models`` call gets: its bars folded into one per task, its
+    routine status lines (``scored NAME: …``, ``skipped NAME``) dropped; other lines (a failure, a resumed
+    checkpoint) pass through.
+
+    Each call finishes its bars and reports its counts from 0; a placement makes one call a round, which
+    would leave a bar and a line per round and model on the screen.
+    """
+
+    def __init__(self, progress: ProgressFn):
+        self.progress = progress
+        self.offset: dict = {}
+        self.last: dict = {}
+
+    def __call__(self, step) -> None:
+        from dataclasses import replace
+
+        if self.progress is None:
+            return
+        if step.task is None:
+            if not (step.message or "").startswith(("scored ", "skipped ")):
+                self.progress(step)
+            return
+        base = self.offset.get(step.task, 0.0)
+        done = base + step.done
+        total = None if step.total is None else base + step.total
+        if step.finished:
+            self.offset[step.task] = done
+        self.last[step.task] = replace(step, done=done, total=total, finished=False)
+        self.progress(self.last[step.task])
+
+    def close(self) -> None:
+        from dataclasses import replace
+
+        if self.progress is not None:
+            for step in self.last.values():
+                self.progress(replace(step, total=step.done, finished=True))
+        self.last.clear()
+
+
+def _stop_line(run: ModelRun, N: int, target_se: float) -> str | None:
+    """The one line said when ``run`` stops (None for a failure, which the summary names)."""
+    texts = f"{run.texts_scored:,} of {N:,} texts in {run.rounds} round{'s' * (run.rounds != 1)}"
+    if run.stopped_by == "target":
+        return f"{run.name}: target reached: relative SE {run.se_reached:.3g} ≤ {target_se:g} after {texts}"
+    if run.stopped_by == "max-texts":
+        return f"{run.name}: stopped at max_texts, {texts}, before the target (relative SE {run.se_reached:.3g})"
+    if run.stopped_by == "all-texts":
+        return f"{run.name}: every text was drawn ({texts}): the KL is exact"
+    return None
+
+
+def _all_texts_line(run: ModelRun, N: int, target_se: float) -> str:
+    """The line said before the rest of the texts is scored for ``run``: why, and what it gives."""
+    left = N - run.texts_scored
+    if run.all_texts_why == "predicted":
+        why = (f"relative SE {run.se_reached:.3g} after {run.texts_scored:,} texts; the target {target_se:g} would "
+               f"need about {run.predicted_texts:,.0f} of the {N:,}")
+    elif run.all_texts_why == "no-trend":
+        why = (f"a KL to a nearest model is estimated ≤ 0 after {run.texts_scored:,} texts, so its relative SE "
+               "cannot follow a trend to the target")
+    else:
+        why = (f"{run.texts_scored:,} of the {N:,} texts scored and the target not reached (relative SE "
+               f"{run.se_reached:.3g})")
+    return f"{run.name}: {why}: scoring the other {left:,} texts at once; its KL will be exact"
+
+
 def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | None = None,
                    max_texts: int | None = None, round_size: int = DEFAULT_ROUND_SIZE, random_state=0,
                    progress: ProgressFn = None, score_kwargs: dict | None = None, names=None, existing=None,
@@ -725,9 +972,12 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
     its nearest existing model is told apart from the runner-up (their KL
     differ by ≥ 1.96 SE of the difference, or that SE is below a quarter of
     the target: a tie at the precision asked); or once ``max_texts`` unique texts
-    are scored (``stopped_by="max-texts"``; with ``max_texts`` = N, the
-    default, once half the texts are scored the rest are scored too and the
-    KL is exact). The existing map is ``ModelMap.from_store`` of every model
+    are scored (``stopped_by="max-texts"``). With ``max_texts`` = N, the
+    default, a model whose target is predicted (from the trend of its SE) to
+    need at least half of the texts not yet scored, or that has half of all
+    texts scored, is scored on all the rest at once (``stopped_by=
+    "all-texts"``, the KL exact, ``se_reached`` 0). Rounds grow geometrically
+    after the first ``min_rounds`` (see :func:`run_rounds`). The existing map is ``ModelMap.from_store`` of every model
     of ``store`` scored on all N texts (or ``existing``), clipped at its 2nd
     percentile as ``lmmap map`` does (``clip=False``: no clipping).
 
@@ -742,13 +992,15 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
     was killed after its last round was stored or had finished, place them
     again from the stored texts alone (the same result, nothing scored; the
     marker's source must be the model given). Each round is one
-    ``score_models`` call, which loads each still active model again: for
-    large models a larger ``round_size`` amortises the loading.
+    ``score_models`` call, which loads each still active model again; the
+    rounds grow ×1.5, so there are a dozen or so, not texts / ``round_size``.
 
     ``embedding`` (auto, mds or tsne; None: no map) and
     ``embedding_random_state``: the 2-D map of the result
     (:func:`adaptive_coords`). ``progress``: ``callable(Step)``; a step per
-    round and a line per model and round.
+    round (texts scored, the largest relative SE still short of the target),
+    the scoring's bars folded into one per model, and a line per model when it
+    stops (or before all its texts are scored).
 
     ``unit``: the unit of the result's KL and SE, ``nats-per-text`` (default)
     or ``bits-per-byte`` (divided by the mean UTF-8 bytes of the store's N
@@ -827,11 +1079,9 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
             return out
         kw = dict(score_kwargs or {})
         kw.pop("convention", None)
-        say(progress, f"scoring {len(need)} model(s) on {len(text_pos)} texts drawn so far "
-                      "(only new ones are scored)…")
         t0 = time.perf_counter()
         status = scoring.score_models(store, [source_of[n] for n in need], names=need, text_pos=text_pos,
-                                      convention=convention, progress=progress, **kw)
+                                      convention=convention, progress=scoring_progress, **kw)
         seconds[0] += time.perf_counter() - t0
         for name in need:
             st = status.get(name)
@@ -845,17 +1095,35 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
             out[name] = vals
         return out
 
+    # A few lines per model, not one per round: a bar for the rounds (texts, the largest relative SE still
+    # short of the target), one for scoring, and a line when a model stops.
+    scoring_progress = _FoldedScoring(progress)
+    announced: set = set()
     with Tracker(progress, "adaptive rounds", None, unit="rounds") as tracker:
         def on_round(rnd, runs):
-            tracker.advance(1, texts=max(r.texts_scored for r in runs.values()))
+            going = [r.se_reached for r in runs.values() if r.stopped_by is None and np.isfinite(r.se_reached)]
+            # Rounds as adaptive.csv counts them: an exact fill-in is a round (a scoring call) of its own.
+            tracker.advance(max(r.rounds for r in runs.values()) - tracker.done,
+                            texts=max(r.texts_scored for r in runs.values()),
+                            **({"rel_se": round(float(max(going)), 4)} if going else {}))
             for n, r in runs.items():
-                if r.rounds == rnd and r.estimate is not None:
-                    say(progress, f"round {rnd}: {n}: {r.texts_scored} texts, relative SE {r.se_reached:.3g} "
-                                  f"(target {target_se:g})" + (f", stopped ({r.stopped_by})" if r.stopped_by else ""))
+                if r.stopped_by and n not in announced:
+                    announced.add(n)
+                    line = _stop_line(r, N, target_se)
+                    if line:
+                        say(progress, line)
 
-        runs = run_rounds(amap, names, fetch, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
-                          round_size=round_size, min_rounds=min_rounds, random_state=random_state, folds=folds,
-                          on_round=on_round, resolve_nearest=resolve_nearest)
+        def on_all_texts(fill, runs):
+            for n in fill:
+                announced.add(n)
+                say(progress, _all_texts_line(runs[n], N, target_se))
+
+        try:
+            runs = run_rounds(amap, names, fetch, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
+                              round_size=round_size, min_rounds=min_rounds, random_state=random_state, folds=folds,
+                              on_round=on_round, resolve_nearest=resolve_nearest, on_all_texts=on_all_texts)
+        finally:
+            scoring_progress.close()
     placed = [n for n in names if runs[n].stopped_by != "failed" and runs[n].estimate is not None]
     for n in names:
         if n not in placed and n not in failed:

@@ -4,8 +4,10 @@
 rank), ``kl.csv`` (new models × existing models), ``adaptive.csv`` (one row
 per new model: model, texts_scored, draws, rounds, se_reached, stopped_by),
 ``adaptive_trace.csv`` (the relative SE and the nearest model's KL after every
-round), ``adaptive_trace.png`` (relative SE against texts scored, the target
-as a dotted line) and ``adaptive.json`` (the parameters, with provenance).
+round; a model scored on every text ends with a row flagged ``exact``, SE 0),
+``adaptive_trace.png`` (relative SE against texts scored over the estimated
+rounds, the target as a dotted line, an exact fill-in as a dash-dotted line
+at N) and ``adaptive.json`` (the parameters, with provenance).
 Every KL is in the result's unit (``result.unit``), which adaptive.json
 records as ``kl_unit``.
 When the result has a map (``result.coords``, computed by
@@ -41,15 +43,7 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
     files.table("adaptive.csv", result.adaptive_table())
     trace = result.trace_table()
     files.table("adaptive_trace.csv", trace)
-    series = {m: (g["texts_scored"].to_numpy(), g["rel_se"].to_numpy()) for m, g in trace.groupby("model", sort=False)}
-    if series:
-        target = f"target {result.target_se:g}"
-        x_max = max(float(np.max(x)) for x, _ in series.values())
-        series[target] = (np.array([0.0, x_max]), np.full(2, result.target_se))
-        plots.lines_png(files.path("adaptive_trace.png"), series, xlabel="texts scored (per new model)",
-                        ylabel=f"largest relative SE of KL to the {result.neighbors} nearest\n(SE / KL, no unit)",
-                        logy=True, title="Adaptive placement: error bars against texts scored",
-                        styles={target: ":"}, figsize=(6.0, 4.2))
+    _write_trace_png(files, result, trace, plots)
     if result.coords is not None:
         _write_map(files, result, color_by)
     files.json("adaptive.json", {
@@ -60,6 +54,42 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
         "failed": result.failed, "kl_unit": result.unit, "mean_text_bytes": result.mean_text_bytes,
     })
     return files.paths
+
+
+def _write_trace_png(files: Files, result, trace: pd.DataFrame, plots) -> None:
+    """Relative SE against texts scored, one line per model over its estimated rounds only.
+
+    A model scored on every text (``stopped_by="all-texts"``) has an exact last row, SE 0: drawn as a point
+    of the line it would read as the estimate's error falling to 0 (off a log axis, at that). The fill-in
+    is one dash-dotted vertical line at N instead, whose legend names the models (they share the spot).
+    """
+    estimated = trace[~trace["exact"]]
+    models = list(dict.fromkeys(trace["model"]))
+    series, styles, colors = {}, {}, {}
+    for m in models:
+        g = estimated[estimated["model"] == m]
+        if len(g):
+            series[m] = (g["texts_scored"].to_numpy(), g["rel_se"].to_numpy())
+    # A model whose draws reached every text in its first round has an exact row and nothing estimated.
+    exact = list(dict.fromkeys(trace.loc[trace["exact"], "model"]))
+    if not series and not exact:
+        return
+    y = np.concatenate([v for _, v in series.values()] + [[result.target_se]])
+    y = y[np.isfinite(y) & (y > 0)]
+    lo, hi = float(y.min()), float(y.max())
+    target = f"target {result.target_se:g}"
+    x_max = float(result.n_texts) if exact else max(float(np.max(x)) for x, _ in series.values())
+    series[target] = (np.array([0.0, x_max]), np.full(2, result.target_se))
+    styles[target] = ":"
+    if exact:
+        named = ", ".join(exact[:3]) + (f" and {len(exact) - 3} more" if len(exact) > 3 else "")
+        label = f"all {result.n_texts:,} texts scored, KL exact: {named}"
+        series[label] = (np.full(2, float(result.n_texts)), np.array([lo, hi]))
+        styles[label], colors[label] = "-.", "dimgray"
+    plots.lines_png(files.path("adaptive_trace.png"), series, xlabel="texts scored (per new model)",
+                    ylabel=f"largest relative SE of KL to the {result.neighbors} nearest\n(SE / KL, no unit)",
+                    logy=True, title="Adaptive placement: error bars against texts scored",
+                    styles=styles, colors=colors, figsize=(6.0, 4.2))
 
 
 def _write_map(files: Files, result, color_by: str | None) -> None:
