@@ -31,6 +31,8 @@ LINEAGE_TIE = 0.10
 DENSE_MAX_K = 2000
 # The K×K matrices (kl, squared_distances) are refused past this size: a map of 100,000 models would need 80 GB.
 DENSE_MAX_BYTES = 4 << 30
+# Neighbours per model that lineage() looks through for one of the model's own lineage before searching it.
+LINEAGE_NEIGHBORS = 10
 UNITS = ("nats-per-text", "bits-per-byte")
 UNIT_LABELS = {"nats-per-text": "nats/text", "bits-per-byte": "bits/byte"}
 
@@ -234,16 +236,8 @@ class ModelMap:
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}", params=("k",))
         if self.K > DENSE_MAX_K and not se:
-            from lmmap.maths import knn
-
-            found = self._cache.get(("knn", k))
-            if found is None:
-                found = self._cache[("knn", k)] = knn.knn(self.features(), k, n_texts=self.n_texts, random_state=0)
-                if found.recall is not None and found.recall < 0.99:
-                    warnings.warn(LmmapWarning(
-                        f"neighbours of {self.K:,} models found approximately: recall@{k} {found.recall:.3f} on a "
-                        f"sample of {len(found.recall_rows)} models (their KL values are exact)"), stacklevel=2)
-            idx, vals = found.idx, found.kl * self.unit_factor(unit)
+            idx, vals = self._knn_lists(k)
+            vals = vals * self.unit_factor(unit)
         else:
             idx, vals = geometry.nearest_neighbors(self.kl(unit), k)
         kk = idx.shape[1]
@@ -259,6 +253,40 @@ class ModelMap:
         if se:
             table["kl_se"] = self.kl_se(R=R, unit=unit)[np.repeat(np.arange(self.K), kk), idx.ravel()]
         return table
+
+    def nearest(self, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """``(index, kl)``, both K×k: each model's ``k`` nearest models and their KL in nats per text.
+
+        Up to :data:`DENSE_MAX_K` models from the K×K matrix, beyond from :mod:`lmmap.maths.knn` (no K×K matrix).
+        """
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}", params=("k",))
+        if self.K > DENSE_MAX_K:
+            return self._knn_lists(k)
+        return geometry.nearest_neighbors(self.kl(), k)
+
+    def _knn_lists(self, k: int, reuse_any: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The large-map neighbour lists ``(index, kl)``, K×min(k, K−1), cached.
+
+        A longer list already found answers a shorter one with its first columns: exactly what a shorter exact
+        search returns (ties are broken by index), and from more candidates than a shorter approximate one;
+        ``reuse_any``: any list already found will do, whatever its
+        length (lineage needs the nearest and prefers, but does not need, more)."""
+        from lmmap.maths import knn
+
+        k = int(min(k, self.K - 1))
+        have = sorted(key[1] for key in self._cache if isinstance(key, tuple) and key[0] == "knn")
+        longer = [h for h in have if h >= k] or (have if reuse_any else [])
+        if longer:
+            found = self._cache[("knn", longer[-1] if reuse_any else longer[0])]
+            kk = found.idx.shape[1] if reuse_any else k
+            return found.idx[:, :kk], found.kl[:, :kk]
+        found = self._cache[("knn", k)] = knn.knn(self.features(), k, n_texts=self.n_texts, random_state=0)
+        if found.recall is not None and found.recall < 0.99:
+            warnings.warn(LmmapWarning(
+                f"neighbours of {self.K:,} models found approximately: recall@{k} {found.recall:.3f} on a "
+                f"sample of {len(found.recall_rows)} models (their KL values are exact)"), stacklevel=3)
+        return found.idx, found.kl
 
     # -- embeddings ---------------------------------------------------------------
     def embedding_method(self, method: str = "auto") -> str:
@@ -323,12 +351,15 @@ class ModelMap:
                    "consistent"]  # fmt: skip
         if not bases:
             return pd.DataFrame(columns=columns)
-        KL = self.kl()
-        idx, vals = geometry.nearest_neighbors(KL, 1)
         root = _lineage_roots(self.names, bases, self._kin_links())
         roots = np.array([root[n] for n in self.names], dtype=object)
+        if self.K > DENSE_MAX_K:
+            idx, vals, to_base, to_lineage = self._lineage_distances(bases, roots)
+        else:
+            KL = self.kl()
+            idx, vals = geometry.nearest_neighbors(KL, 1)
         rows = []
-        for model, base in bases.items():
+        for n, (model, base) in enumerate(bases.items()):
             i = self._index[model]
             nearest = self.names[idx[i, 0]]
             if nearest == base:
@@ -341,12 +372,43 @@ class ModelMap:
                 relation = "same lineage"
             else:
                 relation = "other lineage"
-            same = (roots == root[model]) & (np.arange(self.K) != i)
-            in_lineage = float(KL[i, same].min())
+            if self.K > DENSE_MAX_K:
+                in_lineage, kl_base = float(to_lineage[n]), float(to_base[n])
+            else:
+                same = (roots == root[model]) & (np.arange(self.K) != i)
+                in_lineage, kl_base = float(KL[i, same].min()), float(KL[i, self._index[base]])
             consistent = relation != "other lineage" or in_lineage <= (1.0 + tie) * float(vals[i, 0])
-            rows.append((model, base, nearest, float(KL[i, self._index[base]]), float(vals[i, 0]), in_lineage, relation,
+            rows.append((model, base, nearest, kl_base, float(vals[i, 0]), in_lineage, relation,
                          consistent))  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
+
+    def _lineage_distances(self, bases: dict[str, str], roots: np.ndarray):
+        """What :meth:`lineage` reads from the K×K matrix on a small map, without it: ``(index, kl)`` of each
+        model's nearest (K×1), and for each model of ``bases`` (in its order) the KL to its base and to the
+        nearest model of its own lineage, all in nats per text.
+
+        Cost: the neighbour lists (shared with :meth:`neighbor_table`), one pair per base, and a search within
+        the lineage only for models none of whose listed neighbours is in it (a listed one is then the
+        lineage's nearest, the lists being sorted; as exact as the lists are, see :func:`lmmap.maths.knn.knn`)."""
+        from lmmap.maths import knn
+
+        X = self.features()
+        A = knn.row_norms(X)
+        idx, kl = self._knn_lists(LINEAGE_NEIGHBORS, reuse_any=True)
+        rows = np.array([self._index[m] for m in bases], dtype=np.int64)
+        base_rows = np.array([self._index[b] for b in bases.values()], dtype=np.int64)
+        to_base = geometry.kl_from_squared_distances(
+            knn.pair_squared_distances(X, rows, base_rows[:, None], A)[:, 0], self.n_texts)
+        listed = roots[idx[rows]] == roots[rows][:, None]
+        to_lineage = np.where(listed.any(axis=1), kl[rows, listed.argmax(axis=1)], np.nan)
+        missing = np.flatnonzero(~listed.any(axis=1))
+        by_root: dict = {}
+        for n in missing:
+            by_root.setdefault(roots[rows[n]], []).append(n)
+        for r, ns in by_root.items():
+            g = _nearest_within(X, A, rows[ns], np.flatnonzero(roots == r))
+            to_lineage[ns] = geometry.kl_from_squared_distances(g, self.n_texts)
+        return idx[:, :1], kl[:, :1], to_base, to_lineage
 
     def _kin_links(self) -> list[tuple[str, str]]:
         """Pairs of models of one model's making besides base_model: a layer of the logit lens and its model
@@ -412,6 +474,22 @@ def _store_text_bytes(store, text_pos) -> np.ndarray | None:
     b = store.texts.text_bytes
     b = b if text_pos is None else b[np.asarray(text_pos, dtype=np.int64)]
     return b if (b > 0).all() else None
+
+
+def _nearest_within(X, A, rows, members, block_bytes: int = 64 << 20) -> np.ndarray:
+    """``min_j g_ij`` over ``members`` other than ``i`` itself, for each ``i`` in ``rows`` (float64, in blocks of
+    rows × members: a lineage of the whole map costs one exact search, never a K×K matrix)."""
+    b = int(max(1, min(1024, block_bytes // (8 * X.shape[1]))))
+    out = np.full(len(rows), np.inf)
+    for s in range(0, len(rows), b):
+        ri = rows[s:s + b]
+        Xi = np.asarray(X[ri], dtype=np.float64)
+        for t in range(0, len(members), b):
+            mj = members[t:t + b]
+            g = geometry.distances_from_gram(A[ri], A[mj], Xi @ np.asarray(X[mj], dtype=np.float64).T)
+            g[ri[:, None] == mj[None, :]] = np.inf
+            np.minimum(out[s:s + b], g.min(axis=1), out=out[s:s + b])
+    return np.maximum(out, 0.0)
 
 
 def _lineage_roots(names: list[str], bases: dict[str, str], links=()) -> dict[str, str]:

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from lmmap.cli._app import (AllowOtherTextsOption, StoreOption, app, check_color_by, check_embedding, check_model,
-                            check_replicates, console, fixed, lit, output_dir, print_files, print_table, shared_decimals)
+                            check_replicates, console, fixed, lit, output_dir, print_files, print_note, print_table,
+                            shared_decimals)
 
 UnitOption = Annotated[str, typer.Option("--unit", metavar="nats-per-text|bits-per-byte", help="Unit of every KL: nats-per-text (KL = g / 2N), or bits-per-byte (KL / (mean text bytes · ln 2), the unit of Kishino et al. 2025, comparable across text sets).")]
 # The options that say which map to build, shared by every command that builds one (map, scale, trajectory, layers).
@@ -64,6 +65,7 @@ def map_(
     allow_mixed: AllowMixedOption = False,
     allow_other_texts: AllowOtherTextsOption = False,
     unit: UnitOption = "nats-per-text",
+    full_kl: Annotated[bool, typer.Option("--full-kl", help="Also write the K×K KL matrix as kl.npy (float32; rows and columns in map.json's models order). Without it the matrix is written (as kl.csv) only up to 2,000 models.")] = False,
 ):
     """Build the model map: KL estimates, neighbours, and a 2-D map (PNG and HTML)."""
     check_replicates(R, needed=se)
@@ -81,10 +83,16 @@ def map_(
     method, edges = mm.embedding_method(embedding), mm.resolve_edges(edges)  # bad values refused before any output
     mm.unit_factor(unit)
     from lmmap import report
+    from lmmap.report.map import check_full_kl, full_kl_cost, writes_kl_csv
 
+    if full_kl:
+        check_full_kl(mm.K)
     with output_dir(output), console.status(f"embedding {mm.K} models ({lit(method)})…"):
         paths = report.write(mm, output, embedding=embedding, color_by=color_by, k=k, se=se, R=R,
-                             random_state=tsne_seed, edges=edges, unit=unit)
+                             random_state=tsne_seed, edges=edges, unit=unit, full_kl=full_kl)
+    if not full_kl and not writes_kl_csv(mm):
+        print_note(f"no KL matrix written for {mm.K:,} models (neighbors.csv has each model's nearest); "
+                   f"--full-kl writes it as kl.npy: {full_kl_cost(mm.K)}")
     console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts ({clipping(mm.threshold)}):")
     print_files(paths)
 

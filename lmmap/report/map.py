@@ -1,6 +1,7 @@
 """The files of a model map: ``write(mm, outdir)`` for a :class:`lmmap.map.ModelMap`.
 
-``kl.csv`` (and ``kl_se.csv``), ``coords.csv``, ``neighbors.csv``,
+``kl.csv`` (and ``kl_se.csv``; up to :data:`lmmap.map.DENSE_MAX_K` models, or
+``kl.npy`` when asked for), ``coords.csv``, ``neighbors.csv``,
 ``lineage.csv`` when the metadata declares bases, ``map.png``, ``map.html``
 (with ``plotly.min.js``) and ``map.json`` (the map's parameters: the clipping
 threshold above all, with provenance). The pieces a map picture is made of
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+import numpy as np
+
 from lmmap.exceptions import InputError
-from lmmap.maths import geometry
 from lmmap.report.files import Files
 
 
@@ -32,6 +34,7 @@ def write(
     random_state: int = 42,
     edges: str = "auto",
     unit: str = "nats-per-text",
+    full_kl: bool = False,
 ) -> dict[str, Path]:
     """Write the map of ``mm``; returns ``{file name: path}``.
 
@@ -43,12 +46,21 @@ def write(
     bootstrap standard errors (``R`` replicates) to the neighbours and write
     ``kl_se.csv``. ``unit``: the unit of every KL written (``nats-per-text``
     or ``bits-per-byte``); map.json records it as ``kl_unit``.
+
+    The K×K KL matrix is written as ``kl.csv`` up to :data:`lmmap.map.DENSE_MAX_K`
+    models; beyond, nothing K×K is computed unless ``full_kl`` (then
+    ``kl.npy``, float32, rows and columns in the order of map.json's
+    ``models``; refused past :data:`lmmap.map.DENSE_MAX_BYTES`). ``full_kl``
+    writes ``kl.npy`` on a small map too. ``se`` computes the K×K matrices whatever K (SEs of the
+    neighbours), and writes ``kl_se.csv`` where ``kl.csv`` is written.
     """
     from lmmap.map import LINEAGE_TIE, UNIT_LABELS, check_unit
     from lmmap.report import plots
 
     check_unit(unit)
     factor = mm.unit_factor(unit)  # refused before any file is written when the map cannot give this unit
+    if full_kl:
+        check_full_kl(mm.K)
     method = mm.embedding_method(embedding)
     edge_mode = mm.resolve_edges(edges)
     groups = mm.groups(color_by)
@@ -57,8 +69,11 @@ def write(
                          params=("color_by",))
     files = Files(outdir)
     index = pd.Index(mm.names, name="model")
-    files.table("kl.csv", mm.kl_frame(unit), index=True)
-    if se:
+    if writes_kl_csv(mm):
+        files.table("kl.csv", mm.kl_frame(unit), index=True)
+    if full_kl:
+        _write_kl_npy(files.path("kl.npy"), mm, unit)
+    if se and writes_kl_csv(mm):
         files.table("kl_se.csv", pd.DataFrame(mm.kl_se(R=R, unit=unit), index=index, columns=mm.names), index=True)
     coords = mm.embed(embedding, random_state=random_state)
     files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": coords[:, 0], "y": coords[:, 1]}))
@@ -94,6 +109,46 @@ def write(
         }
     files.json("map.json", info)
     return files.paths
+
+
+def writes_kl_csv(mm) -> bool:
+    """Whether :func:`write` writes ``kl.csv``: up to :data:`lmmap.map.DENSE_MAX_K` models (beyond, a CSV of
+    K×K numbers is gigabytes that nobody reads; ``full_kl`` gives them as ``kl.npy``)."""
+    from lmmap.map import DENSE_MAX_K
+
+    return mm.K <= DENSE_MAX_K
+
+
+def full_kl_cost(K: int) -> str:
+    """What ``--full-kl`` costs at K models, in words: the file and the memory to compute it."""
+    def gb(n):
+        return f"{n / 1e9:,.1f}" if n >= 1e9 else f"{n / 1e9:.2g}"
+
+    # Memory: the float64 matrix and the Gram product it is made from.
+    return f"{K:,}×{K:,}: a {gb(4 * K * K)} GB kl.npy (float32) and {gb(16 * K * K)} GB of memory to compute it"
+
+
+def check_full_kl(K: int) -> None:
+    """A one-line :class:`InputError` when the K×K KL matrix is larger than :data:`lmmap.map.DENSE_MAX_BYTES`."""
+    from lmmap.map import DENSE_MAX_BYTES
+
+    if 8 * K * K > DENSE_MAX_BYTES:
+        raise InputError(
+            f"--full-kl: the KL matrix of {K:,} models is {full_kl_cost(K)}, past the {DENSE_MAX_BYTES / 2**30:.3g} GiB "
+            "limit on a K×K matrix in memory; neighbors.csv (-k) and `lmmap neighbors MODEL` need none",
+            params=("full_kl",))
+
+
+def _write_kl_npy(path: Path, mm, unit: str) -> None:
+    """The K×K KL as float32 ``.npy``, converted a block of rows at a time: no second K×K float64 array."""
+    G = mm.squared_distances()
+    scale = mm.unit_factor(unit) / (2.0 * mm.n_texts)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=G.shape)
+    step = max(1, (64 << 20) // (8 * mm.K))
+    for s in range(0, mm.K, step):
+        out[s:s + step] = G[s:s + step] * scale
+    out.flush()
+    del out
 
 
 def title(mm, method: str = "auto", models: str | None = None, unit: str = "nats-per-text") -> str:
@@ -165,7 +220,7 @@ def map_edges(mm, mode: str = "auto"):
     if mode == "none":
         return [], []
     if mode == "nn":
-        idx, _ = geometry.nearest_neighbors(mm.kl(), 1)
+        idx, _ = mm.nearest(1)
         pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
         return [Edges("nn", tuple((mm.names[a], mm.names[b]) for a, b in pairs))] + trajectory_edges(mm), []
     table = mm.lineage()
