@@ -53,6 +53,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import threading
 import time
 import unicodedata
@@ -198,6 +199,56 @@ def _write_durably(table: pa.Table, path: Path) -> None:
     fsync_file(path)
 
 
+# Largest journal or store.json read: far above what lmmap writes (about 150 bytes per model changed), so a
+# hostile file cannot make a store's opening read gigabytes.
+_MAX_JOURNAL = 256 << 20
+_MAX_INFO = 1 << 20
+
+
+def _is_plain(path) -> bool:
+    """Whether ``path`` itself is a regular file: not a link, folder, FIFO, socket or device.
+
+    Checked before anything in a store is opened: opening a FIFO blocks until
+    someone writes to it (a command would hang), and a link may point anywhere.
+    """
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _what(path) -> str:
+    """What ``path`` is, when it is not a plain file (for one-line messages)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "missing"
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return what
+    return "not a plain file"
+
+
+def _read_plain(path: Path, limit: int) -> bytes:
+    """The bytes of the plain file ``path``, never through a link nor from a FIFO; OSError otherwise.
+
+    Opened with O_NOFOLLOW | O_NONBLOCK and checked on the open descriptor, so
+    the file cannot be swapped for a link or a FIFO between a check and the read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a plain file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"{st.st_size} bytes, far more than lmmap writes", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -244,8 +295,10 @@ def _flock(f, gate, mode: int) -> None:
 
 
 def _os_reason(exc: OSError) -> str:
-    what = exc.strerror or type(exc).__name__
-    return f"{what.lower()} ({exc.filename})" if exc.filename else what.lower()
+    what = (exc.strerror or type(exc).__name__).lower()
+    if exc.filename and exc.filename2:  # a rename: which side is the problem is not said, so name both
+        return f"{what} ({exc.filename} -> {exc.filename2})"
+    return f"{what} ({exc.filename})" if exc.filename else what
 
 
 def _check_info(info, info_path: Path) -> dict:
@@ -263,6 +316,9 @@ def _check_info(info, info_path: Path) -> dict:
     n = ts.get("n_texts")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise StoreError(f"{info_path}: damaged (text_set.n_texts {n!r} is not a positive whole number); "
+                         "restore it from a copy of the store")
+    if n > np.iinfo(np.int32).max:  # text positions are int32 in every model file
+        raise StoreError(f"{info_path}: damaged (text_set.n_texts {n} is more than a store can hold); "
                          "restore it from a copy of the store")
     if not isinstance(ts.get("identity"), str) or not ts["identity"]:
         raise StoreError(f"{info_path}: damaged (text_set.identity is not a string); restore it from a copy of the store")
@@ -321,6 +377,9 @@ class _Tx:
         # Created under the store lock, so that a recovering process sees the directory and its
         # held lock together, never a directory whose lock is not taken yet.
         with store._exclusive():
+            # again under the lock: a store opened with recover=False (doctor) or long ago has not been checked,
+            # and mkdir(parents=True) would follow a .staging that is a link out of the store
+            store._check_layout()
             try:
                 self.dir.mkdir(parents=True)
                 self._lockf = _open_lock(self.dir / ".lock")
@@ -419,6 +478,12 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
             raise StoreError(f"{where}: not a journal lmmap wrote (operation {str(op)[:120]!r} is not one of "
                              "lmmap's, or names a path outside the store's own files)")
         out.append(op)
+    for op in out:
+        # lmmap stages only plain files; a link, FIFO or folder moved into models/ would be followed, block or
+        # hide a model (a source already gone was moved before a kill)
+        if op[0] == "rename" and os.path.lexists(root / op[1]) and not _is_plain(root / op[1]):
+            raise StoreError(f"{where}: not a journal lmmap wrote (it would move {op[1]}, {_what(root / op[1])}, "
+                             "into the store)")
     for d in (root / "models", txdir, *(root / k for k in STATE_KINDS)):
         if d.is_symlink():
             raise StoreError(f"{d} is a symbolic link; lmmap never follows one out of a store "
@@ -427,7 +492,10 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
 
 
 def _plain_leaf(leaf: str) -> bool:
-    return bool(leaf) and leaf not in (".", "..") and "/" not in leaf and "\\" not in leaf and "\0" not in leaf
+    # lmmap's file names stay far under 255 bytes (model_stem): a longer one could never be renamed into
+    # place, and a journal naming one would block every command of the store
+    return (bool(leaf) and leaf not in (".", "..") and "/" not in leaf and "\\" not in leaf and "\0" not in leaf
+            and len(leaf.encode("utf-8", "surrogatepass")) <= 255)
 
 
 def _apply(root: Path, ops: list[list[str]], txdir: Path) -> None:
@@ -495,6 +563,7 @@ class StoreReport:
     obstacles: list[str] = field(default_factory=list)
     damaged_files: list[str] = field(default_factory=list)
     orphan_states: list[str] = field(default_factory=list)
+    not_plain: list[str] = field(default_factory=list)
     repaired: bool = False
 
     @property
@@ -514,6 +583,7 @@ class StoreReport:
             ("not a folder of the store, never followed", self.obstacles),
             ("damaged store file", self.damaged_files),
             ("state of a model not in the store (a run killed before it stored anything)", self.orphan_states),
+            ("not a plain file where lmmap keeps one, never opened", self.not_plain),
         ):
             out.extend(f"{label}: {item}" for item in items)
         return out
@@ -525,14 +595,19 @@ class Store:
     def __init__(self, path: str | os.PathLike, recover: bool = True):
         self.path = Path(path)
         info_path = self.path / "store.json"
-        if not info_path.is_file():
+        if not os.path.lexists(info_path):
             raise StoreError(
                 f"{self.path} is not an lmmap store (no store.json); create one with "
                 "`lmmap init --texts TEXTS.jsonl` or Store.create()"
             )
+        if not _is_plain(info_path):
+            raise StoreError(f"{info_path} is {_what(info_path)}, not a plain file; lmmap never reads through one "
+                             "(replace it with the store's own store.json)")
         try:
-            info = json.loads(info_path.read_text())
-        except (ValueError, UnicodeDecodeError, RecursionError, OSError):
+            info = json.loads(_read_plain(info_path, _MAX_INFO))
+        except OSError as exc:
+            raise StoreError(f"{info_path}: cannot be read ({_os_reason(exc)}); is this an lmmap store?") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise StoreError(f"{info_path}: not valid JSON; is this an lmmap store?") from None
         self.info = _check_info(info, info_path)
         self._texts: TextSet | None = None
@@ -540,8 +615,13 @@ class Store:
         self._held_lock = threading.RLock()
         self._rejected: set[str] = set()  # journals refused as not lmmap's (warned about once)
         self._why: dict[Path, str] = {}  # why each unreadable model file is so (filled by _scan)
+        # Taking the lock rolls a leftover journal forward; `check` turns that off to look first (and, repairing,
+        # to move aside what would make the roll-forward fail forever)
+        self._roll_forward = True
+        self._size_checked = False  # whether n_texts agrees with the text set (else checked before arrays of N)
         if recover:
             self._check_layout()
+            self._check_size()
             self._recover_if_needed()
 
     # -- creation -------------------------------------------------------------
@@ -588,8 +668,8 @@ class Store:
         if self._texts is None:
             path = self.path / "texts.parquet"
             try:
-                if path.is_symlink():
-                    raise StoreError("a symbolic link, never followed")
+                if os.path.lexists(path) and not _is_plain(path):
+                    raise StoreError(f"{_what(path)}, never read")
                 ts = TextSet(pq.read_table(path))
             except (OSError, pa.ArrowException, LmmapError) as exc:
                 why = str(exc) if isinstance(exc, LmmapError) else f"not a readable Parquet file ({type(exc).__name__})"
@@ -598,6 +678,7 @@ class Store:
                 raise StoreError(f"{path}: {len(ts)} texts, but store.json says {self.n_texts}; "
                                  "restore it from a copy of the store")
             self._texts = ts
+            self._size_checked = True
         return self._texts
 
     def check_text_set(self, identity: str | None, n_texts: int | None, what: str) -> None:
@@ -647,7 +728,7 @@ class Store:
                 try:
                     # A writer killed midway leaves its journal; a reader that waited on the lock meanwhile
                     # must not read the half-applied state: roll it forward first (under the exclusive lock).
-                    while self._pending_journals():
+                    while self._roll_forward and self._pending_journals():
                         if mode == fcntl.LOCK_SH:
                             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
                             _flock(f, gate, fcntl.LOCK_EX)
@@ -691,6 +772,26 @@ class Store:
             raise StoreError(
                 f"{bad[0]} is {what}; lmmap never writes or reads through it: `lmmap doctor --repair` moves it aside"
             )
+
+    def _check_size(self) -> None:
+        """Refuse a store.json whose text count disagrees with texts.parquet's (read from its footer only).
+
+        Arrays of N entries are made before any text is read (a matrix, a
+        lookup of positions): a store.json claiming 10¹² texts would end in a
+        memory error. A text set that cannot be read at all is left to
+        :attr:`texts` (and `doctor`) to name.
+        """
+        path = self.path / "texts.parquet"
+        if not _is_plain(path):
+            return
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except (OSError, pa.ArrowException, ValueError):
+            return
+        self._size_checked = rows == self.n_texts
+        if rows != self.n_texts:
+            raise StoreError(f"{self.path / 'store.json'}: damaged (text_set.n_texts is {self.n_texts} but "
+                             f"texts.parquet holds {rows} texts); restore it from a copy of the store")
 
     # -- recovery ---------------------------------------------------------------
     def _staging_state(self) -> list[tuple[Path, str]]:
@@ -760,14 +861,16 @@ class Store:
     def _journal(self, path: Path) -> list[list[str]] | None:
         """The checked operations of the journal in ``path``; None (and one warning) when it is not lmmap's."""
         try:
-            raw = json.loads((path / COMMIT).read_bytes())
+            raw = json.loads(_read_plain(path / COMMIT, _MAX_JOURNAL))
         except (ValueError, UnicodeDecodeError, RecursionError):
             raw = None
-        except OSError as exc:  # e.g. COMMIT is a folder or a symbolic link loop
+        except OSError as exc:  # a folder, a link, a FIFO (reading one would block), a huge file
             raw = exc
         try:
-            if (path / COMMIT).is_symlink() or not (path / COMMIT).is_file() or isinstance(raw, OSError):
-                raise StoreError(f"{path / COMMIT}: not a journal lmmap wrote (not a plain file)")
+            if isinstance(raw, OSError):
+                why = ("far larger than any journal lmmap writes" if raw.errno == errno.EFBIG
+                       else f"{_what(path / COMMIT)}, not a plain file")
+                raise StoreError(f"{path / COMMIT}: not a journal lmmap wrote ({why})")
             if raw is None:
                 raise StoreError(f"{path / COMMIT}: not a journal lmmap wrote (not JSON)")
             return _journal_ops(self.path, path, raw)
@@ -792,7 +895,8 @@ class Store:
                 except OSError as exc:
                     raise StoreError(
                         f"the store {self.path} holds an interrupted change ({path.relative_to(self.path)}) that "
-                        f"cannot be completed: {_os_reason(exc)}; fix that and run the command again"
+                        f"cannot be completed: {_os_reason(exc)}; fix that and run the command again (`lmmap doctor "
+                        "--repair` moves a folder or link in the way aside)"
                     ) from None
                 shutil.rmtree(path, ignore_errors=True)
             elif state == "dead":
@@ -810,15 +914,22 @@ class Store:
     def _existing_path(self, name: str) -> Path | None:
         """The file holding model ``name``: its own, or the one lmmap 0.1.0 named."""
         path = self._model_path(name)
-        if path.is_symlink():
-            return None  # never followed (`doctor` reports it)
-        if path.exists():
-            return path
+        if os.path.lexists(path):
+            # a link, folder or FIFO is never opened (`doctor` reports it)
+            if not _is_plain(path):
+                return None
+            try:
+                # a file may hold another model (copied in, or a hostile store): it is that model's, not this
+                # one's, as `records` says; a damaged record is left to the reader to report
+                if _read_record(path).get("model") == name:
+                    return path
+            except (OSError, LmmapError, pa.ArrowException, ValueError, RecursionError):
+                return path
         old = legacy_filename(name)
         if old is not None and old != path.name:
             try:
                 legacy = self.path / "models" / old
-                if not legacy.is_symlink() and legacy.exists() and _read_record(legacy).get("model") == name:
+                if _is_plain(legacy) and _read_record(legacy).get("model") == name:
                     return legacy
             except (OSError, LmmapError):
                 return None
@@ -828,13 +939,12 @@ class Store:
         return self._existing_path(name) is not None
 
     def _model_files(self) -> list[Path]:
-        """Every ``*.parquet`` entry of ``models/``, symbolic links included (`_scan` refuses to follow them)."""
+        """Every ``*.parquet`` entry of ``models/``, links, folders and FIFOs included (`_scan` never opens them)."""
         d = self.path / "models"
         if d.is_symlink():
             return []
         try:
-            return [Path(e.path) for e in os.scandir(d)
-                    if e.name.endswith(".parquet") and (e.is_symlink() or e.is_file(follow_symlinks=False))]
+            return [Path(e.path) for e in os.scandir(d) if e.name.endswith(".parquet")]
         except (FileNotFoundError, NotADirectoryError):
             return []
 
@@ -848,8 +958,11 @@ class Store:
         files = self._model_files()
 
         def read(p):
-            if p.is_symlink():
-                return p, "a symbolic link, never followed"
+            if not _is_plain(p):  # a link is never followed; a folder, FIFO or device never opened (a FIFO blocks)
+                what = _what(p)
+                if what == "missing":
+                    return p, None  # removed since the listing
+                return p, f"{what}, never followed" if what == "a symbolic link" else f"{what}, not a plain file"
             try:
                 rec, footer = _read_footer(p, self.n_texts)
             except FileNotFoundError:
@@ -1065,8 +1178,10 @@ class Store:
             )
         merging = {v["name"]: v["extends"] for v in vectors if "extends" in v}
         plain = [n for n in names if n not in merging]
+        early = self._scan()[0]  # refused early, before the slow writing; again at commit
         if not replace:
-            self._refuse_clash(plain, self._scan()[0])  # early, before the slow writing; again at commit
+            self._refuse_clash(plain, early)
+        self._refuse_overwrite(names, early)
         tx = _Tx(self)
         try:
             staged = [tx.stage_path(self._model_path(n)) for n in names]
@@ -1082,6 +1197,7 @@ class Store:
                     if n in merging and n in found and found[n][1].get("added_ns") != merging[n]:
                         # stored by another process since this one read it: keep that version's other texts
                         _write_durably(self._merged(tables[i], *found[n]), staged[i])
+                self._refuse_overwrite(names, found)
                 for n in names:
                     if n in found and found[n][0] != self._model_path(n):
                         tx.delete(found[n][0])  # a 0.1.0-named file of the model being replaced
@@ -1107,6 +1223,15 @@ class Store:
         rec["n_scored"] = merged.num_rows
         rec["n_truncated"] = int(np.count_nonzero(merged.column("truncated").to_numpy(zero_copy_only=False)))
         return merged.replace_schema_metadata({RECORD_KEY: json.dumps(rec).encode()})
+
+    def _refuse_overwrite(self, names, found) -> None:
+        """Refuse to publish a model onto a file that holds another model (which would vanish unnoticed)."""
+        held = {p: m for m, (p, _) in found.items() if m not in names}
+        for n in names:
+            other = held.get(self._model_path(n))
+            if other is not None:
+                raise StoreError(f"{self._model_path(n)} holds model {other!r}, not {n!r}; nothing was stored: "
+                                 "`lmmap doctor --repair` gives that file its model's name, then run this again")
 
     def _refuse_clash(self, names, found) -> None:
         clash = [n for n in names if n in found]
@@ -1220,6 +1345,8 @@ class Store:
             return self._matrix(models, text_pos, allow_mixed)
 
     def _matrix(self, models, text_pos, allow_mixed):
+        if not self._size_checked:
+            self.texts  # a damaged text set is named here, before arrays of store.json's N are made
         footers: dict = {}
         found, unreadable, _ = self._scan(footers)
         self._note_unreadable(unreadable, 3)
@@ -1348,9 +1475,9 @@ class Store:
         """The state kept for ``name`` (None when there is none, or it is not a JSON object)."""
         path = self._state_path(kind, name)
         try:
-            if path.is_symlink():
-                return None
-            state = json.loads(path.read_bytes())
+            if not _is_plain(path):
+                return None  # a link, FIFO or folder: never opened (`doctor` reports it)
+            state = json.loads(_read_plain(path, _MAX_INFO))
         except (OSError, ValueError, RecursionError):
             return None
         return state if isinstance(state, dict) else None
@@ -1363,7 +1490,7 @@ class Store:
             d = self.path / kind
             if d.is_symlink():
                 continue
-            out += [p for p in _listdir(d) if p.suffix == ".json" and p.stem not in stems and not p.is_symlink()]
+            out += [p for p in _listdir(d) if p.suffix == ".json" and p.stem not in stems and _is_plain(p)]
         return out
 
     # -- scoring checkpoints ----------------------------------------------------
@@ -1501,17 +1628,44 @@ class Store:
         checkpoint chunks (their texts are stored under the same settings),
         model files with 0.1.0-style names (renamed), unreadable model files
         and symbolic links in ``models/`` (moved to ``damaged/``), second files
-        for one model (the older is moved to ``damaged/``) and a damaged
-        ``metadata.parquet`` (moved to ``damaged/``). Every move stays inside
-        the store and never follows a symbolic link.
+        for one model (the older is moved to ``damaged/``), a damaged
+        ``metadata.parquet`` (moved to ``damaged/``), and links, FIFOs or
+        folders where lmmap keeps a plain file (state files, checkpoint chunks,
+        model files: moved to ``damaged/``, those in the way of a journal
+        before it is rolled forward). It looks before it rolls anything
+        forward. Every move stays inside the store and never follows a
+        symbolic link.
         """
         rep = StoreReport(self.path)
+        self._roll_forward = False
+        try:
+            return self._check(rep, repair)
+        finally:
+            self._roll_forward = True
+
+    def _check(self, rep: StoreReport, repair: bool) -> StoreReport:
         with self._exclusive() if repair else self._shared():
             obstacles = self._obstacles()
             partial = self.path / "partial"
             links = [] if partial in obstacles else [q for q in _listdir(partial) if q.is_symlink()]
             rep.obstacles = [f"{p.relative_to(self.path)} ({'a symbolic link' if p.is_symlink() else 'a file'})"
                              for p in [*obstacles, *links]]
+            # links, FIFOs and folders where lmmap keeps plain files (state files, checkpoint chunks) and links where
+            # it keeps checkpoint folders: never opened, so that a command neither follows nor blocks on one;
+            # moved aside by repair (the messages that refuse them say so)
+            odd = []
+            for d in [] if partial in obstacles else _listdir(partial):
+                if d.is_symlink() or not d.is_dir():
+                    continue
+                for key in _listdir(d):
+                    if key.is_symlink():
+                        odd.append(key)
+                    elif key.is_dir():
+                        odd += [c for c in _listdir(key) if c.name.startswith("chunk-") and not _is_plain(c)]
+            for kind in STATE_KINDS:
+                if self.path / kind not in obstacles:
+                    odd += [q for q in _listdir(self.path / kind) if not _is_plain(q)]
+            rep.not_plain = [f"{p.relative_to(self.path)} ({_what(p)})" for p in odd]
             rep.stray_files = [str(p.relative_to(self.path)) for p in self._stray_tmp_files()]
             states = self._staging_state()
             foreign = []
@@ -1556,7 +1710,10 @@ class Store:
                     dest = damaged / f"{p.name}.{stamp}-{uuid.uuid4().hex[:6]}"
                 os.replace(p, dest)
 
-            for p in [*foreign, *links]:
+            # A folder, link or FIFO where a model file or metadata.parquet belongs is never lmmap's: moved
+            # aside before the roll-forward, which could not rename a file over a folder and would fail forever.
+            in_the_way = [p for p in [*unreadable, meta] if os.path.lexists(p) and not _is_plain(p)]
+            for p in [*foreign, *links, *odd, *in_the_way]:
                 aside(p)
             self._rejected.clear()
             self._recover()
@@ -1598,6 +1755,8 @@ def _metadata_problem(path: Path) -> str | None:
     """Why ``metadata.parquet`` cannot be used (None when it can)."""
     if path.is_symlink():
         return "a symbolic link, never followed"
+    if not _is_plain(path):
+        return f"{_what(path)}, not a plain file, never opened"
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException, ValueError) as exc:
@@ -1608,9 +1767,12 @@ def _metadata_problem(path: Path) -> str | None:
 
 
 def _glob(path: Path, pattern: str) -> list[Path]:
-    """``path.glob(pattern)``; none if another process removes the directory meanwhile."""
+    """The plain files ``path.glob(pattern)`` finds; none if another process removes the directory meanwhile.
+
+    Links and FIFOs are left out: a checkpoint chunk is never read through a link or from a FIFO (which blocks).
+    """
     try:
-        return list(path.glob(pattern)) if path.exists() else []
+        return [p for p in path.glob(pattern) if _is_plain(p)] if path.exists() else []
     except (FileNotFoundError, NotADirectoryError):
         return []
 

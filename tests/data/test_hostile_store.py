@@ -527,3 +527,184 @@ def test_state_files_are_never_written_through_a_link(store, outside):
     with pytest.raises(StoreError, match="symbolic link"):
         store.save_state("adaptive", "a", {"x": 1})
     assert untouched(outside)
+
+
+# -- re-sweep: attacks on the rewritten store (issue 21, second sweep) ------------------------------------------
+
+
+def lmmap_process(*args, timeout=60) -> tuple[int | str, str]:
+    """``lmmap ARGS`` in a real process, so that a command blocked on a FIFO is seen as 'hang', not as a stuck test."""
+    try:
+        p = subprocess.run([sys.executable, "-m", "lmmap", *map(str, args)], env=ENV, capture_output=True, text=True,
+                           timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return "hang", ""
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out and "internal error" not in out, out
+    return p.returncode, out
+
+
+def _fifo(p: Path) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(p):
+        p.unlink()
+    os.mkfifo(p)
+
+
+def _committed_fifo(store):
+    d = journal(store, [["rename", ".staging/1-2-abc/000001.parquet", "metadata.parquet"]])
+    _fifo(d / "000001.parquet")
+
+
+@pytest.mark.parametrize("where", ["metadata.parquet", ".staging/1-2-abc/COMMIT", "staged", "models/z.parquet",
+                                   "texts.parquet", "adaptive/a.json", "partial/a/k/chunk-1-1.parquet"])
+def test_a_fifo_where_a_file_belongs_never_blocks_a_command(store, where):
+    """Opening a FIFO blocks until someone writes to it: every command once hung on one in four places."""
+    if where == "staged":
+        _committed_fifo(store)
+    else:
+        _fifo(store.path / where)
+    for cmd in (["models"], ["doctor"], ["doctor", "--repair"]):
+        code, out = lmmap_process(*cmd, "--store", store.path)
+        assert code != "hang", cmd
+    if where != "texts.parquet":  # a text set cannot be repaired, only restored
+        assert lmmap_process("doctor", "--store", store.path)[0] == 0
+        assert Store(store.path).model_names() == ["a", "b", "c"]
+
+
+def test_a_model_file_that_is_a_fifo_or_a_folder_is_never_opened_and_moved_aside(store):
+    _fifo(store.path / "models" / "a.parquet")
+    (store.path / "models" / "b.parquet").unlink()
+    (store.path / "models" / "b.parquet").mkdir()
+    assert not store.has_model("a") and not store.has_model("b")  # once opened: `score a` hung
+    code, out = lmmap_process("doctor", "--store", store.path)
+    assert code == 1 and "models/a.parquet (a FIFO" in out and "models/b.parquet (a folder" in out
+    assert lmmap_process("doctor", "--repair", "--store", store.path)[0] == 0
+    assert {p.name for p in (store.path / "damaged").iterdir()} == {"a.parquet", "b.parquet"}
+    store.write_models([{"name": n, "loglik": v} for n, v in zip("ab", vectors(2, seed=5))])
+    assert Store(store.path).model_names() == ["c", "a", "b"]
+
+
+def test_a_store_json_that_is_a_link_is_never_read(store, tmp_path):
+    elsewhere = tmp_path / "info.json"
+    shutil.copy(store.path / "store.json", elsewhere)
+    (store.path / "store.json").unlink()
+    (store.path / "store.json").symlink_to(elsewhere)
+    code, out = lmmap("models", "--store", store.path)
+    assert code == 1 and "store.json is a symbolic link" in out and out.count("\n") == 1
+    linked = tmp_path / "linked-store"  # the store folder itself may be a link: that is the user's choice
+    linked.symlink_to(store.path)
+    (store.path / "store.json").unlink()
+    shutil.copy(elsewhere, store.path / "store.json")
+    assert Store(linked).model_names() == ["a", "b", "c"]
+
+
+def test_state_and_checkpoint_entries_that_are_links_are_reported_and_moved_aside(store, outside):
+    """A link as adaptive/a.json made `rm a` fail forever, its message promising a repair that doctor never did."""
+    victim = next(iter(outside))
+    (store.path / "adaptive").mkdir()
+    (store.path / "adaptive" / "a.json").symlink_to(victim)
+    key = store.path / "partial" / "b" / "k"
+    key.mkdir(parents=True)
+    (key / "chunk-1-1.parquet").symlink_to(victim)
+    (store.path / "partial" / "b" / "j").symlink_to(victim.parent)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.load_state("adaptive", "a")
+    assert len(store.load_checkpoint("b", "k")) == 0  # the linked chunk is never read
+    code, out = lmmap("rm", "a", "--store", store.path)
+    assert code == 1 and "doctor --repair" in out
+    code, out = lmmap("doctor", "--store", store.path)
+    assert code == 1 and all(p in out for p in ("adaptive/a.json", "partial/b/k/chunk-1-1.parquet", "partial/b/j"))
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert lmmap("rm", "a", "--store", store.path)[0] == 0
+    assert Store(store.path).model_names() == ["b", "c"] and untouched(outside)
+    assert all(p.is_symlink() for p in (store.path / "damaged").iterdir())  # the links moved, never their targets
+
+
+def test_a_file_holding_another_model_is_not_that_name_and_is_never_overwritten(store, tmp_path):
+    """models/a.parquet holding model 'zzz': `score a` said 'already in the store' and an import of 'a' replaced it,
+    so that 'zzz' vanished."""
+    _record_file(store, "a", lambda r: {**r, "model": "zzz"})
+    zzz = store.matrix(["zzz"])[1]
+    assert not store.has_model("a") and sorted(store.model_names()) == ["b", "c", "zzz"]
+    with pytest.raises(StoreError):
+        store.vectors("a")
+    npz = tmp_path / "v.npz"
+    np.savez(npz, L=vectors(1, seed=7), models=np.array(["a"]))
+    for extra in ([], ["--replace"]):
+        code, out = lmmap("import", "--vectors", npz, "--store", store.path, *extra)
+        assert code == 1 and "holds model 'zzz'" in out and "doctor --repair" in out
+        np.testing.assert_array_equal(Store(store.path).matrix(["zzz"])[1], zzz)
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert lmmap("import", "--vectors", npz, "--store", store.path)[0] == 0
+    s = Store(store.path)
+    assert sorted(s.model_names()) == ["a", "b", "c", "zzz"]
+    np.testing.assert_array_equal(s.matrix(["zzz"])[1], zzz)
+    np.testing.assert_array_equal(s.matrix(["a"])[1], vectors(1, seed=7))
+
+
+@pytest.mark.parametrize("n", [10**12, 2**31])
+def test_a_store_json_claiming_more_texts_than_its_text_set_is_named(store, tmp_path, n):
+    """store.json claiming 10¹² texts: map, neighbors and score allocated 7 TiB (internal error)."""
+    _set_info(store, n_texts=n)
+    for cmd in (["map", "-o", tmp_path / "m"], ["neighbors", "a"], ["score", "x", "--backend", "fake"]):
+        code, out = lmmap(*cmd, "--store", store.path)
+        assert code == 1 and "store.json: damaged" in out, (cmd, out)
+
+
+def test_a_journal_that_can_never_be_completed_is_not_a_dead_end(store):
+    """A journal renaming onto a folder, or to a name too long for any file system, blocked every command,
+    `doctor --repair` included."""
+    d = journal(store, [["rename", ".staging/1-2-abc/000001.parquet", "models/q.parquet"]])
+    t = pq.read_table(store.path / "models" / "a.parquet")
+    rec = {**json.loads(t.schema.metadata[RECORD_KEY]), "model": "q"}
+    pq.write_table(t.replace_schema_metadata({RECORD_KEY: json.dumps(rec).encode()}), d / "000001.parquet")
+    (store.path / "models" / "q.parquet").mkdir()
+    (store.path / "models" / "q.parquet" / "inside").write_text("kept")
+    code, out = lmmap("models", "--store", store.path)
+    assert code == 1 and "cannot be completed" in out and "doctor --repair" in out
+    code, out = lmmap("doctor", "--store", store.path)  # looks without rolling forward
+    assert code == 1 and "models/q.parquet (a folder" in out
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert (store.path / "damaged" / "q.parquet" / "inside").read_text() == "kept"
+    assert not d.exists() and sorted(Store(store.path).model_names()) == ["a", "b", "c", "q"]  # the change was completed
+    long = journal(store, [["rename", ".staging/1-2-long/f", "models/" + "x" * 300 + ".parquet"]], name="1-2-long")
+    (long / "f").write_bytes(b"x")
+    with pytest.warns(LmmapWarning, match="not a journal lmmap wrote"):
+        assert sorted(Store(store.path).model_names()) == ["a", "b", "c", "q"]
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0
+    assert (store.path / "damaged" / "1-2-long").is_dir() and lmmap("doctor", "--store", store.path)[0] == 0
+
+
+def test_a_write_through_a_store_opened_without_recovery_never_follows_a_staging_link(store, tmp_path):
+    """doctor opens a store with recover=False: its repairs staged a change through a .staging link."""
+    out_dir = tmp_path / "elsewhere"
+    out_dir.mkdir()
+    s = Store(store.path, recover=False)
+    shutil.rmtree(store.path / ".staging", ignore_errors=True)
+    (store.path / ".staging").symlink_to(out_dir)
+    with pytest.raises(StoreError, match="symbolic link"):
+        s.write_model("x", vectors(1)[0])
+    assert not list(out_dir.iterdir())
+
+
+def test_hard_links_to_files_outside_are_unlinked_never_written(store, tmp_path):
+    """rm and --replace rename over or move a model's name: a hard link's other name keeps its bytes."""
+    for name in ("a", "b"):
+        other = tmp_path / f"{name}-elsewhere.parquet"
+        os.link(store.path / "models" / f"{name}.parquet", other)
+    before = {p: p.read_bytes() for p in tmp_path.glob("*-elsewhere.parquet")}
+    store.write_model("a", vectors(1, seed=8)[0], replace=True)
+    store.remove_models(["b"])
+    assert {p: p.read_bytes() for p in before} == before
+    assert store.model_names() == ["c", "a"]
+
+
+def test_a_huge_journal_is_refused_without_being_read(store):
+    d = store.path / ".staging" / "1-2-abc"
+    d.mkdir(parents=True)
+    with open(d / "COMMIT", "wb") as f:
+        f.truncate(store_mod._MAX_JOURNAL + 1)  # sparse: nothing to read but zeros
+    with pytest.warns(LmmapWarning, match="far larger than any journal"):
+        assert Store(store.path).model_names() == ["a", "b", "c"]
+    assert lmmap("doctor", "--repair", "--store", store.path)[0] == 0 and not d.exists()
