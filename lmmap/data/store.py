@@ -447,8 +447,9 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
     results), so a journal is data, not a program: only the operations lmmap
     writes are carried out — a rename from this change's own staging folder
     (or, for ``doctor --repair``'s renames, from ``models/``) to
-    ``models/<file>.parquet`` or ``metadata.parquet``, and a deletion in
-    ``models/`` — and never through a symbolic link. Anything else raises
+    ``models/<file>.parquet``, ``metadata.parquet`` or a state file
+    ``<kind>/<file>.json`` (:data:`STATE_KINDS`), and a deletion of a model
+    or state file — of plain files only, never through a symbolic link. Anything else raises
     :class:`StoreError` naming the journal and the first bad operation.
     """
     where = f"{txdir / COMMIT}"
@@ -514,9 +515,7 @@ def _apply(root: Path, ops: list[list[str]], txdir: Path) -> None:
                 continue
             src, dst = root / op[1], root / op[2]
             if not os.path.lexists(src):
-                continue  # applied before a kill
-            if src.is_symlink():
-                raise StoreError(f"{src} is a symbolic link; lmmap never moves one into a store")
+                continue  # applied before a kill (a source that is not a plain file is refused by _journal_ops)
             backup = txdir / f"undo-{i:06d}"
             if os.path.lexists(dst) and not os.path.lexists(backup):
                 try:
@@ -853,9 +852,12 @@ class Store:
             try:
                 with self._exclusive():
                     self._recover()
-            except (StoreError, OSError) as exc:
+            except StoreError:
                 if self._pending_journals():
-                    raise StoreError(f"{exc}") from None
+                    raise
+            except OSError as exc:
+                if self._pending_journals():
+                    raise StoreError(f"cannot complete an interrupted change in {self.path}: {_os_reason(exc)}") from None
                 # a read-only store: readers ignore dead staging folders and temporary files
 
     def _journal(self, path: Path) -> list[list[str]] | None:
@@ -1449,6 +1451,19 @@ class Store:
         """Stage the stored metadata merged with ``new`` in ``tx`` (call under the exclusive lock)."""
         tx.stage_table(_metadata_table(_merge_metadata(self.metadata(), new)), self.path / "metadata.parquet")
 
+    @contextlib.contextmanager
+    def _transaction(self):
+        """A change: stage it in the body (``tx.stage_*``, ``tx.delete``); committed under the exclusive lock at
+        the end, or dropped if the body raises."""
+        tx = _Tx(self)
+        try:
+            yield tx
+            with self._exclusive():
+                tx.commit()
+        finally:
+            if not tx.committed:
+                tx.close()
+
     # -- per-model state of analyses ------------------------------------------------
     def _state_path(self, kind: str, name: str) -> Path:
         if kind not in STATE_KINDS:
@@ -1462,14 +1477,8 @@ class Store:
         state of a model that is not in the store.
         """
         data = json.dumps({**state, "model": name}, indent=2).encode()
-        tx = _Tx(self)
-        try:
+        with self._transaction() as tx:
             tx.stage_bytes(data, self._state_path(kind, name))
-            with self._exclusive():
-                tx.commit()
-        finally:
-            if not tx.committed:
-                tx.close()
 
     def load_state(self, kind: str, name: str) -> dict | None:
         """The state kept for ``name`` (None when there is none, or it is not a JSON object)."""
@@ -1687,7 +1696,6 @@ class Store:
             rep.orphan_states = [str(p.relative_to(self.path)) for p in self._orphan_states(found)]
             meta = self.path / "metadata.parquet"
             meta_problem = _metadata_problem(meta) if os.path.lexists(meta) else None
-            texts_path = self.path / "texts.parquet"
             try:
                 self._texts = None
                 self.texts
@@ -1725,24 +1733,14 @@ class Store:
                 aside(meta)
             old = [(n, p) for n, (p, _) in found.items() if p.name != model_filename(n)]
             if old:
-                tx = _Tx(self)
-                try:
+                with self._transaction() as tx:
                     for n, p in old:
                         tx.ops.append(["rename", str(p.relative_to(self.path)), str(self._model_path(n).relative_to(self.path))])
-                    tx.commit()
-                finally:
-                    if not tx.committed:
-                        tx.close()
             stale = self._orphan_states(found)
             if stale:
-                tx = _Tx(self)
-                try:
+                with self._transaction() as tx:
                     for p in stale:
                         tx.delete(p)
-                    tx.commit()
-                finally:
-                    if not tx.committed:
-                        tx.close()
             for p in self._orphan_checkpoints(found):
                 shutil.rmtree(p, ignore_errors=True)
                 if p.parent.name != "partial" and p.parent.exists() and not any(p.parent.iterdir()):
