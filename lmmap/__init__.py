@@ -17,6 +17,7 @@ _LAZY = {
     "ModelMap": "map",
     "Subset": "data.subset",
     "select": "analyses.select",
+    "build_map": "analyses.map",
 }
 
 __all__ = ["__version__", "LmmapError", *_LAZY]

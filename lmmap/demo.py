@@ -18,7 +18,7 @@
    model to place;
 4. cuts the text set (1,020 texts: 340 of up to 384 bytes per domain) from the
    *held-out* documents and scores every model on it with
-   :func:`lmmap.scoring.hf.score_models` (the same path as ``lmmap score``);
+   :func:`lmmap.scoring.score_models` (the same path as ``lmmap score``);
 5. measures a benchmark-like score of every model — its top-5 next-token
    accuracy (%) on held-out chunks of each domain that are *not* in the text
    set — into ``OUT/scores.csv``, and writes ``OUT/models.csv`` (``model_type``,
@@ -53,6 +53,7 @@ import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,9 @@ from lmmap._version import __version__
 from lmmap.exceptions import InputError, LmmapError
 from lmmap.progress import Tracker
 from lmmap.progress import say as progress_message
+
+if TYPE_CHECKING:  # annotations only: scoring loads when the demo scores
+    from lmmap.scoring.options import ExecutorOptions
 
 DEMO_FORMAT = 2  # bump to invalidate caches of older demo layouts
 DOMAINS = ("code", "docs", "legal")
@@ -141,7 +145,7 @@ def demo_plan(size: str = "full", seed: int = 0) -> DemoPlan:
             DemoModel("scratch-code", "scratch", "scratch-code", "code", 30, 2e-3, seed + 2),
         ]
         return DemoPlan("small", 300_000, 50, 512, 1024, 2, 96, 4, 256, 4, tuple(models))
-    raise InputError(f"--size must be full or small, got {size!r}")
+    raise InputError(f"--size must be full or small, got {size!r}", params=("size",))
 
 
 # -- the corpus ---------------------------------------------------------------------------
@@ -564,17 +568,17 @@ def run_demo(outdir="lmmap-demo", size: str = "full", force: bool = False, rando
     from lmmap.maths.randomness import check_seed
     from lmmap.parallel import resolve_threads, restore_threads, set_threads
     from lmmap.scoring import executor as _executor
+    from lmmap.scoring.options import ExecutorOptions
 
     # The models are seeded random_state..random_state+3 (demo_plan); torch and numpy refuse seeds outside
     # 0..2**32-1 only once training has begun.
     check_seed(random_state, span=4)
     if threads is not None:
         resolve_threads(threads)
-    _executor.check_options(executor, ray_address, gpus_per_model, shard_texts)
+    executor_options = ExecutorOptions(executor, ray_address=ray_address, gpus_per_model=gpus_per_model,
+                                       shard_texts=shard_texts)  # checked here: refused before any training
     if executor == "ray":
         _executor.import_ray()  # not installed: say so now, not after training
-    executor_options = dict(executor=executor, ray_address=ray_address, gpus_per_model=gpus_per_model,
-                            shard_texts=shard_texts)
     previous = set_threads(threads) if threads is not None else None
     try:
         with _quiet_transformers():
@@ -619,7 +623,7 @@ class _quiet_transformers:
         return False
 
 
-def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dict:
+def _run_demo(outdir, size, force, seed, progress, executor_options: "ExecutorOptions | None" = None) -> dict:
     import torch
 
     from lmmap import scoring
@@ -674,7 +678,7 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
         t_score = time.perf_counter()
         status = scoring.score_models(store, [str(models_dir / n) for n in pending], names=pending, device="cpu",
                                       dtype="float32", progress=progress, checkpoint_every=30.0,
-                                      **(executor_options or {}))
+                                      executor=executor_options)
         failed = {n: s.message for n, s in status.items() if not s.ok}
         if failed:
             raise LmmapError("the demo could not score: " + "; ".join(failed.values()))
@@ -692,8 +696,9 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
     say("building the map…")
     mm = ModelMap.from_store(store, models=names)
     from lmmap import report
+    from lmmap.analyses.map import build_map
 
-    paths = report.write(mm, out / "map", color_by="model_type")
+    paths = report.write(build_map(mm), out / "map", color_by="model_type")
     lens = logit_lens(store, models_dir, out, names, progress, say, executor_options)
     check = finetune_check(mm, table)
     summary = kl_summary(check)
@@ -713,7 +718,7 @@ def _run_demo(outdir, size, force, seed, progress, executor_options=None) -> dic
 
 
 def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, say,
-               executor_options: dict | None = None) -> dict:
+               executor_options: "ExecutorOptions | None" = None) -> dict:
     """The layers of :data:`LENS_MODEL` (``lmmap score --layers all``) in a store of their own, beside the models.
 
     ``OUT/lens-store`` holds every model of the demo's store (copied, with
@@ -725,6 +730,7 @@ def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, s
     as for the demo's models (:func:`run_demo`).
     """
     from lmmap import report, scoring
+    from lmmap.analyses.map import build_map
     from lmmap.analyses.trajectory import layers
     from lmmap.data.store import Store
     from lmmap.map import ModelMap
@@ -741,7 +747,7 @@ def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, s
         lens_store.write_models(vectors, metadata=meta[meta["model"].isin(missing)])
     status = scoring.score_models(lens_store, [str(models_dir / LENS_MODEL)], names=[LENS_MODEL], layers="all",
                                   device="cpu", dtype="float32", progress=progress, checkpoint_every=30.0,
-                                  **(executor_options or {}))
+                                  executor=executor_options)
     if not status[LENS_MODEL].ok:
         raise LmmapError(f"the demo could not score the layers of {LENS_MODEL}: {status[LENS_MODEL].message}")
     lensed = [n for n in lens_store.model_names() if lens_store.record(n).get("layers_of") == LENS_MODEL]
@@ -751,7 +757,8 @@ def logit_lens(store, models_dir: Path, out: Path, names: list[str], progress, s
     mm = ModelMap.from_store(lens_store)
     result = layers(mm, LENS_MODEL)
     paths = report.write(result, out / "layers")
-    paths.update({f"lens-{k}": v for k, v in report.write(mm, out / "lens-map", color_by="model_type").items()})
+    lens_map = report.write(build_map(mm), out / "lens-map", color_by="model_type")
+    paths.update({f"lens-{k}": v for k, v in lens_map.items()})
     say(f"logit lens: {len(result.table)} layers of {LENS_MODEL} in {lens_store.path} (KL to the model's output: "
         + ", ".join(f"layer {r.layer} {r.kl_to_final:.0f}" for r in result.table.itertuples()) + " nats/text)")
     return {"store": str(lens_store.path), "paths": {k: str(v) for k, v in paths.items()},
@@ -771,9 +778,9 @@ def _prepare_outdir(out: Path, plan: DemoPlan, seed: int, force: bool) -> None:
     """Refuse to write into a directory that is not a demo's; on ``force`` remove only what the demo made."""
     marker = out / "demo.json"
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file; give a new or empty directory with -o")
+        raise InputError(f"{out} is a file; give a new or empty directory with -o", params=("out",))
     if out.exists() and any(out.iterdir()) and not marker.exists():
-        raise InputError(f"{out} exists and is not an lmmap demo directory; give a new or empty directory with -o")
+        raise InputError(f"{out} exists and is not an lmmap demo directory; give a new or empty directory with -o", params=("out",))
     if marker.exists():
         info = json.loads(marker.read_text())
         same = {k: info.get(k) for k in ("lmmap_demo", "size", "seed")} == _demo_id(plan, seed)
@@ -781,7 +788,7 @@ def _prepare_outdir(out: Path, plan: DemoPlan, seed: int, force: bool) -> None:
             raise InputError(
                 f"{out} holds the demo with size={info.get('size')}, seed={info.get('seed')}"
                 + ("" if info.get("lmmap_demo") == DEMO_FORMAT else " of an older lmmap")
-                + "; use another directory, or pass --force to rebuild it"
+                + "; use another directory, or pass --force to rebuild it", params=("out", "seed")
             )
         if force:
             for sub in ("data", "tokenizer", "models", "store", "map", "lens-store", "layers", "lens-map"):

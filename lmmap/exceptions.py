@@ -8,9 +8,13 @@ and is reported as one (``internal error``, exit code 2).
     LmmapError (ValueError)
       InputError      a bad argument or value (a parameter, a name, a number)
       FormatError     a file that cannot be read as what it claims to be
+        MissingFileError  a file or folder the user named does not exist (also a FileNotFoundError)
       StoreError      a store that is missing, inconsistent, or refuses a change
+        StoreExistsError  a store created where one already is (also a FileExistsError)
       ScoringError    a model that cannot be loaded or scored
         NonFiniteError  a NaN or infinite log-likelihood
+
+    Interrupted (KeyboardInterrupt)   Ctrl-C, saying what was kept
 
 ``LmmapError`` derives from ``ValueError`` so that ``except ValueError`` in
 callers written against numpy/scikit-learn conventions still catches bad input.
@@ -31,13 +35,20 @@ from __future__ import annotations
 class LmmapError(ValueError):
     """Bad input or a refused operation. The CLI prints its message without a traceback.
 
-    ``params``: the Python parameter names the message mentions (the CLI
-    replaces each whole-word mention by the command's flag).
+    ``params``: the Python parameters the message concerns. The CLI shows a
+    message that begins with one of them, and every mention of one in braces
+    (``pass {allow_pickle=True}``), with the flag instead (:func:`lmmap.params.cli_message`);
+    ``str(exc)`` shows a mention without its braces (``pass allow_pickle=True``).
     """
 
     def __init__(self, *args, params: tuple[str, ...] | list[str] = ()):
         super().__init__(*args)
         self.params = tuple(params)
+
+    def __str__(self) -> str:
+        from lmmap.params import python_message  # lmmap.params imports this module
+
+        return python_message(super().__str__(), self.params)
 
 
 class InputError(LmmapError):
@@ -52,12 +63,40 @@ class StoreError(LmmapError):
     """A store that is missing or inconsistent, or that refuses a change."""
 
 
+class MissingFileError(InputError, FileNotFoundError):
+    """A file or folder the user named does not exist (still a ``FileNotFoundError`` for callers that catch one)."""
+
+
+class StoreExistsError(StoreError, FileExistsError):
+    """A store created where one already is (still a ``FileExistsError`` for callers that catch one)."""
+
+
 class ScoringError(LmmapError):
     """A model that cannot be loaded or scored."""
 
 
 class NonFiniteError(ScoringError):
-    """A NaN or infinite log-likelihood."""
+    """A model produced NaN or ±inf for a text (SPEC §2: an error, never a stored number); ``position`` names the
+    text (None when unknown)."""
+
+    def __init__(self, message: str, position: int | None = None, *, params: tuple[str, ...] | list[str] = ()):
+        super().__init__(message, params=params)
+        self.position = position
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a sentence saying what was kept (``str(exc)``); the CLI prints it and exits 130.
+
+    A :class:`KeyboardInterrupt`, not an :class:`LmmapError`: code that cleans up on Ctrl-C (``except
+    KeyboardInterrupt``, ``finally``) must see it as one, and an ``except Exception`` must not swallow it.
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LmmapWarning(UserWarning):
@@ -70,3 +109,8 @@ class LmmapWarning(UserWarning):
     def __init__(self, *args, params: tuple[str, ...] | list[str] = ()):
         super().__init__(*args)
         self.params = tuple(params)
+
+    def __str__(self) -> str:
+        from lmmap.params import python_message
+
+        return python_message(super().__str__(), self.params)

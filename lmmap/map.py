@@ -38,10 +38,10 @@ UNIT_LABELS = {"nats-per-text": "nats/text", "bits-per-byte": "bits/byte"}
 
 
 def check_unit(unit: str) -> str:
-    """``unit`` if it is one of :data:`UNITS`; a one-line :class:`InputError` otherwise."""
-    if unit not in UNITS:
-        raise InputError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}", params=("unit",))
-    return unit
+    """``unit`` if it is one of :data:`UNITS`; a one-line :class:`InputError` otherwise (the spec's, ``unit``)."""
+    from lmmap.params import check
+
+    return check("unit", unit)
 
 
 @dataclass(eq=False)
@@ -81,14 +81,15 @@ class ModelMap:
         self.names = [str(n) for n in self.names]
         self.L = np.asarray(self.L, dtype=np.float64)
         if self.L.ndim != 2 or self.L.shape[0] != len(self.names):
-            raise InputError(f"L must be K×d with one row per name; got {self.L.shape} for {len(self.names)} names")
+            raise InputError(f"L must be K×d with one row per name; got {self.L.shape} for {len(self.names)} names",
+                             params=("L", "names"))
         dup = pd.Index(self.names)[pd.Index(self.names).duplicated()]
         if len(dup):
             raise InputError(f"duplicate model name {dup[0]!r}: each model must appear once in a map", params=("names",))
         if len(self.names) < MIN_MODELS:
             raise InputError(
                 f"a map needs at least {MIN_MODELS} models (double centering over models is meaningless "
-                f"for fewer); got {len(self.names)}"
+                f"for fewer); got {len(self.names)}", params=("names",)
             )
         geometry.check_finite(self.L, self.names)
         if self.text_bytes is not None:
@@ -149,7 +150,7 @@ class ModelMap:
         try:
             return self._index[name]
         except KeyError:
-            raise InputError(f"model {name!r} is not in this map ({self.K} models)") from None
+            raise InputError(f"model {name!r} is not in this map ({self.K} models)", params=("name",)) from None
 
     def features(self) -> np.ndarray:
         """``Q W^{1/2}`` (K×d): plain Euclidean geometry equals the map's weighted one."""
@@ -183,7 +184,7 @@ class ModelMap:
         if unit == "nats-per-text":
             return 1.0
         if self.mean_text_bytes is None:
-            raise InputError("unit='bits-per-byte' needs the byte lengths of the map's texts (text_bytes), which "
+            raise InputError("{unit='bits-per-byte'} needs the byte lengths of the map's texts (text_bytes), which "
                              "this map lacks; build it with ModelMap.from_store or give text_bytes",
                              params=("unit",))
         return 1.0 / (self.mean_text_bytes * np.log(2.0))
@@ -440,7 +441,7 @@ class ModelMap:
             have = self.metadata is not None and LINEAGE_COLUMN in self.metadata.columns
             raise InputError(
                 ("no model's base_model names another model of the map" if have else "there is no metadata column base_model")
-                + ": give one with metadata=MODELS.csv (columns model, base_model), or use edges='nn'", params=("metadata", "edges")
+                + ": give one with {metadata=MODELS.csv} (columns model, base_model), or use {edges='nn'}", params=("metadata", "edges")
             )
         return edges
 

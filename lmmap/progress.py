@@ -37,10 +37,14 @@ class Step:
     params: tuple[str, ...] = ()  # parameters the message names (the CLI shows their flags; see lmmap.exceptions)
 
     def __str__(self) -> str:
+        # ``message`` keeps its parameter mentions in braces for the CLI; Python readers get the Python names.
+        from lmmap.params import python_message
+
+        message = python_message(self.message, self.params) if self.message else self.message
         if self.task is None:
-            return self.message or ""
+            return message or ""
         total = "" if self.total is None else f"/{self.total:g}"
-        return f"{self.task}: {self.done:g}{total} {self.unit}" + (f" — {self.message}" if self.message else "")
+        return f"{self.task}: {self.done:g}{total} {self.unit}" + (f" — {message}" if message else "")
 
 
 ProgressFn = Optional[Callable[[Step], None]]

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from lmmap import ModelMap, report
+from lmmap.analyses.map import build_map
 from lmmap.report.map import map_edges
 from lmmap.maths import geometry as core
 from lmmap.exceptions import LmmapError
@@ -74,7 +75,7 @@ def test_write_outputs(tmp_path):
     names[0] = "<b>evil</b>"
     meta = pd.DataFrame({"model_type": fams}, index=pd.Index(names, name="model"))
     mm = ModelMap(names, L, metadata=meta)
-    paths = report.write(mm, tmp_path, embedding="pca", k=3)
+    paths = report.write(build_map(mm, embedding="pca", k=3), tmp_path)
     kl = pd.read_csv(paths["kl.csv"], index_col=0)
     assert kl.index.name == "model" and list(kl.index) == names and list(kl.columns) == names
     np.testing.assert_allclose(kl.to_numpy(), mm.kl(), rtol=1e-12)
@@ -100,7 +101,7 @@ def lineage_map(**kw):
 def test_small_map_defaults_to_mds_and_its_title_says_what_the_map_is(tmp_path):
     names, L, meta = lineage_map()
     mm = ModelMap(names, L, metadata=meta)
-    paths = report.write(mm, tmp_path, color_by="family")
+    paths = report.write(build_map(mm), tmp_path, color_by="family")
     info = json.loads(paths["map.json"].read_text())
     assert info["embedding"] == "mds" and info["embedding_requested"] == "auto" and info["edges"] == "base_model"
     np.testing.assert_allclose(pd.read_csv(paths["coords.csv"])[["x", "y"]].to_numpy(), mm.embed("mds"))
@@ -132,7 +133,7 @@ def test_lineage_marks_a_nearest_neighbour_in_another_lineage(tmp_path):
     assert row.kl_to_lineage == pytest.approx(mm.kl_frame().loc["lin1-ft-1", ["lin0", "lin0-ft-0", "lin0-ft-1", "lin0-step1"]].min())
     assert not mm.lineage(tie=1.0).set_index("model").loc["lin1-ft-1", "consistent"]
     assert mm.lineage(tie=row.kl_to_lineage / row.kl_to_nearest).set_index("model").loc["lin1-ft-1", "consistent"]
-    paths = report.write(mm, tmp_path)
+    paths = report.write(build_map(mm), tmp_path)
     assert pd.read_csv(paths["lineage.csv"]).columns.tolist() == [
         "model", "base_model", "nearest", "kl_to_base", "kl_to_nearest", "kl_to_lineage", "relation", "consistent"]
     info = json.loads(paths["map.json"].read_text())
@@ -158,11 +159,11 @@ def test_edges_default_to_nearest_neighbours_without_base_model(tmp_path):
     assert {tuple(sorted(p)) for p in nn.pairs} == expected and len(nn.pairs) == len(expected) and flagged == []
     assert map_edges(mm, "none") == ([], [])
     with pytest.raises(LmmapError, match="no metadata column base_model"):
-        report.write(mm, tmp_path / "x", edges="base_model")
+        report.write(build_map(mm, edges="base_model"), tmp_path / "x")
     with pytest.raises(LmmapError, match="edges must be one of"):
-        report.write(mm, tmp_path / "y", edges="all")
+        report.write(build_map(mm, edges="all"), tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything is written
-    paths = report.write(mm, tmp_path / "z", embedding="pca", edges="none")
+    paths = report.write(build_map(mm, embedding="pca", edges="none"), tmp_path / "z")
     assert "lineage.csv" not in paths and json.loads(paths["map.json"].read_text())["edges"] == "none"
 
 
@@ -253,9 +254,9 @@ def test_cli_map_and_neighbors_take_a_unit(tmp_path):
     assert res.exit_code == 0 and "bits/byte" in res.output, res.output
     res = CliRunner().invoke(app, ["map", "-o", str(tmp_path / "bad"), "--store", str(store.path), "--unit", "bpb"])
     assert res.exit_code != 0 and res.exception.params == ("unit",) and not (tmp_path / "bad").exists()
-    from lmmap.cli import as_flags
+    from lmmap.params import for_cli
 
-    assert as_flags(str(res.exception), res.exception.params).startswith("--unit must be one of")
+    assert for_cli(res.exception).startswith("--unit must be one of")
 
 
 @pytest.mark.parametrize("kin", ["layers_of", "trajectory"])

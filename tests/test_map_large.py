@@ -10,6 +10,7 @@ import pytest
 
 import lmmap.map as map_mod
 from lmmap import ModelMap, report
+from lmmap.analyses.map import build_map
 from lmmap.report.map import map_edges
 from cli_main import run_main
 from synthetic import lowrank_L, make_store
@@ -54,7 +55,7 @@ def read(path):
 def test_report_at_large_k_needs_no_k_by_k_matrix_and_equals_the_dense_one(large_store, tmp_path, monkeypatch):
     store, meta = large_store
     dense = ModelMap.from_store(store)
-    want = report.write(dense, tmp_path / "dense")
+    want = report.write(build_map(dense), tmp_path / "dense")
     assert "kl.csv" in want and "lineage.csv" in want
     dense_lineage = dense.lineage()
     assert (~dense_lineage["consistent"]).any() and (dense_lineage["relation"] == "other lineage").any()
@@ -63,7 +64,7 @@ def test_report_at_large_k_needs_no_k_by_k_matrix_and_equals_the_dense_one(large
     monkeypatch.setattr(map_mod, "DENSE_MAX_BYTES", 8 * 200 * 200)
     monkeypatch.setattr(ModelMap, "squared_distances", no_k_by_k)
     mm = ModelMap.from_store(store)
-    got = report.write(mm, tmp_path / "large")
+    got = report.write(build_map(mm), tmp_path / "large")
     for name in ("coords.csv", "neighbors.csv", "lineage.csv", "map.png", "map.html", "map.json"):
         assert got[name].exists(), name
     assert "kl.csv" not in got and not (tmp_path / "large" / "kl.csv").exists()

@@ -1,5 +1,6 @@
 """Analyses of a map: each takes a :class:`lmmap.ModelMap` and returns a Result; none writes files or prints.
 
+- :mod:`~lmmap.analyses.map` — the map itself: coordinates, neighbours and KL, their errors, lineage → ``MapResult``
 - :mod:`~lmmap.analyses.select` — importance resampling of texts → :class:`~lmmap.data.subset.Subset`
 - :mod:`~lmmap.analyses.place` — new models placed into a map → ``Placement``
 - :mod:`~lmmap.analyses.adaptive` — new models scored in rounds until their KL is known → ``AdaptiveResult``

@@ -65,16 +65,21 @@ import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
+from lmmap.analyses.place import PlacedModels
 from lmmap.exceptions import InputError, ScoringError, StoreError
 from lmmap.maths import geometry
 from lmmap.maths.randomness import check_random_state
 from lmmap.maths.resampling import importance
+from lmmap.maths.ridge import ridge_loo
 from lmmap.progress import ProgressFn, Tracker, say
+
+if TYPE_CHECKING:  # annotations only: scoring is imported when a model is scored
+    from lmmap.scoring.options import ExecutorOptions, ScoringOptions
 
 MIN_EXISTING = 3
 DEFAULT_COMPONENTS = 64
@@ -84,9 +89,6 @@ DEFAULT_MIN_ROUNDS = 3
 DEFAULT_NEIGHBORS = 5
 DEFAULT_ROUND_SIZE = 32
 DEFAULT_UNIFORM_MIX = 0.05
-# Ridge penalties tried, relative to the largest squared singular value of the (centred) design;
-# the one with the smallest leave-one-out error is kept (closed form, one SVD for all).
-_RIDGE_GRID = np.array([1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 STATE_VERSION = 1
 # A model whose target is predicted to need at least this fraction of the texts not yet scored (and
 # --max-texts allows all N) has the rest scored at once: the KL is then exact, for at most twice the
@@ -183,24 +185,6 @@ def prepare_map(L, threshold="auto", *, n_components: int = DEFAULT_COMPONENTS, 
 # -- the estimator ---------------------------------------------------------------------------------
 
 
-def _ridge_loo(Phi: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Ridge coefficients (intercept handled by centring) with the penalty of least leave-one-out error."""
-    n, d = Phi.shape
-    Pc = Phi - Phi.mean(axis=0)
-    yc = y - y.mean()
-    A, D, Bt = np.linalg.svd(Pc, full_matrices=False)
-    if D.size == 0 or D[0] <= 0:
-        return np.zeros(d)
-    Ay = A.T @ yc
-    lam = _RIDGE_GRID * D[0] ** 2
-    shrink = D[None, :] ** 2 / (D[None, :] ** 2 + lam[:, None])  # (grid, r)
-    fitted = (shrink * Ay[None, :]) @ A.T  # (grid, n)
-    h = (A * A) @ shrink.T + 1.0 / n  # leverage incl. the intercept, (n, grid)
-    loo = ((yc[None, :] - fitted) / np.maximum(1.0 - h.T, 1e-6)) ** 2
-    best = int(np.argmin(loo.sum(axis=1)))
-    return Bt.T @ (D / (D ** 2 + lam[best]) * Ay)
-
-
 def _crude_sq_distances(amap: AdaptiveMap, s: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Weighted-resample estimate ``Σ w δ² − (Σ w δ)²/Σ w`` of every ``g_j`` (the plain subset estimator, O(K·n))."""
     w = 1.0 / (len(s) * amap.pi[s])
@@ -257,7 +241,7 @@ def _fit_prediction(amap: AdaptiveMap, s, y, p: int, m: int, zero: bool = False)
         return np.zeros(p), np.zeros(0, dtype=np.int64), np.zeros(0), 0.0
     nn = np.argpartition(_crude_sq_distances(amap, s, y), m - 1)[:m] if m else np.zeros(0, np.int64)
     Phi = np.hstack([amap.V[s, :p] * amap.S[:p], amap.Q[nn][:, s].T])
-    theta = _ridge_loo(Phi, y)
+    theta = ridge_loo(Phi, y)
     const = float(y.mean() - Phi.mean(axis=0) @ theta)
     return amap.S[:p] * theta[:p], nn, theta[p:], const
 
@@ -331,7 +315,8 @@ def estimate_sq_distances(amap: AdaptiveMap, s, y, *, folds: int = DEFAULT_FOLDS
 
 def kl_and_se(est: Estimate, N: int) -> tuple[np.ndarray, np.ndarray]:
     """KL = g / 2N (negative estimates of a tiny distance are reported as 0) and its SE."""
-    return np.maximum(est.g, 0.0) / (2.0 * N), est.se / (2.0 * N)
+    kl = geometry.kl_from_squared_distances
+    return kl(np.maximum(est.g, 0.0), N), kl(est.se, N)
 
 
 def neighbor_rel_se(est: Estimate, k: int) -> tuple[np.ndarray, float]:
@@ -423,10 +408,9 @@ def check_parameters(target_se, neighbors, max_texts, round_size, N: int, min_ro
 
     ``K``: the existing models, when known (``neighbors`` cannot exceed them).
     """
-    if isinstance(target_se, bool) or not isinstance(target_se, numbers.Real) or not np.isfinite(target_se) \
-            or not 0 < target_se < 1:
-        raise InputError(f"target_se is a relative standard error and must lie strictly between 0 and 1, got "
-                         f"{target_se!r}", params=("target_se",))
+    from lmmap.params import check
+
+    target_se = check("target_se", target_se)
     if neighbors is not None:
         _whole(neighbors, "neighbors", 1)
     if K is not None:
@@ -546,9 +530,10 @@ def _nearest_resolved(est: Estimate, target_se: float) -> tuple[bool, float]:
 
 
 def _trace_row(amap: AdaptiveMap, run: ModelRun, rnd: int, rel: float, nn0: int, exact: bool) -> dict:
+    kl = geometry.kl_from_squared_distances
     return {"model": run.name, "round": rnd, "draws": len(run.draws), "texts_scored": run.texts_scored,
-            "rel_se": rel, "nearest": int(nn0), "kl_nearest": max(run.estimate.g[nn0], 0.0) / (2 * amap.N),
-            "kl_se_nearest": run.estimate.se[nn0] / (2 * amap.N), "gap_z": np.nan, "exact": exact}
+            "rel_se": rel, "nearest": int(nn0), "kl_nearest": float(kl(max(run.estimate.g[nn0], 0.0), amap.N)),
+            "kl_se_nearest": float(kl(run.estimate.se[nn0], amap.N)), "gap_z": np.nan, "exact": exact}
 
 
 def _finish_exact(amap: AdaptiveMap, run: ModelRun, loglik_full, rnd: int, neighbors: int) -> None:
@@ -695,31 +680,23 @@ def true_sq_distances(amap: AdaptiveMap, loglik_full) -> np.ndarray:
 # -- the driver: a store, real scoring, rounds ----------------------------------------------------
 
 
-@dataclass(eq=False)
-class AdaptiveResult:
+@dataclass(eq=False, kw_only=True)
+class AdaptiveResult(PlacedModels):
     """New models placed adaptively (see :func:`place_adaptive`).
 
-    Attributes
+    Attributes (besides those of :class:`lmmap.analyses.place.PlacedModels`)
     ----------
-    new_models, existing_models : the m placed and K existing model names.
-    kl, kl_se : (m, K) estimated KL from each new model to each existing one and its standard error (from the
-        draws, see the module docstring), in ``unit``.
-    unit, unit_factor : the unit of every KL of the result (``nats-per-text`` or ``bits-per-byte``) and what
-        KL in nats per text was multiplied by to give it (:meth:`lmmap.map.ModelMap.unit_factor` of the
-        existing map: 1 / (mean UTF-8 bytes of the N texts · ln 2) for bits per byte); ``mean_text_bytes``
-        that mean (None when unknown).
+    kl, kl_se : (m, K) estimated KL and its standard error from the draws (see the module docstring).
+    unit_factor : what KL in nats per text was multiplied by to give ``unit``
+        (:meth:`lmmap.map.ModelMap.unit_factor` of the existing map: 1 / (mean UTF-8 bytes of the N texts · ln 2)
+        for bits per byte); ``mean_text_bytes`` that mean (None when unknown).
     runs : each model's :class:`ModelRun` (draws, rounds, how it stopped, the trace).
     n_texts, target_se, neighbors, threshold, pi : N, the stopping rule, the clipping threshold and ``π``.
     coords : (K + m, 2) positions of the existing models (their full map) then the new ones, or None when no
         map was asked for; ``method`` the embedding (mds or tsne) and ``metadata`` the models' metadata (for
         colouring the map).
-    failed : models that could not be scored, with the reason; ``scoring_seconds`` the scoring time.
     """
 
-    new_models: list[str]
-    existing_models: list[str]
-    kl: np.ndarray
-    kl_se: np.ndarray
     runs: dict
     n_texts: int
     target_se: float
@@ -727,34 +704,9 @@ class AdaptiveResult:
     threshold: float | None = None
     pi: np.ndarray | None = None
     amap: AdaptiveMap | None = field(default=None, repr=False)
-    failed: dict = field(default_factory=dict)
-    scoring_seconds: float = 0.0
-    coords: np.ndarray | None = None
-    method: str | None = None
     metadata: pd.DataFrame | None = field(default=None, repr=False)
-    random_state: object = 0
-    embedding_random_state: object = 42
-    unit: str = "nats-per-text"
     unit_factor: float = 1.0
     mean_text_bytes: float | None = None
-
-    @property
-    def unit_label(self) -> str:
-        from lmmap.map import UNIT_LABELS
-
-        return UNIT_LABELS[self.unit]
-
-    def table(self) -> pd.DataFrame:
-        """``placement.csv``, laid out as ``lmmap add`` writes it (:func:`lmmap.analyses.place.placement_table`)."""
-        from lmmap.analyses.place import placement_table
-
-        return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
-
-    def kl_frame(self) -> pd.DataFrame:
-        """``kl.csv``: m×K KL estimates, new models as rows, existing models as columns."""
-        from lmmap.analyses.place import kl_frame
-
-        return kl_frame(self.new_models, self.existing_models, self.kl)
 
     def adaptive_table(self) -> pd.DataFrame:
         """``adaptive.csv``: one row per new model (texts_scored = unique texts)."""
@@ -779,10 +731,6 @@ class AdaptiveResult:
             df["kl_se_nearest"] *= self.unit_factor
         return df
 
-    def nearest(self, k: int = 5) -> pd.DataFrame:
-        t = self.table()
-        return t[t["rank"] <= k].reset_index(drop=True)
-
     def summary(self) -> str:
         lines = [f"placed {len(self.new_models)} new model(s) adaptively among {len(self.existing_models)} "
                  f"(N = {self.n_texts} texts; target relative SE {self.target_se:g} on the {self.neighbors} nearest)"]
@@ -802,9 +750,7 @@ class AdaptiveResult:
             kl = format_estimate(row.kl, row.kl_se)
             lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {kl} {self.unit_label}); "
                          f"{r.texts_scored} texts in {r.rounds} rounds, {how}")
-        for name, why in self.failed.items():
-            lines.append(f"  {name}: not placed ({why})")
-        return "\n".join(lines)
+        return "\n".join(lines + self._failed_lines())
 
 
 def adaptive_coords(full, amap: AdaptiveMap, runs: dict, new_models, kl, *, embedding: str = "auto",
@@ -827,7 +773,7 @@ def adaptive_coords(full, amap: AdaptiveMap, runs: dict, new_models, kl, *, embe
         emb = fit_embedding(full.Q, "mds", n_texts=full.n_texts)
         return np.vstack([emb.coords, emb.place_by_kl(kl)]), method
     if method != "tsne":
-        raise InputError(f"an adaptive placement is drawn on an mds or tsne map, not embedding={method!r}",
+        raise InputError(f"an adaptive placement is drawn on an mds or tsne map, not {{embedding={method!r}}}",
                          params=("embedding",))
     coords_old = full.embed("tsne", random_state=random_state)
     X_new = np.vstack([completed_features(amap, r.draws, r.y, r.estimate) for r in (runs[n] for n in new_models)])
@@ -885,7 +831,7 @@ def _check_same_source(state: dict, name: str, source: str) -> None:
     if old is None or old == source or state.get("source_path") == _resolved(source):
         return
     raise InputError(f"model {name!r} was added adaptively from {old!r}, not {source!r}; give the new model another "
-                     f"name (names=NAME), or remove the old one first (`lmmap rm {name}`)", params=("names",))
+                     f"name ({{names=NAME}}), or remove the old one first (`lmmap rm {name}`)", params=("names",))
 
 
 class _FoldedScoring:
@@ -957,7 +903,8 @@ def _all_texts_line(run: ModelRun, N: int, target_se: float) -> str:
 
 def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | None = None,
                    max_texts: int | None = None, round_size: int = DEFAULT_ROUND_SIZE, random_state=0,
-                   progress: ProgressFn = None, score_kwargs: dict | None = None, names=None, existing=None,
+                   progress: ProgressFn = None, scoring: ScoringOptions | None = None,
+                   executor: ExecutorOptions | None = None, names=None, existing=None,
                    convention: str | None = None,
                    min_rounds: int = DEFAULT_MIN_ROUNDS, folds: int = DEFAULT_FOLDS,
                    uniform_mix: float = DEFAULT_UNIFORM_MIX, clip: bool = True,
@@ -981,8 +928,10 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
     of ``store`` scored on all N texts (or ``existing``), clipped at its 2nd
     percentile as ``lmmap map`` does (``clip=False``: no clipping).
 
-    Scoring goes through :func:`lmmap.scoring.score_models` (``score_kwargs``:
-    device, dtype, batch_tokens, ...), texts are stored as they are scored,
+    Scoring goes through :func:`lmmap.scoring.score_models` (``scoring``: a
+    :class:`~lmmap.scoring.ScoringOptions`, device, dtype, batch_tokens, ...,
+    its convention replaced by the map's; ``executor``: an
+    :class:`~lmmap.scoring.ExecutorOptions`), texts are stored as they are scored,
     and the draws depend on ``random_state`` and the existing map only: a
     killed run, run again with the same arguments, draws the same texts and
     scores only those it lacks (give an int ``random_state``; None draws
@@ -1008,11 +957,13 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
     drawn); refused before anything is scored when the texts cannot give it.
     The stopping rule (relative SEs) and the map do not depend on it.
     """
-    from lmmap import scoring
+    from lmmap import scoring as scoring_api
     from lmmap.data.store import Store
     from lmmap.map import ModelMap, check_unit
+    from lmmap.scoring.options import resolve_options
 
     check_unit(unit)
+    scoring, executor = resolve_options(scoring, executor)  # wrong types refused before any work
     store = store if isinstance(store, Store) else Store(store)
     N = store.n_texts
     max_texts = check_parameters(target_se, neighbors, max_texts, round_size, N, min_rounds)
@@ -1029,7 +980,7 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
             raise InputError(f"existing model {bad[0]!r} is not in the store with all {N} texts", params=("existing",))
     if len(existing) < MIN_EXISTING:
         raise InputError(f"the existing map has {len(existing)} model(s) scored on all {N} texts; adaptive placement "
-                         f"needs at least {MIN_EXISTING} (score more models with `lmmap score`)")
+                         f"needs at least {MIN_EXISTING} (score more models with `lmmap score`)", params=("models", "existing"))
     neighbors = resolve_neighbors(neighbors, len(existing))
     records = store.records()
     convs = {records[e].get("convention") for e in existing}
@@ -1039,8 +990,8 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
     map_conv = next(iter(convs))
     if convention is not None and map_conv is not None and convention != map_conv:
         raise InputError(f"the map's models were scored under the {map_conv!r} convention; new models scored under "
-                         f"{convention!r} cannot join it (SPEC §2); drop convention={convention} or use "
-                         f"convention={map_conv}", params=("convention",))
+                         f"{convention!r} cannot join it (SPEC §2); drop {{convention={convention}}} or use "
+                         f"{{convention={map_conv}}}", params=("convention",))
     convention = convention or map_conv or "reference"
 
     full = ModelMap.from_store(store, models=existing, clip=clip)
@@ -1077,11 +1028,10 @@ def place_adaptive(store, models, *, target_se: float = 0.05, neighbors: int | N
                 need.append(name)
         if not need:
             return out
-        kw = dict(score_kwargs or {})
-        kw.pop("convention", None)
         t0 = time.perf_counter()
-        status = scoring.score_models(store, [source_of[n] for n in need], names=need, text_pos=text_pos,
-                                      convention=convention, progress=scoring_progress, **kw)
+        status = scoring_api.score_models(store, [source_of[n] for n in need], names=need, text_pos=text_pos,
+                                          convention=convention, progress=scoring_progress, options=scoring,
+                                          executor=executor)
         seconds[0] += time.perf_counter() - t0
         for name in need:
             st = status.get(name)

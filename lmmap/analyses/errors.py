@@ -212,7 +212,7 @@ class ErrorAnalysis:
             example = ",".join(str(int(d)) for d in default_targets(self.N))
             raise InputError(
                 f"Table 1 has no target: N = {self.N} texts is too few for the default targets (5–75% of N)"
-                + (f"; give targets below N, e.g. targets={example}" if example else "; it needs at least 2 texts"),
+                + (f"; give targets below N, e.g. {{targets={example}}}" if example else "; it needs at least 2 texts"),
                 params=("targets",),
             )
         kappas = self.kappa(targets, source) if targets.size else np.zeros(0)
@@ -251,7 +251,7 @@ class ErrorAnalysis:
             shown = ", ".join(f"{m} d = {d:,}" for m, d in unreached[:4]) + (" …" if len(unreached) > 4 else "")
             warnings.warn(LmmapWarning(
                 f"Table 1: {len(unreached)} cell(s) N/A ({shown}): no resample size up to n = {int(self.n_grid[-1]):,} "
-                f"is as accurate as d texts drawn at random (κ̂_d); resample sizes (n_grid) up to "
+                f"is as accurate as d texts drawn at random (κ̂_d); resample sizes ({{n_grid}}) up to "
                 f"n = {3 * int(self.n_grid[-1]):,} may reach it", params=("n_grid",)), stacklevel=2)
         table = pd.DataFrame(rows, columns=["method", "d", "kappa_d", "n_prime", "d_prime_mean", "d_prime_sd", "cell", "note"])
         order = {m: i for i, m in enumerate(self.methods)}

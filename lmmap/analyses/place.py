@@ -31,17 +31,21 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lmmap.maths import geometry
-from lmmap.maths.bootstrap import bootstrap_se, check_counts
+from lmmap.maths.bootstrap import cross_sq_distance_se
 from lmmap.maths.geometry import cross_squared_distances  # noqa: F401  (lives in maths.geometry; still importable from here)
-from lmmap.exceptions import InputError, LmmapWarning, ScoringError, StoreError
+from lmmap.exceptions import InputError, LmmapWarning, MissingFileError, ScoringError, StoreError
 from lmmap.map import UNIT_LABELS, ModelMap, check_unit
 from lmmap.progress import ProgressFn, say
+
+if TYPE_CHECKING:  # annotations only: scoring is imported when a model is scored
+    from lmmap.scoring.options import ExecutorOptions, ScoringOptions
 
 # Two clipping thresholds that differ by less than this (relative) are the same map's.
 _THRESHOLD_RTOL = 1e-9
@@ -50,34 +54,6 @@ IDENTICAL_KL = 1e-9
 
 
 # -- numeric core -----------------------------------------------------------------------------
-
-
-def cross_sq_distance_se(X_rows, X_cols, counts=None, R: int = 100, random_state=0) -> np.ndarray:
-    """Bootstrap standard error (m×K) of ``g̃_ij`` between two sets of models on the same d texts.
-
-    ``X_rows``, ``X_cols``: features ``Q̃ W^{1/2}`` (m×d, K×d); ``counts``: the
-    draw counts ``c`` of the d texts (default 1 each: the full text set);
-    ``random_state`` seeds the replicates. Each
-    replicate redraws the n draws, ``c* ~ Multinomial(n, c/n)``, so text t's
-    term is scaled by ``c*_t / c_t`` — the same scheme as
-    :func:`lmmap.maths.bootstrap.bootstrap_sq_distance_se`, but O(m·K·d) per replicate
-    instead of O(K²·d): only the new-versus-existing block is needed.
-    """
-    X_rows = np.asarray(X_rows, dtype=np.float64)
-    X_cols = np.asarray(X_cols, dtype=np.float64)
-    d = X_rows.shape[1]
-    if X_cols.shape[1] != d:
-        raise InputError(f"the two sets of models have {d} and {X_cols.shape[1]} texts: they must share the map's texts",
-                         params=("X_rows", "X_cols"))
-    c = check_counts(counts, d)
-    # The squares do not depend on the replicate: weighting them by the multipliers
-    # costs O((m + K)·d) per replicate, against the O(m·K·d) cross product.
-    sq_rows, sq_cols = X_rows * X_rows, X_cols * X_cols
-
-    def replicate(scale: np.ndarray) -> np.ndarray:
-        return geometry.distances_from_gram(sq_rows @ scale, sq_cols @ scale, (X_rows * scale) @ X_cols.T)
-
-    return bootstrap_se(replicate, c, R, random_state)
 
 
 def place_points(X_base, coords_base, X_new, method: str = "tsne", random_state: int = 42, **transform_kwargs) -> np.ndarray:
@@ -95,11 +71,11 @@ def place_points(X_base, coords_base, X_new, method: str = "tsne", random_state:
         kwargs = {"n_texts": transform_kwargs.pop("n_texts", None)} if method == "mds" else {}
         emb = fit_embedding(X_base, method, random_state=random_state, **kwargs)
         if not np.allclose(emb.coords, coords_base, atol=1e-6 * (1 + np.abs(coords_base).max())):
-            raise InputError(f"coords_base are not the {method.upper()} of X_base: place new models with method='tsne'",
+            raise InputError(f"coords_base are not the {method.upper()} of X_base: place new models with {{method='tsne'}}",
                              params=("coords_base", "method"))
         return emb.transform(X_new)
     if method != "tsne":
-        raise InputError(f"new models are placed with tsne, mds or pca, not method={method!r}", params=("method",))
+        raise InputError(f"new models are placed with tsne, mds or pca, not {{method={method!r}}}", params=("method",))
     emb = Embedding.from_coords(X_base, coords_base, random_state=random_state)
     return emb.transform(X_new, **transform_kwargs)
 
@@ -107,41 +83,35 @@ def place_points(X_base, coords_base, X_new, method: str = "tsne", random_state:
 # -- the analysis ---------------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class Placement:
-    """New models placed into an existing map (see :func:`place`, :func:`add_models`).
+@dataclass(eq=False, kw_only=True)
+class PlacedModels:
+    """New models placed into a map of existing ones: what every way of adding models has in common
+    (:class:`Placement` by a subset of texts, :class:`lmmap.analyses.adaptive.AdaptiveResult` adaptively).
 
     Attributes
     ----------
     new_models, existing_models : the m new and K existing model names.
-    map : the subset map of the existing and new models (existing first).
-    kl, kl_se : (m, K) estimated KL ``g̃_ij / 2N`` from each new model to each existing one, and its
-        bootstrap standard error (``R`` replicates seeded by ``random_state``), in ``unit``.
-    unit : the unit of ``kl`` and ``kl_se`` (and of every KL the files of the placement show):
-        ``nats-per-text`` or ``bits-per-byte`` (:meth:`lmmap.map.ModelMap.unit_factor`).
-    coords : (K + m, 2) positions of ``map.names`` in the 2-D map; ``method`` the embedding that placed
-        them (seeded by ``embedding_random_state``).
-    rebuilt : True when the whole 2-D map was refitted (the existing models may have moved).
-    scored, scoring_seconds : models scored by :func:`add_models` and the time that took (model loading
-        included); ``failed``: models that could not be scored, with the reason.
-    subset : the :class:`lmmap.data.subset.Subset` whose texts the map is built on (or None).
+    kl, kl_se : (m, K) estimated KL ``g̃_ij / 2N`` from each new model to each existing one, and its standard
+        error, in ``unit``.
+    unit : the unit of ``kl`` and ``kl_se`` (and of every KL the result's files show): ``nats-per-text`` or
+        ``bits-per-byte`` (:meth:`lmmap.map.ModelMap.unit_factor`).
+    coords : (K + m, 2) positions of the existing models then the new ones in the 2-D map (None: no map);
+        ``method`` the embedding that placed them, seeded by ``embedding_random_state``.
+    random_state : the seed of the draws behind ``kl_se``.
+    failed : models that could not be scored, with the reason; ``scoring_seconds`` the scoring time (model
+        loading included).
     """
 
     new_models: list[str]
     existing_models: list[str]
-    map: ModelMap
     kl: np.ndarray
     kl_se: np.ndarray
-    coords: np.ndarray
-    method: str = "auto"
-    rebuilt: bool = False
-    R: int = 100
+    coords: np.ndarray | None = None
+    method: str | None = None
     random_state: object = 0
     embedding_random_state: object = 42
-    scored: list[str] = field(default_factory=list)
-    scoring_seconds: float = 0.0
     failed: dict = field(default_factory=dict)
-    subset: object = None
+    scoring_seconds: float = 0.0
     unit: str = "nats-per-text"
 
     @property
@@ -153,12 +123,39 @@ class Placement:
         return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
 
     def kl_frame(self) -> pd.DataFrame:
-        """m×K KL estimates, new models as rows, existing models as columns."""
+        """``kl.csv``: m×K KL estimates, new models as rows, existing models as columns."""
         return kl_frame(self.new_models, self.existing_models, self.kl)
 
     def nearest(self, k: int = 5) -> pd.DataFrame:
+        """The ``k`` nearest existing models of each new one (rows of :meth:`table`)."""
         t = self.table()
         return t[t["rank"] <= k].reset_index(drop=True)
+
+    def _failed_lines(self) -> list[str]:
+        return [f"  {name}: not placed ({why})" for name, why in self.failed.items()]
+
+
+@dataclass(eq=False, kw_only=True)
+class Placement(PlacedModels):
+    """New models placed into an existing map from a subset of texts (see :func:`place`, :func:`add_models`).
+
+    Attributes (besides those of :class:`PlacedModels`)
+    ----------
+    map : the subset map of the existing and new models (existing first).
+    kl_se : the bootstrap standard error of ``kl`` (``R`` replicates seeded by ``random_state``).
+    coords : (K + m, 2) positions of ``map.names``; ``method`` the embedding that placed them.
+    rebuilt : True when the whole 2-D map was refitted (the existing models may have moved).
+    scored : models scored by :func:`add_models` (``scoring_seconds``: the time that took).
+    subset : the :class:`lmmap.data.subset.Subset` whose texts the map is built on (or None).
+    """
+
+    map: ModelMap
+    coords: np.ndarray
+    method: str = "auto"
+    rebuilt: bool = False
+    R: int = 100
+    scored: list[str] = field(default_factory=list)
+    subset: object = None
 
     def summary(self) -> str:
         t = self.nearest(1)
@@ -171,9 +168,7 @@ class Placement:
         for row in t.itertuples(index=False):
             lines.append(f"  {row.new_model}: nearest {row.existing_model} "
                          f"(KL {format_estimate(row.kl, row.kl_se)} {self.unit_label})")
-        for name, why in self.failed.items():
-            lines.append(f"  {name}: not placed ({why})")
-        return "\n".join(lines)
+        return "\n".join(lines + self._failed_lines())
 
 
 def format_estimate(value: float, se: float) -> str:
@@ -332,7 +327,8 @@ def _read_base_coords(base_coords, existing: list[str]) -> np.ndarray:
     if isinstance(base_coords, (str, os.PathLike)):
         path = Path(base_coords)
         if not path.exists():
-            raise FileNotFoundError(f"base coordinates {path} do not exist (give the coords.csv of `lmmap map`)")
+            raise MissingFileError(f"base coordinates {path} do not exist (give the coords.csv of `lmmap map`)",
+                                   params=("base_coords",))
         df = pd.read_csv(path, dtype={"model": str})
         if "model" in df.columns:
             # A model called NA, None, null or nan is a name here, not a missing value.
@@ -362,7 +358,7 @@ def _warn_identical(new, existing, X_new, X_old, n_texts, KL) -> None:
     nearest = KL.argmin(axis=1)
     for i, j in enumerate(nearest):
         # From the difference itself, not the Gram expansion, whose round-off is larger than this tolerance.
-        direct = float(np.sum((X_new[i] - X_old[j]) ** 2)) / (2.0 * n_texts)
+        direct = float(geometry.kl_from_squared_distances(np.sum((X_new[i] - X_old[j]) ** 2), n_texts))
         if direct < IDENTICAL_KL:
             shown = f"KL ≈ {KL[i, j]:.0e}" if KL[i, j] > 0 else "KL = 0"
             warnings.warn(
@@ -387,7 +383,7 @@ def _check_new_models(models, subset, replace: bool) -> tuple[list[str], list[st
     in_map = [m for m in models if m in set(subset.models)]
     if in_map and not replace:
         raise InputError(
-            f"{len(in_map)} model(s) are already in the map, e.g. {in_map[0]!r}; pass replace=True to re-score and "
+            f"{len(in_map)} model(s) are already in the map, e.g. {in_map[0]!r}; pass {{replace=True}} to re-score and "
             "re-place them", params=("replace",),
         )
     existing = [m for m in subset.models if m not in set(models)]
@@ -415,7 +411,7 @@ def _map_convention(records: dict, existing: list[str], convention: str | None) 
     if convention is not None and convention != map_conv:
         raise InputError(
             f"the map's models were scored under the {map_conv!r} convention; new models scored under "
-            f"{convention!r} cannot join it (SPEC §2); drop convention={convention} or use convention={map_conv}",
+            f"{convention!r} cannot join it (SPEC §2); drop {{convention={convention}}} or use {{convention={map_conv}}}",
             params=("convention",),
         )
     return map_conv
@@ -442,7 +438,8 @@ def add_models(
     *,
     names=None,
     convention: str | None = None,
-    score_kwargs: dict | None = None,
+    scoring: ScoringOptions | None = None,
+    executor: ExecutorOptions | None = None,
     rebuild: bool = False,
     replace: bool = False,
     R: int = 100,
@@ -466,7 +463,9 @@ def add_models(
         default: a local directory's own name, a hub id as it is.
     convention : scoring convention; default: that of the map's models.
         Another one is refused (SPEC §2: never mix conventions).
-    score_kwargs : passed to :func:`lmmap.scoring.score_models` (device, dtype, batch_tokens, ...).
+    scoring : how to score: a :class:`lmmap.scoring.ScoringOptions` (device, dtype, batch_tokens, ...); its
+        convention is replaced by ``convention`` or the map's.
+    executor : where to score: a :class:`lmmap.scoring.ExecutorOptions` (default: this process).
     rebuild : refit the whole 2-D map instead of keeping the existing positions.
     replace : re-score models already in the store, and re-place models that
         are in the map (they are then treated as new).
@@ -482,11 +481,13 @@ def add_models(
     -------
     Placement (``lmmap.report.write(placement, outdir)`` writes its files)
     """
-    from lmmap import scoring
+    from lmmap import scoring as scoring_api
     from lmmap.maths.bootstrap import check_replicates
     from lmmap.maths.randomness import check_random_state
+    from lmmap.scoring.options import resolve_options
 
     check_unit(unit)
+    scoring, executor = resolve_options(scoring, executor)  # wrong types refused before any work
     # Refused before anything is scored: a bad seed would otherwise surface only after the scoring it wasted.
     check_replicates(R)
     check_random_state(random_state)
@@ -499,7 +500,7 @@ def add_models(
                          params=("names",))
     if names is None:
         # The name shown on the map and in the tables: the directory's own name, not the path typed.
-        names = [scoring.default_model_name(m) for m in sources]
+        names = [scoring_api.default_model_name(m) for m in sources]
     new, existing = _check_new_models(list(names), subset, replace)
     source_of = dict(zip(new, sources))
     records = store.records()
@@ -509,7 +510,7 @@ def add_models(
         if m not in to_score and records[m].get("convention") != map_conv:
             raise InputError(
                 f"model {m!r} is stored under the {records[m].get('convention')!r} convention but the map's "
-                f"models under {map_conv!r}; re-score it with convention={map_conv} and replace=True",
+                f"models under {map_conv!r}; re-score it with {{convention={map_conv}}} and {{replace=True}}",
                 params=("convention", "replace"),
             )
 
@@ -525,9 +526,9 @@ def add_models(
     if to_score:
         say(progress, f"scoring {len(to_score)} model(s) on the subset's {subset.d} texts (of {subset.n_texts})…")
         t0 = time.perf_counter()
-        status = scoring.score_models(store, [source_of[m] for m in to_score], names=to_score,
-                                      text_pos=subset.text_pos, convention=map_conv, replace=replace,
-                                      progress=progress, **(score_kwargs or {}))
+        status = scoring_api.score_models(store, [source_of[m] for m in to_score], names=to_score,
+                                          text_pos=subset.text_pos, convention=map_conv, replace=replace,
+                                          progress=progress, options=scoring, executor=executor)
         seconds = time.perf_counter() - t0
         failed = {m: str(st) for m, st in status.items() if not st.ok}
         if len(failed) == len(new):

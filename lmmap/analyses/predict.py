@@ -84,7 +84,7 @@ def score_columns(table: pd.DataFrame, source: str = "scores", exclude: Sequence
     for c in cols:
         col = table[c]
         if pd.api.types.is_bool_dtype(col):
-            raise InputError(f"{source}: column {c!r} holds true/false values, not scores; drop it or pick the columns to predict (targets=...)",
+            raise InputError(f"{source}: column {c!r} holds true/false values, not scores; drop it or pick the columns to predict ({{targets=...}})",
                              params=("targets",))
         if pd.api.types.is_numeric_dtype(col):
             continue
@@ -96,7 +96,7 @@ def score_columns(table: pd.DataFrame, source: str = "scores", exclude: Sequence
             raise InputError(
                 f"{source}: column {c!r} has a non-numeric entry {col[model]!r} for model {model!r} "
                 f"(line {line}); fix it, leave the cell empty if the score is missing, "
-                "or pick the columns to predict (targets=...)",
+                "or pick the columns to predict ({targets=...})",
                 params=("targets",),
             )
     return cols
@@ -131,25 +131,25 @@ def prepare_targets(
         table.index = table.index.astype(str)
         if table.index.has_duplicates:
             dup = table.index[table.index.duplicated()][0]
-            raise InputError(f"{source}: model {dup!r} has more than one row; keep one")
+            raise InputError(f"{source}: model {dup!r} has more than one row; keep one", params=("source",))
         cols = score_columns(table, source, exclude=exclude)
         if targets is not None:
             absent = [t for t in targets if t not in table.columns]
             if absent:
                 raise InputError(
-                    f"{source}: no column {absent[0]!r} (its columns: {', '.join(map(str, table.columns))})"
+                    f"{source}: no column {absent[0]!r} (its columns: {', '.join(map(str, table.columns))})", params=("source",)
                 )
             cols = [c for c in cols if c in set(targets)]
         if not cols:
-            raise InputError(f"{source}: no score columns (its columns: {', '.join(map(str, table.columns)) or 'none'})")
+            raise InputError(f"{source}: no score columns (its columns: {', '.join(map(str, table.columns)) or 'none'})", params=("source",))
         reserved = [c for c in cols if c == MEAN_TARGET or (c == LOGLIK_TARGET and mean_loglik is not None)]
         if reserved:
-            raise InputError(f"{source}: column {reserved[0]!r} clashes with a target lmmap computes; rename it")
+            raise InputError(f"{source}: column {reserved[0]!r} clashes with a target lmmap computes; rename it", params=("source",))
         values = table[cols].apply(pd.to_numeric, errors="coerce")
         inf = np.isinf(values.to_numpy(dtype=np.float64))
         if inf.any():
             i, j = np.argwhere(inf)[0]
-            raise InputError(f"{source}: column {cols[j]!r} is infinite for model {values.index[i]!r}; give a finite score")
+            raise InputError(f"{source}: column {cols[j]!r} is infinite for model {values.index[i]!r}; give a finite score", params=("source",))
         in_map, listed = set(names), set(values.index)
         ignored = [m for m in values.index if m not in in_map]
         unlisted = [m for m in names if m not in listed]
@@ -175,7 +175,7 @@ def prepare_targets(
         kinds[LOGLIK_TARGET] = LOGLIK
         missing[LOGLIK_TARGET] = []
     if not kinds:
-        raise InputError("nothing to predict: give a scores table or ask for the mean log-likelihood")
+        raise InputError("nothing to predict: give a scores table or ask for the mean log-likelihood", params=("scores",))
     return Targets(Y=frame, kinds=kinds, ignored=ignored, missing=missing, unlisted=unlisted)
 
 
@@ -186,7 +186,7 @@ def _check_range(col: pd.Series, name, score_range, source):
         raise InputError(
             f"{source}: column {name!r} has {len(out)} value(s) outside [{lo:g}, {hi:g}] "
             f"(e.g. {out.iloc[0]!r} for model {out.index[0]!r}); scores are percentages and "
-            f"predictions are clipped to that range — rescale the column, or turn clipping off (score_range=None)",
+            f"predictions are clipped to that range — rescale the column, or turn clipping off ({{score_range=None}})",
             params=("score_range",),
         )
 
@@ -229,14 +229,15 @@ def group_candidates(names: Sequence[str], n_folds: int, *tables: pd.DataFrame |
 
 
 def _grouping_advice(names, n_folds: int, n_groups: int, column, *tables, skip=()) -> str:
-    """What to do when a grouping has too few groups: only suggestions that would work."""
+    """What to do when a grouping has too few groups: only suggestions that would work (parameters in braces:
+    the message lists group_by and n_folds in its ``params``, see lmmap.params)."""
     options = []
     better = group_candidates(names, n_folds, *tables, skip=[*skip, *([column] if column else [])])
     if better:
-        options.append("group by " + " or ".join(f"group_by={c!r} ({k} groups)" for c, k in better[:3]))
+        options.append("group by " + " or ".join(f"{{group_by={c!r}}} ({k} groups)" for c, k in better[:3]))
     if n_groups >= 2:
-        options.append(f"use n_folds={n_groups}")
-    options.append("use group_by='none' (each model its own group; optimistic when models have near-copies)")
+        options.append(f"use {{n_folds={n_groups}}}")
+    options.append("use {group_by='none'} (each model its own group; optimistic when models have near-copies)")
     return "; or ".join(options)
 
 
@@ -273,8 +274,8 @@ def resolve_groups(group_by, names: Sequence[str], *tables: pd.DataFrame | None,
     else:
         hint = f" (metadata columns: {', '.join(dict.fromkeys(available))})" if available else " (the store has no metadata)"
     raise InputError(
-        f"no column {group_by!r} to group the folds by{hint}; give one with metadata=MODELS.csv "
-        "(a 'model' column and the group column), or group_by='none'",
+        f"no column {group_by!r} to group the folds by{hint}; give one with {{metadata=MODELS.csv}} "
+        "(a 'model' column and the group column), or {group_by='none'}",
         params=("group_by", "metadata"),
     )
 
@@ -521,7 +522,7 @@ def predict(
         n_groups = len(set(groups))
         if n_groups < n_folds:
             raise InputError(
-                f"group_by={column!r} gives {n_groups} group(s) among the {len(mm.names)} models, fewer than the "
+                f"{{group_by={column!r}}} gives {n_groups} group(s) among the {len(mm.names)} models, fewer than the "
                 f"{n_folds} folds of the cross-validation; "
                 + _grouping_advice(mm.names, n_folds, n_groups, column, scores, metadata, mm.metadata),
                 params=("group_by", "n_folds"),
@@ -766,7 +767,7 @@ def predict_store(
         source = f"the store's metadata ({SCORE_PREFIX}* columns)"
         if scores is None:
             raise InputError(
-                f"nothing to predict: give scores=SCORES.csv (a 'model' column and one column per benchmark); "
+                f"nothing to predict: give {{scores=SCORES.csv}} (a 'model' column and one column per benchmark); "
                 f"the store's metadata has no {SCORE_PREFIX}* columns either",
                 params=("scores",),
             )
@@ -782,7 +783,8 @@ def predict_store(
         # The files are read from Python and from the shell alike; the note printed names the reader's own flag.
         result.notes.append(note.replace("(subset=SUBSET.json)", "(subset=SUBSET.json; on the command line "
                                                                   "--subset SUBSET.json)"))
-        warnings.warn(LmmapWarning(note, params=("subset",)), stacklevel=2)
+        warnings.warn(LmmapWarning(note.replace("subset=SUBSET.json", "{subset=SUBSET.json}"), params=("subset",)),
+                      stacklevel=2)
     result.settings.update(
         store=str(store.path), scores=source, subset=None if subset is None else f"{subset.method}, d = {subset.d}",
         clip_threshold=mm.threshold, n_texts=int(mm.L.shape[1]),

@@ -113,7 +113,7 @@ def scale(mm, *, unit: str = "nats-per-text") -> ScaleResult:
     if rel.empty:
         raise InputError(
             "the map's metadata declares no relation between its models (columns base_model, model_type "
-            "checkpoint, family or quantization): give them with metadata=MODELS.csv", params=("metadata",))
+            "checkpoint, family or quantization): give them with {metadata=MODELS.csv}", params=("metadata",))
     i = np.fromiter((mm.index_of(a) for a in rel["model_a"]), np.int64, len(rel))
     j = np.fromiter((mm.index_of(b) for b in rel["model_b"]), np.int64, len(rel))
     rel["kl"] = KL[i, j]

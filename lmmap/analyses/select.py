@@ -77,7 +77,7 @@ def select(mm, method: str, n: int, *, random_state=0, texts=None, unbound: bool
 
     if not isinstance(mm, ModelMap):
         if unbound:
-            raise InputError("unbound=True applies to a bare ModelMap; a subset selected from a store records its "
+            raise InputError("{unbound=True} applies to a bare ModelMap; a subset selected from a store records its "
                              "text set", params=("unbound",))
         return select_from_store(mm, method, n, random_state=random_state, models=models, clip=clip)
     method = resampling.check_method(method)
@@ -96,9 +96,9 @@ def select(mm, method: str, n: int, *, random_state=0, texts=None, unbound: bool
     if texts is None and mm.text_set_id is None and not unbound:
         raise InputError(
             "this map does not know its text set (it was built from bare vectors), so the subset could not "
-            "say which texts its positions index: pass texts=TextSet (the texts the map's columns score), "
-            "build the map with ModelMap.from_store, or pass unbound=True to make a subset that a store "
-            "accepts only with allow_other_texts=True", params=("texts", "unbound", "allow_other_texts"),
+            "say which texts its positions index: pass {texts=TextSet} (the texts the map's columns score), "
+            "build the map with ModelMap.from_store, or pass {unbound=True} to make a subset that a store "
+            "accepts only with {allow_other_texts=True}", params=("texts", "unbound", "allow_other_texts"),
         )
     if texts is not None and len(texts) != mm.n_texts:
         raise InputError(f"texts has {len(texts)} texts but the map has N = {mm.n_texts}", params=("texts",))

@@ -29,6 +29,7 @@ import click
 import typer
 
 from lmmap.exceptions import LmmapError
+from lmmap.params import for_cli
 from rich.text import Text
 
 from lmmap.cli._app import Interrupted, _notes_seen, app, console, err_console, one_line, print_error, print_note, visible
@@ -68,7 +69,7 @@ class _NoteHandler(logging.Handler):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print_note(as_flags(str(message), getattr(message, "params", ())))
+    print_note(for_cli(message) if isinstance(message, BaseException) else str(message))
 
 
 def main(argv=None):
@@ -117,7 +118,7 @@ def main(argv=None):
     except LmmapError as exc:
         if debug:
             traceback.print_exc()
-        message = as_flags(str(exc), getattr(exc, "params", ()))
+        message = for_cli(exc)
         if "is not an lmmap store" in message and "LMMAP_STORE" not in message:
             # From the command line the usual cause is a missing --store: say how to give one.
             message += "; or point --store / $LMMAP_STORE at an existing store"
@@ -132,40 +133,17 @@ def main(argv=None):
             code = 1
         else:
             code = _internal(exc, debug)
-    except (click.exceptions.Abort, typer.Abort):
-        err_console.print(Text("interrupted", style="bold"), highlight=False)
+    except (click.exceptions.Abort, typer.Abort) as exc:
+        # click turns Ctrl-C inside a command into Abort: the interruption, and what it says was kept, is its cause.
+        message = one_line(exc.__cause__) if isinstance(exc.__cause__, KeyboardInterrupt) else ""
+        err_console.print(Text.assemble(("interrupted", "bold"), f": {visible(message)}" if message else ""),
+                          highlight=False)
         code = 130
     except Exception as exc:
         code = _internal(exc, debug)
     finally:
         root.removeHandler(handler)
     sys.exit(code)
-
-
-def as_flags(message: str, params) -> str:
-    """The library names Python parameters; the command line shows its flags.
-
-    Only unmistakable mentions are rewritten, so that a parameter named like a
-    common word (``metadata``) stays a word elsewhere in the sentence:
-    ``allow_pickle=True`` → ``--allow-pickle``, ``edges='nn'`` → ``--edges nn``,
-    ``random_state must ...`` / ``R = 3 ...`` → ``--seed must ...`` / ``--R 3``, and a parameter named
-    in parentheses or after "pass": ``sizes (n_grid)`` → ``sizes (--n-grid)``, ``pass ray_address`` →
-    ``pass --ray-address``.
-    """
-    import re
-
-    from lmmap.cli._app import FLAGS
-
-    for param in params:
-        flag = FLAGS.get(param, "--" + param.replace("_", "-"))
-        p = re.escape(param)
-        message = re.sub(rf"(?<![\w-]){p}=True\b", flag, message)
-        message = re.sub(rf"(?<![\w-]){p}=(['\"]?)([^'\"\s,;)]*)\1", lambda m: f"{flag} {m.group(2)}", message)
-        message = re.sub(rf"(?<![\w-]){p} = ", f"{flag} ", message)
-        message = re.sub(rf"(?<![\w.-]){p}(?=\s+(must|is|needs|takes|cannot|can't|has|gives)\b)", flag, message)
-        message = re.sub(rf"(?<=\bpass ){p}(?![\w=-])", flag, message)
-        message = message.replace(f"({param})", f"({flag})")
-    return message
 
 
 def _internal(exc: BaseException, debug: bool) -> int:

@@ -1,8 +1,10 @@
-"""The typer application, the options every command shares, and safe printing.
+"""The typer application and safe printing.
 
 Each command module (``lmmap/cli/<capability>.py``) imports ``app`` from here
 and registers its commands with ``@app.command()``; ``lmmap/cli/__init__.py``
-imports them all. Commands stay thin: parse, call the Python API, print.
+imports them all. Commands stay thin: parse, call the Python API, print. Their
+options are declared in the parameter spec (``lmmap/params.py``) and built by
+``lmmap/cli/_options.py:option``; ``app.command()`` takes their defaults from it.
 
 Printing rule: everything a user supplied (model names, metadata values, file
 paths, column names, exception messages) goes through :func:`lit` before it
@@ -35,6 +37,7 @@ from rich.errors import MarkupError
 from rich.text import Text
 
 from lmmap._version import __version__
+from lmmap.cli._options import with_spec_defaults
 from lmmap.exceptions import InputError
 
 # -- literal printing ----------------------------------------------------------
@@ -62,23 +65,6 @@ def _show(ch: str) -> str:
     if cp <= 0xFFFF:
         return f"\\u{cp:04x}"
     return f"\\U{cp:08x}"
-
-
-# Python parameter -> the flag that sets it, where the two names differ (see lmmap.exceptions).
-FLAGS = {
-    "R": "--R",
-    "k": "-k",
-    "n": "--n",
-    "random_state": "--seed",
-    "embedding_random_state": "--tsne-seed",
-    "store": "--store",
-    "n_folds": "--folds",
-    "n_inner": "--inner-folds",
-    "n_repeats": "--seeds",
-    "names": "--name",
-    "round_size": "--round",
-    "kappa_source": "--kappa",
-}
 
 
 def visible(s: object) -> str:
@@ -242,13 +228,6 @@ def check_model(name: str, names: Iterable[str]) -> None:
     check_choice(name, names, "model", hint="`lmmap models` lists them")
 
 
-def check_embedding(method: str) -> None:
-    """``--embedding`` checked before the store is read, with close matches (the library's check comes later)."""
-    from lmmap.maths.embedding import METHODS
-
-    check_choice(method, METHODS, "--embedding")
-
-
 def check_color_by(column: Optional[str], metadata_columns: Iterable[str], default: str = "model_type") -> None:
     """``--color-by`` must name a metadata column (the default may be absent: the map is then one colour)."""
     cols = [str(c) for c in metadata_columns if str(c) != "model"]
@@ -256,15 +235,6 @@ def check_color_by(column: Optional[str], metadata_columns: Iterable[str], defau
         return
     check_choice(column, cols, "--color-by column",
                  hint="add columns with --metadata MODELS.csv (a `model` column and one column per attribute)")
-
-
-def check_replicates(R: int, needed: bool = True) -> None:
-    """``--R`` checked before any work (:func:`lmmap.maths.bootstrap.check_replicates`); ``needed``: is R used (``--se``)?"""
-    if needed:
-        from lmmap.maths.bootstrap import check_replicates as check
-
-        check(R)
-
 
 
 # -- output directories ----------------------------------------------------------
@@ -279,7 +249,7 @@ def output_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a directory; choose another -o/--output")
+        raise InputError(f"output {path} exists and is not a directory; choose another -o/--output", params=("output",))
     created = None
     for p in [path, *path.parents]:
         if p.exists():
@@ -296,8 +266,7 @@ def output_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 # -- the application -------------------------------------------------------------
 
-class Interrupted(Exception):
-    """Ctrl-C inside a command, carried past click (which would turn it into a silent exit 130)."""
+from lmmap.exceptions import Interrupted  # noqa: E402,F401  (the one class; importable from here, as before)
 
 
 class _Group(typer.core.TyperGroup):
@@ -305,7 +274,8 @@ class _Group(typer.core.TyperGroup):
         try:
             super().invoke(ctx)
         except KeyboardInterrupt as exc:
-            raise Interrupted(str(exc)) from exc
+            # Carried past typer (which turns Ctrl-C into a silent exit 130) as Abort; main() reads its cause.
+            raise click.exceptions.Abort() from exc
         # main() runs click non-standalone, where a command's return value would be taken for an exit code.
         return None
 
@@ -323,7 +293,20 @@ def _flag_aware_display_type(self, ctx):
 
 typer.core.TyperOption.display_type_rich = _flag_aware_display_type  # type: ignore[method-assign]
 
-app = typer.Typer(
+class _SpecTyper(typer.Typer):
+    """A typer app whose commands take their options' defaults from the spec (:mod:`lmmap.cli._options`)."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn):
+            register(with_spec_defaults(fn))
+            return fn
+
+        return decorator
+
+
+app = _SpecTyper(
     name="lmmap",
     help="Map language models by their log-likelihood vectors.",
     cls=_Group,
@@ -332,7 +315,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-texts_app = typer.Typer(help="Build and inspect text sets.", no_args_is_help=True, pretty_exceptions_enable=False)
+texts_app = _SpecTyper(help="Build and inspect text sets.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(texts_app, name="texts")
 
 
@@ -355,19 +338,9 @@ def _root(
 DEFAULT_STORE = "lmmap-store"
 
 
-def default_store() -> Path:
-    return Path(os.environ.get("LMMAP_STORE", DEFAULT_STORE))
-
-
-StoreOption = Annotated[
-    Path,
-    typer.Option(
-        "--store",
-        help="Store directory (default: $LMMAP_STORE or ./lmmap-store).",
-        default_factory=default_store,
-        show_default=False,
-    ),
-]
+def default_store() -> str:
+    # A string, not a Path: Path("s3://b/p") would fold the URL's "//".
+    return os.environ.get("LMMAP_STORE", DEFAULT_STORE)
 
 
 def stdout_is_terminal() -> bool:
@@ -390,22 +363,3 @@ def print_files(paths: dict) -> None:
     width = max((len(str(name)) for name in paths), default=0)
     for name, p in paths.items():
         console.print(f"  {lit(name):{width}s}  {lit(p)}")
-
-
-AllowOtherTextsOption = Annotated[
-    bool,
-    typer.Option(
-        "--allow-other-texts",
-        help="Use a subset file although it records another (or no) text-set identity: its positions are taken as they are.",
-    ),
-]
-
-ThreadsOption = Annotated[
-    str,
-    typer.Option(
-        "--threads",
-        metavar="auto|N",
-        help="Torch threads for scoring. auto: the idle cores minus one (1 on a busy 2-core machine, where one "
-        "thread measured 3–24× faster than torch's default); $OMP_NUM_THREADS wins over auto.",
-    ),
-]

@@ -47,13 +47,13 @@ class RichProgress:
         return False
 
     def __call__(self, step: Step) -> None:
-        from lmmap.cli import as_flags
+        from lmmap.params import cli_message
         from lmmap.cli._app import lit
 
         with self._lock:
             if step.task is None:
                 if self.messages and step.message:
-                    self.console.print(lit(as_flags(step.message, step.params)), highlight=False)
+                    self.console.print(lit(cli_message(step.message, step.params)), highlight=False)
                 return
             if self._bar is None:
                 return

@@ -6,14 +6,15 @@ from typing import Annotated
 
 import typer
 
-from lmmap.cli._app import StoreOption, app, console, did_you_mean, lit
+from lmmap.cli._app import app, console, did_you_mean, lit
+from lmmap.cli._options import option
 from lmmap.exceptions import InputError
 
 
 @app.command()
 def rm(
     models: Annotated[list[str], typer.Argument(help="Names of the models to remove (as `lmmap models` lists them).")],
-    store: StoreOption,
+    store: option("store"),
 ):
     """Remove models and their metadata rows from the store (all of them or, if one is not there, none)."""
     from lmmap.data.store import Store
@@ -27,7 +28,8 @@ def rm(
         hints = [did_you_mean(m, known) for m in missing[:5]]  # "; did you mean 'x'?" or ""
         named = [repr(m) + (f" ({hint[2:]})" if hint else "") for m, hint in zip(missing, hints)]
         more = " …" if len(missing) > 5 else ""
-        raise InputError(f"not in the store: {', '.join(named)}{more}; nothing was removed (`lmmap models` lists what is)")
+        raise InputError(f"not in the store: {', '.join(named)}{more}; nothing was removed (`lmmap models` lists what is)",
+                         params=("models",))
     removed = s.remove_models(models)
     shown = ", ".join(lit(repr(n)) for n in removed[:10]) + (" …" if len(removed) > 10 else "")
     console.print(f"removed {len(removed)} model(s) from {lit(s.path)}: {shown}", highlight=False)
@@ -35,9 +37,8 @@ def rm(
 
 @app.command()
 def doctor(
-    store: StoreOption,
-    repair: Annotated[bool, typer.Option("--repair", help="Fix what is found (roll forward or drop unfinished changes, "
-                                                          "remove leftovers, rename old-style files).")] = False,
+    store: option("store"),
+    repair: option("repair"),
 ):
     """Check the store for leftovers of killed processes and damaged files; --repair fixes them."""
     from lmmap.data.store import Store

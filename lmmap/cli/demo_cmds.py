@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
-
 from lmmap.cli._app import app, console, err_console, lit
-from lmmap.cli.score_cmds import ExecutorOption, GpusPerModelOption, RayAddressOption, ShardTextsOption
+from lmmap.cli._options import option
 
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where the models, the store, models.csv, scores.csv and the map go.")] = Path("lmmap-demo"),
-    size: Annotated[str, typer.Option(help="full (15 models + 1 held out for `lmmap add`, 1,020 texts) or small (6 models, for a quick look).")] = "full",
-    force: Annotated[bool, typer.Option("--force", help="Retrain and rescore everything instead of reusing OUTPUT's cache.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the training runs and the text sample.")] = 0,
-    threads: Annotated[str, typer.Option(help="Torch threads for training and scoring: a number, or auto (1 on a 2-core machine, where a second thread is many times slower once the cores are busy; the idle cores less one on a larger machine).")] = "auto",
-    executor: ExecutorOption = "local",
-    ray_address: RayAddressOption = None,
-    gpus_per_model: GpusPerModelOption = None,
-    shard_texts: ShardTextsOption = None,
+    output: option("demo_output"),
+    size: option("size"),
+    force: option("force"),
+    seed: option("random_state"),
+    threads: option("threads"),
+    executor: option("executor"),
+    ray_address: option("ray_address"),
+    gpus_per_model: option("gpus_per_model"),
+    shard_texts: option("shard_texts"),
 ):
     """Build a small ecosystem of real models from text on this machine, score them and draw their map (offline)."""
     from lmmap.cli._progress import RichProgress

@@ -9,15 +9,14 @@ calls the analysis (:func:`lmmap.analyses.errors.analyse_errors`,
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING
 
-import typer
 from rich.table import Table
 from rich.text import Text
 
-from lmmap.cli._app import (StoreOption, app, check_color_by, check_embedding, check_replicates, console, lit, output_dir,
-                            print_files, sig)
+from lmmap.cli._app import app, check_color_by, console, output_dir, print_files, sig
+from lmmap.cli._options import option
+from lmmap.cli.map_cmds import load_map
 from lmmap.exceptions import InputError
 
 if TYPE_CHECKING:  # annotations only: the heavy modules load when a command runs
@@ -72,7 +71,7 @@ def parse_methods(text: str) -> list[str]:
 
     methods = [check_method(m.strip()) for m in str(text).split(",") if m.strip()]
     if not methods:
-        raise InputError("--methods is empty: give e.g. uniform,ls,kl")
+        raise InputError("--methods is empty: give e.g. uniform,ls,kl", params=("methods",))
     return methods
 
 
@@ -82,22 +81,12 @@ def parse_setting(text: str) -> tuple[str, int]:
 
     m = re.fullmatch(r"\s*([A-Za-z]+)\s*[:=]\s*([0-9_]+)\s*", str(text))
     if not m:
-        raise InputError(f"--compare {text!r}: write METHOD:N, e.g. uniform:10000")
+        raise InputError(f"--compare {text!r}: write METHOD:N, e.g. uniform:10000", params=("compare",))
     try:
         n = check_sample_size(int(m.group(2).replace("_", "")))
     except InputError as exc:
-        raise InputError(f"--compare {text!r}: {exc}") from None
+        raise InputError(f"--compare {text!r}: {exc}", params=("compare",)) from None
     return check_method(m.group(1)), n
-
-
-def _load_map(store: Path, model, exclude, no_clip: bool, allow_mixed: bool):
-    from lmmap.cli.resample_cmds import _model_list
-    from lmmap.data.store import Store
-    from lmmap.map import ModelMap
-
-    s = Store(store)
-    # models=None: every model scored on all texts (ModelMap.from_store's one rule).
-    return ModelMap.from_store(s, models=_model_list(model, exclude, s), clip=not no_clip, allow_mixed=allow_mixed)
 
 
 # ----------------------------------------------------------------------------- lmmap errors
@@ -117,23 +106,23 @@ def _print_table1(table: pd.DataFrame, title: str) -> None:
 
 @app.command()
 def errors(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
-    store: StoreOption,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated resampling methods (uniform is always included: τ_unif,N and κ̂ need it).")] = "uniform,ls,kl",
-    R: Annotated[int, typer.Option("--R", help="Resampling trials per (method, n).")] = 100,
-    n_grid: Annotated[Optional[str], typer.Option("--n-grid", help="Resample sizes, e.g. 10:90:10,100:900:100,1000:10000:1000 (default: 1–9 × each power of ten from 10 up to N, and N: the paper's grid at N = 10,000). N and the Table 1 targets are added.")] = None,
-    error: Annotated[str, typer.Option("--error", metavar="relative|absolute", help="e_ij = (g̃−g)/max(g, ε₀) (relative) or (g̃−g)/C (absolute, §4.2).")] = "relative",
-    targets: Annotated[Optional[str], typer.Option("--targets", help="Table 1 targets d, comma-separated (default: 5%, 25%, 50%, 75% of N to two digits: the paper's 500,2500,5000,7500 at N = 10,000). Targets not below N are noted and left N/A.")] = None,
-    mode: Annotated[str, typer.Option("--mode", metavar="simulate|analytic|both", help="Simulate R trials, use the closed form of Lemma 2 (seconds), or both (default; adds the agreement z-score).")] = "both",
-    kappa: Annotated[str, typer.Option("--kappa", "--kappa-source", metavar="simulated|theory", help="κ̂_d for Table 1: τ_unif,d simulated at n = d, or sqrt(N/d)·κ̂_N.")] = "simulated",
-    precision: Annotated[str, typer.Option("--precision", metavar="auto|float32|float64", help="Gram arithmetic of the simulation; auto uses float32 only where its rounding is < 5% of the smallest τ.")] = "auto",
-    eps0: Annotated[float, typer.Option("--eps0", help="ε₀ in max(g_ij, ε₀).")] = 1e-3,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the resampling trials.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="Threads to use (-1: all cores).")] = 1,
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model that defines the map (repeatable; default: every model scored on all texts).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave this model out (repeatable).")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
+    output: option("output"),
+    store: option("store"),
+    methods: option("methods"),
+    R: option("R"),
+    n_grid: option("n_grid"),
+    error: option("error"),
+    targets: option("targets"),
+    mode: option("mode"),
+    kappa: option("kappa_source"),
+    precision: option("precision"),
+    eps0: option("eps0"),
+    seed: option("random_state"),
+    workers: option("workers"),
+    model: option("model"),
+    exclude: option("exclude"),
+    no_clip: option("no_clip"),
+    allow_mixed: option("allow_mixed"),
 ):
     """Sampling and resampling error of the KL estimates: τ, σ̂, κ̂_d against unique texts d (Figure 2) and Table 1."""
     import numpy as np
@@ -141,8 +130,7 @@ def errors(
     from lmmap import report
     from lmmap.analyses.errors import analyse_errors
     from lmmap.cli._progress import RichProgress
-    from lmmap.maths.errors import check_eps0, check_n_grid
-    from lmmap.maths.randomness import check_seed
+    from lmmap.maths.errors import check_n_grid
     from lmmap.parallel import check_workers
 
     method_list = parse_methods(methods)
@@ -151,11 +139,8 @@ def errors(
     for values, flag in ((grid, "n_grid"), (target_list, "targets")):
         if values is not None:
             check_n_grid(values, flag)
-    check_replicates(R)
-    check_eps0(eps0)
-    check_seed(seed)
-    check_workers(workers)
-    mm = _load_map(store, model, exclude, no_clip, allow_mixed)
+    check_workers(workers)  # its upper bound is this machine's (the spec holds only the lower one)
+    mm = load_map(store, None, no_clip, allow_mixed, models=model, exclude=exclude)
     with output_dir(output):
         with RichProgress(console) as progress:
             result = analyse_errors(
@@ -182,43 +167,33 @@ def errors(
 
 @app.command()
 def stability(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
-    store: StoreOption,
-    method: Annotated[str, typer.Option("--method", metavar="uniform|ls|kl", help="Resampling method.")] = "ls",
-    n: Annotated[Optional[int], typer.Option("--n", help="Texts drawn with replacement per map (default: 29% of N, the paper's 2,900 of 10,000).")] = None,
-    R: Annotated[int, typer.Option("--R", help="Resampled maps per setting.")] = 100,
-    compare: Annotated[Optional[list[str]], typer.Option("--compare", metavar="METHOD:N", help="Another setting to compare, e.g. uniform:10000 (repeatable).")] = None,
-    embedding: Annotated[str, typer.Option("--embedding", metavar="auto|mds|tsne|pca|umap", help="2-D embedding: auto (as `lmmap map`: classical MDS below 40 models, t-SNE from 40 on), mds, tsne (PCA initialisation), pca or umap.")] = "auto",
-    tsne_seed: Annotated[int, typer.Option("--tsne-seed", "--random-state", help="Fixed random state of every embedding (the paper: 42).")] = 42,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the resampling.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="Worker processes for the R embeddings (-1: all cores).")] = 1,
-    color_by: Annotated[str, typer.Option("--color-by", help="Metadata column that colours the maps.")] = "model_type",
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model that defines the map (repeatable).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave this model out (repeatable).")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods.")] = False,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
+    output: option("output"),
+    store: option("store"),
+    method: option("stability_method"),
+    n: option("stability_n"),
+    R: option("R"),
+    compare: option("compare"),
+    embedding: option("embedding"),
+    tsne_seed: option("embedding_random_state"),
+    seed: option("random_state"),
+    workers: option("workers"),
+    color_by: option("color_by"),
+    model: option("model"),
+    exclude: option("exclude"),
+    no_clip: option("no_clip"),
+    allow_mixed: option("allow_mixed"),
 ):
     """Stability of the map under resampling: R maps aligned by Procrustes, ellipses, Bias²/Variance/MSE (Table 3)."""
     from lmmap import report
     from lmmap.analyses.stability import compare_stability
     from lmmap.cli._progress import RichProgress
-    from lmmap.maths.randomness import check_seed
-    from lmmap.maths.resampling import check_method, check_sample_size
+    from lmmap.maths.resampling import check_method
     from lmmap.parallel import check_workers
 
     method = check_method(method)
-    check_embedding(embedding)
-    if n is not None:
-        try:
-            check_sample_size(n)
-        except InputError as exc:
-            raise InputError(str(exc).replace("the resample size n", "--n")) from None
     compared = [parse_setting(c) for c in compare or []]
-    check_workers(workers)
-    check_replicates(R)
-    check_seed(seed)
-    check_seed(tsne_seed, "embedding_random_state")
-    mm = _load_map(store, model, exclude, no_clip, allow_mixed)
+    check_workers(workers)  # its upper bound is this machine's (the spec holds only the lower one)
+    mm = load_map(store, None, no_clip, allow_mixed, models=model, exclude=exclude)
     check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
     with output_dir(output):
         with RichProgress(console) as progress:

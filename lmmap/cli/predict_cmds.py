@@ -7,14 +7,11 @@ the result with :func:`lmmap.report.write`, print a summary.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 from rich.table import Table
 
 from lmmap.exceptions import InputError
-from lmmap.cli._app import StoreOption, app, console, fixed, lit, output_dir, shared_decimals, sig
+from lmmap.cli._app import app, console, fixed, lit, output_dir, shared_decimals, sig
+from lmmap.cli._options import option
 
 
 def parse_score_range(text: str) -> tuple[float, float] | None:
@@ -25,9 +22,9 @@ def parse_score_range(text: str) -> tuple[float, float] | None:
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
-        raise InputError(f"--score-range {text!r}: write LO,HI (e.g. 0,100) or none") from None
+        raise InputError(f"--score-range {text!r}: write LO,HI (e.g. 0,100) or none", params=("score_range",)) from None
     if not lo < hi:
-        raise InputError(f"--score-range {text!r}: LO must be below HI")
+        raise InputError(f"--score-range {text!r}: LO must be below HI", params=("score_range",))
     return lo, hi
 
 
@@ -36,35 +33,32 @@ def parse_targets(text: str | None) -> list[str] | None:
         return None
     names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:
-        raise InputError("--targets is empty: give benchmark column names separated by commas")
+        raise InputError("--targets is empty: give benchmark column names separated by commas", params=("score_targets",))
     return names
 
 
 @app.command()
 def predict(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
-    store: StoreOption,
-    scores: Annotated[
-        Optional[Path],
-        typer.Option("--scores", help="SCORES.csv: a 'model' column and one numeric column per benchmark (default: the store metadata's score_* columns)."),
-    ] = None,
-    group_by: Annotated[str, typer.Option("--group-by", help="Metadata column whose groups never straddle train and test ('none': each model its own group).")] = "model_type",
-    subset: Annotated[Optional[Path], typer.Option("--subset", help="SUBSET.json from `lmmap select`: features from its texts only.")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", help="Repetitions of the cross-validation (seeds SEED..SEED+n-1).")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the first repetition (its folds and inner folds).")] = 0,
-    folds: Annotated[int, typer.Option("--folds", help="Outer cross-validation folds.")] = 5,
-    inner_folds: Annotated[int, typer.Option("--inner-folds", help="Inner folds that choose α.")] = 5,
-    threshold: Annotated[float, typer.Option("--threshold", help="Flag a model whose true score exceeds its prediction by more than this many residual sds.")] = 2.0,
-    level: Annotated[float, typer.Option("--level", help="Coverage of the prediction intervals for unscored models.")] = 0.9,
-    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated score columns to use (default: all).")] = None,
-    no_mean: Annotated[bool, typer.Option("--no-mean", help="Do not add the benchmarks' mean as a target.")] = False,
-    no_loglik: Annotated[bool, typer.Option("--no-loglik", help="Do not add the mean log-likelihood as a target.")] = False,
-    score_range: Annotated[str, typer.Option("--score-range", help="Range of the scores; predictions are clipped to it ('none': no clipping).")] = "0,100",
-    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with the group column, if the store lacks it.")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Do not clip low log-likelihoods when building the coordinates.")] = False,
-    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Allow models scored under different conventions.")] = False,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the predicted-versus-true figures.")] = False,
-    workers: Annotated[int, typer.Option("--workers", "--jobs", help="Folds fitted in parallel (threads; -1: all cores).")] = 1,
+    output: option("output"),
+    store: option("store"),
+    scores: option("scores"),
+    group_by: option("group_by"),
+    subset: option("subset"),
+    seeds: option("n_repeats"),
+    seed: option("random_state"),
+    folds: option("n_folds"),
+    inner_folds: option("n_inner"),
+    threshold: option("threshold"),
+    level: option("level"),
+    targets: option("score_targets"),
+    no_mean: option("no_mean"),
+    no_loglik: option("no_loglik"),
+    score_range: option("score_range"),
+    metadata: option("metadata"),
+    no_clip: option("no_clip"),
+    allow_mixed: option("allow_mixed"),
+    no_plots: option("no_plots"),
+    workers: option("workers"),
 ):
     """Predict benchmark scores from the models' coordinates (grouped cross-validation), flag possible contamination, and predict unscored models."""
     from lmmap import report

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
-
-from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, fixed, lit, output_dir, print_files, shared_decimals
-from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, UnitOption, load_map
+from lmmap.cli._app import app, console, fixed, lit, output_dir, print_files, shared_decimals
+from lmmap.cli._options import option
+from lmmap.cli.map_cmds import load_map
 
 
 @app.command("scale")
 def scale_(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
-    store: StoreOption,
-    unit: UnitOption = "nats-per-text",
-    subset: SubsetOption = None,
-    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns (base_model, model_type, family, quantization).")] = None,
-    no_clip: NoClipOption = False,
-    allow_mixed: AllowMixedOption = False,
-    allow_other_texts: AllowOtherTextsOption = False,
+    output: option("output"),
+    store: option("store"),
+    unit: option("unit"),
+    subset: option("subset"),
+    metadata: option("metadata"),
+    no_clip: option("no_clip"),
+    allow_mixed: option("allow_mixed"),
+    allow_other_texts: option("allow_other_texts"),
 ):
     """KL on a readable scale: the median KL of fine-tunes, checkpoints, quantised models and unrelated families."""
     from lmmap.map import check_unit

@@ -5,25 +5,26 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from lmmap.cli._app import StoreOption, app, check_choice, console, lit, print_table, texts_app, visible
+from lmmap.cli._app import app, check_choice, console, lit, print_table, texts_app, visible
+from lmmap.cli._options import option
 
 
 @texts_app.command("build")
 def texts_build(
     sources: Annotated[list[Path], typer.Argument(help="Plain-text, JSONL (a `text` field) or Parquet files, or directories.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output text set (.jsonl or .parquet).")],
-    chunk_bytes: Annotated[int, typer.Option(help="Chunk size in bytes (never splits a UTF-8 character).")] = 1024,
-    min_bytes: Annotated[int, typer.Option(help="Drop chunks shorter than this.")] = 256,
-    n: Annotated[Optional[int], typer.Option("--n", help="Sample this many chunks (default: keep all).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
-    on_bad_utf8: Annotated[str, typer.Option(help="Files that are not UTF-8: error, skip or replace.")] = "error",
-    prompt_field: Annotated[Optional[str], typer.Option("--prompt-field", metavar="P", help="Build a prompt→response text set from JSONL/Parquet records: field P is each text's prompt (scored as log p(text | prompt)); no chunking.")] = None,
-    text_field: Annotated[str, typer.Option("--text-field", metavar="T", help="With --prompt-field: the field holding the response text.")] = "text",
+    output: option("texts_output"),
+    chunk_bytes: option("chunk_bytes"),
+    min_bytes: option("min_bytes"),
+    n: option("texts_n"),
+    seed: option("random_state"),
+    on_bad_utf8: option("on_bad_utf8"),
+    prompt_field: option("prompt_field"),
+    text_field: option("text_field"),
 ):
     """Cut documents into fixed-size chunks, de-duplicate and sample N of them (or, with --prompt-field, take prompt→response records)."""
     from lmmap.data.texts import build_prompt_text_set, build_text_set
@@ -51,8 +52,8 @@ def texts_info(path: Annotated[Path, typer.Argument(help="A text set (.jsonl or 
 
 @app.command()
 def init(
-    texts: Annotated[Path, typer.Option("--texts", help="The text set every model will be scored on.")],
-    store: StoreOption,
+    texts: option("init_texts"),
+    store: option("store"),
 ):
     """Create a new store on a text set."""
     from lmmap.data.store import Store
@@ -64,13 +65,13 @@ def init(
 
 @app.command("import")
 def import_(
-    vectors: Annotated[Path, typer.Option("--vectors", help="Pickle (authors' format), NPZ, Parquet, CSV, or a directory of the authors' scorer JSONL.")],
-    store: StoreOption,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow reading a pickle (through a restricted unpickler).")] = False,
-    texts: Annotated[Optional[Path], typer.Option("--texts", help="The vectors' text set: creates the store, or is checked against it.")] = None,
-    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv: a `model` column and metadata columns.")] = None,
-    convention: Annotated[str, typer.Option(help="The scoring convention the vectors were computed under.")] = "reference",
-    replace: Annotated[bool, typer.Option("--replace", help="Overwrite models already in the store.")] = False,
+    vectors: option("vectors"),
+    store: option("store"),
+    allow_pickle: option("allow_pickle"),
+    texts: option("texts"),
+    metadata: option("metadata"),
+    convention: option("convention"),
+    replace: option("replace"),
 ):
     """Import log-likelihood vectors (and metadata) into the store."""
     from lmmap.data.transfer import import_vectors
@@ -115,16 +116,9 @@ def _plain(value):
 
 @app.command()
 def models(
-    store: StoreOption,
-    columns: Annotated[Optional[str], typer.Option(
-        "--columns", metavar="all|COL,COL,...",
-        help="Columns to show: comma-separated names, or 'all'. Default for the table: model, n_scored, complete, "
-             "convention and model_type/family/base_model when present; for csv and json: all.",
-    )] = None,
-    fmt: Annotated[str, typer.Option(
-        "--format", metavar="table|csv|json",
-        help="table (for people; plain and unwrapped when piped), csv or json (for scripts).",
-    )] = "table",
+    store: option("store"),
+    columns: option("columns"),
+    fmt: option("format"),
 ):
     """List the models in the store with their metadata."""
     from lmmap.data.store import Store
@@ -177,10 +171,9 @@ def _write_csv(df) -> None:
 
 @app.command()
 def export(
-    output: Annotated[Path, typer.Option("-o", "--output", help="FILE.parquet (long), FILE.csv (wide) or FILE.npz.")],
-    store: StoreOption,
-    include_partial: Annotated[bool, typer.Option("--include-partial", help="Wide formats (.csv, .npz): also export "
-                                                  "models scored on only some texts, with NaN for the others.")] = False,
+    output: option("export_output"),
+    store: option("store"),
+    include_partial: option("include_partial"),
 ):
     """Export the models' log-likelihoods (.parquet: every stored row; .csv/.npz: the complete models)."""
     from lmmap.data.store import Store

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from lmmap.cli._app import AllowOtherTextsOption, StoreOption, app, console, fixed, lit, output_dir, print_files, shared_decimals
-from lmmap.cli.map_cmds import AllowMixedOption, NoClipOption, SubsetOption, UnitOption, load_map
+from lmmap.cli._app import app, console, fixed, lit, output_dir, print_files, shared_decimals
+from lmmap.cli._options import option
+from lmmap.cli.map_cmds import load_map
 
 
 @app.command("trajectory")
 def trajectory_(
     name: Annotated[str, typer.Argument(help="The trajectory: models whose metadata column trajectory has this value, ordered by the column step.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
-    store: StoreOption,
-    unit: UnitOption = "nats-per-text",
-    log: Annotated[bool, typer.Option("--log", help="Draw step and KL on log axes.")] = False,
-    subset: SubsetOption = None,
-    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="MODELS.csv with extra metadata columns (trajectory, step).")] = None,
-    no_clip: NoClipOption = False,
-    allow_mixed: AllowMixedOption = False,
-    allow_other_texts: AllowOtherTextsOption = False,
+    output: option("output"),
+    store: option("store"),
+    unit: option("unit"),
+    log: option("log"),
+    subset: option("subset"),
+    metadata: option("metadata"),
+    no_clip: option("no_clip"),
+    allow_mixed: option("allow_mixed"),
+    allow_other_texts: option("allow_other_texts"),
 ):
     """KL between consecutive checkpoints of a training trajectory and from each to the final model."""
     from lmmap.map import check_unit
@@ -38,14 +39,14 @@ def trajectory_(
 @app.command("layers")
 def layers_(
     model: Annotated[str, typer.Argument(help="A model scored with `lmmap score MODEL --layers ...` (its layers are stored as MODEL@layerK).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory.")],
-    store: StoreOption,
-    unit: UnitOption = "nats-per-text",
-    log: Annotated[bool, typer.Option("--log", help="Draw layer and KL on log axes (layer 0 left out).")] = False,
-    subset: SubsetOption = None,
-    no_clip: NoClipOption = False,
-    allow_mixed: AllowMixedOption = False,
-    allow_other_texts: AllowOtherTextsOption = False,
+    output: option("output"),
+    store: option("store"),
+    unit: option("unit"),
+    log: option("log"),
+    subset: option("subset"),
+    no_clip: option("no_clip"),
+    allow_mixed: option("allow_mixed"),
+    allow_other_texts: option("allow_other_texts"),
 ):
     """KL between consecutive layers of a model (logit lens) and from each layer to the model's output."""
     from lmmap.map import check_unit

@@ -40,9 +40,9 @@ def safe_filename(s: str, taken: set[str], max_len: int = 80) -> str:
     hash collision), ``-2``, ``-3`` ... is appended.
     """
     if not isinstance(s, str):
-        raise InputError(f"a file name must come from a string, got {type(s).__name__} {s!r}")
+        raise InputError(f"a file name must come from a string, got {type(s).__name__} {s!r}", params=("s",))
     if not isinstance(max_len, int) or max_len < 16:
-        raise InputError(f"max_len must be an integer of at least 16, got {max_len!r}")
+        raise InputError(f"max_len must be an integer of at least 16, got {max_len!r}", params=("max_len",))
     ascii_form = unicodedata.normalize("NFKD", s).encode("ascii", "ignore").decode("ascii")
     slug = _UNSAFE.sub("_", ascii_form).strip("_")
     slug = slug.lstrip(".-") or "_"

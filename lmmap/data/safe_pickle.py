@@ -302,7 +302,7 @@ def load_pickle(path: str | os.PathLike, allow_pickle: bool = False):
     path = Path(path)
     if not allow_pickle:
         raise InputError(
-            f"{path} is a pickle, which can run code when loaded; pass allow_pickle=True "
+            f"{path} is a pickle, which can run code when loaded; pass {{allow_pickle=True}} "
             "if you trust it; lmmap then loads it with a restricted unpickler",
             params=("allow_pickle",),
         )

@@ -34,7 +34,7 @@ import numpy as np
 
 from lmmap._version import __version__
 from lmmap.data.atomic import atomic_write
-from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning
+from lmmap.exceptions import FormatError, InputError, LmmapError, LmmapWarning, MissingFileError
 from lmmap.maths import resampling
 
 SUBSET_FORMAT = "lmmap-subset"
@@ -193,7 +193,7 @@ class Subset:
         if self.n_texts != store.n_texts:
             raise InputError(
                 f"{what} has {self.n_texts} texts but the store's text set has {store.n_texts}: it was computed "
-                "on another text set; select again on this store"
+                "on another text set; select again on this store", params=("store",)
             )
         if self.text_set_id != store.text_set_id:
             if self.text_set_id is None:
@@ -208,12 +208,12 @@ class Subset:
                 )
             if not allow_other_texts:
                 raise InputError(
-                    f"{problem}; select again on this store, or pass allow_other_texts to use its positions on "
+                    f"{problem}; select again on this store, or pass {{allow_other_texts}} to use its positions on "
                     "this store's texts anyway",
                     params=("allow_other_texts",),
                 )
             warnings.warn(LmmapWarning(
-                f"{problem}; using its {self.d} positions on the store's texts as asked (allow_other_texts)",
+                f"{problem}; using its {self.d} positions on the store's texts as asked ({{allow_other_texts}})",
                 params=("allow_other_texts",),
             ), stacklevel=2)
             return
@@ -223,7 +223,7 @@ class Subset:
             raise InputError(
                 f"the subset's text {int(self.text_index[bad])} is not in the store at position "
                 f"{int(self.text_pos[bad])} (found text {int(ids[bad])}): the subset was edited or "
-                "made for another text set; select again on this store"
+                "made for another text set; select again on this store", params=("store",)
             )
 
     def bind(self, store, allow_other_texts: bool = False) -> "Subset":
@@ -251,7 +251,7 @@ class Subset:
             raise InputError(
                 f"the subset was selected from a map of {len(self.models)} models, {len(missing)} of which are not "
                 f"in the store {store.path} (e.g. {missing[0]!r}): it belongs to another map; "
-                "select again on this store"
+                "select again on this store", params=("store",)
             )
 
     # -- files --------------------------------------------------------------------
@@ -343,7 +343,7 @@ class Subset:
         """
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"subset file {path} does not exist (make one with `lmmap select`)")
+            raise MissingFileError(f"subset file {path} does not exist (make one with `lmmap select`)", params=("path",))
         if path.is_dir():
             raise FormatError(f"{path} is a directory; give the SUBSET.json file that `lmmap select` wrote")
         try:
@@ -364,7 +364,7 @@ class Subset:
             self.check_store(store)
             return store.texts.subset(self.text_pos)
         if self.texts is None:
-            raise InputError("this subset does not carry its texts: give the store they come from")
+            raise InputError("this subset does not carry its texts: give the store they come from", params=("store",))
         from lmmap.data.texts import TextSet
 
         return TextSet.from_texts(self.texts, index=self.text_index)
@@ -373,7 +373,7 @@ class Subset:
         """Write the d texts as plain JSONL (one ``{"index", "text", ...}`` per line), to score them elsewhere."""
         path = Path(path)
         if path.suffix.lower() not in (".jsonl", ".ndjson"):
-            raise InputError(f"{path}: the texts are written as JSONL; give a .jsonl path")
+            raise InputError(f"{path}: the texts are written as JSONL; give a .jsonl path", params=("path",))
         return self.text_set(store).save(path)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmmap.exceptions import FormatError, InputError
+from lmmap.exceptions import FormatError, InputError, MissingFileError
 
 TEXT_SUFFIXES_JSONL = (".jsonl", ".ndjson")
 TEXT_SUFFIXES_PARQUET = (".parquet", ".pq")
@@ -122,9 +122,9 @@ class TextSet:
             extra = {PROMPT_COLUMN: pa.array(prompts, pa.string()), **extra}
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise InputError(f"text {i} is {type(t).__name__}, not a string")
+                raise InputError(f"text {i} is {type(t).__name__}, not a string", params=("texts",))
             if not t.strip():
-                raise InputError(f"text {i} is empty; drop it before building the text set")
+                raise InputError(f"text {i} is empty; drop it before building the text set", params=("texts",))
             _check_encodable(t, f"text {i}", InputError)
         n = len(texts)
         try:
@@ -138,7 +138,7 @@ class TextSet:
         except (pa.ArrowException, OverflowError, TypeError, UnicodeEncodeError) as exc:
             raise InputError(
                 f"cannot build a text set from these values ({type(exc).__name__}: {_short(str(exc), 120)}); "
-                "index must be 64-bit integers, sources strings, and every column as long as the texts"
+                "index must be 64-bit integers, sources strings, and every column as long as the texts", params=("texts", "sources")
             ) from None
         ts._check_unique_index()
         return ts
@@ -148,7 +148,7 @@ class TextSet:
         """Load a text set from JSONL (one object per line with a ``text`` field) or Parquet."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"text set {path} does not exist")
+            raise MissingFileError(f"text set {path} does not exist", params=("path",))
         if path.is_dir():
             raise FormatError(
                 f"{path} is a directory; a text set is one .jsonl or .parquet file (to make one from a "
@@ -229,7 +229,7 @@ class TextSet:
         if len(np.unique(idx)) != len(idx):
             vals, counts = np.unique(idx, return_counts=True)
             raise InputError(
-                f"{path or 'text set'}: duplicate text index {int(vals[counts > 1][0])}; every text needs its own index"
+                f"{path or 'text set'}: duplicate text index {int(vals[counts > 1][0])}; every text needs its own index", params=("path",)
             )
 
     # -- accessors ------------------------------------------------------------
@@ -365,7 +365,7 @@ def _decode(data: bytes, where: str, errors: str) -> str | None:
             return data.decode("utf-8", errors="replace")
         raise FormatError(
             f"{where}: not valid UTF-8 at byte {exc.start}; convert it, or pass "
-            "on_bad_utf8='skip' (drop such files) or on_bad_utf8='replace'", params=("on_bad_utf8",),
+            "{on_bad_utf8='skip'} (drop such files) or {on_bad_utf8='replace'}", params=("on_bad_utf8",),
         ) from None
 
 
@@ -389,7 +389,7 @@ def iter_documents(sources: Iterable[str | os.PathLike], on_bad_utf8: str = "err
         elif src.exists():
             files = [src]
         else:
-            raise FileNotFoundError(f"text source {src} does not exist")
+            raise MissingFileError(f"text source {src} does not exist", params=("sources",))
         for path in files:
             suffix = path.suffix.lower()
             if suffix in TEXT_SUFFIXES_JSONL:
@@ -483,14 +483,14 @@ def build_text_set(
     if not texts:
         raise InputError(
             f"no chunks of at least {min_bytes} bytes were found in the sources; "
-            f"give more text or lower the minimum (min_bytes is {min_bytes})", params=("min_bytes",),
+            f"give more text or lower the minimum ({{min_bytes}} is {min_bytes})", params=("min_bytes",),
         )
     keep = list(range(len(texts)))
     if n is not None:
         if n <= 0:
             raise InputError(f"n must be positive, got {n}", params=("n",))
         if n > len(texts):
-            raise InputError(f"asked for {n} texts but the sources give only {len(texts)} distinct chunks")
+            raise InputError(f"asked for {n} texts but the sources give only {len(texts)} distinct chunks", params=("sources", "n"))
         keep = sorted(_sample(keep, n, random_state))
     return TextSet.from_texts(
         [texts[i] for i in keep],
@@ -535,7 +535,7 @@ def build_prompt_text_set(
     """
     _check_sampling(n, random_state)
     if not prompt_field or not text_field or prompt_field == text_field:
-        raise InputError(f"prompt_field and text_field must be two different field names, got {prompt_field!r} and "
+        raise InputError(f"prompt_field and {{text_field}} must be two different field names, got {prompt_field!r} and "
                          f"{text_field!r}", params=("prompt_field", "text_field"))
     texts, prompts, srcs = [], [], []
     for src in sources:
@@ -547,7 +547,7 @@ def build_prompt_text_set(
         elif src.exists():
             files = [src]
         else:
-            raise FileNotFoundError(f"text source {src} does not exist")
+            raise MissingFileError(f"text source {src} does not exist", params=("sources",))
         for path in files:
             if path.suffix.lower() in TEXT_SUFFIXES_PARQUET:
                 table = _read_parquet_table(path)

@@ -15,16 +15,19 @@ import pandas as pd
 
 from lmmap.data.atomic import atomic_path
 from lmmap.data.conventions import check_convention
+from lmmap.data.storage import open_storage
 from lmmap.data.store import Interrupted, Store, _normalise_metadata
 from lmmap.data.texts import TextSet
 from lmmap.exceptions import FormatError, LmmapWarning, StoreError
 
 
 def open_or_create_store(store_path, texts: str | os.PathLike | None) -> Store:
-    """Open the store at ``store_path``; if there is none and ``texts`` is given, create it on those texts."""
-    store_path = Path(store_path)
-    if (store_path / "store.json").exists():
-        store = Store(store_path)
+    """Open the store at ``store_path`` (a folder or a URL); if there is none and ``texts`` is given, create it
+    on those texts."""
+    storage = open_storage(store_path)
+    store_path = storage.location
+    if storage.what("store.json") != "missing":
+        store = Store(storage)
         if texts is not None:
             ts = TextSet.load(texts)
             store.check_text_set(ts.identity, len(ts), what=f"text set {texts}")
@@ -32,10 +35,10 @@ def open_or_create_store(store_path, texts: str | os.PathLike | None) -> Store:
     if texts is None:
         raise StoreError(
             f"{store_path} is not an lmmap store yet; create it with `lmmap init --texts TEXTS.jsonl` "
-            "(Store.create), or give the vectors' text set as texts=TEXTS.jsonl to create it while importing",
+            "(Store.create), or give the vectors' text set as {texts=TEXTS.jsonl} to create it while importing",
             params=("texts",),
         )
-    return Store.create(store_path, TextSet.load(texts))
+    return Store.create(storage, TextSet.load(texts))
 
 
 def import_vectors(
@@ -202,14 +205,14 @@ def export_vectors(store: Store, path, include_partial: bool = False) -> Path:
             shown = ", ".join(f"{n!r} ({recs[n].get('n_scored')} of {store.n_texts} texts)" for n in partial[:3])
             warnings.warn(LmmapWarning(
                 f"left out {len(partial)} partial model(s): {shown}{' …' if len(partial) > 3 else ''}; "
-                "pass include_partial=True to export them with NaN for their missing texts, export to .parquet "
+                "pass {include_partial=True} to export them with NaN for their missing texts, export to .parquet "
                 "(long format) for every stored row, or `lmmap score NAME` to complete one",
                 params=("include_partial",),
             ), stacklevel=2)
         names = list(recs) if include_partial else complete
         if not names:
             raise StoreError(
-                f"no model in the store {store.path} has all {store.n_texts} texts; pass include_partial=True, "
+                f"no model in the store {store.path} has all {store.n_texts} texts; pass {{include_partial=True}}, "
                 "or export to .parquet (long format)",
                 params=("include_partial",),
             )

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from lmmap.maths.geometry import check_matrix, squared_distances, weighted_features
+from lmmap.maths.geometry import check_matrix, distances_from_gram, squared_distances, weighted_features
 from lmmap.exceptions import InputError
 
 
@@ -28,22 +28,21 @@ def check_replicates(R, minimum: int = 2, name: str = "R") -> int:
     """``R`` replicates (bootstrap redraws, resampled maps, simulation trials) as an int in [minimum, MAX_REPLICATES].
 
     The default minimum is 2: one replicate has no spread to measure. ``name``
-    is the parameter named in the error (the CLI shows its flag).
+    is the parameter named in the error (the CLI shows its flag). The range and
+    the message are the spec's (:mod:`lmmap.params`, ``R``).
     """
-    if isinstance(R, bool) or not isinstance(R, (int, np.integer)) or R < minimum:
-        why = " (a standard error needs at least two)" if minimum == 2 else ""
-        raise InputError(f"{name} must be at least {minimum} replicates, a whole number{why}; got {R!r}", params=(name,))
-    if R > MAX_REPLICATES:
-        raise InputError(f"{name} = {R:,} is more replicates than an error estimate needs; use at most {MAX_REPLICATES:,}",
-                         params=(name,))
-    return int(R)
+    from lmmap.params import check
+
+    if minimum == 2:
+        return check("R", R, what=name)
+    return check("R", R, what=name, interval=(minimum, MAX_REPLICATES), note="")
 
 
 def check_counts(counts, d: int) -> np.ndarray:
     """The draw counts ``c`` of d texts: d positive integers (default, ``None``: 1 each, the full text set)."""
     c = np.ones(d, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     if c.shape != (d,) or np.any(c <= 0):
-        raise InputError(f"counts must be {d} positive integers, one per text")
+        raise InputError(f"counts must be {d} positive integers, one per text", params=("counts", "d"))
     return c
 
 
@@ -81,3 +80,32 @@ def bootstrap_sq_distance_se(Q, w=None, counts=None, R: int = 100, random_state=
     X = weighted_features(check_matrix(Q, "Q"), w)
     c = check_counts(counts, X.shape[1])
     return bootstrap_se(lambda scale: squared_distances(X, scale), c, R, random_state)
+
+
+def cross_sq_distance_se(X_rows, X_cols, counts=None, R: int = 100, random_state=0) -> np.ndarray:
+    """Bootstrap standard error (m×K) of ``g̃_ij`` between two sets of models on the same d texts.
+
+    ``X_rows``, ``X_cols``: features ``Q̃ W^{1/2}`` (m×d, K×d); ``counts``: the
+    draw counts ``c`` of the d texts (default 1 each: the full text set);
+    ``random_state`` seeds the replicates. Each replicate redraws the n draws,
+    ``c* ~ Multinomial(n, c/n)``, so text t's term is scaled by ``c*_t / c_t`` —
+    the same scheme and the same draws as :func:`bootstrap_sq_distance_se` (the
+    m×K block of its matrix for the stacked rows), but O(m·K·d) per replicate
+    instead of O((m + K)²·d): only the new-versus-existing block is computed.
+    Used for models placed into a map (:func:`lmmap.analyses.place.place`).
+    """
+    X_rows = np.asarray(X_rows, dtype=np.float64)
+    X_cols = np.asarray(X_cols, dtype=np.float64)
+    d = X_rows.shape[1]
+    if X_cols.shape[1] != d:
+        raise InputError(f"the two sets of models have {d} and {X_cols.shape[1]} texts: they must share the map's texts",
+                         params=("X_rows", "X_cols"))
+    c = check_counts(counts, d)
+    # The squares do not depend on the replicate: weighting them by the multipliers
+    # costs O((m + K)·d) per replicate, against the O(m·K·d) cross product.
+    sq_rows, sq_cols = X_rows * X_rows, X_cols * X_cols
+
+    def replicate(scale: np.ndarray) -> np.ndarray:
+        return distances_from_gram(sq_rows @ scale, sq_cols @ scale, (X_rows * scale) @ X_cols.T)
+
+    return bootstrap_se(replicate, c, R, random_state)

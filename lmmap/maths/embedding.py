@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lmmap.maths.geometry import check_matrix, cross_squared_distances
+from lmmap.maths.geometry import check_matrix, cross_squared_distances, kl_from_squared_distances
 from lmmap.maths.randomness import seed_of
 from lmmap.exceptions import InputError, LmmapWarning
 
@@ -84,7 +84,7 @@ class Embedding:
         if X_new.shape[1] != d:
             raise InputError(
                 f"X_new has {X_new.shape[1]} features but the map was built on {d}: "
-                "compute the new models' features on the same texts (and weights) as the map's"
+                "compute the new models' features on the same texts (and weights) as the map's", params=("X_new",)
             )
         if self.method == "mds":
             return self.model.transform(X_new)
@@ -126,7 +126,7 @@ class Embedding:
         coords = np.asarray(coords, dtype=np.float64)
         if coords.shape != (X.shape[0], 2):
             raise InputError(
-                f"coords must be K×2 with one row per row of X ({X.shape[0]}), got shape {coords.shape}"
+                f"coords must be K×2 with one row per row of X ({X.shape[0]}), got shape {coords.shape}", params=("X", "coords")
             )
         _check_min_models(X, MIN_MODELS_TSNE, "tsne")
         perplexity = effective_perplexity(perplexity, X.shape[0])
@@ -188,7 +188,7 @@ def fit_embedding(
 def resolve_method(method: str, n_models: int) -> str:
     """The embedding ``method`` stands for with ``n_models`` models: ``auto`` → ``mds`` (K < 40) or ``tsne``."""
     if method not in METHODS:
-        raise InputError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}")
+        raise InputError(f"unknown embedding method {method!r}: use one of {', '.join(METHODS)}", params=("method",))
     if method == "auto":
         return "mds" if n_models < AUTO_TSNE_MIN_MODELS else "tsne"
     return method
@@ -201,7 +201,7 @@ def effective_perplexity(perplexity: float, n_models: int) -> float:
     K − 1; a warning says when the requested value is lowered.
     """
     if not isinstance(perplexity, numbers.Real) or not np.isfinite(perplexity) or perplexity <= 0:
-        raise InputError(f"perplexity must be a positive number (typically 5 to 50), got {perplexity!r}")
+        raise InputError(f"perplexity must be a positive number (typically 5 to 50), got {perplexity!r}", params=("perplexity",))
     upper = (n_models - 1) / 3
     if perplexity > upper:
         warnings.warn(
@@ -258,7 +258,7 @@ class _ClassicalMDS:
         if d2.ndim != 2 or d2.shape[1] != self.V.shape[0]:
             raise InputError(
                 f"KL to place new models must be m×K with K = {self.V.shape[0]} (one column per model of the map), "
-                f"got shape {d2.shape}"
+                f"got shape {d2.shape}", params=("d2",)
             )
         inv = np.divide(1.0, np.sqrt(self.lam), out=np.zeros_like(self.lam), where=self.lam > 0)
         return 0.5 * ((self.b[None, :] - d2) @ self.V) * inv[None, :]
@@ -271,8 +271,8 @@ class _ClassicalMDS:
 def _fit_mds(X: np.ndarray, n_texts: int | None = None) -> Embedding:
     _check_min_models(X, 2, "mds")
     if n_texts is not None and (not isinstance(n_texts, numbers.Integral) or n_texts <= 0):
-        raise InputError(f"n_texts (N) must be a positive integer, got {n_texts!r}")
-    model = _ClassicalMDS(X, 1.0 / (2.0 * n_texts) if n_texts else 1.0)
+        raise InputError(f"n_texts (N) must be a positive integer, got {n_texts!r}", params=("n_texts",))
+    model = _ClassicalMDS(X, float(kl_from_squared_distances(1.0, n_texts)) if n_texts else 1.0)
     return Embedding(coords=model.coords.copy(), method="mds", model=model)
 
 
@@ -281,7 +281,7 @@ def _fit_pca(X: np.ndarray, random_state, **kwargs) -> Embedding:
 
     _check_min_models(X, 2, "pca")
     if X.shape[1] < 2:
-        raise InputError(f"a PCA map needs at least 2 features (texts), got {X.shape[1]}")
+        raise InputError(f"a PCA map needs at least 2 features (texts), got {X.shape[1]}", params=("X",))
     params = dict(n_components=2, random_state=random_state)
     params.update(kwargs)
     model = PCA(**params)
@@ -295,7 +295,7 @@ def _fit_umap(X: np.ndarray, random_state, **kwargs) -> Embedding:
     except ImportError as exc:
         raise InputError(
             "the UMAP map needs the optional package umap-learn: `pip install umap-learn`, "
-            "or use embedding='tsne'", params=("embedding",)
+            "or use {embedding='tsne'}", params=("embedding",)
         ) from exc
     _check_min_models(X, MIN_MODELS_TSNE, "umap")
     # UMAP's default of 15 neighbours cannot exceed the other models there are.
@@ -312,5 +312,5 @@ def _as_features(X, name: str = "X") -> np.ndarray:
 
 def _check_min_models(X: np.ndarray, minimum: int, method: str) -> None:
     if X.shape[0] < minimum:
-        raise InputError(f"a {method} map needs at least {minimum} models, got {X.shape[0]}: add models")
+        raise InputError(f"a {method} map needs at least {minimum} models, got {X.shape[0]}: add models", params=("X", "method"))
 

@@ -46,6 +46,7 @@ import numpy as np
 from lmmap.maths.randomness import seed_sequence
 from lmmap.exceptions import InputError
 from lmmap.maths.geometry import check_matrix, squared_distances
+from lmmap.params import PARAMS, check
 from lmmap.maths.resampling import MAX_SAMPLE_SIZE
 
 EPS0 = 1e-3
@@ -76,32 +77,27 @@ def as_q(Q) -> np.ndarray:
 
 
 def check_option(value, choices: Sequence[str], name: str) -> str:
-    """``value`` (case-insensitive) if it is one of ``choices``; ``name`` is the parameter it came from."""
+    """``value`` (case-insensitive) if it is one of ``choices``; ``name`` is the parameter it came from.
+
+    A parameter of the spec (:mod:`lmmap.params`: precision, mode, kappa_source) is checked there, in its
+    words; the spec's choices are these (tests/test_params.py holds them equal).
+    """
     v = str(value).lower()
     if v not in choices:
+        if name in PARAMS and PARAMS[name].choices == tuple(choices):
+            check(name, value)
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}", params=(name,))
     return v
 
 
 def check_error(error: str) -> str:
-    """The error type of ``e_ij``: relative or absolute."""
-    e = str(error).lower()
-    if e not in ERRORS:
-        raise InputError(f"error must be relative or absolute, got {error!r}", params=("error",))
-    return e
+    """The error type of ``e_ij``: relative or absolute (case-insensitive)."""
+    return check_option(error, ERRORS, "error")
 
 
 def check_eps0(eps0) -> float:
-    """``ε₀`` of the relative error: a finite number in :data:`EPS0_RANGE`."""
-    lo, hi = EPS0_RANGE
-    try:
-        v = float(eps0)
-    except (TypeError, ValueError):
-        v = math.nan
-    if isinstance(eps0, bool) or not (lo <= v <= hi):
-        raise InputError(f"eps0 must be a number from {lo:g} to {hi:g} (it is ε₀ in max(g_ij, ε₀); the "
-                         f"default is {EPS0:g}), got {eps0!r}", params=("eps0",))
-    return v
+    """``ε₀`` of the relative error: a finite number in :data:`EPS0_RANGE` (the spec's ``eps0``)."""
+    return check("eps0", eps0)
 
 
 def check_n_grid(n_grid, name: str = "n_grid") -> np.ndarray:
@@ -193,7 +189,7 @@ def error_scale(G, error: str = "relative", eps0: float = EPS0):
         return np.maximum(G, check_eps0(eps0))
     C = math.sqrt(float(np.mean(G * G)))
     if C == 0:
-        raise InputError("all distances are 0 (every model identical): the absolute error is undefined")
+        raise InputError("all distances are 0 (every model identical): the absolute error is undefined", params=("error",))
     return C
 
 

@@ -32,14 +32,14 @@ def check_matrix(X, name: str = "L", *, columns: str = "texts", min_rows: int = 
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
-        raise InputError(f"{name} must be a 2-D (models × {columns}) array, got shape {X.shape}")
+        raise InputError(f"{name} must be a 2-D (models × {columns}) array, got shape {X.shape}", params=("X", name))
     if X.shape[0] == 0 or X.shape[1] == 0:
-        raise InputError(f"{name} is empty (shape {X.shape}): it needs at least one model and one {columns[:-1]}")
+        raise InputError(f"{name} is empty (shape {X.shape}): it needs at least one model and one {columns[:-1]}", params=("X", name))
     if X.shape[0] < min_rows:
-        raise InputError(f"{name} needs at least {min_rows} models, got shape {X.shape}")
+        raise InputError(f"{name} needs at least {min_rows} models, got shape {X.shape}", params=("X", name))
     if finite and not np.all(np.isfinite(X)):
         i = int(np.argwhere(~np.isfinite(X))[0, 0])
-        raise InputError(f"{name} has a non-finite value in row {i}: re-score that model or drop it")
+        raise InputError(f"{name} has a non-finite value in row {i}: re-score that model or drop it", params=(name,))
     return X
 
 
@@ -48,9 +48,9 @@ def _as_weights(w, n_texts: int) -> np.ndarray | None:
         return None
     w = np.asarray(w, dtype=np.float64)
     if w.shape != (n_texts,):
-        raise InputError(f"w must have one weight per text ({n_texts}), got shape {w.shape}")
+        raise InputError(f"w must have one weight per text ({n_texts}), got shape {w.shape}", params=("w", "n_texts"))
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise InputError("w must be finite, non-negative and not all zero")
+        raise InputError("w must be finite, non-negative and not all zero", params=("w",))
     return w
 
 
@@ -63,7 +63,7 @@ def check_finite(L, names=None) -> None:
         who = f"model {names[i]!r}" if names is not None else f"row {i}"
         raise InputError(
             f"{who} has a non-finite log-likelihood ({L[i, s]}) at text {s} "
-            f"({int(bad[i].sum())} such values in that row); re-score it or drop it"
+            f"({int(bad[i].sum())} such values in that row); re-score it or drop it", params=("L",)
         )
 
 
@@ -71,7 +71,7 @@ def clip_threshold(L, percentile: float = DEFAULT_CLIP_PERCENTILE) -> float:
     """The clipping threshold: the ``percentile``-th percentile of all entries of ``L``."""
     L = check_matrix(L)
     if not 0 <= percentile <= 100:
-        raise InputError(f"percentile must be in [0, 100], got {percentile}")
+        raise InputError(f"percentile must be in [0, 100], got {percentile}", params=("percentile",))
     return float(np.percentile(L, percentile))
 
 
@@ -155,9 +155,14 @@ def cross_squared_distances(X_rows, X_cols) -> np.ndarray:
 
 
 def kl_from_squared_distances(G, n_texts: int) -> np.ndarray:
-    """``KL(p_i, p_j) ≈ g_ij / (2N)`` where N is the size of the full text set ``D_N``."""
+    """``KL(p_i, p_j) ≈ g_ij / (2N)`` where N is the size of the full text set ``D_N``.
+
+    The one copy of the formula: every KL of lmmap (matrices, neighbour lists, cross blocks, standard errors —
+    a standard error scales as its estimate — and the MDS scale, ``kl_from_squared_distances(1, N)``) goes
+    through it. ``G``: an array or a number (then a numpy float).
+    """
     if n_texts <= 0:
-        raise InputError(f"n_texts (N) must be positive, got {n_texts}")
+        raise InputError(f"n_texts (N) must be positive, got {n_texts}", params=("n_texts",))
     return np.asarray(G, dtype=np.float64) / (2.0 * n_texts)
 
 
@@ -170,12 +175,12 @@ def nearest_neighbors(D, k: int) -> tuple[np.ndarray, np.ndarray]:
     D = np.asarray(D, dtype=np.float64)
     K = D.shape[0]
     if D.shape != (K, K):
-        raise InputError(f"D must be square, got shape {D.shape}")
+        raise InputError(f"D must be square, got shape {D.shape}", params=("D",))
     if K < 2:
-        raise InputError("neighbours need at least 2 models")
+        raise InputError("neighbours need at least 2 models", params=("D",))
     k = int(min(k, K - 1))
     if k < 1:
-        raise InputError("k must be at least 1")
+        raise InputError("k must be at least 1", params=("k",))
     masked = D.copy()
     np.fill_diagonal(masked, np.inf)
     # A stable sort, not argpartition: argpartition keeps an arbitrary subset of the models tied at the k-th

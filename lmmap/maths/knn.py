@@ -71,6 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmmap.exceptions import InputError
+from lmmap.maths.geometry import kl_from_squared_distances
 from lmmap.maths.randomness import check_random_state
 from lmmap.progress import Tracker, say
 
@@ -632,7 +633,7 @@ def recall_at_k(idx_found, idx_exact) -> float:
     """
     f, e = np.asarray(idx_found), np.asarray(idx_exact)
     if f.ndim != 2 or e.ndim != 2 or f.shape[0] != e.shape[0]:
-        raise InputError(f"idx_found and idx_exact must be (rows × k) arrays of the same rows, "
+        raise InputError(f"idx_found and {{idx_exact}} must be (rows × k) arrays of the same rows, "
                          f"got shapes {f.shape} and {e.shape}", params=("idx_found", "idx_exact"))
     if e.size == 0:
         return 1.0
@@ -715,7 +716,7 @@ def knn(Q, k: int = 10, *, method: str = "auto", n_texts: int | None = None, ran
     how = resolve_method(method, K, d)
     if how == "exact":
         idx, g = exact_knn(Q, k, dtype=dtype, block_rows=block_rows, progress=progress)
-        return Neighbors(idx=idx, sqdist=g, kl=g / (2.0 * n_texts), method="exact", n_texts=int(n_texts))
+        return Neighbors(idx=idx, sqdist=g, kl=kl_from_squared_distances(g, n_texts), method="exact", n_texts=int(n_texts))
     # One generator for both draws: an int seed reproduces the sketch and the sample.
     rng = np.random.default_rng(random_state)
     idx, g, proj, C = _approximate(Q, k, n_components=n_components, n_candidates=n_candidates, n_iter=n_iter,
@@ -725,9 +726,10 @@ def knn(Q, k: int = 10, *, method: str = "auto", n_texts: int | None = None, ran
         sample = np.sort(rng.choice(K, size=min(int(recall_rows), K), replace=False)).astype(np.int64)
         exact_idx, _ = exact_knn_rows(Q, sample, k, dtype=np.float32, block_rows=block_rows, progress=progress)
         recall = recall_at_k(idx[sample], exact_idx)
-    return Neighbors(idx=idx, sqdist=g, kl=g / (2.0 * n_texts), method="approximate", n_texts=int(n_texts),
+    return Neighbors(idx=idx, sqdist=g, kl=kl_from_squared_distances(g, n_texts), method="approximate", n_texts=int(n_texts),
                      recall=recall, recall_rows=sample, n_components=int(proj.Z.shape[1]), n_candidates=C,
-                     captured=proj.captured, mean_distortion_kl=proj.mean_distortion / (2.0 * n_texts))
+                     captured=proj.captured,
+                     mean_distortion_kl=float(kl_from_squared_distances(proj.mean_distortion, n_texts)))
 
 
 __all__ = [

@@ -13,12 +13,12 @@ import numbers
 import numpy as np
 
 from lmmap.exceptions import InputError
+from lmmap.params import MAX_SEED, PARAMS, check
 
 # Drawn seeds stay below 2³¹: every consumer (numpy's legacy RandomState in fold shuffles, openTSNE) accepts them.
 _SEED_BOUND = 2**31 - 1
-# What a given seed may be: numpy's legacy RandomState (scikit-learn's folds and PCA, openTSNE) refuses anything
-# outside 0..2³²−1, deep inside the work; refusing it here names the parameter before anything runs.
-MAX_SEED = 2**32 - 1
+# MAX_SEED (lmmap.params): numpy's legacy RandomState (scikit-learn's folds and PCA, openTSNE) refuses seeds
+# outside 0..2³²−1 deep inside the work; refusing them at the start names the parameter before anything runs.
 
 
 def _is_int(x) -> bool:
@@ -28,15 +28,18 @@ def _is_int(x) -> bool:
 def check_seed(seed, name: str = "random_state", span: int = 1) -> int:
     """``seed`` as an int in ``0..MAX_SEED``; with ``span``, the seeds ``seed..seed+span−1`` must all be.
 
-    ``name`` is the parameter named in the error (the CLI shows its flag).
+    ``name`` is the parameter named in the error (the CLI shows its flag); the range and the message are the
+    spec's (:mod:`lmmap.params`: ``random_state``, or ``embedding_random_state`` for the 2-D embedding).
     """
-    if not _is_int(seed):
-        raise InputError(f"{name} must be a non-negative int (0 to {MAX_SEED:,}), got {seed!r}", params=(name,))
-    top = MAX_SEED - (int(span) - 1)
-    if not 0 <= seed <= top:
-        also = f" (the {span:,} seeds from it must all be at most {MAX_SEED:,})" if span > 1 else ""
-        raise InputError(f"{name} must be a non-negative int from 0 to {top:,}{also}, got {seed!r}", params=(name,))
-    return int(seed)
+    spec = name if name in PARAMS and PARAMS[name].interval == PARAMS["random_state"].interval else "random_state"
+    if int(span) > 1:
+        note = f"the {int(span):,} seeds from it must all be at most {MAX_SEED:,}"
+        return check(spec, seed, what=name, interval=(0, MAX_SEED - (int(span) - 1)), note=note)
+    return check(spec, seed, what=name)
+
+
+def _not_a_seed(name: str, value, also: str) -> InputError:
+    return InputError(f"{name} must be {PARAMS['random_state'].allowed()}, {also}, got {value!r}", params=(name,))
 
 
 def seed_of(random_state, name: str = "random_state"):
@@ -51,8 +54,7 @@ def seed_of(random_state, name: str = "random_state"):
         return int(np.random.default_rng(random_state).integers(_SEED_BOUND))
     if _is_int(random_state):
         return check_seed(random_state, name)
-    raise InputError(f"{name} must be a non-negative int (0 to {MAX_SEED:,}), a numpy Generator or None, "
-                     f"got {random_state!r}", params=(name,))
+    raise _not_a_seed(name, random_state, "a numpy Generator or None")
 
 
 def seed_sequence(random_state) -> np.random.SeedSequence:
@@ -70,10 +72,9 @@ def seeds_of(random_state, name: str = "random_state") -> list[int]:
     try:
         seeds = list(random_state)
     except TypeError:
-        raise InputError(f"{name} must be an int, a sequence of ints, a numpy Generator or None, got {random_state!r}",
-                         params=(name,)) from None
+        raise _not_a_seed(name, random_state, "a sequence of such ints, a numpy Generator or None") from None
     if not seeds:
-        raise InputError(f"{name} must be an int or a non-empty sequence of ints, got {random_state!r}", params=(name,))
+        raise _not_a_seed(name, random_state, "or a non-empty sequence of such ints")
     return [seed_of(s, name) for s in seeds]
 
 

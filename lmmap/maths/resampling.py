@@ -23,6 +23,7 @@ import numpy as np
 
 from lmmap.maths.geometry import check_matrix, squared_distances
 from lmmap.exceptions import InputError, LmmapWarning
+from lmmap.params import PARAMS, check, python_message
 
 METHODS = ("uniform", "ls", "kl")
 
@@ -76,7 +77,7 @@ def check_method(method) -> str:
     """Validate an importance method name (case-insensitive); returns it in lower case."""
     m = str(method).lower()
     if m not in METHODS:
-        raise InputError(f"unknown importance method {method!r}: choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown importance method {method!r}: choose one of {', '.join(METHODS)}", params=("method",))
     return m
 
 
@@ -90,12 +91,12 @@ def importance(Q, method: str) -> np.ndarray:
     """
     scores = importance_scores(Q, method)
     if not np.all(np.isfinite(scores)):
-        raise InputError(f"{method} importance is not finite for some text: Q holds NaN or inf values")
+        raise InputError(f"{method} importance is not finite for some text: Q holds NaN or inf values", params=("Q", "method"))
     top = scores.max()
     if top <= 0:
         raise InputError(
             f"{method} importance is zero for every text: all models score every text alike, "
-            "so there is nothing to resample from"
+            "so there is nothing to resample from", params=("method",)
         )
     scores = np.where(scores <= ZERO_IMPORTANCE_RTOL * top, 0.0, scores)
     return scores / scores.sum()
@@ -111,33 +112,29 @@ def n_zero_importance(pi) -> int:
 MAX_SAMPLE_SIZE = 10**12
 
 
-def check_sample_size(n) -> int:
-    """Validate a resample size n: a positive integer (numpy integers and integral floats accepted)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Real):
-        raise InputError(f"the resample size n must be a positive integer, got {n!r}")
-    # A Python int can exceed what numpy (and a multinomial draw) handles: bound it before numpy sees it.
-    if isinstance(n, numbers.Integral):
-        n = int(n)
-    elif not math.isfinite(float(n)) or float(n) != int(float(n)):
-        raise InputError(f"the resample size n must be a positive integer, got {n!r}")
-    else:
-        n = int(float(n))
-    if n <= 0:
-        raise InputError(f"the resample size n must be a positive integer, got {n!r}")
-    if n > MAX_SAMPLE_SIZE:
-        raise InputError(f"the resample size n = {n} is too large: at most {MAX_SAMPLE_SIZE:,} draws")
-    return n
+def check_sample_size(n, name: str = "n") -> int:
+    """Validate a resample size n: an int from 1 to :data:`MAX_SAMPLE_SIZE` (numpy integers and integral floats
+    accepted); the range and the message are the spec's (:mod:`lmmap.params`), naming ``name``.
+
+    A Python int can exceed what numpy (and a multinomial draw) handles: it is bounded before numpy sees it.
+    """
+    if isinstance(n, numbers.Real) and not isinstance(n, (bool, numbers.Integral)) and math.isfinite(float(n)) \
+            and float(n).is_integer():
+        n = int(float(n))  # 2900.0 is 2900 draws; 2.5 is refused below, as it was given
+    if n is None:  # the spec lets None pass where it is a default (stability's n); here it is not
+        raise InputError(f"{name} must be {PARAMS['stability_n'].allowed()}, got None", params=(name,))
+    return check("stability_n", n, what=name)
 
 
 def check_probabilities(pi) -> np.ndarray:
     """Validate ``π``: a finite, non-negative 1-D vector summing to 1."""
     pi = np.asarray(pi, dtype=np.float64)
     if pi.ndim != 1 or pi.size == 0:
-        raise InputError(f"π must be a non-empty 1-D vector, got shape {pi.shape}")
+        raise InputError(f"π must be a non-empty 1-D vector, got shape {pi.shape}", params=("pi",))
     if not np.all(np.isfinite(pi)) or np.any(pi < 0):
-        raise InputError("π must be finite and non-negative")
+        raise InputError("π must be finite and non-negative", params=("pi",))
     if not np.isclose(pi.sum(), 1.0, rtol=0, atol=1e-8):
-        raise InputError(f"π must sum to 1, it sums to {pi.sum()!r}")
+        raise InputError(f"π must sum to 1, it sums to {pi.sum()!r}", params=("pi",))
     return pi
 
 
@@ -175,7 +172,7 @@ def n_for_expected_unique(pi, d: float) -> int:
     pi = check_probabilities(pi)
     reachable = int(np.count_nonzero(pi))
     if not 0 < d < reachable:
-        raise InputError(f"a target of {d} unique texts is not reachable: choose 0 < d < {reachable}")
+        raise InputError(f"a target of {d} unique texts is not reachable: choose 0 < d < {reachable}", params=("d",))
     lo, hi = 1, 1
     while expected_unique(pi, hi)[0] < d:
         lo, hi = hi, hi * 2
@@ -260,6 +257,12 @@ def no_real_subset_note(n: int, d: float, N: int, expected: bool = False) -> str
 
     ``d``: the unique texts drawn (``expected``: the expected number per map).
     """
+    note = _no_real_subset(n, d, N, expected)
+    return None if note is None else python_message(note, ("n",))
+
+
+def _no_real_subset(n: int, d: float, N: int, expected: bool) -> str | None:
+    """:func:`no_real_subset_note` with its mention of n marked (``{n=75}``: ``--n 75`` on the command line)."""
     n, N = int(n), int(N)
     if N < 2 or (n < N and d < NO_REAL_SUBSET_FRACTION * N):
         return None
@@ -268,16 +271,17 @@ def no_real_subset_note(n: int, d: float, N: int, expected: bool = False) -> str
     what = "no real subset" if d >= NO_REAL_SUBSET_FRACTION * N else "as many draws as texts"
     return (
         f"{n} draws pick {about}{d:,.0f} of the {N:,} texts{per} ({100 * d / N:.0f}%): {what}; "
-        f"try n={suggested_resample_size(N)} (about N/4)"
+        f"try {{n={suggested_resample_size(N)}}} (about N/4)"
     )
 
 
 def warn_if_no_real_subset(n: int, d: float, N: int, expected: bool = False) -> str | None:
     """:func:`no_real_subset_note` as a :class:`LmmapWarning` (returns the note, or None)."""
-    note = no_real_subset_note(n, d, N, expected)
-    if note:
-        warnings.warn(LmmapWarning(note, params=("n",)), stacklevel=3)
-    return note
+    note = _no_real_subset(n, d, N, expected)
+    if note is None:
+        return None
+    warnings.warn(LmmapWarning(note, params=("n",)), stacklevel=3)
+    return python_message(note, ("n",))
 
 
 def note_if_no_real_subset(Q, method: str, n: int, per_map: bool = True) -> str | None:

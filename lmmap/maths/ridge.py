@@ -44,6 +44,9 @@ from lmmap.exceptions import InputError
 SCORE_ALPHAS = 10.0 ** np.arange(1, 10)  # 10¹..10⁹ (SPEC §7)
 LOGLIK_ALPHAS = 10.0 ** np.arange(-4, 5)  # 10⁻⁴..10⁴ (SPEC §7)
 SCORE, LOGLIK = "score", "loglik"
+# Penalties ridge_loo tries, relative to the largest squared singular value of the centred design (so the grid
+# does not depend on the scale of the features); the one of least leave-one-out error is kept.
+LOO_RELATIVE_ALPHAS = np.array([1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
 
 
 def alpha_grid(kind: str) -> np.ndarray:
@@ -53,6 +56,39 @@ def alpha_grid(kind: str) -> np.ndarray:
     if kind == LOGLIK:
         return LOGLIK_ALPHAS.copy()
     raise InputError(f"unknown target kind {kind!r}: expected {SCORE!r} or {LOGLIK!r}", params=("kind",))
+
+
+# ------------------------------------------------------------------------------- ridge by leave-one-out
+
+
+def ridge_loo(Phi, y, relative_alphas=LOO_RELATIVE_ALPHAS) -> np.ndarray:
+    """Ridge coefficients θ (d,) of ``y`` (n,) on the rows of ``Phi`` (n×d), with an unpenalised intercept, for
+    the α of ``relative_alphas · D₁²`` (D₁ the largest singular value of the centred ``Phi``) with the least
+    leave-one-out squared error.
+
+    The intercept is ``ȳ − mean(Phi) · θ``. One SVD ``Phi_c = A D Bᵀ`` gives every α: fitted values
+    ``A diag(D²/(D²+α)) Aᵀ y_c`` and leverages ``h_i = Σ_r A_ir² D_r²/(D_r²+α) + 1/n`` (the 1/n is the
+    intercept), so the leave-one-out residual of row i is ``(y_c,i − ŷ_i)/(1 − h_i)`` exactly, without n refits.
+    Used by the adaptive estimator's prediction (:mod:`lmmap.analyses.adaptive`). A design with no spread
+    (every row alike) gives θ = 0.
+    """
+    Phi = np.asarray(Phi, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n, d = Phi.shape
+    Pc = Phi - Phi.mean(axis=0)
+    yc = y - y.mean()
+    A, D, Bt = np.linalg.svd(Pc, full_matrices=False)
+    if D.size == 0 or D[0] <= 0:
+        return np.zeros(d)
+    Ay = A.T @ yc
+    lam = np.asarray(relative_alphas, dtype=np.float64) * D[0] ** 2
+    shrink = D[None, :] ** 2 / (D[None, :] ** 2 + lam[:, None])  # (grid, r)
+    fitted = (shrink * Ay[None, :]) @ A.T  # (grid, n)
+    h = (A * A) @ shrink.T + 1.0 / n  # leverage incl. the intercept, (n, grid)
+    # 1 − h is 0 only for a row that alone determines its fit: floored so that its error counts as large, not inf.
+    loo = ((yc[None, :] - fitted) / np.maximum(1.0 - h.T, 1e-6)) ** 2
+    best = int(np.argmin(loo.sum(axis=1)))
+    return Bt.T @ (D / (D ** 2 + lam[best]) * Ay)
 
 
 # ------------------------------------------------------------------------------- kernels and the α path
@@ -159,7 +195,7 @@ def inner_splits(n: int, n_inner: int, random_state: int) -> list[tuple[np.ndarr
     if n < n_inner:
         raise InputError(
             f"the inner {n_inner}-fold CV that chooses α needs at least {n_inner} training models, "
-            f"a training fold has {n}; score more models or give n_inner={max(2, n)} or fewer",
+            f"a training fold has {n}; score more models or give {{n_inner={max(2, n)}}} or fewer",
             params=("n_inner",),
         )
     out = []
@@ -354,7 +390,7 @@ def _check_cv_inputs(n_models, Y, groups, alpha_grids, clip_ranges, target_names
         raise InputError(f"Y has {Y.shape[0]} rows for {n_models} models", params=("Y",))
     T = Y.shape[1]
     if np.isinf(Y).any():
-        raise InputError("a target holds ±inf; give finite numbers (leave a cell empty for a missing value)")
+        raise InputError("a target holds ±inf; give finite numbers (leave a cell empty for a missing value)", params=("Y",))
     # The labels themselves (not codes): GroupKFold orders groups by label before shuffling,
     # so the same seed gives the same folds as scikit-learn run on the user's labels.
     groups = np.arange(n_models) if groups is None else np.asarray([str(g) for g in groups], dtype=object)
@@ -410,7 +446,7 @@ def cross_validate(
     if solver not in ("eigen", "sklearn"):
         raise InputError(f"solver must be 'eigen' or 'sklearn', got {solver!r}", params=("solver",))
     if solver == "sklearn" and X is None:
-        raise InputError("solver='sklearn' needs the features X", params=("solver", "X"))
+        raise InputError("{solver='sklearn'} needs the features X", params=("solver", "X"))
     if X is not None:
         X = np.asarray(X, dtype=np.float64)
     K = X.shape[0] if X is not None else np.asarray(G).shape[0]
@@ -431,14 +467,14 @@ def cross_validate(
     for rows, cols in mask_patterns(Y):
         which = ", ".join(repr(names[c]) for c in cols)
         if rows.size == 0:
-            raise InputError(f"no model has a value for {which}")
+            raise InputError(f"no model has a value for {which}", params=("Y",))
         try:
             pattern_folds = [outer_folds(codes[rows], n_folds, seed) for seed in seeds]
         except InputError as exc:
             n_groups = np.unique(codes[rows]).size
-            fewer = f"n_folds={n_groups} or fewer, " if n_groups >= 2 else ""
+            fewer = f"{{n_folds={n_groups}}} or fewer, " if n_groups >= 2 else ""
             raise InputError(
-                f"{which}: {exc}; give {fewer}a finer group column, or no grouping (group_by='none')",
+                f"{which}: {exc}; give {fewer}a finer group column, or no grouping ({{group_by='none'}})",
                 params=("n_folds", "group_by"),
             ) from None
         grids = [alpha_grids[c] for c in cols]
@@ -471,7 +507,7 @@ def residual_interval(residuals, level: float = 0.9) -> tuple[float, float]:
     fraction ``level`` of held-out models (groups unseen in training, so it errs wide).
     """
     if not 0 < level < 1:
-        raise InputError(f"the interval level must be in (0, 1), got level = {level}", params=("level",))
+        raise InputError(f"the interval {{level}} must be in (0, 1), got level = {level}", params=("level",))
     r = np.asarray(residuals, dtype=np.float64).ravel()
     r = r[np.isfinite(r)]
     if r.size == 0:

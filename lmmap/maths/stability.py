@@ -49,7 +49,7 @@ def procrustes_rotation(Y, Y_ref) -> np.ndarray:
     Y = as_configuration(Y)
     Y_ref = as_configuration(Y_ref, "Y_ref")
     if Y.shape != Y_ref.shape:
-        raise InputError(f"configurations differ in shape: {Y.shape} and reference {Y_ref.shape}")
+        raise InputError(f"configurations differ in shape: {Y.shape} and reference {Y_ref.shape}", params=("Y", "Y_ref"))
     U, _ = orthogonal_procrustes(centre(Y), centre(Y_ref))
     return U
 
@@ -63,7 +63,7 @@ def align_all(Ys, Y_ref) -> np.ndarray:
     """Align each of R configurations (R×K×2) to ``Y_ref``; returns the aligned R×K×2."""
     Ys = np.asarray(Ys, dtype=np.float64)
     if Ys.ndim != 3 or Ys.shape[2] != 2:
-        raise InputError(f"configurations must be an R×K×2 array, got shape {Ys.shape}")
+        raise InputError(f"configurations must be an R×K×2 array, got shape {Ys.shape}", params=("Ys",))
     return np.stack([align(Y, Y_ref) for Y in Ys])
 
 
@@ -74,7 +74,7 @@ def position_moments(Zs) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``z̄_i`` (K×2) and covariance ``Cov(z_i) = (1/R) Σ_r (z_i^(r) − z̄_i)(z_i^(r) − z̄_i)ᵀ`` (K×2×2)."""
     Zs = np.asarray(Zs, dtype=np.float64)
     if Zs.ndim != 3 or Zs.shape[2] != 2 or Zs.shape[0] < 1:
-        raise InputError(f"aligned positions must be an R×K×2 array, got shape {Zs.shape}")
+        raise InputError(f"aligned positions must be an R×K×2 array, got shape {Zs.shape}", params=("Zs",))
     mean = Zs.mean(axis=0)
     dev = Zs - mean
     cov = np.einsum("rki,rkj->kij", dev, dev) / Zs.shape[0]
@@ -85,9 +85,9 @@ def ellipse_axes(cov) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standard deviational ellipse of each ``Cov(z_i)``: semi-axes ``√λ₁ ≥ √λ₂`` and the major axis' angle (degrees, [0, 180))."""
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim < 2 or cov.shape[-2:] != (2, 2):
-        raise InputError(f"a covariance must be 2×2 (or K×2×2), got shape {cov.shape}")
+        raise InputError(f"a covariance must be 2×2 (or K×2×2), got shape {cov.shape}", params=("cov",))
     if not np.all(np.isfinite(cov)):
-        raise InputError("a covariance holds NaN or inf: compute it from at least two finite positions")
+        raise InputError("a covariance holds NaN or inf: compute it from at least two finite positions", params=("cov",))
     # eigh wants symmetric input; averaging removes round-off asymmetry.
     lam, vec = np.linalg.eigh((cov + np.swapaxes(cov, -1, -2)) / 2)
     # Round-off can leave a tiny negative eigenvalue for a degenerate Σ.
@@ -105,7 +105,7 @@ def bias_variance(Zs, Y_ref) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Zs = np.asarray(Zs, dtype=np.float64)
     Y_ref = centre(as_configuration(Y_ref, "Y_ref"))
     if Zs.shape[1:] != Y_ref.shape:
-        raise InputError(f"positions {Zs.shape[1:]} and reference {Y_ref.shape} differ in shape")
+        raise InputError(f"positions {Zs.shape[1:]} and reference {Y_ref.shape} differ in shape", params=("Zs", "Y_ref"))
     mean, cov = position_moments(Zs)
     bias2 = np.sum((mean - Y_ref) ** 2, axis=1)
     variance = np.trace(cov, axis1=1, axis2=2)

@@ -21,7 +21,7 @@ from lmmap.exceptions import InputError
 
 # Result class (module.qualname) -> the module whose ``write(result, outdir, **options)`` writes it.
 WRITERS = {
-    "lmmap.map.ModelMap": "lmmap.report.map",
+    "lmmap.analyses.map.MapResult": "lmmap.report.map",
     "lmmap.analyses.place.Placement": "lmmap.report.place",
     "lmmap.analyses.adaptive.AdaptiveResult": "lmmap.report.adaptive",
     "lmmap.analyses.predict.PredictionResult": "lmmap.report.predict",
@@ -36,6 +36,10 @@ WRITERS = {
 
 def writer_for(result):
     """The writer module of ``result``'s type (or of its nearest base class that has one)."""
+    if any(f"{c.__module__}.{c.__qualname__}" == "lmmap.map.ModelMap" for c in type(result).__mro__):
+        # A map is the input of analyses, not a result: its files need the embedding, neighbours and lineage.
+        raise InputError("a ModelMap is not a result: build its map first, "
+                         "report.write(lmmap.analyses.map.build_map(mm, ...), outdir)", params=("result",))
     for cls in type(result).__mro__:
         module = WRITERS.get(f"{cls.__module__}.{cls.__qualname__}")
         if module is not None:

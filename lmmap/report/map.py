@@ -1,12 +1,14 @@
-"""The files of a model map: ``write(mm, outdir)`` for a :class:`lmmap.map.ModelMap`.
+"""The files of a model map: ``write(result, outdir)`` for a :class:`lmmap.analyses.map.MapResult`.
 
 ``kl.csv`` (and ``kl_se.csv``; up to :data:`lmmap.map.DENSE_MAX_K` models, or
 ``kl.npy`` when asked for), ``coords.csv``, ``neighbors.csv``,
 ``lineage.csv`` when the metadata declares bases, ``map.png``, ``map.html``
 (with ``plotly.min.js``) and ``map.json`` (the map's parameters: the clipping
-threshold above all, with provenance). The pieces a map picture is made of
-(title, axis label, lines, hover text) are here too, for the writers of
-placed maps.
+threshold above all, with provenance). The writer computes nothing:
+:func:`lmmap.analyses.map.build_map` did; here every KL is converted to the
+unit asked for, and the result is laid out and drawn. The pieces a map
+picture is made of (title, axis label, lines, hover text) are here too, for
+the writers of placed maps.
 """
 
 from __future__ import annotations
@@ -18,76 +20,66 @@ import pandas as pd
 
 import numpy as np
 
+from lmmap.analyses.map import check_full_kl, full_kl_cost  # noqa: F401  (computed there; importable from here)
 from lmmap.exceptions import InputError
 from lmmap.report.files import Files
 
 
-def write(
-    mm,
-    outdir: str | os.PathLike,
-    *,
-    embedding: str = "auto",
-    color_by: str | None = "model_type",
-    k: int = 10,
-    se: bool = False,
-    R: int = 100,
-    random_state: int = 42,
-    edges: str = "auto",
-    unit: str = "nats-per-text",
-    full_kl: bool = False,
-) -> dict[str, Path]:
-    """Write the map of ``mm``; returns ``{file name: path}``.
+def write(result, outdir: str | os.PathLike, *, unit: str = "nats-per-text",
+          color_by: str | None = "model_type") -> dict[str, Path]:
+    """Write the map ``result`` (:func:`lmmap.analyses.map.build_map`); returns ``{file name: path}``.
 
-    ``embedding``: auto (classical MDS below 40 models, t-SNE above), mds,
-    tsne, pca or umap; ``random_state`` seeds it. ``edges``: auto
-    (``base_model`` when the metadata declares bases, else ``nn``), nn,
-    base_model or none; with declared bases ``lineage.csv`` says for each
-    model whether its nearest model by KL is in its lineage. ``se``: add
-    bootstrap standard errors (``R`` replicates) to the neighbours and write
-    ``kl_se.csv``. ``unit``: the unit of every KL written (``nats-per-text``
-    or ``bits-per-byte``); map.json records it as ``kl_unit``.
+    ``unit``: the unit of every KL written (``nats-per-text`` or
+    ``bits-per-byte``); map.json records it as ``kl_unit``. ``color_by``: the
+    metadata column that colours the map. With declared bases ``lineage.csv``
+    says for each model whether its nearest model by KL is in its lineage.
 
-    The K×K KL matrix is written as ``kl.csv`` up to :data:`lmmap.map.DENSE_MAX_K`
-    models; beyond, nothing K×K is computed unless ``full_kl`` (then
-    ``kl.npy``, float32, rows and columns in the order of map.json's
-    ``models``; refused past :data:`lmmap.map.DENSE_MAX_BYTES`). ``full_kl``
-    writes ``kl.npy`` on a small map too. ``se`` computes the K×K matrices whatever K (SEs of the
-    neighbours), and writes ``kl_se.csv`` where ``kl.csv`` is written.
+    ``kl.csv`` is written when the result holds the K×K KL matrix and the map
+    has up to :data:`lmmap.map.DENSE_MAX_K` models (``kl_se.csv`` beside it with
+    standard errors); ``kl.npy`` (float32, rows and columns in the order of
+    map.json's ``models``) when the result was built with ``full_kl``.
+    Deterministic: the same result gives the same files.
     """
+    from lmmap.analyses.map import MapResult
     from lmmap.map import LINEAGE_TIE, UNIT_LABELS, check_unit
     from lmmap.report import plots
 
+    if not isinstance(result, MapResult):
+        raise InputError(f"write takes a MapResult (lmmap.analyses.map.build_map), not a {type(result).__name__}",
+                         params=("result",))
+    mm = result.map
     check_unit(unit)
     factor = mm.unit_factor(unit)  # refused before any file is written when the map cannot give this unit
-    if full_kl:
-        check_full_kl(mm.K)
-    method = mm.embedding_method(embedding)
-    edge_mode = mm.resolve_edges(edges)
     groups = mm.groups(color_by)
     if color_by and groups is None and color_by != "model_type":
         raise InputError(f"no metadata column {color_by!r} to colour by; give one with metadata (a MODELS.csv)",
                          params=("color_by",))
     files = Files(outdir)
     index = pd.Index(mm.names, name="model")
-    if writes_kl_csv(mm):
-        files.table("kl.csv", mm.kl_frame(unit), index=True)
-    if full_kl:
-        _write_kl_npy(files.path("kl.npy"), mm, unit)
-    if se and writes_kl_csv(mm):
-        files.table("kl_se.csv", pd.DataFrame(mm.kl_se(R=R, unit=unit), index=index, columns=mm.names), index=True)
-    coords = mm.embed(embedding, random_state=random_state)
+    kl_csv = result.kl is not None and writes_kl_csv(result)
+    if kl_csv:
+        files.table("kl.csv", pd.DataFrame(_in_unit(result.kl, factor), index=index, columns=mm.names), index=True)
+    if result.full_kl:
+        _write_kl_npy(files.path("kl.npy"), result.kl, factor)
+    if result.kl_se is not None and kl_csv:
+        files.table("kl_se.csv", pd.DataFrame(_in_unit(result.kl_se, factor), index=index, columns=mm.names),
+                    index=True)
+    coords = result.coords
     files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": coords[:, 0], "y": coords[:, 1]}))
-    table = mm.neighbor_table(k, se=se, R=R, unit=unit)
+    table = result.neighbors
+    if factor != 1.0:
+        table = table.assign(**{c: table[c] * factor for c in ("kl", "kl_se") if c in table.columns})
     files.table("neighbors.csv", table)
-    lineage = mm.lineage()
+    lineage = result.lineage
     if len(lineage) and factor != 1.0:
         lineage = lineage.assign(**{c: lineage[c] * factor for c in ("kl_to_base", "kl_to_nearest", "kl_to_lineage")})
     if len(lineage):
         files.table("lineage.csv", lineage)
-    edge_sets, flagged = map_edges(mm, edge_mode)
+    edge_sets, flagged = compose_edges(mm, result.edges, result.nearest_pairs, result.lineage, result.paths)
     hover = hover_neighbors(table, mm.names, n=3, unit=UNIT_LABELS[unit] if unit != "nats-per-text" else "")
     if len(lineage):
         hover = _hover_lineage(hover, mm.names, lineage)
+    method = result.method
     style = dict(
         groups=groups, title=title(mm, method, unit=unit), edges=edge_sets, flagged=flagged,
         flagged_label=flagged_label(mm), axis_label=axis_label(method),
@@ -98,8 +90,9 @@ def write(
         lambda path: plots.map_png(path, coords, mm.names, **style),
         lambda path: plots.map_html(path, coords, mm.names, hover=hover, **style),
     )
-    info = mm.describe(embedding=method, embedding_requested=embedding, embedding_random_state=random_state,
-                       color_by=color_by, edges=edge_mode, kl_unit=unit)
+    info = mm.describe(embedding=method, embedding_requested=result.embedding,
+                       embedding_random_state=result.embedding_random_state, color_by=color_by, edges=result.edges,
+                       kl_unit=unit)
     if len(lineage):
         info["lineage"] = {
             "declared": int(len(lineage)),
@@ -111,42 +104,27 @@ def write(
     return files.paths
 
 
+def _in_unit(values: np.ndarray, factor: float) -> np.ndarray:
+    """KL in nats per text (``values``) in the unit whose factor is ``factor``."""
+    return values if factor == 1.0 else values * factor
+
+
 def writes_kl_csv(mm) -> bool:
-    """Whether :func:`write` writes ``kl.csv``: up to :data:`lmmap.map.DENSE_MAX_K` models (beyond, a CSV of
-    K×K numbers is gigabytes that nobody reads; ``full_kl`` gives them as ``kl.npy``)."""
+    """Whether ``kl.csv`` is written for a map of ``mm.K`` models (a map or its result): up to
+    :data:`lmmap.map.DENSE_MAX_K` (beyond, a CSV of K×K numbers is gigabytes that nobody reads; ``full_kl``
+    gives them as ``kl.npy``)."""
     from lmmap.map import DENSE_MAX_K
 
     return mm.K <= DENSE_MAX_K
 
 
-def full_kl_cost(K: int) -> str:
-    """What ``--full-kl`` costs at K models, in words: the file and the memory to compute it."""
-    def gb(n):
-        return f"{n / 1e9:,.1f}" if n >= 1e9 else f"{n / 1e9:.2g}"
-
-    # Memory: the float64 matrix and the Gram product it is made from.
-    return f"{K:,}×{K:,}: a {gb(4 * K * K)} GB kl.npy (float32) and {gb(16 * K * K)} GB of memory to compute it"
-
-
-def check_full_kl(K: int) -> None:
-    """A one-line :class:`InputError` when the K×K KL matrix is larger than :data:`lmmap.map.DENSE_MAX_BYTES`."""
-    from lmmap.map import DENSE_MAX_BYTES
-
-    if 8 * K * K > DENSE_MAX_BYTES:
-        raise InputError(
-            f"--full-kl: the KL matrix of {K:,} models is {full_kl_cost(K)}, past the {DENSE_MAX_BYTES / 2**30:.3g} GiB "
-            "limit on a K×K matrix in memory; neighbors.csv (-k) and `lmmap neighbors MODEL` need none",
-            params=("full_kl",))
-
-
-def _write_kl_npy(path: Path, mm, unit: str) -> None:
+def _write_kl_npy(path: Path, kl: np.ndarray, factor: float) -> None:
     """The K×K KL as float32 ``.npy``, converted a block of rows at a time: no second K×K float64 array."""
-    G = mm.squared_distances()
-    scale = mm.unit_factor(unit) / (2.0 * mm.n_texts)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=G.shape)
-    step = max(1, (64 << 20) // (8 * mm.K))
-    for s in range(0, mm.K, step):
-        out[s:s + step] = G[s:s + step] * scale
+    K = kl.shape[0]
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=kl.shape)
+    step = max(1, (64 << 20) // (8 * K))
+    for s in range(0, K, step):
+        out[s:s + step] = _in_unit(kl[s:s + step], factor)
     out.flush()
     del out
 
@@ -182,7 +160,8 @@ def units_line(method: str, unit: str = "nats-per-text") -> str:
 
 
 def dense(mm) -> bool:
-    """Whether the map has too many models for every line and ring (:data:`plots.DENSE_MAP_MODELS`)."""
+    """Whether the map (or its result) has too many models for every line and ring
+    (:data:`plots.DENSE_MAP_MODELS`)."""
     from lmmap.report.plots import DENSE_MAP_MODELS
 
     return mm.K > DENSE_MAP_MODELS
@@ -196,7 +175,21 @@ def flagged_label(mm) -> str:
 
 
 def map_edges(mm, mode: str = "auto"):
-    """The lines of the map and the models to flag: ``(list of plots.Edges, flagged names)``.
+    """The lines of the map and the models to flag: ``(list of plots.Edges, flagged names)``, computed from
+    ``mm`` by :mod:`lmmap.analyses.map` and laid out by :func:`compose_edges` (what :func:`write` draws)."""
+    from lmmap.analyses.map import nearest_pairs, trajectory_lines
+
+    mode = mm.resolve_edges(mode)
+    if mode == "none":
+        return [], []
+    pairs = nearest_pairs(mm) if mode == "nn" else ()
+    lineage = mm.lineage() if mode == "base_model" else None
+    return compose_edges(mm, mode, pairs, lineage, trajectory_lines(mm))
+
+
+def compose_edges(mm, mode: str, nearest_pairs, lineage, paths):
+    """The lines of the map and the models to flag, ``(list of plots.Edges, flagged names)``, from what
+    :func:`lmmap.analyses.map.build_map` found: the nearest-neighbour pairs, the lineage table and the paths.
 
     ``nn``: each model to its nearest by KL (a mutual pair drawn once).
     ``base_model``: each model to its declared base, and a dashed red line
@@ -216,14 +209,12 @@ def map_edges(mm, mode: str = "auto"):
     """
     from lmmap.report.plots import Edges
 
-    mode = mm.resolve_edges(mode)
     if mode == "none":
         return [], []
+    path_edges = [Edges(kind, tuple(pairs)) for kind, pairs in paths]
     if mode == "nn":
-        idx, _ = mm.nearest(1)
-        pairs = sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(idx[:, 0])})
-        return [Edges("nn", tuple((mm.names[a], mm.names[b]) for a, b in pairs))] + trajectory_edges(mm), []
-    table = mm.lineage()
+        return [Edges("nn", tuple(nearest_pairs))] + path_edges, []
+    table = lineage
     bad = table[~table["consistent"].astype(bool)]
     sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])),
                   label=f"declared base_model ({len(table)} lines)" if dense(mm) else None)]
@@ -233,64 +224,26 @@ def map_edges(mm, mode: str = "auto"):
         bad = bad[bad["nearest"].isin(declared)]
     elif len(bad):
         sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
-    return sets + trajectory_edges(mm), list(bad["model"])
+    return sets + path_edges, list(bad["model"])
 
 
 def declared_edges(names, metadata) -> list:
-    """The lines a map's metadata declares, whatever the KL says: each model to its ``base_model`` and the
-    trajectory and layer paths (:func:`trajectory_edges`), among ``names`` only. For placed maps, whose KL
-    comes from a subset of texts."""
-    from types import SimpleNamespace
-
-    from lmmap.map import LINEAGE_COLUMN
+    """The lines a map's metadata declares (:func:`lmmap.analyses.map.declared_lines`) as :class:`plots.Edges`:
+    each model to its ``base_model`` and the trajectory and layer paths, among ``names`` only. For placed maps,
+    whose KL comes from a subset of texts."""
+    from lmmap.analyses.map import declared_lines
     from lmmap.report.plots import Edges
 
-    if metadata is None or not len(names):
-        return []
-    meta = metadata.set_index("model") if "model" in metadata.columns else metadata
-    meta = meta[~meta.index.duplicated()]
-    out = []
-    if LINEAGE_COLUMN in meta.columns:
-        present = set(names)
-        pairs = []
-        for model, base in zip(names, meta[LINEAGE_COLUMN].reindex(names)):
-            base = "" if base is None or (not isinstance(base, str) and pd.isna(base)) else str(base).strip()
-            if base and base != model and base in present:
-                pairs.append((model, base))
-        if pairs:
-            out.append(Edges("lineage", tuple(pairs)))
-    return out + trajectory_edges(SimpleNamespace(names=list(names), metadata=meta))
+    return [Edges(kind, pairs) for kind, pairs in declared_lines(names, metadata)]
 
 
 def trajectory_edges(mm) -> list:
     """:class:`plots.Edges` of kind ``trajectory`` (consecutive checkpoints of each trajectory in step order) and
-    ``layers`` (consecutive layers of each model scored with the logit lens).
-
-    Empty when the metadata declares no trajectory. A trajectory that cannot
-    be ordered (a step that is not a number) or has one checkpoint in the map
-    is left out with a note: the map is still drawn.
-    """
-    import warnings
-
-    from lmmap.analyses.trajectory import order_points, trajectories
-    from lmmap.exceptions import LmmapWarning
+    ``layers`` (consecutive layers of each lensed model): :func:`lmmap.analyses.map.trajectory_lines`."""
+    from lmmap.analyses.map import trajectory_lines
     from lmmap.report.plots import Edges
 
-    out = []
-    for kind in ("trajectory", "layers"):
-        pairs = []
-        for name, members in trajectories(mm, kind).items():
-            if len(members) < 2:
-                continue  # one checkpoint: nothing to join, and nothing wrong
-            try:
-                points = order_points(name, members, kind)
-            except InputError as exc:
-                warnings.warn(f"{kind} {name!r} is not drawn on the map: {exc}", LmmapWarning, stacklevel=2)
-                continue
-            pairs.extend((a, b) for (a, _), (b, _) in zip(points[:-1], points[1:]))
-        if pairs:
-            out.append(Edges(kind, tuple(pairs)))
-    return out
+    return [Edges(kind, pairs) for kind, pairs in trajectory_lines(mm)]
 
 
 def axis_label(method: str) -> str:

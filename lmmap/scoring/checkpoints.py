@@ -98,14 +98,14 @@ def expand_checkpoints(models: Sequence[str], *, revisions=None, trajectory: str
                              params=("revisions",))
         if Path(models[0]).expanduser().is_dir():
             raise InputError(f"model {models[0]!r} is a local directory: revisions are for hub models; score local "
-                             "checkpoint directories with trajectory=NAME", params=("revisions", "trajectory"))
+                             "checkpoint directories with {trajectory=NAME}", params=("revisions", "trajectory"))
         base = names[0] if names else (default_name or str)(models[0])
         labels, sources, revs = revisions, [models[0]] * len(revisions), revisions
         traj = str(trajectory).strip() if trajectory is not None else base
         out_names = [f"{base}@{r}" for r in revisions]
     else:
         if names:
-            raise InputError(f"trajectory cannot be combined with names={names[0]}: the checkpoints are stored as "
+            raise InputError(f"trajectory cannot be combined with {{names={names[0]}}}: the checkpoints are stored as "
                              "TRAJECTORY@DIRECTORY", params=("names", "trajectory"))
         traj = str(trajectory).strip()
         labels = [Path(m).expanduser().resolve().name if Path(m).expanduser().exists() else m.rstrip("/").split("/")[-1]
@@ -125,7 +125,7 @@ def expand_checkpoints(models: Sequence[str], *, revisions=None, trajectory: str
         missing = [lab for lab, s in zip(labels, step_values) if s is None]
         if missing:
             raise InputError(f"no step number in {missing[0]!r}: name checkpoints by their step (step1000, "
-                             "checkpoint-1000) or give each checkpoint's step: steps=S,S,...", params=("steps",))
+                             "checkpoint-1000) or give each checkpoint's step: {steps=S},S,...", params=("steps",))
     for lab, v in zip(labels, step_values):
         # A step is a count of training steps: NaN, inf or a negative one cannot order a trajectory, and one past
         # 2**53 is no longer an exact number (stored, it turned the whole step column into text).

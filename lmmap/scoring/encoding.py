@@ -172,7 +172,7 @@ def _encode_plain(tokenizer, texts, convention, max_length, stride, positions) -
         if prepended is None:
             raise InputError(
                 f"tokenizer {tokenizer.name_or_path!r} has neither a BOS nor an EOS token, so the full convention "
-                "has nothing to condition the first token on; use convention='reference'",
+                "has nothing to condition the first token on; use {convention='reference'}",
                 params=("convention",),
             )
         prefix = [int(prepended)]
@@ -198,7 +198,7 @@ def _encode_plain(tokenizer, texts, convention, max_length, stride, positions) -
             raise InputError(
                 f"text at position {pos} encodes to {len(seq)} token under the {convention} convention with "
                 f"{tokenizer.name_or_path!r}: nothing to score (the first token is only context); "
-                "remove the text from the text set, or use convention='full'",
+                "remove the text from the text set, or use {convention='full'}",
                 params=("convention",),
             )
         sequences.append(seq)
@@ -339,7 +339,7 @@ def _encode_prompted(tokenizer, texts, prompts, convention, max_length, stride, 
             if not plain_prefix and len(r) < 2:
                 raise InputError(
                     f"text at position {where(i)} has an empty prompt and encodes to 1 token under the {convention} "
-                    f"convention with {name!r}: nothing to score; use convention='full'", params=("convention",))
+                    f"convention with {name!r}: nothing to score; use {{convention='full'}}", params=("convention",))
             head_n = len(p)
         else:
             f0 = len(p)

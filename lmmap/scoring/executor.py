@@ -1,12 +1,13 @@
 """Scoring on a Ray cluster: one Ray task per (model, shard of texts); this process alone writes the store.
 
 :func:`score_models_ray` is what :func:`lmmap.scoring.driver.score_models`
-runs with ``executor="ray"``. Everything that touches the store stays in the
+runs with ``ExecutorOptions("ray")``. Everything that touches the store stays in the
 driver (this process): which models are stored, which texts are checkpointed,
 checkpointing each completed shard, writing the vector. A task only loads the
 model through the same backend code path as the local executor
-(:func:`~lmmap.scoring.driver.get_backend`, ``Backend.load``,
-:func:`~lmmap.scoring.driver.iter_scores`) and returns plain arrays for its
+(:func:`~lmmap.scoring.registry.get_backend`, ``Backend.load``,
+:func:`~lmmap.scoring.compute.iter_scores`; the record and the store write
+from :mod:`lmmap.scoring.bookkeeping`) and returns plain arrays for its
 shard — ``loglik``, ``n_tokens``, ``truncated`` — and what the record needs
 (``scorer.describe()``, the context length, the revision). Workers therefore
 need no shared filesystem with the driver: only lmmap installed and the model
@@ -56,9 +57,12 @@ import numpy as np
 
 from lmmap.exceptions import InputError, ScoringError
 from lmmap.progress import Tracker, say
+from lmmap.scoring.bookkeeping import (
+    ScoringSettings, already_stored, done_before, failure_of, failure_status, first_line, metadata_rows, record,
+    resume_plan, settings_summary, store_vectors,
+)
+from lmmap.scoring.options import ExecutorOptions, ScoringOptions
 from lmmap.scoring.protocol import ScoreStatus
-
-EXECUTORS = ("local", "ray")
 # Ray retries a task whose worker died (a killed process, a lost node) this many times; an exception raised by
 # the scoring code itself is not retried: it is the model's failure, reported once.
 MAX_RETRIES = 3
@@ -67,35 +71,12 @@ CONNECT_TIMEOUT = 5.0  # seconds to wait for a Ray address to answer
 TIMING_FIELDS = ("seconds", "load_seconds", "texts_per_s", "tokens_per_s")
 
 
-def check_options(executor, ray_address, gpus_per_model, shard_texts) -> None:
-    """Raise :class:`InputError` for executor options that cannot be used (nothing is started)."""
-    if executor not in EXECUTORS:
-        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}", params=("executor",))
-    if executor == "local":
-        for param, value in (("ray_address", ray_address), ("gpus_per_model", gpus_per_model),
-                             ("shard_texts", shard_texts)):
-            if value is not None:
-                raise InputError(f"{param}={value} needs executor='ray' (the local executor scores in this process)",
-                                 params=(param, "executor"))
-        return
-    if shard_texts is not None and (isinstance(shard_texts, bool) or not isinstance(shard_texts, (int, np.integer))
-                                    or shard_texts < 1):
-        raise InputError(f"shard_texts must be a whole number of texts >= 1, got {shard_texts!r}",
-                         params=("shard_texts",))
-    if gpus_per_model is not None and (isinstance(gpus_per_model, bool) or not np.isfinite(gpus_per_model)
-                                       or gpus_per_model < 0):
-        raise InputError(f"gpus_per_model must be >= 0, got {gpus_per_model!r}", params=("gpus_per_model",))
-    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
-        raise InputError(f"ray_address must be auto, HOST:PORT or ray://HOST:PORT, got {ray_address!r}",
-                         params=("ray_address",))
-
-
 def import_ray():
     """The ``ray`` module, or an :class:`InputError` that says how to install it."""
     try:
         import ray
     except ImportError:
-        raise InputError("executor='ray' needs Ray, which is not installed: pip install 'lmmap[ray]'",
+        raise InputError("{executor='ray'} needs Ray, which is not installed: pip install 'lmmap[ray]'",
                          params=("executor",)) from None
     return ray
 
@@ -119,14 +100,14 @@ def connect(ray_address: str | None = None, gpus_per_model: float | None = None)
                 with _loopback_mode(host in LOOPBACK):
                     ray.init(address=target, **quiet)
             except Exception as exc:
-                raise InputError(f"could not join the Ray cluster at ray_address={ray_address!r}: "
+                raise InputError(f"could not join the Ray cluster at {{ray_address={ray_address!r}}}: "
                                  f"{type(exc).__name__}: {_line(exc)}", params=("ray_address",)) from None
     if gpus_per_model:
         have = float(ray.cluster_resources().get("GPU", 0))
         where = f"at {ray_address}" if ray_address else "this process uses"
         if have < gpus_per_model:
             raise InputError(
-                f"gpus_per_model={gpus_per_model:g}, but the Ray cluster {where} has "
+                f"{{gpus_per_model={gpus_per_model:g}}}, but the Ray cluster {where} has "
                 + (f"{have:g} GPU(s)" if have else "no GPUs") + " (score on CPUs: leave gpus_per_model out)",
                 params=("gpus_per_model",),
             )
@@ -185,7 +166,7 @@ def _start_on_loopback(ray, quiet: dict) -> None:
     if ips != {"127.0.0.1"}:  # never leave an instance reachable from other hosts
         ray.shutdown()
         raise ScoringError(f"the local Ray instance did not bind loopback (it took {', '.join(sorted(ips))}); "
-                           "start a cluster yourself and pass ray_address", params=("ray_address",))
+                           "start a cluster yourself and pass {ray_address}", params=("ray_address",))
 
 
 def _resolve(address: str) -> str:
@@ -197,10 +178,10 @@ def _resolve(address: str) -> str:
 
         found = get_ray_address_from_environment("auto", None)
     except Exception as exc:  # none recorded, or a Ray without this helper: Ray's own message
-        raise InputError(f"no Ray cluster found for ray_address='auto' ({_line(exc)}); start one on this node with "
+        raise InputError(f"no Ray cluster found for {{ray_address='auto'}} ({_line(exc)}); start one on this node with "
                          "`ray start --head`, or give HOST:PORT", params=("ray_address",)) from None
     if not found or found == "auto":
-        raise InputError("no Ray cluster found for ray_address='auto' (none was started on this node with "
+        raise InputError("no Ray cluster found for {ray_address='auto'} (none was started on this node with "
                          "`ray start --head`); give HOST:PORT", params=("ray_address",))
     return found
 
@@ -219,66 +200,61 @@ def _check_answers(address: str, target: str) -> str:
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__).lower()
         where = "" if target == address else f" (the cluster last started on this node: {target})"
-        raise InputError(f"no Ray cluster answers at ray_address={address!r}{where}: {reason} within "
+        raise InputError(f"no Ray cluster answers at {{ray_address={address!r}}}{where}: {reason} within "
                          f"{CONNECT_TIMEOUT:g} s; start one with `ray start --head` or check the address",
                          params=("ray_address",)) from None
     return host
 
 
 def _line(exc: BaseException) -> str:
-    from lmmap.scoring.driver import first_line
-
     return first_line(exc)
 
 
 # -- the task -------------------------------------------------------------------------------
 
 
-def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict) -> dict:
+def score_shard(source: str, texts, text_pos: np.ndarray, options: ScoringOptions) -> dict:
     """Score the texts at ``text_pos`` (indices into ``texts``) with model ``source``: the body of one Ray task.
 
     Loads the model as the local executor does and returns plain data (no
     store): ``ok``; the shard's ``text_pos``, ``loglik`` (a column per layer
-    with ``options["layers"]``, the logit lens), ``n_tokens``, ``truncated``;
+    with ``options.layers``, the logit lens), ``n_tokens``, ``truncated``;
     ``layers`` (the lensed layers, or None); ``max_length`` (L), ``revision``, ``describe``,
     ``default_batch_tokens``, ``adds_bos``, ``prepended``, ``info``,
     ``seconds``, ``load_seconds``, ``pid``. A failure of the model is returned
-    (``ok`` False, ``failure``: a :func:`~lmmap.scoring.driver.failure_of`
+    (``ok`` False, ``failure``: a :func:`~lmmap.scoring.bookkeeping.failure_of`
     triple), not raised: Ray retries only a worker's death.
     """
-    from lmmap.scoring.driver import failure_of, get_backend, iter_scores
+    from lmmap.scoring.compute import iter_scores
     from lmmap.scoring.encoding import chat_template_id, encode_texts, resolve_max_length
+    from lmmap.scoring.registry import get_backend
 
     text_pos = np.asarray(text_pos, dtype=np.int64)
     be = None
     try:
-        be = get_backend(backend)
+        be = get_backend(options.backend)
         t_load = time.perf_counter()
-        lens = {} if options.get("layers") is None else {"layers": options["layers"],
-                                                          "final_norm": options.get("final_norm")}
-        scorer = be.load(source, device=options["device"], dtype=options["dtype"],
-                         trust_remote_code=options["trust_remote_code"], revision=options["revision"],
-                         device_map=options["device_map"], logits_memory=options["logits_memory"], **lens)
+        scorer = be.load(source, **options.load_kwargs(be))
         try:
             load_seconds = time.perf_counter() - t_load
-            L = resolve_max_length(scorer.context_length, options["max_length"], options["stride"])
+            L = resolve_max_length(scorer.context_length, options.max_length, options.stride)
             shard = [texts[i] for i in text_pos]
-            enc = encode_texts(scorer.tokenizer, shard, options["convention"], L, options["stride"], text_pos,
-                               chat_template=options.get("chat_template", False))
+            enc = encode_texts(scorer.tokenizer, shard, options.convention, L, options.stride, text_pos,
+                               chat_template=options.chat_template)
             layers = getattr(scorer, "layers", None)
             loglik = np.full((len(shard),) if layers is None else (len(shard), len(layers)), np.nan)
             info: dict = {}
             t0 = time.perf_counter()
-            for part in iter_scores(scorer, shard, convention=options["convention"], max_length=L,
-                                    stride=options["stride"], batch_tokens=options["batch_tokens"],
+            for part in iter_scores(scorer, shard, convention=options.convention, max_length=L,
+                                    stride=options.stride, batch_tokens=options.batch_tokens,
                                     positions=text_pos, encoded=enc, info=info):
                 loglik[part.index] = part.loglik
             return dict(
                 ok=True, text_pos=text_pos, loglik=loglik, layers=None if layers is None else [int(k) for k in layers],
                 n_tokens=np.asarray(enc.n_tokens, np.int64),
                 truncated=np.asarray(enc.truncated, bool), max_length=L,
-                revision=be.revision(source, options["revision"]), backend=be.name, describe=dict(scorer.describe()),
-                chat_template=chat_template_id(scorer.tokenizer) if options.get("chat_template") else None,
+                revision=be.revision(source, options.revision), backend=be.name, describe=dict(scorer.describe()),
+                chat_template=chat_template_id(scorer.tokenizer) if options.chat_template else None,
                 default_batch_tokens=scorer.default_batch_tokens, adds_bos=bool(enc.tokenizer_adds_bos),
                 prepended=enc.prepended, info=info, seconds=time.perf_counter() - t0, load_seconds=load_seconds,
                 pid=os.getpid(),
@@ -286,10 +262,6 @@ def score_shard(backend, source: str, texts, text_pos: np.ndarray, options: dict
         finally:
             scorer.close()
     except Exception as exc:  # the model's failure, reported by the driver like the local executor's
-        if be is None:
-            from lmmap.scoring.fake import FakeBackend  # any backend: failure_of only asks it for a hint
-
-            be = FakeBackend()
         return dict(ok=False, failure=failure_of(exc, be), pid=os.getpid())
 
 
@@ -307,8 +279,11 @@ class _Job:
 
     source: str
     name: str
-    opts: dict
+    opts: ScoringOptions
     positions: np.ndarray
+    replace: bool = False
+    progress: object = None
+    metadata: dict | None = None  # stored with a plain model's vector (a trajectory's checkpoint: its step)
     outs: list | None = None  # the outputs' names; None until a task says which layers "all" is
     existing: list = field(default_factory=list)  # per output: its stored rows (a DataFrame) when extended, or None
     guesses: list | None = None  # per output: the checkpoint key whose texts were skipped, until a shard confirms it
@@ -326,24 +301,26 @@ class _Job:
     status: ScoreStatus | None = None
 
 
-def score_models_ray(store, backend, be, models, positions, options, *, ray_address=None, gpus_per_model=None,
-                     shard_texts=None) -> dict[str, ScoreStatus]:
-    """:func:`~lmmap.scoring.driver.score_models` with ``executor="ray"`` (arguments already checked there).
+def score_models_ray(store, be, models, positions, where: ExecutorOptions, *, replace: bool = False,
+                     progress=None) -> dict[str, ScoreStatus]:
+    """:func:`~lmmap.scoring.driver.score_models` with ``ExecutorOptions("ray")`` (arguments already checked there).
 
-    ``backend``: as given (a name, or a Backend object sent to the tasks);
-    ``be``: the resolved backend (its failure hints); ``models``: ``(source,
-    name, own settings)`` triples; ``options``: score_models' keyword options.
+    ``be``: the resolved backend (its failure hints; sent to every task,
+    which loads its model with it); ``models``: ``(source, name,
+    ScoringOptions, metadata)`` of each model; ``where``: the cluster, GPUs
+    and shard size.
     """
     from lmmap.data.store import Interrupted
 
-    progress = options["progress"]
+    ray_address, gpus_per_model, shard_texts = where.ray_address, where.gpus_per_model, where.shard_texts
     import_ray()  # not installed: say so before any work
     statuses: dict[str, ScoreStatus] = {}
     counts = dict(models=0, texts=0, texts_total=0, tokens=0, failed=0)
     jobs: list[_Job] = []
     queue: deque = deque()
-    for source, name, own in models:
-        job = _Job(source, name, {**options, **own}, positions, shard_size=shard_texts)
+    for source, name, opts, metadata in models:
+        job = _Job(source, name, opts, positions, replace=replace, progress=progress, metadata=metadata,
+                   shard_size=shard_texts)
         try:
             skipped = _prepare(store, job)
         except Exception as exc:
@@ -360,7 +337,7 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
             queue.append((job, shard))
             job.queued += 1
     if not jobs:  # nothing to score: no cluster needed
-        return {name: statuses[name] for _, name, _ in models}
+        return {name: statuses[name] for _, name, _, _ in models}
 
     ray = connect(ray_address, gpus_per_model)
     resources = ray.cluster_resources()
@@ -375,9 +352,9 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
     # reused: the import is paid once per worker.
     remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=MAX_RETRIES, max_calls=1 if gpus else 0)(score_shard)
     texts_ref = ray.put(list(store.texts.texts))
-    backend_ref = ray.put(backend)
-    task_opts = ("device", "dtype", "convention", "batch_tokens", "max_length", "stride", "trust_remote_code",
-                 "revision", "device_map", "logits_memory", "chat_template", "layers", "final_norm")
+    # Each model's options go to the object store once, not once per task. They carry the backend object made
+    # here, not its name: a backend registered in this process (register_backend) is unknown to the workers.
+    opts_refs: dict = {}
     pending: dict = {}
     n_models = len(models)
     label = f"scoring {n_models} model{'s' if n_models != 1 else ''} on Ray"
@@ -388,7 +365,9 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
             job.queued -= 1
             if job.status is not None:
                 continue
-            ref = remote.remote(backend_ref, job.source, texts_ref, shard, {k: job.opts.get(k) for k in task_opts})
+            if id(job) not in opts_refs:
+                opts_refs[id(job)] = ray.put(job.opts.replace(backend=be))
+            ref = remote.remote(job.source, texts_ref, shard, opts_refs[id(job)])
             pending[ref] = (job, shard)
             job.in_flight += 1
             job.n_shards += 1
@@ -449,7 +428,7 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
                         try:
                             job.status = _store(store, job)
                         except Interrupted as exc:
-                            raise Interrupted(f"{job.name!r}: {exc}{_done_before(statuses)}") from None
+                            raise Interrupted(f"{job.name!r}: {exc}{done_before(statuses)}") from None
                         except Exception as exc:
                             job.status = _failure(job, exc, be)
                 if job.status is not None:
@@ -467,13 +446,8 @@ def score_models_ray(store, backend, be, models, positions, options, *, ray_addr
             kept = {name: n for name, n in kept.items() if n}
             what = (", ".join(f"{n} shard(s) of {name!r}" for name, n in kept.items()) + " kept; rerun the same "
                     "command to resume") if kept else "no shard of an unfinished model was completed"
-            raise Interrupted(what + _done_before(statuses)) from None
-    return {name: statuses[name] for _, name, _ in models}
-
-
-def _done_before(statuses: dict) -> str:
-    done = [n for n, st in statuses.items() if st.status == "scored"]
-    return f"; {len(done)} model(s) finished before it are stored" if done else ""
+            raise Interrupted(what + done_before(statuses)) from None
+    return {name: statuses[name] for _, name, _, _ in models}
 
 
 def _finish(job: _Job, status: ScoreStatus, statuses: dict, progress) -> None:
@@ -482,9 +456,7 @@ def _finish(job: _Job, status: ScoreStatus, statuses: dict, progress) -> None:
 
 
 def _failure(job: _Job, exc: Exception, be) -> ScoreStatus:
-    from lmmap.scoring.driver import failure_of, failure_status
-
-    return failure_status(job.name, failure_of(exc, be), job.opts["dtype"])
+    return failure_status(job.name, failure_of(exc, be), job.opts.dtype)
 
 
 def _shards(todo: np.ndarray, size: int | None) -> list[np.ndarray]:
@@ -495,18 +467,8 @@ def _shards(todo: np.ndarray, size: int | None) -> list[np.ndarray]:
 
 
 def _checkpoint_keys(store, name: str) -> list[str]:
-    """The settings keys under which checkpoint chunks of ``name`` are kept."""
-    root = Path(store.path) / "partial" / _stem(name)
-    try:
-        return sorted(p.name for p in root.iterdir() if p.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _stem(name: str) -> str:
-    from lmmap.data.store import model_stem
-
-    return model_stem(name)
+    """The settings keys under which checkpoint chunks of ``name`` are kept (the store knows where)."""
+    return store.checkpoint_keys(name)
 
 
 def _outputs(store, job: _Job) -> list[str] | None:
@@ -517,9 +479,9 @@ def _outputs(store, job: _Job) -> list[str] | None:
     are the guess (:func:`_is_guess`): every layer is checkpointed and stored
     together, so a run of ``"all"`` left all of them.
     """
-    from lmmap.scoring.layers import layer_name, parse_layers
+    from lmmap.scoring.layers import layer_name
 
-    layers = parse_layers(job.opts.get("layers"))
+    layers = job.opts.layers
     if layers is None:
         return [job.name]
     if layers != "all":
@@ -531,9 +493,7 @@ def _outputs(store, job: _Job) -> list[str] | None:
 
 
 def _is_guess(job: _Job) -> bool:
-    from lmmap.scoring.layers import parse_layers
-
-    return parse_layers(job.opts.get("layers")) == "all"
+    return job.opts.layers == "all"
 
 
 def _stored_rows(store, outs: list[str], replace: bool) -> list:
@@ -542,16 +502,13 @@ def _stored_rows(store, outs: list[str], replace: bool) -> list:
 
 def _prepare(store, job: _Job) -> ScoreStatus | None:
     """What is already done for ``job`` (stored rows, checkpointed rows under the guessed keys); a status if all is."""
-    from lmmap.scoring.driver import _already_stored, resume_plan
-
-    opts = job.opts
     job.outs = outs = _outputs(store, job)
     if outs is None:
         return None
-    job.existing = _stored_rows(store, outs, opts["replace"])
+    job.existing = _stored_rows(store, outs, job.replace)
     # Guessed outputs (layers="all") all stored are checked by a task, which loads the model and tells its layers.
-    if not opts["replace"] and not _is_guess(job):
-        done = _already_stored(store, outs, job.positions, job.name, rows=job.existing)
+    if not job.replace and not _is_guess(job):
+        done = already_stored(store, outs, job.positions, job.name, rows=job.existing)
         if done is not None:
             return done
     keys = [_checkpoint_keys(store, o) for o in outs]
@@ -575,11 +532,10 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
     Returns its tokens (0 when the model failed) and how many texts were
     queued again (those skipped on a guess the first shard shows wrong).
     """
-    from lmmap.scoring.driver import ScoringSettings, failure_status
     from lmmap.scoring.layers import layer_name
 
     if not res["ok"]:
-        job.status = failure_status(job.name, res["failure"], job.opts["dtype"])
+        job.status = failure_status(job.name, res["failure"], job.opts.dtype)
         return 0, 0
     opts = job.opts
     lensed = res.get("layers")
@@ -588,7 +544,7 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
         options["chat_template"] = res["chat_template"]
     if lensed is not None:
         options["final_norm"] = res["describe"].get("final_norm")
-    settings = ScoringSettings(opts["convention"], opts["dtype"], int(res["max_length"]), opts["stride"],
+    settings = ScoringSettings(opts.convention, opts.dtype, int(res["max_length"]), opts.stride,
                                res["revision"], store.text_set_id, res["backend"], options)
     outs = [job.name] if lensed is None else [layer_name(job.name, k) for k in lensed]
     keys = [settings.key(o) for o in outs]
@@ -615,24 +571,22 @@ def _take(store, job: _Job, res: dict, queue: deque) -> tuple[int, int]:
 
 def _confirm(store, job: _Job, outs: list[str], keys: list[str], queue: deque) -> int:
     """The first shard's true outputs and keys against the guesses: requeue what was skipped wrongly; how many texts."""
-    from lmmap.scoring.driver import _already_stored, _settings_summary
-
-    if _is_guess(job) and not job.opts["replace"]:
+    if _is_guess(job) and not job.replace:
         # As the local executor, which loads the model to learn its layers: all stored is skipped, whatever the
         # settings asked.
-        job.status = _already_stored(store, outs, job.positions, job.name)
+        job.status = already_stored(store, outs, job.positions, job.name)
         if job.status is not None:
             return 0
     again = np.zeros(0, np.int64)
     if outs != job.outs:
         # layers="all" of a model whose layers in the store are another set: nothing skipped stands
         again, job.skipped, job.ck = job.skipped, np.zeros(0, np.int64), None
-        job.outs, job.existing = outs, _stored_rows(store, outs, job.opts["replace"])
+        job.outs, job.existing = outs, _stored_rows(store, outs, job.replace)
     for o, rows, k in zip(outs, job.existing, keys):
         if rows is not None and store.record(o).get("settings_key") != k:
             raise InputError(
                 f"model {o!r} is already in the store on {len(rows)} texts under other settings "
-                f"({_settings_summary(store.record(o))}), and lacks some of the texts asked for; pass replace=True "
+                f"({settings_summary(store.record(o))}), and lacks some of the texts asked for; pass {{replace=True}} "
                 "to rescore it", params=("replace",),
             )
     if job.ck is not None and job.guesses != keys:
@@ -645,7 +599,7 @@ def _confirm(store, job: _Job, outs: list[str], keys: list[str], queue: deque) -
     for o, k in zip(outs, keys):
         store.load_checkpoint(o, k)  # removes chunks of other settings, as the local executor does
     if job.ck is not None and len(job.ck[0]):
-        say(job.opts["progress"], f"{job.name}: resuming from a checkpoint: {len(job.ck[0])} of "
+        say(job.progress, f"{job.name}: resuming from a checkpoint: {len(job.ck[0])} of "
             f"{len(job.positions)} texts already scored")
     return len(again)
 
@@ -653,8 +607,6 @@ def _confirm(store, job: _Job, outs: list[str], keys: list[str], queue: deque) -
 def _store(store, job: _Job) -> ScoreStatus:
     """All shards of ``job`` are in: write its vectors and records in one change (the local executor's code)."""
     import pandas as pd
-
-    from lmmap.scoring.driver import _metadata_rows, _record, store_vectors
 
     opts = job.opts
     res = [r for r in job.results if r["ok"]]
@@ -683,17 +635,17 @@ def _store(store, job: _Job) -> ScoreStatus:
         extra = {"executor": "ray", "shards": len(scored), **job.settings.options}
         if lensed is not None:
             extra.update(layer=int(lensed[j]), layers_of=job.name)
-        record = _record(
-            first["describe"], job.settings, key, job.source, opts["device"], n_scored=job.n_todo,
+        rec = record(
+            first["describe"], job.settings, key, job.source, opts.device, n_scored=job.n_todo,
             n_before=n_before, adds_bos=first["adds_bos"], prepended=first["prepended"], seconds=seconds,
             load_seconds=float(sum(r["load_seconds"] for r in res)), texts_per_s=texts_per_s,
-            tokens_per_s=tokens_per_s, batch_tokens=info.get("batch_tokens", opts["batch_tokens"]
+            tokens_per_s=tokens_per_s, batch_tokens=info.get("batch_tokens", opts.batch_tokens
                                                              or first["default_batch_tokens"]),
             mode=info.get("mode"), extra=extra,
         )
-        items.append((o, key, [rows, ck, new], record))
-    meta = _metadata_rows(opts.get("metadata"), job.outs, job.name, lensed)
+        items.append((o, key, [rows, ck, new], rec))
+    meta = metadata_rows(job.metadata, job.outs, job.name, lensed)
     return store_vectors(store, items, job.positions, metadata=meta,
-                         replace=opts["replace"] or any(e is not None for e in job.existing), n_todo=job.n_todo,
-                         n_before=n_before, L=job.settings.max_length, stride=opts["stride"], seconds=seconds,
+                         replace=job.replace or any(e is not None for e in job.existing), n_todo=job.n_todo,
+                         n_before=n_before, L=job.settings.max_length, stride=opts.stride, seconds=seconds,
                          texts_per_s=texts_per_s, tokens_per_s=tokens_per_s, label=job.name)

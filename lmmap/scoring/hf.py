@@ -42,7 +42,7 @@ import numpy as np
 
 from lmmap.exceptions import InputError, ScoringError
 from lmmap.progress import ProgressFn
-from lmmap.scoring.driver import first_line
+from lmmap.scoring.bookkeeping import first_line
 from lmmap.scoring.encoding import scored_positions
 
 if TYPE_CHECKING:  # annotations only: torch is imported when a model is loaded
@@ -62,7 +62,6 @@ DEFAULT_VOCAB_BLOCK = {"cpu": 2048}
 # Models scored through their own forward (see LogProbComputer) hold B×T×V logits: batches keep them under this.
 FALLBACK_LOGITS_MEMORY = 2 * 2**30
 # Packing (padding-free batches): "auto" packs where it saves work, "on" wherever the model allows it, "off" never.
-PACKING = ("auto", "on", "off")
 # A CUDA token budget sized from free memory (see cuda_batch_tokens) stays within these: below the floor a GPU
 # idles between kernels; above the ceiling nothing is gained and one out-of-memory retry costs more.
 CUDA_BATCH_TOKENS_RANGE = (2048, 131072)
@@ -105,11 +104,11 @@ def resolve_device(device: str = "auto") -> "torch.device":
             return torch.device("cuda")
         return torch.device("mps" if mps else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device={device!r} cannot be used: no CUDA GPU is visible to torch {torch.__version__}; "
-                         "use device='cpu'",
+        raise InputError(f"{{device={device!r}}} cannot be used: no CUDA GPU is visible to torch {torch.__version__}; "
+                         "use {device='cpu'}",
                          params=("device",))
     if device == "mps" and not mps:
-        raise InputError("device='mps' cannot be used: the Apple MPS backend is not available here; use device='cpu'",
+        raise InputError("{device='mps'} cannot be used: the Apple MPS backend is not available here; use {device='cpu'}",
                          params=("device",))
     return torch.device(device)
 
@@ -121,10 +120,10 @@ def resolve_dtype(dtype: str) -> "torch.dtype":
 
 
 def check_packing(packing: str) -> str:
-    """``packing`` if it is one of :data:`PACKING` (``auto``, ``on``, ``off``)."""
-    if packing not in PACKING:
-        raise InputError(f"packing must be one of {', '.join(PACKING)}, got {packing!r}", params=("packing",))
-    return packing
+    """``packing`` if it is one of ``auto``, ``on``, ``off`` (the parameter spec's choices)."""
+    from lmmap.params import check
+
+    return check("packing", packing)
 
 
 def cuda_batch_tokens(free_bytes: int, *, hidden_size: int, intermediate_size: int, vocab_size: int,
@@ -302,7 +301,7 @@ def load_model(
     if path.is_dir() and not (path / "config.json").exists():
         raise ScoringError(f"model {source!r}: the directory has no config.json; point at a save_pretrained() directory")
     if path.is_dir() and revision:
-        raise InputError(f"model {source!r}: revision is for hub models, not for a local directory",
+        raise InputError(f"model {source!r}: {{revision}} is for hub models, not for a local directory",
                          params=("revision",))
     if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES):
         raise ScoringError(
@@ -510,7 +509,7 @@ class LogProbComputer:
         self.lens = lens
         if lens is not None and self.mode != "hidden":
             raise ScoringError(f"model {lens.name!r}: its logits are not its output layer applied to its hidden states "
-                               "(e.g. soft-capped), so its layers cannot be scored; score it without layers",
+                               "(e.g. soft-capped), so its {layers} cannot be scored; score it without layers",
                                params=("layers",))
         # Tiles need the plain weight matrix; any other output module (quantised, hooked) is called whole.
         self.tiled = (
@@ -929,6 +928,8 @@ class HFBackend:
     """Loads causal LMs with transformers (``AutoModelForCausalLM``): local directories or hub names."""
 
     name = "hf"
+    # Options of ScoringOptions that only some backends take (lmmap.scoring.options.BACKEND_SPECIFIC): this one's.
+    load_options = ("packing", "layers", "final_norm")
 
     def __init__(self, packing: str = "auto"):
         self.packing = check_packing(packing)
@@ -978,7 +979,7 @@ def score_texts(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(loglik, n_tokens, truncated)`` of each text under a loaded transformers model and its tokenizer.
 
-    Pure compute (see :func:`lmmap.scoring.driver.score_texts`): nothing is
+    Pure compute (see :func:`lmmap.scoring.compute.score_texts`): nothing is
     read from or written to a store. ``packing``: see :class:`HFScorer`.
     ``layers`` (``"all"`` or indices of ``hidden_states``; see
     :mod:`lmmap.scoring.layers`): ``loglik`` has one column per layer, the
@@ -988,7 +989,7 @@ def score_texts(
     :class:`~lmmap.scoring.protocol.NonFiniteError` if a text's
     log-likelihood is NaN or infinite.
     """
-    from lmmap.scoring.driver import score_texts as _score_texts
+    from lmmap.scoring.compute import score_texts as _score_texts
 
     scorer = HFScorer(model, tokenizer, logits_memory=logits_memory, packing=packing, layers=layers,
                       final_norm=final_norm)

@@ -23,7 +23,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from lmmap.exceptions import NonFiniteError as _NonFiniteBase
+from lmmap.exceptions import NonFiniteError  # noqa: F401  (importable from here, as before)
 
 
 @runtime_checkable
@@ -78,7 +78,20 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """Loads :class:`Scorer` objects; ``name`` (``"hf"``, ``"fake"``) identifies it."""
+    """Loads :class:`Scorer` objects; ``name`` (``"hf"``, ``"fake"``) identifies it.
+
+    A backend is made available under its name by one line,
+    ``register_backend(name, "module:Class")`` in
+    :mod:`lmmap.scoring.registry`, or by another package's entry point in the
+    group ``lmmap.backends``. Besides the members below it may set
+    ``load_options``: the backend-specific fields of
+    :class:`~lmmap.scoring.options.ScoringOptions` its ``load`` takes as
+    keywords (``("packing", "layers", "final_norm")`` for transformers;
+    ``("base_url", "api_key_env")`` for a backend that scores through a
+    server: its URL, and the name of the environment variable holding its
+    API key). Such an option is passed only when set, and refused for a
+    backend that does not list it.
+    """
 
     name: str
 
@@ -86,8 +99,12 @@ class Backend(Protocol):
         """Raise :class:`~lmmap.exceptions.InputError` for a device or dtype this backend cannot use (nothing loaded)."""
 
     def load(self, source: str, *, device: str, dtype: str, trust_remote_code: bool, revision: str | None,
-             device_map, logits_memory: int | None) -> Scorer:
-        """Load ``source``; raise :class:`~lmmap.exceptions.ScoringError` (or InputError) if it cannot be."""
+             device_map, logits_memory: int | None, **backend_options) -> Scorer:
+        """Load ``source``; raise :class:`~lmmap.exceptions.ScoringError` (or InputError) if it cannot be.
+
+        ``backend_options``: those of ``load_options`` that are set (e.g.
+        ``base_url="http://localhost:8000/v1"``, ``api_key_env="OPENAI_API_KEY"``).
+        """
 
     def revision(self, source: str, revision: str | None) -> str:
         """What identifies the weights of ``source`` (part of the checkpoint key)."""
@@ -132,12 +149,7 @@ class ScoreStatus:
         return self.status != "failed"
 
     def __str__(self) -> str:
-        return self.status + (f": {self.message}" if self.message else "")
+        # ``message`` keeps its parameter mentions in braces for the CLI; Python readers get the Python names.
+        from lmmap.params import python_message
 
-
-class NonFiniteError(_NonFiniteBase):
-    """A model produced NaN or ±inf for a text (SPEC §2: an error, never a stored number); ``position`` names it."""
-
-    def __init__(self, message: str, position: int, params=()):
-        super().__init__(message, params=params)
-        self.position = position
+        return self.status + (f": {python_message(self.message, self.params)}" if self.message else "")

@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from lmmap.exceptions import InputError, ScoringError
-from lmmap.scoring.driver import first_line
+from lmmap.scoring.bookkeeping import first_line
 from lmmap.scoring.encoding import scored_positions
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -83,7 +83,7 @@ def _vllm():
         import vllm
     except ImportError as exc:
         if not vllm_available():
-            raise InputError(f"backend='vllm' needs vLLM, which is not installed: {INSTALL_HINT}",
+            raise InputError(f"{{backend='vllm'}} needs vLLM, which is not installed: {INSTALL_HINT}",
                              params=("backend",)) from exc
         raise ScoringError(f"vLLM is installed but cannot be imported ({type(exc).__name__}: {first_line(exc)}); "
                            f"reinstall it: {INSTALL_HINT}") from exc
@@ -134,7 +134,7 @@ class VLLMScorer:
         lengths = np.fromiter((len(r) for r in ids), np.int64, B)
         if lengths.max(initial=0) > self.context_length:
             raise InputError(f"max_length must be at most {self.context_length} (the context vLLM was started with) "
-                             f"for backend='vllm', got rows of {int(lengths.max())} tokens",
+                             f"for {{backend='vllm'}}, got rows of {int(lengths.max())} tokens",
                              params=("max_length", "backend"))
         # vLLM takes prompts as Python lists of ints (one list per row: the engine's input format).
         prompts = [{"prompt_token_ids": r.tolist()} for r in ids]
@@ -239,13 +239,13 @@ class VLLMBackend:
 
     def check(self, *, device: str, dtype: str) -> None:
         if not vllm_available():
-            raise InputError(f"backend='vllm' needs vLLM, which is not installed: {INSTALL_HINT}",
+            raise InputError(f"{{backend='vllm'}} needs vLLM, which is not installed: {INSTALL_HINT}",
                              params=("backend",))
         if str(dtype) not in DTYPES:
             raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", params=("dtype",))
         if str(device) not in DEVICES:
             hint = "; vLLM uses the GPUs in CUDA_VISIBLE_DEVICES: set it to pick one" if str(device).startswith("cuda:") else ""
-            raise InputError(f"device must be one of {', '.join(DEVICES)} with backend='vllm', got {device!r}{hint}",
+            raise InputError(f"device must be one of {', '.join(DEVICES)} with {{backend='vllm'}}, got {device!r}{hint}",
                              params=("device", "backend"))
 
     def load(self, source: str, *, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
@@ -260,8 +260,8 @@ class VLLMBackend:
 
         platform = str(getattr(current_platform, "device_type", "") or "cpu")
         if device != "auto" and device != platform:
-            raise InputError(f"device={device!r} cannot be used: this vLLM {vllm.__version__} runs on {platform!r}; "
-                             f"use device='auto'", params=("device",))
+            raise InputError(f"{{device={device!r}}} cannot be used: this vLLM {vllm.__version__} runs on {platform!r}; "
+                             f"use {{device='auto'}}", params=("device",))
         path = Path(source)
         if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
             raise ScoringError(f"model {source!r}: no such directory (and not a hub name of the form org/name)")
@@ -347,6 +347,6 @@ def _load_error(source: str, exc: BaseException, version: str) -> ScoringError:
                             params=("backend",))
     if "architecture" in low and any(s in low for s in _UNSUPPORTED):
         return ScoringError(f"model {source!r} cannot be scored by vLLM {version} ({text}); "
-                            "score it with backend='hf'", params=("backend",))
+                            "score it with {backend='hf'}", params=("backend",))
     return ScoringError(f"model {source!r} could not be loaded by vLLM {version}: {type(exc).__name__}: {text} "
-                        "(backend='hf' may be able to score it)", params=("backend",))
+                        "({backend='hf'} may be able to score it)", params=("backend",))

@@ -268,14 +268,14 @@ def test_driver_bad_input(eco, tmp_path, monkeypatch):
 
 def test_driver_with_a_real_tiny_model(tmp_path, stdlib_texts, tiny_tokenizer, make_tiny_gpt2):
     pytest.importorskip("torch")
-    from lmmap.scoring import score_models
+    from lmmap.scoring import ScoringOptions, score_models
 
     texts = [doc[start: start + 160] for doc in stdlib_texts[20:36] for start in (0, 400, 900)]
     store = Store.create(tmp_path / "store", TextSet.from_texts([t for t in texts if t.strip()]))
     dirs = [make_tiny_gpt2(tmp_path / f"m{i}", tiny_tokenizer, seed=20 + i) for i in range(4)]
     assert all(s.ok for s in score_models(store, [str(d) for d in dirs[:3]], device="cpu").values())
     res = ad.place_adaptive(store, [str(dirs[3])], names=["new"], target_se=0.01, max_texts=20, round_size=8,
-                            score_kwargs=dict(device="cpu"))
+                            scoring=ScoringOptions(device="cpu"))
     run = res.runs["new"]
     assert run.stopped_by == "max-texts" and run.texts_scored == 20
     assert store.record("new")["n_scored"] == 20

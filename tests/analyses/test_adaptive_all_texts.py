@@ -166,11 +166,11 @@ def _copy(template, path) -> Store:
 
 
 def _place(store, fake, progress=None, target_se=0.002, **kw):
-    from lmmap.scoring.fake import FakeBackend
+    from lmmap.scoring import FakeBackend, ScoringOptions
 
     _, models, new = fake
     return ad.place_adaptive(store, list(new), target_se=target_se, round_size=16, random_state=3, embedding="mds",
-                             score_kwargs={"backend": FakeBackend({**models, **new})}, progress=progress, **kw)
+                             scoring=ScoringOptions(backend=FakeBackend({**models, **new})), progress=progress, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ def test_input_validation_messages():
         ea.analyse_errors(as_map(Q), R=1)
     with pytest.warns(LmmapWarning, match="not below N"):  # noted and left N/A, the rest computed
         ea.analyse_errors(as_map(Q), targets=[5000], mode="analytic")
-    with pytest.raises(LmmapError, match="relative or absolute"):
+    with pytest.raises(LmmapError, match="one of relative, absolute"):
         ea.analyse_errors(as_map(Q), error="squared")
     with pytest.raises(LmmapError, match="workers"):
         ea.analyse_errors(as_map(Q), workers=0)

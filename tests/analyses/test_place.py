@@ -328,7 +328,7 @@ def test_cli_messages_name_the_flags(eco, tmp_path):
         [sys.executable, "-m", "lmmap", "add", "x", "--adaptive", "--target-se", "1.5", "-o", str(tmp_path / "o"),
          "--store", str(store.path)], capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 1 and "--target-se is a relative standard error" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "--target-se must be a number between 0 and 1 (exclusive) (a relative standard error" in proc.stderr, proc.stderr
 
 
 # -- real scoring: tiny transformers models built locally (tests/conftest.py) ---------------------
@@ -419,6 +419,7 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     and the scored run (seed 0) must reach r ≥ 0.98 for every model.
     """
     from lmmap.maths import resampling as imp
+    from lmmap.scoring import ScoringOptions
 
     store, models_dir = demo_store
     names = store.complete_models()
@@ -433,7 +434,7 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     # Scored afresh from the models' directories, on the subset's texts only.
     sources = [str(models_dir / m) for m in held]
     fresh = [m + "@subset" for m in held]  # the default names (directory names) are taken by the stored originals
-    res = add_models(store, sources, sub, names=fresh, score_kwargs=dict(device="cpu"))
+    res = add_models(store, sources, sub, names=fresh, scoring=ScoringOptions(device="cpu"))
     report.write(res, tmp_path / "out")
     assert res.scored == fresh
     assert all(store.record(s)["n_scored"] == sub.d for s in fresh)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from lmmap import report
+from lmmap.analyses.map import build_map
 from lmmap.analyses.trajectory import TrajectoryResult, trajectory
 from lmmap.exceptions import InputError
 from lmmap.map import ModelMap
@@ -146,7 +147,7 @@ def test_map_draws_each_trajectory_as_a_path_in_step_order(tmp_path):
         sets, _ = map_edges(ModelMap(names, L, metadata=bad), "nn")
     assert [e.kind for e in sets] == ["nn"]
     # The written map carries the path (its legend entry in the HTML).
-    paths = report.write(mm, tmp_path, edges="nn")
+    paths = report.write(build_map(mm, edges="nn"), tmp_path)
     assert "training trajectory" in paths["map.html"].read_text()
 
 

@@ -98,8 +98,8 @@ def test_usage_errors_are_one_line_exit_1(tmp_path, args, needles):
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["map", "-o", "{tmp}/out", "--embedding", "tnse"], ["unknown --embedding 'tnse'; did you mean 'tsne'?"]),
-    (["stability", "-o", "{tmp}/out", "--embedding", "MDS"], ["unknown --embedding 'MDS'; did you mean 'mds'?"]),
+    (["map", "-o", "{tmp}/out", "--embedding", "tnse"], ["--embedding must be one of auto, mds, tsne, pca, umap, got 'tnse'; did you mean 'tsne'?"]),
+    (["stability", "-o", "{tmp}/out", "--embedding", "MDS"], ["--embedding must be one of auto, mds, tsne, pca, umap, got 'MDS'; did you mean 'mds'?"]),
     (["map", "-o", "{tmp}/out", "--color-by", "famly"], ["did you mean 'family'?"]),
     (["select", "--method", "lss", "--n", "5", "-o", "{tmp}/out/s.json"], ["'lss'", "uniform, ls, kl"]),
     (["map", "-o", "{tmp}/out", "--unit", "bits"], ["--unit", "nats-per-text"]),
@@ -267,12 +267,14 @@ def test_notes_name_flags_not_python_arguments(root, tmp_path):
     note = next(line for line in err.splitlines() if "scored on only some texts" in line)
     assert "(--subset SUBSET.json)" in note and "subset=" not in note and "on the command line" not in note
 
-    from lmmap.cli import as_flags
+    from lmmap.params import cli_message
 
-    assert as_flags("resample sizes (n_grid) up to n = 3,060 may reach it", ("n_grid",)) == \
+    # A mention in braces is the flag on the command line; a bare word stays a word.
+    assert cli_message("resample sizes ({n_grid}) up to n = 3,060 may reach it", ("n_grid",)) == \
         "resample sizes (--n-grid) up to n = 3,060 may reach it"
-    assert as_flags("or pass allow_other_texts to use its positions", ("allow_other_texts",)) == \
+    assert cli_message("or pass {allow_other_texts} to use its positions", ("allow_other_texts",)) == \
         "or pass --allow-other-texts to use its positions"
+    assert cli_message("no metadata column: give metadata", ("metadata",)) == "no metadata column: give metadata"
 
 
 def test_the_table1_note_names_the_n_grid_flag(root, tmp_path):

@@ -60,7 +60,7 @@ def test_errors_and_stability_commands_on_300_texts(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "note:" in r.stderr and "5,000 is not below N = 300" in r.stderr
     r = run("errors", "--store", store, "-o", tmp_path / "err3", "--R", "1")
-    assert r.returncode == 1 and "R must be at least 2" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "--R must be an integer from 2 to 100,000" in r.stderr and "Traceback" not in r.stderr
     r = run("stability", "--store", store, "-o", tmp_path / "stab", "--n", "2900", "--R", "2", "--embedding", "pca")
     assert r.returncode == 0, r.stderr
     assert "2900 draws pick about" in r.stderr and "of the 300 texts per map" in r.stderr and "try --n 75" in r.stderr

@@ -22,6 +22,6 @@ def test_a_message_names_flags_not_parameters():
 
     console = Console(record=True, width=200)
     with RichProgress(console, enabled=False) as progress:
-        progress(Step(message="skipped m: already in the store (pass replace=True to score it again)",
+        progress(Step(message="skipped m: already in the store (pass {replace=True} to score it again)",
                       params=("replace",)))
     assert "pass --replace to score it again" in console.export_text()

@@ -443,9 +443,9 @@ def test_text_set_given_as_vectors_is_explained(tmp_path):
     path.write_text(json.dumps({"index": 0, "text": "hello", "pile_set_name": "Pile-CC"}) + "\n")
     with pytest.raises(LmmapError, match="looks like a text set: give it as texts=texts-10k-pile.jsonl") as err:
         read_vectors(path)
-    from lmmap.cli import as_flags
+    from lmmap.params import for_cli
 
-    assert "give it as --texts texts-10k-pile.jsonl, not as vectors" in as_flags(str(err.value), err.value.params)
+    assert "give it as --texts texts-10k-pile.jsonl, not as vectors" in for_cli(err.value)
 
 
 def test_directory_without_jsonl(tmp_path):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from cli_main import run_main
 
-from lmmap.data import store as store_mod
+from lmmap.data.storage import local as store_mod
 from lmmap.data.store import RECORD_KEY, Store, legacy_filename, model_filename
 from lmmap.data.texts import TextSet
 from lmmap.exceptions import LmmapError, LmmapWarning, StoreError
@@ -218,7 +218,7 @@ def test_a_file_where_a_folder_belongs_is_moved_aside_by_repair(store, obstacle,
 _KILL_AT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from lmmap.data import store as store_mod
+    from lmmap.data.storage import local as store_mod
     from lmmap.data.store import Store
     real, at = store_mod._apply, int(sys.argv[2])
 

@@ -85,19 +85,19 @@ def test_export_round_trip(tmp_path, authors_texts, suffix):
 
 def test_library_messages_name_parameters_and_the_cli_shows_flags(tmp_path, authors_texts):
     """Library errors name the Python parameter (``params``); the CLI rewrites each to its flag."""
-    from lmmap.cli import as_flags
+    from lmmap.params import for_cli
     from lmmap.data.texts import TextSet
 
     texts, _ = authors_texts
     with pytest.raises(LmmapError, match="convention must be one of reference, full, got 'bogus'") as err:
         import_vectors(tmp_path / "store", tmp_path / "nothing-read.npz", texts=texts, convention="bogus")
-    assert as_flags(str(err.value), err.value.params).startswith("--convention must be one of")
+    assert for_cli(err.value).startswith("--convention must be one of")
     assert not (tmp_path / "store").exists()  # checked before anything is read or created
     with pytest.raises(LmmapError, match="not an lmmap store yet.*text set as texts=TEXTS.jsonl") as err:
         import_vectors(tmp_path / "store", tmp_path / "nothing-read.npz")
-    assert "text set as --texts TEXTS.jsonl to create it" in as_flags(str(err.value), err.value.params)
+    assert "text set as --texts TEXTS.jsonl to create it" in for_cli(err.value)
     store = Store.create(tmp_path / "store", TextSet.load(texts))
     store.write_model("part", -np.ones(2), text_pos=[0, 3])
     with pytest.warns(Warning, match="left out 1 partial"), pytest.raises(LmmapError, match="include_partial=True") as err:
         export_vectors(store, tmp_path / "w.npz")
-    assert "pass --include-partial," in as_flags(str(err.value), err.value.params)
+    assert "pass --include-partial," in for_cli(err.value)

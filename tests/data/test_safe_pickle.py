@@ -98,9 +98,9 @@ def test_pickle_refused_without_allow_pickle(tmp_path):
         load_pickle(path, allow_pickle=False)
     msg = str(err.value)
     assert str(path) in msg and "allow_pickle=True" in msg and "run code" in msg
-    from lmmap.cli import as_flags
+    from lmmap.params import for_cli
 
-    assert "pass --allow-pickle if you trust it" in as_flags(msg, err.value.params)  # what the CLI prints
+    assert "pass --allow-pickle if you trust it" in for_cli(err.value)  # what the CLI prints
 
 
 def test_pandas_objects_are_refused_with_a_conversion_hint(tmp_path):

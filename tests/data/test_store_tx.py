@@ -214,7 +214,7 @@ def test_a_replace_killed_midway_is_rolled_forward_by_the_next_command(tmp_path,
     with pytest.raises(LmmapError, match="'r' has 1 non-finite"):
         store.write_models([{"name": n, "loglik": v} for n, v in zip("pqr", bad)], replace=True)
     np.testing.assert_array_equal(store.matrix()[1], vectors(3))  # refused as a whole
-    from lmmap.data import store as store_mod
+    from lmmap.data.storage import local as store_mod
 
     real = store_mod._apply
 

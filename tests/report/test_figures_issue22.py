@@ -15,6 +15,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.text import Annotation
 
 from lmmap import ModelMap, report
+from lmmap.analyses.map import build_map
 from lmmap.report import plots
 from lmmap.report import map as map_report
 from synthetic import lineage_L
@@ -39,9 +40,11 @@ def captured(monkeypatch):
             figures.append(fig)
         return save(fig, path, dpi)
 
-    monkeypatch.setattr(plots, "map_figure", keep_map)
+    # map_png calls map_figure, and every PNG writer _save_png, inside plots.png: patched there as well.
+    for module in (plots, plots.png):
+        monkeypatch.setattr(module, "map_figure", keep_map)
+        monkeypatch.setattr(module, "_save_png", keep_saved)
     monkeypatch.setattr(plots, "lines_png", keep_lines)
-    monkeypatch.setattr(plots, "_save_png", keep_saved)
     return figures, lines
 
 
@@ -353,8 +356,9 @@ def test_outputs_written_with_a_shared_plotly_folder_hold_one_plotly_js(tmp_path
     names, L, meta = lineage_L(N=200, n_lineages=2, seed=1)
     mm = ModelMap(names, L, metadata=meta)
     monkeypatch.setenv(plots.PLOTLY_JS_DIR_ENV, str(tmp_path / "shared"))
-    a = report.write(mm, tmp_path / "session" / "map")
-    b = report.write(mm, tmp_path / "session" / "again")
+    result = build_map(mm)
+    a = report.write(result, tmp_path / "session" / "map")
+    b = report.write(result, tmp_path / "session" / "again")
     copies = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob(plots.PLOTLY_JS))
     assert copies == ["shared/plotly.min.js"]
     assert a[plots.PLOTLY_JS] == b[plots.PLOTLY_JS] == (tmp_path / "shared" / plots.PLOTLY_JS).resolve()
@@ -363,7 +367,7 @@ def test_outputs_written_with_a_shared_plotly_folder_hold_one_plotly_js(tmp_path
     assert "https://" not in page.split("<body>")[1].split("</script>")[0]  # offline: no CDN
     # Without the option every folder keeps its own copy, as before.
     monkeypatch.delenv(plots.PLOTLY_JS_DIR_ENV)
-    c = report.write(mm, tmp_path / "alone")
+    c = report.write(result, tmp_path / "alone")
     assert c[plots.PLOTLY_JS] == tmp_path / "alone" / plots.PLOTLY_JS and c[plots.PLOTLY_JS].exists()
     assert 'src="plotly.min.js"' in c["map.html"].read_text(encoding="utf-8")
 
@@ -451,6 +455,6 @@ def test_every_map_title_states_its_units():
 def test_map_with_bits_per_byte_names_its_unit_on_the_png(tmp_path, captured):
     names, L, meta = lineage_L(N=200, n_lineages=2, seed=1)
     mm = ModelMap(names, L, metadata=meta, text_bytes=np.full(200, 1000))
-    report.write(mm, tmp_path, unit="bits-per-byte")
+    report.write(build_map(mm), tmp_path, unit="bits-per-byte")
     figures, _ = captured
     assert "bits/byte" in figures[-1].axes[0].get_title()

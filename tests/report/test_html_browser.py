@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from lmmap import ModelMap, report
+from lmmap.analyses.map import build_map
 from lmmap.analyses.place import add_models
 from lmmap.data.store import Store
 from lmmap.analyses.select import select
@@ -110,7 +111,7 @@ def test_map_page_draws_every_model_and_label_offline_and_search_highlights(brow
     names[3] = "<img src=x onerror=alert(1)>"  # stays text
     meta = meta.rename(index={meta.index[3]: names[3]})
     mm = ModelMap(names, L, metadata=meta)
-    paths = report.write(mm, tmp_path / "map")
+    paths = report.write(build_map(mm), tmp_path / "map")
     page = Page(browser, paths["map.html"])
     page.check_offline_and_clean(tmp_path / "map")
     assert page.n_points() >= mm.K

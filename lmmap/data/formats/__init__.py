@@ -106,7 +106,7 @@ def read_vectors(path: str | os.PathLike, allow_pickle: bool = False, *, expect_
         return csv.read(path, expect_texts)
     raise FormatError(
         f"cannot tell the format of {path}; lmmap reads .npz, .parquet, .csv, the authors' .pkl files "
-        "(with allow_pickle=True) and scorer output (.jsonl files or a directory of them)",
+        "(with {allow_pickle=True}) and scorer output (.jsonl files or a directory of them)",
         params=("allow_pickle",),
     )
 
@@ -115,15 +115,15 @@ def _check_for_writing(names, L, n_tokens, text_pos):
     names = _check_names("vectors to write", list(names), InputError)
     L = np.asarray(L, dtype=np.float64)
     if L.ndim != 2 or L.shape[0] != len(names):
-        raise InputError(f"L must be a matrix of {len(names)} rows (one per model), got shape {L.shape}")
+        raise InputError(f"L must be a matrix of {len(names)} rows (one per model), got shape {L.shape}", params=("names", "L"))
     if n_tokens is not None:
         n_tokens = np.asarray(n_tokens)
         if n_tokens.shape != L.shape:
-            raise InputError(f"n_tokens has shape {n_tokens.shape} but L has {L.shape}")
+            raise InputError(f"n_tokens has shape {n_tokens.shape} but L has {L.shape}", params=("L", "n_tokens"))
     if text_pos is not None:
         text_pos = np.asarray(text_pos, dtype=np.int64)
         if text_pos.shape != (L.shape[1],):
-            raise InputError(f"text_pos has shape {text_pos.shape}; expected ({L.shape[1]},), one per column of L")
+            raise InputError(f"text_pos has shape {text_pos.shape}; expected ({L.shape[1]},), one per column of L", params=("L", "text_pos"))
     return names, L, n_tokens, text_pos
 
 
@@ -166,7 +166,7 @@ def write_vectors(
     suffix = path.suffix.lower()
     writers = {".npz": npz.write, ".parquet": parquet.write, ".pq": parquet.write, ".csv": csv.write}
     if suffix not in writers:
-        raise InputError(f"cannot write {path}: use a .npz, .parquet or .csv file name")
+        raise InputError(f"cannot write {path}: use a .npz, .parquet or .csv file name", params=("path",))
     records = _metadata_records(metadata, names) if metadata is not None and len(metadata) else None
     with atomic_path(path) as tmp:
         writers[suffix](tmp, names, L, text_set_id, n_tokens, text_pos, convention, records)

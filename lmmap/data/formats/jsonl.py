@@ -152,7 +152,7 @@ def _read_scorer_file_slow(path: Path):
                 if "text" in obj:
                     raise FormatError(
                         f"{path}:{lineno}: no 'log-likelihood' field (this looks like a text set: give it as "
-                        f"texts={path.name}, not as vectors)", params=("texts",),
+                        f"{{texts={path.name}}}, not as vectors)", params=("texts",),
                     )
                 raise FormatError(f"{path}:{lineno}: no 'log-likelihood' field")
             i, v, n = obj.get("index"), obj["log-likelihood"], obj.get("num-tokens")
