@@ -174,7 +174,8 @@ def add(
                 embedding=embedding, embedding_random_state=tsne_seed, base_coords=base_coords,
                 scoring=scoring_options, executor=where, unit=unit, progress=progress,
             )
-        paths = report.write(result, output, k=k, color_by=color_by)
+        # -k is the placement's neighbour table; an adaptive result carries its own nearest models.
+        paths = report.write(result, output, color_by=color_by, **({} if adaptive else {"k": k}))
     for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
         console.print(lit(line))
     print_files(paths)

@@ -14,6 +14,7 @@ package is light.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from pathlib import Path
 
@@ -49,8 +50,18 @@ def writer_for(result):
 
 
 def write(result, outdir: str | os.PathLike, **options) -> dict[str, Path]:
-    """Write ``result``'s tables, figures and parameters under ``outdir``; returns ``{file name: path}``."""
-    return writer_for(result).write(result, outdir, **options)
+    """Write ``result``'s tables, figures and parameters under ``outdir``; returns ``{file name: path}``.
+
+    ``options``: how to present it (``color_by``, ``unit`` ...), each a keyword of its writer's ``write``;
+    one a writer does not take is refused, naming those it does, rather than silently ignored.
+    """
+    writer = writer_for(result)
+    accepted = [p.name for p in inspect.signature(writer.write).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise InputError(f"the writer of a {type(result).__name__} takes no option {unknown[0]!r}; it takes "
+                         + (", ".join(accepted) if accepted else "none"), params=("options",))
+    return writer.write(result, outdir, **options)
 
 
 __all__ = ["WRITERS", "write", "writer_for"]

@@ -29,7 +29,7 @@ FILES = ("placement.csv", "kl.csv", "adaptive.csv", "adaptive_trace.csv", "adapt
 _METHOD_NAMES = {"mds": "classical MDS of KL", "tsne": "t-SNE", "pca": "PCA"}
 
 
-def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_type", **_ignored) -> dict[str, Path]:
+def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_type") -> dict[str, Path]:
     """Write the adaptive placement's files into ``outdir``; returns ``{name: path}``.
 
     ``color_by``: the metadata column that colours the existing models on the

@@ -56,12 +56,12 @@ def figure2_ylabel(error: str) -> str:
     return "error of the estimated KL, relative to the typical KL\n(RMS error / RMS KL over model pairs, no unit; σ̂)"
 
 
-def write(result, outdir: str | os.PathLike, *, table=None, **provenance) -> dict[str, Path]:
+def write(result, outdir: str | os.PathLike, *, table=None, text_set_id: str | None = None) -> dict[str, Path]:
     """Write the tables, Figure 2 (PNG and HTML) and ``errors.json`` of ``result``; returns ``{name: path}``.
 
     ``table``: Table 1 as already computed by ``result.texts_needed()`` (default:
-    computed here, with its notes). ``provenance``: extra entries for the JSON's
-    provenance block (text set id, store ...).
+    computed here, with its notes). ``text_set_id``: the text set's identity, for the JSON's
+    provenance block.
     """
     from lmmap.report import plots
 
@@ -95,7 +95,7 @@ def write(result, outdir: str | os.PathLike, *, table=None, **provenance) -> dic
         "gram_precision": result.precision, "float32_rounding_error_in_e": result.float32_error,
         "d_prime_ratio_to_uniform": _ratio_json(result.ratio_to_uniform(table)),
         "seconds": result.seconds,
-    }, **provenance)  # fmt: skip
+    }, **({} if text_set_id is None else {"text_set_id": text_set_id}))  # fmt: skip
     return files.paths
 
 

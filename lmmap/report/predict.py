@@ -45,7 +45,7 @@ def _target_unit(target) -> str:
     return "unit of the scores file"
 
 
-def write(result, outdir: str | os.PathLike, plots: bool = True, **options) -> dict[str, Path]:
+def write(result, outdir: str | os.PathLike, *, plots: bool = True) -> dict[str, Path]:
     """Write the tables, ``predict.json`` and (with ``plots``) the figures of ``result`` under ``outdir``.
 
     Returns ``{file name: path}``.

@@ -15,7 +15,7 @@ import numpy as np
 from lmmap.report.files import Files
 
 
-def write(result, outdir: str | os.PathLike, **_ignored) -> dict[str, Path]:
+def write(result, outdir: str | os.PathLike) -> dict[str, Path]:
     files = Files(outdir)
     files.table("scale.csv", result.references)
     files.table("pairs.csv", result.pairs)

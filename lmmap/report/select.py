@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 
-def write(subset, outdir: str | os.PathLike, *, texts: bool = False, store=None, **_ignored) -> dict[str, Path]:
+def write(subset, outdir: str | os.PathLike, *, texts: bool = False, store=None) -> dict[str, Path]:
     """Write ``SUBSET.json`` (and ``texts.jsonl`` with ``texts``; from ``store`` unless the subset carries them)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

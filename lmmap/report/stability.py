@@ -56,12 +56,12 @@ def _comparison(result):
 
 
 def write(result, outdir: str | os.PathLike, *, names=None, color_by: str | None = "model_type",
-          **provenance) -> dict[str, Path]:
+          text_set_id: str | None = None) -> dict[str, Path]:
     """Write Table 3, the per-model CSV, the reference coordinates, one ellipse map per setting and ``stability.json``.
 
     ``names``: the models' names (default: the map's). ``color_by``: the
     metadata column that colours the maps (no colours if the map has no such
-    column). ``provenance``: extra entries for the JSON's provenance block.
+    column). ``text_set_id``: the text set's identity, for the JSON's provenance block.
     """
     import pandas as pd
 
@@ -103,7 +103,7 @@ def write(result, outdir: str | os.PathLike, *, names=None, color_by: str | None
         "embedding": first.embedding, "random_state": first.embedding_random_state, "seed": first.random_state,
         "clip_threshold": None if mm is None else mm.threshold,
         "settings": [{"method": m, "n": n} for m, n in comparison.settings],
-    }, **provenance)  # fmt: skip
+    }, **({} if text_set_id is None else {"text_set_id": text_set_id}))  # fmt: skip
     return files.paths
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from lmmap.report.files import Files
 
 
-def write(result, outdir: str | os.PathLike, *, log_axes: bool = False, **_ignored) -> dict[str, Path]:
+def write(result, outdir: str | os.PathLike, *, log_axes: bool = False) -> dict[str, Path]:
     """Write ``result``'s table, figure and parameters under ``outdir``; returns ``{file name: path}``.
 
     Parameters

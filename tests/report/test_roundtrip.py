@@ -9,6 +9,8 @@ Result type without a writer or a writer without a case here.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import math
 import struct
@@ -413,8 +415,6 @@ def test_every_writer_has_a_round_trip_case_and_every_case_a_writer():
 
 def test_every_result_type_of_the_analyses_has_a_writer():
     """A class named ``...Result`` in lmmap.analyses (a new analysis' result) must be written by some writer."""
-    import importlib
-    import inspect
     import pkgutil
 
     import lmmap.analyses
@@ -454,3 +454,27 @@ def test_result_round_trips_through_report_write(key, tmp_path, monkeypatch):
             data, _ = plotly_figure(path)
             assert data and any(t.get("x") is not None or t.get("y") is not None for t in data), name
             assert (path.with_suffix(".png")).name in paths, f"{name} has no PNG beside it"
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_a_writer_refuses_an_option_it_does_not_take_and_writes_nothing(key, tmp_path, monkeypatch):
+    """Writers have strict signatures: a misspelt option (``colour_by``) is one line naming the ones taken, not
+    silently ignored; every writer's options are keyword-only, with no catch-all."""
+    from lmmap.exceptions import InputError
+
+    module = report.writer_for(_result_type_stub(key))
+    params = inspect.signature(module.write).parameters.values()
+    assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params), f"{key}: a catch-all parameter"
+    assert all(p.kind is p.KEYWORD_ONLY for p in list(params)[2:]), f"{key}: options must be keyword-only"
+    case = CASES[key]
+    result, _, _ = case(tmp_path, monkeypatch) if case is case_adaptive else case(tmp_path)
+    with pytest.raises(InputError, match=r"takes no option 'colour_by'; it takes"):
+        report.write(result, tmp_path / "never", colour_by="family")
+    assert not (tmp_path / "never").exists()
+
+
+def _result_type_stub(key):
+    """An instance-free stand-in whose type is ``key``'s class, for :func:`report.writer_for`."""
+    module, _, name = key.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.__new__(cls)
