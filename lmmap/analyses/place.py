@@ -147,6 +147,8 @@ class Placement(PlacedModels):
     rebuilt : True when the whole 2-D map was refitted (the existing models may have moved).
     scored : models scored by :func:`add_models` (``scoring_seconds``: the time that took).
     subset : the :class:`lmmap.data.subset.Subset` whose texts the map is built on (or None).
+    kl_all : ``kl.csv``: the (K + m)×(K + m) KL of ``map``, in ``unit``.
+    neighbors : ``neighbors.csv``: each model's ``k`` nearest in ``map`` (:meth:`ModelMap.neighbor_table`).
     """
 
     map: ModelMap
@@ -156,6 +158,9 @@ class Placement(PlacedModels):
     R: int = 100
     scored: list[str] = field(default_factory=list)
     subset: object = None
+    kl_all: pd.DataFrame | None = None
+    neighbors: pd.DataFrame | None = None
+    k: int = 10
 
     def summary(self) -> str:
         t = self.nearest(1)
@@ -217,6 +222,7 @@ def place(
     random_state=0,
     embedding_random_state=42,
     unit: str = "nats-per-text",
+    k: int = 10,
     progress: ProgressFn = None,
 ) -> Placement:
     """Place m new models into the map ``mm`` of K existing models from their log-likelihoods on ``mm``'s texts.
@@ -246,6 +252,7 @@ def place(
     unit : the unit of the placement's KL and its SE: ``nats-per-text`` (default) or ``bits-per-byte``
         (divided by the ``w``-weighted mean UTF-8 bytes of ``mm``'s texts · ln 2; ``mm`` needs
         ``text_bytes``). The 2-D positions do not depend on it.
+    k : neighbours per model in the placed map's neighbour table.
     progress : ``callable(Step)`` for a line on what is being placed.
 
     Returns
@@ -253,8 +260,10 @@ def place(
     Placement
     """
     from lmmap.maths.randomness import check_random_state
+    from lmmap.params import check
 
     check_unit(unit)
+    k = check("k", k)
     check_random_state(random_state)
     check_random_state(embedding_random_state, "embedding_random_state")  # deeper down it is called random_state
     new = [str(n) for n in new_names]
@@ -293,7 +302,7 @@ def place(
     return Placement(
         new_models=new, existing_models=existing, map=full, kl=KL * factor, kl_se=se * factor, coords=coords,
         method=method, rebuilt=rebuild, R=R, random_state=random_state, embedding_random_state=embedding_random_state,
-        unit=unit,
+        unit=unit, kl_all=full.kl_frame(unit), neighbors=full.neighbor_table(k, unit=unit), k=k,
     )
 
 
@@ -448,6 +457,7 @@ def add_models(
     embedding_random_state=42,
     base_coords=None,
     unit: str = "nats-per-text",
+    k: int = 10,
     progress: ProgressFn = None,
 ) -> Placement:
     """Score ``models`` on ``subset``'s texts only and place them into the map of ``subset.models`` (:func:`place`).
@@ -540,7 +550,7 @@ def add_models(
 
     _, L_new = store.matrix(new, text_pos=subset.text_pos)
     result = place(mm, new, L_new, base=full, base_coords=base_coords, embedding=embedding, rebuild=rebuild, R=R,
-                   random_state=random_state, embedding_random_state=embedding_random_state, unit=unit,
+                   random_state=random_state, embedding_random_state=embedding_random_state, unit=unit, k=k,
                    progress=progress)
     result.scored, result.scoring_seconds, result.failed, result.subset = to_score, seconds, failed, subset
     return result

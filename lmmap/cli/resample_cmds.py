@@ -172,10 +172,9 @@ def add(
                 s, models, Subset.load(subset, store=s, allow_other_texts=allow_other_texts), names=name or None,
                 convention=convention, rebuild=rebuild, replace=replace, R=R, random_state=seed,
                 embedding=embedding, embedding_random_state=tsne_seed, base_coords=base_coords,
-                scoring=scoring_options, executor=where, unit=unit, progress=progress,
+                scoring=scoring_options, executor=where, unit=unit, k=k, progress=progress,
             )
-        # -k is the placement's neighbour table; an adaptive result carries its own nearest models.
-        paths = report.write(result, output, color_by=color_by, **({} if adaptive else {"k": k}))
+        paths = report.write(result, output, color_by=color_by)
     for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
         console.print(lit(line))
     print_files(paths)

@@ -22,11 +22,11 @@ from lmmap.exceptions import InputError
 from lmmap.report.files import Files
 
 
-def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | None = "model_type") -> dict[str, Path]:
+def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_type") -> dict[str, Path]:
     """Write ``result``'s files under ``outdir``; returns ``{file name: path}``.
 
-    ``k``: neighbours per model in neighbors.csv; ``color_by``: the metadata
-    column that colours the existing models. KL is written in ``result.unit``.
+    ``color_by``: the metadata column that colours the existing models. KL is written in ``result.unit``; the
+    neighbour table is the result's (``k`` per model, chosen when placing).
     """
     from lmmap.report.map import hover_neighbors, title
 
@@ -38,11 +38,11 @@ def write(result, outdir: str | os.PathLike, *, k: int = 10, color_by: str | Non
                          params=("color_by",))
     files = Files(outdir)
     files.table("placement.csv", result.table())
-    files.table("kl.csv", mm.kl_frame(unit), index=True)
+    files.table("kl.csv", result.kl_all, index=True)
     is_new = np.isin(mm.names, result.new_models)
     files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1],
                                             "new": is_new}))
-    table = mm.neighbor_table(k, unit=unit)
+    table = result.neighbors
     files.table("neighbors.csv", table)
     placed_map_figure(
         files, result.coords, mm.names, result.new_models, result.existing_models, result.kl, groups=groups,

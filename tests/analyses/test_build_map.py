@@ -94,7 +94,7 @@ def test_the_writer_is_deterministic_and_takes_no_random_state(lineage_map, tmp_
     assert list(params) == ["result", "outdir", "unit", "color_by"]
     assert all(p.kind == p.KEYWORD_ONLY for n, p in params.items() if n in ("unit", "color_by"))
     res = build_map(lineage_map, k=3, se=True, R=10)
-    with pytest.raises(TypeError):
+    with pytest.raises(InputError, match="takes no option 'random_state'"):
         report.write(res, tmp_path / "x", random_state=1)
     a = report.write(res, tmp_path / "a")
     b = report.write(res, tmp_path / "b")

@@ -162,7 +162,7 @@ def case_placement(tmp_path):
     held = ["lin1-ft-1", "lin2-ft-3"]
     assert set(held) <= set(names)  # in the store: placed from their stored vectors, nothing is scored
     rest = [n for n in names if n not in held]
-    result = add_models(store, held, select_from_store(store, "ls", 150, random_state=1, models=rest), R=10)
+    result = add_models(store, held, select_from_store(store, "ls", 150, random_state=1, models=rest), R=10, k=4)
     assert list(result.new_models) == held and not result.failed
     mm = result.map
     checks = {
@@ -178,7 +178,7 @@ def case_placement(tmp_path):
                                                     "clip_threshold": mm.threshold}),
         "map.html": lambda p: assert_html_draws(p, result.coords, held),
     }
-    return result, {"k": 4}, checks
+    return result, {}, checks
 
 
 class _LookupScorer:
