@@ -343,7 +343,7 @@ def load_model(
         if missing:
             raise ScoringError(missing, params=("revision",)) from exc
         needs_code = "trust_remote_code" in str(exc) and not trust_remote_code
-        hint = "; it needs its own modelling code: pass trust_remote_code=True if you trust it" if needs_code else ""
+        hint = "; it needs its own modelling code: pass {trust_remote_code=True} if you trust it" if needs_code else ""
         raise ScoringError(f"model {source!r} could not be loaded: {type(exc).__name__}: {first_line(exc)}{hint}",
                            params=("trust_remote_code",) if needs_code else ()) from exc
     if device_map is None:

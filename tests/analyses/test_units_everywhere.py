@@ -24,7 +24,7 @@ from lmmap.data.store import Store
 from lmmap.data.texts import TextSet
 from lmmap.exceptions import InputError
 from lmmap.map import ModelMap
-from synthetic import family_L
+from synthetic import LookupScorer, family_L
 
 N = 240
 LN2 = math.log(2.0)
@@ -134,25 +134,6 @@ def test_add_models_checks_the_unit_before_scoring(eco, monkeypatch):
 
 
 # -- lmmap add --adaptive ------------------------------------------------------------------------------
-
-
-class LookupScorer:
-    """Stands in for :func:`lmmap.scoring.score_models`: known rows, stored as scoring would store them."""
-
-    def __init__(self, rows: dict):
-        self.rows = rows
-
-    def __call__(self, store, models, *, names=None, text_pos=None, convention="reference", **kw):
-        from lmmap.scoring import ScoreStatus
-
-        out = {}
-        for src, name in zip(models, names or models):
-            have = store.vectors(name)["text_pos"].to_numpy() if store.has_model(name) else np.zeros(0, np.int64)
-            pos = np.union1d(have, np.asarray(text_pos))
-            store.write_model(name, self.rows[src][pos], text_pos=pos, record={"convention": convention},
-                              replace=store.has_model(name))
-            out[name] = ScoreStatus(name, "scored", n_scored=len(pos))
-        return out
 
 
 def _adaptive_store(path, names, L, held, texts):

@@ -23,7 +23,7 @@ import pytest
 from lmmap import report
 from lmmap.map import ModelMap
 from plotly_json import plotly_array, plotly_figure
-from synthetic import ecosystem, family_L, lineage_L, make_store
+from synthetic import LookupScorer, ecosystem, family_L, lineage_L, make_store
 
 # Maps of a few models lower t-SNE's perplexity and say so; notes of the analyses are not what is tested here.
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -181,25 +181,6 @@ def case_placement(tmp_path):
     return result, {}, checks
 
 
-class _LookupScorer:
-    """Stands in for :func:`lmmap.scoring.score_models` (as tests/analyses/test_units_everywhere.py): known rows."""
-
-    def __init__(self, rows: dict):
-        self.rows = rows
-
-    def __call__(self, store, models, *, names=None, text_pos=None, convention="reference", **kw):
-        from lmmap.scoring import ScoreStatus
-
-        out = {}
-        for src, name in zip(models, names or models):
-            have = store.vectors(name)["text_pos"].to_numpy() if store.has_model(name) else np.zeros(0, np.int64)
-            pos = np.union1d(have, np.asarray(text_pos))
-            store.write_model(name, self.rows[src][pos], text_pos=pos, record={"convention": convention},
-                              replace=store.has_model(name))
-            out[name] = ScoreStatus(name, "scored", n_scored=len(pos))
-        return out
-
-
 def case_adaptive(tmp_path, monkeypatch):
     import lmmap.scoring
     from lmmap.analyses import adaptive as ad
@@ -214,7 +195,7 @@ def case_adaptive(tmp_path, monkeypatch):
     store.set_metadata(pd.DataFrame({"model": [n for n in names if n not in held],
                                      "model_type": [f for n, f in zip(names, fams) if n not in held]}))
     rows = {f"src{j}": L[names.index(h)] for j, h in enumerate(held)}
-    monkeypatch.setattr(lmmap.scoring, "score_models", _LookupScorer(rows))
+    monkeypatch.setattr(lmmap.scoring, "score_models", LookupScorer(rows))
     result = ad.place_adaptive(store, list(rows), names=["a", "b", "c"], target_se=0.2, neighbors=2, round_size=16,
                                max_texts=64, random_state=3)
     existing = list(result.existing_models)

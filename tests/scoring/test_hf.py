@@ -371,3 +371,29 @@ def test_fused_gelu_gives_the_models_own_numbers(tiny_gpt2_dir, gpt2):
     ids = torch.tensor([tok("def f(x):\n    return x * 2  # doubled")["input_ids"]])
     with torch.no_grad():
         np.testing.assert_allclose(model(ids).logits.numpy(), original(ids).logits.numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_model_that_needs_its_own_code_is_not_run_and_the_flag_is_named(store, tiny_gpt2_dir, tmp_path):
+    """A checkpoint whose config points at its own modelling code is refused unless the user says so, and the hint
+    names the flag on the command line (the parameter in Python): trust is never assumed."""
+    import io
+    import json
+    import shutil
+    from contextlib import redirect_stderr
+
+    from lmmap.cli import main
+
+    own = tmp_path / "own-code"
+    shutil.copytree(tiny_gpt2_dir, own)
+    config = json.loads((own / "config.json").read_text())
+    config.update(model_type="lmmap-own", auto_map={"AutoConfig": "configuration_own.OwnConfig",
+                                                     "AutoModelForCausalLM": "modeling_own.OwnForCausalLM"})
+    (own / "config.json").write_text(json.dumps(config))
+    out = score_models(store, [str(own)], device="cpu", progress=False)
+    assert out["own-code"].status == "failed" and "pass trust_remote_code=True if you trust it" in str(out["own-code"])
+    err = io.StringIO()
+    with redirect_stderr(err), pytest.raises(SystemExit) as stop:
+        main(["score", str(own), "--store", str(store.path), "--device", "cpu", "--no-progress"])
+    text = " ".join(err.getvalue().split())
+    assert stop.value.code == 1 and "pass --trust-remote-code if you trust it" in text, text
+    assert not store.has_model("own-code")
