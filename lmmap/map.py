@@ -63,6 +63,9 @@ class ModelMap:
     metadata : optional DataFrame indexed by model (model_type, family, ...).
     text_bytes : UTF-8 length in bytes of each of the d texts (from the text
         set); needed for KL in bits per byte (``unit="bits-per-byte"``).
+    store_state : the state of the store whose consolidated matrix this map is (all its models, every
+        text: :attr:`lmmap.data.store.Store.matrix_state`), under which its neighbour lists can be kept
+        (:meth:`lmmap.data.store.Store.save_neighbors`); None otherwise.
     """
 
     names: list[str]
@@ -75,11 +78,16 @@ class ModelMap:
     clip_percentile: float = geometry.DEFAULT_CLIP_PERCENTILE
     text_set_id: str | None = None
     text_bytes: np.ndarray | None = None
+    store_state: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.names = [str(n) for n in self.names]
-        self.L = np.asarray(self.L, dtype=np.float64)
+        # A float32 L (the store's consolidated matrix of a large map) stays float32, and so does Q
+        # (geometry.double_center_float32): 10⁵ models × 10⁴ texts are 4 GB each instead of 8.
+        self.L = np.asarray(self.L)
+        if self.L.dtype != np.float32:
+            self.L = np.asarray(self.L, dtype=np.float64)
         if self.L.ndim != 2 or self.L.shape[0] != len(self.names):
             raise InputError(f"L must be K×d with one row per name; got {self.L.shape} for {len(self.names)} names",
                              params=("L", "names"))
@@ -102,8 +110,11 @@ class ModelMap:
         if isinstance(self.threshold, str):
             if self.threshold != "auto":
                 raise InputError(f"threshold must be 'auto', a number or None, got {self.threshold!r}", params=("threshold",))
-            self.threshold = geometry.clip_threshold(self.L, self.clip_percentile)
-        self.Q = geometry.double_center(geometry.clip(self.L, self.threshold), self.w)
+            self.threshold = geometry.clip_threshold_sampled(self.L, self.clip_percentile)
+        if self.L.dtype == np.float32:
+            self.Q = geometry.double_center_float32(self.L, self.threshold, self.w)
+        else:
+            self.Q = geometry.double_center(geometry.clip(self.L, self.threshold), self.w)
         self._index = {n: i for i, n in enumerate(self.names)}
 
     # -- construction from a store --------------------------------------------
@@ -122,7 +133,7 @@ class ModelMap:
         """
         if subset is not None:
             subset.check_store(store)
-            names, L = store.matrix(models, text_pos=subset.text_pos, allow_mixed=allow_mixed)
+            names, L = store.matrix(models, text_pos=subset.text_pos, allow_mixed=allow_mixed, dtype="auto")
             thr = subset.threshold if clip else None
             if threshold is not None and clip:
                 thr = threshold
@@ -131,10 +142,11 @@ class ModelMap:
                 metadata=store.metadata(), text_set_id=store.text_set_id,
                 text_bytes=_store_text_bytes(store, subset.text_pos),
             )
-        names, L = store.matrix(models, allow_mixed=allow_mixed)
+        names, L = store.matrix(models, allow_mixed=allow_mixed, dtype="auto")
+        state = getattr(store, "matrix_state", None) if models is None else None
         thr = (threshold if threshold is not None else "auto") if clip else None
         return cls(names, L, threshold=thr, metadata=store.metadata(), text_set_id=store.text_set_id,
-                   text_bytes=_store_text_bytes(store, None))
+                   text_bytes=_store_text_bytes(store, None), store_state=state)
 
     def add_metadata(self, extra: pd.DataFrame) -> None:
         """Add metadata columns (a DataFrame indexed by model); ``extra`` wins where both have a value."""
@@ -294,7 +306,13 @@ class ModelMap:
         """The method ``method`` stands for in this map: ``auto`` is classical MDS below 40 models, t-SNE above."""
         from lmmap.maths.embedding import resolve_method
 
-        return resolve_method(method, self.K)
+        resolved = resolve_method(method, self.K)
+        if resolved == "mds" and self.K > DENSE_MAX_K:
+            raise InputError(
+                f"{{embedding='mds'}} is classical MDS of the {self.K:,}×{self.K:,} KL matrix "
+                f"({8 * self.K * self.K / 1e9:,.1f} GB), past the {DENSE_MAX_K:,} models it is for; use "
+                "{embedding='tsne'} (from the neighbour lists) or {embedding='pca'}", params=("embedding",))
+        return resolved
 
     def embed(self, method: str = "auto", random_state: int = 42, **kwargs) -> np.ndarray:
         """2-D coordinates (K×2) of the models (see :mod:`lmmap.maths.embedding`).
@@ -312,8 +330,29 @@ class ModelMap:
             kwargs.setdefault("perplexity", min(DEFAULT_PERPLEXITY, (self.K - 1) / 3))
         key = ("embed", resolved, random_state, tuple(sorted(kwargs.items())))
         if key not in self._cache:
+            if resolved == "tsne" and self.K > DENSE_MAX_K:
+                kwargs = {**kwargs, **self._tsne_neighbors(kwargs.get("perplexity", DEFAULT_PERPLEXITY))}
             self._cache[key] = embed(self.features(), method=resolved, random_state=random_state, **kwargs)
         return self._cache[key]
+
+    def _tsne_neighbors(self, perplexity: float) -> dict:
+        """The t-SNE of a large map: its 3·perplexity neighbours (and a PCA start) without a K×K matrix.
+
+        Where the neighbour lists are exact (K²·d small enough, :func:`lmmap.maths.knn.resolve_method`) they are
+        the lists of ``neighbor_table`` extended to 3·perplexity (its first k columns answer it after, for
+        free); otherwise they come from the randomised projection of those lists, by its key
+        (:func:`lmmap.maths.knn.projected_neighbors`): t-SNE needs 90 neighbours per model, not their exact
+        distances, and re-ranking 90 exactly would cost 90·K·N multiply-adds."""
+        from lmmap.maths import knn
+
+        n = int(min(self.K - 1, max(1, round(3 * perplexity))))
+        if knn.resolve_method("auto", self.K, self.Q.shape[1]) == "exact":
+            idx, kl = self._knn_lists(n)
+            return {"neighbors": (idx, kl * 2.0 * self.n_texts)}
+        self._knn_lists(10, reuse_any=True)
+        found = next(v for key, v in self._cache.items() if isinstance(key, tuple) and key[0] == "knn")
+        idx, key = knn.projected_neighbors(found.projection, n)
+        return {"neighbors": (idx, key), "initialization": found.projection.Z[:, :2]}
 
     # -- lineage and the lines of the map ------------------------------------------
     def base_models(self) -> dict[str, str]:

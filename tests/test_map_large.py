@@ -114,3 +114,100 @@ def test_full_kl_writes_kl_npy_at_large_k(large_store, tmp_path, monkeypatch):
     kl = np.load(out / "kl.npy")
     assert kl.dtype == np.float32 and kl.shape == (K, K)
     np.testing.assert_allclose(kl, want, rtol=1e-6, atol=1e-7 * want.max())
+
+
+@pytest.fixture
+def consolidated(monkeypatch):
+    """Small stores keep the consolidated matrix too (its threshold is 10⁷ log-likelihoods)."""
+    import lmmap.data.store.matrix as matrix_module
+
+    monkeypatch.setattr(matrix_module, "MATRIX_MIN_ENTRIES", 0)
+
+
+def test_neighbors_answers_from_the_lists_map_kept(large_store, tmp_path, monkeypatch, consolidated):
+    """`lmmap map` of a large store keeps its neighbour lists under the store's state; `lmmap neighbors`
+    then reads them without building the map, and a change of the store makes it compute them again."""
+    store, _ = large_store
+    store.rebuild_matrix()
+    monkeypatch.setattr(map_mod, "DENSE_MAX_K", 100)
+    assert run_main("map", "-o", tmp_path / "m", "--store", store.path, "-k", "12")[0] == 0
+    kept = list((store.path / "matrix").glob("neighbors-*.parquet"))
+    assert len(kept) == 1
+    model = store.model_names()[7]
+    want = ModelMap.from_store(store).neighbors(model, k=5)
+    built = []
+    real = ModelMap.from_store.__func__
+
+    def counting(cls, *a, **kw):
+        built.append(1)
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(ModelMap, "from_store", classmethod(counting))
+    code, out, err = run_main("neighbors", model, "--store", store.path, "-k", "5")
+    assert code == 0, err
+    assert not built  # answered from the kept lists
+    listed = [line.split("│")[2].strip() for line in out.splitlines() if line.count("│") >= 3]
+    assert listed == list(want["neighbor"])
+    for value, kl in zip([line.split("│")[3].strip() for line in out.splitlines() if line.count("│") >= 3],
+                         want["kl"]):
+        assert float(value) == pytest.approx(kl, rel=1e-2)
+    # more neighbours than were kept, or another state of the store: computed again
+    assert run_main("neighbors", model, "--store", store.path, "-k", "13")[0] == 0 and len(built) == 1
+    store.write_models([{"name": "newcomer", "loglik": store.matrix([model])[1][0] - 1.0}])
+    assert not list((store.path / "matrix").glob("neighbors-*.parquet"))  # the write dropped the stale lists
+    assert run_main("neighbors", model, "--store", store.path, "-k", "5")[0] == 0 and len(built) == 2
+    assert store.check().ok
+
+
+def test_tsne_of_a_large_map_keeps_neighbourhoods(monkeypatch):
+    """Past DENSE_MAX_K the t-SNE affinities come from the knn lists (exact here, and from the randomised
+    projection's key when the exact search would cost too much): most of a model's 10 nearest on the map
+    are among its 30 nearest by KL, both ways."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from lmmap.maths import knn
+
+    L = lowrank_L(K, N, n_families=30, seed=4)
+    monkeypatch.setattr(map_mod, "DENSE_MAX_K", 100)
+    for exact_max in (knn.EXACT_MAX_FLOPS, 1.0):
+        monkeypatch.setattr(knn, "EXACT_MAX_FLOPS", exact_max)
+        mm = ModelMap([f"m{i}" for i in range(K)], L)
+        coords = mm.embed("tsne", random_state=1)
+        assert coords.shape == (K, 2) and np.isfinite(coords).all()
+        near2d = NearestNeighbors(n_neighbors=11).fit(coords).kneighbors(coords, return_distance=False)[:, 1:]
+        near_kl, _ = mm.nearest(30)
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(near2d, near_kl)])
+        assert overlap > 0.7, overlap
+
+
+def test_placing_into_a_large_map_needs_no_k_by_k_and_agrees_with_the_small_path(tmp_path, monkeypatch):
+    from lmmap.analyses.place import LARGE_TABLE_ROWS, place
+    from lmmap.exceptions import InputError
+
+    m = 4
+    L = lowrank_L(K + m, N, n_families=20, seed=5)
+    names = [f"m{i}" for i in range(K)]
+    new = [f"new{i}" for i in range(m)]
+    mm = ModelMap(names, L[:K])
+    coords = mm.embed("tsne")
+    base = pd.DataFrame({"model": names, "x": coords[:, 0], "y": coords[:, 1]})
+    small = place(mm, new, L[K:], base_coords=base)
+    monkeypatch.setattr(map_mod, "DENSE_MAX_K", 100)
+    with pytest.raises(InputError, match="base_coords=MAPDIR/coords.csv"):
+        place(ModelMap(names, L[:K]), new, L[K:])
+    monkeypatch.setattr(ModelMap, "squared_distances", no_k_by_k)
+    large = place(ModelMap(names, L[:K].astype(np.float32)), new, L[K:], base_coords=base)
+    np.testing.assert_allclose(large.kl, small.kl, rtol=1e-5)
+    np.testing.assert_array_equal(large.coords[:K], coords)  # the existing models keep their positions
+    near = np.argsort(large.kl, axis=1)[:, :10]
+    np.testing.assert_allclose(large.coords[K:], np.median(coords[near], axis=1))
+    t = large.table()
+    assert len(t) == m * min(K, LARGE_TABLE_ROWS) and (t.groupby("new_model")["rank"].max() == LARGE_TABLE_ROWS).all()
+    s = small.table().set_index(["new_model", "existing_model"])
+    mine = t.set_index(["new_model", "existing_model"])
+    np.testing.assert_allclose(mine["kl_se"], s.loc[mine.index, "kl_se"], rtol=1e-4)
+    first = large.neighbors[large.neighbors["model"] == "new0"]
+    want = small.neighbors[small.neighbors["model"] == "new0"]
+    assert list(first["neighbor"]) == list(want["neighbor"])
+    files = report.write(large, tmp_path / "placed")
+    assert "kl.csv" not in files and {"placement.csv", "coords.csv", "map.png", "map.html"} <= set(files)

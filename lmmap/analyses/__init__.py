@@ -9,6 +9,8 @@
 - :mod:`~lmmap.analyses.predict` — ridge prediction of benchmark scores → ``PredictionResult``
 - :mod:`~lmmap.analyses.scale` — reference points for reading a KL (fine-tune↔base, unrelated, ...) → ``ScaleResult``
 - :mod:`~lmmap.analyses.trajectory` — KL along a training run's checkpoints → ``TrajectoryResult``
+- :mod:`~lmmap.analyses.lineage` — which model came from which: a test of every pair → ``LineageResult``;
+  ``provenance(mm, a, b)`` for one pair → ``ProvenanceResult``
 
 ``lmmap.report.write(result, outdir)`` turns any of them into files.
 """

@@ -41,6 +41,7 @@ from lmmap.maths import geometry
 from lmmap.maths.bootstrap import cross_sq_distance_se
 from lmmap.maths.geometry import cross_squared_distances  # noqa: F401  (lives in maths.geometry; still importable from here)
 from lmmap.exceptions import InputError, LmmapWarning, MissingFileError, ScoringError, StoreError
+import lmmap.map as map_module  # DENSE_MAX_K read at call time (tests lower it)
 from lmmap.map import UNIT_LABELS, ModelMap, check_unit
 from lmmap.progress import ProgressFn, say
 
@@ -51,6 +52,11 @@ if TYPE_CHECKING:  # annotations only: scoring is imported when a model is score
 _THRESHOLD_RTOL = 1e-9
 # A new model this close (KL, computed from the difference of the two vectors) to an existing one is the same model.
 IDENTICAL_KL = 1e-9
+# In a map of more than lmmap.map.DENSE_MAX_K models: placement.csv lists (and the bootstrap SE is computed for)
+# each new model's nearest this many existing models, not all K; a new model's position is the median of its
+# nearest this many.
+LARGE_TABLE_ROWS = 100
+LARGE_PLACE_NEIGHBORS = 10
 
 
 # -- numeric core -----------------------------------------------------------------------------
@@ -113,14 +119,16 @@ class PlacedModels:
     failed: dict = field(default_factory=dict)
     scoring_seconds: float = 0.0
     unit: str = "nats-per-text"
+    table_rows: int | None = None
 
     @property
     def unit_label(self) -> str:
         return UNIT_LABELS[self.unit]
 
     def table(self) -> pd.DataFrame:
-        """``placement.csv``: see :func:`placement_table`."""
-        return placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
+        """``placement.csv``: see :func:`placement_table` (each new model's ``table_rows`` nearest, or all)."""
+        t = placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
+        return t if self.table_rows is None else t[t["rank"] <= self.table_rows].reset_index(drop=True)
 
     def kl_frame(self) -> pd.DataFrame:
         """``kl.csv``: m×K KL estimates, new models as rows, existing models as columns."""
@@ -147,8 +155,11 @@ class Placement(PlacedModels):
     rebuilt : True when the whole 2-D map was refitted (the existing models may have moved).
     scored : models scored by :func:`add_models` (``scoring_seconds``: the time that took).
     subset : the :class:`lmmap.data.subset.Subset` whose texts the map is built on (or None).
-    kl_all : ``kl.csv``: the (K + m)×(K + m) KL of ``map``, in ``unit``.
-    neighbors : ``neighbors.csv``: each model's ``k`` nearest in ``map`` (:meth:`ModelMap.neighbor_table`).
+    kl_all : ``kl.csv``: the (K + m)×(K + m) KL of ``map``, in ``unit``; None in a map of more than
+        :data:`lmmap.map.DENSE_MAX_K` models (placement.csv then lists each new model's
+        :data:`LARGE_TABLE_ROWS` nearest, ``table_rows``).
+    neighbors : ``neighbors.csv``: each model's ``k`` nearest in ``map`` (:meth:`ModelMap.neighbor_table`);
+        in a large map, the new models' only.
     """
 
     map: ModelMap
@@ -279,21 +290,32 @@ def place(
         raise InputError("base must be the full map of the same existing models, in the same order",
                          params=("base",))
     full = ModelMap(
-        existing + new, np.vstack([mm.L, L_new]), threshold=mm.threshold, w=mm.w, n_texts=mm.n_texts,
+        existing + new, np.vstack([mm.L, L_new.astype(mm.L.dtype)]), threshold=mm.threshold, w=mm.w, n_texts=mm.n_texts,
         counts=mm.counts, metadata=mm.metadata, clip_percentile=mm.clip_percentile, text_set_id=mm.text_set_id,
         text_bytes=mm.text_bytes,
     )
     factor = full.unit_factor(unit)  # refused before any work when the map has no byte lengths
     K, m = len(existing), len(new)
+    large = full.K > map_module.DENSE_MAX_K
+    if large and not rebuild and base_coords is None:
+        raise InputError(
+            f"a map of {K:,} models is not embedded again to place {m} new one(s): give the positions of its "
+            "models, {base_coords=MAPDIR/coords.csv} (written by `lmmap map`), or ask for {rebuild=True}",
+            params=("base_coords", "rebuild"))
     X = full.features()
     X_old, X_new = X[:K], X[K:]
-    KL = full.kl()[K:, :K]
-    se = geometry.kl_from_squared_distances(
-        cross_sq_distance_se(X_new, X_old, mm.counts, R=R, random_state=random_state), full.n_texts)
+    # Only the m×K block: the (K + m)² matrix of a large map would not fit (80 GB at 10⁵ models).
+    KL = geometry.kl_from_squared_distances(geometry.cross_squared_distances(X_new, X_old), full.n_texts)
+    se = _placement_se(X_new, X_old, KL, mm.counts, R, random_state, full.n_texts, large)
     _warn_identical(new, existing, X_new, X_old, full.n_texts, KL)
     if rebuild:
         method = full.embedding_method(embedding)
         coords = full.embed(embedding, random_state=embedding_random_state)
+    elif large:
+        method = "tsne"
+        say(progress, f"placing {m} model(s) among the {LARGE_PLACE_NEIGHBORS} nearest of {K:,} on the map…")
+        coords_old = _read_base_coords(base_coords, existing)
+        coords = np.vstack([coords_old, _median_of_nearest(coords_old, KL, LARGE_PLACE_NEIGHBORS)])
     else:
         method = mm.embedding_method(embedding)  # as `lmmap map` of the existing models would choose
         say(progress, f"placing {m} model(s) into the map of {K} ({method})…")
@@ -302,8 +324,49 @@ def place(
     return Placement(
         new_models=new, existing_models=existing, map=full, kl=KL * factor, kl_se=se * factor, coords=coords,
         method=method, rebuilt=rebuild, R=R, random_state=random_state, embedding_random_state=embedding_random_state,
-        unit=unit, kl_all=full.kl_frame(unit), neighbors=full.neighbor_table(k, unit=unit), k=k,
+        unit=unit, kl_all=None if large else full.kl_frame(unit),
+        neighbors=_new_neighbors(full, KL, K, k, factor) if large else full.neighbor_table(k, unit=unit), k=k,
+        table_rows=LARGE_TABLE_ROWS if large else None,
     )
+
+
+def _placement_se(X_new, X_old, KL, counts, R, random_state, n_texts, large) -> np.ndarray:
+    """The bootstrap SE of the m×K KL block; in a large map only for each new model's
+    :data:`LARGE_TABLE_ROWS` nearest (NaN elsewhere): R·m·K·d multiply-adds would be hours at K = 10⁵."""
+    if not large:
+        return geometry.kl_from_squared_distances(
+            cross_sq_distance_se(X_new, X_old, counts, R=R, random_state=random_state), n_texts)
+    se = np.full(KL.shape, np.nan)
+    near = np.argsort(KL, axis=1, kind="stable")[:, :LARGE_TABLE_ROWS]
+    for i in range(KL.shape[0]):
+        cols = near[i]
+        se[i, cols] = geometry.kl_from_squared_distances(
+            cross_sq_distance_se(X_new[i:i + 1], X_old[cols], counts, R=R, random_state=random_state)[0], n_texts)
+    return se
+
+
+def _median_of_nearest(coords_old: np.ndarray, KL: np.ndarray, n: int) -> np.ndarray:
+    """Positions (m×2) of new models in a large t-SNE map: the median of the positions of their ``n`` nearest
+    existing models by KL — openTSNE's own starting point for new points (``transform``'s "median"
+    initialisation), without the K×K affinities an optimisation against the whole map would need."""
+    near = np.argsort(KL, axis=1, kind="stable")[:, :n]
+    return np.median(coords_old[near], axis=1)
+
+
+def _new_neighbors(full: ModelMap, KL: np.ndarray, K: int, k: int, factor: float) -> pd.DataFrame:
+    """``neighbors.csv`` of a placement into a large map: each new model's ``k`` nearest among the existing
+    and the other new models (the existing models' own lists are those of `lmmap map`)."""
+    names = np.asarray(full.names, dtype=object)
+    m = KL.shape[0]
+    X_new = full.features()[K:]
+    among_new = geometry.kl_from_squared_distances(geometry.cross_squared_distances(X_new, X_new), full.n_texts)
+    np.fill_diagonal(among_new, np.inf)
+    both = np.hstack([KL, among_new])
+    kk = int(min(k, full.K - 1))
+    idx = np.argsort(both, axis=1, kind="stable")[:, :kk]
+    vals = np.take_along_axis(both, idx, axis=1) * factor
+    return pd.DataFrame({"model": np.repeat(names[K:], kk), "rank": np.tile(np.arange(1, kk + 1), m),
+                         "neighbor": names[idx.ravel()], "kl": vals.ravel()})
 
 
 def _keep_positions(mm, base, base_coords, KL, X_old, X_new, method, random_state) -> tuple[np.ndarray, str]:
@@ -526,7 +589,10 @@ def add_models(
 
     # The existing models' full map, when they have every text: checks that their vectors are still
     # those the subset was selected from (same threshold) before any scoring, and later gives their positions in the 2-D map.
-    full = _full_map_if_possible(store, existing, subset)
+    # A large map's existing models keep the positions given (base_coords): their full map (8 GB at 10⁵ models)
+    # is not loaded for them.
+    large = len(existing) > map_module.DENSE_MAX_K and base_coords is not None and not rebuild
+    full = None if large else _full_map_if_possible(store, existing, subset)
     # The existing models' subset map does not change by scoring new ones: built now, it refuses a unit
     # the texts cannot give before anything is scored.
     mm = ModelMap.from_store(store, models=existing, subset=subset)

@@ -576,9 +576,14 @@ def _notes(tg: Targets, names, store_models=None, left_out=()) -> list[str]:
             for m in unknown[:10]:
                 # A high cutoff: a typo ("gpt-2" for "gpt2"), not a sibling ("base2-ft-docs" for "base2-ft-code").
                 close = difflib.get_close_matches(m, list(stored), n=1, cutoff=0.85)
+                if not close:  # the same name under another organisation, or in another case
+                    tail = m.rsplit("/", 1)[-1].lower()
+                    close = [s for s in store_models if str(s).rsplit("/", 1)[-1].lower() == tail][:1]
                 hints.append(f"{m!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+            matched = len(names) - len(tg.unlisted)
             notes.append(
+                f"matched {matched} of {len(names)} models of the map; "
                 f"the scores table names {len(unknown)} model(s) that are not in the store: {', '.join(hints)}{more}; "
                 "their rows were ignored — check the names (`lmmap models`) or score them first"
             )
@@ -705,10 +710,47 @@ def scores_from_metadata(metadata: pd.DataFrame | None) -> pd.DataFrame | None:
 
 
 def read_scores(path) -> pd.DataFrame:
-    """``SCORES.csv``: a ``model`` column and one numeric column per benchmark, indexed by model."""
-    from lmmap.data.formats import read_metadata_csv
+    """Benchmark scores indexed by model: ``SCORES.csv`` (a ``model`` column and one numeric column per
+    benchmark), lm-evaluation-harness ``results_*.json`` (a file, or a directory of them), or an Open LLM
+    Leaderboard CSV (:func:`lmmap.data.formats.read_score_file`)."""
+    from lmmap.data.formats import read_score_file
 
-    return read_metadata_csv(path)
+    return read_score_file(path)
+
+
+def match_score_names(scores: pd.DataFrame, records: dict[str, dict]) -> pd.DataFrame:
+    """``scores`` with each row named as the store names its model, where the table names it otherwise: by the
+    source a model's record names (the hub id or directory lm-eval was given, ``pretrained=...``), else by
+    the last part of a path or hub id when a stored model is named just that. A row whose store name
+    another row already has is left as it is (that one wins)."""
+    names = [str(m) for m in scores.index]
+    stored = set(records)
+    by_source: dict[str, list[str]] = {}
+    for name, rec in records.items():
+        src = rec.get("source")
+        if src and rec.get("scorer") != "import":
+            by_source.setdefault(str(src).rstrip("/"), []).append(name)
+    renamed, taken = {}, set(names) & stored
+    for m in names:
+        if m in stored:
+            continue
+        cands = by_source.get(m.rstrip("/"), [])
+        plain = [c for c in cands if "@" not in c] or cands
+        if len(plain) != 1:
+            tail = m.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+            # A directory's own name is the name `lmmap score` gives the model it holds.
+            plain = [tail] if ("/" in m or "\\" in m) and tail in stored else []
+        if len(plain) == 1 and plain[0] not in taken:
+            renamed[m] = plain[0]
+            taken.add(plain[0])
+    if not renamed:
+        return scores
+    first = next(iter(renamed.items()))
+    warnings.warn(f"{len(renamed)} score row(s) named by their source matched stored models (e.g. {first[0]!r} is "
+                  f"{first[1]!r})", LmmapWarning, stacklevel=3)
+    out = scores.copy()
+    out.index = pd.Index([renamed.get(m, m) for m in names], name=scores.index.name)
+    return out
 
 
 _CV_SETTINGS = ("n_repeats", "random_state", "n_folds", "n_inner", "threshold", "level", "workers")
@@ -748,7 +790,7 @@ def predict_store(
     source = "scores"
     if isinstance(scores, (str, os.PathLike)):
         source = str(scores)
-        scores = read_scores(scores)
+        scores = match_score_names(read_scores(scores), store.records())
     if isinstance(metadata, (str, os.PathLike)):
         from lmmap.data.formats import read_metadata_csv
 

@@ -36,7 +36,7 @@ from lmmap.cli._app import Interrupted, _notes_seen, app, console, err_console, 
 from lmmap.cli import _usage
 
 # Importing a command module registers its commands on ``app``.
-from lmmap.cli import store_cmds, admin_cmds, map_cmds, score_cmds, demo_cmds, resample_cmds, errors_cmds, predict_cmds, scale_cmds, trajectory_cmds  # noqa: E402,F401
+from lmmap.cli import store_cmds, admin_cmds, map_cmds, score_cmds, demo_cmds, resample_cmds, errors_cmds, predict_cmds, scale_cmds, trajectory_cmds, metadata_cmds, lineage_cmds  # noqa: E402,F401
 
 # OSErrors that are about the user's files and disk, not about lmmap.
 _USER_OS_ERRNOS = {

@@ -178,6 +178,7 @@ def stability(
     seed: option("random_state"),
     workers: option("workers"),
     color_by: option("color_by"),
+    metadata: option("metadata"),
     model: option("model"),
     exclude: option("exclude"),
     no_clip: option("no_clip"),
@@ -193,7 +194,7 @@ def stability(
     method = check_method(method)
     compared = [parse_setting(c) for c in compare or []]
     check_workers(workers)  # its upper bound is this machine's (the spec holds only the lower one)
-    mm = load_map(store, None, no_clip, allow_mixed, models=model, exclude=exclude)
+    mm = load_map(store, None, no_clip, allow_mixed, metadata, models=model, exclude=exclude)
     check_color_by(color_by, [] if mm.metadata is None else mm.metadata.columns)
     with output_dir(output):
         with RichProgress(console) as progress:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -44,6 +45,23 @@ def load_map(store: Store | Path, subset: Path | None, no_clip: bool, allow_mixe
 
         mm.add_metadata(read_metadata_csv(metadata))
     return mm
+
+
+NEIGHBOR_METADATA_COLUMNS = 3  # metadata columns `neighbors --metadata` shows beside each neighbour
+
+
+def keep_neighbors(store, result) -> None:
+    """Keep a large map's neighbour lists in its store, so that `lmmap neighbors MODEL` reads them (under a
+    second) instead of building the map again: only for the map of every model of the store, clipped as by
+    default, read from its consolidated matrix (``store_state``)."""
+    from lmmap.map import DENSE_MAX_K
+
+    mm = result.map
+    if mm.store_state is None or mm.K <= DENSE_MAX_K or mm.threshold is None or mm.w is not None:
+        return
+    if not store.save_neighbors(mm.store_state, result.neighbors, float(mm.threshold)):
+        print_note("the store changed while the map was built: its neighbour lists were not kept "
+                   "(`lmmap neighbors` computes them)")
 
 
 def clipping(threshold: float | None) -> str:
@@ -92,6 +110,7 @@ def map_(
                            full_kl=full_kl)
         with output_dir(output):
             paths = report.write(result, output, unit=unit, color_by=color_by)
+    keep_neighbors(s, result)
     if not full_kl and not writes_kl_csv(mm):
         print_note(f"no KL matrix written for {mm.K:,} models (neighbors.csv has each model's nearest); "
                    f"--full-kl writes it as kl.npy: {full_kl_cost(mm.K)}")
@@ -111,8 +130,9 @@ def neighbors(
     allow_mixed: option("allow_mixed"),
     allow_other_texts: option("allow_other_texts"),
     unit: option("unit"),
+    metadata: option("metadata"),
 ):
-    """The models nearest to MODEL by estimated KL divergence."""
+    """The models nearest to MODEL by estimated KL divergence (with --metadata, each with its first columns there)."""
     from lmmap.exceptions import InputError
     from lmmap.map import UNIT_LABELS
 
@@ -120,25 +140,56 @@ def neighbors(
     from lmmap.data.store import Store
 
     s = Store(store)
-    check_model(model, s.model_names())
-    mm = load_map(s, subset, no_clip, allow_mixed, allow_other_texts=allow_other_texts)
-    if model not in mm.names:
-        raise InputError(
-            f"model {model!r} is in the store but not in this map (it lacks some of the map's texts); "
-            f"`lmmap score {model}` scores its missing texts", params=("model",)
-        )
-    df = mm.neighbors(model, k=k, se=se, R=R, unit=unit)
+    # The lists `lmmap map` kept for this state of a large store answer at once (default map only).
+    df = None if (subset is not None or no_clip or se) else s.stored_neighbors(model, k)
+    text_bytes = None
+    if df is not None and unit != "nats-per-text":
+        from lmmap.map import _store_text_bytes
+
+        text_bytes = _store_text_bytes(s, None)
+        df = None if text_bytes is None else df
+    if df is not None:
+        meta = s.metadata()
+        if metadata is not None:
+            from lmmap.data.formats import read_metadata_csv
+
+            extra = read_metadata_csv(metadata)
+            meta = extra.combine_first(meta) if len(meta) else extra
+        if text_bytes is not None:  # as ModelMap.unit_factor: KL / (mean bytes · ln 2)
+            df["kl"] = df["kl"] / (float(text_bytes.mean()) * math.log(2.0))
+    else:
+        check_model(model, s.model_names())
+        mm = load_map(s, subset, no_clip, allow_mixed, metadata, allow_other_texts=allow_other_texts)
+        if model not in mm.names:
+            raise InputError(
+                f"model {model!r} is in the store but not in this map (it lacks some of the map's texts); "
+                f"`lmmap score {model}` scores its missing texts", params=("model",)
+            )
+        df = mm.neighbors(model, k=k, se=se, R=R, unit=unit)
+        meta = mm.metadata
     table = Table(title=f"nearest models to {lit(model)}")
     table.add_column("rank", justify="right")
     table.add_column("model")
     table.add_column(f"KL ({UNIT_LABELS[unit]})", justify="right")
     if se:
         table.add_column("± SE", justify="right")
+    shown = []
+    if metadata is not None:  # the file's own columns, first three, beside each neighbour
+        import pandas as pd
+
+        from lmmap.data.formats import read_metadata_csv
+
+        shown = [str(c) for c in read_metadata_csv(metadata).columns[:NEIGHBOR_METADATA_COLUMNS]]
+        for c in shown:
+            table.add_column(lit(c))
     # An estimate and its standard error share their decimals (80.2 ± 2.7, not 80.18 ± 2.7).
     dec = shared_decimals(df["kl"], df["kl_se"] if se else [])
     for row in df.itertuples(index=False):
         cells = [str(row.rank), lit(row.neighbor), fixed(row.kl, dec)]
         if se:
             cells.append(fixed(row.kl_se, dec))
+        for c in shown:
+            value = meta[c].get(row.neighbor) if meta is not None and c in meta.columns else None
+            cells.append("" if value is None or bool(pd.isna(value)) else lit(value))
         table.add_row(*cells)
     print_table(table)

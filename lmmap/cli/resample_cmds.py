@@ -98,6 +98,11 @@ def add(
     neighbors: option("neighbors"),
     max_texts: option("max_texts"),
     round_size: option("round_size"),
+    backend: option("backend"),
+    base_url: option("base_url"),
+    api_key_env: option("api_key_env"),
+    tokenizer: option("tokenizer"),
+    concurrency: option("concurrency"),
     device: option("device"),
     dtype: option("dtype"),
     convention: option("add_convention"),
@@ -114,6 +119,7 @@ def add(
     base_coords: option("base_coords"),
     embedding: option("embedding"),
     color_by: option("color_by"),
+    metadata: option("metadata"),
     k: option("k"),
     R: option("R"),
     seed: option("random_state"),
@@ -145,13 +151,19 @@ def add(
     from lmmap.scoring.options import ScoringOptions
 
     s = Store(store)
-    given = dict(device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length, stride=stride,
-                 revision=revision, device_map=device_map)
+    given = dict(backend=backend, device=device, dtype=dtype, batch_tokens=batch_tokens, max_length=max_length,
+                 stride=stride, revision=revision, device_map=device_map, base_url=base_url, api_key_env=api_key_env,
+                 tokenizer=tokenizer, concurrency=concurrency)
     # Flags left out keep ScoringOptions' defaults; the convention is the analysis's (the map's, or --convention).
     scoring_options = ScoringOptions(trust_remote_code=trust_remote_code,
                                      **{k_: v for k_, v in given.items() if v is not None})
     where = executor_options(executor, ray_address, gpus_per_model, shard_texts)
-    check_color_by(color_by, s.metadata().columns)
+    extra = None
+    if metadata is not None:  # read before any scoring: a bad file costs nothing
+        from lmmap.data.formats import read_metadata_csv
+
+        extra = read_metadata_csv(metadata)
+    check_color_by(color_by, [*s.metadata().columns, *([] if extra is None else extra.columns)])
     with output_dir(output), RichProgress(console, enabled=not no_progress) as progress:
         if adaptive:
             from lmmap.analyses.adaptive import place_adaptive
@@ -174,6 +186,12 @@ def add(
                 embedding=embedding, embedding_random_state=tsne_seed, base_coords=base_coords,
                 scoring=scoring_options, executor=where, unit=unit, k=k, progress=progress,
             )
+        if extra is not None:  # colours and declared lines of the placed map; the file wins where both say
+            if getattr(result, "map", None) is not None:
+                result.map.add_metadata(extra)
+            else:
+                have = result.metadata is not None and len(result.metadata)
+                result.metadata = extra.combine_first(result.metadata) if have else extra
         paths = report.write(result, output, color_by=color_by)
     for line in result.summary().splitlines():  # lit() shows a newline as "\n": one line at a time
         console.print(lit(line))

@@ -49,6 +49,10 @@ def score(
     revisions: option("revisions"),
     trajectory: option("trajectory"),
     steps: option("steps"),
+    base_url: option("base_url"),
+    api_key_env: option("api_key_env"),
+    tokenizer: option("tokenizer"),
+    concurrency: option("concurrency"),
 ):
     """Score models on the store's texts; a killed run resumes from its checkpoints."""
     from lmmap import scoring
@@ -68,7 +72,8 @@ def score(
         backend=backend, device=device, dtype=dtype, convention=convention, batch_tokens=batch_tokens,
         max_length=max_length, stride=stride, trust_remote_code=trust_remote_code, revision=revision,
         device_map=device_map, checkpoint_every=checkpoint_every, chat_template=chat_template, packing=packing,
-        layers=layers, final_norm=final_norm,
+        layers=layers, final_norm=final_norm, base_url=base_url, api_key_env=api_key_env, tokenizer=tokenizer,
+        concurrency=concurrency,
     )
     where = executor_options(executor, ray_address, gpus_per_model, shard_texts)
     set_threads(threads)

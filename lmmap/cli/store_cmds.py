@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lmmap.cli._app import app, check_choice, console, lit, print_table, texts_app, visible
+from lmmap.cli._app import app, check_choice, console, err_console, lit, print_table, texts_app, visible
 from lmmap.cli._options import option
 
 
@@ -74,11 +74,12 @@ def import_(
     replace: option("replace"),
 ):
     """Import log-likelihood vectors (and metadata) into the store."""
+    from lmmap.cli._progress import RichProgress
     from lmmap.data.transfer import import_vectors
 
-    names = import_vectors(
-        store, vectors, allow_pickle=allow_pickle, texts=texts, metadata=metadata, convention=convention, replace=replace
-    )
+    with RichProgress(err_console) as progress:
+        names = import_vectors(store, vectors, allow_pickle=allow_pickle, texts=texts, metadata=metadata,
+                               convention=convention, replace=replace, progress=progress)
     console.print(f"imported {len(names)} models into {lit(store)}")
 
 

@@ -50,6 +50,7 @@ def import_vectors(
     metadata=None,
     convention: str = "reference",
     replace: bool = False,
+    progress=None,
 ) -> list[str]:
     """Import every model of ``vectors_path`` into the store; all or nothing.
 
@@ -79,6 +80,9 @@ def import_vectors(
         Checked before anything is read, without torch.
     replace : bool
         Overwrite models already in the store (else the import is refused).
+    progress : callable, optional
+        Receives :class:`lmmap.progress.Step` events as models are staged (an NPZ is read and staged a
+        batch of rows at a time: memory is bounded by a batch, whatever the number of models).
 
     Returns
     -------
@@ -86,24 +90,41 @@ def import_vectors(
         The names imported, in file order.
     """
     try:
-        return _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace)
+        return _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace, progress)
     except Interrupted:
         raise  # after the commit: everything was imported, and the message says so
     except KeyboardInterrupt:
         raise Interrupted("nothing was imported (the store is as it was); rerun the import") from None
 
 
-def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace) -> list[str]:
-    from lmmap.data.formats import read_metadata_csv, read_vectors
+def _is_npz(path) -> bool:
+    """Whether ``path`` is a file that :func:`lmmap.data.formats.read_vectors` reads as an NPZ (by content)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False  # read_vectors names what is wrong
+
+
+def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention, replace, progress=None) -> list[str]:
+    from lmmap.data.formats import npz, read_metadata_csv, read_vectors
 
     check_convention(convention)
     store = open_or_create_store(store_path, texts)
     # expect_texts: sizes are checked against the store's text set before the values are loaded (a small
     # hostile file can declare gigabytes); refuses a recorded convention it does not know.
-    vec = read_vectors(vectors_path, allow_pickle=allow_pickle, expect_texts=store.n_texts)
-    extra = vec.extra or {}
+    if _is_npz(vectors_path):
+        # Streamed: a batch of rows at a time from the file into the store's one change, so 10⁵ models × 10⁴
+        # texts need a batch of memory, not K×N float64 (8 GB) and a copy in Parquet tables.
+        vec = npz.read_stream(Path(vectors_path), expect_texts=store.n_texts)
+        extra = {k: v for k, v in (("text_pos", vec.text_pos), ("convention", vec.convention)) if v is not None}
+        width = vec.n_texts
+    else:
+        vec = read_vectors(vectors_path, allow_pickle=allow_pickle, expect_texts=store.n_texts)
+        extra = vec.extra or {}
+        width = vec.L.shape[1]
     text_pos = _text_positions(store, extra, vectors_path)
-    store.check_text_set(vec.text_set_id, None if text_pos is not None else vec.L.shape[1], what=f"{vectors_path}")
+    store.check_text_set(vec.text_set_id, None if text_pos is not None else width, what=f"{vectors_path}")
     frames = [m for m in (vec.metadata, read_metadata_csv(metadata) if metadata else None) if m is not None and len(m)]
     meta = None
     for df in frames:
@@ -120,20 +141,24 @@ def _import(store_path, vectors_path, allow_pickle, texts, metadata, convention,
                 stacklevel=2,
             )
             meta = meta.loc[[m for m in meta.index if m in known]]
-    n_tokens, truncated = extra.get("n_tokens"), extra.get("truncated")
     record = {"scorer": "import", "source": str(vectors_path), "convention": extra.get("convention", convention)}
-    items = [
-        {
-            "name": name,
-            "loglik": vec.L[i],
-            "n_tokens": None if n_tokens is None else np.asarray(n_tokens)[i],
-            "truncated": None if truncated is None else np.asarray(truncated)[i],
-            "text_pos": text_pos,
-            "record": record,
-        }
-        for i, name in enumerate(vec.names)
-    ]
-    store.write_models(items, replace=replace, metadata=meta)
+
+    def items(v):
+        n_tokens, truncated = v.extra.get("n_tokens"), v.extra.get("truncated")
+        return [
+            {
+                "name": name,
+                "loglik": v.L[i],
+                "n_tokens": None if n_tokens is None else np.asarray(n_tokens)[i],
+                "truncated": None if truncated is None else np.asarray(truncated)[i],
+                "text_pos": text_pos,
+                "record": record,
+            }
+            for i, name in enumerate(v.names)
+        ]
+
+    batches = (items(b) for b in vec.batches()) if isinstance(vec, npz.NpzStream) else [items(vec)]
+    store.write_model_batches(vec.names, batches, replace=replace, metadata=meta, progress=progress)
     return vec.names
 
 

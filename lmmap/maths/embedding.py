@@ -213,8 +213,12 @@ def effective_perplexity(perplexity: float, n_models: int) -> float:
     return float(perplexity)
 
 
-def _fit_tsne(X: np.ndarray, random_state, perplexity: float, **kwargs) -> Embedding:
+def _fit_tsne(X: np.ndarray, random_state, perplexity: float, neighbors=None, initialization=None,
+              **kwargs) -> Embedding:
     import openTSNE
+
+    if neighbors is not None:
+        return _fit_tsne_large(X, random_state, perplexity, neighbors, initialization, **kwargs)
 
     params = dict(
         initialization="pca",
@@ -232,6 +236,39 @@ def _fit_tsne(X: np.ndarray, random_state, perplexity: float, **kwargs) -> Embed
     params["perplexity"] = perplexity
     model = openTSNE.TSNE(**params).fit(X)
     return Embedding(coords=np.array(model, dtype=np.float64), method="tsne", perplexity=perplexity, model=model)
+
+
+def _fit_tsne_large(X, random_state, perplexity, neighbors, initialization, **kwargs) -> Embedding:
+    """t-SNE of a large map from neighbours found without a K×K matrix (:mod:`lmmap.maths.knn`).
+
+    ``neighbors``: ``(index, squared distance)``, both K×k (k ≈ 3·perplexity), the affinities' only input —
+    openTSNE's own neighbour search would build an index of the K×N rows. Gradients by FFT-accelerated
+    interpolation (Linderman et al. 2019; O(K) per iteration, against Barnes–Hut's O(K log K)) on every core,
+    initialised by the first two principal components (``initialization``, or those of a randomised SVD of
+    ``X``). On as many threads as there are cores the gradient sums are not added in a fixed order: the same
+    ``random_state`` gives the same map up to rounding, not bit for bit (small maps use one thread and are).
+    """
+    import os
+
+    import openTSNE
+
+    idx, sq = (np.asarray(a) for a in neighbors)
+    if idx.ndim != 2 or idx.shape[0] != X.shape[0] or sq.shape != idx.shape:
+        raise InputError(f"neighbors must be two K×k arrays (index, squared distance) for the K = {X.shape[0]} rows "
+                         f"of X, got shapes {idx.shape} and {sq.shape}", params=("neighbors",))
+    n_jobs = kwargs.pop("n_jobs", os.cpu_count() or 1)
+    knn_index = openTSNE.nearest_neighbors.PrecomputedNeighbors(idx.astype(np.int64), np.sqrt(np.maximum(sq, 0.0)))
+    affinities = openTSNE.affinity.PerplexityBasedNN(perplexity=perplexity, knn_index=knn_index, n_jobs=n_jobs,
+                                                     random_state=random_state)
+    if initialization is None:
+        from lmmap.maths.knn import randomized_projection
+
+        initialization = randomized_projection(X, 2, n_iter=2, random_state=random_state).Z
+    init = openTSNE.initialization.rescale(np.asarray(initialization, dtype=np.float64)[:, :2])
+    params = dict(negative_gradient_method="fft", n_jobs=n_jobs, random_state=random_state)
+    params.update(kwargs)
+    model = openTSNE.TSNE(**params).fit(affinities=affinities, initialization=init)
+    return Embedding(coords=np.array(model, dtype=np.float64), method="tsne", perplexity=perplexity, model=None)
 
 
 class _ClassicalMDS:

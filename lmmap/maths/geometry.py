@@ -57,6 +57,8 @@ def _as_weights(w, n_texts: int) -> np.ndarray | None:
 def check_finite(L, names=None) -> None:
     """Raise a ValueError naming the first model whose row of ``L`` holds NaN or ±inf."""
     L = np.asarray(L)
+    if L.size > CLIP_SAMPLE_ENTRIES and np.isfinite(L.sum(dtype=np.float64)):
+        return  # one float64 sum reads a large L once without a K×N mask; NaN and ±inf survive it
     bad = ~np.isfinite(L)
     if bad.any():
         i, s = np.argwhere(bad)[0]
@@ -83,6 +85,63 @@ def clip(L, threshold: float | None) -> np.ndarray:
     return np.maximum(L, threshold)
 
 
+# Past this many entries the clipping percentile is taken on an evenly strided sample of ``L`` (this many
+# entries): the exact percentile of 10⁹ log-likelihoods needs a copy of them all and a partition (4–8 GB, tens
+# of seconds), while the sample's lands within a hundredth of a nat of it on log-likelihood matrices.
+CLIP_SAMPLE_ENTRIES = 20_000_000
+# Rows of ``L`` converted to float64 at a time by :func:`double_center_float32`.
+_CENTER_BLOCK_BYTES = 64 << 20
+
+
+def clip_threshold_sampled(L, percentile: float = DEFAULT_CLIP_PERCENTILE, max_entries: int = CLIP_SAMPLE_ENTRIES) -> float:
+    """:func:`clip_threshold` of a large ``L`` (any float dtype, a memory map too) without copying it.
+
+    Up to ``max_entries`` entries it is exactly :func:`clip_threshold`; beyond, the percentile of every
+    ``⌈K·N / max_entries⌉``-th entry in row-major order (deterministic: the same ``L`` gives the same threshold).
+    """
+    L = np.asarray(L)
+    if not 0 <= percentile <= 100:
+        raise InputError(f"percentile must be in [0, 100], got {percentile}", params=("percentile",))
+    if L.size <= max_entries:
+        return clip_threshold(L, percentile)
+    step = -(-L.size // max_entries)
+    return float(np.percentile(np.asarray(L.reshape(-1)[::step], dtype=np.float64), percentile))
+
+
+def double_center_float32(L, threshold: float | None, w=None, *, block_bytes: int = _CENTER_BLOCK_BYTES) -> np.ndarray:
+    """``Q = double_center(clip(L, threshold), w)`` held in float32, for maps too large for float64.
+
+    ``L`` (K×d, float32 or float64, a memory map too) is read in blocks of rows, each converted to float64:
+    the row means (``w``-weighted), the column means and every entry of ``Q`` are computed in float64 and
+    only the result is rounded to float32 (a relative error of 2⁻²⁴ ≈ 6e-8 per entry of ``Q``). Memory:
+    ``Q`` itself and one block.
+    """
+    L = np.asarray(L)
+    if L.ndim != 2 or 0 in L.shape:
+        raise InputError(f"L must be a non-empty 2-D (models × texts) array, got shape {L.shape}", params=("L",))
+    K, d = L.shape
+    w = _as_weights(w, d)
+    rows = max(1, block_bytes // (8 * d))
+    row_mean = np.empty(K)
+    col_sum = np.zeros(d)
+    for s in range(0, K, rows):
+        B = np.array(L[s:s + rows], dtype=np.float64)
+        if threshold is not None:
+            np.maximum(B, threshold, out=B)
+        row_mean[s:s + rows] = B.mean(axis=1) if w is None else (B @ w) / w.sum()
+        col_sum += B.sum(axis=0)
+    col_mean = (col_sum - row_mean.sum()) / K
+    Q = np.empty((K, d), dtype=np.float32)
+    for s in range(0, K, rows):
+        B = np.array(L[s:s + rows], dtype=np.float64)
+        if threshold is not None:
+            np.maximum(B, threshold, out=B)
+        B -= row_mean[s:s + rows, None]
+        B -= col_mean[None, :]
+        Q[s:s + rows] = B
+    return Q
+
+
 def double_center(L, w=None) -> np.ndarray:
     """``Q``: centre each row of ``L`` by its (``w``-weighted) mean over texts, then each column by its mean over models.
 
@@ -102,6 +161,12 @@ def double_center(L, w=None) -> np.ndarray:
 
 def weighted_features(Q, w=None) -> np.ndarray:
     """``Q W^{1/2}``: features whose plain Euclidean distances equal the ``w``-weighted ones."""
+    if np.asarray(Q).dtype == np.float32:
+        Q = np.asarray(Q)  # a float32 map (double_center_float32) stays float32: K·d may be 10⁹ entries
+        if Q.ndim != 2:
+            raise InputError(f"Q must be a 2-D (models × texts) array, got shape {Q.shape}", params=("Q",))
+        w = _as_weights(w, Q.shape[1])
+        return Q if w is None else Q * np.sqrt(w).astype(np.float32)[None, :]
     Q = check_matrix(Q, "Q")
     w = _as_weights(w, Q.shape[1])
     return Q if w is None else Q * np.sqrt(w)[None, :]
@@ -148,10 +213,16 @@ def cross_squared_distances(X_rows, X_cols) -> np.ndarray:
     weighted distances ``g̃_ij``. Negative rounding is set to 0.
     """
     X_rows = np.asarray(X_rows, dtype=np.float64)
-    X_cols = np.asarray(X_cols, dtype=np.float64)
+    X_cols = np.asarray(X_cols)
     a = np.einsum("ij,ij->i", X_rows, X_rows)
-    b = np.einsum("ij,ij->i", X_cols, X_cols)
-    return np.maximum(distances_from_gram(a, b, X_rows @ X_cols.T), 0.0)
+    K, d = X_cols.shape
+    out = np.empty((X_rows.shape[0], K))
+    # X_cols a block of rows at a time in float64: a float32 map of 10⁵ models is not copied whole (8 GB)
+    step = max(1, _CENTER_BLOCK_BYTES // (8 * max(d, 1)))
+    for s in range(0, K, step):
+        B = np.asarray(X_cols[s:s + step], dtype=np.float64)
+        out[:, s:s + step] = distances_from_gram(a, np.einsum("ij,ij->i", B, B), X_rows @ B.T)
+    return np.maximum(out, 0.0, out=out)
 
 
 def kl_from_squared_distances(G, n_texts: int) -> np.ndarray:

@@ -32,6 +32,7 @@ WRITERS = {
     "lmmap.data.subset.Subset": "lmmap.report.select",
     "lmmap.analyses.scale.ScaleResult": "lmmap.report.scale",
     "lmmap.analyses.trajectory.TrajectoryResult": "lmmap.report.trajectory",
+    "lmmap.analyses.lineage.LineageResult": "lmmap.report.lineage",
 }
 
 

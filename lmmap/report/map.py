@@ -278,8 +278,8 @@ def hover_neighbors(table: pd.DataFrame, names: list[str], n: int = 3, unit: str
     """Hover text per model: its ``n`` nearest models with their KL (``unit``: a label after each value)."""
     top = table[table["rank"] <= n]
     u = f" {unit}" if unit else ""
-    text = top.groupby("model", sort=False).apply(
-        lambda g: "nearest: " + ", ".join(f"{nb} (KL {kl:.3g}{u})" for nb, kl in zip(g["neighbor"], g["kl"])),
-        include_groups=False,
-    )
-    return [text.get(m, "") for m in names]
+    # One pass over plain lists: a pandas group per model took 15 s at 100,000 models, this under one.
+    parts: dict = {}
+    for model, nb, kl in zip(top["model"].tolist(), top["neighbor"].tolist(), top["kl"].tolist()):
+        parts.setdefault(model, []).append(f"{nb} (KL {kl:.3g}{u})")
+    return ["nearest: " + ", ".join(parts[m]) if m in parts else "" for m in names]

@@ -38,7 +38,8 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
                          params=("color_by",))
     files = Files(outdir)
     files.table("placement.csv", result.table())
-    files.table("kl.csv", result.kl_all, index=True)
+    if result.kl_all is not None:  # None past lmmap.map.DENSE_MAX_K models: (K + m)² numbers
+        files.table("kl.csv", result.kl_all, index=True)
     is_new = np.isin(mm.names, result.new_models)
     files.table("coords.csv", pd.DataFrame({"model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1],
                                             "new": is_new}))

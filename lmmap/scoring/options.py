@@ -34,6 +34,8 @@ BACKEND_SPECIFIC = {
     "final_norm": "score layers",
     "base_url": "reach a server",
     "api_key_env": "use an API key",
+    "tokenizer": "take a separate tokenizer",
+    "concurrency": "send concurrent requests",
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -62,6 +64,9 @@ class ScoringOptions:
         URL (``http://`` or ``https://``) and the *name* of the environment
         variable holding its API key (never the key itself: options are
         recorded and sent to workers).
+    tokenizer, concurrency : ``backend="openai"``: the served model's tokenizer
+        (a hub id or directory) and the requests in flight at once
+        (:mod:`lmmap.scoring.openai`).
     """
 
     backend: "str | Backend" = "hf"
@@ -82,6 +87,8 @@ class ScoringOptions:
     final_norm: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
+    tokenizer: str | None = None
+    concurrency: int | None = None
 
     def __post_init__(self):
         from lmmap.data.conventions import check_convention
@@ -96,7 +103,7 @@ class ScoringOptions:
         # device and dtype: which are allowed is the backend's to say (check_for), once it is known.
         check_convention(self.convention)
         # The ranges and their messages are the parameter spec's (lmmap.params), as on the command line.
-        for param in ("batch_tokens", "max_length", "stride", "checkpoint_every", "packing"):
+        for param in ("batch_tokens", "max_length", "stride", "checkpoint_every", "packing", "concurrency"):
             object.__setattr__(self, param, check(param, getattr(self, param)))
         value = self.logits_memory  # library-only (no flag): bytes the logits of one batch may take
         if value is not None and (not _whole(value) or value < 1):
@@ -107,7 +114,7 @@ class ScoringOptions:
         for param in ("trust_remote_code", "chat_template"):
             if not isinstance(getattr(self, param), bool):
                 raise InputError(f"{param} must be True or False, got {getattr(self, param)!r}", params=(param,))
-        for param in ("revision", "device_map", "final_norm"):
+        for param in ("revision", "device_map", "final_norm", "tokenizer"):
             value = getattr(self, param)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise InputError(f"{param} must be a non-empty string or None, got {value!r}", params=(param,))
@@ -119,6 +126,11 @@ class ScoringOptions:
                                           or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.base_url)):
             raise InputError(f"base_url must be an http:// or https:// URL, got {self.base_url!r}",
                              params=("base_url",))
+        if self.base_url is not None and "@" in self.base_url.split("://", 1)[1].split("/", 1)[0]:
+            # The URL is not repeated: what precedes the @ is a password.
+            raise InputError("base_url must not hold credentials (USER:PASSWORD@HOST): put the API key in an "
+                             "environment variable and name it with {api_key_env=NAME}",
+                             params=("base_url", "api_key_env"))
         if self.api_key_env is not None and (not isinstance(self.api_key_env, str)
                                              or not _ENV_NAME.fullmatch(self.api_key_env)):
             shown = self.api_key_env if not isinstance(self.api_key_env, str) else f"{len(self.api_key_env)} characters"

@@ -167,3 +167,4 @@ def _load_entry_point(name: str, ep):
 register_backend("hf", "lmmap.scoring.hf:HFBackend")
 register_backend("vllm", "lmmap.scoring.vllm:VLLMBackend")
 register_backend("fake", "lmmap.scoring.fake:FakeBackend")
+register_backend("openai", "lmmap.scoring.openai:OpenAIBackend")

@@ -62,7 +62,7 @@ def test_the_built_in_backends_are_registered_without_being_imported():
     code = ("import sys, lmmap.scoring as s; print(s.backend_names()); "
             "print(sorted(m for m in ('lmmap.scoring.hf', 'lmmap.scoring.vllm', 'torch', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == "('hf', 'vllm', 'fake')"
+    assert out[0] == "('hf', 'vllm', 'fake', 'openai')"
     assert out[1] == "[]"  # registered by name: not one backend module imported
     assert type(get_backend("fake")) is FakeBackend and get_backend("hf").name == "hf"
     assert get_backend("fake") is not get_backend("fake")  # a fresh object per lookup, as before the registry
@@ -72,7 +72,7 @@ def test_an_unknown_backend_is_one_line_with_the_known_ones_and_a_suggestion():
     with pytest.raises(InputError) as e:
         get_backend("hff")
     msg = str(e.value)
-    assert msg == "backend must be one of hf, vllm, fake or a Backend object, got 'hff'; did you mean 'hf'?"
+    assert msg == "backend must be one of hf, vllm, fake, openai or a Backend object, got 'hff'; did you mean 'hf'?"
     assert e.value.params == ("backend",)
     with pytest.raises(InputError, match=r"got 'torch'$"):  # nothing close: no suggestion
         ScoringOptions(backend="torch")
@@ -83,7 +83,7 @@ def test_an_unknown_backend_is_one_line_with_the_known_ones_and_a_suggestion():
 def test_the_command_line_says_the_flag_and_the_suggestion(store):
     code, _, err = run_main("score", "a", "--store", store.path, "--backend", "fak", "--no-progress")
     assert code == 1 and err.strip().splitlines() == [
-        "error: --backend must be one of hf, vllm, fake or a Backend object, got 'fak'; did you mean 'fake'?"]
+        "error: --backend must be one of hf, vllm, fake, openai or a Backend object, got 'fak'; did you mean 'fake'?"]
     code, _, err = run_main("score", "a", "--store", store.path, "--backend", "fake", "--packing", "on")
     assert code == 1 and err.strip().splitlines() == ["error: --backend fake cannot pack rows (--packing on); use "
                                                       "--backend hf"]
@@ -259,7 +259,7 @@ def test_a_backend_specific_option_is_refused_for_a_backend_without_it(store):
     assert e.value.params == ("backend", "packing")
     with pytest.raises(InputError, match=r"^backend='fake' cannot score layers \(layers='all'\); use backend='hf'$"):
         score_models(store, ["a"], backend="fake", layers="all")
-    with pytest.raises(InputError, match=r"^backend='fake' cannot reach a server \(base_url='http://localhost:1/v1'\)$"):
+    with pytest.raises(InputError, match=r"^backend='fake' cannot reach a server \(base_url='http://localhost:1/v1'\); use backend='openai'$"):
         score_models(store, ["a"], backend="fake", base_url="http://localhost:1/v1")
     assert store.model_names() == []
 

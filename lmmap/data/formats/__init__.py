@@ -9,7 +9,8 @@ per-model JSONL output, and lmmap's own NPZ, Parquet and CSV exports.
 One module per format (:mod:`.pickle`, :mod:`.npz`, :mod:`.parquet`,
 :mod:`.csv`, :mod:`.jsonl`), each with ``read`` (and ``write``); the checks
 every reader shares are in :mod:`.common`, model lists and metadata tables in
-:mod:`.metadata`.
+:mod:`.metadata`, benchmark scores (lm-evaluation-harness, the Open LLM Leaderboard) in :mod:`.scores`,
+model cards in :mod:`.cards`.
 
 Every reader validates at the boundary: errors are :class:`FormatError`
 naming the file (and line, column or model) and saying what to do.
@@ -30,6 +31,8 @@ from lmmap.data.formats import csv, jsonl, npz, parquet, pickle
 from lmmap.data.formats.common import Vectors, _check_names
 from lmmap.data.formats.jsonl import scorer_model_name
 from lmmap.data.formats.metadata import _metadata_records, read_metadata_csv, read_model_list
+from lmmap.data.formats.cards import card_metadata, find_models, hf_cache_dir, read_cards
+from lmmap.data.formats.scores import read_score_file
 from lmmap.data.formats.parquet import EXPORT_FORMAT, EXPORT_KEY
 from lmmap.data.formats.pickle import VECTOR_KEYS
 from lmmap.data.safe_pickle import is_pickle
@@ -41,6 +44,11 @@ __all__ = [
     "write_vectors",
     "read_model_list",
     "read_metadata_csv",
+    "read_score_file",
+    "card_metadata",
+    "find_models",
+    "hf_cache_dir",
+    "read_cards",
     "scorer_model_name",
     "VECTOR_KEYS",
     "EXPORT_FORMAT",

@@ -34,6 +34,17 @@ STAGING = ".staging"
 COMMIT = "COMMIT"
 # Folders of per-model state that analyses keep in the store (adaptive placement's marker and settings).
 STATE_KINDS = ("adaptive",)
+# The consolidated matrix's folder (lmmap.data.store.matrix): its index and float32 segments.
+MATRIX_FOLDER = "matrix"
+
+
+def is_matrix_key(key: str) -> bool:
+    """Whether ``key`` is a file of the consolidated matrix: ``matrix/index.parquet``, ``matrix/seg-<hex>.npy``
+    or a stored neighbour index ``matrix/neighbors-<hex>.parquet``."""
+    head, _, leaf = key.partition("/")
+    return head == MATRIX_FOLDER and plain_leaf(leaf) and (
+        leaf == "index.parquet" or (leaf.startswith("seg-") and leaf.endswith(".npy"))
+        or (leaf.startswith("neighbors-") and leaf.endswith(".parquet")))
 
 
 class OpsLog:

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmmap.data.atomic import atomic_path, atomic_write, fsync_dir, fsync_file
-from lmmap.data.storage.base import COMMIT, STAGING, STATE_KINDS, Interrupted, OpsLog
+from lmmap.data.storage.base import COMMIT, MATRIX_FOLDER, STAGING, STATE_KINDS, Interrupted, OpsLog, is_matrix_key
 from lmmap.data.storage.base import os_reason as _os_reason
 from lmmap.data.storage.base import plain_leaf as _plain_leaf
 from lmmap.exceptions import LmmapWarning, StoreError
@@ -186,14 +186,14 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
     def in_models(rel: str) -> bool:
         head, _, leaf = rel.partition("/")
         return (head == "models" and _plain_leaf(leaf)) or (head in STATE_KINDS and leaf.endswith(".json")
-                                                             and _plain_leaf(leaf))
+                                                             and _plain_leaf(leaf)) or is_matrix_key(rel)
 
     def from_ok(rel: str) -> bool:
         head, _, leaf = rel.rpartition("/")
         return (head == staged and _plain_leaf(leaf)) or in_models(rel)
 
     def to_ok(rel: str) -> bool:
-        return rel == "metadata.parquet" or (in_models(rel) and rel.endswith((".parquet", ".json")))
+        return rel == "metadata.parquet" or (in_models(rel) and rel.endswith((".parquet", ".json"))) or is_matrix_key(rel)
 
     out = []
     for op in raw["ops"]:
@@ -211,7 +211,7 @@ def _journal_ops(root: Path, txdir: Path, raw) -> list[list[str]]:
         if op[0] == "rename" and os.path.lexists(root / op[1]) and not _is_plain(root / op[1]):
             raise StoreError(f"{where}: not a journal lmmap wrote (it would move {op[1]}, {_what(root / op[1])}, "
                              "into the store)")
-    for d in (root / "models", txdir, *(root / k for k in STATE_KINDS)):
+    for d in (root / "models", txdir, root / MATRIX_FOLDER, *(root / k for k in STATE_KINDS)):
         if d.is_symlink():
             raise StoreError(f"{d} is a symbolic link; lmmap never follows one out of a store "
                              "(`lmmap doctor --repair` moves it aside)")

@@ -79,7 +79,7 @@ _MANIFEST = re.compile(r"^(\d{12})\.json$")
 _MAX_MANIFEST = 256 << 20
 # The store's own files that a manifest may name (anything else in a manifest is refused as not lmmap's).
 _TOP = ("store.json", "texts.parquet", "metadata.parquet")
-_FOLDERS = ("models", "damaged", *STATE_KINDS)
+_FOLDERS = ("models", "damaged", "matrix", *STATE_KINDS)
 # Immutable objects already read, kept to save a second GET (a footer, then columns): keyed by object name, so
 # never stale.
 _CACHE_BYTES = 256 << 20
@@ -513,7 +513,7 @@ class ObjectStorage:
         ``damaged/`` in a new manifest, deletes orphan objects, orphan
         checkpoints and superseded manifests past the grace period.
         """
-        from lmmap.data.store.doctor import common_findings
+        from lmmap.data.store.doctor import common_findings, repair_matrix
 
         with store._shared():
             found, unreadable, dups, old, meta_problem = common_findings(store, rep)
@@ -534,6 +534,7 @@ class ObjectStorage:
                     tx.rename(*op[1:]) if op[0] == "rename" else tx.delete(op[1])
         for k in store._orphan_checkpoints(found):
             self.remove(k)
+        repair_matrix(store, rep)
         self._delete_quietly([o for objs in orphans.values() for o in objs])
         self._delete_quietly([f"{MANIFESTS}/{g:012d}.json" for g in drop])
         rep.repaired = True

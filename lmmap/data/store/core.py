@@ -23,6 +23,8 @@ from lmmap.data.conventions import CONVENTIONS
 from lmmap.data.storage import open_storage
 from lmmap.data.storage.base import STATE_KINDS, CommitConflict, Unreachable, os_reason
 from lmmap.data.store.checkpoints import Checkpoints
+from lmmap.data.store.matrix import Consolidated
+from lmmap.data.store.matrix import _record_of as _record_of_table
 from lmmap.data.store.naming import check_model_name, legacy_filename, model_filename, model_stem, now_iso, _name_type
 from lmmap.data.store.tables import (
     MAX_ABS_LOGLIK,
@@ -51,7 +53,7 @@ _MAX_INFO = 1 << 20
 _COMMIT_TRIES = 20
 
 
-class Store(Checkpoints):
+class Store(Checkpoints, Consolidated):
     """Log-likelihood vectors on one text set (see :mod:`lmmap.data.store`).
 
     ``path``: a folder, or a URL such as ``s3://bucket/prefix`` for object
@@ -477,6 +479,24 @@ class Store(Checkpoints):
         :class:`LmmapWarning` (real texts have log-likelihoods ≤ 0).
         """
         names = [check_model_name(v.get("name")) for v in vectors]
+        merging = {v["name"]: v["extends"] for v in vectors if "extends" in v}
+        return self.write_model_batches(names, [vectors], replace=replace, metadata=metadata, _merging=merging)
+
+    def write_model_batches(self, names, batches, replace: bool = False, metadata: pd.DataFrame | None = None,
+                            progress=None, *, _merging: dict | None = None) -> list[str]:
+        """Store models that come batch by batch, all in one change: what :meth:`write_models` does, with
+        memory bounded by a batch (``lmmap import`` streams a large NPZ this way).
+
+        ``names``: every model the batches hold, in their order (checked against the store before any
+        batch is read); ``batches``: an iterable of lists of items as :meth:`write_models` takes. Each batch
+        is validated and staged as it comes (with its rows of the consolidated matrix); nothing is published
+        until the last one is, so an error or a kill in any batch leaves the store as it was.
+        ``progress``: ``callable(Step)``, told of each model staged.
+        """
+        from lmmap.progress import Tracker
+
+        merging = _merging or {}
+        names = [check_model_name(n) for n in names]
         if not names:
             raise InputError("no models to store", params=("vectors",))
         seen = set()
@@ -484,58 +504,74 @@ class Store(Checkpoints):
             if n in seen:
                 raise InputError(f"duplicate model name {n!r}: each model must appear once", params=("vectors",))
             seen.add(n)
-        positive: list = []
-        tables = [
-            self._vector_table(v["name"], v["loglik"], v.get("n_tokens"), v.get("truncated"), v.get("text_pos"),
-                               v.get("record"), positive)
-            for v in vectors
-        ]
         meta = None
         if metadata is not None and len(metadata):
             meta = _normalise_metadata(metadata)
             _metadata_table(_merge_metadata(self.metadata(), meta))  # a clash is found before anything is written
-        if positive:
-            name, count, pos, value = positive[0]
-            more = f" (and {len(positive) - 1} other model(s))" if len(positive) > 1 else ""
-            warnings.warn(
-                f"model {name!r} has {count} positive log-likelihood(s), e.g. {value:.4g} at text position {pos}{more}; "
-                "log-likelihoods of real texts are ≤ 0 — stored anyway, check the file's sign",
-                LmmapWarning,
-                stacklevel=2,
-            )
-        merging = {v["name"]: v["extends"] for v in vectors if "extends" in v}
         plain = [n for n in names if n not in merging]
         with self._shared():
             early = self._scan()[0]  # refused early, before the slow writing; again at commit
         if not replace:
             self._refuse_clash(plain, early)
         self._refuse_overwrite(names, early)
+        kept = self._matrix_kept(early, len(names))
+        keys = {n: self._model_key(n) for n in names}
+        positive: list = []
+        rows: dict[str, dict] = {}
+        extending: dict[str, pa.Table] = {}  # tables of models that extend a stored one: merged again at commit
         tx = self.storage.begin()
-        keys = [self._model_key(n) for n in names]
-        merged: set[int] = set()
-
-        def check_and_stage(tx) -> None:
-            found, _, _ = self._scan()
-            if not replace:
-                self._refuse_clash(plain, found)
-            for i, n in enumerate(names):
-                if n in merging and n in found and found[n][1].get("added_ns") != merging[n]:
-                    # stored by another process since this one read it: keep that version's other texts
-                    tx.stage_table(self._merged(tables[i], *found[n]), keys[i])
-                    merged.add(i)
-                elif i in merged:  # merged on a try that lost the commit to another writer: as given again
-                    tx.stage_table(tables[i], keys[i])
-                    merged.discard(i)
-            self._refuse_overwrite(names, found)
-            for n in names:
-                if n in found and found[n][0] != self._model_key(n):
-                    tx.delete(found[n][0])  # a 0.1.0-named file of the model being replaced
-            if meta is not None:
-                self._stage_metadata(tx, meta)
-
         try:
-            # Parquet encoding releases the GIL (and an object store's uploads wait on the network).
-            parallel_map(lambda i: tx.stage_table(tables[i], keys[i]), range(len(names)), workers=4)
+            with Tracker(progress, "staging models", total=len(names), unit="models") as tracker:
+                for batch in batches:
+                    batch = list(batch)
+                    tables = [self._vector_table(v["name"], v["loglik"], v.get("n_tokens"), v.get("truncated"),
+                                                 v.get("text_pos"), v.get("record"), positive) for v in batch]
+                    for t in tables:
+                        n = _record_of_table(t)["model"]
+                        if n not in seen or n in rows:
+                            raise InputError(f"model {n!r} is not one of the names given, or comes twice",
+                                             params=("batches",))
+                        if n in merging:
+                            extending[n] = t
+                    # Parquet encoding releases the GIL (and an object store's uploads wait on the network).
+                    parallel_map(lambda t: tx.stage_table(t, keys[_record_of_table(t)["model"]]), tables, workers=4)
+                    rows.update(self._stage_rows(tx, {n: (keys[n], t) for t in tables
+                                                      for n in [_record_of_table(t)["model"]] if n not in merging},
+                                                 kept))
+                    tracker.advance(len(tables))
+            if len(rows) + len(extending) != len(names):
+                lacking = [n for n in names if n not in rows and n not in extending]
+                raise InputError(f"the batches lack {len(lacking)} of the models named, e.g. {lacking[0]!r}",
+                                 params=("batches",))
+            if positive:
+                name, count, pos, value = positive[0]
+                more = f" (and {len(positive) - 1} other model(s))" if len(positive) > 1 else ""
+                warnings.warn(
+                    f"model {name!r} has {count} positive log-likelihood(s), e.g. {value:.4g} at text position {pos}"
+                    f"{more}; log-likelihoods of real texts are ≤ 0 — stored anyway, check the file's sign",
+                    LmmapWarning,
+                    stacklevel=3,
+                )
+
+            def check_and_stage(tx) -> None:
+                found, _, _ = self._scan()
+                if not replace:
+                    self._refuse_clash(plain, found)
+                final = {}
+                for n, table in extending.items():
+                    if n in found and found[n][1].get("added_ns") != merging[n]:
+                        # stored by another process since this one read it: keep that version's other texts
+                        table = self._merged(table, *found[n])
+                    tx.stage_table(table, keys[n])  # as given again after a try that lost the commit
+                    final[n] = (keys[n], table)
+                self._refuse_overwrite(names, found)
+                for n in names:
+                    if n in found and found[n][0] != self._model_key(n):
+                        tx.delete(found[n][0])  # a 0.1.0-named file of the model being replaced
+                if meta is not None:
+                    self._stage_metadata(tx, meta)
+                self._stage_matrix(tx, found, {**rows, **self._stage_rows(tx, final, kept)}, kept=kept)
+
             self._committed(tx, check_and_stage)
         finally:
             if not tx.committed:
@@ -611,6 +647,7 @@ class Store(Checkpoints):
             md = self.metadata()
             if len(md) and md.index.isin(names).any():
                 tx.stage_table(_metadata_table(md[~md.index.isin(names)]), "metadata.parquet")
+            self._stage_matrix(tx, found, removed=set(names))
 
         tx = self.storage.begin()
         try:
@@ -648,7 +685,8 @@ class Store(Checkpoints):
                 out.append(name)
         return out
 
-    def matrix(self, models=None, text_pos=None, allow_mixed: bool = False) -> tuple[list[str], np.ndarray]:
+    def matrix(self, models=None, text_pos=None, allow_mixed: bool = False,
+               dtype="float64") -> tuple[list[str], np.ndarray]:
         """``(names, L)``: the K×n log-likelihood matrix of ``models`` on ``text_pos`` (default: all N).
 
         Each model file's footer is read once, under one hold of the store's
@@ -665,11 +703,15 @@ class Store(Checkpoints):
             Positions in the text set (0..N-1); default all N.
         allow_mixed : bool
             Allow models scored under different conventions (SPEC §2).
+        dtype : ``"float64"`` (default: the model files' values), ``"float32"`` (from the consolidated matrix,
+            :mod:`lmmap.data.store.matrix`, when it can answer) or ``"auto"``: float32 from the consolidated
+            matrix for a matrix of :data:`~lmmap.data.store.matrix.MATRIX_MIN_ENTRIES` or more, float64 below.
+            A missing or stale consolidated matrix is rebuilt when a large matrix is read.
 
         Returns
         -------
         names : list of str
-        L : ndarray, K×n float64
+        L : ndarray, K×n float64 (or float32, see ``dtype``)
             ``L[i, s] = log p_i(x_s)``.
 
         Raises
@@ -677,8 +719,36 @@ class Store(Checkpoints):
         StoreError
             A model is missing or lacks texts; conventions differ (unless ``allow_mixed``).
         """
+        if dtype not in ("float64", "float32", "auto"):
+            raise InputError(f"dtype must be 'float64', 'float32' or 'auto', got {dtype!r}", params=("dtype",))
+        if dtype != "float64":
+            got = self.consolidated(models, text_pos, allow_mixed)
+            if got is not None and (dtype == "float32" or got[1].size >= self._min_entries()):
+                return got
         with self._shared():
-            return self._matrix(models, text_pos, allow_mixed)
+            names, L = self._matrix(models, text_pos, allow_mixed)
+        if dtype == "float64" or (dtype == "auto" and L.size < self._min_entries()):
+            return names, L
+        if models is None and text_pos is None and L.size >= self._min_entries():
+            self._rebuild_quietly()
+        return names, L.astype(np.float32)
+
+    def _min_entries(self) -> int:
+        from lmmap.data.store import matrix as settings  # read at call time: tests lower the threshold
+
+        return settings.MATRIX_MIN_ENTRIES
+
+    def _rebuild_quietly(self) -> None:
+        """Rebuild a missing or stale consolidated matrix after a slow read, if the store can be written."""
+        index = self._matrix_index()
+        if index is not None and self._index_lists_files(index):
+            return
+        try:
+            self.rebuild_matrix()
+        except (OSError, StoreError) as exc:
+            warnings.warn(f"the consolidated matrix of {self.path} is missing or out of date and could not be "
+                          f"rebuilt ({exc}); large maps read every model file until `lmmap doctor --repair` "
+                          "rebuilds it", LmmapWarning, stacklevel=3)
 
 
     def _matrix(self, models, text_pos, allow_mixed):
@@ -802,6 +872,70 @@ class Store(Checkpoints):
     def _stage_metadata(self, tx, new: pd.DataFrame) -> None:
         """Stage the stored metadata merged with ``new`` in ``tx`` (call under the exclusive lock)."""
         tx.stage_table(_metadata_table(_merge_metadata(self.metadata(), new)), "metadata.parquet")
+
+    def merge_metadata(self, df: pd.DataFrame, *, replace: bool = False, allow_unknown: bool = False,
+                       dry_run: bool = False, source: str = "metadata") -> dict:
+        """Merge ``df`` (a ``model`` column or index, any other columns) into the stored metadata in one change.
+
+        Each row is matched to the stored row of its model: its values win, its empty cells keep what is
+        stored, new columns are added and models and columns it does not name are kept. ``replace``: ``df``
+        becomes the whole metadata table instead. A model that is not in the store is refused (naming the
+        closest stored names) unless ``allow_unknown``; then its row is kept. ``dry_run``: check and count,
+        change nothing. ``source`` names ``df`` in messages (its file).
+
+        Returns what changed: ``models`` (rows given), ``new_rows`` (models without metadata before),
+        ``new_columns``, ``changed`` (stored values that now differ, empty ones included), ``dropped_columns``
+        and ``dropped_rows`` (``replace`` only), ``unknown`` (models not in the store), ``columns``.
+        """
+        new = _normalise_metadata(df)
+        summary: dict = {}
+
+        def plan() -> pd.DataFrame:
+            found, _, _ = self._scan()
+            unknown = [m for m in new.index if m not in found]
+            if unknown and not allow_unknown:
+                import difflib
+
+                stored = list(found)
+                shown = []
+                for m in unknown[:5]:
+                    close = difflib.get_close_matches(m, stored, n=1, cutoff=0.6)
+                    if not close:
+                        tail = m.rsplit("/", 1)[-1].lower()
+                        close = [s for s in stored if s.rsplit("/", 1)[-1].lower() == tail][:1]
+                    shown.append(f"{m!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+                raise InputError(
+                    f"{source}: {len(unknown)} model(s) not in the store {self.path}: {', '.join(shown)}{more}; "
+                    "nothing was changed — fix the names (`lmmap models` lists the store's), or keep their rows "
+                    "anyway with {allow_unknown=True}", params=("allow_unknown",))
+            old = self.metadata()
+            merged = new if replace else _merge_metadata(old, new)
+            shared = [c for c in merged.columns if c in old.columns]
+            kept = [m for m in merged.index if m in old.index]
+            before, after = old.loc[kept, shared].astype(object), merged.loc[kept, shared].astype(object)
+            differs = (before.isna() != after.isna()) | (before.notna() & after.notna() & (before != after))
+            summary.update(
+                models=len(new), unknown=unknown, columns=[str(c) for c in new.columns],
+                new_rows=[m for m in new.index if m not in old.index],
+                new_columns=[c for c in merged.columns if c not in old.columns],
+                changed=int(differs.to_numpy().sum()),
+                dropped_columns=[c for c in old.columns if c not in merged.columns],
+                dropped_rows=[m for m in old.index if m not in merged.index],
+            )
+            return merged
+
+        if dry_run:
+            with self._shared():
+                _metadata_table(plan())  # a column that would be stored as text says so now
+            return summary
+        tx = self.storage.begin()
+        try:
+            self._committed(tx, lambda tx: tx.stage_table(_metadata_table(plan()), "metadata.parquet"))
+        finally:
+            if not tx.committed:
+                tx.close()
+        return summary
 
     # -- per-model state of analyses ------------------------------------------------
     def _state_key(self, kind: str, name: str) -> str:

@@ -38,6 +38,7 @@ class StoreReport:
     damaged_files: list[str] = field(default_factory=list)
     orphan_states: list[str] = field(default_factory=list)
     not_plain: list[str] = field(default_factory=list)
+    matrix: list[str] = field(default_factory=list)
     repaired: bool = False
 
     @property
@@ -58,6 +59,7 @@ class StoreReport:
             ("damaged store file", self.damaged_files),
             ("state of a model not in the store (a run killed before it stored anything)", self.orphan_states),
             ("not a plain file where lmmap keeps one, never opened", self.not_plain),
+            ("consolidated matrix to rebuild", self.matrix),
         ):
             out.extend(f"{label}: {item}" for item in items)
         return out
@@ -81,7 +83,22 @@ def common_findings(store, rep: StoreReport):
         rep.damaged_files.append(str(exc).replace(f"{store.path}/", ""))
     if meta_problem:
         rep.damaged_files.append(f"metadata.parquet: {meta_problem}")
+    if not unreadable and not dups:  # otherwise the repair moves files first, and the matrix follows
+        rep.matrix = store._matrix_problems(found)
     return found, unreadable, dups, old, meta_problem
+
+
+def repair_matrix(store, rep: StoreReport) -> None:
+    """Rebuild the consolidated matrix when the store needs one and it was missing, stale or wrong (after the
+    other repairs, which may have moved or renamed model files)."""
+    found, unreadable, dups = store._scan()
+    if rep.matrix or (rep.unreadable or rep.duplicates or rep.old_names) and store._matrix_problems(found):
+        n_complete = sum(int(r["n_scored"]) == store.n_texts for _, r in found.values())
+        if store._wanted(n_complete):
+            store.rebuild_matrix()
+        elif store._matrix_files():
+            with store._transaction() as tx:
+                store._stage_drop(tx)
 
 
 def check_local(store, rep: StoreReport, repair: bool) -> StoreReport:
@@ -184,5 +201,6 @@ def check_local(store, rep: StoreReport, repair: bool) -> StoreReport:
             shutil.rmtree(p, ignore_errors=True)
             if p.parent.name != "partial" and p.parent.exists() and not any(p.parent.iterdir()):
                 p.parent.rmdir()
+        repair_matrix(store, rep)
         rep.repaired = True
     return rep

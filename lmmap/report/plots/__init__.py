@@ -34,6 +34,11 @@ Conventions, kept by every function here:
   on the side away from its nearest point, and a search box highlights a model
   by name. A far outlier is drawn at the edge of the frame that fits the rest
   (:func:`robust_frame`), with an arrow and its true position.
+* Maps of more than :data:`LARGE_MAP_MODELS` models (the hub: 100,000) are drawn in a large form: the PNG
+  shades the density in grey hexagons under small dots, the HTML draws by WebGL (``scattergl``) with each name
+  stored once; a colour for each of the :data:`LARGE_MAP_COLOURS` largest groups (the rest "other groups"),
+  names only for the largest groups (at their median position), highlighted, searched and far models, and at
+  most :data:`LARGE_MAP_MAX_LINES` lines (a warning names what is left out).
 * Every writer creates missing parent folders, writes atomically (temporary
   file, fsync, rename) and returns the path written.
 """
@@ -41,9 +46,11 @@ Conventions, kept by every function here:
 from __future__ import annotations
 
 from lmmap.report.plots.common import (DEFAULT_DPI, DENSE_MAP_MODELS, EDGE_STYLES, Edges, FAR_OUTLIER, FLAG_COLOR,
-                                       Frame, HIGHLIGHT_COLOR, LABEL_ITERATIONS, LABEL_MAX_MODELS, LINESTYLES, MARKERS,
-                                       NEW_COLOR, NEW_GROUP, PALETTE, SEARCH_COLOR, UNKNOWN, UNKNOWN_COLOR,
-                                       ellipse_outline, ellipse_parameters, escape, group_labels, group_styles,
+                                       Frame, HIGHLIGHT_COLOR, LABEL_ITERATIONS, LABEL_MAX_MODELS, LARGE_MAP_COLOURS,
+                                       LARGE_MAP_GROUP_LABELS, LARGE_MAP_MAX_LINES, LARGE_MAP_MODELS, LARGE_MAP_NAMED,
+                                       LINESTYLES, MARKERS, NEW_COLOR, NEW_GROUP, OTHER_COLOR, OTHER_GROUPS, PALETTE,
+                                       SEARCH_COLOR, UNKNOWN, UNKNOWN_COLOR, LargeGroups, ellipse_outline,
+                                       ellipse_parameters, escape, group_labels, group_styles, large_groups,
                                        robust_frame, visible_ellipse_scale)
 from lmmap.report.plots.png import (_mpl_literal, _new_figure, _place_labels, _save_png, lines_png, map_figure, map_png,
                                     plain_log_ticks, scatter_png)
@@ -59,6 +66,7 @@ __all__ = [
     "Edges",
     "Frame",
     "robust_frame",
+    "large_groups",
     "visible_ellipse_scale",
     "plain_log_ticks",
     "plotly_js_for",

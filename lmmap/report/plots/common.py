@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lmmap.exceptions import InputError
+from lmmap.exceptions import InputError, LmmapWarning
 
 
 UNKNOWN = "unknown"
@@ -52,6 +53,23 @@ DENSE_MAP_MODELS = 40
 # isolated, is drawn at the frame's edge so that it does not squeeze the rest (robust_frame).
 FAR_OUTLIER = 2.0
 LABEL_ITERATIONS = 150  # adjustText steps per pass (a fixed count keeps the PNG reproducible)
+# Above this many models a map is drawn in its large form (maps of the whole hub): plotly's SVG scatter makes a DOM
+# node per point and stops panning smoothly at a few thousand, while WebGL (scattergl) keeps 100,000 responsive; in a
+# PNG this many dots hide one another, so the density is shaded under them; and a legend or colour per group, a name
+# per point or a search list of every name no longer fits. Up to it, maps look as they always have.
+LARGE_MAP_MODELS = 5_000
+# On a large map the largest groups keep a colour of their own (the palette's 20); the rest share OTHER_COLOR.
+LARGE_MAP_COLOURS = len(PALETTE)
+OTHER_GROUPS = "other groups"
+OTHER_COLOR = "#c7c7c7"  # lighter than "unknown": groups that are known, only too small for a colour
+# ... and the largest of them are named at their median position (their members are not named one by one), those
+# of at least LARGE_MAP_LABEL_SHARE of the models: a name over a handful of dots among thousands says nothing.
+LARGE_MAP_GROUP_LABELS = 12
+LARGE_MAP_LABEL_SHARE = 0.005
+# At most this many highlighted, searched or far models are named on a large map, and at most this many lines drawn:
+# beyond, names cover the map and lines cover its points (and cost seconds and megabytes for nothing readable).
+LARGE_MAP_NAMED = 20
+LARGE_MAP_MAX_LINES = 200_000
 # Lines between models: colour, width, matplotlib dash, opacity and legend text.
 EDGE_STYLES = {
     "nn": ("#555555", 0.8, "-", 0.35, "nearest model by KL"),
@@ -193,6 +211,76 @@ def _check_ellipses(ellipses, n: int) -> tuple[np.ndarray, np.ndarray] | None:
             f"got shapes {centres.shape} and {covs.shape}", params=("ellipses", "n")
         )
     return centres, covs
+
+
+# --------------------------------------------------------------------------- large maps
+
+
+@dataclass(frozen=True)
+class LargeGroups:
+    """The groups of a large map (above :data:`LARGE_MAP_MODELS` models) as drawn: the largest with a colour each,
+    the rest as :data:`OTHER_GROUPS`, then :data:`NEW_GROUP` and ``"unknown"``.
+
+    ``codes``: K indices into ``entries``; ``entries``: ``(name, colour, models, groups)`` in legend order
+    (``groups`` > 1 only for the other groups); ``named``: the entries named on the map (the largest real groups).
+    """
+
+    codes: np.ndarray
+    entries: tuple
+    named: tuple
+
+
+def large_groups(labels: Sequence[str], grouped: bool) -> LargeGroups:
+    """:class:`LargeGroups` of the K category strings ``labels`` (``grouped``: whether the map has a group column)."""
+    counts = Counter(labels)
+    if not grouped:
+        return LargeGroups(np.zeros(len(labels), dtype=np.int64), ((UNKNOWN, PALETTE[0], len(labels), 1),), ())
+    known = sorted((c for c in counts if c not in (UNKNOWN, NEW_GROUP)), key=lambda c: (-counts[c], c))
+    keep = known if len(known) <= LARGE_MAP_COLOURS else known[: LARGE_MAP_COLOURS - 1]
+    entries = [(c, PALETTE[i], counts[c], 1) for i, c in enumerate(keep)]
+    rest = known[len(keep):]
+    code = {c: i for i, c in enumerate(keep)}
+    if rest:
+        code.update((c, len(entries)) for c in rest)
+        entries.append((OTHER_GROUPS, OTHER_COLOR, sum(counts[c] for c in rest), len(rest)))
+    for c, colour in ((NEW_GROUP, NEW_COLOR), (UNKNOWN, UNKNOWN_COLOR)):
+        if c in counts:
+            code[c] = len(entries)
+            entries.append((c, colour, counts[c], 1))
+    codes = np.fromiter((code[g] for g in labels), dtype=np.int64, count=len(labels))
+    named = [i for i, c in enumerate(keep[:LARGE_MAP_GROUP_LABELS]) if counts[c] >= LARGE_MAP_LABEL_SHARE * len(labels)]
+    return LargeGroups(codes, tuple(entries), tuple(named))
+
+
+def group_centres(coords: np.ndarray, groups: LargeGroups) -> np.ndarray:
+    """The median position of each named group of a large map (where its name is written)."""
+    return np.array([np.median(coords[groups.codes == e], axis=0) for e in groups.named]).reshape(-1, 2)
+
+
+def _resolve_large(large, n: int) -> bool:
+    if large is None:
+        return n > LARGE_MAP_MODELS
+    if not isinstance(large, (bool, np.bool_)):
+        raise InputError(f"large must be True, False or None (above {LARGE_MAP_MODELS:,} models), got {large!r}",
+                         params=("large",))
+    return bool(large)
+
+
+def _large_edges(edge_sets):
+    """The line sets a large map draws: all of them while they come to at most :data:`LARGE_MAP_MAX_LINES` lines,
+    and a warning naming the sets left out."""
+    kept, total, dropped = [], 0, []
+    for e, pairs in edge_sets:
+        if total + len(pairs) > LARGE_MAP_MAX_LINES:
+            dropped.append((e, pairs))
+            continue
+        kept.append((e, pairs))
+        total += len(pairs)
+    if dropped:
+        what = ", ".join(f"{EDGE_STYLES[e.kind][4]!r} ({len(p):,})" for e, p in dropped)
+        warnings.warn(f"the map leaves out its lines {what}: more than {LARGE_MAP_MAX_LINES:,} lines would cover "
+                      "its points", LmmapWarning, stacklevel=3)
+    return kept
 
 
 # --------------------------------------------------------------------------- checks
@@ -349,7 +437,12 @@ def robust_frame(coords, far: float = FAR_OUTLIER) -> Frame:
     if not scale > 0 or not candidates.any() or candidates.sum() > max(1, n // 10):
         return whole
     rest = coords[~candidates]
-    gap = np.sqrt(((coords[candidates, None, :] - rest[None, :, :]) ** 2).sum(axis=-1)).min(axis=1)
+    if candidates.sum() * len(rest) <= 4_000_000:
+        gap = np.sqrt(((coords[candidates, None, :] - rest[None, :, :]) ** 2).sum(axis=-1)).min(axis=1)
+    else:  # a hub-sized map: the candidates × rest distances would take gigabytes; a k-d tree gives the same minima
+        from scipy.spatial import cKDTree
+
+        gap = cKDTree(rest).query(coords[candidates])[0]
     outliers = np.zeros(n, dtype=bool)
     outliers[np.flatnonzero(candidates)[gap > scale]] = True
     if not outliers.any():

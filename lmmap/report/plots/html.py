@@ -10,17 +10,20 @@ import json
 import math
 import os
 import urllib.parse
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from lmmap.exceptions import InputError
-from lmmap.report.plots.common import (DENSE_MAP_MODELS, FLAG_COLOR, Frame, HIGHLIGHT_COLOR, LINESTYLES, MARKERS,
-                                       PALETTE, SEARCH_COLOR, _axis_titles, _check_names, _check_series, _check_xy,
-                                       _edge_style, _finite_range, _map_inputs, _marker_size, _prepare, _write,
-                                       ellipse_outline, escape, group_labels, group_styles, robust_frame)
+from lmmap.exceptions import InputError, LmmapWarning
+from lmmap.report.plots.common import (DENSE_MAP_MODELS, FLAG_COLOR, Frame, HIGHLIGHT_COLOR, LARGE_MAP_MODELS,
+                                       LARGE_MAP_NAMED, LINESTYLES, MARKERS, PALETTE, SEARCH_COLOR, UNKNOWN,
+                                       _axis_titles, _check_names, _check_series, _check_xy, _edge_style,
+                                       _finite_range, _large_edges, _map_inputs, _marker_size, _prepare,
+                                       _resolve_large, _write, ellipse_outline, escape, group_centres, group_labels,
+                                       group_styles, large_groups, robust_frame)
 
 
 PLOTLY_JS = "plotly.min.js"
@@ -150,6 +153,7 @@ def map_html(
     flagged_label="nearest model in another lineage",
     axis_label=None,
     search=True,
+    large=None,
 ) -> Path:
     """Write the interactive model map as an HTML page (plotly.js from ``plotly.min.js`` beside it).
 
@@ -162,6 +166,12 @@ def map_html(
     Clicking a legend entry hides that group (with its ellipses) or that set of
     lines. All strings are escaped with :func:`escape`. Other parameters as
     :func:`map_figure`.
+
+    ``large`` (None: above :data:`LARGE_MAP_MODELS` models): the large form,
+    drawn by WebGL (plotly's ``scattergl``) so that 100,000 points pan and
+    zoom; a colour for each of the largest groups, the names of the largest
+    groups at their median position, and the search box; no ellipses (a
+    warning says so). See :func:`map_figure`.
     """
     import plotly.graph_objects as go
 
@@ -169,6 +179,12 @@ def map_html(
         coords, names, groups, highlight, flagged, ellipses, edges, label)
     extra = _check_names(hover, n, "hover") if hover is not None else [""] * n
     path = _prepare(path)
+    if _resolve_large(large, n):
+        return _large_map_html(
+            path, coords, names, labels, groups is not None, hover is not None and any(extra), extra, mask, flag,
+            ell, edge_sets, title=title, group_title=group_title, highlight_label=highlight_label,
+            flagged_label=flagged_label, axis_label=axis_label, search=search,
+        )  # fmt: skip
 
     label_array = np.asarray(labels, dtype=object)
     escaped = np.array([escape(a) for a in names], dtype=object)
@@ -283,10 +299,125 @@ def map_html(
     return _write_html(fig, path, post_script)
 
 
-def _outlier_annotations(coords, escaped, fr: Frame) -> list[dict]:
+def _large_map_html(path, coords, names, labels, grouped, hovered, extra, mask, flag, ell, edge_sets, *, title,
+                    group_title, highlight_label, flagged_label, axis_label, search) -> Path:
+    """The large form of :func:`map_html` (see its ``large``).
+
+    Compact at 100,000 models: positions as float32 (seven digits, far finer than a screen can show; plotly writes
+    them in binary), each name once (a trace's ``customdata``, which the search box reads back too), the group in
+    the trace's hover template rather than at every point, and no text drawn per point.
+    """
+    import plotly.graph_objects as go
+
+    if ell is not None:
+        warnings.warn(f"the HTML map of more than {LARGE_MAP_MODELS:,} models has no ellipses (the PNG has): "
+                      "an outline per model would make the page too large to open", LmmapWarning, stacklevel=3)
+    n = len(names)
+    groups = large_groups(labels, grouped)
+    xy = coords.astype(np.float32)
+    escaped = np.array([escape(a) for a in names], dtype=object)
+    lines = np.array([_html_lines(h) for h in extra], dtype=object) if hovered else None
+    label_array = np.asarray(labels, dtype=object)
+    column = escape(group_title or "group")
+    fig = go.Figure()
+    for e, pairs in _large_edges(edge_sets):
+        if not len(pairs):
+            continue
+        colour, width, dash, alpha, text = _edge_style(e, True)
+        segments = np.concatenate([xy[pairs], np.full((len(pairs), 1, 2), np.nan, dtype=np.float32)], axis=1)
+        segments = segments.reshape(-1, 2)
+        fig.add_trace(go.Scattergl(
+            x=segments[:, 0], y=segments[:, 1], mode="lines", name=escape(text), opacity=alpha, legendrank=2000,
+            line=dict(color=colour, width=width * 0.6, dash=LINESTYLES[dash]), hoverinfo="skip",
+        ))  # fmt: skip
+    size = float(np.clip(math.sqrt(20_000 / n) * 3, 3.0, 6.0))
+    point_traces = []
+    # WebGL draws the traces in order: "other" and "unknown" first, under the groups with a colour of their own; the
+    # legend keeps the largest group first.
+    order = [e for e, (name, _, _, k) in enumerate(groups.entries) if k > 1 or name == UNKNOWN]
+    for e in order + [e for e in range(len(groups.entries)) if e not in order]:
+        name, colour, count, k = groups.entries[e]
+        sel = groups.codes == e
+        if k > 1:  # the other groups: each point says which
+            head = [f"{column}: {escape(g)}" for g in label_array[sel]]
+            text = [f"{a}<br>{b}" for a, b in zip(head, lines[sel])] if lines is not None else head
+            template = "<b>%{customdata}</b><br>%{hovertext}<extra></extra>"
+            legend = f"{escape(name)}: {k:,} groups ({count:,})"
+        else:
+            text = list(lines[sel]) if lines is not None else None
+            template = ("<b>%{customdata}</b>" + (f"<br>{column}: {escape(name)}" if grouped else "")
+                        + ("<br>%{hovertext}" if lines is not None else "") + "<extra></extra>")
+            legend = f"{escape(name)} ({count:,})"
+        point_traces.append(len(fig.data))
+        fig.add_trace(go.Scattergl(
+            x=xy[sel, 0], y=xy[sel, 1], mode="markers", name=legend, showlegend=grouped, legendrank=1000 + e,
+            marker=dict(color=colour, size=size, opacity=0.7, line=dict(width=0)),
+            customdata=list(escaped[sel]), hovertext=text, hovertemplate=template,
+        ))  # fmt: skip
+    colours = np.array([c for _, c, _, _ in groups.entries], dtype=object)
+    if flag.any():
+        fig.add_trace(go.Scattergl(
+            x=xy[flag, 0], y=xy[flag, 1], mode="markers", name=escape(f"{flagged_label} ({int(flag.sum()):,})"),
+            legendrank=2001, hoverinfo="skip",
+            marker=dict(color="rgba(0,0,0,0)", size=size * 2.5, line=dict(color=FLAG_COLOR, width=1.5)),
+        ))  # fmt: skip
+    # Every trace is WebGL (an SVG trace would be drawn under the WebGL points); names are annotations (drawn over
+    # them), the first few highlighted models' here and the search's by its script.
+    annotations = []
+    if mask.any():
+        fig.add_trace(go.Scattergl(
+            x=xy[mask, 0], y=xy[mask, 1], mode="markers", name=escape(highlight_label), legendrank=2002,
+            marker=dict(color=list(colours[groups.codes[mask]]), size=size * 2.5,
+                        line=dict(color=HIGHLIGHT_COLOR, width=2)),
+            customdata=list(escaped[mask]), hovertemplate="<b>%{customdata}</b><extra></extra>",
+        ))  # fmt: skip
+        annotations += [_name_annotation(x, y, escaped[i], HIGHLIGHT_COLOR)
+                        for i, (x, y) in zip(np.flatnonzero(mask)[:LARGE_MAP_NAMED], xy[mask][:LARGE_MAP_NAMED])]
+    post_script = None
+    if search:
+        fig.add_trace(go.Scattergl(
+            x=[], y=[], mode="markers", name="search", showlegend=False, customdata=[],
+            hovertemplate="<b>%{customdata}</b><extra></extra>",
+            marker=dict(color="rgba(0,0,0,0)", size=size * 3.5, line=dict(color=SEARCH_COLOR, width=3)),
+        ))  # fmt: skip
+        post_script = _large_search_script(point_traces, len(fig.data) - 1)
+    xtitle, ytitle = _axis_titles(axis_label)
+    layout = _plotly_layout(title, xtitle, ytitle, legend_title=group_title if grouped else None, equal_aspect=True)
+    if title:
+        layout["title"] = dict(text=_html_lines(title), font=dict(size=15))
+    layout["hovermode"] = "closest"
+    fr = robust_frame(coords)
+    centres = group_centres(coords, groups)
+    annotations += [
+        dict(x=float(x), y=float(y), text=f"<b>{escape(groups.entries[e][0])}</b>", showarrow=False,
+             font=dict(size=12, color="#1a1a1a"), bgcolor="rgba(255,255,255,0.7)")
+        for e, (x, y) in zip(groups.named, centres)
+    ]  # fmt: skip
+    if fr.outliers.any():
+        # Far models are left outside the first view (zoom out to see them); the farthest few are marked at its edge.
+        (x0, y0), (x1, y1) = fr.lo, fr.hi
+        sx, sy = max(x1 - x0, 1e-9), max(y1 - y0, 1e-9)
+        layout["xaxis"]["range"] = [x0 - 0.05 * sx, x1 + 0.05 * sx]
+        layout["yaxis"]["range"] = [y0 - 0.05 * sy, y1 + 0.05 * sy]
+        annotations += _outlier_annotations(coords, escaped, fr, limit=LARGE_MAP_NAMED)
+    layout["annotations"] = annotations
+    fig.update_layout(**layout)
+    return _write_html(fig, path, post_script)
+
+
+def _name_annotation(x, y, text, colour) -> dict:
+    # A model's name just above its dot; ``text`` is escaped.
+    return dict(x=float(x), y=float(y), text=f"<b>{text}</b>", showarrow=False, yshift=14,
+                font=dict(size=12, color=colour), bgcolor="rgba(255,255,255,0.75)")
+
+
+def _outlier_annotations(coords, escaped, fr: Frame, limit: int | None = None) -> list[dict]:
     mid = (fr.lo + fr.hi) / 2
     out = []
-    for i in np.flatnonzero(fr.outliers):
+    far = np.flatnonzero(fr.outliers)
+    if limit is not None:  # the farthest first
+        far = far[np.argsort(-np.hypot(*(coords[far] - mid).T), kind="stable")[:limit]]
+    for i in far:
         d = coords[i] - mid
         d = d / (np.hypot(*d) or 1.0)
         x, y = fr.shown[i]
@@ -374,6 +505,92 @@ _SEARCH_JS = """
   input.addEventListener("change", show);
 })();
 """
+
+
+# The search box of a large map: the names are read back from the point traces (stored once, escaped, in their
+# customdata), suggestions are the first few matches only (a list of 100,000 options would stall the page), and at
+# most SEARCH_RINGS matches are ringed and SEARCH_NAMED named (more names would cover one another).
+SEARCH_RINGS = 1_000
+SEARCH_NAMED = 12
+_LARGE_SEARCH_JS = """
+(function () {
+  var gd = document.getElementById("{plot_id}");
+  var traces = __TRACES__;
+  var traceIndex = __TRACE__;
+  var rings = __RINGS__, named = __NAMED__;
+  var box = document.createElement("div");
+  box.className = "lmmap-search";
+  box.style.cssText = "font: 14px sans-serif; margin: 6px 12px;";
+  var label = document.createElement("label");
+  label.textContent = "Find a model: ";
+  var input = document.createElement("input");
+  input.type = "search";
+  input.id = "lmmap-search";
+  input.placeholder = "name or part of it";
+  input.setAttribute("list", "lmmap-models");
+  input.style.cssText = "width: 22em;";
+  var list = document.createElement("datalist");
+  list.id = "lmmap-models";
+  var status = document.createElement("span");
+  status.id = "lmmap-search-status";
+  status.style.cssText = "margin-left: 1em; color: #555;";
+  label.appendChild(input);
+  box.appendChild(label);
+  box.appendChild(list);
+  box.appendChild(status);
+  gd.parentNode.insertBefore(box, gd);
+  var models = null;
+  function unescapeHtml(s) {
+    return s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&#x27;/g, "'")
+      .replace(/&amp;/g, "&");
+  }
+  function load() {
+    models = [];
+    traces.forEach(function (t) {
+      var d = gd._fullData[t], names = d.customdata || [];
+      for (var i = 0; i < names.length; i++) {
+        var name = unescapeHtml(String(names[i]));
+        models.push({name: name, key: name.toLowerCase(), text: names[i], x: d.x[i], y: d.y[i]});
+      }
+    });
+  }
+  function matches(query) {
+    var q = query.trim().toLowerCase();
+    if (!q) return [];
+    if (models === null) load();
+    var exact = models.filter(function (m) { return m.key === q; });
+    return exact.length ? exact : models.filter(function (m) { return m.key.indexOf(q) >= 0; });
+  }
+  var fixed = (gd.layout.annotations || []).slice();
+  function show() {
+    var found = matches(input.value), first = found.slice(0, rings);
+    Plotly.restyle(gd, {
+      x: [first.map(function (m) { return m.x; })],
+      y: [first.map(function (m) { return m.y; })],
+      customdata: [first.map(function (m) { return m.text; })]
+    }, [traceIndex]);
+    Plotly.relayout(gd, {annotations: fixed.concat(first.slice(0, named).map(function (m) {
+      return {x: m.x, y: m.y, text: "<b>" + m.text + "</b>", showarrow: false, yshift: 16,
+              font: {size: 13, color: "__COLOUR__"}, bgcolor: "rgba(255,255,255,0.8)"};
+    }))});
+    list.textContent = "";
+    found.slice(0, 20).forEach(function (m) {
+      var o = document.createElement("option"); o.value = m.name; list.appendChild(o);
+    });
+    var n = found.length;
+    status.textContent = !input.value.trim() ? "" : (n === 1 ? "1 model" : n.toLocaleString("en") + " models")
+      + (n > rings ? " (the first " + rings.toLocaleString("en") + " ringed, " + named + " named)"
+         : n > named ? " (" + named + " named)" : "");
+  }
+  input.addEventListener("input", show);
+  input.addEventListener("change", show);
+})();
+"""
+
+
+def _large_search_script(point_traces, trace_index: int) -> str:
+    return (_LARGE_SEARCH_JS.replace("__TRACES__", _js_json([int(t) for t in point_traces]))
+            .replace("__TRACE__", str(int(trace_index))).replace("__RINGS__", str(SEARCH_RINGS)).replace("__NAMED__", str(SEARCH_NAMED)).replace("__COLOUR__", SEARCH_COLOR))
 
 
 def _search_script(names, escaped, coords, trace_index: int) -> str:

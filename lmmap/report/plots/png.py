@@ -14,10 +14,12 @@ import numpy as np
 
 from lmmap.exceptions import InputError
 from lmmap.report.plots.common import (DEFAULT_DPI, DENSE_MAP_MODELS, FLAG_COLOR, Frame, HIGHLIGHT_COLOR,
-                                       LABEL_ITERATIONS, LINESTYLES, MARKERS, PALETTE, _MAP_AXES_INCHES, _axis_titles,
-                                       _check_names, _check_series, _check_xy, _edge_style, _finite_range,
-                                       _highlight_mask, _map_inputs, _map_point_size, _marker_size, _point_styles,
-                                       _prepare, _write, ellipse_outline, ellipse_parameters, robust_frame)
+                                       LABEL_ITERATIONS, LARGE_MAP_NAMED, LINESTYLES, MARKERS, PALETTE, UNKNOWN,
+                                       _MAP_AXES_INCHES, _axis_titles, _check_names, _check_series,
+                                       _check_xy, _edge_style, _finite_range, _highlight_mask, _large_edges,
+                                       _map_inputs, _map_point_size, _marker_size, _point_styles, _prepare,
+                                       _resolve_large, _write, ellipse_outline, ellipse_parameters, group_centres,
+                                       large_groups, robust_frame)
 
 
 def _save_png(fig, path: Path, dpi) -> Path:
@@ -124,6 +126,7 @@ def map_figure(
     frame="robust",
     figsize=None,
     dpi=DEFAULT_DPI,
+    large=None,
 ):
     """The model map as a :class:`matplotlib.figure.Figure` (what :func:`map_png` saves).
 
@@ -152,6 +155,10 @@ def map_figure(
         their name and true position; ``"full"``: every model where it is.
     figsize, dpi : inches and dots per inch; the PNG is ``figsize × dpi`` pixels.
         Default: 8 inches wide plus the legend, as tall as the map's shape needs.
+    large : draw the map in its large form (None: above :data:`LARGE_MAP_MODELS` models): the density shaded
+        in grey hexagons under small dots, a colour for each of the largest groups (the rest "other groups"),
+        names only for the largest groups (at their median position) and for highlighted and far models (up to
+        :data:`LARGE_MAP_NAMED`), at most :data:`LARGE_MAP_MAX_LINES` lines (a warning names what is left out).
     """
     from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.lines import Line2D
@@ -162,6 +169,12 @@ def map_figure(
     if frame not in ("robust", "full"):
         raise InputError(f"frame must be 'robust' or 'full', got {frame!r}", params=("frame",))
     fr = robust_frame(coords) if frame == "robust" else robust_frame(coords, far=np.inf)
+    if _resolve_large(large, n):
+        return _large_map_figure(
+            coords, names, labels, groups is not None, mask, flag, ell, edge_sets, fr, title=title,
+            group_title=group_title, highlight_label=highlight_label, ellipse_scale=ellipse_scale,
+            flagged_label=flagged_label, axis_label=axis_label, figsize=figsize, dpi=dpi,
+        )  # fmt: skip
     shown, far = fr.shown, fr.outliers
     dense = n > DENSE_MAP_MODELS
 
@@ -260,6 +273,97 @@ def map_figure(
         texts = [f"{a} (at {x:.3g}, {y:.3g})" if o else a for a, (x, y), o in zip(names, coords, far)]
         segments = np.concatenate(segments) if segments else np.empty((0, 2, 2))
         _place_labels(fig, ax, shown, texts, to_label, mask, radius_pt=math.sqrt(size) / 2, segments=segments)
+    return fig
+
+
+def _large_map_figure(coords, names, labels, grouped, mask, flag, ell, edge_sets, fr: Frame, *, title, group_title,
+                      highlight_label, ellipse_scale, flagged_label, axis_label, figsize, dpi):
+    """The large form of :func:`map_figure` (see its ``large``): what a map of 100,000 models can show."""
+    from matplotlib.collections import EllipseCollection, LineCollection
+    from matplotlib.colors import ListedColormap, LogNorm
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib import colormaps
+
+    n = len(names)
+    shown, far = fr.shown, fr.outliers
+    groups = large_groups(labels, grouped)
+    edge_sets = [(e, pairs) for e, pairs in _large_edges(edge_sets) if len(pairs)]
+    handles = [
+        Line2D([], [], ls="", marker="o", color=colour, ms=6,
+               label=_mpl_literal(f"{name}: {k:,} groups ({count:,})" if k > 1 else f"{name} ({count:,})"))
+        for name, colour, count, k in groups.entries
+    ] if grouped else []  # fmt: skip
+    extra = [Patch(facecolor="0.6", edgecolor="none", label="shade: models per hexagon (log scale)")]
+    for e, _ in edge_sets:
+        colour, width, dash, alpha, text = _edge_style(e, True)
+        extra.append(Line2D([], [], color=colour, lw=width, ls=dash, alpha=max(alpha, 0.6), label=_mpl_literal(text)))
+    n_legend = len(handles) + len(extra) + int(mask.any()) + int(flag.any()) + int(far.any())
+    fig, ax = _new_figure(figsize or _map_figsize(fr, n_legend, title), dpi)
+    fig.set_layout_engine("compressed")
+    pad = np.array([0.1, 0.06]) * (fr.span.max() if fr.span.max() > 0 else 10.0)
+    lo, hi = fr.lo - pad, fr.hi + pad
+    # The density first, in greys that start light (white would be an empty hexagon): where dots pile up into one
+    # blot of colour, the shade under and around them still tells a thousand models from ten.
+    greys = ListedColormap(colormaps["Greys"](np.linspace(0.12, 0.85, 256)))
+    ax.hexbin(shown[:, 0], shown[:, 1], gridsize=int(np.clip(math.sqrt(n) / 2, 40, 150)), mincnt=1,
+              extent=(lo[0], hi[0], lo[1], hi[1]), cmap=greys, norm=LogNorm(), linewidths=0, zorder=0)
+    for e, pairs in edge_sets:
+        colour, width, dash, alpha, _ = _edge_style(e, True)
+        ax.add_collection(LineCollection(shown[pairs], colors=colour, linewidths=width * 0.6, linestyles=dash,
+                                         alpha=alpha, zorder=1))
+    colours = np.array([c for _, c, _, _ in groups.entries], dtype=object)
+    if ell is not None:
+        width, height, angle = ellipse_parameters(ell[1], ellipse_scale)
+        ax.add_collection(EllipseCollection(width, height, angle, units="xy", offsets=shown,
+                                            offset_transform=ax.transData, facecolors="none",
+                                            edgecolors=list(colours[groups.codes]), linewidths=0.4, alpha=0.5,
+                                            zorder=1))
+    # Small groups under large ones would vanish: the largest group is drawn first, "other" and "unknown" before it.
+    size = float(np.clip(20_000 / n, 1.0, 4.0))
+    order = [e for e, (name, _, _, k) in enumerate(groups.entries) if k > 1 or name == UNKNOWN]
+    order += [e for e in range(len(groups.entries)) if e not in order]
+    for e in order:
+        sel = groups.codes == e
+        ax.scatter(shown[sel, 0], shown[sel, 1], s=size, c=colours[e], marker="o", linewidths=0, alpha=0.6,
+                   zorder=2, rasterized=True)
+    if mask.any():
+        ax.scatter(shown[mask, 0], shown[mask, 1], s=40.0, c=list(colours[groups.codes[mask]]),
+                   edgecolors=HIGHLIGHT_COLOR, linewidths=1.2, zorder=4)
+        extra.append(Line2D([], [], ls="", marker="o", mfc="white", mec=HIGHLIGHT_COLOR, mew=1.5, ms=8,
+                            label=_mpl_literal(highlight_label)))
+    if flag.any():
+        ax.scatter(shown[flag, 0], shown[flag, 1], s=18.0, facecolors="none", edgecolors=FLAG_COLOR, linewidths=0.8,
+                   zorder=3)
+        extra.append(Line2D([], [], ls="", marker="o", mfc="none", mec=FLAG_COLOR, mew=1.0, ms=8,
+                            label=_mpl_literal(f"{flagged_label} ({int(flag.sum()):,})")))
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    # Far models are drawn at the frame's edge; only the farthest few get an arrow and a name.
+    named_far = np.zeros(n, dtype=bool)
+    if far.any():
+        dist = np.hypot(*(coords - (fr.lo + fr.hi) / 2).T)
+        named_far[np.flatnonzero(far)[np.argsort(-dist[far], kind="stable")[:LARGE_MAP_NAMED]]] = True
+        _mark_outliers(ax, coords, shown, named_far, fr)
+        extra.append(Line2D([], [], ls="", marker=">", color="0.15", ms=7,
+                            label=f"far off the map ({int(far.sum()):,}): at its edge"))
+    ax.set_aspect("equal", adjustable="box")
+    ax.tick_params(labelsize="small")
+    xtitle, ytitle = _axis_titles(axis_label)
+    ax.set_xlabel(_mpl_literal(xtitle))
+    ax.set_ylabel(_mpl_literal(ytitle))
+    if title:
+        ax.set_title(_mpl_literal(title), fontsize=10)
+    _add_group_legend(fig, {}, {}, group_title if grouped else None, handles + extra)
+    # Names: the largest groups at their median position, then highlighted models (the first few) and far ones.
+    models = np.flatnonzero(mask)[:LARGE_MAP_NAMED]
+    models = np.concatenate([models, np.flatnonzero(named_far & ~mask)])
+    anchors = np.vstack([group_centres(shown, groups), shown[models]])
+    texts = [groups.entries[e][0] for e in groups.named]
+    texts += [f"{names[i]} (at {coords[i, 0]:.3g}, {coords[i, 1]:.3g})" if far[i] else names[i] for i in models]
+    if texts:
+        _place_labels(fig, ax, anchors, texts, np.ones(len(texts), dtype=bool), np.ones(len(texts), dtype=bool),
+                      radius_pt=2.0)
     return fig
 
 

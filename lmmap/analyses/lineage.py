@@ -1,0 +1,449 @@
+"""Which model came from which (issue 25): ``lineage(mm)`` tests every pair of models, ``provenance(mm, a, b)`` one.
+
+The numeric core is :mod:`lmmap.maths.lineage` (the statistic, its null, the
+Holm correction, direction and merges); this module names the models, reads
+the metadata (a declared ``base_model``, checkpoints' ``trajectory`` and
+``step``), fits the null on declared-unrelated pairs where the metadata has
+enough of them, and decides for every model:
+
+* ``derived`` — from ``parent`` (and ``parent2`` for a merge): a model whose
+  residual correlation with it is significant after the correction, oriented
+  as its ancestor;
+* ``independent`` — no stored model is its parent (unrelated to all, or the
+  root of a lineage: its relatives are its descendants);
+* ``undecided`` — related at α before the correction but not after.
+
+Nothing K×K is formed past :data:`lmmap.map.DENSE_MAX_K` models: candidate
+parents come from a sketch of the residuals searched by :mod:`lmmap.maths.knn`.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from lmmap.exceptions import InputError
+from lmmap.map import LINEAGE_COLUMN, ModelMap
+from lmmap.maths import lineage as core
+from lmmap.progress import ProgressFn, say
+
+MIN_LINEAGE_MODELS = 4
+DECISIONS = ("derived", "independent", "undecided")
+# Two candidate parents whose statistics differ by less than this many null sds are a tie; the tie goes to the
+# one that is the other's ancestor (a quantisation of the parent explains a fine-tune as well as the parent).
+TIE_SDS = 2.0
+# Declared lineages calibrate the null when they cover at least this share of the map's models.
+DECLARED_COVERAGE = 0.5
+
+
+@dataclass(eq=False)
+class LineageResult:
+    """What :func:`lineage` found; :mod:`lmmap.report.lineage` writes it.
+
+    ``table``: one row per model — model, parent, parent2 (merges), statistic (``(z − μ₀)/σ₀`` of the pair
+    with its parent, or with its best candidate), rho, p_value, p_adjusted, decision, direction (how the pair
+    was oriented: declared, variance, weak, merge), declared_base, agreement (agree / disagree / new, or
+    empty), n_children, nearest_kl (the nearest model by KL, for comparison).
+    ``pairs``: every pair tested (model_a, model_b, rho, z, statistic, p_value, p_adjusted, significant,
+    ancestor). ``info``: rank, null (source, μ₀, σ₀, pairs), alpha, correction, K, d.
+    """
+
+    map: ModelMap
+    table: pd.DataFrame
+    pairs: pd.DataFrame
+    alpha: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.map.names
+
+    def parents(self) -> dict[str, str]:
+        """``{model: parent}`` of the models called derived (a merge: its first parent)."""
+        t = self.table[self.table["decision"] == "derived"]
+        return dict(zip(t["model"], t["parent"]))
+
+
+@dataclass
+class ProvenanceResult:
+    """One pair: ``a``, ``b``, rho, statistic, p_value, p_adjusted, reading (one line), ancestor (or None),
+    direction_t, and ``texts`` (the texts that carry the evidence: position, contribution)."""
+
+    a: str
+    b: str
+    rho: float
+    statistic: float
+    p_value: float
+    p_adjusted: float
+    reading: str
+    ancestor: str | None
+    direction_t: float
+    texts: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
+
+# -- checks and metadata ------------------------------------------------------------------------------------------
+
+def _check_map(mm) -> None:
+    if not isinstance(mm, ModelMap):
+        raise InputError(f"mm must be a ModelMap, got {type(mm).__name__}", params=("mm",))
+    if mm.K < MIN_LINEAGE_MODELS:
+        raise InputError(f"a lineage test needs a map of at least {MIN_LINEAGE_MODELS} models (the null is fitted "
+                         f"from pairs of unrelated ones); got {mm.K}", params=("mm",))
+
+
+def _column(mm, name):
+    if mm.metadata is None or name not in mm.metadata.columns:
+        return None
+    return mm.metadata[name].reindex(mm.names).tolist()
+
+
+def _declared(mm):
+    """``(roots, declared_mask, steps, trajectories)``: each model's declared lineage (base_model, trajectory,
+    layers), which models have a declared relative, and checkpoints' steps."""
+    from lmmap.map import _lineage_roots
+
+    bases = mm.base_models()
+    root = _lineage_roots(mm.names, bases, mm._kin_links())
+    roots = np.array([root[n] for n in mm.names], dtype=object)
+    _, inverse, counts = np.unique(roots.astype(str), return_inverse=True, return_counts=True)
+    declared = counts[inverse] >= 2
+    steps = _column(mm, "step")
+    traj = _column(mm, "trajectory")
+    steps = np.array([np.nan if s is None or pd.isna(s) else float(s) for s in steps]) if steps else None
+    if traj is not None:
+        traj = np.array([t.strip() if isinstance(t, str) and t.strip() else None for t in traj], dtype=object)
+    return bases, roots, declared, steps, traj
+
+
+def _declared_ancestor(i, j, names, bases, steps, traj):
+    """+1: ``i`` is declared the ancestor of ``j``; −1: ``j`` of ``i``; 0: nothing declared."""
+    if bases.get(names[j]) == names[i]:
+        return 1
+    if bases.get(names[i]) == names[j]:
+        return -1
+    if steps is not None and traj is not None:
+        ti, tj = traj[i], traj[j]
+        same = ti is not None and (ti == tj or ti == names[j] or tj == names[i])
+        if same and np.isfinite(steps[i]) and np.isfinite(steps[j]) and steps[i] != steps[j]:
+            return 1 if steps[i] < steps[j] else -1
+    return 0
+
+
+# -- the analysis --------------------------------------------------------------------------------------------------
+
+def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, rank: int | None = None,
+            k: int = core.N_CANDIDATES, progress: ProgressFn = None) -> LineageResult:
+    """For every model of ``mm``: its most likely parent among the map's models, the statistic, its p-value
+    against "unrelated" and a decision (see the module docstring and :mod:`lmmap.maths.lineage`).
+
+    Parameters
+    ----------
+    alpha : significance level in (0, 1); Holm-corrected within each model's K − 1 possible parents.
+    random_state : seeds the randomised SVD, the sketch and the null's random pairs (large maps only).
+    rank : principal directions removed (default: the Kaiser rule, from the data).
+    k : candidate parents per model (nearest by residual correlation).
+    """
+    import lmmap.map as map_module
+    from lmmap.maths.randomness import check_random_state
+
+    _check_map(mm)
+    alpha = core.check_alpha(alpha)
+    check_random_state(random_state)
+    from lmmap.params import check
+
+    check("lineage_rank", rank, what="rank")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}", params=("k",))
+    K, names = mm.K, mm.names
+    dense = K <= map_module.DENSE_MAX_K
+    X = mm.features()
+    say(progress, f"principal directions of {K:,} models…")
+    basis = core.structure_basis(X, dense=dense, rank=rank, random_state=random_state)
+    norms2 = core.residual_norms2(X, basis)
+    kk = int(min(k, K - 1))
+    say(progress, f"candidate parents ({kk} per model, {basis.rank} directions removed)…")
+    cand = core.candidates(X, basis, kk, dense=dense, random_state=random_state, progress=progress)
+    rows = np.repeat(np.arange(K), kk)
+    rho = core.pair_correlations(X, basis, rows, cand.ravel(), norms2).reshape(K, kk)
+    z = core.fisher_z(rho)
+
+    bases, roots, declared, steps, traj = _declared(mm)
+    null_source, zn = _null_sample(X, basis, norms2, roots, declared, dense, random_state)
+    mu, sigma = core.fit_null(zn)
+    p = core.p_values(z, mu, sigma)
+    p_holm = core.holm_rows(p, K - 1)
+
+    # One entry per unordered pair: the larger of the two Holm adjustments (valid in both models' families);
+    # a pair listed by one model only gets Bonferroni's (K − 1)·p from the other, which bounds Holm's.
+    pair = {}
+    for i, j, rr, zz, pp, hh in zip(rows, cand.ravel(), rho.ravel(), z.ravel(), p.ravel(), p_holm.ravel()):
+        key = (min(i, j), max(i, j))
+        if key in pair:
+            pair[key][3] = max(pair[key][3], hh)
+            pair[key][4] = True
+        else:
+            pair[key] = [rr, zz, pp, hh, False]
+    keys = np.array(list(pair), dtype=np.int64).reshape(-1, 2)
+    vals = np.array(list(pair.values()), dtype=np.float64).reshape(-1, 5)
+    both = vals[:, 4].astype(bool)
+    vals[~both, 3] = np.maximum(vals[~both, 3], np.minimum(1.0, (K - 1) * vals[~both, 2]))
+    sig = vals[:, 3] <= alpha
+    stat = (vals[:, 1] - mu) / sigma
+
+    say(progress, f"orienting {int(sig.sum())} related pairs…")
+    # Orientation of every significant pair: +1 when keys[:, 0] is the ancestor.
+    orient = np.zeros(len(keys), dtype=np.int64)
+    how = np.full(len(keys), "", dtype=object)
+    dir_t = np.zeros(len(keys))
+    s_idx = np.flatnonzero(sig)
+    if s_idx.size:
+        dir_t[s_idx] = core.direction_t(X, basis, keys[s_idx, 0], keys[s_idx, 1])
+    for n in s_idx:
+        a, b = keys[n]
+        dec = _declared_ancestor(a, b, names, bases, steps, traj)
+        if dec:
+            orient[n], how[n] = dec, "declared"
+        else:
+            orient[n] = 1 if dir_t[n] >= 0 else -1
+            how[n] = "variance" if abs(dir_t[n]) >= 2 else "weak"
+    index = {tuple(kv): n for n, kv in enumerate(keys)}
+
+    def rho_of(a, b):
+        n = index.get((min(a, b), max(a, b)))
+        if n is not None:
+            return vals[n, 0]
+        return float(core.pair_correlations(X, basis, [a], [b], norms2)[0])
+
+    def sig_of(a, b):
+        n = index.get((min(a, b), max(a, b)))
+        return n is not None and bool(sig[n])
+
+    partners = [[] for _ in range(K)]
+    for n in s_idx:
+        a, b = keys[n]
+        partners[a].append((b, n))
+        partners[b].append((a, n))
+
+    # Merges: a collider — two partners unrelated to each other that both explain the model.
+    merge_of = {}
+    for i in range(K):
+        if len(partners[i]) < 2:
+            continue
+        ps = sorted(partners[i], key=lambda t: -vals[t[1], 1])
+        j1 = ps[0][0]
+        best = None
+        for j2, n2 in ps[1:]:
+            if sig_of(j1, j2) or _declared_ancestor(i, j2, names, bases, steps, traj) == 1 \
+                    or _declared_ancestor(i, j1, names, bases, steps, traj) == 1:
+                continue
+            rp = core.partial_correlation(vals[n2, 0], rho_of(i, j1), rho_of(j1, j2))
+            tp = (core.fisher_z(rp) - mu) / sigma
+            pp = core.p_values(core.fisher_z(rp), mu, sigma)
+            if pp * (K - 2) <= alpha and (best is None or tp > best[1]):
+                best = (j2, tp)
+        if best is not None:
+            merge_of[i] = (j1, best[0])
+    for i, (j1, j2) in merge_of.items():
+        # A merge descends from everything it is related to: its relatives are its parents' relatives.
+        for j, n in partners[i]:
+            if how[n] != "declared":
+                orient[n] = 1 if keys[n, 1] == i else -1
+                how[n] = "merge"
+    # The rest by structure: in a lineage the ancestor is the more central model (the parent of several
+    # fine-tunes is related to each more closely than they are to one another; a quantisation's relations are
+    # its original's, each slightly weakened); a tie (a lineage of two) by the variation each adds.
+    central = np.zeros(K)
+    for i in range(K):
+        if i not in merge_of:
+            central[i] = sum(stat[n] for j, n in partners[i] if j not in merge_of)
+    for n in s_idx:
+        if how[n] in ("declared", "merge"):
+            continue
+        a, b = keys[n]
+        gap = central[a] - central[b]
+        if abs(gap) > 1e-9 * max(abs(central[a]), 1.0):
+            orient[n] = 1 if gap > 0 else -1
+            how[n] = "structure"
+    def ancestor_of(n, i):
+        """Is the other model of significant pair ``n`` an ancestor of ``i``?"""
+        a, b = keys[n]
+        return (orient[n] == 1 and b == i) or (orient[n] == -1 and a == i)
+
+    ancestors = [[(j, n) for j, n in partners[i] if ancestor_of(n, i)] for i in range(K)]
+    # A child that is itself a merge's parent must not take the merge as its parent.
+    rows_out = []
+    children = np.zeros(K, dtype=np.int64)
+    parent_idx = np.full(K, -1)
+    chosen_pair = np.full(K, -1)
+    for i in range(K):
+        if i in merge_of:
+            j1, j2 = merge_of[i]
+            parent_idx[i] = j1
+            chosen_pair[i] = index[(min(i, j1), max(i, j1))]
+            continue
+        anc = sorted(ancestors[i], key=lambda t: -vals[t[1], 1])
+        if not anc:
+            continue
+        j, n = anc[0]
+        # A tie goes to the candidate that is the other's ancestor.
+        moved, seen = True, {j}
+        while moved:
+            moved = False
+            for j2, n2 in anc:
+                if j2 in seen:
+                    continue
+                m = index.get((min(j, j2), max(j, j2)))
+                if m is not None and sig[m] and ancestor_of(m, j) \
+                        and (vals[n, 1] - vals[n2, 1]) / sigma < TIE_SDS and j2 != i:
+                    j, n, moved = j2, n2, True
+                    seen.add(j2)
+                    break
+        parent_idx[i], chosen_pair[i] = j, n
+    for i in range(K):
+        if parent_idx[i] >= 0:
+            children[parent_idx[i]] += 1
+        if i in merge_of:
+            children[merge_of[i][1]] += 1
+
+    # Each model's best candidate (for the models with no parent: how close it came).
+    best_n = np.array([index[(min(i, cand[i, 0]), max(i, cand[i, 0]))] for i in range(K)])
+    nearest_idx, nearest_kl = mm.nearest(1)
+    declared_base = [bases.get(n, "") for n in names]
+    for i in range(K):
+        n = chosen_pair[i] if chosen_pair[i] >= 0 else best_n[i]
+        if parent_idx[i] >= 0:
+            decision = "derived"
+            direction = how[n]
+        else:
+            decision = "undecided" if vals[best_n[i], 2] <= alpha and not sig[best_n[i]] else "independent"
+            direction = ""
+        parent = names[parent_idx[i]] if parent_idx[i] >= 0 else ""
+        parent2 = names[merge_of[i][1]] if i in merge_of else ""
+        db = declared_base[i]
+        if db:
+            agreement = "agree" if db in (parent, parent2) else "disagree"
+        else:
+            agreement = "new" if decision == "derived" else ""
+        rows_out.append(dict(
+            model=names[i], parent=parent, parent2=parent2, statistic=float(stat[n]), rho=float(vals[n, 0]),
+            p_value=float(vals[n, 2]), p_adjusted=float(vals[n, 3]), decision=decision, direction=direction,
+            candidate=names[keys[n, 1] if keys[n, 0] == i else keys[n, 0]], declared_base=db, agreement=agreement,
+            n_children=int(children[i]), nearest_kl=names[nearest_idx[i, 0]], kl_to_nearest=float(nearest_kl[i, 0])))
+    table = pd.DataFrame(rows_out)
+    name_arr = np.asarray(names, dtype=object)
+    anc_name = np.where(orient == 1, name_arr[keys[:, 0]], np.where(orient == -1, name_arr[keys[:, 1]], ""))
+    pairs = pd.DataFrame({
+        "model_a": name_arr[keys[:, 0]], "model_b": name_arr[keys[:, 1]], "rho": vals[:, 0], "z": vals[:, 1],
+        "statistic": stat, "p_value": vals[:, 2], "p_adjusted": vals[:, 3], "significant": sig,
+        "ancestor": anc_name, "direction": how, "direction_t": dir_t})
+    pairs = pairs.sort_values("statistic", ascending=False, kind="stable").reset_index(drop=True)
+    info = dict(alpha=alpha, correction="holm within each model's K-1 possible parents", rank=basis.rank,
+                rank_rule="given" if rank is not None else "kaiser (eigenvalues above their mean)",
+                null=dict(source=null_source, mu=mu, sigma=sigma, pairs=int(len(zn))), n_models=K,
+                n_texts=int(mm.n_texts), n_map_texts=int(mm.L.shape[1]), weighted=mm.w is not None,
+                candidates_per_model=kk, dense=dense, random_state=random_state, text_set_id=mm.text_set_id)
+    return LineageResult(map=mm, table=table, pairs=pairs, alpha=alpha, info=info)
+
+
+def _null_sample(X, basis, norms2, roots, declared, dense, random_state):
+    """``(source, z)`` of the pairs that calibrate the null: declared-unrelated pairs where declared lineages
+    cover at least :data:`DECLARED_COVERAGE` of the models, else all pairs (small maps) or random pairs."""
+    K = len(roots)
+    use_declared = declared.mean() >= DECLARED_COVERAGE
+    rng = np.random.default_rng(random_state)
+    if dense:
+        i, j = np.triu_indices(K, 1)
+    else:
+        m = core.NULL_PAIRS * (3 if use_declared else 1)
+        i, j = rng.integers(0, K, m), rng.integers(0, K, m)
+        keep = i != j
+        i, j = i[keep], j[keep]
+    source = "all pairs" if dense else "random pairs"
+    if use_declared:
+        keep = declared[i] & declared[j] & (roots[i] != roots[j])
+        if keep.sum() >= core.MIN_NULL_PAIRS:
+            i, j, source = i[keep][:core.NULL_PAIRS], j[keep][:core.NULL_PAIRS], "declared unrelated pairs"
+    if source != "declared unrelated pairs":
+        i, j = i[:core.NULL_PAIRS], j[:core.NULL_PAIRS] if not dense else j
+        if dense and len(i) > core.NULL_PAIRS:
+            pick = rng.choice(len(i), core.NULL_PAIRS, replace=False)
+            i, j = i[pick], j[pick]
+    return source, core.fisher_z(core.pair_correlations(X, basis, i, j, norms2))
+
+
+def inferred_parents(mm: ModelMap, alpha: float = core.DEFAULT_ALPHA, **kwargs) -> dict[str, str]:
+    """``{model: parent}`` of every model :func:`lineage` calls derived — what a map can draw as its inferred
+    lineage lines beside the declared ``base_model`` ones (:meth:`lmmap.map.ModelMap.base_models`)."""
+    return lineage(mm, alpha=alpha, **kwargs).parents()
+
+
+def provenance(mm: ModelMap, a: str, b: str, *, alpha: float = core.DEFAULT_ALPHA, rank: int | None = None,
+               top: int = 10, random_state=0) -> ProvenanceResult:
+    """The test for one pair: statistic, p-value (Holm within the two models' families), a one-line reading,
+    the direction the data suggest and the ``top`` texts that carry the evidence (largest ``e_a(s)·e_b(s)``)."""
+    import lmmap.map as map_module
+
+    _check_map(mm)
+    alpha = core.check_alpha(alpha)
+    i, j = mm.index_of(a), mm.index_of(b)
+    if i == j:
+        raise InputError(f"a and b must be two different models, got {a!r} twice", params=("a", "b"))
+    dense = mm.K <= map_module.DENSE_MAX_K
+    X = mm.features()
+    basis = core.structure_basis(X, dense=dense, rank=rank, random_state=random_state)
+    norms2 = core.residual_norms2(X, basis)
+    rho = float(core.pair_correlations(X, basis, [i], [j], norms2)[0])
+    bases, roots, declared, steps, traj = _declared(mm)
+    source, zn = _null_sample(X, basis, norms2, roots, declared, dense, random_state)
+    mu, sigma = core.fit_null(zn)
+    z = float(core.fisher_z(rho))
+    stat = (z - mu) / sigma
+    p = float(core.p_values(z, mu, sigma))
+    p_adj = min(1.0, (mm.K - 1) * p)
+    t = float(core.direction_t(X, basis, [i], [j])[0])
+    dec = _declared_ancestor(i, j, mm.names, bases, steps, traj)
+    ancestor = None
+    if p_adj <= alpha:
+        if dec:
+            ancestor, how = (a if dec == 1 else b), "declared"
+        else:
+            ancestor = a if t >= 0 else b
+            how = "clearly" if abs(t) >= 2 else "weakly"
+        other = b if ancestor == a else a
+        via = "as declared" if how == "declared" else f"{how}, by their own variation (t = {abs(t):.1f})"
+        reading = (f"related (statistic {stat:.1f} null sds, p = {p_adj:.2g} corrected): {other} looks derived "
+                   f"from {ancestor} ({via})")
+    elif p <= alpha:
+        reading = f"undecided: related at α = {alpha:g} before the correction (p = {p:.2g}), not after ({p_adj:.2g})"
+    else:
+        reading = f"no evidence of a common origin (statistic {stat:.1f} null sds, p = {p:.2g})"
+    Zr, Vr = basis.Zr, basis.Vr
+    ea = np.asarray(X[i], dtype=np.float64) - Zr[i] @ Vr.T
+    eb = np.asarray(X[j], dtype=np.float64) - Zr[j] @ Vr.T
+    contrib = ea * eb / max(np.sqrt(norms2[i] * norms2[j]), 1e-300)
+    order = np.argsort(-contrib, kind="stable")[:int(top)]
+    texts = pd.DataFrame({"position": order, "contribution": contrib[order], "residual_a": ea[order],
+                          "residual_b": eb[order]})
+    share = float(contrib[contrib > 0].sum() and contrib[order].clip(min=0).sum() / contrib[contrib > 0].sum())
+    info = dict(alpha=alpha, rank=basis.rank, null=dict(source=source, mu=mu, sigma=sigma, pairs=int(len(zn))),
+                top_share=share, n_models=mm.K, text_set_id=mm.text_set_id)
+    return ProvenanceResult(a=a, b=b, rho=rho, statistic=stat, p_value=p, p_adjusted=p_adj, reading=reading,
+                            ancestor=ancestor, direction_t=t, texts=texts, info=info)
+
+
+class _CallableModule(types.ModuleType):
+    """``lmmap.analyses.lineage(mm, ...)`` (the issue's spelling) calls :func:`lineage`; the module's other
+    names stay reachable as attributes."""
+
+    def __call__(self, *args, **kwargs):
+        return lineage(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["LineageResult", "ProvenanceResult", "inferred_parents", "lineage", "provenance"]

@@ -1,0 +1,93 @@
+"""lmmap.analyses.lineage: the right parent where the nearest model by KL is wrong; bad input in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lineage_ecosystem import lineage_ecosystem, store_metadata, unrelated_pairs
+
+import lmmap.analyses
+from lmmap import report
+from lmmap.analyses.lineage import LineageResult, inferred_parents, lineage, provenance
+from lmmap.exceptions import InputError
+from lmmap.map import ModelMap
+
+
+@pytest.fixture(scope="module")
+def eco():
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=16, n_independent=8, seed=2)
+    mm = ModelMap(names, L, metadata=store_metadata(truth))
+    return mm, truth, lineage(mm)
+
+
+def test_fine_tunes_find_their_parent_where_kl_nearest_does_not(eco):
+    mm, truth, res = eco
+    t = res.table.set_index("model")
+    fts = truth.index[truth["kind"] == "finetune"]
+    right = np.mean([t.loc[m, "parent"] in truth.loc[m, "parents"] for m in fts])
+    by_kl = np.mean([t.loc[m, "nearest_kl"] in truth.loc[m, "parents"] for m in fts])
+    assert right >= 0.9 and by_kl <= 0.2
+    quants = truth.index[truth["kind"] == "quant"]
+    assert np.mean([t.loc[m, "parent"] in truth.loc[m, "parents"] for m in quants]) >= 0.9
+
+
+def test_no_unrelated_pair_is_called_related_beyond_alpha(eco):
+    mm, truth, res = eco
+    idx = {n: i for i, n in enumerate(mm.names)}
+    unrel = unrelated_pairs(truth)
+    sig = res.pairs[res.pairs["significant"]]
+    fp = sum(unrel[idx[a], idx[b]] for a, b in zip(sig["model_a"], sig["model_b"]))
+    assert fp / (unrel.sum() / 2) <= 0.05
+    assert set(res.table["decision"]) <= {"derived", "independent", "undecided"}
+
+
+def test_checkpoints_are_ancestors_by_their_declared_steps(eco):
+    mm, truth, res = eco
+    t = res.table.set_index("model")
+    run = truth.index[(truth["trajectory"] == "run0")]
+    for m in run:
+        if t.loc[m, "decision"] == "derived" and t.loc[m, "direction"] == "declared":
+            assert truth.loc[t.loc[m, "parent"], "step"] < truth.loc[m, "step"]
+
+
+def test_declared_bases_are_compared(eco):
+    mm, truth, res = eco
+    md = store_metadata(truth, declare=0.5, seed=1)
+    mm2 = ModelMap(mm.names, mm.L, metadata=md)
+    r2 = lineage(mm2)
+    declared = r2.table[r2.table["declared_base"] != ""]
+    assert len(declared) and set(declared["agreement"]) <= {"agree", "disagree"}
+    assert (declared["agreement"] == "agree").mean() >= 0.8
+
+
+def test_the_module_is_callable_and_the_map_hook(eco):
+    mm, truth, res = eco
+    small = ModelMap(mm.names[:30], mm.L[:30])
+    assert isinstance(lmmap.analyses.lineage(small), LineageResult)
+    parents = inferred_parents(small)
+    assert all(p in small.names for p in parents.values())
+
+
+def test_report_writes_its_files(eco, tmp_path):
+    mm, truth, res = eco
+    paths = report.write(res, tmp_path)
+    assert {"lineage.csv", "pairs.parquet", "lineage.png", "lineage.html", "lineage.json"} <= set(paths)
+
+
+def test_provenance_reads_one_pair(eco):
+    mm, truth, res = eco
+    r = provenance(mm, "base0", "base0-q0")
+    assert r.p_adjusted <= 0.05 and "related" in r.reading and len(r.texts) == 10
+    r2 = provenance(mm, "indep0", "indep1")
+    assert "no evidence" in r2.reading or "undecided" in r2.reading
+
+
+def test_bad_input_is_one_line(eco):
+    mm, truth, res = eco
+    with pytest.raises(InputError, match="^alpha must be"):
+        lineage(mm, alpha=1.0)
+    with pytest.raises(InputError, match="not in this map"):
+        provenance(mm, "base0", "nope")
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="at least 4 models"):
+        lineage(ModelMap(["a", "b", "c"], -rng.gamma(2, 10, (3, 50))))

@@ -1,0 +1,104 @@
+"""The numeric core of the lineage test (lmmap.maths.lineage): statistic, null, Holm, direction, merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lineage_ecosystem import lineage_ecosystem, unrelated_pairs
+from scipy import stats
+
+from lmmap.exceptions import InputError
+from lmmap.maths import geometry
+from lmmap.maths import lineage as core
+
+
+def _Q(L):
+    return geometry.double_center(geometry.clip(L, geometry.clip_threshold(L)))
+
+
+def test_pair_correlations_equal_the_residual_matrix_and_need_no_residuals():
+    names, L, truth = lineage_ecosystem(N=300, n_bases=6, n_independent=3, seed=1)
+    X = _Q(L)
+    basis = core.structure_basis(X)
+    C = core.residual_correlation_matrix(X, basis)
+    i, j = np.triu_indices(len(names), 1)
+    np.testing.assert_allclose(core.pair_correlations(X, basis, i, j), C[i, j], atol=1e-10)
+    E = X - basis.Zr @ basis.Vr.T
+    En = E / np.linalg.norm(E, axis=1, keepdims=True)
+    np.testing.assert_allclose(C, En @ En.T, atol=1e-8)
+
+
+def test_kaiser_rank_counts_eigenvalues_above_their_mean():
+    assert core.kaiser_rank([10, 5, 1, 0.5], 2.0, K=10) == 2
+    assert core.kaiser_rank([10, 5, 4], 1.0, K=5) == 2  # capped at K − 3
+
+
+def test_holm_rows_is_holm():
+    p = np.array([[0.01, 0.04, 0.03], [0.5, 0.001, 0.2]])
+    out = core.holm_rows(p, n_tests=5)
+    np.testing.assert_allclose(out[0], [0.05, 0.12, 0.12])
+    np.testing.assert_allclose(out[1], [1.0, 0.005, 0.8])
+
+
+def test_fit_null_is_robust_and_refuses_too_few_pairs():
+    rng = np.random.default_rng(0)
+    z = np.r_[rng.normal(0.1, 0.2, 5000), np.full(200, 3.0)]  # 4% related pairs among them
+    mu, sigma = core.fit_null(z)
+    assert abs(mu - 0.1) < 0.02 and abs(sigma - 0.2) < 0.02
+    with pytest.raises(InputError, match="at least"):
+        core.fit_null(z[:3])
+
+
+def test_check_alpha_is_one_line_naming_it():
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(InputError, match="^alpha must be"):
+            core.check_alpha(bad)
+    assert core.check_alpha(0.05) == 0.05
+
+
+def test_partial_correlation_separates_a_second_parent_from_a_sibling():
+    # a merge M of A and B (A, B unrelated): M ↔ B given A stays high
+    assert core.partial_correlation(0.7, 0.7, 0.0) > 0.6
+    # a sibling S of C through P: C ↔ S given P vanishes
+    assert abs(core.partial_correlation(0.81, 0.9, 0.9)) < 1e-9
+
+
+def test_direction_t_says_which_model_added_variation():
+    rng = np.random.default_rng(3)
+    N = 2000
+    base = rng.normal(0, 1, (6, N))
+    child = base[0] + 0.4 * rng.normal(0, 1, N)
+    X = np.vstack([base, child])
+    X -= X.mean(axis=1, keepdims=True)
+    X -= X.mean(axis=0, keepdims=True)
+    basis = core.structure_basis(X, rank=0)
+    t = core.direction_t(X, basis, [0], [6])[0]
+    assert t > 3  # the child (row 6) carries more variation of its own
+
+
+@pytest.mark.slow
+def test_p_values_are_uniform_under_the_null_and_the_fpr_is_at_most_alpha():
+    """Over many ecosystems: the p-value of one random unrelated pair per draw is uniform (KS), and the share of
+    unrelated pairs significant after Holm is at most α."""
+    ps, fprs = [], []
+    for seed in range(60):
+        names, L, truth = lineage_ecosystem(N=400, n_bases=10, n_independent=5, n_merges=2, n_checkpoint_runs=1,
+                                            seed=seed)
+        K = len(names)
+        X = _Q(L)
+        basis = core.structure_basis(X)
+        i, j = np.triu_indices(K, 1)
+        z = core.fisher_z(core.pair_correlations(X, basis, i, j))
+        unrel = unrelated_pairs(truth)[i, j]
+        mu, sigma = core.fit_null(z)
+        p = core.p_values(z, mu, sigma)
+        rng = np.random.default_rng(seed)
+        ps.append(p[rng.choice(np.flatnonzero(unrel))])
+        P = np.ones((K, K))
+        P[i, j] = P[j, i] = p
+        np.fill_diagonal(P, 1.0)
+        adj = core.holm_rows(P, K - 1)
+        adj = np.maximum(adj, adj.T)
+        fprs.append((adj[i, j][unrel] <= 0.05).mean())
+    assert stats.kstest(ps, "uniform").pvalue > 0.01
+    assert np.mean(fprs) <= 0.05
