@@ -18,8 +18,9 @@ from lmmap.maths import geometry
 from lmmap.exceptions import InputError, LmmapWarning
 
 MIN_MODELS = 3
-# --edges: lines from each model to its nearest by KL, the declared lineage (metadata column base_model), or none.
-EDGE_MODES = ("auto", "nn", "base_model", "none")
+# --edges: lines from each model to its nearest by KL, the declared lineage (metadata column base_model), the
+# declared lineage plus the lineage test's inferred parents (lmmap.analyses.lineage), or none.
+EDGE_MODES = ("auto", "nn", "base_model", "lineage", "none")
 LINEAGE_COLUMN = "base_model"
 # A nearest model in another lineage is flagged only if the model's own lineage is more than this much (relative KL)
 # further away: a near tie says nothing about lineage.
@@ -31,6 +32,8 @@ LINEAGE_TIE = 0.10
 DENSE_MAX_K = 2000
 # The K×K matrices (kl, squared_distances) are refused past this size: a map of 100,000 models would need 80 GB.
 DENSE_MAX_BYTES = 4 << 30
+# The lineage test (lmmap.analyses.lineage) fits its null from pairs of models: it needs this many.
+LINEAGE_TEST_MIN_MODELS = 4
 # Neighbours per model that lineage() looks through for one of the model's own lineage before searching it.
 LINEAGE_NEIGHBORS = 10
 UNITS = ("nats-per-text", "bits-per-byte")
@@ -237,7 +240,8 @@ class ModelMap:
 
             if k < 1:
                 raise InputError(f"k must be at least 1, got {k}", params=("k",))
-            idx, g = knn.exact_knn_rows(self.features(), [i], int(min(k, self.K - 1)))
+            # float32 candidates, then their g in float64: a float64 copy of a float32 map would be 8 GB at 10⁵
+            idx, g = knn.exact_knn_rows(self.features(), [i], int(min(k, self.K - 1)), dtype=self.Q.dtype)
             kl = geometry.kl_from_squared_distances(g[0], self.n_texts) * self.unit_factor(unit)
             return pd.DataFrame({"model": model, "rank": np.arange(1, len(kl) + 1),
                                  "neighbor": np.asarray(self.names, dtype=object)[idx[0]], "kl": kl})
@@ -471,11 +475,18 @@ class ModelMap:
         return out
 
     def resolve_edges(self, edges: str = "auto") -> str:
-        """``auto`` → ``base_model`` when the metadata declares a base for some model of the map, else ``nn``."""
+        """``auto`` → ``lineage`` (declared bases and the lineage test's inferred parents) when the metadata
+        declares a base for some model of the map, else ``nn``; ``base_model`` on a map too small for the test."""
         if edges not in EDGE_MODES:
             raise InputError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}", params=("edges",))
         if edges == "auto":
-            return "base_model" if self.base_models() else "nn"
+            if not self.base_models():
+                return "nn"
+            return "lineage" if self.K >= LINEAGE_TEST_MIN_MODELS else "base_model"
+        if edges == "lineage" and self.K < LINEAGE_TEST_MIN_MODELS:
+            raise InputError(f"edges='lineage' needs the lineage test, which needs a map of at least "
+                             f"{LINEAGE_TEST_MIN_MODELS} models (got {self.K}): use {{edges='base_model'}} or "
+                             "{edges='nn'}", params=("edges",))
         if edges == "base_model" and not self.base_models():
             have = self.metadata is not None and LINEAGE_COLUMN in self.metadata.columns
             raise InputError(

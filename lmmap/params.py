@@ -186,9 +186,12 @@ _SPEC = [
        aliases=("--random-state",)),
     _p("edges", str, "auto", "--edges",
        "Lines on the map: nn (each model to its nearest by KL), base_model (declared lineage from the metadata "
-       "column base_model; models whose nearest model is in another lineage are circled), none. auto: base_model "
-       "when that column names models of the map, else nn.",
-       choices=("auto", "nn", "base_model", "none"), metavar="auto|nn|base_model|none"),
+       "column base_model, solid), lineage (the declared lines plus, dashed, the parent the lineage test infers for "
+       "each model without a declared base), none. With base_model and lineage a model is circled in red where the "
+       "lineage test contradicts the metadata (its inferred parent is outside its declared lineage, or a model "
+       "without metadata is derived from a declared lineage). auto: lineage when base_model names models of the "
+       "map, else nn.",
+       choices=("auto", "nn", "base_model", "lineage", "none"), metavar="auto|nn|base_model|lineage|none"),
     _p("color_by", str, "model_type", "--color-by", "Metadata column that colours the map."),
     _p("k", int, 10, "-k", "Neighbours listed per model.", interval=(1, None)),
     _p("se", bool, False, "--se", "Add bootstrap standard errors of the KL estimates."),
@@ -304,10 +307,10 @@ _SPEC = [
     _p("adaptive", bool, False, "--adaptive",
        "Instead of --subset: score each model in rounds of texts drawn by importance and stop once its KL to its "
        "nearest existing models is known to --target-se."),
-    _p("target_se", float, 0.05, "--target-se",
+    _p("target_se", float, 0.2, "--target-se",
        "--adaptive: stop when the relative standard error of the KL to each of the --neighbors nearest existing "
-       "models is at most this.", interval=(0.0, 1.0), open=(True, True),
-       note="a relative standard error: 0.05 stops when each KL is known within about 5%"),
+       "models is at most this (and the nearest is told apart from the runner-up).", interval=(0.0, 1.0),
+       open=(True, True), note="a relative standard error: 0.05 stops when each KL is known within about 5%"),
     _p("neighbors", Optional[int], None, "--neighbors",
        "--adaptive: how many nearest existing models must reach --target-se (default: 5, or every existing model "
        "when the map has fewer).", interval=(1, None), show_default=False),

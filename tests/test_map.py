@@ -103,7 +103,7 @@ def test_small_map_defaults_to_mds_and_its_title_says_what_the_map_is(tmp_path):
     mm = ModelMap(names, L, metadata=meta)
     paths = report.write(build_map(mm), tmp_path, color_by="family")
     info = json.loads(paths["map.json"].read_text())
-    assert info["embedding"] == "mds" and info["embedding_requested"] == "auto" and info["edges"] == "base_model"
+    assert info["embedding"] == "mds" and info["embedding_requested"] == "auto" and info["edges"] == "lineage"
     np.testing.assert_allclose(pd.read_csv(paths["coords.csv"])[["x", "y"]].to_numpy(), mm.embed("mds"))
     data, layout = plotly_figure(paths["map.html"])
     title = layout["title"]["text"]
@@ -117,9 +117,9 @@ def test_small_map_defaults_to_mds_and_its_title_says_what_the_map_is(tmp_path):
     assert (tmp_path / "plotly.min.js").exists() and paths["map.html"].stat().st_size < 100_000
 
 
-def test_lineage_marks_a_nearest_neighbour_in_another_lineage(tmp_path):
+def test_lineage_table_compares_each_declared_base_with_the_nearest_model_by_kl():
     names, L, meta = lineage_map()
-    # Declare lin1-ft-1 a fine-tune of lin0: its nearest model (lin1) then contradicts the declared lineage.
+    # Declare lin1-ft-1 a fine-tune of lin0: its nearest model (lin1) then lies in another declared lineage.
     meta.loc["lin1-ft-1", "base_model"] = "lin0"
     meta.loc["lin2-ft-2", "base_model"] = "not-in-the-map"  # unknown bases are ignored
     mm = ModelMap(names, L, metadata=meta)
@@ -133,26 +133,111 @@ def test_lineage_marks_a_nearest_neighbour_in_another_lineage(tmp_path):
     assert row.kl_to_lineage == pytest.approx(mm.kl_frame().loc["lin1-ft-1", ["lin0", "lin0-ft-0", "lin0-ft-1", "lin0-step1"]].min())
     assert not mm.lineage(tie=1.0).set_index("model").loc["lin1-ft-1", "consistent"]
     assert mm.lineage(tie=row.kl_to_lineage / row.kl_to_nearest).set_index("model").loc["lin1-ft-1", "consistent"]
-    paths = report.write(build_map(mm), tmp_path)
-    assert pd.read_csv(paths["lineage.csv"]).columns.tolist() == [
-        "model", "base_model", "nearest", "kl_to_base", "kl_to_nearest", "kl_to_lineage", "relation", "consistent"]
+
+
+@pytest.fixture(scope="module")
+def declared_ecosystem():
+    """A lineage ecosystem (tests/lineage_ecosystem.py) whose metadata declares every true base but one wrong one
+    (base1's first fine-tune declared from base0) and none for base2's models."""
+    from lineage_ecosystem import lineage_ecosystem, store_metadata
+
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=12, n_independent=6, n_merges=0, seed=2)
+    meta = store_metadata(truth, declare=1.0)
+    wrong = next(n for n in names if n.startswith("base1-ft0"))
+    meta.loc[wrong, "base_model"] = "base0"
+    meta.loc[[n for n in names if n.startswith("base2-")], "base_model"] = ""
+    return ModelMap(names, L, metadata=meta), truth, wrong
+
+
+def test_rings_and_lines_come_from_the_lineage_test(declared_ecosystem, tmp_path):
+    import lmmap.map as map_mod
+    from lmmap.analyses.lineage import lineage
+
+    mm, truth, wrong = declared_ecosystem
+    res = build_map(mm)
+    assert res.edges == "lineage" and res.inferred is not None
+    t = res.lineage.set_index("model")
+    assert list(t.index) == mm.names  # one row per model once the test has run
+    # The wrongly declared fine-tune: the test finds its true parent, in another declared lineage → a ring.
+    assert t.loc[wrong, "decision"] == "derived" and t.loc[wrong, "inferred_parent"] == "base1"
+    assert res.flagged() == list(t.index[t["flagged"].astype(bool)]) and wrong in res.flagged()
+    # The rule, recomputed from the metadata's lineages: derived, and (with a declared base) no inferred parent in
+    # its declared lineage, or (without one) a parent in another declared lineage.
+    bases = mm.base_models()
+    roots = map_mod._lineage_roots(mm.names, bases, mm._kin_links())
+    size = pd.Series(roots).value_counts()
+    traj = mm.metadata["trajectory"].reindex(mm.names)
+    for m, r in t.iterrows():
+        parents = [p for p in (r.inferred_parent, r.inferred_parent2) if isinstance(p, str) and p]
+        has_base = m in bases or (isinstance(traj[m], str) and size[roots[m]] > 1)
+        if r.decision != "derived":
+            want = False
+        elif has_base:
+            want = all(roots[p] != roots[m] for p in parents)
+        else:
+            want = any(size[roots[p]] > 1 and roots[p] != roots[m] for p in parents)
+        assert bool(r.flagged) == want, m
+    # Declared and agreeing models are not circled: rings are rare where the metadata is right.
+    assert len(res.flagged()) <= 0.1 * mm.K
+    # The same table as lineage() gives: the map computes no other test.
+    alone = lineage(mm, alpha=res.alpha, random_state=res.random_state).table
+    assert t["inferred_parent"].tolist() == alone["parent"].tolist()
+
+    paths = report.write(res, tmp_path)
+    csv = pd.read_csv(paths["lineage.csv"], keep_default_na=False)
+    assert {"inferred_parent", "inferred_parent2", "p_value", "p_adjusted", "decision", "flagged"} <= set(csv.columns)
+    assert csv.set_index("model").loc[wrong, "inferred_parent"] == "base1"
     info = json.loads(paths["map.json"].read_text())
-    assert info["lineage"]["flagged"] == ["lin1-ft-1"] and info["lineage"]["consistent"] == len(table) - 1
+    assert info["lineage"]["flagged"] == res.flagged() and info["lineage"]["test"]["alpha"] == 0.05
     data, _ = plotly_figure(paths["map.html"])
     by_name = {t.get("name", ""): t for t in data}
-    lineage = by_name["declared base_model"]
-    assert np.isfinite(plotly_array(lineage["x"])).sum() == 2 * len(table)
-    contradiction = by_name["nearest by KL, another lineage"]
-    i, j = names.index("lin1-ft-1"), names.index("lin1")
-    coords = mm.embed("auto")
-    np.testing.assert_allclose(plotly_array(contradiction["x"])[:2], coords[[i, j], 0])
-    assert by_name["nearest model in another lineage (1)"]["customdata"][0][0] == "lin1-ft-1"
+    assert by_name[f"lineage test: parent in another lineage ({len(res.flagged())})"]
+    # Dashed lines from base2's undeclared models that the test calls derived to their inferred parents.
+    edges, flagged = map_edges(mm)
+    assert flagged == res.flagged()
+    inferred = next(e for e in edges if e.kind == "inferred")
+    undeclared = t[(t["base_model"] == "") & (t["decision"] == "derived")]
+    assert ("base2-q0", "base2") in inferred.pairs
+    assert {m for m, _ in inferred.pairs} == set(undeclared.index)
+    assert all(m not in bases for m, _ in inferred.pairs)
+    # base_model draws the declared lines and the rings only.
+    edges, flagged2 = map_edges(mm, "base_model")
+    assert [e.kind for e in edges if e.kind in ("inferred", "lineage")] == ["lineage"] and flagged2 == flagged
+
+
+def test_a_small_map_draws_a_red_line_to_the_contradicting_parent():
+    from lmmap.analyses.map import lineage_table
+    from lmmap.report.map import compose_edges
+
+    names, L, meta = lineage_map()
+    mm = ModelMap(names, L, metadata=meta)
+    assert mm.K <= 40
+    table = lineage_table(mm, mm.lineage(), None)
+    assert "flagged" not in table.columns
+    # A lineage test's table, as the analysis returns it: lin1-ft-1 derived from lin0, scratch-0 from scratch-1.
+    fake = mm.lineage().set_index("model").reindex(names)
+    test = pd.DataFrame({"model": names, "parent": "", "parent2": "", "decision": "independent", "statistic": 0.0,
+                         "p_value": 0.5, "p_adjusted": 1.0, "direction": "", "flagged": False,
+                         "nearest_kl": fake["nearest"].fillna("lin0").tolist(), "kl_to_nearest": 0.1})
+    test = test.set_index("model")
+    test.loc["lin1-ft-1", ["parent", "decision", "flagged"]] = ["lin0", "derived", True]
+    test.loc["scratch-0", ["parent", "decision"]] = ["scratch-1", "derived"]
+    table = lineage_table(mm, mm.lineage(), type("R", (), {"table": test.reset_index()})())
+    edges, flagged = compose_edges(mm, "lineage", (), table, [])
+    kinds = {e.kind: e.pairs for e in edges}
+    assert flagged == ["lin1-ft-1"] and kinds["contradiction"] == (("lin1-ft-1", "lin0"),)
+    assert kinds["inferred"] == (("scratch-0", "scratch-1"),)
+    assert set(kinds["lineage"]) == set(mm.base_models().items())
+    edges, _ = compose_edges(mm, "base_model", (), table, [])
+    assert sorted(e.kind for e in edges) == ["contradiction", "lineage"]
 
 
 def test_edges_default_to_nearest_neighbours_without_base_model(tmp_path):
     names, L, meta = lineage_map()
     mm = ModelMap(names, L, metadata=meta.drop(columns="base_model"))
     assert mm.resolve_edges("auto") == "nn"
+    with pytest.raises(LmmapError, match="at least 4 models"):
+        ModelMap(names[:3], L[:3]).resolve_edges("lineage")
     (nn,), flagged = map_edges(mm, "auto")
     idx, _ = core.nearest_neighbors(mm.kl(), 1)
     expected = {tuple(sorted((names[i], names[j]))) for i, j in enumerate(idx[:, 0])}

@@ -12,9 +12,15 @@ everything the map's files show, once:
   of the draws behind the map, seeded by ``random_state``);
 * the K×K KL matrix only when it is small (up to :data:`lmmap.map.DENSE_MAX_K`
   models) or asked for (``full_kl``), and its standard errors with it;
-* the declared lineage (metadata ``base_model``: is each model's nearest in
-  its own lineage?) and the map's lines: nearest-neighbour pairs, the declared
-  bases, training trajectories and the layers of lensed models.
+* the lineage: the declared one (metadata ``base_model``: is each model's
+  nearest in its own lineage?) and the inferred one, the lineage test of
+  :mod:`lmmap.analyses.lineage` (each model's likely parent, its p-value and
+  a decision; nothing K×K past :data:`lmmap.map.DENSE_MAX_K` models), run when
+  the metadata declares bases or the lines ask for it (``edges="lineage"``);
+  the red rings are the test's (``flagged``: see that module);
+* the map's lines: nearest-neighbour pairs, the declared bases, the inferred
+  parents of models without a declared base, training trajectories and the
+  layers of lensed models.
 
 Every KL of a :class:`MapResult` is in nats per text; the writer converts to
 the unit asked for (:meth:`lmmap.map.ModelMap.unit_factor`), which is a
@@ -53,9 +59,15 @@ class MapResult:
         ``full_kl`` on a larger map float32 (what ``kl.npy`` holds, computed a block of rows at a time);
         None when neither (``neighbors`` has each model's nearest).
     kl_se : (K, K) bootstrap standard error of ``kl`` (nats per text) with ``se``, else None.
-    lineage : one row per model with a declared ``base_model`` (:meth:`lmmap.map.ModelMap.lineage`), KL in nats
-        per text; empty when the metadata declares none.
-    edges : the lines drawn (``nn``, ``base_model`` or ``none``: ``auto`` resolved).
+    lineage : what ``lineage.csv`` holds (:func:`lineage_table`): with the lineage test (``inferred``) one row
+        per model — the declared base and the test's inferred parent(s), statistic, p-values, decision,
+        direction, ``flagged`` (the red ring) — beside the KL comparison of
+        :meth:`lmmap.map.ModelMap.lineage` (for models with a declared base; KL in nats per text); without
+        it that comparison alone (empty when the metadata declares no base).
+    inferred : the :class:`lmmap.analyses.lineage.LineageResult` of the map (at level ``alpha``), or None when
+        it was not run (no declared base and ``edges`` other than ``lineage``, ``edges="none"`` without
+        declared bases, or fewer than :data:`lmmap.map.LINEAGE_TEST_MIN_MODELS` models).
+    edges : the lines drawn (``nn``, ``base_model``, ``lineage`` or ``none``: ``auto`` resolved).
     nearest_pairs : with ``edges="nn"``, each model and its nearest by KL (a mutual pair once, sorted).
     paths : ``[(kind, pairs)]``, consecutive checkpoints of each training trajectory (``trajectory``) and
         consecutive layers of each lensed model (``layers``) declared by the metadata, empty with
@@ -80,10 +92,19 @@ class MapResult:
     R: int = 100
     random_state: object = 0
     full_kl: bool = False
+    inferred: object = None
+    alpha: float = 0.05
 
     @property
     def names(self) -> list[str]:
         return self.map.names
+
+    def flagged(self) -> list[str]:
+        """The models circled in red: the lineage test contradicts (or extends) the declared lineage."""
+        t = self.lineage
+        if "flagged" not in t.columns:
+            return []
+        return list(t.loc[t["flagged"].fillna(False).astype(bool), "model"])
 
     @property
     def K(self) -> int:
@@ -101,6 +122,7 @@ def build_map(
     R: int = 100,
     random_state=0,
     full_kl: bool = False,
+    alpha: float = 0.05,
     progress: ProgressFn = None,
 ) -> MapResult:
     """The map of ``mm``: coordinates, neighbours (and KL), their standard errors, lineage and lines.
@@ -109,12 +131,15 @@ def build_map(
     ----------
     embedding : auto (classical MDS below 40 models, t-SNE from 40 on), mds, tsne, pca or umap.
     embedding_random_state : seeds the 2-D embedding (t-SNE, UMAP): the same seed gives the same coordinates.
-    edges : auto (``base_model`` when the metadata declares bases, else ``nn``), nn, base_model or none.
+    edges : auto (``lineage`` when the metadata declares bases, else ``nn``), nn, base_model, lineage (the declared
+        lines and, dashed, the lineage test's inferred parents of models without a declared base) or none.
     k : neighbours per model (at least 1).
     se : add bootstrap standard errors (``R`` replicates seeded by ``random_state``) to the neighbours; this
         computes the K×K matrices whatever K.
     full_kl : compute the K×K KL matrix on a map of more than :data:`lmmap.map.DENSE_MAX_K` models too
         (refused past :data:`lmmap.map.DENSE_MAX_BYTES`: :func:`check_full_kl`).
+    alpha : significance level of the lineage test (:func:`lmmap.analyses.lineage.lineage`, Holm-corrected
+        within each model's K − 1 possible parents); its null's random pairs are seeded by ``random_state``.
     progress : ``callable(Step)``: a line per stage.
 
     Every setting is checked before any computation. Returns a :class:`MapResult`
@@ -132,6 +157,9 @@ def build_map(
         raise InputError(f"k must be at least 1, got {k}", params=("k",))
     if se:
         check_replicates(R)
+    from lmmap.maths.lineage import check_alpha
+
+    alpha = check_alpha(alpha)
     check_random_state(random_state)
     check_random_state(embedding_random_state, "embedding_random_state")  # deeper down it is called random_state
 
@@ -160,7 +188,13 @@ def build_map(
         kk = len(neighbors) // mm.K
         cols = pd.Index(mm.names).get_indexer(neighbors["neighbor"])
         neighbors["kl_se"] = kl_se[np.repeat(np.arange(mm.K), kk), cols]
-    lineage = mm.lineage()
+    inferred = None
+    if runs_lineage_test(mm, edge_mode):
+        from lmmap.analyses.lineage import lineage as lineage_test
+
+        say(progress, f"the lineage test of {mm.K} models…")
+        inferred = lineage_test(mm, alpha=alpha, random_state=random_state, coords=coords, progress=progress)
+    lineage = lineage_table(mm, mm.lineage(), inferred)
     pairs, paths = (), []
     if edge_mode != "none":
         if edge_mode == "nn":
@@ -169,8 +203,46 @@ def build_map(
     return MapResult(
         map=mm, coords=coords, method=method, embedding=embedding, embedding_random_state=embedding_random_state,
         neighbors=neighbors, kl=kl, kl_se=kl_se, lineage=lineage, edges=edge_mode, nearest_pairs=pairs, paths=paths,
-        k=int(k), se=bool(se), R=int(R), random_state=random_state, full_kl=bool(full_kl),
+        k=int(k), se=bool(se), R=int(R), random_state=random_state, full_kl=bool(full_kl), inferred=inferred,
+        alpha=alpha,
     )
+
+
+def runs_lineage_test(mm: ModelMap, edge_mode: str) -> bool:
+    """Whether a map (``edge_mode`` resolved) runs the lineage test: it draws the inferred lines
+    (``lineage``), or its metadata declares bases (the rings and ``lineage.csv`` are the test's) and it draws
+    lines at all; never below :data:`lmmap.map.LINEAGE_TEST_MIN_MODELS` models."""
+    from lmmap.map import LINEAGE_TEST_MIN_MODELS
+
+    if mm.K < LINEAGE_TEST_MIN_MODELS or edge_mode == "none":
+        return False
+    return edge_mode == "lineage" or bool(mm.base_models())
+
+
+# The columns lineage.csv takes from the lineage test, renamed where the map's table has the name already.
+INFERRED_COLUMNS = {"parent": "inferred_parent", "parent2": "inferred_parent2", "decision": "decision",
+                    "statistic": "statistic", "p_value": "p_value", "p_adjusted": "p_adjusted",
+                    "direction": "direction", "flagged": "flagged"}
+
+
+def lineage_table(mm: ModelMap, declared: pd.DataFrame, inferred) -> pd.DataFrame:
+    """``lineage.csv``: ``declared`` (:meth:`lmmap.map.ModelMap.lineage`, the models with a declared base) alone
+    when the test did not run; else one row per model — model, base_model (declared, or empty), the test's
+    columns (:data:`INFERRED_COLUMNS`), nearest (by KL) and kl_to_nearest for every model, and the declared
+    comparison's kl_to_base, kl_to_lineage, relation, consistent where there is a declared base."""
+    if inferred is None:
+        return declared
+    t = inferred.table
+    bases = mm.base_models()
+    out = pd.DataFrame({"model": mm.names, "base_model": [bases.get(n, "") for n in mm.names]})
+    for src, dst in INFERRED_COLUMNS.items():
+        out[dst] = t[src].to_numpy()
+    out["nearest"] = t["nearest_kl"].to_numpy()
+    out["kl_to_nearest"] = t["kl_to_nearest"].to_numpy()
+    extra = declared.set_index("model").reindex(mm.names)
+    for c in ("kl_to_base", "kl_to_lineage", "relation", "consistent"):
+        out[c] = extra[c].to_numpy() if c in extra.columns else np.nan
+    return out
 
 
 def _neighbor_frame(names, idx: np.ndarray, vals: np.ndarray) -> pd.DataFrame:
@@ -270,5 +342,5 @@ def declared_lines(names, metadata) -> list[tuple[str, tuple]]:
     return out + trajectory_lines(SimpleNamespace(names=list(names), metadata=meta))
 
 
-__all__ = ["MapResult", "build_map", "check_full_kl", "declared_lines", "full_kl_cost",
-           "nearest_pairs", "trajectory_lines"]
+__all__ = ["MapResult", "build_map", "check_full_kl", "declared_lines", "full_kl_cost", "lineage_table",
+           "nearest_pairs", "runs_lineage_test", "trajectory_lines"]

@@ -120,6 +120,8 @@ class PlacedModels:
     scoring_seconds: float = 0.0
     unit: str = "nats-per-text"
     table_rows: int | None = None
+    lineage: pd.DataFrame | None = None
+    lineage_p: np.ndarray | None = None
 
     @property
     def unit_label(self) -> str:
@@ -128,7 +130,25 @@ class PlacedModels:
     def table(self) -> pd.DataFrame:
         """``placement.csv``: see :func:`placement_table` (each new model's ``table_rows`` nearest, or all)."""
         t = placement_table(self.new_models, self.existing_models, self.kl, self.kl_se)
+        if self.lineage_p is not None and self.lineage is not None:
+            # The lineage test of each pair (Holm-adjusted within the new model's K tests) and its likely parent.
+            i = pd.Index(self.new_models).get_indexer(t["new_model"])
+            j = pd.Index(self.existing_models).get_indexer(t["existing_model"])
+            parent = dict(zip(self.lineage["model"], self.lineage["likely_parent"]))
+            t["lineage_p"] = self.lineage_p[i, j]
+            t["likely_parent"] = [parent.get(a) == b for a, b in zip(t["new_model"], t["existing_model"])]
         return t if self.table_rows is None else t[t["rank"] <= self.table_rows].reset_index(drop=True)
+
+    def parent_line(self, model: str) -> str:
+        """What the lineage test says of a new model, in words (empty when it did not run)."""
+        if self.lineage is None:
+            return ""
+        r = self.lineage.set_index("model").loc[model]
+        if r["decision"] == "derived":
+            return f"; likely parent {r['likely_parent']} (lineage test p {r['p_adjusted']:.2g})"
+        if r["decision"] == "ancestor":
+            return f"; related to {r['related_to']}, which looks derived from it (p {r['p_adjusted']:.2g})"
+        return f"; no likely parent among the existing models (closest {r['related_to']}, p {r['p_adjusted']:.2g})"
 
     def kl_frame(self) -> pd.DataFrame:
         """``kl.csv``: m×K KL estimates, new models as rows, existing models as columns."""
@@ -183,7 +203,8 @@ class Placement(PlacedModels):
         ]
         for row in t.itertuples(index=False):
             lines.append(f"  {row.new_model}: nearest {row.existing_model} "
-                         f"(KL {format_estimate(row.kl, row.kl_se)} {self.unit_label})")
+                         f"(KL {format_estimate(row.kl, row.kl_se)} {self.unit_label})"
+                         + self.parent_line(row.new_model))
         return "\n".join(lines + self._failed_lines())
 
 
@@ -320,14 +341,28 @@ def place(
         method = mm.embedding_method(embedding)  # as `lmmap map` of the existing models would choose
         say(progress, f"placing {m} model(s) into the map of {K} ({method})…")
         coords, method = _keep_positions(mm, base, base_coords, KL, X_old, X_new, method, embedding_random_state)
+    parents, parents_p = _likely_parents(full, new, existing, random_state)
     # Converted only now: Gower's placement and the identity check above work in nats per text (KL = g̃ / 2N).
     return Placement(
+        lineage=parents, lineage_p=parents_p,
         new_models=new, existing_models=existing, map=full, kl=KL * factor, kl_se=se * factor, coords=coords,
         method=method, rebuilt=rebuild, R=R, random_state=random_state, embedding_random_state=embedding_random_state,
         unit=unit, kl_all=None if large else full.kl_frame(unit),
         neighbors=_new_neighbors(full, KL, K, k, factor) if large else full.neighbor_table(k, unit=unit), k=k,
         table_rows=LARGE_TABLE_ROWS if large else None,
     )
+
+
+def _likely_parents(full: ModelMap, new: list[str], existing: list[str], random_state):
+    """Each new model's likely parent among the existing ones (:func:`lmmap.analyses.lineage.likely_parents`), or
+    ``(None, None)`` with a note when the map is too small for the lineage test's null."""
+    from lmmap.analyses.lineage import likely_parents
+
+    try:
+        return likely_parents(full, new, among=existing, random_state=random_state)
+    except InputError as exc:
+        warnings.warn(f"no likely parents: {exc}", LmmapWarning, stacklevel=3)
+        return None, None
 
 
 def _placement_se(X_new, X_old, KL, counts, R, random_state, n_texts, large) -> np.ndarray:

@@ -89,6 +89,7 @@ def map_(
     allow_other_texts: option("allow_other_texts"),
     unit: option("unit"),
     full_kl: option("full_kl"),
+    alpha: option("alpha"),
 ):
     """Build the model map: KL estimates, neighbours, and a 2-D map (PNG and HTML)."""
     # Every option's range was checked by its spec (lmmap.params) while the command line was read.
@@ -107,7 +108,7 @@ def map_(
         # build_map refuses bad settings (edges, --full-kl past its limit) before anything is computed, and
         # everything is computed before the output folder is made.
         result = build_map(mm, embedding=embedding, embedding_random_state=tsne_seed, edges=edges, k=k, se=se, R=R,
-                           full_kl=full_kl)
+                           full_kl=full_kl, alpha=alpha)
         with output_dir(output):
             paths = report.write(result, output, unit=unit, color_by=color_by)
     keep_neighbors(s, result)
@@ -115,6 +116,13 @@ def map_(
         print_note(f"no KL matrix written for {mm.K:,} models (neighbors.csv has each model's nearest); "
                    f"--full-kl writes it as kl.npy: {full_kl_cost(mm.K)}")
     console.print(f"map of {mm.K} models on {mm.L.shape[1]} texts ({clipping(mm.threshold)}):")
+    if result.inferred is not None:
+        counts = result.inferred.table["decision"].value_counts()
+        flagged = result.flagged()
+        console.print(f"lineage test (α = {alpha:g}): {counts.get('derived', 0)} models derived, "
+                      f"{len(flagged)} circled where it contradicts the metadata"
+                      + (": " + ", ".join(lit(m) for m in flagged[:10]) + (" …" if len(flagged) > 10 else "")
+                         if flagged else ""))
     print_files(paths)
 
 

@@ -140,9 +140,9 @@ def add(
         if subset is not None:
             raise InputError("--adaptive draws its own texts: drop --subset (or drop --adaptive to score the subset's texts)",
                              params=("adaptive", "subset"))
-        if replace or rebuild or base_coords is not None:
-            raise InputError("--replace, --rebuild and --base-coords do not apply to --adaptive",
-                             params=("adaptive", "replace", "rebuild", "base_coords"))
+        if replace or rebuild:
+            raise InputError("--replace and --rebuild do not apply to --adaptive",
+                             params=("adaptive", "replace", "rebuild"))
     elif subset is None:
         raise InputError("give --subset SUBSET.json (from `lmmap select`), or --adaptive", params=("subset", "adaptive"))
     from lmmap import report
@@ -173,6 +173,7 @@ def add(
                     s, models, names=name or None, target_se=target_se, neighbors=neighbors, max_texts=max_texts,
                     round_size=round_size, random_state=seed, convention=convention, scoring=scoring_options,
                     executor=where, embedding=embedding, embedding_random_state=tsne_seed, unit=unit, progress=progress,
+                    base_coords=base_coords,
                 )
             except KeyboardInterrupt as exc:
                 raise Interrupted(_adaptive_interrupted(exc)) from None

@@ -344,6 +344,14 @@ def _fit_umap(X: np.ndarray, random_state, **kwargs) -> Embedding:
 
 
 def _as_features(X, name: str = "X") -> np.ndarray:
+    """``X`` checked (2-D, finite); a float32 ``X`` stays float32 — the features of a map of 10⁵ models are
+    4 GB, and a float64 copy would double them (t-SNE and PCA work in float32 as well)."""
+    if getattr(X, "dtype", None) == np.float32 and np.ndim(X) == 2 and 0 not in np.shape(X):
+        X = np.ascontiguousarray(X)
+        if not np.isfinite(X.sum(dtype=np.float64)):  # one pass, no K×N mask; NaN and ±inf survive it
+            i = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+            raise InputError(f"{name} has a non-finite value in row {i}: re-score that model or drop it", params=(name,))
+        return X
     return np.ascontiguousarray(check_matrix(X, name, columns="features", finite=True))
 
 

@@ -34,10 +34,24 @@ METHODS = ("uniform", "ls", "kl")
 ZERO_IMPORTANCE_RTOL = 1e-12
 
 
+# Rows of a float32 Q converted to float64 at a time (a map of 10⁵ models: no 8 GB float64 copy of Q).
+_BLOCK_BYTES = 64 << 20
+
+
+def _row_blocks(Q):
+    """``Q`` in float64 blocks of rows: all of it at once when it is float64 already."""
+    Q = np.asarray(Q)
+    if Q.dtype == np.float64:
+        yield Q
+        return
+    step = max(1, _BLOCK_BYTES // (8 * max(Q.shape[1], 1)))
+    for s in range(0, Q.shape[0], step):
+        yield np.asarray(Q[s:s + step], dtype=np.float64)
+
+
 def ls_scores(Q) -> np.ndarray:
     """LS importance ``‖Q^(s)‖²`` of each text (∝ variance of its log-likelihood across models)."""
-    Q = np.asarray(Q, dtype=np.float64)
-    return np.einsum("ks,ks->s", Q, Q)
+    return sum(np.einsum("ks,ks->s", B, B) for B in _row_blocks(Q))
 
 
 def kl_scores(Q) -> np.ndarray:
@@ -51,20 +65,24 @@ def kl_scores(Q) -> np.ndarray:
 
 def pairwise_fourth_moments(Q) -> np.ndarray:
     """``A_s = Σ_{i,j} (q_i(x_s) − q_j(x_s))⁴`` for every text, in O(K) each (see :func:`kl_scores`)."""
-    Q = np.asarray(Q, dtype=np.float64)
+    Q = np.asarray(Q) if np.asarray(Q).dtype == np.float32 else np.asarray(Q, dtype=np.float64)
     K = Q.shape[0]
     # Differences are invariant to a per-column shift, so re-centring makes the
     # identity exact even where Q's columns drift from 0 by rounding.
-    a = Q - Q.mean(axis=0, keepdims=True)
-    a2 = a * a
-    s2 = a2.sum(axis=0)
-    s4 = np.einsum("ks,ks->s", a2, a2)
+    mean = sum(B.sum(axis=0) for B in _row_blocks(Q)) / K
+    s2 = np.zeros(Q.shape[1])
+    s4 = np.zeros(Q.shape[1])
+    for B in _row_blocks(Q):
+        a2 = (B - mean) ** 2
+        s2 += a2.sum(axis=0)
+        s4 += np.einsum("ks,ks->s", a2, a2)
     return np.maximum(2.0 * K * s4 + 6.0 * s2 * s2, 0.0)
 
 
 def importance_scores(Q, method: str) -> np.ndarray:
     """Unnormalised importance of each text: 1 (uniform), ``‖Q^(s)‖²`` (ls) or ``sqrt(A_s)`` (kl)."""
-    Q = check_matrix(Q, "Q")
+    if not (getattr(Q, "dtype", None) == np.float32 and np.ndim(Q) == 2):  # a large map's float32 Q: not copied
+        Q = check_matrix(Q, "Q")
     m = check_method(method)
     if m == "uniform":
         return np.ones(Q.shape[1])

@@ -33,6 +33,7 @@ WRITERS = {
     "lmmap.analyses.scale.ScaleResult": "lmmap.report.scale",
     "lmmap.analyses.trajectory.TrajectoryResult": "lmmap.report.trajectory",
     "lmmap.analyses.lineage.LineageResult": "lmmap.report.lineage",
+    "lmmap.analyses.lineage.ProvenanceResult": "lmmap.report.provenance",
 }
 
 

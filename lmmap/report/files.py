@@ -69,6 +69,14 @@ class Files:
         payload = {**params, "provenance": provenance(**provenance_extra)}
         return self.text(name, to_json(payload))
 
+    def parquet(self, name: str, df) -> Path:
+        """``df`` as a Parquet file (pyarrow; no index), written atomically like every other file."""
+        import io
+
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        return self.text(name, buf.getvalue())
+
     def text(self, name: str, data: str | bytes) -> Path:
         atomic_write(self.path(name), data)
         return self.paths[name]

@@ -22,15 +22,12 @@ def write(result, outdir: str | os.PathLike) -> dict[str, Path]:
     pairs = result.pairs.copy()
     pairs["ancestor"] = pairs["ancestor"].astype(str)
     pairs["direction"] = pairs["direction"].astype(str)
-    pairs.to_parquet(files.path("pairs.parquet"), index=False)
-    pos = _positions(result)
-    files.figure("lineage", lambda p: tree_png(p, result, pos), lambda p: tree_html(p, result, pos))
+    files.parquet("pairs.parquet", pairs)
+    if result.coords is not None:
+        pos = result.coords
+        files.figure("lineage", lambda p: tree_png(p, result, pos), lambda p: tree_html(p, result, pos))
     files.json("lineage.json", result.info, text_set_id=result.info.get("text_set_id"))
     return files.paths
-
-
-def _positions(result) -> np.ndarray:
-    return result.map.embed("auto")
 
 
 def _edges(result):

@@ -2,7 +2,9 @@
 
 ``kl.csv`` (and ``kl_se.csv``; up to :data:`lmmap.map.DENSE_MAX_K` models, or
 ``kl.npy`` when asked for), ``coords.csv``, ``neighbors.csv``,
-``lineage.csv`` when the metadata declares bases, ``map.png``, ``map.html``
+``lineage.csv`` when the metadata declares bases or the lineage test ran (the
+declared base, the test's inferred parent, p-values, decision and ring of
+each model: :func:`lmmap.analyses.map.lineage_table`), ``map.png``, ``map.html``
 (with ``plotly.min.js``) and ``map.json`` (the map's parameters: the clipping
 threshold above all, with provenance). The writer computes nothing:
 :func:`lmmap.analyses.map.build_map` did; here every KL is converted to the
@@ -31,8 +33,11 @@ def write(result, outdir: str | os.PathLike, *, unit: str = "nats-per-text",
 
     ``unit``: the unit of every KL written (``nats-per-text`` or
     ``bits-per-byte``); map.json records it as ``kl_unit``. ``color_by``: the
-    metadata column that colours the map. With declared bases ``lineage.csv``
-    says for each model whether its nearest model by KL is in its lineage.
+    metadata column that colours the map. ``lineage.csv`` (declared bases, or
+    ``edges="lineage"``) gives each model's declared base, the lineage test's
+    inferred parent, p-values and decision, whether it is circled
+    (``flagged``), and for declared bases whether its nearest model by KL is in
+    its lineage.
 
     ``kl.csv`` is written when the result holds the K×K KL matrix and the map
     has up to :data:`lmmap.map.DENSE_MAX_K` models (``kl_se.csv`` beside it with
@@ -94,12 +99,20 @@ def write(result, outdir: str | os.PathLike, *, unit: str = "nats-per-text",
                        embedding_random_state=result.embedding_random_state, color_by=color_by, edges=result.edges,
                        kl_unit=unit)
     if len(lineage):
+        declared = lineage[lineage["base_model"].astype(str) != ""]
         info["lineage"] = {
-            "declared": int(len(lineage)),
-            "consistent": int(lineage["consistent"].sum()),
-            "flagged": list(lineage.loc[~lineage["consistent"].astype(bool), "model"]),
+            "declared": int(len(declared)),
+            "consistent": int(declared["consistent"].astype(bool).sum()),  # nearest by KL in its own lineage
             "tie": LINEAGE_TIE,
+            "flagged": result.flagged(),
         }
+        if result.inferred is not None:
+            t = result.inferred.table
+            test = result.inferred.info
+            info["lineage"]["test"] = {
+                "alpha": test["alpha"], "correction": test["correction"], "rank": test["rank"], "null": test["null"],
+                **{d: int((t["decision"] == d).sum()) for d in ("derived", "independent", "undecided")},
+                "agree": int((t["agreement"] == "agree").sum()), "disagree": int((t["agreement"] == "disagree").sum())}
     files.json("map.json", info)
     return files.paths
 
@@ -168,44 +181,54 @@ def dense(mm) -> bool:
 
 
 def flagged_label(mm) -> str:
-    """The legend's words for the red rings of :func:`map_edges` on this map."""
-    if dense(mm):
-        return "nearest by KL in another declared lineage"
-    return "nearest model in another lineage"
+    """The legend's words for the red rings of :func:`map_edges` (the same on every map)."""
+    from lmmap.report.plots import FLAG_LABEL
+
+    return FLAG_LABEL
 
 
-def map_edges(mm, mode: str = "auto"):
+def map_edges(mm, mode: str = "auto", *, alpha: float = 0.05, random_state=0):
     """The lines of the map and the models to flag: ``(list of plots.Edges, flagged names)``, computed from
-    ``mm`` by :mod:`lmmap.analyses.map` and laid out by :func:`compose_edges` (what :func:`write` draws)."""
-    from lmmap.analyses.map import nearest_pairs, trajectory_lines
+    ``mm`` by :mod:`lmmap.analyses.map` (the lineage test at ``alpha``, seeded by ``random_state``, where
+    :func:`lmmap.analyses.map.runs_lineage_test` says) and laid out by :func:`compose_edges` (what
+    :func:`write` draws)."""
+    from lmmap.analyses.map import lineage_table, nearest_pairs, runs_lineage_test, trajectory_lines
 
     mode = mm.resolve_edges(mode)
     if mode == "none":
         return [], []
     pairs = nearest_pairs(mm) if mode == "nn" else ()
-    lineage = mm.lineage() if mode == "base_model" else None
+    lineage = None
+    if mode in ("base_model", "lineage"):
+        inferred = None
+        if runs_lineage_test(mm, mode):
+            from lmmap.analyses.lineage import lineage as lineage_test
+
+            inferred = lineage_test(mm, alpha=alpha, random_state=random_state)
+        lineage = lineage_table(mm, mm.lineage(), inferred)
     return compose_edges(mm, mode, pairs, lineage, trajectory_lines(mm))
 
 
 def compose_edges(mm, mode: str, nearest_pairs, lineage, paths):
     """The lines of the map and the models to flag, ``(list of plots.Edges, flagged names)``, from what
-    :func:`lmmap.analyses.map.build_map` found: the nearest-neighbour pairs, the lineage table and the paths.
+    :func:`lmmap.analyses.map.build_map` found: the nearest-neighbour pairs, the lineage table
+    (:func:`lmmap.analyses.map.lineage_table`) and the paths.
 
     ``nn``: each model to its nearest by KL (a mutual pair drawn once).
-    ``base_model``: each model to its declared base, and a dashed red line
-    from a model whose nearest model lies in another lineage to that
-    nearest model (the model is flagged). With either, when the metadata
-    declares training trajectories (columns ``trajectory`` and ``step``),
-    consecutive checkpoints of each are joined too (kind ``trajectory``),
-    and so are consecutive layers of a lensed model (``layers_of``,
-    ``layer``; kind ``layers``);
-    ``none`` draws no line at all.
+    ``base_model``: each model to its declared base (solid); the models the
+    lineage test flags (column ``flagged``: its inferred parent lies outside
+    the model's declared lineage, or a model without a declared lineage is
+    derived from a declared one) are circled in red, with a dashed red line to
+    that inferred parent. ``lineage``: the same, and a dashed grey line from
+    each other model without a declared base that the test calls derived to
+    its inferred parent(s). With any of them, when the metadata declares
+    training trajectories (columns ``trajectory`` and ``step``), consecutive
+    checkpoints of each are joined too (kind ``trajectory``), and so are
+    consecutive layers of a lensed model (``layers_of``, ``layer``; kind
+    ``layers``); ``none`` draws no line at all.
 
-    Above :data:`plots.DENSE_MAP_MODELS` models only what informs is drawn:
-    the declared ``base_model`` lines (no dashed lines to the nearest model),
-    and a ring only where the nearest model belongs to another *declared*
-    lineage (a model with a base or with models derived from it), not to a
-    model whose lineage nobody declared. The legend says so.
+    Above :data:`plots.DENSE_MAP_MODELS` models the red lines are left out (the
+    rings stay) and the declared lines' legend counts them.
     """
     from lmmap.report.plots import Edges
 
@@ -215,16 +238,26 @@ def compose_edges(mm, mode: str, nearest_pairs, lineage, paths):
     if mode == "nn":
         return [Edges("nn", tuple(nearest_pairs))] + path_edges, []
     table = lineage
-    bad = table[~table["consistent"].astype(bool)]
-    sets = [Edges("lineage", tuple(zip(table["model"], table["base_model"])),
-                  label=f"declared base_model ({len(table)} lines)" if dense(mm) else None)]
-    if dense(mm):
-        bases = mm.base_models()
-        declared = set(bases) | set(bases.values())
-        bad = bad[bad["nearest"].isin(declared)]
-    elif len(bad):
-        sets.append(Edges("contradiction", tuple(zip(bad["model"], bad["nearest"]))))
-    return sets + path_edges, list(bad["model"])
+    has_base = table["base_model"].astype(str) != "" if len(table) else pd.Series([], dtype=bool)
+    declared = table[has_base]
+    sets = [Edges("lineage", tuple(zip(declared["model"], declared["base_model"])),
+                  label=f"declared base_model ({len(declared)} lines)" if dense(mm) else None)]
+    if "flagged" not in table.columns:  # no lineage test (a map of fewer than 4 models): no rings
+        return sets + path_edges, []
+    flag = table["flagged"].fillna(False).astype(bool).to_numpy()
+    derived = (table["decision"] == "derived").to_numpy()
+
+    def to_parents(rows):
+        return tuple((m, p) for m, p1, p2 in zip(rows["model"], rows["inferred_parent"], rows["inferred_parent2"])
+                     for p in (p1, p2) if isinstance(p, str) and p)
+
+    if mode == "lineage":
+        shown = table[derived & ~has_base.to_numpy() & ~(flag & (not dense(mm)))]
+        if len(shown):
+            sets.append(Edges("inferred", to_parents(shown)))
+    if flag.any() and not dense(mm):
+        sets.append(Edges("contradiction", to_parents(table[flag])))
+    return sets + path_edges, list(table.loc[flag, "model"])
 
 
 def declared_edges(names, metadata) -> list:
@@ -263,13 +296,20 @@ def _ordinal(value: float) -> str:
 
 def _hover_lineage(hover: list[str], names: list[str], lineage: pd.DataFrame) -> list[str]:
     info = {r.model: r for r in lineage.itertuples(index=False)}
+    tested = "decision" in lineage.columns
     out = []
     for name, text in zip(names, hover):
         r = info.get(name)
-        if r is not None:
+        if r is not None and isinstance(r.base_model, str) and r.base_model:
             text += f"\nbase_model: {r.base_model} (KL {r.kl_to_base:.3g})"
-            if not r.consistent:
-                text += f"\nnearest is in another lineage: {r.nearest}"
+        if r is not None and tested:
+            parents = " and ".join(p for p in (r.inferred_parent, r.inferred_parent2) if isinstance(p, str) and p)
+            if r.decision == "derived":
+                text += f"\nlineage test: derived from {parents} (p {r.p_adjusted:.2g})"
+            else:
+                text += f"\nlineage test: {r.decision} (p {r.p_adjusted:.2g})"
+            if r.flagged:
+                text += "\n(the test's parent is in another lineage)"
         out.append(text)
     return out
 

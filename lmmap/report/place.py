@@ -1,6 +1,9 @@
 """The files of a placement (:class:`lmmap.analyses.place.Placement`): ``write(placement, outdir)``.
 
-``placement.csv`` (new_model, existing_model, kl, kl_se, rank), ``kl.csv``
+``placement.csv`` (new_model, existing_model, kl, kl_se, rank, and with the
+lineage test lineage_p, likely_parent), ``lineage.csv`` (each new model's
+likely parent among the existing ones:
+:func:`lmmap.analyses.lineage.likely_parents`), ``kl.csv``
 (the subset map of existing and new models), ``coords.csv`` (model, x, y,
 new), ``neighbors.csv``, ``map.png`` and ``map.html`` (existing models
 coloured and labelled, new ones drawn large and named, each with a dashed
@@ -38,6 +41,8 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
                          params=("color_by",))
     files = Files(outdir)
     files.table("placement.csv", result.table())
+    if result.lineage is not None:
+        files.table("lineage.csv", result.lineage)
     if result.kl_all is not None:  # None past lmmap.map.DENSE_MAX_K models: (K + m)² numbers
         files.table("kl.csv", result.kl_all, index=True)
     is_new = np.isin(mm.names, result.new_models)
@@ -65,6 +70,8 @@ def write(result, outdir: str | os.PathLike, *, color_by: str | None = "model_ty
         random_state=result.random_state,
         kl_unit=unit,
     )
+    if result.lineage is not None:
+        info["likely_parents"] = {r.model: (r.likely_parent or None) for r in result.lineage.itertuples(index=False)}
     sub = result.subset
     if sub is not None:
         info["subset"] = {"method": sub.method, "n": sub.n, "seed": sub.random_state, "d": sub.d}

@@ -53,7 +53,13 @@ def test_neighbours_and_kl_are_those_of_an_independent_numpy_computation(lineage
     row = res.lineage.set_index("model").loc["lin1-ft-1"]
     assert not row.consistent and row.nearest == "lin1"
     assert row.kl_to_base == pytest.approx(want[mm.index_of("lin1-ft-1"), mm.index_of("lin0")], rel=1e-9)
-    assert res.edges == "base_model" and res.kl_se is None and res.nearest_pairs == ()
+    assert res.edges == "lineage" and res.kl_se is None and res.nearest_pairs == ()
+    # The lineage test ran: its table is the map's, a row per model, and the rings are its flags.
+    assert res.inferred is not None and res.lineage["model"].tolist() == mm.names
+    assert res.lineage["inferred_parent"].tolist() == res.inferred.table["parent"].tolist()
+    assert res.flagged() == res.inferred.table.loc[res.inferred.table["flagged"], "model"].tolist()
+    assert build_map(mm, edges="nn").inferred is not None  # declared bases: lineage.csv carries the test
+    assert build_map(ModelMap(mm.names, mm.L), edges="nn").inferred is None  # nothing to test it against
 
 
 def test_standard_errors_are_the_bootstrap_of_the_map_seeded_by_random_state(lineage_map):

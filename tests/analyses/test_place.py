@@ -458,3 +458,25 @@ def test_demo_ecosystem_models_added_back_from_an_ls_subset(demo_store, tmp_path
     # (near-ties, e.g. two checkpoints 1% apart, may swap).
     for i in range(len(held)):
         assert int(np.argmin(full_kl[i])) in np.argsort(res.kl[i])[:2]
+
+
+def test_a_placed_model_is_told_its_likely_parent():
+    """Issue 25: `lmmap add` reports the lineage test of each new model against the existing ones."""
+    from lineage_ecosystem import lineage_ecosystem, store_metadata
+
+    from lmmap.analyses.place import place
+
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=12, n_independent=6, n_merges=0, seed=3)
+    new = [next(n for n in names if n.startswith("base4-ft")), "indep2"]
+    keep = [i for i, n in enumerate(names) if n not in new]
+    mm = ModelMap([names[i] for i in keep], L[keep], metadata=store_metadata(truth))
+    result = place(mm, new, L[[names.index(n) for n in new]], embedding="pca", R=5)
+    t = result.lineage.set_index("model")
+    assert t.loc[new[0], "decision"] == "derived" and t.loc[new[0], "likely_parent"] == "base4"
+    assert t.loc["indep2", "decision"] == "independent" and t.loc["indep2", "likely_parent"] == ""
+    assert "likely parent base4" in result.summary().splitlines()[1]
+    assert "no likely parent" in result.summary().splitlines()[2]
+    table = result.table()
+    row = table[(table["new_model"] == new[0]) & table["likely_parent"]]
+    assert row["existing_model"].tolist() == ["base4"] and row["lineage_p"].iloc[0] <= 0.05
+    assert result.lineage_p.shape == (2, mm.K) and not table.loc[table["new_model"] == "indep2", "likely_parent"].any()

@@ -298,8 +298,9 @@ def test_knn_auto_is_exact_for_small_maps(small_Q):
     idx0, g0, _ = dense(small_Q, 5)
     np.testing.assert_array_equal(res.idx, idx0)
     np.testing.assert_allclose(res.kl, g0 / 2000, rtol=RTOL)
-    assert knn.resolve_method("auto", 10_000, 10_000) == "exact"
-    assert knn.resolve_method("auto", 10_001, 10_000) == "approximate"
+    assert knn.resolve_method("auto", 4_472, 10_000) == "exact"  # K²·d ≤ EXACT_MAX_FLOPS = 2·10¹¹
+    assert knn.resolve_method("auto", 4_473, 10_000) == "approximate"
+    assert knn.resolve_method("auto", 10_000, 10_000) == "approximate"
     assert knn.resolve_method("auto", 100_000, 1_000) == "approximate"
 
 

@@ -255,32 +255,30 @@ def lineage_with_orphan(n_lineages):
     return ModelMap(names + ["orphan"], np.minimum(L, -0.01), metadata=meta)
 
 
-def test_dense_maps_draw_only_declared_lines_and_rings_where_the_nearest_lineage_is_declared():
-    small = lineage_with_orphan(4)
-    assert small.K <= plots.DENSE_MAP_MODELS
-    row = small.lineage().set_index("model").loc["lin2-ft-2"]
-    assert row.nearest == "orphan" and not row.consistent
-    edges, flagged = map_report.map_edges(small)
-    assert "lin2-ft-2" in flagged and "contradiction" in [e.kind for e in edges]
+def test_dense_maps_draw_rings_without_their_red_lines():
+    from lmmap.analyses.map import lineage_table
+    from lmmap.report.map import compose_edges
 
-    big = lineage_with_orphan(9)
-    assert big.K > plots.DENSE_MAP_MODELS
-    assert not big.lineage().set_index("model").loc["lin2-ft-2", "consistent"]
-    edges, flagged = map_report.map_edges(big)
-    assert "lin2-ft-2" not in flagged  # its nearest, 'orphan', belongs to no declared lineage
-    assert [e.kind for e in edges] == ["lineage"]  # declared base_model lines only, no dashed nearest-model lines
-    bases = big.base_models()
-    declared = set(bases) | set(bases.values())
-    table = big.lineage().set_index("model")
-    assert all(table.loc[m, "nearest"] in declared for m in flagged)
-    # The legend says what is drawn.
-    assert edges[0].style[4] == f"declared base_model ({len(bases)} lines)"
-    assert map_report.flagged_label(big) == "nearest by KL in another declared lineage"
-    fig = plots.map_figure(big.embed("mds"), big.names, big.groups("model_type"), edges=edges, flagged=flagged,
-                           flagged_label=map_report.flagged_label(big), label=False)
+    for n_lineages, dense in ((4, False), (9, True)):
+        mm = lineage_with_orphan(n_lineages)
+        assert (mm.K > plots.DENSE_MAP_MODELS) == dense
+        # The lineage test's verdict, set here: lin2-ft-2 derived from orphan, a model of no declared lineage.
+        test = pd.DataFrame({"model": mm.names, "parent": "", "parent2": "", "decision": "independent",
+                             "statistic": 0.0, "p_value": 0.5, "p_adjusted": 1.0, "direction": "",
+                             "flagged": [m == "lin2-ft-2" for m in mm.names], "nearest_kl": mm.names[0],
+                             "kl_to_nearest": 0.1})
+        test.loc[test["model"] == "lin2-ft-2", ["parent", "decision"]] = ["orphan", "derived"]
+        table = lineage_table(mm, mm.lineage(), type("R", (), {"table": test})())
+        edges, flagged = compose_edges(mm, "base_model", (), table, [])
+        assert flagged == ["lin2-ft-2"]
+        assert [e.kind for e in edges] == (["lineage"] if dense else ["lineage", "contradiction"])
+        bases = mm.base_models()
+        assert edges[0].style[4] == (f"declared base_model ({len(bases)} lines)" if dense else "declared base_model")
+    assert map_report.flagged_label(mm) == plots.FLAG_LABEL
+    fig = plots.map_figure(mm.embed("mds"), mm.names, mm.groups("model_type"), edges=edges, flagged=flagged,
+                           flagged_label=map_report.flagged_label(mm), label=False)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert f"declared base_model ({len(bases)} lines)" in legend
-    assert not flagged or f"nearest by KL in another declared lineage ({len(flagged)})" in legend
+    assert f"declared base_model ({len(bases)} lines)" in legend and f"{plots.FLAG_LABEL} (1)" in legend
 
 
 def test_docs_demo_map_is_the_current_picture():

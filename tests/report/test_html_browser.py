@@ -26,11 +26,16 @@ pytestmark = needs_browser
 
 def test_map_page_draws_every_model_and_label_offline_and_search_highlights(browser, tmp_path):
     names, L, meta = lineage_L(N=400, seed=0)
-    meta.loc["lin1-ft-1", "base_model"] = "lin0"  # one contradicted lineage, circled on the map
+    meta.loc["lin1-ft-1", "base_model"] = "lin0"
     names[3] = "<img src=x onerror=alert(1)>"  # stays text
     meta = meta.rename(index={meta.index[3]: names[3]})
     mm = ModelMap(names, L, metadata=meta)
-    paths = report.write(build_map(mm), tmp_path / "map")
+    result = build_map(mm)
+    # One contradicted lineage, circled on the map: the lineage test's verdict, set here so the page is known.
+    t = result.lineage
+    t["flagged"] = t["model"] == "lin1-ft-1"
+    t.loc[t["model"] == "lin1-ft-1", ["inferred_parent", "decision"]] = ["lin1", "derived"]
+    paths = report.write(result, tmp_path / "map")
     page = Page(browser, paths["map.html"])
     page.check_offline_and_clean(tmp_path / "map")
     assert page.n_points() >= mm.K
@@ -38,7 +43,7 @@ def test_map_page_draws_every_model_and_label_offline_and_search_highlights(brow
     assert sorted(t for t in texts if t) == sorted(names)  # every model named on the picture
     assert page.page.evaluate("document.querySelectorAll('img').length") == 0
     legend = page.page.evaluate("Array.from(document.querySelectorAll('.legendtext')).map(t => t.textContent)")
-    assert "declared base_model" in legend and "nearest model in another lineage (1)" in legend
+    assert "declared base_model" in legend and "lineage test: parent in another lineage (1)" in legend
     assert page.page.evaluate("document.querySelector('.gtitle').textContent").startswith(f"Model map: {mm.K} models")
     # The search box: part of a name highlights every match, a whole name exactly one.
     page.page.fill("#lmmap-search", "lin3-ft")

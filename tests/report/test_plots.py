@@ -274,7 +274,7 @@ def test_map_figure_draws_edges_and_circles_flagged_models():
     np.testing.assert_allclose(lines[0].get_segments()[0], coords[[0, 1]])
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "nearest model by KL" in legend and "declared base_model" in legend
-    assert "nearest model in another lineage (1)" in legend
+    assert "lineage test: parent in another lineage (1)" in legend
     with pytest.raises(LmmapError, match="not among the map's model names"):
         plots.map_figure(coords, names, edges=[plots.Edges("nn", [("nope", names[0])])])
     with pytest.raises(LmmapError, match="unknown edge kind"):
@@ -296,7 +296,7 @@ def test_map_html_labels_small_maps_searches_names_and_names_the_group_column(tm
     assert all("family: %{customdata[1]}" in t["hovertemplate"] and "type:" not in t["hovertemplate"] for t in points)
     (nn,) = [t for t in data if t.get("name") == "nearest model by KL"]
     np.testing.assert_allclose(plotly_array(nn["x"])[:2], coords[[0, 1], 0])
-    assert any(t.get("name", "").startswith("nearest model in another lineage") for t in data)
+    assert any(t.get("name", "").startswith("lineage test: parent in another lineage") for t in data)
     (search,) = [t for t in data if t.get("name") == "search"]
     assert plotly_array(search["x"]).size == 0
     assert 'id = "lmmap-search"' in path.read_text(encoding="utf-8")

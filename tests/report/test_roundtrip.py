@@ -167,6 +167,7 @@ def case_placement(tmp_path):
     mm = result.map
     checks = {
         "placement.csv": lambda p: assert_csv_holds(p, result.table()),
+        "lineage.csv": lambda p: assert_csv_holds(p, result.lineage),
         "kl.csv": lambda p: assert_csv_holds(p, mm.kl_frame(result.unit), index=True),
         "coords.csv": lambda p: assert_csv_holds(p, pd.DataFrame({
             "model": mm.names, "x": result.coords[:, 0], "y": result.coords[:, 1],
@@ -371,6 +372,44 @@ def case_trajectory(tmp_path):
     return result, {}, checks
 
 
+def case_lineage(tmp_path):
+    from lmmap.analyses.lineage import lineage
+    from lineage_ecosystem import lineage_ecosystem
+
+    names, L, truth = lineage_ecosystem(N=400, n_bases=6, seed=3)[:3]
+    result = lineage(ModelMap(names, L))
+    read = pd.read_parquet  # pairs.parquet: every pair tested, as the result holds them
+
+    def pairs(p):
+        got, exp = read(p), result.pairs
+        assert list(got.columns) == list(exp.columns) and len(got) == len(exp)
+        for c in ("rho", "statistic", "p_value", "p_adjusted"):
+            np.testing.assert_allclose(got[c].to_numpy(float), exp[c].to_numpy(float), rtol=1e-15)
+        assert list(got["model_a"]) == list(exp["model_a"]) and list(got["model_b"]) == list(exp["model_b"])
+
+    checks = {
+        "lineage.csv": lambda p: assert_csv_holds(p, result.table),
+        "pairs.parquet": pairs,
+        "lineage.json": lambda p: assert_json_holds(p, {"alpha": result.info["alpha"]}),
+        "lineage.html": lambda p: assert_html_draws(p, result.coords),
+    }
+    return result, {}, checks
+
+
+def case_provenance(tmp_path):
+    from lmmap.analyses.lineage import provenance
+    from lineage_ecosystem import lineage_ecosystem
+
+    names, L, _ = lineage_ecosystem(N=400, n_bases=6, seed=4)[:3]
+    result = provenance(ModelMap(names, L), names[0], names[1])
+    checks = {
+        "evidence.csv": lambda p: assert_csv_holds(p, result.texts),
+        "provenance.json": lambda p: assert_json_holds(p, {"a": result.a, "b": result.b, "statistic": result.statistic,
+                                                           "p_value": result.p_value, "reading": result.reading}),
+    }
+    return result, {}, checks
+
+
 CASES = {
     MAP_RESULT if MAP_RESULT in report.WRITERS else MODEL_MAP: case_map,
     "lmmap.analyses.place.Placement": case_placement,
@@ -382,6 +421,8 @@ CASES = {
     "lmmap.data.subset.Subset": case_subset,
     "lmmap.analyses.scale.ScaleResult": case_scale,
     "lmmap.analyses.trajectory.TrajectoryResult": case_trajectory,
+    "lmmap.analyses.lineage.LineageResult": case_lineage,
+    "lmmap.analyses.lineage.ProvenanceResult": case_provenance,
 }
 
 

@@ -273,13 +273,20 @@ class Store(Checkpoints, Consolidated):
         """Every ``*.parquet`` entry of ``models/``, links, folders and FIFOs included (`_scan` never opens them)."""
         return [f"models/{n}" for n in self.storage.list("models") if n.endswith(".parquet")]
 
-    def _scan(self, footers: dict | None = None) -> tuple[dict[str, tuple[str, dict]], list[str], list[str]]:
+    def _scan(self, footers: dict | None = None, use_index: bool = True) -> tuple[dict[str, tuple[str, dict]], list[str], list[str]]:
         """``({name: (key, record)}, unreadable files, second files of a name)`` (keys such as ``models/x.parquet``).
 
         ``footers``: a dict to fill with ``{key: Parquet footer}``, for a caller that reads the files'
         columns under the same hold of the lock (the footer is then read once, not twice).
         Why each unreadable file is so is kept in ``self._why`` (for ``doctor`` and the notes).
+        ``use_index``: where the consolidated matrix's index is fresh (it lists exactly the model files),
+        the records come from it in one read instead of K footers (``doctor`` reads the files themselves).
         """
+        if use_index:
+            fast = self._scan_from_index()
+            if fast is not None:
+                self._why = {}
+                return fast, [], []
         files = self._model_files()
 
         def read(k):

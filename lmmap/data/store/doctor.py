@@ -68,7 +68,7 @@ class StoreReport:
 
 def common_findings(store, rep: StoreReport):
     """Fill the findings every backend shares; returns ``(found, unreadable, dups, old, meta_problem)``."""
-    found, unreadable, dups = store._scan()
+    found, unreadable, dups = store._scan(use_index=False)
     rep.unreadable = [f"{k} ({store._why.get(k, 'unreadable')})" for k in unreadable]
     rep.duplicates = list(dups)
     old = [(n, k) for n, (k, _) in found.items() if k != store._model_key(n)]
@@ -91,7 +91,7 @@ def common_findings(store, rep: StoreReport):
 def repair_matrix(store, rep: StoreReport) -> None:
     """Rebuild the consolidated matrix when the store needs one and it was missing, stale or wrong (after the
     other repairs, which may have moved or renamed model files)."""
-    found, unreadable, dups = store._scan()
+    found, unreadable, dups = store._scan(use_index=False)
     if rep.matrix or (rep.unreadable or rep.duplicates or rep.old_names) and store._matrix_problems(found):
         n_complete = sum(int(r["n_scored"]) == store.n_texts for _, r in found.values())
         if store._wanted(n_complete):
@@ -181,7 +181,7 @@ def check_local(store, rep: StoreReport, repair: bool) -> StoreReport:
         storage.rejected.clear()
         storage.recover()
         # scanned again: rolling a change forward may have removed or renamed what was found above
-        found, unreadable, dups = store._scan()
+        found, unreadable, dups = store._scan(use_index=False)
         for k in [*unreadable, *dups]:
             aside(root / k)
         if meta_problem and os.path.lexists(meta):

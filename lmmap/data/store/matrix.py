@@ -63,7 +63,7 @@ MATRIX_MIN_ENTRIES = 10_000_000
 MAX_SEGMENTS = 64
 # Rows per segment written by a rebuild or a compaction (and the most a rebuild holds in memory at once).
 SEGMENT_BYTES = 256 << 20
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 INDEX_SCHEMA = pa.schema([
     ("name", pa.string()),
     ("key", pa.string()),
@@ -73,6 +73,7 @@ INDEX_SCHEMA = pa.schema([
     ("segment", pa.string()),  # null for a partial model (not in the matrix)
     ("row", pa.int64()),
     ("row_sum", pa.float64()),
+    ("record", pa.string()),  # the model file's record (JSON): a scan of a large store reads it from here
 ])
 
 
@@ -115,17 +116,19 @@ class Consolidated:
     matrix_state: str | None = None
 
     # -- reading --------------------------------------------------------------------------------------------------
-    def _matrix_index(self) -> pd.DataFrame | None:
-        """The index (a DataFrame), or None when there is none or it cannot be read (then it is stale)."""
+    def _matrix_index(self, records: bool = False) -> pd.DataFrame | None:
+        """The index (a DataFrame; with the records' JSON if ``records``), or None when there is none or it
+        cannot be read (then it is stale)."""
         if self.storage.what(INDEX_KEY) is not None:
             return None
+        names = INDEX_SCHEMA.names if records else [n for n in INDEX_SCHEMA.names if n != "record"]
         try:
             with self.storage.open(INDEX_KEY) as src:
-                table = pq.read_table(src)
-            meta = json.loads((table.schema.metadata or {}).get(b"lmmap_matrix", b"{}"))
-            if meta.get("format") != INDEX_FORMAT or meta.get("n_texts") != self.n_texts:
-                return None
-            index = table.select(INDEX_SCHEMA.names).to_pandas()
+                f = pq.ParquetFile(src)
+                meta = json.loads((f.schema_arrow.metadata or {}).get(b"lmmap_matrix", b"{}"))
+                if meta.get("format") != INDEX_FORMAT or meta.get("n_texts") != self.n_texts:
+                    return None
+                index = f.read(columns=names).to_pandas()
         except (OSError, LmmapError, pa.ArrowException, ValueError, KeyError):
             return None
         if index["key"].duplicated().any() or index["name"].duplicated().any():
@@ -136,6 +139,32 @@ class Consolidated:
         """Whether ``index`` names exactly the model files there are (one listing, no footer read)."""
         return set(index["key"]) == set(self._model_files())
 
+    def _scan_from_index(self) -> dict | None:
+        """``{name: (key, record)}`` from a fresh index, as :meth:`_scan` would read it from every file's
+        footer (the index holds each file's record, written in the same transaction): one read instead of K.
+        None when the index is missing, stale or damaged."""
+        index = self._matrix_index(records=True)
+        if index is None or not self._index_lists_files(index):
+            return None
+        found = {}
+        try:
+            for name, key, rec in zip(index["name"], index["key"], index["record"]):
+                rec = json.loads(rec)
+                if not isinstance(rec, dict) or rec.get("model") != name or not isinstance(rec.get("n_scored"), int):
+                    return None
+                found[name] = (key, rec)
+        except (TypeError, ValueError, RecursionError):
+            return None
+        return found
+
+    def _records_match(self, found: dict) -> bool:
+        """Whether the index holds the records ``found`` in the model files (``doctor``)."""
+        index = self._matrix_index(records=True)
+        try:
+            return index is not None and all(json.loads(r) == found[n][1] for n, r in zip(index["name"], index["record"]))
+        except (KeyError, TypeError, ValueError, RecursionError):
+            return False
+
     def _index_matches(self, index: pd.DataFrame | None, found: dict) -> bool:
         """Whether ``index`` holds exactly the models ``found`` by a scan, each at its key and version."""
         if index is None or len(index) != len(found):
@@ -144,15 +173,17 @@ class Consolidated:
         have = {n: (k, a, s) for n, k, a, s in zip(index["name"], index["key"], index["added_ns"], index["n_scored"])}
         return want == have
 
-    def _segment(self, key: str, rows: int) -> np.ndarray:
-        """Segment ``key`` as a read-only (memory-mapped where the storage is a folder) float32 array."""
+    def _segment(self, key: str, rows: int, mmap: bool = True) -> np.ndarray:
+        """Segment ``key`` as a float32 array: memory-mapped (read-only) where the storage is a folder and
+        ``mmap``, else read. A map reads its segments (``mmap=False``): the pages of a mapped file count in
+        the process's memory once touched, which for a whole map would add the matrix a second time."""
         what = self.storage.what(key)
         if what is not None:
             raise StoreError(f"{self.storage.where(key)}: {what}, not a plain file; `lmmap doctor --repair` rebuilds "
                              "the matrix")
         with self.storage.open(key) as src:
             if isinstance(src, (str, bytes)) or hasattr(src, "__fspath__"):
-                arr = np.load(src, mmap_mode="r", allow_pickle=False)
+                arr = np.load(src, mmap_mode="r" if mmap else None, allow_pickle=False)
             else:
                 arr = np.load(io.BytesIO(src.read()), allow_pickle=False)
         if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[1] != self.n_texts or arr.shape[0] < rows:
@@ -204,7 +235,7 @@ class Consolidated:
             out_at = np.arange(len(complete))
             try:
                 for seg, where in complete.groupby("segment", sort=False).indices.items():
-                    arr = self._segment(seg, int(rows[where].max()) + 1)
+                    arr = self._segment(seg, int(rows[where].max()) + 1, mmap=False)
                     order = np.argsort(rows[where], kind="stable")  # read a segment front to back
                     src_rows, dst = rows[where][order], out_at[where][order]
                     L[dst] = arr[src_rows] if want is None else arr[src_rows][:, want]
@@ -301,7 +332,8 @@ class Consolidated:
             rec = _record_of(table)
             complete = keep and table.num_rows == self.n_texts
             row = {"name": name, "key": key, "added_ns": rec.get("added_ns"), "n_scored": table.num_rows,
-                   "convention": rec.get("convention"), "segment": None, "row": -1, "row_sum": np.nan}
+                   "convention": rec.get("convention"), "segment": None, "row": -1, "row_sum": np.nan,
+                   "record": json.dumps(rec)}
             if complete:
                 ll = table.column("loglik").to_numpy()
                 row.update(segment=seg, row=len(block), row_sum=float(ll.sum()))
@@ -322,7 +354,7 @@ class Consolidated:
         when the change did not keep the matrix (``kept=False``), there is none after it.
         """
         written = written or {}
-        index = self._matrix_index()
+        index = self._matrix_index(records=True)
         after = {n: v for n, v in found.items() if n not in removed and n not in written}
         n_complete = sum(int(r["n_scored"]) == self.n_texts for _, r in after.values()) + sum(
             r["n_scored"] == self.n_texts for r in written.values())
@@ -373,7 +405,7 @@ class Consolidated:
         """Index rows (no segment yet) of the stored models ``{name: (key, record)}``, in the order added."""
         rows = [{"name": n, "key": k, "added_ns": r.get("added_ns"), "n_scored": int(r["n_scored"]),
                  "convention": r.get("convention"), "segment": "files" if int(r["n_scored"]) == self.n_texts else None,
-                 "row": -1, "row_sum": np.nan} for n, (k, r) in models.items()]
+                 "row": -1, "row_sum": np.nan, "record": json.dumps(r)} for n, (k, r) in models.items()]
         index = pd.DataFrame(rows, columns=INDEX_SCHEMA.names)
         return index.sort_values(["added_ns", "name"], kind="stable", na_position="first").reset_index(drop=True)
 
@@ -417,7 +449,7 @@ class Consolidated:
     def rebuild_matrix(self) -> int:
         """Build the consolidated matrix from the model files now (one transaction); returns its rows."""
         def body(tx):
-            found, _, _ = self._scan()
+            found, _, _ = self._scan(use_index=False)
             self._stage_index(tx, self._rewrite(tx, self._rows_of_files(found), self._file_rows(found)))
 
         tx = self.storage.begin()
@@ -444,7 +476,7 @@ class Consolidated:
         index = self._matrix_index()
         if index is None:
             return [f"{INDEX_KEY}: {what or 'unreadable, or for another text set'}"]
-        if not self._index_matches(index, found):
+        if not self._index_matches(index, found) or not self._records_match(found):
             listed = set(index["name"])
             extra = sorted(listed - set(found))
             lacking = sorted(set(found) - listed)
@@ -453,7 +485,7 @@ class Consolidated:
             parts = [f"{len(x)} {label}, e.g. {x[0]!r}" for x, label in
                      ((extra, "listed but not stored"), (lacking, "stored but not listed"), (changed, "changed since"))
                      if x]
-            return [f"{INDEX_KEY}: out of step with the model files ({'; '.join(parts) or 'keys differ'})"]
+            return [f"{INDEX_KEY}: out of step with the model files ({'; '.join(parts) or 'records differ'})"]
         problems = []
         live = index[index["segment"].notna()]
         for seg, at in live.groupby("segment", sort=False).indices.items():

@@ -46,7 +46,7 @@ Conventions, kept by every function here:
 from __future__ import annotations
 
 from lmmap.report.plots.common import (DEFAULT_DPI, DENSE_MAP_MODELS, EDGE_STYLES, Edges, FAR_OUTLIER, FLAG_COLOR,
-                                       Frame, HIGHLIGHT_COLOR, LABEL_ITERATIONS, LABEL_MAX_MODELS, LARGE_MAP_COLOURS,
+                                       FLAG_LABEL, Frame, HIGHLIGHT_COLOR, LABEL_ITERATIONS, LABEL_MAX_MODELS, LARGE_MAP_COLOURS,
                                        LARGE_MAP_GROUP_LABELS, LARGE_MAP_MAX_LINES, LARGE_MAP_MODELS, LARGE_MAP_NAMED,
                                        LINESTYLES, MARKERS, NEW_COLOR, NEW_GROUP, OTHER_COLOR, OTHER_GROUPS, PALETTE,
                                        SEARCH_COLOR, UNKNOWN, UNKNOWN_COLOR, LargeGroups, ellipse_outline,

@@ -45,6 +45,8 @@ DEFAULT_DPI = 150
 HIGHLIGHT_COLOR = "black"
 FLAG_COLOR = "#d62728"
 SEARCH_COLOR = "#e600e6"
+# The legend's words for the red rings of a map (lmmap.report.map: the lineage test against the metadata).
+FLAG_LABEL = "lineage test: parent in another lineage"
 # Up to this many models every point of a map is labelled (PNG and HTML).
 LABEL_MAX_MODELS = 60
 # Above this many models a map draws only the lines and rings that inform (see report.map.map_edges), thinner.
@@ -74,7 +76,8 @@ LARGE_MAP_MAX_LINES = 200_000
 EDGE_STYLES = {
     "nn": ("#555555", 0.8, "-", 0.35, "nearest model by KL"),
     "lineage": ("#444444", 1.4, "-", 0.6, "declared base_model"),
-    "contradiction": (FLAG_COLOR, 1.1, "--", 0.85, "nearest by KL, another lineage"),
+    "inferred": ("#444444", 1.2, "--", 0.6, "inferred parent (lineage test)"),
+    "contradiction": (FLAG_COLOR, 1.1, "--", 0.85, "inferred parent, another lineage"),
     "placement": (HIGHLIGHT_COLOR, 1.2, "--", 0.75, "new → nearest by KL"),
     # Neutral and dashed: a path is not a category, and must not take a category's colour.
     "trajectory": ("#2b2b2b", 1.5, "-.", 0.85, "training trajectory (step order)"),
@@ -86,8 +89,8 @@ EDGE_STYLES = {
 class Edges:
     """Lines between models of a map: ``pairs`` of model names, drawn in the style of ``kind``.
 
-    ``kind`` is one of :data:`EDGE_STYLES` (``nn``, ``lineage``,
-    ``contradiction``, ``placement``, ``trajectory``); ``label`` replaces its legend text.
+    ``kind`` is one of :data:`EDGE_STYLES` (``nn``, ``lineage``, ``inferred``,
+    ``contradiction``, ``placement``, ``trajectory``, ``layers``); ``label`` replaces its legend text.
     """
 
     kind: str
@@ -499,7 +502,7 @@ def visible_ellipse_scale(coords, covs, n: int | None = None, ratio: float = 2.0
 
 def _edge_style(e: Edges, dense: bool):
     colour, width, dash, alpha, text = e.style
-    if dense and e.kind in ("lineage", "nn", "contradiction"):
+    if dense and e.kind in ("lineage", "inferred", "nn", "contradiction"):
         # Many lines cross on a crowded map: thinner and lighter, so that the points stay readable.
         return colour, width * 0.6, dash, alpha * 0.6, text
     return colour, width, dash, alpha, text

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from lmmap.exceptions import InputError, LmmapWarning
-from lmmap.report.plots.common import (DENSE_MAP_MODELS, FLAG_COLOR, Frame, HIGHLIGHT_COLOR, LARGE_MAP_MODELS,
-                                       LARGE_MAP_NAMED, LINESTYLES, MARKERS, PALETTE, SEARCH_COLOR, UNKNOWN,
+from lmmap.report.plots.common import (DENSE_MAP_MODELS, FLAG_COLOR, FLAG_LABEL, Frame, HIGHLIGHT_COLOR,
+                                       LARGE_MAP_MODELS, LARGE_MAP_NAMED, LINESTYLES, MARKERS, PALETTE, SEARCH_COLOR, UNKNOWN,
                                        _axis_titles, _check_names, _check_series, _check_xy, _edge_style,
                                        _finite_range, _large_edges, _map_inputs, _marker_size, _prepare,
                                        _resolve_large, _write, ellipse_outline, escape, group_centres, group_labels,
@@ -150,7 +150,7 @@ def map_html(
     ellipse_scale=1.0,
     edges=None,
     flagged=None,
-    flagged_label="nearest model in another lineage",
+    flagged_label=FLAG_LABEL,
     axis_label=None,
     search=True,
     large=None,

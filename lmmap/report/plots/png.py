@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from lmmap.exceptions import InputError
-from lmmap.report.plots.common import (DEFAULT_DPI, DENSE_MAP_MODELS, FLAG_COLOR, Frame, HIGHLIGHT_COLOR,
+from lmmap.report.plots.common import (DEFAULT_DPI, DENSE_MAP_MODELS, FLAG_COLOR, FLAG_LABEL, Frame, HIGHLIGHT_COLOR,
                                        LABEL_ITERATIONS, LARGE_MAP_NAMED, LINESTYLES, MARKERS, PALETTE, UNKNOWN,
                                        _MAP_AXES_INCHES, _axis_titles, _check_names, _check_series,
                                        _check_xy, _edge_style, _finite_range, _highlight_mask, _large_edges,
@@ -121,7 +121,7 @@ def map_figure(
     ellipse_scale=1.0,
     edges=None,
     flagged=None,
-    flagged_label="nearest model in another lineage",
+    flagged_label=FLAG_LABEL,
     axis_label=None,
     frame="robust",
     figsize=None,
@@ -148,7 +148,8 @@ def map_figure(
     group_title : legend title (e.g. ``"model_type"``).
     edges : :class:`Edges` (or a list of them): lines between models, drawn under the points.
         Above :data:`DENSE_MAP_MODELS` models they are drawn thinner and lighter.
-    flagged : model names circled in red (e.g. a nearest neighbour that contradicts the declared lineage).
+    flagged : model names circled in red (e.g. where the lineage test contradicts the declared lineage);
+        ``flagged_label`` the legend's words for them.
     axis_label : ``"MDS"`` gives axis titles "MDS 1" and "MDS 2"; or a pair of titles.
     frame : ``"robust"`` (default): far outliers (:func:`robust_frame`) are drawn
         at the frame's edge with an arrow pointing their way, and labelled with
