@@ -154,11 +154,14 @@ def main():
     ap.add_argument("--subset-n", type=int, default=0, help="LS draws for the subset (default N // 4)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="the work folder of an earlier --keep run: time map, neighbors, select and add again on its "
+                         "store (the import is not repeated)")
     ap.add_argument("--seed", type=int, default=24)
     args = ap.parse_args()
     K, N = args.K, args.N
     F = args.families or max(2, K // 20)
-    work = Path(tempfile.mkdtemp(prefix="bench-hub-", dir=args.workdir))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="bench-hub-", dir=args.workdir))
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     print(f"K = {K:,} models × N = {N:,} texts ({F:,} families, {args.domains} domains); {os.cpu_count()} cores; "
           f"work in {work}", flush=True)
@@ -166,20 +169,22 @@ def main():
         from lmmap.data.texts import TextSet
 
         names = [f"fam{i % F}/{('base', 'ft', 'ft', 'ft', 'ckpt')[(i // F) % 5]}-{i}" for i in range(K)]
-        t0 = time.perf_counter()
-        TextSet.from_texts([f"synthetic text {i}: " + "lorem ipsum " * (1 + i % 7) for i in range(N)]).save(
-            work / "texts.jsonl")
-        write_npz(work / "L.npz", K, N, args.seed, F=F, D=args.domains, names=names)
-        print(f"  {'synthetic L.npz (written in batches)':<44} {time.perf_counter() - t0:8.1f} s   "
-              f"{(work / 'L.npz').stat().st_size / 2**30:.2f} GB", flush=True)
-        meta = pd.DataFrame({"model": names, "family": [f"fam{i % F}" for i in range(K)],
-                             "model_type": [("base", "finetune", "finetune", "finetune", "checkpoint")[(i // F) % 5]
-                                            for i in range(K)]})
-        meta.to_csv(work / "models.csv", index=False)
         store = work / "store"
         res = {}
-        res["import"] = run(["import", "--vectors", work / "L.npz", "--store", store, "--texts", work / "texts.jsonl",
-                             "--metadata", work / "models.csv"], env, "lmmap import")
+        if not args.reuse:
+            t0 = time.perf_counter()
+            TextSet.from_texts([f"synthetic text {i}: " + "lorem ipsum " * (1 + i % 7) for i in range(N)]).save(
+                work / "texts.jsonl")
+            write_npz(work / "L.npz", K, N, args.seed, F=F, D=args.domains, names=names)
+            print(f"  {'synthetic L.npz (written in batches)':<44} {time.perf_counter() - t0:8.1f} s   "
+                  f"{(work / 'L.npz').stat().st_size / 2**30:.2f} GB", flush=True)
+            meta = pd.DataFrame({"model": names, "family": [f"fam{i % F}" for i in range(K)],
+                                 "model_type": [("base", "finetune", "finetune", "finetune", "checkpoint")[(i // F) % 5]
+                                                for i in range(K)]})
+            meta.to_csv(work / "models.csv", index=False)
+            res["import"] = run(["import", "--vectors", work / "L.npz", "--store", store, "--texts",
+                                 work / "texts.jsonl", "--metadata", work / "models.csv"], env, "lmmap import")
+        shutil.rmtree(work / "map", ignore_errors=True)
         res["map"] = run(["map", "-o", work / "map", "--store", store, "--color-by", "family"], env, "lmmap map")
         sizes = {p.name: p.stat().st_size for p in (work / "map").iterdir()}
         print("    files: " + ", ".join(f"{n} {s / 2**20:.1f} MB" for n, s in sorted(sizes.items())), flush=True)
@@ -195,8 +200,9 @@ def main():
         Lnew, _, _ = ecosystem_rows(K + m, N, args.seed, K, K + m, F=F, D=args.domains)
         new = [f"new/{i}" for i in range(m)]
         np.savez(work / "new.npz", L=Lnew[:, text_pos], models=np.array(new), text_pos=text_pos)
-        res["import new"] = run(["import", "--vectors", work / "new.npz", "--store", store], env,
+        res["import new"] = run(["import", "--vectors", work / "new.npz", "--store", store, "--replace"], env,
                                 f"lmmap import of {m} new models (subset texts)")
+        shutil.rmtree(work / "added", ignore_errors=True)
         res["add"] = run(["add", *new, "--subset", work / "sub.json", "--store", store, "-o", work / "added",
                           "--base-coords", work / "map" / "coords.csv"], env, f"lmmap add of {m} models")
         threshold = json.loads((work / "map" / "map.json").read_text())["clip_threshold"]

@@ -311,6 +311,8 @@ class ModelMap:
         from lmmap.maths.embedding import resolve_method
 
         resolved = resolve_method(method, self.K)
+        if resolved == "mds" and self.K > DENSE_MAX_K and method == "auto":
+            return "tsne"  # auto never asks for a K×K matrix past DENSE_MAX_K (only a lowered one gets here)
         if resolved == "mds" and self.K > DENSE_MAX_K:
             raise InputError(
                 f"{{embedding='mds'}} is classical MDS of the {self.K:,}×{self.K:,} KL matrix "

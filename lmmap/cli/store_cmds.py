@@ -77,7 +77,8 @@ def import_(
     from lmmap.cli._progress import RichProgress
     from lmmap.data.transfer import import_vectors
 
-    with RichProgress(err_console) as progress:
+    # A bar only where someone watches: an import that fails leaves its one error line and nothing else.
+    with RichProgress(err_console, enabled=err_console.is_terminal) as progress:
         names = import_vectors(store, vectors, allow_pickle=allow_pickle, texts=texts, metadata=metadata,
                                convention=convention, replace=replace, progress=progress)
     console.print(f"imported {len(names)} models into {lit(store)}")

@@ -246,7 +246,8 @@ class Subset:
 
     def check_models(self, store) -> None:
         """Raise unless every model that defined the subset's map is in ``store``."""
-        missing = [m for m in self.models if not store.has_model(m)]
+        have = set(store.model_names())  # one scan (from the consolidated index in a large store), not K lookups
+        missing = [m for m in self.models if m not in have]
         if missing:
             raise InputError(
                 f"the subset was selected from a map of {len(self.models)} models, {len(missing)} of which are not "

@@ -88,8 +88,11 @@ def test_a_placement_in_bits_per_byte_is_nats_over_weighted_mean_bytes_ln2(eco, 
     pn = report.write(nats, tmp_path / "nats")
     pb = report.write(bits, tmp_path / "bits")
     tn, tb = pd.read_csv(pn["placement.csv"]), pd.read_csv(pb["placement.csv"])
-    assert list(tb.columns) == list(tn.columns) == ["new_model", "existing_model", "kl", "kl_se", "rank"]
-    assert tb[["new_model", "existing_model", "rank"]].equals(tn[["new_model", "existing_model", "rank"]])
+    assert list(tb.columns) == list(tn.columns) == ["new_model", "existing_model", "kl", "kl_se", "rank",
+                                                    "lineage_p", "likely_parent"]
+    # the lineage test does not depend on the unit either
+    same = ["new_model", "existing_model", "rank", "lineage_p", "likely_parent"]
+    assert tb[same].equals(tn[same])
     np.testing.assert_allclose(tb["kl"], tn["kl"] * f, rtol=1e-12)
     np.testing.assert_allclose(tb["kl_se"], tn["kl_se"] * f, rtol=1e-12)
     kn, kb = pd.read_csv(pn["kl.csv"], index_col=0), pd.read_csv(pb["kl.csv"], index_col=0)

@@ -249,16 +249,21 @@ class Consolidated:
     def _current_state(self) -> str | None:
         """The state (:func:`_state_of`) of the whole map of this store now, if its matrix is fresh and complete."""
         index = self._matrix_index()
-        if index is None or not self._index_lists_files(index) or index["segment"].isna().any():
+        if index is None or not self._index_lists_files(index):
             return None
-        complete = index.sort_values(["added_ns", "name"], kind="stable")
+        return self._state_of_index(index)
+
+    def _state_of_index(self, index: pd.DataFrame) -> str:
+        """The state of the map of every complete model of ``index`` (partial models are not in it)."""
+        complete = index[index["segment"].notna()].sort_values(["added_ns", "name"], kind="stable")
         return _state_of(complete, self.n_texts, self.text_set_id)
 
     def save_neighbors(self, state: str, table: pd.DataFrame, threshold) -> bool:
         """Keep ``table`` (model, rank, neighbor, kl in nats per text: ``neighbors.csv`` of the map of every
-        model, clipped as by default) under ``state`` — the ``matrix_state`` of the matrix the map was built
-        from — so that `lmmap neighbors MODEL` answers from it in a large store. Returns False (and keeps
-        nothing) when the store has changed since: the lists would not be those of its map."""
+        complete model, clipped as by default) under ``state`` — the ``matrix_state`` of the matrix the map
+        was built from — so that `lmmap neighbors MODEL` answers from it in a large store (until a change of
+        its complete models). Returns False (and keeps nothing) when the store has changed since: the lists
+        would not be those of its map."""
         cols = ["model", "rank", "neighbor", "kl"]
         t = pa.Table.from_pandas(table[cols].sort_values(["model", "rank"], kind="stable"), preserve_index=False)
         meta = {"state": state, "k": int(table["rank"].max()), "threshold": threshold}
@@ -377,8 +382,9 @@ class Consolidated:
         self._stage_index(tx, pd.concat([old, new], ignore_index=True) if len(new) else old)
 
     def _stage_index(self, tx, index: pd.DataFrame) -> None:
-        """Stage ``index`` and the removal of every matrix file it does not name (dead segments)."""
-        referenced = set(index["segment"].dropna())
+        """Stage ``index`` and the removal of every matrix file it does not name (dead segments), and of
+        neighbour lists of another state (a change that adds only partial models keeps the map's lists)."""
+        referenced = set(index["segment"].dropna()) | {_neighbors_key(self._state_of_index(index))}
         for key in self._matrix_files():
             if key != INDEX_KEY and key not in referenced:
                 tx.delete(key)
