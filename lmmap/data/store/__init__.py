@@ -10,6 +10,8 @@ Layout (keys; in a folder, the files' paths)::
                                   n_tokens, truncated; the model's record (SPEC §2)
                                   as JSON in the schema metadata under b"lmmap"
       metadata.parquet            user metadata: a `model` column and any others
+      matrix/                     a large store's consolidated float32 matrix and its index, kept in the same
+                                  transactions as models/ (:mod:`.matrix`), and a large map's neighbour lists
       partial/<file>/<key>/       scoring checkpoints (resumable scoring)
       adaptive/<file>.json        an adaptive placement's marker and settings (removed with the model)
       damaged/                    files moved aside by ``doctor --repair``
@@ -47,7 +49,7 @@ folder at once: ``SELECT * FROM 'STORE/models/*.parquet'``.
 
 Modules: :mod:`.naming` (model names and file names), :mod:`.tables` (what the
 files hold: vector tables, records, metadata, store.json), :mod:`.core`
-(:class:`Store`: models, metadata, per-model state, the matrix),
+(:class:`Store`: models, metadata, per-model state, the matrix), :mod:`.matrix` (the consolidated matrix),
 :mod:`.checkpoints` (scoring checkpoints), :mod:`.doctor` (``lmmap doctor``);
 transactions, locks and recovery are the backends' (:mod:`lmmap.data.storage`).
 """
