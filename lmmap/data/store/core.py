@@ -24,7 +24,6 @@ from lmmap.data.storage import open_storage
 from lmmap.data.storage.base import STATE_KINDS, CommitConflict, Unreachable, os_reason
 from lmmap.data.store.checkpoints import Checkpoints
 from lmmap.data.store.matrix import Consolidated
-from lmmap.data.store.matrix import _record_of as _record_of_table
 from lmmap.data.store.naming import check_model_name, legacy_filename, model_filename, model_stem, now_iso, _name_type
 from lmmap.data.store.tables import (
     MAX_ABS_LOGLIK,
@@ -531,19 +530,18 @@ class Store(Checkpoints, Consolidated):
             with Tracker(progress, "staging models", total=len(names), unit="models") as tracker:
                 for batch in batches:
                     batch = list(batch)
-                    tables = [self._vector_table(v["name"], v["loglik"], v.get("n_tokens"), v.get("truncated"),
-                                                 v.get("text_pos"), v.get("record"), positive) for v in batch]
-                    for t in tables:
-                        n = _record_of_table(t)["model"]
-                        if n not in seen or n in rows:
+                    tables = {check_model_name(v.get("name")): self._vector_table(
+                        v["name"], v["loglik"], v.get("n_tokens"), v.get("truncated"), v.get("text_pos"),
+                        v.get("record"), positive) for v in batch}
+                    for n, t in tables.items():
+                        if n not in seen or n in rows or len(tables) < len(batch):
                             raise InputError(f"model {n!r} is not one of the names given, or comes twice",
                                              params=("batches",))
                         if n in merging:
                             extending[n] = t
                     # Parquet encoding releases the GIL (and an object store's uploads wait on the network).
-                    parallel_map(lambda t: tx.stage_table(t, keys[_record_of_table(t)["model"]]), tables, workers=4)
-                    rows.update(self._stage_rows(tx, {n: (keys[n], t) for t in tables
-                                                      for n in [_record_of_table(t)["model"]] if n not in merging},
+                    parallel_map(lambda n: tx.stage_table(tables[n], keys[n]), list(tables), workers=4)
+                    rows.update(self._stage_rows(tx, {n: (keys[n], t) for n, t in tables.items() if n not in merging},
                                                  kept))
                     tracker.advance(len(tables))
             if len(rows) + len(extending) != len(names):

@@ -459,12 +459,8 @@ def _js_json(value) -> str:
         "\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-_SEARCH_JS = """
-(function () {
-  var gd = document.getElementById("{plot_id}");
-  var models = __MODELS__;
-  var traceIndex = __TRACE__;
-  var box = document.createElement("div");
+# The search box above a map's plot (an input with suggestions and a count), shared by both search scripts.
+_SEARCH_BOX_JS = """  var box = document.createElement("div");
   box.className = "lmmap-search";
   box.style.cssText = "font: 14px sans-serif; margin: 6px 12px;";
   var label = document.createElement("label");
@@ -477,7 +473,6 @@ _SEARCH_JS = """
   input.style.cssText = "width: 22em;";
   var list = document.createElement("datalist");
   list.id = "lmmap-models";
-  models.forEach(function (m) { var o = document.createElement("option"); o.value = m.name; list.appendChild(o); });
   var status = document.createElement("span");
   status.id = "lmmap-search-status";
   status.style.cssText = "margin-left: 1em; color: #555;";
@@ -486,6 +481,13 @@ _SEARCH_JS = """
   box.appendChild(list);
   box.appendChild(status);
   gd.parentNode.insertBefore(box, gd);
+"""
+_SEARCH_JS = """
+(function () {
+  var gd = document.getElementById("{plot_id}");
+  var models = __MODELS__;
+  var traceIndex = __TRACE__;
+__BOX__  models.forEach(function (m) { var o = document.createElement("option"); o.value = m.name; list.appendChild(o); });
   function matches(query) {
     var q = query.trim().toLowerCase();
     if (!q) return [];
@@ -518,28 +520,7 @@ _LARGE_SEARCH_JS = """
   var traces = __TRACES__;
   var traceIndex = __TRACE__;
   var rings = __RINGS__, named = __NAMED__;
-  var box = document.createElement("div");
-  box.className = "lmmap-search";
-  box.style.cssText = "font: 14px sans-serif; margin: 6px 12px;";
-  var label = document.createElement("label");
-  label.textContent = "Find a model: ";
-  var input = document.createElement("input");
-  input.type = "search";
-  input.id = "lmmap-search";
-  input.placeholder = "name or part of it";
-  input.setAttribute("list", "lmmap-models");
-  input.style.cssText = "width: 22em;";
-  var list = document.createElement("datalist");
-  list.id = "lmmap-models";
-  var status = document.createElement("span");
-  status.id = "lmmap-search-status";
-  status.style.cssText = "margin-left: 1em; color: #555;";
-  label.appendChild(input);
-  box.appendChild(label);
-  box.appendChild(list);
-  box.appendChild(status);
-  gd.parentNode.insertBefore(box, gd);
-  var models = null;
+__BOX__  var models = null;
   function unescapeHtml(s) {
     return s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"').replace(/&#x27;/g, "'")
       .replace(/&amp;/g, "&");
@@ -589,7 +570,7 @@ _LARGE_SEARCH_JS = """
 
 
 def _large_search_script(point_traces, trace_index: int) -> str:
-    return (_LARGE_SEARCH_JS.replace("__TRACES__", _js_json([int(t) for t in point_traces]))
+    return (_LARGE_SEARCH_JS.replace("__BOX__", _SEARCH_BOX_JS).replace("__TRACES__", _js_json([int(t) for t in point_traces]))
             .replace("__TRACE__", str(int(trace_index))).replace("__RINGS__", str(SEARCH_RINGS)).replace("__NAMED__", str(SEARCH_NAMED)).replace("__COLOUR__", SEARCH_COLOR))
 
 
@@ -597,7 +578,7 @@ def _search_script(names, escaped, coords, trace_index: int) -> str:
     models = [
         {"name": n, "text": t, "x": float(x), "y": float(y)} for n, t, (x, y) in zip(names, escaped, coords)
     ]
-    return _SEARCH_JS.replace("__MODELS__", _js_json(models)).replace("__TRACE__", str(int(trace_index)))
+    return _SEARCH_JS.replace("__BOX__", _SEARCH_BOX_JS).replace("__MODELS__", _js_json(models)).replace("__TRACE__", str(int(trace_index)))
 
 
 def _ellipse_polylines(centres: np.ndarray, covs: np.ndarray, scale: float) -> np.ndarray:
