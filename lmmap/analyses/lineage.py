@@ -53,9 +53,20 @@ from lmmap.progress import ProgressFn, say
 
 MIN_LINEAGE_MODELS = LINEAGE_TEST_MIN_MODELS
 DECISIONS = ("derived", "independent", "undecided")
-# Two candidate parents whose statistics differ by less than this many null sds are a tie; the tie goes to the
-# one that is the other's ancestor (a quantisation of the parent explains a fine-tune as well as the parent).
-TIE_SDS = 2.0
+# A merge's first parent: between two related candidates a and b, b explains the merge better when
+# ρ(i, b | a) exceeds ρ(i, a | b) by this many sampling sds (1/√(d − 3) in Fisher's z) — a fine-tune in a merge
+# beats its own base, which it hides. (The null's sd would not do: it is inflated by the population
+# structure, which two near-identical candidates share.)
+TIE_SDS = 3.0
+# A parent: two candidates whose statistics differ by less than this many null sds are a tie, and a tie goes
+# to the one that is the other's ancestor (a quantisation of the parent explains a fine-tune as well as the
+# parent). Measured: moving by the partial correlations instead sends fine-tunes to siblings (the domain's
+# leftover structure makes a sibling look like a better explainer).
+TIE_NULL_SDS = 2.0
+# Models whose Gram matrix estimates the removed directions (a random sample of them on larger maps).
+BASIS_SAMPLE = 2000
+# A model with the lower log-likelihood on at least this share of the texts is the degraded copy of the other.
+DEGRADED_SHARE = 0.9
 # Declared lineages calibrate the null when they cover at least this share of the map's models.
 DECLARED_COVERAGE = 0.5
 
@@ -66,7 +77,8 @@ class LineageResult:
 
     ``table``: one row per model — model, parent, parent2 (merges), statistic (``(z − μ₀)/σ₀`` of the pair
     with its parent, or with its best candidate), rho, p_value, p_adjusted, decision, direction (how the pair
-    was oriented: declared, variance, weak, merge), declared_base, agreement (agree / disagree / new, or
+    was oriented: declared; merge; loss — the copy worse on at least 90 % of the texts is the degraded one;
+    structure — the more central; variance, weak), declared_base, agreement (agree / disagree / new, or
     empty), n_children, nearest_kl (the nearest model by KL, for comparison), flagged (the map's red ring,
     see "The map's rings" in the module docstring).
     ``pairs``: every pair tested (model_a, model_b, rho, z, statistic, p_value, p_adjusted, significant,
@@ -189,7 +201,7 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
     dense = K <= map_module.DENSE_MAX_K
     X = mm.features()
     say(progress, f"principal directions of {K:,} models…")
-    basis = core.structure_basis(X, dense=dense, rank=rank, random_state=random_state)
+    basis = _lineage_basis(X, rank=rank, random_state=random_state)
     norms2 = core.residual_norms2(X, basis)
     kk = int(min(k, K - 1))
     say(progress, f"candidate parents ({kk} per model, {basis.rank} directions removed)…")
@@ -255,16 +267,54 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         partners[a].append((b, n))
         partners[b].append((a, n))
 
+    def ancestor_of(n, i):
+        """Is the other model of significant pair ``n`` an ancestor of ``i``?"""
+        a, b = keys[n]
+        return (orient[n] == 1 and b == i) or (orient[n] == -1 and a == i)
+
+    sampling_sd = 1.0 / np.sqrt(max(X.shape[1] - 3, 1))
+
+    def margin(i, a, b):
+        """(z(ρ_ib·a) − z(ρ_ia·b)) in sampling sds: positive when ``b`` explains ``i`` better than ``a`` does."""
+        r_ia, r_ib, r_ab = rho_of(i, a), rho_of(i, b), rho_of(a, b)
+        return float(core.fisher_z(core.partial_correlation(r_ib, r_ia, r_ab))
+                     - core.fisher_z(core.partial_correlation(r_ia, r_ib, r_ab))) / sampling_sd
+
+    def best_explainer(i, j, pool, prefer_ancestors):
+        """Walk from candidate ``j`` of ``i`` to a related candidate of ``pool`` that explains ``i`` better (by
+        more than :data:`TIE_SDS`) or, when ``prefer_ancestors``, to ``j``'s ancestor whose statistic is within
+        :data:`TIE_NULL_SDS` of ``j``'s."""
+        seen = {j}
+        moved = True
+        while moved:
+            moved = False
+            for j2, n2 in pool:
+                if j2 in seen or j2 == i:
+                    continue
+                m = index.get((min(j, j2), max(j, j2)))
+                if m is None or not sig[m]:
+                    continue
+                if prefer_ancestors:
+                    better = ancestor_of(m, j) and (core.fisher_z(rho_of(i, j)) - core.fisher_z(rho_of(i, j2))) \
+                        / sigma < TIE_NULL_SDS
+                else:
+                    better = margin(i, j, j2) > TIE_SDS
+                if better:
+                    j, moved = j2, True
+                    seen.add(j2)
+                    break
+        return j
+
     # Merges: a collider — two partners unrelated to each other that both explain the model.
     merge_of = {}
     for i in range(K):
         if len(partners[i]) < 2:
             continue
         ps = sorted(partners[i], key=lambda t: -vals[t[1], 1])
-        j1 = ps[0][0]
+        j1 = best_explainer(i, ps[0][0], ps, False)
         best = None
-        for j2, n2 in ps[1:]:
-            if sig_of(j1, j2) or _declared_ancestor(i, j2, names, bases, steps, traj) == 1 \
+        for j2, n2 in ps:
+            if j2 == j1 or sig_of(j1, j2) or _declared_ancestor(i, j2, names, bases, steps, traj) == 1 \
                     or _declared_ancestor(i, j1, names, bases, steps, traj) == 1:
                 continue
             rp = core.partial_correlation(vals[n2, 0], rho_of(i, j1), rho_of(j1, j2))
@@ -295,11 +345,15 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         if abs(gap) > 1e-9 * max(abs(central[a]), 1.0):
             orient[n] = 1 if gap > 0 else -1
             how[n] = "structure"
-    def ancestor_of(n, i):
-        """Is the other model of significant pair ``n`` an ancestor of ``i``?"""
-        a, b = keys[n]
-        return (orient[n] == 1 and b == i) or (orient[n] == -1 and a == i)
-
+    # A copy worse on almost every text is a degraded copy of the other (a quantisation costs a little
+    # likelihood everywhere; a fine-tune gains on its domain): this overrides the structure, whose evidence
+    # between two near-identical models is weak.
+    loose = np.array([n for n in s_idx if how[n] not in ("declared", "merge")], dtype=np.int64)
+    if loose.size:
+        share = core.worse_share(mm.L, keys[loose, 0], keys[loose, 1], mm.w)
+        for n, sh in zip(loose, share):
+            if sh >= DEGRADED_SHARE or sh <= 1 - DEGRADED_SHARE:
+                orient[n], how[n] = (-1 if sh >= DEGRADED_SHARE else 1), "loss"
     ancestors = [[(j, n) for j, n in partners[i] if ancestor_of(n, i)] for i in range(K)]
     # A child that is itself a merge's parent must not take the merge as its parent.
     rows_out = []
@@ -315,20 +369,8 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         anc = sorted(ancestors[i], key=lambda t: -vals[t[1], 1])
         if not anc:
             continue
-        j, n = anc[0]
-        # A tie goes to the candidate that is the other's ancestor.
-        moved, seen = True, {j}
-        while moved:
-            moved = False
-            for j2, n2 in anc:
-                if j2 in seen:
-                    continue
-                m = index.get((min(j, j2), max(j, j2)))
-                if m is not None and sig[m] and ancestor_of(m, j) \
-                        and (vals[n, 1] - vals[n2, 1]) / sigma < TIE_SDS and j2 != i:
-                    j, n, moved = j2, n2, True
-                    seen.add(j2)
-                    break
+        j = best_explainer(i, anc[0][0], anc, True)
+        n = index[(min(i, j), max(i, j))]
         parent_idx[i], chosen_pair[i] = j, n
     for i in range(K):
         if parent_idx[i] >= 0:
@@ -385,6 +427,42 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         coords = mm.embed("auto")
     return LineageResult(map=mm, table=table, pairs=pairs, alpha=alpha, info=info,
                          coords=None if coords is False else np.asarray(coords, dtype=np.float64))
+
+
+def _lineage_basis(X, *, rank, random_state):
+    """The directions removed before pairs are compared (:mod:`lmmap.maths.lineage`): the population's, each
+    model weighted by ``1/(1 + its relatives)`` (:func:`core.population_basis`), re-estimated beside the
+    directions in which derivation moves models, taken from the differences of each model and its clearly
+    related best partner (:func:`core.with_shift_directions`). ``rank`` given: that many population
+    directions, no shifts.
+
+    Past :data:`BASIS_SAMPLE` models the directions are estimated on a random sample of that many (shared
+    structure: a sample estimates it as well as the measured dense maps of that size) and every model is
+    then projected on them: nothing K×K, and the cost grows with K by one pass over ``X``.
+    """
+    from scipy.special import ndtri
+
+    K = X.shape[0]
+    sample = None
+    Xs = X
+    if K > BASIS_SAMPLE:
+        rng = np.random.default_rng(random_state)
+        sample = np.sort(rng.choice(K, BASIS_SAMPLE, replace=False))
+        Xs = np.asarray(X[sample], dtype=np.float64)
+    basis = core.population_basis(Xs, rank=rank, random_state=random_state)
+    if rank is None:
+        Ks = Xs.shape[0]
+        C = core.fisher_z(core.residual_correlation_matrix(Xs, basis))
+        mu, sigma = core.fit_null(C[np.triu_indices(Ks, 1)])
+        np.fill_diagonal(C, -np.inf)
+        best = np.argmax(C, axis=1)
+        related = (C[np.arange(Ks), best] - mu) / sigma > ndtri(1 - core.DEFAULT_ALPHA / max(Ks - 1, 1))
+        pairs = np.unique(np.sort(np.stack([np.arange(Ks)[related], best[related]], axis=1), axis=1), axis=0)
+        basis = core.with_shift_directions(Xs, basis, pairs[:, 0], pairs[:, 1], random_state=random_state)
+    if sample is not None:
+        basis = core.Basis(Z=core.project(X, basis.V), V=basis.V, lam=basis.lam, rank=basis.rank,
+                           mean_eigenvalue=basis.mean_eigenvalue, weights=None, shift_rank=basis.shift_rank)
+    return basis
 
 
 def _null_sample(X, basis, norms2, roots, declared, dense, random_state):
@@ -452,7 +530,7 @@ def likely_parents(mm: ModelMap, models, *, among=None, alpha: float = core.DEFA
                          params=("models", "among"))
     dense = mm.K <= map_module.DENSE_MAX_K
     X = mm.features()
-    basis = core.structure_basis(X, dense=dense, rank=rank, random_state=random_state)
+    basis = _lineage_basis(X, rank=rank, random_state=random_state)
     norms2 = core.residual_norms2(X, basis)
     Zr = basis.Zr
     Xr = np.asarray(X[rows], dtype=np.float64)
@@ -510,7 +588,7 @@ def provenance(mm: ModelMap, a: str, b: str, *, alpha: float = core.DEFAULT_ALPH
         raise InputError(f"a and b must be two different models, got {a!r} twice", params=("a", "b"))
     dense = mm.K <= map_module.DENSE_MAX_K
     X = mm.features()
-    basis = core.structure_basis(X, dense=dense, rank=rank, random_state=random_state)
+    basis = _lineage_basis(X, rank=rank, random_state=random_state)
     norms2 = core.residual_norms2(X, basis)
     rho = float(core.pair_correlations(X, basis, [i], [j], norms2)[0])
     bases, roots, declared, steps, traj = _declared(mm)

@@ -19,13 +19,31 @@ statistic of a pair is the Fisher transform of their residual correlation
 
 (rows of a double-centred ``Q`` sum to 0 and ``V`` lies in their span, so
 ``ρ`` is a Pearson correlation over texts). Every pair costs one inner
-product of ``X`` and one of ``Z``: no residual matrix is formed. ``r`` is
-the number of eigenvalues of ``X Xᵀ`` above their mean (the Kaiser–Guttman
-rule): measured on synthetic ecosystems (``tests/lineage_ecosystem.py``,
-K = 77–242) it fell inside the range of ``r`` that gives the right parent in
-6 of 6, where the eigenvalue-ratio rule, a "flat bulk" rule and two rules
-that maximise the evidence (median or upper half of each model's best
-statistic) failed in 4–5 of 6.
+product of ``X`` and one of ``Z``: no residual matrix is formed.
+
+**Which directions.** Measured on synthetic ecosystems
+(``tests/lineage_ecosystem.py``; ``benchmarks/bench_lineage.py``) with the
+true generating subspace as an oracle, the residual correlation of a
+fine-tune and its base is 0.955 and unrelated pairs spread 0.033 — the plain
+top-``r`` principal directions gave 0.88 and 0.11–0.15, for two reasons:
+
+1. A lineage of m models shares one idiosyncrasy and so carries an eigenvalue
+   m times a single model's; removing (or half-removing) it correlates two
+   unrelated lineages' residuals. :func:`population_basis` weights each model
+   ``1/(1 + its relatives)`` (as genetics does for PCA on related samples),
+   so that a lineage counts as about one model.
+2. Fine-tunes move far along their domain's direction; estimated from the
+   models, that direction is blurred by every model's idiosyncrasy, and the
+   blur left in the residuals pairs siblings and unrelated fine-tunes on the
+   same domain. :func:`with_shift_directions` estimates it from the
+   differences ``x_i − x_j`` of clearly related pairs (the pair's shared
+   idiosyncrasy cancels), then re-estimates the population's directions
+   outside it.
+
+``r`` (the population's part) is the number of eigenvalues above their mean
+(the Kaiser–Guttman rule), on the weighted Gram matrix; the shifts' number
+the same rule on the differences (the domains' eigenvalues stand 6–50× above
+the mean there, the rest below 1×).
 
 **Calibration.** Under "unrelated", ``z_ij`` is not ``N(0, 1/(N−3))``: texts
 differ in scale, and the residuals of K models on directions estimated from
@@ -102,6 +120,10 @@ class Basis:
     lam: np.ndarray
     rank: int
     mean_eigenvalue: float
+    #: the models' weights in the principal directions (1/(1 + relatives)), None when unweighted
+    weights: np.ndarray | None = None
+    #: how many of the ``rank`` directions are derivation's shifts (:func:`with_shift_directions`)
+    shift_rank: int = 0
 
     @property
     def Zr(self) -> np.ndarray:
@@ -118,7 +140,7 @@ def kaiser_rank(lam, mean_eigenvalue: float, K: int) -> int:
     return int(max(0, min(int((lam > mean_eigenvalue).sum()), K - 3)))
 
 
-def structure_basis(X, *, dense: bool = True, rank: int | None = None, random_state=0) -> Basis:
+def structure_basis(X, *, dense: bool = True, rank: int | None = None, random_state=0, weights=None) -> Basis:
     """The top principal directions of ``X`` (K×d) and the rank ``r`` removed before pairs are compared.
 
     ``dense``: exact, from the eigenvectors of the K×K Gram matrix; otherwise a randomised SVD of
@@ -127,29 +149,43 @@ def structure_basis(X, *, dense: bool = True, rank: int | None = None, random_st
     """
     X = np.asarray(X)
     K, d = X.shape
-    total = float(np.einsum("ij,ij->", X, X, dtype=np.float64)) if X.dtype == np.float64 else \
-        float((np.asarray(X, dtype=np.float64) ** 2).sum())
+    sw = None if weights is None else np.sqrt(np.asarray(weights, dtype=np.float64))
+    row2 = np.einsum("ij,ij->i", X, X, dtype=np.float64) if X.dtype == np.float64 else \
+        (np.asarray(X, dtype=np.float64) ** 2).sum(axis=1)
+    total = float(row2.sum() if sw is None else (row2 * sw ** 2).sum())
     n_nonzero = max(1, min(K - 1, d - 1))
     mean_eig = total / n_nonzero
     if dense:
         Xd = np.asarray(X, dtype=np.float64)
-        lam, U = np.linalg.eigh(Xd @ Xd.T)
+        Xw = Xd if sw is None else Xd * sw[:, None]
+        lam, U = np.linalg.eigh(Xw @ Xw.T)
         order = np.argsort(lam)[::-1][:max(1, min(K - 1, d - 1))]
         lam, U = np.maximum(lam[order], 0.0), U[:, order]
         keep = lam > 1e-12 * max(lam[0], 1e-300)
         lam, U = lam[keep], U[:, keep]
         s = np.sqrt(lam)
-        Z = U * s
-        V = (Xd.T @ U) / s
+        V = (Xw.T @ U) / s
+        Z = Xd @ V
     else:
         from lmmap.maths import knn
 
-        proj = knn.randomized_projection(X, int(min(MAX_COMPONENTS, K - 1, d - 1)), random_state=random_state)
-        Z, V, lam = proj.Z, proj.components, proj.singular_values ** 2
+        Xw = X if sw is None else (np.asarray(X, dtype=np.float32) * sw[:, None].astype(np.float32))
+        proj = knn.randomized_projection(Xw, int(min(MAX_COMPONENTS, K - 1, d - 1)), random_state=random_state)
+        V, lam = proj.components, proj.singular_values ** 2
+        Z = proj.Z if sw is None else project(X, V)
     r = kaiser_rank(lam, mean_eig, K) if rank is None else int(rank)
     if not 0 <= r <= min(len(lam), K - 3):
         raise InputError(f"rank must be from 0 to {min(len(lam), K - 3)} for this map, got {rank}", params=("rank",))
-    return Basis(Z=Z, V=V, lam=lam, rank=r, mean_eigenvalue=mean_eig)
+    return Basis(Z=Z, V=V, lam=lam, rank=r, mean_eigenvalue=mean_eig,
+                 weights=None if weights is None else np.asarray(weights, dtype=np.float64))
+
+
+def project(X, V) -> np.ndarray:
+    """``X V`` in float64, a block of rows at a time (``X`` may be a float32 memory map)."""
+    out = np.empty((X.shape[0], V.shape[1]))
+    for s in range(0, X.shape[0], 4096):
+        out[s:s + 4096] = np.asarray(X[s:s + 4096], dtype=np.float64) @ V
+    return out
 
 
 def _pair_dots(X, i, j) -> np.ndarray:
@@ -275,6 +311,19 @@ def direction_t(X, basis: Basis, i, j) -> np.ndarray:
     return out
 
 
+def worse_share(L, i, j, w=None) -> np.ndarray:
+    """For each pair, the share of texts (weighted by ``w`` on a subset map) on which model ``i`` has the lower
+    log-likelihood: near 1 when ``i`` is a degraded copy of ``j`` (quantised, pruned), worse almost everywhere."""
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    w = None if w is None else np.asarray(w, dtype=np.float64)
+    out = np.empty(len(i))
+    step = PAIR_BLOCK // 4 or 1
+    for s in range(0, len(i), step):
+        lt = np.asarray(L[i[s:s + step]]) < np.asarray(L[j[s:s + step]])
+        out[s:s + step] = lt.mean(axis=1) if w is None else (lt @ w) / w.sum()
+    return out
+
+
 def partial_correlation(r_ab, r_ac, r_bc) -> np.ndarray:
     """``ρ_ab·c``: the correlation of a and b once c is accounted for (a merge keeps it high for its second
     parent given the first; a sibling through the parent does not)."""
@@ -283,6 +332,78 @@ def partial_correlation(r_ab, r_ac, r_bc) -> np.ndarray:
     return np.clip((r_ab - r_ac * r_bc) / den, -RHO_MAX, RHO_MAX)
 
 
+
+def relatives_count(X, basis: Basis) -> np.ndarray:
+    """How many models each model is clearly related to under ``basis`` (K,): pairs whose statistic passes a
+    Bonferroni threshold over the model's K − 1 tests, against the null fitted from all pairs (dense: K×K)."""
+    from scipy.special import ndtri
+
+    X = np.asarray(X)
+    K = X.shape[0]
+    thr = float(ndtri(1 - DEFAULT_ALPHA / max(K - 1, 1)))
+    Z = fisher_z(residual_correlation_matrix(X, basis))
+    mu, sigma = fit_null(Z[np.triu_indices(K, 1)])
+    S = (Z - mu) / sigma
+    np.fill_diagonal(S, -np.inf)
+    return (S > thr).sum(axis=1)
+
+
+def population_basis(X, *, rank: int | None = None, random_state=0, rounds: int = 2) -> Basis:
+    """The population's directions: :func:`structure_basis` with each model weighted ``1/(1 + its relatives)``
+    (:func:`relatives_count` under the previous estimate), ``rounds`` times from the unweighted one.
+
+    Why: a lineage of m models that share one idiosyncrasy carries an eigenvalue m times a single model's,
+    and the Kaiser rule would remove it — or mix it into the population's directions, whose removal then
+    makes two unrelated lineages' residuals correlated (measured: whole lineages paired at 4–6 null sds).
+    Weighted, a lineage counts as about one model, as in the PCA of genetics on related samples. Dense
+    (K×K); :func:`lmmap.analyses.lineage` calls it on a sample of models past ``DENSE_MAX_K``.
+    """
+    basis = structure_basis(X, dense=True, rank=rank, random_state=random_state)
+    for _ in range(rounds):
+        w = 1.0 / (1.0 + relatives_count(X, basis))
+        basis = structure_basis(X, dense=True, rank=rank, random_state=random_state, weights=w)
+    return basis
+
+
+def with_shift_directions(X, basis: Basis, i, j, *, random_state=0) -> Basis:
+    """The directions removed before pairs are compared, re-estimated with the directions in which derivation
+    moves models: the principal directions ``W`` of the differences ``x_i − x_j`` of related pairs (a model
+    and its likely parent), then the population's directions of ``X`` outside ``W`` (weighted as ``basis``).
+
+    A fine-tune's domain shift is estimated far better from these differences, where the pair's shared
+    idiosyncrasy cancels, than from the models themselves, where every model's idiosyncrasy blurs it (a
+    blurred shift left in the residuals makes siblings, and unrelated fine-tunes on the same domain, look
+    related). ``W``'s size: the Kaiser rule on the differences' eigenvalues (measured on the synthetic
+    ecosystems: the domains' directions stand 6–50× above the mean, the rest below 1×).
+    """
+    i, j = np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    K = np.asarray(X).shape[0]
+    if len(i) < 3:
+        return basis
+    D = np.asarray(X[i], dtype=np.float64) - np.asarray(X[j], dtype=np.float64)
+    lam, U = np.linalg.eigh(D @ D.T)
+    order = np.argsort(lam)[::-1]
+    lam, U = np.maximum(lam[order], 0.0), U[:, order]
+    n_nonzero = max(1, min(len(i), D.shape[1]) - 1)
+    r = int((lam > lam.sum() / n_nonzero).sum())
+    r = max(0, min(r, len(i) - 1, K - 4))
+    if r == 0:
+        return basis
+    W = (D.T @ U[:, :r]) / np.sqrt(np.maximum(lam[:r], 1e-300))
+    W, _ = np.linalg.qr(W)
+    Xp = project(np.asarray(X), W)
+    rest = np.asarray(X, dtype=np.float64) - Xp @ W.T
+    pop = structure_basis(rest, dense=True, random_state=random_state, weights=basis.weights)
+    # The population's directions are those above the map's Kaiser threshold, as before the shifts were taken
+    # out (the threshold of what is left would fall with the shifts' energy and let lineages' directions in).
+    keep = int(max(0, min((pop.lam > basis.mean_eigenvalue).sum(), K - 3 - r)))
+    V, _ = np.linalg.qr(np.hstack([W, pop.V[:, :keep]]))
+    Z = project(np.asarray(X), V)
+    return Basis(Z=Z, V=V, lam=np.concatenate([lam[:r], pop.lam[:keep]]), rank=V.shape[1],
+                 mean_eigenvalue=basis.mean_eigenvalue, weights=basis.weights, shift_rank=r)
+
+
 __all__ = ["Basis", "DEFAULT_ALPHA", "candidates", "check_alpha", "direction_t", "fisher_z", "fit_null", "holm_rows",
-           "kaiser_rank", "p_values", "pair_correlations", "partial_correlation", "residual_correlation_matrix",
-           "residual_norms2", "structure_basis"]
+           "kaiser_rank", "p_values", "pair_correlations", "partial_correlation", "population_basis", "project",
+           "relatives_count", "residual_correlation_matrix", "residual_norms2", "structure_basis",
+           "with_shift_directions", "worse_share"]
