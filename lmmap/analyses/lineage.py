@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from lmmap.exceptions import InputError
-from lmmap.map import LINEAGE_COLUMN, LINEAGE_TEST_MIN_MODELS, ModelMap
+from lmmap.map import LINEAGE_TEST_MIN_MODELS, ModelMap
 from lmmap.maths import lineage as core
 from lmmap.progress import ProgressFn, say
 
@@ -63,8 +63,6 @@ TIE_SDS = 3.0
 # parent). Measured: moving by the partial correlations instead sends fine-tunes to siblings (the domain's
 # leftover structure makes a sibling look like a better explainer).
 TIE_NULL_SDS = 2.0
-# Models whose Gram matrix estimates the removed directions (a random sample of them on larger maps).
-BASIS_SAMPLE = 2000
 # A model with the lower log-likelihood on at least this share of the texts is the degraded copy of the other.
 DEGRADED_SHARE = 0.9
 # Declared lineages calibrate the null when they cover at least this share of the map's models.
@@ -77,8 +75,9 @@ class LineageResult:
 
     ``table``: one row per model — model, parent, parent2 (merges), statistic (``(z − μ₀)/σ₀`` of the pair
     with its parent, or with its best candidate), rho, p_value, p_adjusted, decision, direction (how the pair
-    was oriented: declared; merge; loss — the copy worse on at least 90 % of the texts is the degraded one;
-    structure — the more central; variance, weak), declared_base, agreement (agree / disagree / new, or
+    was oriented: declared; run — a point of a declared training run before a model outside any; merge;
+    loss — the copy worse on at least 90 % of the texts is the degraded one; structure — the more central;
+    variance, weak), declared_base, agreement (agree / disagree / new, or
     empty), n_children, nearest_kl (the nearest model by KL, for comparison), flagged (the map's red ring,
     see "The map's rings" in the module docstring).
     ``pairs``: every pair tested (model_a, model_b, rho, z, statistic, p_value, p_adjusted, significant,
@@ -201,7 +200,7 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
     dense = K <= map_module.DENSE_MAX_K
     X = mm.features()
     say(progress, f"principal directions of {K:,} models…")
-    basis = _lineage_basis(X, rank=rank, random_state=random_state)
+    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
     norms2 = core.residual_norms2(X, basis)
     kk = int(min(k, K - 1))
     say(progress, f"candidate parents ({kk} per model, {basis.rank} directions removed)…")
@@ -246,6 +245,12 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         dec = _declared_ancestor(a, b, names, bases, steps, traj)
         if dec:
             orient[n], how[n] = dec, "declared"
+        elif traj is not None and (traj[a] is None) != (traj[b] is None):
+            # A point of a declared training run (a checkpoint, or the run's final model) and a model that is
+            # not: the run came first — models are fine-tuned from released runs, not runs from fine-tunes. The
+            # data cannot tell a base from a light fine-tune of it (measured on real tiny models: the light
+            # fine-tune is the more central and took the base's place as parent of its siblings).
+            orient[n], how[n] = (1 if traj[a] is not None else -1), "run"
         else:
             orient[n] = 1 if dir_t[n] >= 0 else -1
             how[n] = "variance" if abs(dir_t[n]) >= 2 else "weak"
@@ -338,7 +343,7 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         if i not in merge_of:
             central[i] = sum(stat[n] for j, n in partners[i] if j not in merge_of)
     for n in s_idx:
-        if how[n] in ("declared", "merge"):
+        if how[n] in ("declared", "run", "merge"):
             continue
         a, b = keys[n]
         gap = central[a] - central[b]
@@ -348,7 +353,7 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
     # A copy worse on almost every text is a degraded copy of the other (a quantisation costs a little
     # likelihood everywhere; a fine-tune gains on its domain): this overrides the structure, whose evidence
     # between two near-identical models is weak.
-    loose = np.array([n for n in s_idx if how[n] not in ("declared", "merge")], dtype=np.int64)
+    loose = np.array([n for n in s_idx if how[n] not in ("declared", "run", "merge")], dtype=np.int64)
     if loose.size:
         share = core.worse_share(mm.L, keys[loose, 0], keys[loose, 1], mm.w)
         for n, sh in zip(loose, share):
@@ -429,42 +434,6 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
                          coords=None if coords is False else np.asarray(coords, dtype=np.float64))
 
 
-def _lineage_basis(X, *, rank, random_state):
-    """The directions removed before pairs are compared (:mod:`lmmap.maths.lineage`): the population's, each
-    model weighted by ``1/(1 + its relatives)`` (:func:`core.population_basis`), re-estimated beside the
-    directions in which derivation moves models, taken from the differences of each model and its clearly
-    related best partner (:func:`core.with_shift_directions`). ``rank`` given: that many population
-    directions, no shifts.
-
-    Past :data:`BASIS_SAMPLE` models the directions are estimated on a random sample of that many (shared
-    structure: a sample estimates it as well as the measured dense maps of that size) and every model is
-    then projected on them: nothing K×K, and the cost grows with K by one pass over ``X``.
-    """
-    from scipy.special import ndtri
-
-    K = X.shape[0]
-    sample = None
-    Xs = X
-    if K > BASIS_SAMPLE:
-        rng = np.random.default_rng(random_state)
-        sample = np.sort(rng.choice(K, BASIS_SAMPLE, replace=False))
-        Xs = np.asarray(X[sample], dtype=np.float64)
-    basis = core.population_basis(Xs, rank=rank, random_state=random_state)
-    if rank is None:
-        Ks = Xs.shape[0]
-        C = core.fisher_z(core.residual_correlation_matrix(Xs, basis))
-        mu, sigma = core.fit_null(C[np.triu_indices(Ks, 1)])
-        np.fill_diagonal(C, -np.inf)
-        best = np.argmax(C, axis=1)
-        related = (C[np.arange(Ks), best] - mu) / sigma > ndtri(1 - core.DEFAULT_ALPHA / max(Ks - 1, 1))
-        pairs = np.unique(np.sort(np.stack([np.arange(Ks)[related], best[related]], axis=1), axis=1), axis=0)
-        basis = core.with_shift_directions(Xs, basis, pairs[:, 0], pairs[:, 1], random_state=random_state)
-    if sample is not None:
-        basis = core.Basis(Z=core.project(X, basis.V), V=basis.V, lam=basis.lam, rank=basis.rank,
-                           mean_eigenvalue=basis.mean_eigenvalue, weights=None, shift_rank=basis.shift_rank)
-    return basis
-
-
 def _null_sample(X, basis, norms2, roots, declared, dense, random_state):
     """``(source, z)`` of the pairs that calibrate the null: declared-unrelated pairs where declared lineages
     cover at least :data:`DECLARED_COVERAGE` of the models, else all pairs (small maps) or random pairs."""
@@ -530,7 +499,7 @@ def likely_parents(mm: ModelMap, models, *, among=None, alpha: float = core.DEFA
                          params=("models", "among"))
     dense = mm.K <= map_module.DENSE_MAX_K
     X = mm.features()
-    basis = _lineage_basis(X, rank=rank, random_state=random_state)
+    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
     norms2 = core.residual_norms2(X, basis)
     Zr = basis.Zr
     Xr = np.asarray(X[rows], dtype=np.float64)
@@ -588,7 +557,7 @@ def provenance(mm: ModelMap, a: str, b: str, *, alpha: float = core.DEFAULT_ALPH
         raise InputError(f"a and b must be two different models, got {a!r} twice", params=("a", "b"))
     dense = mm.K <= map_module.DENSE_MAX_K
     X = mm.features()
-    basis = _lineage_basis(X, rank=rank, random_state=random_state)
+    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
     norms2 = core.residual_norms2(X, basis)
     rho = float(core.pair_correlations(X, basis, [i], [j], norms2)[0])
     bases, roots, declared, steps, traj = _declared(mm)

@@ -98,6 +98,8 @@ NULL_PAIRS = 20_000
 MIN_NULL_PAIRS = 10
 # Pairs per block of the pairwise products (bounds the temporary (pairs × d) arrays).
 PAIR_BLOCK = 2048
+# Models whose Gram matrix estimates the removed directions (a random sample of them on larger maps).
+BASIS_SAMPLE = 2000
 # Correlations are clipped here before atanh: a duplicated model has ρ = 1.
 RHO_MAX = 1 - 1e-12
 
@@ -403,7 +405,43 @@ def with_shift_directions(X, basis: Basis, i, j, *, random_state=0) -> Basis:
                  mean_eigenvalue=basis.mean_eigenvalue, weights=basis.weights, shift_rank=r)
 
 
+
+def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
+    """The directions removed before pairs are compared: the population's, each model weighted
+    ``1/(1 + its relatives)`` (:func:`population_basis`), re-estimated beside the directions in which derivation
+    moves models, from the differences of each model and its clearly related best partner
+    (:func:`with_shift_directions`). ``rank`` given: that many population directions, no shifts.
+
+    Past :data:`BASIS_SAMPLE` models the directions are estimated on a random sample of that many (shared
+    structure: a sample estimates it as well as the measured dense maps of that size) and every model is
+    then projected on them: nothing K×K, and the cost grows with K by one pass over ``X``.
+    """
+    from scipy.special import ndtri
+
+    K = np.asarray(X).shape[0]
+    sample = None
+    Xs = X
+    if K > BASIS_SAMPLE:
+        rng = np.random.default_rng(random_state)
+        sample = np.sort(rng.choice(K, BASIS_SAMPLE, replace=False))
+        Xs = np.asarray(X[sample], dtype=np.float64)
+    basis = population_basis(Xs, rank=rank, random_state=random_state)
+    if rank is None:
+        Ks = Xs.shape[0]
+        C = fisher_z(residual_correlation_matrix(Xs, basis))
+        mu, sigma = fit_null(C[np.triu_indices(Ks, 1)])
+        np.fill_diagonal(C, -np.inf)
+        best = np.argmax(C, axis=1)
+        related = (C[np.arange(Ks), best] - mu) / sigma > ndtri(1 - DEFAULT_ALPHA / max(Ks - 1, 1))
+        pairs = np.unique(np.sort(np.stack([np.arange(Ks)[related], best[related]], axis=1), axis=1), axis=0)
+        basis = with_shift_directions(Xs, basis, pairs[:, 0], pairs[:, 1], random_state=random_state)
+    if sample is not None:
+        basis = Basis(Z=project(X, basis.V), V=basis.V, lam=basis.lam, rank=basis.rank,
+                      mean_eigenvalue=basis.mean_eigenvalue, weights=None, shift_rank=basis.shift_rank)
+    return basis
+
 __all__ = ["Basis", "DEFAULT_ALPHA", "candidates", "check_alpha", "direction_t", "fisher_z", "fit_null", "holm_rows",
-           "kaiser_rank", "p_values", "pair_correlations", "partial_correlation", "population_basis", "project",
+           "kaiser_rank", "lineage_basis", "p_values", "pair_correlations", "partial_correlation", "population_basis",
+           "project",
            "relatives_count", "residual_correlation_matrix", "residual_norms2", "structure_basis",
            "with_shift_directions", "worse_share"]

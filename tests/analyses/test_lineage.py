@@ -91,3 +91,41 @@ def test_bad_input_is_one_line(eco):
     rng = np.random.default_rng(0)
     with pytest.raises(InputError, match="at least 4 models"):
         lineage(ModelMap(["a", "b", "c"], -rng.gamma(2, 10, (3, 50))))
+
+
+def test_a_degraded_copy_is_the_descendant_whatever_the_structure():
+    """A quantisation is worse on almost every text: it is oriented as the copy (direction "loss") even where it
+    looks as central as its original."""
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=12, n_independent=6, quant_per_base=1, seed=5)
+    res = lineage(ModelMap(names, L, metadata=store_metadata(truth)), coords=False)
+    t = res.table.set_index("model")
+    quants = truth.index[truth["kind"] == "quant"]
+    assert all(t.loc[q, "parent"] == truth.loc[q, "parents"][0] for q in quants)
+    assert (t.loc[quants, "direction"] == "loss").mean() >= 0.9
+    bases = [truth.loc[q, "parents"][0] for q in quants]
+    assert not any(t.loc[b, "parent"] in set(quants) for b in bases)
+
+
+def test_a_declared_run_comes_before_its_fine_tunes():
+    """A model at the end of a declared training run and a light fine-tune of it (a near copy, which the data
+    cannot order): the run is the ancestor (direction "run"), and the fine-tune's siblings called derived take the
+    run's model, not the light fine-tune, as parent."""
+    rng = np.random.default_rng(7)
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=12, n_independent=6, n_merges=0, seed=6)
+    L = L.copy()
+    base = "base3"
+    b = names.index(base)
+    light = L[b] + 0.05 * rng.normal(0, 1, L.shape[1]) * np.abs(L[b] - L.mean(axis=0)).mean()
+    names = names + [f"{base}-light"]
+    L = np.vstack([L, light[None]])
+    md = store_metadata(truth)
+    md.loc[f"{base}-light"] = [np.nan, np.nan, ""]
+    md.loc[base, ["trajectory", "step"]] = [base, 100]
+    res = lineage(ModelMap(names, L, metadata=md), coords=False)
+    t = res.table.set_index("model")
+    assert t.loc[f"{base}-light", "parent"] == base and t.loc[f"{base}-light", "direction"] == "run"
+    assert t.loc[base, "decision"] != "derived" or t.loc[base, "parent"] != f"{base}-light"
+    siblings = [n for n in truth.index if truth.loc[n, "parents"] == (base,) and truth.loc[n, "kind"] == "finetune"]
+    derived = [s for s in siblings if t.loc[s, "decision"] == "derived"]
+    assert derived and all(t.loc[s, "parent"] == base for s in derived)
+    assert not (t["parent"] == f"{base}-light").any()
