@@ -8,10 +8,13 @@ enough of them, and decides for every model:
 
 * ``derived`` — from ``parent`` (and ``parent2`` for a merge): a model whose
   residual correlation with it is significant after the correction, oriented
-  as its ancestor, and — up to :data:`CONFIRM_MAX_K` models, unless the
-  metadata declare the pair — still significant (Bonferroni over its K − 1
-  tests) under directions estimated without the two models' lineages (column
-  ``confirm_statistic``; :func:`lmmap.maths.lineage.leave_out_statistics`);
+  as its ancestor. The directions' estimate leaves the pair's own lineages
+  out (:func:`lmmap.maths.lineage.leave_out_statistics`): on maps of
+  :data:`LEAVE_OUT_MIN_K`–:data:`LEAVE_OUT_MAX_K` models every candidate
+  pair's statistic is computed without the two models' nearest candidates;
+  on other maps up to :data:`CONFIRM_MAX_K` models an inferred parent the
+  metadata do not declare must stay significant (Bonferroni over the model's
+  K − 1 tests) without the two lineages (column ``confirm_statistic``);
 * ``independent`` — no stored model is its parent (unrelated to all, or the
   root of a lineage: its relatives are its descendants);
 * ``undecided`` — related at α before the correction but not after, or a
@@ -88,14 +91,13 @@ DECLARED_COVERAGE = 0.5
 class LineageResult:
     """What :func:`lineage` found; :mod:`lmmap.report.lineage` writes it.
 
-    ``table``: one row per model — model, parent, parent2 (merges), statistic (``(z − μ₀)/σ₀`` of the pair
-    with its parent, or with its best candidate), confirm_statistic (the statistic with its parent under
-    directions estimated without the two lineages; NaN when not computed), rho, p_value, p_adjusted, decision, direction (how the pair
-    was oriented: declared; run — a point of a declared training run before a model outside any; merge;
-    loss — the copy worse on at least 90 % of the texts is the degraded one; structure — the more central;
-    variance, weak), declared_base, agreement (agree / disagree / new, or
-    empty), n_children, nearest_kl (the nearest model by KL, for comparison), flagged (the map's red ring,
-    see "The map's rings" in the module docstring).
+    ``table``: one row per model — model, parent, parent2 (merges), statistic (``(z − μ₀)/σ₀`` of the pair with its
+    parent, or with its best candidate), confirm_statistic (the statistic with its parent under directions estimated
+    without the two lineages; NaN when not computed), rho, p_value, p_adjusted, decision, direction (how the pair
+    was oriented: declared; run — a point of a declared training run before a model outside any; merge; loss — the
+    copy worse on at least 90 % of the texts is the degraded one; structure — the more central; variance, weak),
+    declared_base, agreement (agree / disagree / new, or empty), n_children, nearest_kl (the nearest model by KL,
+    for comparison), flagged (the map's red ring, see "The map's rings" in the module docstring).
     ``pairs``: every pair tested (model_a, model_b, rho, z, statistic, p_value, p_adjusted, significant,
     ancestor). ``info``: rank, null (source, μ₀, σ₀, pairs), alpha, correction, K, d.
     """

@@ -334,7 +334,6 @@ def partial_correlation(r_ab, r_ac, r_bc) -> np.ndarray:
     return np.clip((r_ab - r_ac * r_bc) / den, -RHO_MAX, RHO_MAX)
 
 
-
 def relatives_count(X, basis: Basis) -> np.ndarray:
     """How many models each model is clearly related to under ``basis`` (K,): pairs whose statistic passes a
     Bonferroni threshold over the model's K − 1 tests, against the null fitted from all pairs (dense: K×K)."""
@@ -358,7 +357,7 @@ def population_basis(X, *, rank: int | None = None, random_state=0, rounds: int 
     and the Kaiser rule would remove it — or mix it into the population's directions, whose removal then
     makes two unrelated lineages' residuals correlated (measured: whole lineages paired at 4–6 null sds).
     Weighted, a lineage counts as about one model, as in the PCA of genetics on related samples. Dense
-    (K×K); :func:`lmmap.analyses.lineage` calls it on a sample of models past ``DENSE_MAX_K``.
+    (K×K); :func:`lineage_basis` calls it on a sample of models past :data:`BASIS_SAMPLE`.
     """
     basis = structure_basis(X, dense=True, rank=rank, random_state=random_state)
     for _ in range(rounds):
@@ -403,7 +402,6 @@ def with_shift_directions(X, basis: Basis, i, j, *, random_state=0) -> Basis:
     Z = project(np.asarray(X), V)
     return Basis(Z=Z, V=V, lam=np.concatenate([lam[:r], pop.lam[:keep]]), rank=V.shape[1],
                  mean_eigenvalue=basis.mean_eigenvalue, weights=basis.weights, shift_rank=r)
-
 
 
 def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
@@ -485,8 +483,8 @@ def leave_out_statistics(X, basis: Basis, i, j, families) -> np.ndarray:
             out[k] = (C[i[k], j[k]] - mu) / sigma
     return out
 
+
 __all__ = ["Basis", "DEFAULT_ALPHA", "candidates", "check_alpha", "direction_t", "fisher_z", "fit_null", "holm_rows",
-           "kaiser_rank", "leave_out_statistics", "lineage_basis", "p_values", "pair_correlations", "partial_correlation", "population_basis",
-           "project",
-           "relatives_count", "residual_correlation_matrix", "residual_norms2", "structure_basis",
-           "with_shift_directions", "worse_share"]
+           "kaiser_rank", "leave_out_statistics", "lineage_basis", "p_values", "pair_correlations",
+           "partial_correlation", "population_basis", "project", "relatives_count", "residual_correlation_matrix",
+           "residual_norms2", "structure_basis", "with_shift_directions", "worse_share"]
