@@ -1071,8 +1071,9 @@ def place_adaptive(store, models, *, target_se: float = DEFAULT_TARGET_SE, neigh
     existing model when there are fewer; never more) is ≤ ``target_se``
     (after at least ``min_rounds`` rounds) and — with ``resolve_nearest`` —
     its nearest existing model is told apart from the runner-up (their KL
-    differ by ≥ NEAREST_Z = 1.645 SE of the difference, one-sided, or that SE is below a quarter of
-    the target: a tie at the precision asked); or once ``max_texts`` unique texts
+    differ by ≥ :data:`NEAREST_Z` = 1.645 SE of the difference, a one-sided
+    test, or that SE is below a quarter of the target: a tie at the precision
+    asked); or once ``max_texts`` unique texts
     are scored (``stopped_by="max-texts"``). With ``max_texts`` = N, the
     default, a model whose target is predicted (from the trend of its SE) to
     need at least half of the texts not yet scored, or that has half of all
