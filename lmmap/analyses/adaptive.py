@@ -112,6 +112,9 @@ TIE_FRACTION = 0.25
 # models may be and still be called a tie (issue 25: at 0.2 with a tie at a quarter of 0.2, one held-out
 # fine-tune in seven stopped on the wrong nearest model, within 5% of the right one's KL).
 TIE_TARGET = 0.1
+# A new model's likely parent (from its draws) is reported when its Bonferroni-adjusted p-value over the existing
+# models is at most this (issue 25: `lmmap add --adaptive` says it, as `lmmap add --subset` does).
+PARENT_ALPHA = 0.05
 # The nearest is told apart from the runner-up when their KL difference is this many SEs of the difference: a
 # one-sided test at 5% (the question is directional: is the nearest nearer?). Measured on a real 56-model map
 # (bench_adaptive_real.py, each model held out in turn): 1.96 (two-sided) scored 53% of the fixed LS subset's
@@ -840,11 +843,30 @@ class AdaptiveResult(PlacedModels):
     mean_text_bytes: float | None = None
 
     def adaptive_table(self) -> pd.DataFrame:
-        """``adaptive.csv``: one row per new model (texts_scored = unique texts)."""
-        rows = [{"model": n, "texts_scored": r.texts_scored, "draws": len(r.draws), "rounds": r.rounds,
-                 "se_reached": r.se_reached, "stopped_by": r.stopped_by} for n, r in self.runs.items()
-                if n in self.new_models]
-        return pd.DataFrame(rows, columns=["model", "texts_scored", "draws", "rounds", "se_reached", "stopped_by"])
+        """``adaptive.csv``: one row per new model (texts_scored = unique texts), with the lineage test of its last
+        estimated round (:func:`likely_parents`): ``likely_parent`` (empty unless its Bonferroni-adjusted p-value
+        over the K existing models, ``parent_p_adjusted``, is at most :data:`PARENT_ALPHA`), ``parent_statistic``."""
+        rows = []
+        for n, r in self.runs.items():
+            if n not in self.new_models:
+                continue
+            parent, p_adj = self._likely_parent(r)
+            rows.append({"model": n, "texts_scored": r.texts_scored, "draws": len(r.draws), "rounds": r.rounds,
+                         "se_reached": r.se_reached, "stopped_by": r.stopped_by, "likely_parent": parent,
+                         "parent_statistic": np.nan if r.parent_statistic is None else r.parent_statistic,
+                         "parent_p_adjusted": p_adj})
+        return pd.DataFrame(rows, columns=["model", "texts_scored", "draws", "rounds", "se_reached", "stopped_by",
+                                           "likely_parent", "parent_statistic", "parent_p_adjusted"])
+
+    def _likely_parent(self, run) -> tuple[str, float]:
+        """``(name or "", Bonferroni-adjusted p)`` of ``run``'s likely parent (``("", nan)`` if none was tested)."""
+        if run.likely_parent is None or run.parent_statistic is None:
+            return "", float("nan")
+        from scipy.special import ndtr
+
+        K = len(self.existing_models)
+        p_adj = float(min(1.0, max(K - 1, 1) * ndtr(-run.parent_statistic)))
+        return (self.existing_models[run.likely_parent] if p_adj <= PARENT_ALPHA else ""), p_adj
 
     def trace_table(self) -> pd.DataFrame:
         """After every round: the relative SE (largest over the k nearest), the nearest model, its KL and SE
@@ -879,8 +901,10 @@ class AdaptiveResult(PlacedModels):
             else:
                 how = f"stopped at max_texts before the target (relative SE {r.se_reached:.2f})"
             kl = format_estimate(row.kl, row.kl_se)
+            parent, p_adj = self._likely_parent(r)
+            lineage = f"; likely parent {parent} (lineage test p {p_adj:.2g})" if parent else ""
             lines.append(f"  {row.new_model}: nearest {row.existing_model} (KL {kl} {self.unit_label}); "
-                         f"{r.texts_scored} texts in {r.rounds} rounds, {how}")
+                         f"{r.texts_scored} texts in {r.rounds} rounds, {how}{lineage}")
         return "\n".join(lines + self._failed_lines())
 
 

@@ -232,8 +232,17 @@ def test_driver_places_and_writes_and_resumes_after_a_kill(eco, tmp_path, monkey
     coords = pd.read_csv(paths["coords.csv"])
     assert list(coords["model"]) == res.existing_models + res.new_models and coords["new"].sum() == 3
     assert np.isfinite(coords[["x", "y"]].to_numpy()).all() and paths["map.png"].stat().st_size > 1000
-    ada = pd.read_csv(paths["adaptive.csv"])
-    assert list(ada.columns) == ["model", "texts_scored", "draws", "rounds", "se_reached", "stopped_by"]
+    ada = pd.read_csv(paths["adaptive.csv"], keep_default_na=False)
+    assert list(ada.columns) == ["model", "texts_scored", "draws", "rounds", "se_reached", "stopped_by",
+                                 "likely_parent", "parent_statistic", "parent_p_adjusted"]
+    # Issue 25: the lineage test on the draws; a likely parent is named only when significant (here, on ~70
+    # texts, the fine-tune's stands out from the unrelated model's but not past Bonferroni over 53 models).
+    ada = ada.set_index("model")
+    assert float(ada.loc["ft", "parent_statistic"]) > float(ada.loc["unrel", "parent_statistic"]) + 1
+    assert ada.loc["unrel", "likely_parent"] == "" and float(ada.loc["unrel", "parent_p_adjusted"]) > 0.05
+    for name, parent in ada["likely_parent"].items():
+        assert (f"likely parent {parent}" in res.summary()) == bool(parent)
+        assert not parent or name != "ft" or parent.split("/")[0] == "base2"
     pl = pd.read_csv(paths["placement.csv"])
     assert len(pl) == 3 * len(rest) and pl.groupby("new_model")["rank"].min().eq(1).all()
     tr = pd.read_csv(paths["adaptive_trace.csv"])
@@ -292,3 +301,23 @@ def test_driver_with_a_real_tiny_model(tmp_path, stdlib_texts, tiny_tokenizer, m
     paths = report.write(res, tmp_path / "out")
     assert {"adaptive.csv", "placement.csv", "map.png", "map.html", "coords.csv"} <= set(paths)
     assert pd.read_csv(paths["adaptive.csv"])["stopped_by"].tolist() == ["max-texts"]
+
+
+def test_the_likely_parent_of_a_fine_tune_is_found_on_its_draws(eco):
+    """Issue 25: `lmmap add --adaptive` names a new model's likely parent from the lineage test on its draws:
+    at --target-se 0.05 the held-out fine-tune of base2 is tied to base2's lineage, significantly (Bonferroni
+    over the existing models), in most draws; the unrelated model never is."""
+    from scipy.special import ndtr
+
+    names, L, _, held, rest, amap = eco
+    K = len(rest)
+    found, false = 0, 0
+    for seed in range(6):
+        for h, tally in ((held[0], "ft"), (held[2], "unrel")):
+            run = ad.simulate(amap, L[h], target_se=0.05, neighbors=3, round_size=16, random_state=seed)
+            significant = (K - 1) * ndtr(-run.parent_statistic) <= ad.PARENT_ALPHA
+            if tally == "ft":
+                found += significant and names[rest[run.likely_parent]].split("/")[0] == "base2"
+            else:
+                false += significant
+    assert found >= 4 and false == 0, (found, false)
