@@ -185,16 +185,17 @@ class LookupScorer:
     """Stands in for :func:`lmmap.scoring.score_models`: known rows, stored as scoring would store them."""
 
     def __init__(self, rows: dict):
-        self.rows = rows
+        self.rows, self.calls = rows, 0
 
     def __call__(self, store, models, *, names=None, text_pos=None, convention="reference", **kw):
         from lmmap.scoring import ScoreStatus
 
+        self.calls += 1
         out = {}
         for src, name in zip(models, names or models):
             have = store.vectors(name)["text_pos"].to_numpy() if store.has_model(name) else np.zeros(0, np.int64)
             pos = np.union1d(have, np.asarray(text_pos))
             store.write_model(name, self.rows[src][pos], text_pos=pos, record={"convention": convention},
                               replace=store.has_model(name))
-            out[name] = ScoreStatus(name, "scored", n_scored=len(pos))
+            out[name] = ScoreStatus(name, "scored", n_scored=len(pos) - len(have))  # newly scored, as score_models
         return out

@@ -16,7 +16,7 @@ from lmmap.analyses.place import LARGE_PLACE_NEIGHBORS, _median_of_nearest
 from lmmap.data.store import Store
 from lmmap.data.texts import TextSet
 from lmmap.exceptions import InputError
-from synthetic import ecosystem_L
+from synthetic import LookupScorer, ecosystem_L
 
 N = 400
 pytestmark = pytest.mark.filterwarnings("ignore:perplexity .* is too large")
@@ -28,26 +28,6 @@ def eco():
     held = [names.index("base1/ft0"), kinds.index("merge")]
     rest = [i for i in range(len(names)) if i not in held]
     return names, L, held, rest
-
-
-class Scorer:
-    """Stands in for :func:`lmmap.scoring.score_models`: known rows, stored as scoring stores them."""
-
-    def __init__(self, rows):
-        self.rows, self.calls = rows, 0
-
-    def __call__(self, store, models, *, names=None, text_pos=None, convention="reference", **kw):
-        from lmmap.scoring import ScoreStatus
-
-        self.calls += 1
-        out = {}
-        for src, name in zip(models, names or models):
-            have = store.vectors(name)["text_pos"].to_numpy() if store.has_model(name) else np.zeros(0, np.int64)
-            pos = np.union1d(have, np.asarray(text_pos))
-            store.write_model(name, self.rows[src][pos], text_pos=pos, record={"convention": convention},
-                              replace=store.has_model(name))
-            out[name] = ScoreStatus(name, "scored", n_scored=len(pos) - len(have))
-        return out
 
 
 def _store(path, eco):
@@ -101,11 +81,11 @@ def test_place_adaptive_into_a_large_map_uses_the_given_positions(eco, tmp_path,
     names, L, held, rest = eco
     rows = {f"src{j}": L[h] for j, h in enumerate(held)}
     kw = dict(target_se=0.1, round_size=16, random_state=1, names=["ft", "merge"], base_coords=_coords(eco))
-    monkeypatch.setattr(lmmap.scoring, "score_models", Scorer(rows))
+    monkeypatch.setattr(lmmap.scoring, "score_models", LookupScorer(rows))
     small = ad.place_adaptive(_store(tmp_path / "small", eco), list(rows), **kw)
 
     _no_k_by_k(monkeypatch)
-    monkeypatch.setattr(lmmap.scoring, "score_models", Scorer(rows))
+    monkeypatch.setattr(lmmap.scoring, "score_models", LookupScorer(rows))
     large = ad.place_adaptive(_store(tmp_path / "large", eco), list(rows), **kw)
     assert large.amap.C is None
     # The same draws and stops, estimates equal to round-off of the randomised SVD.
@@ -123,7 +103,7 @@ def test_a_large_map_without_positions_is_refused_before_scoring(eco, tmp_path, 
     import lmmap.scoring
 
     names, L, held, rest = eco
-    scorer = Scorer({"src0": L[held[0]]})
+    scorer = LookupScorer({"src0": L[held[0]]})
     monkeypatch.setattr(lmmap.scoring, "score_models", scorer)
     _no_k_by_k(monkeypatch)
     store = _store(tmp_path / "s", eco)
@@ -139,7 +119,7 @@ def test_cli_accepts_base_coords_with_adaptive(eco, tmp_path, monkeypatch):
     import lmmap.scoring
 
     names, L, held, rest = eco
-    monkeypatch.setattr(lmmap.scoring, "score_models", Scorer({"src0": L[held[0]]}))
+    monkeypatch.setattr(lmmap.scoring, "score_models", LookupScorer({"src0": L[held[0]]}))
     _no_k_by_k(monkeypatch)
     store = _store(tmp_path / "s", eco)
     coords = tmp_path / "coords.csv"
