@@ -86,8 +86,6 @@ import numpy as np
 from lmmap.exceptions import InputError
 
 DEFAULT_ALPHA = 0.05
-# Principal directions computed at large K (the randomised SVD); the Kaiser rank is capped here.
-MAX_COMPONENTS = 64
 # Dimensions of the random sketch of the residuals in which large maps find candidate pairs.
 SKETCH_DIMS = 512
 # Candidate parents per model (nearest by residual correlation); all K − 1 up to this many + 1.
@@ -142,39 +140,24 @@ def kaiser_rank(lam, mean_eigenvalue: float, K: int) -> int:
     return int(max(0, min(int((lam > mean_eigenvalue).sum()), K - 3)))
 
 
-def structure_basis(X, *, dense: bool = True, rank: int | None = None, random_state=0, weights=None) -> Basis:
-    """The top principal directions of ``X`` (K×d) and the rank ``r`` removed before pairs are compared.
-
-    ``dense``: exact, from the eigenvectors of the K×K Gram matrix; otherwise a randomised SVD of
-    :data:`MAX_COMPONENTS` directions (:func:`lmmap.maths.knn.randomized_projection`). ``rank``: use this
-    ``r`` instead of the Kaiser rule (:func:`kaiser_rank`).
+def structure_basis(X, *, rank: int | None = None, weights=None) -> Basis:
+    """The top principal directions of ``X`` (K×d), from the eigenvectors of the K×K Gram matrix (each row
+    weighted ``√weights``), and the rank ``r`` removed before pairs are compared. ``rank``: use this ``r``
+    instead of the Kaiser rule (:func:`kaiser_rank`). :func:`lineage_basis` calls it on at most
+    :data:`BASIS_SAMPLE` models.
     """
-    X = np.asarray(X)
+    X = np.asarray(X, dtype=np.float64)
     K, d = X.shape
     sw = None if weights is None else np.sqrt(np.asarray(weights, dtype=np.float64))
-    row2 = np.einsum("ij,ij->i", X, X, dtype=np.float64) if X.dtype == np.float64 else \
-        (np.asarray(X, dtype=np.float64) ** 2).sum(axis=1)
-    total = float(row2.sum() if sw is None else (row2 * sw ** 2).sum())
-    n_nonzero = max(1, min(K - 1, d - 1))
-    mean_eig = total / n_nonzero
-    if dense:
-        Xd = np.asarray(X, dtype=np.float64)
-        Xw = Xd if sw is None else Xd * sw[:, None]
-        lam, U = np.linalg.eigh(Xw @ Xw.T)
-        order = np.argsort(lam)[::-1][:max(1, min(K - 1, d - 1))]
-        lam, U = np.maximum(lam[order], 0.0), U[:, order]
-        keep = lam > 1e-12 * max(lam[0], 1e-300)
-        lam, U = lam[keep], U[:, keep]
-        s = np.sqrt(lam)
-        V = (Xw.T @ U) / s
-        Z = Xd @ V
-    else:
-        from lmmap.maths import knn
-
-        Xw = X if sw is None else (np.asarray(X, dtype=np.float32) * sw[:, None].astype(np.float32))
-        proj = knn.randomized_projection(Xw, int(min(MAX_COMPONENTS, K - 1, d - 1)), random_state=random_state)
-        V, lam = proj.components, proj.singular_values ** 2
-        Z = proj.Z if sw is None else project(X, V)
+    Xw = X if sw is None else X * sw[:, None]
+    mean_eig = float(np.einsum("ij,ij->", Xw, Xw)) / max(1, min(K - 1, d - 1))
+    lam, U = np.linalg.eigh(Xw @ Xw.T)
+    order = np.argsort(lam)[::-1][:max(1, min(K - 1, d - 1))]
+    lam, U = np.maximum(lam[order], 0.0), U[:, order]
+    keep = lam > 1e-12 * max(lam[0], 1e-300)
+    lam, U = lam[keep], U[:, keep]
+    V = (Xw.T @ U) / np.sqrt(lam)
+    Z = X @ V
     r = kaiser_rank(lam, mean_eig, K) if rank is None else int(rank)
     if not 0 <= r <= min(len(lam), K - 3):
         raise InputError(f"rank must be from 0 to {min(len(lam), K - 3)} for this map, got {rank}", params=("rank",))
@@ -349,7 +332,7 @@ def relatives_count(X, basis: Basis) -> np.ndarray:
     return (S > thr).sum(axis=1)
 
 
-def population_basis(X, *, rank: int | None = None, random_state=0, rounds: int = 2) -> Basis:
+def population_basis(X, *, rank: int | None = None, rounds: int = 2) -> Basis:
     """The population's directions: :func:`structure_basis` with each model weighted ``1/(1 + its relatives)``
     (:func:`relatives_count` under the previous estimate), ``rounds`` times from the unweighted one.
 
@@ -359,14 +342,14 @@ def population_basis(X, *, rank: int | None = None, random_state=0, rounds: int 
     Weighted, a lineage counts as about one model, as in the PCA of genetics on related samples. Dense
     (K×K); :func:`lineage_basis` calls it on a sample of models past :data:`BASIS_SAMPLE`.
     """
-    basis = structure_basis(X, dense=True, rank=rank, random_state=random_state)
+    basis = structure_basis(X, rank=rank)
     for _ in range(rounds):
         w = 1.0 / (1.0 + relatives_count(X, basis))
-        basis = structure_basis(X, dense=True, rank=rank, random_state=random_state, weights=w)
+        basis = structure_basis(X, rank=rank, weights=w)
     return basis
 
 
-def with_shift_directions(X, basis: Basis, i, j, *, random_state=0) -> Basis:
+def with_shift_directions(X, basis: Basis, i, j) -> Basis:
     """The directions removed before pairs are compared, re-estimated with the directions in which derivation
     moves models: the principal directions ``W`` of the differences ``x_i − x_j`` of related pairs (a model
     and its likely parent), then the population's directions of ``X`` outside ``W`` (weighted as ``basis``).
@@ -394,7 +377,7 @@ def with_shift_directions(X, basis: Basis, i, j, *, random_state=0) -> Basis:
     W, _ = np.linalg.qr(W)
     Xp = project(np.asarray(X), W)
     rest = np.asarray(X, dtype=np.float64) - Xp @ W.T
-    pop = structure_basis(rest, dense=True, random_state=random_state, weights=basis.weights)
+    pop = structure_basis(rest, weights=basis.weights)
     # The population's directions are those above the map's Kaiser threshold, as before the shifts were taken
     # out (the threshold of what is left would fall with the shifts' energy and let lineages' directions in).
     keep = int(max(0, min((pop.lam > basis.mean_eigenvalue).sum(), K - 3 - r)))
@@ -423,7 +406,7 @@ def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
         rng = np.random.default_rng(random_state)
         sample = np.sort(rng.choice(K, BASIS_SAMPLE, replace=False))
         Xs = np.asarray(X[sample], dtype=np.float64)
-    basis = population_basis(Xs, rank=rank, random_state=random_state)
+    basis = population_basis(Xs, rank=rank)
     if rank is None:
         Ks = Xs.shape[0]
         C = fisher_z(residual_correlation_matrix(Xs, basis))
@@ -432,7 +415,7 @@ def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
         best = np.argmax(C, axis=1)
         related = (C[np.arange(Ks), best] - mu) / sigma > ndtri(1 - DEFAULT_ALPHA / max(Ks - 1, 1))
         pairs = np.unique(np.sort(np.stack([np.arange(Ks)[related], best[related]], axis=1), axis=1), axis=0)
-        basis = with_shift_directions(Xs, basis, pairs[:, 0], pairs[:, 1], random_state=random_state)
+        basis = with_shift_directions(Xs, basis, pairs[:, 0], pairs[:, 1])
     if sample is not None:
         basis = Basis(Z=project(X, basis.V), V=basis.V, lam=basis.lam, rank=basis.rank,
                       mean_eigenvalue=basis.mean_eigenvalue, weights=None, shift_rank=basis.shift_rank)
