@@ -197,7 +197,8 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
     Parameters
     ----------
     alpha : significance level in (0, 1); Holm-corrected within each model's K − 1 possible parents.
-    random_state : seeds the randomised SVD, the sketch and the null's random pairs (large maps only).
+    random_state : seeds the sample of models the directions are estimated on, the sketch and the null's random
+        pairs (large maps only).
     rank : principal directions removed (default: the Kaiser rule, from the data).
     k : candidate parents per model (nearest by residual correlation).
     coords : (K, 2) positions for the tree figure; ``None`` takes the map's ``embed("auto")``, ``False``
