@@ -1,7 +1,7 @@
 """The lineage test (issue 25) on synthetic ecosystems with known lineage, where the nearest model by KL fails.
 
 For each ecosystem (``tests/lineage_ecosystem.py``: bases, fine-tunes moved far along shared domain
-directions, heavy fine-tunes, quantisations, merges of two lineages, checkpoint runs with their
+directions, heavy fine-tunes, quantisations, merges of two lineages and of two fine-tunes of one base, checkpoint runs with their
 ``trajectory``/``step`` metadata, independent models; no ``base_model`` declared) it runs
 :func:`lmmap.analyses.lineage.lineage` on all N texts and on an LS subset of about N/4 unique texts
 (:func:`lmmap.analyses.select.select`), and prints per kind of derived model
@@ -14,7 +14,8 @@ and for the unrelated: the false-positive rate among truly unrelated pairs (pair
 the share of models with no parent (bases, independent models) called derived. The nearest model by KL
 is shown beside for comparison. ``--K`` runs one large map for time (K models, N texts).
 
-    python benchmarks/bench_lineage.py [--seeds 5] [--N 2000] [--bases 20] [--small] [--alpha 0.05] [--K 10000 --N 10000]
+    python benchmarks/bench_lineage.py [--seeds 5] [--N 2000] [--bases 20] [--small] [--sibling-merges M] [--alpha 0.05]
+    python benchmarks/bench_lineage.py --K 10000 --N 10000
 
 Two BLAS threads (OMP/OPENBLAS_NUM_THREADS=2 unless set).
 """
@@ -76,10 +77,10 @@ def score(result, truth, unrel):
 def ecosystem(seed, args):
     if args.small:  # about the issue's held-out ecosystem: six bases, four domains, 64 models
         return lineage_ecosystem(N=args.N, n_bases=6, ft_per_base=4, heavy_per_base=1, quant_per_base=1,
-                                 n_merges=6, n_checkpoint_runs=2, checkpoints_per_run=3, n_independent=10,
-                                 seed=seed)
+                                 n_merges=3, n_checkpoint_runs=2, checkpoints_per_run=3, n_independent=10,
+                                 n_sibling_merges=3 if args.sibling_merges is None else args.sibling_merges, seed=seed)
     return lineage_ecosystem(N=args.N, n_bases=args.bases, n_independent=args.bases // 2, heavy_per_base=1,
-                             seed=seed)
+                             n_sibling_merges=6 if args.sibling_merges is None else args.sibling_merges, seed=seed)
 
 
 def run(seed, args):
@@ -121,7 +122,9 @@ def main():
     ap.add_argument("--bases", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--K", type=int, default=None, help="time one map of about K models instead")
-    ap.add_argument("--small", action="store_true", help="ecosystems of 64 models (six bases) instead of 152")
+    ap.add_argument("--small", action="store_true", help="ecosystems of 66 models (six bases) instead of 158")
+    ap.add_argument("--sibling-merges", type=int, default=None,
+                    help="merges of two fine-tunes of one base per ecosystem (default 6, --small 3)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     if args.K:

@@ -5,12 +5,16 @@
 The ecosystem is ``bench_adaptive_real.py``'s (built and cached by it, or here: the demo's tiny GPT-2
 models grown to 63 by the demo's own training code — 11 bases on different mixtures with their
 checkpoints, 32 fine-tunes on three domains at several learning rates and lengths, one fine-tune of a
-fine-tune, six models trained from scratch on one domain each), all scored on 3,000 held-out texts.
-The map declares what ``lmmap score --revisions`` records for checkpoints (``trajectory``, ``step``) and
-no ``base_model``. Printed, for all texts and for an LS subset of a quarter of them:
+fine-tune, six models trained from scratch on one domain each), all scored on 3,000 held-out texts —
+with, built here in ``WORKDIR/lineage-extra`` (transformers' ``from_pretrained``/``save_pretrained``, scored
+into a store of the same texts): 8-bit copies of seven models (each weight matrix rounded to 256 levels per
+output unit, absmax, the way LLM.int8 stores them; embeddings kept) and five merges (the weight average of two
+fine-tunes: four of one base, one of two bases). The map declares what ``lmmap score --revisions`` records
+for checkpoints (``trajectory``, ``step``) and no ``base_model``. Printed, for all texts and for an LS subset
+of a quarter of them:
 
-- fine-tunes: the share called ``derived`` from their true parent (recall), and of those called derived
-  the share with the right parent (precision);
+- fine-tunes, 8-bit copies and merges (either parent): the share called ``derived`` from their true
+  parent (recall), and of those called derived the share with the right parent (precision);
 - checkpoints and the runs' final models: the parent is the previous point of the run;
 - models with no parent (from-scratch models, and each run's first checkpoint): the share called derived
   from a model of another lineage;
@@ -54,7 +58,10 @@ def truth_table():
             parent = order[k - 1] if k else ""
             kind = "checkpoint" if kind == "checkpoint" else "run final"
         rows[name] = dict(kind=kind, parent=parent, trajectory=r["trajectory"] or "", step=r["step"])
+    for name, (kind, parents) in extra_models().items():
+        rows[name] = dict(kind=kind, parent=parents[0], trajectory="", step=np.nan)
     truth = pd.DataFrame.from_dict(rows, orient="index")
+    truth["parents"] = [extra_models().get(n, ("", (p,) if p else ()))[1] for n, p in truth["parent"].items()]
 
     def root(n):
         p = truth.loc[n, "parent"]
@@ -63,15 +70,87 @@ def truth_table():
     return truth
 
 
+# 8-bit copies (of a model: its parent) and merges (the weight average of two fine-tunes: their parents).
+QUANTISED = ("base", "base3", "base4", "base5", "base6", "base7", "base-ft-code")
+MERGES = (("base4-ft-code", "base4-ft-docs"), ("base5-ft-code", "base5-ft-legal"), ("base6-ft-docs", "base6-ft-legal"),
+          ("base-ft-code", "base-ft-docs"), ("base3-ft-code", "base4-ft-legal"))
+
+
+def extra_models():
+    """``{name: (kind, parents)}`` of the 8-bit copies and merges built here."""
+    out = {f"{m}-int8": ("quant", (m,)) for m in QUANTISED}
+    out |= {f"merge-{a}+{b}": ("merge", (a, b)) for a, b in MERGES}
+    return out
+
+
+def _int8(model):
+    """Each weight matrix of the transformer blocks rounded to 256 levels per output unit (absmax scaling, as
+    LLM.int8 stores them) and back; embeddings, biases and norms kept."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim != 2 or "wte" in name or "wpe" in name or "lm_head" in name:
+                continue
+            # GPT-2's Conv1D stores (in, out): one scale per output unit is a max over dim 0.
+            scale = p.abs().amax(dim=0, keepdim=True).clamp(min=1e-12) / 127.0
+            p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
+    return model
+
+
+def build_extra(workdir: Path, store, say=print):
+    """The 8-bit copies and merges, saved under ``WORKDIR/lineage-extra/models`` and scored into a store of the
+    same texts; returns that store."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmmap.data.store import Store
+    from lmmap.scoring import score_models
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    root = workdir / "lineage-extra"
+    src = workdir / "models"
+    out = root / "models"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (kind, parents) in extra_models().items():
+        if (out / name / "config.json").exists():
+            continue
+        model = AutoModelForCausalLM.from_pretrained(src / parents[0])
+        if kind == "quant":
+            _int8(model)
+        else:
+            other = AutoModelForCausalLM.from_pretrained(src / parents[1]).state_dict()
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if v.is_floating_point():
+                        v.copy_(0.5 * v + 0.5 * other[k])
+        model.save_pretrained(out / name)
+        AutoTokenizer.from_pretrained(src / parents[0]).save_pretrained(out / name)
+    if not (root / "store" / "store.json").exists():
+        Store.create(root / "store", store.texts)
+    extra = Store(root / "store")
+    pending = [n for n in extra_models() if not extra.has_model(n)]
+    if pending:
+        say(f"  scoring {len(pending)} 8-bit copies and merges on {extra.n_texts} texts…")
+        status = score_models(extra, [str(out / n) for n in pending], names=pending, device="cpu", dtype="float32")
+        bad = {n: str(s) for n, s in status.items() if not s.ok}
+        if bad:
+            raise SystemExit(f"scoring failed: {bad}")
+    return extra
+
+
+KINDS = ("finetune", "quant", "merge", "checkpoint", "run final")
+
+
 def score(result, truth):
     t = result.table.set_index("model")
     out = {}
-    for kind in ("finetune", "checkpoint", "run final"):
+    for kind in KINDS:
         models = [m for m in t.index if truth.loc[m, "kind"] == kind and truth.loc[m, "parent"]]
         called = [m for m in models if t.loc[m, "decision"] == "derived"]
-        right = [m for m in called if t.loc[m, "parent"] == truth.loc[m, "parent"]]
+        right = [m for m in called if t.loc[m, "parent"] in truth.loc[m, "parents"]]
         same = [m for m in called if truth.loc[t.loc[m, "parent"], "root"] == truth.loc[m, "root"]]
-        kl = sum(t.loc[m, "nearest_kl"] == truth.loc[m, "parent"] for m in models)
+        kl = sum(t.loc[m, "nearest_kl"] in truth.loc[m, "parents"] for m in models)
         out[kind] = dict(n=len(models), recall=len(right) / max(len(models), 1),
                          precision=len(right) / max(len(called), 1), lineage=len(same) / max(len(called), 1),
                          undecided=sum(t.loc[m, "decision"] != "derived" for m in models), kl=kl / max(len(models), 1))
@@ -86,7 +165,7 @@ def show(label, s):
     print(f"\n{label}")
     print(f"  {'kind':11s} {'n':>3s} {'recall':>7s} {'precision':>9s} {'own lineage':>11s} {'not derived':>11s} "
           f"{'KL-nearest':>10s}")
-    for kind in ("finetune", "checkpoint", "run final"):
+    for kind in KINDS:
         r = s[kind]
         print(f"  {kind:11s} {r['n']:3d} {r['recall']:7.3f} {r['precision']:9.3f} {r['lineage']:11.3f} "
               f"{r['undecided']:11d} {r['kl']:10.3f}")
@@ -109,12 +188,16 @@ def main(argv=None):
     from lmmap.map import ModelMap
 
     store, _ = build(a.workdir, a.demo, a.texts)
+    extra = build_extra(a.workdir, store)
     truth = truth_table()
     names = [n for n in store.complete_models() if n in truth.index]
+    full_map = ModelMap.from_store(store, models=names)
+    extra_names = list(extra_models())
+    _, L_extra = extra.matrix(extra_names)
+    names += extra_names
     md = truth.loc[names, ["trajectory", "step"]].copy()
     md["trajectory"] = md["trajectory"].replace("", np.nan)
-    full_map = ModelMap.from_store(store, models=names)
-    mm = ModelMap(names, full_map.L, threshold=full_map.threshold, metadata=md)
+    mm = ModelMap(names, np.vstack([full_map.L, L_extra]), threshold=full_map.threshold, metadata=md)
     print(f"{mm.K} real models × N = {mm.L.shape[1]} texts; trajectory/step declared, no base_model")
     full = lineage(mm, alpha=a.alpha, coords=False)
     show(f"all texts (rank {full.info['rank']})", score(full, truth))

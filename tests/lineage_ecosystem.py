@@ -37,12 +37,14 @@ KINDS = ("base", "finetune", "heavy", "quant", "merge", "checkpoint", "independe
 def lineage_ecosystem(N=2000, n_bases=20, n_domains=4, ft_per_base=3, heavy_per_base=0, quant_per_base=1,
                       n_merges=6, n_checkpoint_runs=4, checkpoints_per_run=3, n_independent=10, rank=8,
                       idio=1.0, ft_shift=2.5, ft_noise=0.3, heavy_noise=0.9, quant_noise=0.08, merge_noise=0.2,
-                      seed=0):
+                      n_sibling_merges=0, seed=0):
     """A synthetic ecosystem; returns ``(names, L, truth)``.
 
     ``truth``: a DataFrame indexed by model with columns ``kind`` (:data:`KINDS`), ``parents`` (a tuple of the
     true parents' names, empty for bases and independent models), ``lineage`` (the base it descends from),
     ``domain`` (fine-tunes), ``trajectory`` and ``step`` (checkpoint runs: the metadata a store would hold).
+    ``n_sibling_merges``: merges of two fine-tunes of one base (kind ``merge``, a weight average with a quarter of
+    ``merge_noise``; drawn last so that the rest of the ecosystem is the same with or without them).
 
     Scales (per text, in units of the text's scale): the skill structure has sd about 1.5, a base's
     idiosyncrasy ``idio``, a fine-tune's domain shift ``ft_shift`` (so ``‖shift‖² ≫`` the distance between
@@ -116,6 +118,18 @@ def lineage_ecosystem(N=2000, n_bases=20, n_domains=4, ft_per_base=3, heavy_per_
         add(name, final, "base", (prev,), name, trajectory=name, step=total)
     for i in range(n_independent):
         add(f"indep{i}", fresh(), "independent", lineage=f"indep{i}")
+    fts = [n for n, m in zip(names, meta) if m["kind"] == "finetune"]
+    for m in range(n_sibling_merges):
+        while True:
+            a, b = rng.choice(len(fts), 2, replace=False)
+            if lineage_of[fts[a]] == lineage_of[fts[b]]:
+                break
+        # Little variation of its own: measured on real weight averages of two tiny fine-tunes, the merge's residual
+        # correlations with its parents are those of a weighted mean of the two, nothing added.
+        lam = rng.uniform(0.35, 0.65)
+        row = lam * rows[names.index(fts[a])] + (1 - lam) * rows[names.index(fts[b])] \
+            + scale * 0.25 * merge_noise * rng.normal(0, 1, N)
+        add(f"smerge{m}", row, "merge", (fts[a], fts[b]), lineage_of[fts[a]])
     L = np.minimum(np.array(rows), -0.01)
     truth = pd.DataFrame(meta).set_index("model")
     return names, L, truth

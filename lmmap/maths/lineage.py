@@ -71,8 +71,10 @@ correction valid.
 direction is (i) a derived model adds variation of its own, so the
 descendant of a pair is the one with the larger residual norm ``‖e‖²``
 (:func:`direction_t`: a t statistic from the per-text differences
-``e_i(s)² − e_j(s)²``), and (ii) a merge is a collider: its two parents are
-unrelated to each other while both explain it (:func:`partial_correlation`).
+``e_i(s)² − e_j(s)²``), and (ii) a merge is a collider: both parents explain
+it given the other (:func:`partial_correlation`), and they are unrelated to
+each other or, when related (two fine-tunes of one base), anti-correlated
+given the merge, which a common parent between two of its children is not.
 It cannot say which of two checkpoints came first (a later one can be the
 less idiosyncratic) — metadata does (``step``).
 """

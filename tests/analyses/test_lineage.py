@@ -106,6 +106,25 @@ def test_a_degraded_copy_is_the_descendant_whatever_the_structure():
     assert not any(t.loc[b, "parent"] in set(quants) for b in bases)
 
 
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_merge_of_two_fine_tunes_of_one_base_is_found_between_them(seed):
+    """A weight average of two fine-tunes of one base: its two parents are related (through the base), so it is no
+    collider of unrelated models; given the merge they are strongly anti-correlated (ρ(a, b | merge) ≤ −2.5 null
+    sds). Both parents are found, and no fine-tune takes the merge (more central than either parent) as its own
+    parent. A base between two of its fine-tunes on one domain (seed 3: the removed directions make them look
+    anti-correlated given it, −5 null sds) is no merge: they do not explain its other children."""
+    names, L, truth = lineage_ecosystem(N=2000, n_bases=20, n_independent=10, heavy_per_base=1,
+                                        n_sibling_merges=6, seed=seed)
+    t = lineage(ModelMap(names, L, metadata=store_metadata(truth)), random_state=seed, coords=False).table
+    t = t.set_index("model")
+    merges = [m for m in names if m.startswith("smerge")]
+    both = [{t.loc[m, "parent"], t.loc[m, "parent2"]} == set(truth.loc[m, "parents"]) for m in merges]
+    assert sum(both) >= 5, t.loc[merges, ["parent", "parent2", "direction"]]
+    assert not t["parent"].isin(merges).any()
+    not_merges = [m for m in names if truth.loc[m, "kind"] != "merge"]
+    assert (t.loc[not_merges, "parent2"] == "").all(), t.loc[not_merges][t.loc[not_merges, "parent2"] != ""]
+
+
 def test_a_declared_run_comes_before_its_fine_tunes():
     """A model at the end of a declared training run and a light fine-tune of it (a near copy, which the data
     cannot order): the run is the ancestor (direction "run"), and the fine-tune's siblings called derived take the
