@@ -1,17 +1,19 @@
 """The lineage test (issue 25) on real tiny language models with known lineage.
 
     python benchmarks/bench_lineage_real.py [--workdir /tmp/adaptive-real] [--demo /tmp/lineage-demo] [--texts 3000]
+                                            [--no-quantisation]
 
 The ecosystem is ``bench_adaptive_real.py``'s (built and cached by it, or here: the demo's tiny GPT-2
 models grown to 63 by the demo's own training code — 11 bases on different mixtures with their
 checkpoints, 32 fine-tunes on three domains at several learning rates and lengths, one fine-tune of a
-fine-tune, six models trained from scratch on one domain each), all scored on 3,000 held-out texts —
-with, built here in ``WORKDIR/lineage-extra`` (transformers' ``from_pretrained``/``save_pretrained``, scored
-into a store of the same texts): 8-bit copies of seven models (each weight matrix rounded to 256 levels per
-output unit, absmax, the way LLM.int8 stores them; embeddings kept) and five merges (the weight average of two
-fine-tunes: four of one base, one of two bases). The map declares what ``lmmap score --revisions`` records
-for checkpoints (``trajectory``, ``step``) and no ``base_model``. Printed, for all texts and for an LS subset
-of a quarter of them:
+fine-tune, six models trained from scratch on one domain each), all scored on 3,000 held-out texts, and 12
+more built here in ``WORKDIR/lineage-extra`` (transformers' ``from_pretrained``/``save_pretrained``, scored
+by ``score_models`` into a store of the same texts): 8-bit copies of seven models (each weight matrix of the
+blocks rounded to 255 levels per output unit, absmax, as LLM.int8 stores them; embeddings kept) and five
+merges (the weight average of two fine-tunes: four of one base, one of two bases). The map declares what
+``lmmap score`` records — ``trajectory`` and ``step`` for checkpoints (``--revisions``), ``quantisation``
+for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation`` leaves it out) — and no
+``base_model``. Printed, for all texts and for an LS subset of a quarter of them:
 
 - fine-tunes, 8-bit copies and merges (either parent): the share called ``derived`` from their true
   parent (recall), and of those called derived the share with the right parent (precision);
@@ -84,7 +86,7 @@ def extra_models():
 
 
 def _int8(model):
-    """Each weight matrix of the transformer blocks rounded to 256 levels per output unit (absmax scaling, as
+    """Each weight matrix of the transformer blocks rounded to 255 levels per output unit (absmax scaling, as
     LLM.int8 stores them) and back; embeddings, biases and norms kept."""
     import torch
 
@@ -179,6 +181,8 @@ def main(argv=None):
     ap.add_argument("--demo", type=Path, default=Path("/tmp/lineage-demo"))
     ap.add_argument("--texts", type=int, default=3000)
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--no-quantisation", action="store_true",
+                    help="leave out the metadata `quantisation` that scoring recorded for the 8-bit copies")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     from bench_adaptive_real import build
@@ -197,6 +201,11 @@ def main(argv=None):
     names += extra_names
     md = truth.loc[names, ["trajectory", "step"]].copy()
     md["trajectory"] = md["trajectory"].replace("", np.nan)
+    if not a.no_quantisation:  # what `lmmap score` recorded of the 8-bit copies' checkpoints
+        found = extra.metadata()
+        md["quantisation"] = found["quantisation"].reindex(names) if "quantisation" in found else np.nan
+        print(f"quantisation recorded by scoring: {int(md['quantisation'].notna().sum())} of "
+              f"{len(QUANTISED)} 8-bit copies")
     mm = ModelMap(names, np.vstack([full_map.L, L_extra]), threshold=full_map.threshold, metadata=md)
     print(f"{mm.K} real models × N = {mm.L.shape[1]} texts; trajectory/step declared, no base_model")
     full = lineage(mm, alpha=a.alpha, coords=False)

@@ -106,10 +106,17 @@ def already_stored(store, outs: list[str], positions, label: str, rows: list | N
                        f"{what} (pass {{replace=True}} to score it again)", n_resumed=len(positions), params=("replace",))
 
 
-def metadata_rows(metadata: dict | None, outs: list[str], name: str, layers) -> "pd.DataFrame | None":
-    """Metadata rows stored with the vectors: ``metadata`` for a plain model; ``layers_of``/``layer`` per layer."""
+def metadata_rows(metadata: dict | None, outs: list[str], name: str, layers,
+                  quantisation: str | None = None) -> "pd.DataFrame | None":
+    """Metadata rows stored with the vectors: ``metadata`` for a plain model; ``layers_of``/``layer`` per layer.
+
+    ``quantisation`` (what :func:`lmmap.scoring.quantisation.model_quantisation` found): stored as a plain
+    model's ``quantisation``, so that the lineage test orders it after its near-identical original.
+    """
     import pandas as pd
 
+    if quantisation and layers is None:
+        metadata = {**(metadata or {}), "quantisation": quantisation}
     if layers is not None:
         rows = [{"model": o, "layers_of": name, "layer": int(k)} for o, k in zip(outs, layers)]
     elif metadata:

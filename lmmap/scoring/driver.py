@@ -308,7 +308,8 @@ def _score_one(store, backend: Backend, source, name, positions, opts: ScoringOp
                 mode=info.get("mode"), extra=extra,
             )
             items.append((o, keys[j], [kept[j], cks[j], new["frames"][j]], rec))
-        meta = metadata_rows(metadata, outs, name, None if layers is None else scorer.layers)
+        meta = metadata_rows(metadata, outs, name, None if layers is None else scorer.layers,
+                             quantisation=described.get("quantisation"))
         return store_vectors(store, items, positions, metadata=meta, replace=replace or any(k is not None for k in kept),
                              n_todo=len(todo), n_before=n_before, L=L, stride=opts.stride, seconds=new["seconds"],
                              texts_per_s=new["texts_per_s"], tokens_per_s=new["tokens_per_s"], label=name)

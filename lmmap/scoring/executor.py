@@ -644,7 +644,7 @@ def _store(store, job: _Job) -> ScoreStatus:
             mode=info.get("mode"), extra=extra,
         )
         items.append((o, key, [rows, ck, new], rec))
-    meta = metadata_rows(job.metadata, job.outs, job.name, lensed)
+    meta = metadata_rows(job.metadata, job.outs, job.name, lensed, quantisation=first["describe"].get("quantisation"))
     return store_vectors(store, items, job.positions, metadata=meta,
                          replace=job.replace or any(e is not None for e in job.existing), n_todo=job.n_todo,
                          n_before=n_before, L=job.settings.max_length, stride=opts.stride, seconds=seconds,

@@ -902,6 +902,8 @@ class HFScorer:
         import torch
         import transformers
 
+        from lmmap.scoring.quantisation import model_quantisation
+
         model = self.model
         first_param = next(model.parameters())
         spread = len(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))) > 1
@@ -912,6 +914,8 @@ class HFScorer:
             "tokenizer_class": type(self.tokenizer).__name__,
             "torch_version": torch.__version__,
             "transformers_version": transformers.__version__,
+            # A quantised copy cannot be told from its original by log-likelihoods; its checkpoint can.
+            "quantisation": model_quantisation(model),
             **({} if self.lens is None else self.lens.describe()),
         }
 

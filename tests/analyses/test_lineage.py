@@ -125,6 +125,29 @@ def test_a_merge_of_two_fine_tunes_of_one_base_is_found_between_them(seed):
     assert (t.loc[not_merges, "parent2"] == "").all(), t.loc[not_merges][t.loc[not_merges, "parent2"] != ""]
 
 
+def test_a_declared_quantisation_orders_copies_that_the_data_cannot():
+    """Copies that differ from their original by symmetric noise only (no loss of likelihood: the loss rule
+    cannot order them) are labelled ``copy`` without metadata; with metadata ``quantisation`` on the copies
+    (what ``lmmap score`` records) every copy is its original's child and no fine-tune takes a copy as parent."""
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=12, n_independent=6, quant_per_base=1, n_merges=0, seed=5)
+    L = L.copy()
+    rng = np.random.default_rng(0)
+    quants = [n for n in names if truth.loc[n, "kind"] == "quant"]
+    for q in quants:
+        b = names.index(truth.loc[q, "parents"][0])
+        L[names.index(q)] = L[b] + 0.02 * np.abs(L[b] - L.mean(axis=0)).mean() * rng.normal(0, 1, L.shape[1])
+    md = store_metadata(truth)
+    t = lineage(ModelMap(names, L, metadata=md), coords=False).table.set_index("model")
+    pairs_dir = set(t.loc[quants, "direction"]) | set(t.loc[[truth.loc[q, "parents"][0] for q in quants],
+                                                            "direction"])
+    assert "copy" in pairs_dir and "loss" not in set(t.loc[quants, "direction"])
+    md["quantisation"] = ["int8 absmax per row" if n in quants else None for n in md.index]
+    t = lineage(ModelMap(names, L, metadata=md), coords=False).table.set_index("model")
+    assert all(t.loc[q, "parent"] == truth.loc[q, "parents"][0] for q in quants)
+    assert (t.loc[quants, "direction"] == "quantisation").all()
+    assert not t["parent"].isin(quants).any()
+
+
 def test_a_declared_run_comes_before_its_fine_tunes():
     """A model at the end of a declared training run and a light fine-tune of it (a near copy, which the data
     cannot order): the run is the ancestor (direction "run"), and the fine-tune's siblings called derived take the
