@@ -351,10 +351,16 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         return float(core.fisher_z(core.partial_correlation(r_ib, r_ia, r_ab))
                      - core.fisher_z(core.partial_correlation(r_ia, r_ib, r_ab))) / sampling_sd
 
+    def same_run(a, b):
+        """Two points of one declared training run (``trajectory``, the run's name, and ``step``)."""
+        if traj is None or steps is None or traj[a] is None:
+            return False
+        return traj[a] == traj[b] or traj[a] == names[b] or traj[b] == names[a]
+
     def best_explainer(i, j, pool, prefer_ancestors):
         """Walk from candidate ``j`` of ``i`` to a related candidate of ``pool`` that explains ``i`` better (by
-        more than :data:`TIE_SDS`) or, when ``prefer_ancestors``, to ``j``'s ancestor (not a declared one) whose
-        statistic is within :data:`TIE_NULL_SDS` of ``j``'s."""
+        more than :data:`TIE_SDS`) or, when ``prefer_ancestors``, to ``j``'s ancestor (not an earlier point of
+        ``j``'s declared run) whose statistic is within :data:`TIE_NULL_SDS` of ``j``'s."""
         seen = {j}
         moved = True
         while moved:
@@ -366,8 +372,8 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
                 if m is None or not sig[m]:
                     continue
                 if prefer_ancestors:
-                    # (Not along a declared order: the later point of a run is the nearer parent, not a guess.)
-                    better = ancestor_of(m, j) and how[m] != "declared" \
+                    # (Not back along a declared run: its later point is the nearer parent, not a guess.)
+                    better = ancestor_of(m, j) and not same_run(j, j2) \
                         and (core.fisher_z(rho_of(i, j)) - core.fisher_z(rho_of(i, j2))) / sigma < TIE_NULL_SDS
                 else:
                     better = margin(i, j, j2) > TIE_SDS

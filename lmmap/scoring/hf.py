@@ -804,6 +804,37 @@ def _target_logprobs(logits: "torch.Tensor", targets: "torch.Tensor") -> "torch.
 # -- the backend --------------------------------------------------------------------------
 
 
+def model_quantisation(model) -> str | None:
+    """What marks a loaded transformers ``model`` as quantised (:mod:`lmmap.scoring.quantisation`): its
+    ``quantization_config`` (``"bitsandbytes 8-bit"``, ``"gptq 4-bit"``), or the grid its weight matrices lie on
+    (``"int8 absmax per column"``), or None.
+
+    Reads at most ``MAX_MATRICES`` matrices of the transformer blocks (``MAX_ROWS`` rows each; embeddings, norms
+    and the output layer, which quantisers often keep, are not read), in the dtype they were loaded in
+    (bfloat16 is too coarse to tell an 8-bit grid: then only 4-bit grids and the config are checked).
+    """
+    import torch
+
+    from lmmap.scoring import quantisation as q
+
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    if qc:
+        return q.quantisation_label(qc)
+    skip = ("embed", "wte", "wpe", "lm_head", "norm")
+    params = [p for n, p in model.named_parameters()
+              if p.ndim == 2 and p.is_floating_point() and not any(k in n.lower() for k in skip)]
+    if not params:
+        return None
+    pick = np.unique(np.linspace(0, len(params) - 1, min(q.MAX_MATRICES, len(params))).round().astype(int))
+    mats, eps = [], 0.0
+    with torch.no_grad():
+        for k in pick:
+            p = params[k]
+            eps = max(eps, float(torch.finfo(p.dtype).eps))
+            mats.append(p[:q.MAX_ROWS].detach().to("cpu", torch.float64).numpy())
+    return q.weight_grid(mats, eps)
+
+
 class HFScorer:
     """A loaded transformers model and its tokenizer as a :class:`~lmmap.scoring.protocol.Scorer`.
 
@@ -901,8 +932,6 @@ class HFScorer:
     def describe(self) -> dict:
         import torch
         import transformers
-
-        from lmmap.scoring.quantisation import model_quantisation
 
         model = self.model
         first_param = next(model.parameters())

@@ -13,8 +13,10 @@ nats per text on average, of either sign. The checkpoint itself says it:
   ``/7`` for 4) or asymmetric min–max (``(max − min)/255``, ``/15``) — or a
   value of an 8-bit float format (``e4m3``, ``e5m2``).
 
-:func:`weight_grid` is the numeric test (arrays in, a label out);
-:func:`model_quantisation` applies it to a loaded transformers model. A
+:func:`weight_grid` is the numeric test (arrays in, a label out),
+:func:`quantisation_label` reads a ``quantization_config``; torch-free:
+:func:`lmmap.scoring.hf.model_quantisation` applies them to a loaded
+transformers model. A
 trained float matrix puts about 0.2 % of its entries within the tolerance of
 any such grid by chance; a matrix counts as on a grid from 99 %.
 """
@@ -95,36 +97,13 @@ def weight_grid(matrices, eps: float = float(np.finfo(np.float32).eps)) -> str |
     return best if found.count(best) >= MODEL_SHARE * len(labels) else None
 
 
-def model_quantisation(model) -> str | None:
-    """What marks a loaded transformers ``model`` as quantised: its ``quantization_config`` (``"bitsandbytes
-    8-bit"``, ``"gptq 4-bit"``), or the grid its weight matrices lie on (:func:`weight_grid`), or None.
-
-    Reads at most :data:`MAX_MATRICES` matrices of the transformer blocks (:data:`MAX_ROWS` rows each), in the
-    dtype they were loaded in (bfloat16 is too coarse to tell an 8-bit grid: then only 4-bit grids and the
-    config are checked).
-    """
-    import torch
-
-    qc = getattr(getattr(model, "config", None), "quantization_config", None)
-    if qc:
-        get = qc.get if isinstance(qc, dict) else (lambda k, d=None: getattr(qc, k, d))
-        method = get("quant_method", None) or "quantised"
-        method = getattr(method, "value", method)
-        bits = get("bits", None) or (8 if get("load_in_8bit", False) else 4 if get("load_in_4bit", False) else None)
-        return f"{method} {bits}-bit" if bits else str(method)
-    params = [(n, p) for n, p in model.named_parameters()
-              if p.ndim == 2 and p.is_floating_point() and not any(k in n.lower() for k in ("embed", "wte", "wpe",
-                                                                                        "lm_head", "norm"))]
-    if not params:
-        return None
-    pick = np.unique(np.linspace(0, len(params) - 1, min(MAX_MATRICES, len(params))).round().astype(int))
-    mats, eps = [], 0.0
-    with torch.no_grad():
-        for k in pick:
-            p = params[k][1]
-            eps = max(eps, float(torch.finfo(p.dtype).eps))
-            mats.append(p[:MAX_ROWS].detach().to("cpu", torch.float64).numpy())
-    return weight_grid(mats, eps)
+def quantisation_label(qc) -> str:
+    """A ``quantization_config`` (a dict or transformers' config object) as a label: ``"bitsandbytes 8-bit"``."""
+    get = qc.get if isinstance(qc, dict) else (lambda k, d=None: getattr(qc, k, d))
+    method = get("quant_method", None) or "quantised"
+    method = getattr(method, "value", method)
+    bits = get("bits", None) or (8 if get("load_in_8bit", False) else 4 if get("load_in_4bit", False) else None)
+    return f"{method} {bits}-bit" if bits else str(method)
 
 
-__all__ = ["matrix_grid", "model_quantisation", "weight_grid"]
+__all__ = ["MAX_MATRICES", "MAX_ROWS", "matrix_grid", "quantisation_label", "weight_grid"]

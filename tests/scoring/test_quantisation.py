@@ -95,7 +95,7 @@ def test_scoring_records_a_quantised_copy(tmp_path, tiny_gpt2_dir, stdlib_texts)
 
 def test_model_quantisation_reads_a_quantization_config():
     torch = pytest.importorskip("torch")
-    from lmmap.scoring.quantisation import model_quantisation
+    from lmmap.scoring.hf import model_quantisation
 
     class Config:
         quantization_config = {"quant_method": "bitsandbytes", "load_in_8bit": True}
