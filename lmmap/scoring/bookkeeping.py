@@ -110,8 +110,8 @@ def metadata_rows(metadata: dict | None, outs: list[str], name: str, layers,
                   quantisation: str | None = None) -> "pd.DataFrame | None":
     """Metadata rows stored with the vectors: ``metadata`` for a plain model; ``layers_of``/``layer`` per layer.
 
-    ``quantisation`` (what :func:`lmmap.scoring.quantisation.model_quantisation` found): stored as a plain
-    model's ``quantisation``, so that the lineage test orders it after its near-identical original.
+    ``quantisation`` (what :func:`lmmap.scoring.hf.model_quantisation` found): stored as a plain model's
+    ``quantisation``, so that the lineage test orders it after its related unquantised models.
     """
     import pandas as pd
 

@@ -809,9 +809,12 @@ def model_quantisation(model) -> str | None:
     ``quantization_config`` (``"bitsandbytes 8-bit"``, ``"gptq 4-bit"``), or the grid its weight matrices lie on
     (``"int8 absmax per column"``), or None.
 
-    Reads at most ``MAX_MATRICES`` matrices of the transformer blocks (``MAX_ROWS`` rows each; embeddings, norms
-    and the output layer, which quantisers often keep, are not read), in the dtype they were loaded in
-    (bfloat16 is too coarse to tell an 8-bit grid: then only 4-bit grids and the config are checked).
+    Reads at most ``MAX_MATRICES`` matrices of the transformer blocks (embeddings, norms and the output layer,
+    which quantisers often keep, are not read), in the dtype they were loaded in (bfloat16 is too coarse to
+    tell an 8-bit grid: then only 4-bit grids and the config are checked). A matrix of more than
+    ``MAX_ELEMENTS`` entries is read as ``MAX_SLICE`` whole rows and, apart, ``MAX_SLICE`` whole columns (a
+    scale per row or group needs whole rows, one per column whole columns; a single scale for such a matrix
+    is not looked for).
     """
     import torch
 
@@ -829,9 +832,13 @@ def model_quantisation(model) -> str | None:
     mats, eps = [], 0.0
     with torch.no_grad():
         for k in pick:
-            p = params[k]
+            p = params[k].detach()
             eps = max(eps, float(torch.finfo(p.dtype).eps))
-            mats.append(p[:q.MAX_ROWS].detach().to("cpu", torch.float64).numpy())
+            if p.numel() <= q.MAX_ELEMENTS:
+                mats.append(p.to("cpu", torch.float64).numpy())
+            else:
+                mats.append([p[:q.MAX_SLICE].to("cpu", torch.float64).numpy(),
+                             p[:, :q.MAX_SLICE].to("cpu", torch.float64).numpy()])
     return q.weight_grid(mats, eps)
 
 

@@ -13,12 +13,13 @@ nats per text on average, of either sign. The checkpoint itself says it:
   ``/7`` for 4) or asymmetric min–max (``(max − min)/255``, ``/15``) — or a
   value of an 8-bit float format (``e4m3``, ``e5m2``).
 
-:func:`weight_grid` is the numeric test (arrays in, a label out),
-:func:`quantisation_label` reads a ``quantization_config``; torch-free:
-:func:`lmmap.scoring.hf.model_quantisation` applies them to a loaded
-transformers model. A
-trained float matrix puts about 0.2 % of its entries within the tolerance of
-any such grid by chance; a matrix counts as on a grid from 99 %.
+:func:`weight_grid` is the numeric test (arrays in, a label out) and
+:func:`quantisation_label` reads a ``quantization_config``; this module is
+torch-free, and :func:`lmmap.scoring.hf.model_quantisation` applies both to a
+loaded transformers model. A trained float matrix puts 0.2–1.5 % of its
+entries within the tolerance of such a grid by chance (the most where one
+entry per row or column is the scale's own maximum); a matrix counts as on a
+grid from 99 %.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ MODEL_SHARE = 0.75
 # Weight matrices read per model (spread over its layers; embeddings and the output layer are often kept in
 # full precision by quantisers and are not read).
 MAX_MATRICES = 8
-# Rows read per matrix (the first ones): enough for the test, bounded on a 7B model's 4096×11008 matrices.
-MAX_ROWS = 512
+# A matrix of more entries is read in two slices, MAX_SLICE whole rows and MAX_SLICE whole columns (bounded on a
+# 7B model's 4096×11008 matrices; 2,048 × 2,048 and smaller are read whole).
+MAX_ELEMENTS = 1 << 22
+MAX_SLICE = 512
 GROUPS = (64, 128)
 
 
@@ -86,8 +89,17 @@ def matrix_grid(w, eps: float = float(np.finfo(np.float32).eps)) -> str | None:
 
 
 def weight_grid(matrices, eps: float = float(np.finfo(np.float32).eps)) -> str | None:
-    """The grid most of ``matrices`` lie on (at least :data:`MODEL_SHARE` of them, the same label), or None."""
-    labels = [matrix_grid(m, eps) for m in matrices]
+    """The grid most of ``matrices`` lie on (at least :data:`MODEL_SHARE` of them, the same label), or None.
+
+    An entry may be a list of slices of one matrix (whole rows, whole columns): the matrix's label is the
+    first slice's that has one.
+    """
+    def label(m):
+        if isinstance(m, (list, tuple)):
+            return next((lab for lab in (matrix_grid(x, eps) for x in m) if lab is not None), None)
+        return matrix_grid(m, eps)
+
+    labels = [label(m) for m in matrices]
     if not labels:
         return None
     found = [lab for lab in labels if lab is not None]
@@ -106,4 +118,4 @@ def quantisation_label(qc) -> str:
     return f"{method} {bits}-bit" if bits else str(method)
 
 
-__all__ = ["MAX_MATRICES", "MAX_ROWS", "matrix_grid", "quantisation_label", "weight_grid"]
+__all__ = ["MAX_ELEMENTS", "MAX_MATRICES", "MAX_SLICE", "matrix_grid", "quantisation_label", "weight_grid"]

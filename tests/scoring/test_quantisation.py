@@ -105,3 +105,21 @@ def test_model_quantisation_reads_a_quantization_config():
     assert model_quantisation(model) == "bitsandbytes 8-bit"
     Config.quantization_config = {"quant_method": "gptq", "bits": 4}
     assert model_quantisation(model) == "gptq 4-bit"
+
+
+@pytest.mark.parametrize("axis, label", [(1, "int8 absmax per row"), (0, "int8 absmax per column")])
+def test_a_large_matrix_is_read_in_whole_rows_and_whole_columns(axis, label):
+    """Past MAX_ELEMENTS entries a matrix is read as two slices: a scale per column needs whole columns (the first
+    rows alone would miss each column's maximum and fall off the grid)."""
+    torch = pytest.importorskip("torch")
+    from lmmap.scoring.hf import model_quantisation
+    from lmmap.scoring.quantisation import MAX_ELEMENTS
+
+    model = torch.nn.Sequential(torch.nn.Linear(2100, 2100, bias=False), torch.nn.Linear(2100, 2100, bias=False))
+    assert model[0].weight.numel() > MAX_ELEMENTS
+    assert model_quantisation(model) is None
+    with torch.no_grad():
+        for layer in model:
+            w = layer.weight.numpy()
+            layer.weight.copy_(torch.from_numpy(_absmax(w, axis, 127)))
+    assert model_quantisation(model) == label
