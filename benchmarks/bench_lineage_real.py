@@ -122,9 +122,11 @@ def build_extra(workdir: Path, store, say=print):
             _int8(model)
         else:
             other = AutoModelForCausalLM.from_pretrained(src / parents[1]).state_dict()
+            done = set()  # GPT-2 ties the output layer to the embeddings: one tensor, averaged once
             with torch.no_grad():
                 for k, v in model.state_dict().items():
-                    if v.is_floating_point():
+                    if v.is_floating_point() and v.data_ptr() not in done:
+                        done.add(v.data_ptr())
                         v.copy_(0.5 * v + 0.5 * other[k])
         model.save_pretrained(out / name)
         AutoTokenizer.from_pretrained(src / parents[0]).save_pretrained(out / name)
