@@ -206,12 +206,17 @@ def _declared_ancestor(i, j, names, bases, steps, traj):
         return 1
     if bases.get(names[i]) == names[j]:
         return -1
-    if steps is not None and traj is not None:
-        ti, tj = traj[i], traj[j]
-        same = ti is not None and (ti == tj or ti == names[j] or tj == names[i])
-        if same and np.isfinite(steps[i]) and np.isfinite(steps[j]) and steps[i] != steps[j]:
-            return 1 if steps[i] < steps[j] else -1
+    if _same_run(i, j, names, steps, traj) and np.isfinite(steps[i]) and np.isfinite(steps[j]) \
+            and steps[i] != steps[j]:
+        return 1 if steps[i] < steps[j] else -1
     return 0
+
+
+def _same_run(i, j, names, steps, traj) -> bool:
+    """``i`` and ``j`` are points of one declared training run (``trajectory`` — the run's name — and ``step``)."""
+    if steps is None or traj is None or traj[i] is None:
+        return False
+    return traj[i] == traj[j] or traj[i] == names[j] or traj[j] == names[i]
 
 
 # -- the analysis --------------------------------------------------------------------------------------------------
@@ -351,12 +356,6 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         return float(core.fisher_z(core.partial_correlation(r_ib, r_ia, r_ab))
                      - core.fisher_z(core.partial_correlation(r_ia, r_ib, r_ab))) / sampling_sd
 
-    def same_run(a, b):
-        """Two points of one declared training run (``trajectory``, the run's name, and ``step``)."""
-        if traj is None or steps is None or traj[a] is None:
-            return False
-        return traj[a] == traj[b] or traj[a] == names[b] or traj[b] == names[a]
-
     def best_explainer(i, j, pool, prefer_ancestors):
         """Walk from candidate ``j`` of ``i`` to a related candidate of ``pool`` that explains ``i`` better (by
         more than :data:`TIE_SDS`) or, when ``prefer_ancestors``, to ``j``'s ancestor (not an earlier point of
@@ -377,7 +376,7 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
                     # directions and null can part a near copy from its original (measured: a quantisation then
                     # took a fine-tune of its original as parent; synthetic LS fine-tunes 2 of 300 worse, real
                     # ones unchanged).
-                    better = ancestor_of(m, j) and not same_run(j, j2) \
+                    better = ancestor_of(m, j) and not _same_run(j, j2, names, steps, traj) \
                         and (core.fisher_z(rho_of(i, j)) - core.fisher_z(rho_of(i, j2))) / sigma < TIE_NULL_SDS
                 else:
                     better = margin(i, j, j2) > TIE_SDS

@@ -21,6 +21,10 @@ def _absmax(w, axis, levels):
 def test_each_grid_is_named(axis, levels, label):
     w = np.random.default_rng(0).normal(0, 0.02, (96, 384)).astype(np.float32)
     assert matrix_grid(_absmax(w, axis, levels)) == label
+
+
+def test_group_and_min_max_grids_are_named():
+    w = np.random.default_rng(0).normal(0, 0.02, (96, 384)).astype(np.float32)
     groups = _absmax(w.reshape(-1, 128), 1, 127).reshape(w.shape)
     assert matrix_grid(groups) == "int8 absmax per group of 128"
     lo, s = w.min(), (w.max() - w.min()) / 255
