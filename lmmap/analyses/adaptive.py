@@ -864,8 +864,9 @@ class AdaptiveResult(PlacedModels):
             return "", float("nan")
         from scipy.special import ndtr
 
+        # The statistic is the largest of K tests, one per existing model: Bonferroni over K.
         K = len(self.existing_models)
-        p_adj = float(min(1.0, max(K - 1, 1) * ndtr(-run.parent_statistic)))
+        p_adj = float(min(1.0, max(K, 1) * ndtr(-run.parent_statistic)))
         return (self.existing_models[run.likely_parent] if p_adj <= PARENT_ALPHA else ""), p_adj
 
     def trace_table(self) -> pd.DataFrame:

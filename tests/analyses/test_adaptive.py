@@ -315,7 +315,7 @@ def test_the_likely_parent_of_a_fine_tune_is_found_on_its_draws(eco):
     for seed in range(6):
         for h, tally in ((held[0], "ft"), (held[2], "unrel")):
             run = ad.simulate(amap, L[h], target_se=0.05, neighbors=3, round_size=16, random_state=seed)
-            significant = (K - 1) * ndtr(-run.parent_statistic) <= ad.PARENT_ALPHA
+            significant = K * ndtr(-run.parent_statistic) <= ad.PARENT_ALPHA
             if tally == "ft":
                 found += significant and names[rest[run.likely_parent]].split("/")[0] == "base2"
             else:
