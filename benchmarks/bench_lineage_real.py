@@ -1,7 +1,7 @@
 """The lineage test (issue 25) on real tiny language models with known lineage.
 
     python benchmarks/bench_lineage_real.py [--workdir /tmp/adaptive-real] [--demo /tmp/lineage-demo] [--texts 3000]
-                                            [--no-quantisation]
+                                            [--no-quantisation] [--subsets R] [--fixture PATH]
 
 The ecosystem is ``bench_adaptive_real.py``'s (built and cached by it, or here: the demo's tiny GPT-2
 models grown to 63 by the demo's own training code — 11 bases on different mixtures with their
@@ -21,6 +21,11 @@ for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation``
 - models with no parent (from-scratch models, and each run's first checkpoint): the share called derived
   from a model of another lineage;
 - the nearest model by KL, for comparison.
+
+``--subsets R`` also draws R smaller maps of the issue's shape (six of the eleven base lineages, each with
+everything derived from it, the six from-scratch models, and the copies and merges whose parents are all
+kept: 31–53 models) and prints the same figures summed over them, on all texts. ``--fixture PATH`` saves the
+second of those maps for ``tests/analyses/test_lineage_real.py`` and stops.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ KINDS = ("finetune", "quant", "merge", "checkpoint", "run final")
 
 
 def score(result, truth):
+    """Counts per kind (summed over maps by :func:`add`; :func:`show` turns them into shares)."""
     t = result.table.set_index("model")
     out = {}
     for kind in KINDS:
@@ -155,14 +161,22 @@ def score(result, truth):
         right = [m for m in called if t.loc[m, "parent"] in truth.loc[m, "parents"]]
         same = [m for m in called if truth.loc[t.loc[m, "parent"], "root"] == truth.loc[m, "root"]]
         kl = sum(t.loc[m, "nearest_kl"] in truth.loc[m, "parents"] for m in models)
-        out[kind] = dict(n=len(models), recall=len(right) / max(len(models), 1),
-                         precision=len(right) / max(len(called), 1), lineage=len(same) / max(len(called), 1),
-                         undecided=sum(t.loc[m, "decision"] != "derived" for m in models), kl=kl / max(len(models), 1))
+        out[kind] = dict(n=len(models), right=len(right), called=len(called), same=len(same), kl=kl,
+                         undecided=len(models) - len(called))
     roots = [m for m in t.index if not truth.loc[m, "parent"]]
     wrong = [m for m in roots if t.loc[m, "decision"] == "derived"
              and truth.loc[t.loc[m, "parent"], "root"] != truth.loc[m, "root"]]
     out["roots"] = dict(n=len(roots), wrong=len(wrong), names=wrong)
     return out
+
+
+def add(total, s):
+    if total is None:
+        return s
+    for key, r in s.items():
+        for f, v in r.items():
+            total[key][f] += v
+    return total
 
 
 def show(label, s):
@@ -171,10 +185,12 @@ def show(label, s):
           f"{'KL-nearest':>10s}")
     for kind in KINDS:
         r = s[kind]
-        print(f"  {kind:11s} {r['n']:3d} {r['recall']:7.3f} {r['precision']:9.3f} {r['lineage']:11.3f} "
-              f"{r['undecided']:11d} {r['kl']:10.3f}")
+        n, c = max(r["n"], 1), max(r["called"], 1)
+        print(f"  {kind:11s} {r['n']:3d} {r['right'] / n:7.3f} {r['right'] / c:9.3f} {r['same'] / c:11.3f} "
+              f"{r['undecided']:11d} {r['kl'] / n:10.3f}")
     r = s["roots"]
-    print(f"  models with no parent: {r['n']}, given a parent in another lineage: {r['wrong']} {r['names']}")
+    names = r["names"] if len(r["names"]) <= 6 else sorted(set(r["names"]))
+    print(f"  models with no parent: {r['n']}, given a parent in another lineage: {r['wrong']} {names}")
 
 
 def main(argv=None):
@@ -183,6 +199,9 @@ def main(argv=None):
     ap.add_argument("--demo", type=Path, default=Path("/tmp/lineage-demo"))
     ap.add_argument("--texts", type=int, default=3000)
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--subsets", type=int, default=0, help="also draw this many maps of six base lineages")
+    ap.add_argument("--fixture", type=Path, help="save the test fixture of real log-likelihoods here (tests/fixtures/"
+                    "lineage_real_map.npz) and stop")
     ap.add_argument("--no-quantisation", action="store_true",
                     help="leave out the metadata `quantisation` that scoring recorded for the 8-bit copies")
     a = ap.parse_args(argv)
@@ -210,6 +229,8 @@ def main(argv=None):
               f"{len(QUANTISED)} 8-bit copies")
     mm = ModelMap(names, np.vstack([full_map.L, L_extra]), threshold=full_map.threshold, metadata=md)
     print(f"{mm.K} real models × N = {mm.L.shape[1]} texts; trajectory/step declared, no base_model")
+    if a.fixture:
+        return save_fixture(mm, truth, a.fixture)
     full = lineage(mm, alpha=a.alpha, coords=False)
     show(f"all texts (rank {full.info['rank']})", score(full, truth))
     sub = select(mm, "ls", int(0.38 * mm.L.shape[1]), random_state=0, unbound=True)
@@ -218,6 +239,53 @@ def main(argv=None):
     part = lineage(ms, alpha=a.alpha, coords=False)
     show(f"LS subset, d = {len(sub.text_pos)} unique texts ({len(sub.text_pos) / mm.L.shape[1]:.0%} of N)",
          score(part, truth))
+    if a.subsets:
+        show(f"{a.subsets} maps of six base lineages, all texts", subsets(mm, truth, a.subsets, a.alpha))
+
+
+def six_lineage_maps(mm, truth, n_maps):
+    """``n_maps`` maps of six of the base lineages (drawn at random, seed 0) with everything derived from them, the
+    from-scratch models, and the copies and merges whose parents are all kept."""
+    from lmmap.map import ModelMap
+
+    rng = np.random.default_rng(0)
+    sizes = truth.loc[mm.names].groupby("root").size()
+    lineages = sorted(sizes[sizes > 1].index)
+    for _ in range(n_maps):
+        keep_roots = set(rng.choice(lineages, 6, replace=False)) | set(sizes[sizes == 1].index)
+        keep = [n for n in mm.names if truth.loc[n, "root"] in keep_roots
+                and all(truth.loc[p, "root"] in keep_roots for p in truth.loc[n, "parents"])]
+        pos = [mm.names.index(n) for n in keep]
+        yield ModelMap(keep, mm.L[pos], threshold=mm.threshold, metadata=mm.metadata.loc[keep])
+
+
+def subsets(mm, truth, n_maps, alpha):
+    """The counts of :func:`score` summed over :func:`six_lineage_maps`."""
+    from lmmap.analyses.lineage import lineage
+
+    total = None
+    for sm in six_lineage_maps(mm, truth, n_maps):
+        total = add(total, score(lineage(sm, alpha=alpha, coords=False), truth.loc[sm.names]))
+    return total
+
+
+def save_fixture(mm, truth, path: Path):
+    """The second of :func:`six_lineage_maps` (50 models: three merges of one base's fine-tunes, a merge of two
+    bases' fine-tunes, five 8-bit copies) as ``tests/analyses/test_lineage_real.py`` reads it: ``L`` in units of 1e-4 nats
+    (int64; an 8-bit copy differs from its original by 3e-4 nats per text on average), the names, and each model's
+    kind, parents, trajectory, step and recorded quantisation (JSON)."""
+    import json
+
+    sm = list(six_lineage_maps(mm, truth, 2))[1]
+    md = sm.metadata
+    info = {n: dict(kind=truth.loc[n, "kind"], parents=list(truth.loc[n, "parents"]),
+                    trajectory=md.loc[n, "trajectory"] if isinstance(md.loc[n, "trajectory"], str) else None,
+                    step=None if pd.isna(md.loc[n, "step"]) else int(md.loc[n, "step"]),
+                    quantisation=md.loc[n, "quantisation"] if isinstance(md.loc[n, "quantisation"], str) else None)
+            for n in sm.names}
+    np.savez_compressed(path, L=np.round(sm.L * 1e4).astype(np.int64), names=np.array(sm.names),
+                        models=np.array(json.dumps(info)), threshold=np.array(sm.threshold))
+    print(f"saved {sm.K} models × {sm.L.shape[1]} texts to {path} ({path.stat().st_size / 1e3:.0f} kB)")
 
 
 if __name__ == "__main__":
