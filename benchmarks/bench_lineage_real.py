@@ -1,7 +1,7 @@
 """The lineage test (issue 25) on real tiny language models with known lineage.
 
     python benchmarks/bench_lineage_real.py [--workdir /tmp/adaptive-real] [--demo /tmp/lineage-demo] [--texts 3000]
-                                            [--no-quantisation] [--subsets R] [--fixture PATH]
+                                            [--no-quantisation] [--subsets R] [--fixture PATH] [--distillation]
 
 The ecosystem is ``bench_adaptive_real.py``'s (built and cached by it, or here: the demo's tiny GPT-2
 models grown to 63 by the demo's own training code — 11 bases on different mixtures with their
@@ -25,7 +25,10 @@ for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation``
 ``--subsets R`` also draws R smaller maps of the issue's shape (six of the eleven base lineages, each with
 everything derived from it, the six from-scratch models, and the copies and merges whose parents are all
 kept: 31–53 models) and prints the same figures summed over them, on all texts. ``--fixture PATH`` saves the
-second of those maps for ``tests/analyses/test_lineage_real.py`` and stops.
+second of those maps for ``tests/analyses/test_lineage_real.py`` and stops. ``--distillation`` adds three
+students distilled from a teacher (:data:`DISTILLED`: trained from scratch, as the teacher's architecture, on the
+KL divergence from the teacher's next-token distribution over the training mix) and prints whether each is called
+derived from its teacher.
 """
 
 from __future__ import annotations
@@ -81,6 +84,64 @@ def truth_table():
 QUANTISED = ("base", "base3", "base4", "base5", "base6", "base7", "base-ft-code")
 MERGES = (("base4-ft-code", "base4-ft-docs"), ("base5-ft-code", "base5-ft-legal"), ("base6-ft-docs", "base6-ft-legal"),
           ("base-ft-code", "base-ft-docs"), ("base3-ft-code", "base4-ft-legal"))
+
+
+# Distilled students: (student, teacher, seed). Trained like a base (100 steps, lr 2e-3, the three domains in equal
+# shares) on the teacher's next-token distributions (KL(teacher ‖ student), temperature 1) instead of the text.
+DISTILLED = (("distil-base4", "base4", 40), ("distil-base6", "base6", 41), ("distil-base-ft-code", "base-ft-code", 42))
+
+
+def build_distilled(workdir: Path, demo: Path, extra, say=print):
+    """Train and score the :data:`DISTILLED` students into the ``extra`` store (cached)."""
+    import json
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from lmmap import demo as dm
+    from lmmap.scoring import score_models
+
+    out = workdir / "lineage-extra" / "models"
+    plan = dm.demo_plan("full", 0)
+    todo = [d for d in DISTILLED if not (out / d[0] / "config.json").exists()]
+    if todo:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        corpus = json.loads((demo / "data" / "corpus.json").read_text())["domains"]
+        tokenizer = AutoTokenizer.from_pretrained(demo / "tokenizer")
+        streams = dm.token_streams(corpus, tokenizer)
+        for name, teacher_name, seed in todo:
+            t0 = time.perf_counter()
+            teacher = AutoModelForCausalLM.from_pretrained(workdir / "models" / teacher_name).eval()
+            torch.manual_seed(seed)
+            student = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                 eos_token_id=tokenizer.eos_token_id, **plan.model_config()))
+            student.train()
+            steps, lr = 100, 2e-3
+            opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+            rng = np.random.default_rng(seed)
+            for step in range(steps):
+                for group in opt.param_groups:
+                    group["lr"] = dm._lr_at(step, steps, lr)
+                x = torch.from_numpy(dm.sample_batch(streams, "mix", plan.batch_size, plan.context, rng))
+                with torch.no_grad():
+                    target = F.log_softmax(teacher(input_ids=x).logits, dim=-1)
+                logp = F.log_softmax(student(input_ids=x).logits, dim=-1)
+                loss = F.kl_div(logp, target, log_target=True, reduction="batchmean") / x.shape[1]
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            student.save_pretrained(out / name)
+            tokenizer.save_pretrained(out / name)
+            say(f"  distilled {name} from {teacher_name} ({time.perf_counter() - t0:.0f} s, last KL {loss.item():.3f})")
+    pending = [d[0] for d in DISTILLED if not extra.has_model(d[0])]
+    if pending:
+        status = score_models(extra, [str(out / n) for n in pending], names=pending, device="cpu", dtype="float32")
+        bad = {n: str(s) for n, s in status.items() if not s.ok}
+        if bad:
+            raise SystemExit(f"scoring failed: {bad}")
 
 
 def extra_models():
@@ -148,7 +209,7 @@ def build_extra(workdir: Path, store, say=print):
     return extra
 
 
-KINDS = ("finetune", "quant", "merge", "checkpoint", "run final")
+KINDS = ("finetune", "quant", "merge", "checkpoint", "run final", "distilled")
 
 
 def score(result, truth):
@@ -185,6 +246,8 @@ def show(label, s):
           f"{'KL-nearest':>10s}")
     for kind in KINDS:
         r = s[kind]
+        if not r["n"]:
+            continue
         n, c = max(r["n"], 1), max(r["called"], 1)
         print(f"  {kind:11s} {r['n']:3d} {r['right'] / n:7.3f} {r['right'] / c:9.3f} {r['same'] / c:11.3f} "
               f"{r['undecided']:11d} {r['kl'] / n:10.3f}")
@@ -202,6 +265,7 @@ def main(argv=None):
     ap.add_argument("--subsets", type=int, default=0, help="also draw this many maps of six base lineages")
     ap.add_argument("--fixture", type=Path, help="save the test fixture of real log-likelihoods here (tests/fixtures/"
                     "lineage_real_map.npz) and stop")
+    ap.add_argument("--distillation", action="store_true", help="add three distilled students (DISTILLED)")
     ap.add_argument("--no-quantisation", action="store_true",
                     help="leave out the metadata `quantisation` that scoring recorded for the 8-bit copies")
     a = ap.parse_args(argv)
@@ -215,9 +279,14 @@ def main(argv=None):
     store, _ = build(a.workdir, a.demo, a.texts)
     extra = build_extra(a.workdir, store)
     truth = truth_table()
+    if a.distillation:
+        build_distilled(a.workdir, a.demo, extra)
+        rows = pd.DataFrame([dict(kind="distilled", parent=t, trajectory="", step=np.nan, parents=(t,),
+                                  root=truth.loc[t, "root"]) for _, t, _ in DISTILLED], index=[d[0] for d in DISTILLED])
+        truth = pd.concat([truth, rows])
     names = [n for n in store.complete_models() if n in truth.index]
     full_map = ModelMap.from_store(store, models=names)
-    extra_names = list(extra_models())
+    extra_names = list(extra_models()) + ([d[0] for d in DISTILLED] if a.distillation else [])
     _, L_extra = extra.matrix(extra_names)
     names += extra_names
     md = truth.loc[names, ["trajectory", "step"]].copy()

@@ -418,8 +418,20 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
     # map, and the first test only looks past the model's best explainer, which can be the base (measured on real
     # maps of six lineages: the base then took the merge as its child).
     merge_of = {}
+    # A point of a declared run after its first comes from the run's earlier points: training continues, it does
+    # not average two models (a run's final model can look like the merge of its last checkpoint and another run's
+    # first: early checkpoints share the untrained state).
+    later_point = np.zeros(K, dtype=bool)
+    if traj is not None and steps is not None:
+        runs, first = set(traj) - {None}, {}
+        for n, t, st in zip(names, traj, steps):
+            for run in ({t} | ({n} & runs)) - {None}:  # a run's own model (named as the run) is one of its points
+                if np.isfinite(st):
+                    first[run] = min(first.get(run, np.inf), st)
+        later_point = np.array([t is not None and np.isfinite(st) and st > first.get(t, np.inf)
+                                for t, st in zip(traj, steps)], dtype=bool)
     for i in range(K):
-        if len(partners[i]) < 2:
+        if len(partners[i]) < 2 or later_point[i]:
             continue
         ps = sorted(partners[i], key=lambda t: -vals[t[1], 1])
         ps = [(j, n) for j, n in ps if _declared_ancestor(i, j, names, bases, steps, traj) != 1]
@@ -508,6 +520,10 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
             chosen_pair[i] = index[(min(i, j1), max(i, j1))]
             continue
         anc = sorted(ancestors[i], key=lambda t: -vals[t[1], 1])
+        if later_point[i]:
+            # ... and its parent is in its run: another run's checkpoint at the same stage shares only the untrained
+            # state (measured on the synthetic LS subsets: three runs' second checkpoints took the first run's).
+            anc = [(j, n) for j, n in anc if _declared_ancestor(i, j, names, bases, steps, traj) == -1]
         if not anc:
             continue
         j = best_explainer(i, anc[0][0], anc, True)

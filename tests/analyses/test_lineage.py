@@ -125,6 +125,41 @@ def test_a_merge_of_two_fine_tunes_of_one_base_is_found_between_them(seed):
     assert (t.loc[not_merges, "parent2"] == "").all(), t.loc[not_merges][t.loc[not_merges, "parent2"] != ""]
 
 
+def test_a_later_point_of_a_declared_run_is_never_a_merge():
+    """A run's final model that the log-likelihoods alone read as a merge (here it is the average of its last
+    checkpoint and an unrelated base) comes from its run's previous point: training continues, it does not
+    average two models."""
+    names, L, truth = lineage_ecosystem(N=1500, n_bases=12, n_independent=6, n_merges=0, seed=3)
+    L = L.copy()
+    last = truth.loc["run0", "parents"][0]
+    L[names.index("run0")] = 0.5 * (L[names.index(last)] + L[names.index("base2")])
+    md = store_metadata(truth)
+    t = lineage(ModelMap(names, L, metadata=md), coords=False).table.set_index("model")
+    assert t.loc["run0", "parent"] == last and t.loc["run0", "parent2"] == "", t.loc["run0"]
+    # Without the declared run the same model is read as the merge it looks like.
+    md.loc["run0", ["trajectory", "step"]] = [np.nan, np.nan]
+    t = lineage(ModelMap(names, L, metadata=md), coords=False).table.set_index("model")
+    assert t.loc["run0", "direction"] == "merge" and t.loc["run0", "parent2"] != "", t.loc["run0"]
+
+
+def test_a_later_point_of_a_declared_run_takes_its_parent_in_its_run():
+    """On an LS subset the second checkpoints of three runs are closest to the first run's (early checkpoints share
+    the untrained state); a later point of a declared run takes its parent among its run's earlier points."""
+    from lmmap.analyses.select import select
+
+    names, L, truth = lineage_ecosystem(N=2000, n_bases=20, n_independent=10, heavy_per_base=1, n_sibling_merges=6,
+                                        seed=0)
+    md = store_metadata(truth)
+    sub = select(ModelMap(names, L, metadata=md), "ls", 760, random_state=0, unbound=True)
+    ms = ModelMap(names, L[:, sub.text_pos], threshold=sub.threshold, w=sub.weights, n_texts=2000, metadata=md)
+    t = lineage(ms, random_state=0, coords=False).table.set_index("model")
+    points = truth.index[truth["trajectory"].astype(str).str.startswith("run") & (truth["parents"].str.len() > 0)]
+    assert len(points) == 12
+    for m in points:
+        parent = t.loc[m, "parent"]
+        assert parent == "" or truth.loc[parent, "trajectory"] == truth.loc[m, "trajectory"], (m, parent)
+
+
 def test_a_declared_quantisation_orders_copies_that_the_data_cannot():
     """Copies that differ from their original by symmetric noise only (no loss of likelihood: the loss rule
     cannot order them) are labelled ``copy`` without metadata; with metadata ``quantisation`` on the copies
