@@ -16,7 +16,8 @@ for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation``
 ``base_model``. Printed, for all texts and for an LS subset of a quarter of them:
 
 - fine-tunes, 8-bit copies and merges (either parent): the share called ``derived`` from their true
-  parent (recall), and of those called derived the share with the right parent (precision);
+  parent (recall), and of those called derived the share with the right parent (precision); the fine-tunes of
+  the issue's kind (one per base and domain, 25 steps at lr 3e-4: "one recipe") also apart;
 - checkpoints and the runs' final models: the parent is the previous point of the run;
 - models with no parent (from-scratch models, and each run's first checkpoint): the share called derived
   from a model of another lineage;
@@ -57,6 +58,10 @@ def truth_table():
     plan = dm.demo_plan("full", 0)
     plan = dataclasses.replace(plan, models=(*plan.models, *_extra_models()))
     t = dm.model_table(plan, held_out=True).set_index("model")
+    # The issue's kind of fine-tune: one per base and domain, at the demo's recipe (25 steps, lr 3e-4).
+    runs = {m.name for m in plan.models if m.model_type == "base"}
+    recipe = {m.name for m in plan.models if m.model_type == "finetune" and m.parent in runs and m.steps == 25
+              and m.lr == 3e-4 and m.domain != "mix"}
     rows = {}
     for name, r in t.iterrows():
         kind = r["model_type"]
@@ -67,9 +72,10 @@ def truth_table():
             k = order.index(name)
             parent = order[k - 1] if k else ""
             kind = "checkpoint" if kind == "checkpoint" else "run final"
-        rows[name] = dict(kind=kind, parent=parent, trajectory=r["trajectory"] or "", step=r["step"])
+        rows[name] = dict(kind=kind, parent=parent, trajectory=r["trajectory"] or "", step=r["step"],
+                          recipe=name in recipe)
     for name, (kind, parents) in extra_models().items():
-        rows[name] = dict(kind=kind, parent=parents[0], trajectory="", step=np.nan)
+        rows[name] = dict(kind=kind, parent=parents[0], trajectory="", step=np.nan, recipe=False)
     truth = pd.DataFrame.from_dict(rows, orient="index")
     truth["parents"] = [extra_models().get(n, ("", (p,) if p else ()))[1] for n, p in truth["parent"].items()]
 
@@ -210,14 +216,17 @@ def build_extra(workdir: Path, store, say=print):
 
 
 KINDS = ("finetune", "quant", "merge", "checkpoint", "run final", "distilled")
+# Rows of the table: each kind, and the fine-tunes of the issue's recipe (one per base and domain) apart.
+ROWS = ("finetune", "  one recipe", "quant", "merge", "checkpoint", "run final", "distilled")
 
 
 def score(result, truth):
     """Counts per kind (summed over maps by :func:`add`; :func:`show` turns them into shares)."""
     t = result.table.set_index("model")
     out = {}
-    for kind in KINDS:
-        models = [m for m in t.index if truth.loc[m, "kind"] == kind and truth.loc[m, "parent"]]
+    for kind in ROWS:
+        models = [m for m in t.index if truth.loc[m, "parent"] and (
+            truth.loc[m, "kind"] == kind if kind in KINDS else truth.loc[m, "kind"] == "finetune" and truth.loc[m, "recipe"])]
         called = [m for m in models if t.loc[m, "decision"] == "derived"]
         right = [m for m in called if t.loc[m, "parent"] in truth.loc[m, "parents"]]
         same = [m for m in called if truth.loc[t.loc[m, "parent"], "root"] == truth.loc[m, "root"]]
@@ -242,14 +251,14 @@ def add(total, s):
 
 def show(label, s):
     print(f"\n{label}")
-    print(f"  {'kind':11s} {'n':>3s} {'recall':>7s} {'precision':>9s} {'own lineage':>11s} {'not derived':>11s} "
+    print(f"  {'kind':13s} {'n':>3s} {'recall':>7s} {'precision':>9s} {'own lineage':>11s} {'not derived':>11s} "
           f"{'KL-nearest':>10s}")
-    for kind in KINDS:
+    for kind in ROWS:
         r = s[kind]
         if not r["n"]:
             continue
         n, c = max(r["n"], 1), max(r["called"], 1)
-        print(f"  {kind:11s} {r['n']:3d} {r['right'] / n:7.3f} {r['right'] / c:9.3f} {r['same'] / c:11.3f} "
+        print(f"  {kind:13s} {r['n']:3d} {r['right'] / n:7.3f} {r['right'] / c:9.3f} {r['same'] / c:11.3f} "
               f"{r['undecided']:11d} {r['kl'] / n:10.3f}")
     r = s["roots"]
     names = r["names"] if len(r["names"]) <= 6 else sorted(set(r["names"]))
@@ -281,7 +290,7 @@ def main(argv=None):
     truth = truth_table()
     if a.distillation:
         build_distilled(a.workdir, a.demo, extra)
-        rows = pd.DataFrame([dict(kind="distilled", parent=t, trajectory="", step=np.nan, parents=(t,),
+        rows = pd.DataFrame([dict(kind="distilled", parent=t, trajectory="", step=np.nan, recipe=False, parents=(t,),
                                   root=truth.loc[t, "root"]) for _, t, _ in DISTILLED], index=[d[0] for d in DISTILLED])
         truth = pd.concat([truth, rows])
     names = [n for n in store.complete_models() if n in truth.index]

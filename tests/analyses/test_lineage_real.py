@@ -41,10 +41,9 @@ def _of(truth, kind):
 
 
 def test_merges_of_one_bases_fine_tunes_get_both_parents(real):
-    """A weight average of two fine-tunes of one base lies between them, and its base still explains part of it
-    beyond both (measured here: ρ(merge, base | both parents) up to 0.42): both parents are found. Before, the
-    base took the merge as its child (these two parents are not significantly related to each other on this map,
-    and the base's leftover relation read as a third parent)."""
+    """A weight average of two fine-tunes of one base lies between them, and its other relatives are not all
+    explained by the two (here ρ(merge, d | both parents) = 0.34 for the fine-tune of one parent, 0.28 for the
+    base): both parents are found. Before (the rule's threshold 0.3), the base took `base4`'s merge as its child."""
     truth, t = real
     same_base = [m for m in _of(truth, "merge")
                  if len({p.split("-ft-")[0] for p in truth.loc[m, "parents"]}) == 1]
