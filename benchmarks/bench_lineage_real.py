@@ -25,7 +25,7 @@ for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation``
 
 ``--subsets R`` also draws R smaller maps of the issue's shape (six of the eleven base lineages, each with
 everything derived from it, the six from-scratch models, and the copies and merges whose parents are all
-kept: 31–53 models) and prints the same figures summed over them, on all texts. ``--fixture PATH`` saves the
+kept: 31–53 models) and prints the same figures summed over them, on all texts and on an LS subset of each. ``--fixture PATH`` saves the
 second of those maps for ``tests/analyses/test_lineage_real.py`` and stops. ``--distillation`` adds three
 students distilled from a teacher (:data:`DISTILLED`: trained from scratch, as the teacher's architecture, on the
 KL divergence from the teacher's next-token distribution over the training mix) and prints whether each is called
@@ -318,7 +318,9 @@ def main(argv=None):
     show(f"LS subset, d = {len(sub.text_pos)} unique texts ({len(sub.text_pos) / mm.L.shape[1]:.0%} of N)",
          score(part, truth))
     if a.subsets:
-        show(f"{a.subsets} maps of six base lineages, all texts", subsets(mm, truth, a.subsets, a.alpha))
+        whole, ls = subsets(mm, truth, a.subsets, a.alpha)
+        show(f"{a.subsets} maps of six base lineages, all texts", whole)
+        show(f"{a.subsets} maps of six base lineages, LS subsets (38% of N drawn, about a quarter unique)", ls)
 
 
 def six_lineage_maps(mm, truth, n_maps):
@@ -338,13 +340,19 @@ def six_lineage_maps(mm, truth, n_maps):
 
 
 def subsets(mm, truth, n_maps, alpha):
-    """The counts of :func:`score` summed over :func:`six_lineage_maps`."""
+    """The counts of :func:`score` summed over :func:`six_lineage_maps`: ``(all texts, LS subset)``."""
     from lmmap.analyses.lineage import lineage
+    from lmmap.analyses.select import select
+    from lmmap.map import ModelMap
 
-    total = None
+    total = part = None
     for sm in six_lineage_maps(mm, truth, n_maps):
         total = add(total, score(lineage(sm, alpha=alpha, coords=False), truth.loc[sm.names]))
-    return total
+        sub = select(sm, "ls", int(0.38 * sm.L.shape[1]), random_state=0, unbound=True)
+        ms = ModelMap(sm.names, sm.L[:, sub.text_pos], threshold=sub.threshold, w=sub.weights,
+                      n_texts=sm.L.shape[1], metadata=sm.metadata)
+        part = add(part, score(lineage(ms, alpha=alpha, coords=False), truth.loc[sm.names]))
+    return total, part
 
 
 def save_fixture(mm, truth, path: Path):
