@@ -25,8 +25,9 @@ for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation``
 
 ``--subsets R`` also draws R smaller maps of the issue's shape (six of the eleven base lineages, each with
 everything derived from it, the six from-scratch models, and the copies and merges whose parents are all
-kept: 31–53 models) and prints the same figures summed over them, on all texts and on an LS subset of each. ``--fixture PATH`` saves the
-second of those maps for ``tests/analyses/test_lineage_real.py`` and stops. ``--distillation`` adds three
+kept: 31–53 models) and prints the same figures summed over them, on all texts and on an LS subset of each.
+``--fixture PATH`` saves the second of those maps for ``tests/analyses/test_lineage_real.py`` and stops.
+``--distillation`` adds three
 students distilled from a teacher (:data:`DISTILLED`: trained from scratch, as the teacher's architecture, on the
 KL divergence from the teacher's next-token distribution over the training mix) and prints whether each is called
 derived from its teacher.
@@ -225,8 +226,8 @@ def score(result, truth):
     t = result.table.set_index("model")
     out = {}
     for kind in ROWS:
-        models = [m for m in t.index if truth.loc[m, "parent"] and (
-            truth.loc[m, "kind"] == kind if kind in KINDS else truth.loc[m, "kind"] == "finetune" and truth.loc[m, "recipe"])]
+        of_kind = (truth["kind"] == kind) if kind in KINDS else (truth["kind"] == "finetune") & truth["recipe"]
+        models = [m for m in t.index if truth.loc[m, "parent"] and of_kind[m]]
         called = [m for m in models if t.loc[m, "decision"] == "derived"]
         right = [m for m in called if t.loc[m, "parent"] in truth.loc[m, "parents"]]
         same = [m for m in called if truth.loc[t.loc[m, "parent"], "root"] == truth.loc[m, "root"]]
@@ -357,9 +358,9 @@ def subsets(mm, truth, n_maps, alpha):
 
 def save_fixture(mm, truth, path: Path):
     """The second of :func:`six_lineage_maps` (50 models: three merges of one base's fine-tunes, a merge of two
-    bases' fine-tunes, five 8-bit copies) as ``tests/analyses/test_lineage_real.py`` reads it: ``L`` in units of 1e-4 nats
-    (int64; an 8-bit copy differs from its original by 3e-4 nats per text on average), the names, and each model's
-    kind, parents, trajectory, step and recorded quantisation (JSON)."""
+    bases' fine-tunes, five 8-bit copies) as ``tests/analyses/test_lineage_real.py`` reads it: ``L`` in units of
+    1e-4 nats (int64; an 8-bit copy differs from its original by 3e-4 nats per text on average), the names, and
+    each model's kind, parents, trajectory, step and recorded quantisation (JSON)."""
     import json
 
     sm = list(six_lineage_maps(mm, truth, 2))[1]
