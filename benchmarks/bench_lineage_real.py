@@ -108,7 +108,6 @@ def build_distilled(workdir: Path, demo: Path, extra, say=print):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from lmmap import demo as dm
-    from lmmap.scoring import score_models
 
     out = workdir / "lineage-extra" / "models"
     plan = dm.demo_plan("full", 0)
@@ -143,12 +142,7 @@ def build_distilled(workdir: Path, demo: Path, extra, say=print):
             student.save_pretrained(out / name)
             tokenizer.save_pretrained(out / name)
             say(f"  distilled {name} from {teacher_name} ({time.perf_counter() - t0:.0f} s, last KL {loss.item():.3f})")
-    pending = [d[0] for d in DISTILLED if not extra.has_model(d[0])]
-    if pending:
-        status = score_models(extra, [str(out / n) for n in pending], names=pending, device="cpu", dtype="float32")
-        bad = {n: str(s) for n, s in status.items() if not s.ok}
-        if bad:
-            raise SystemExit(f"scoring failed: {bad}")
+    _score_missing(extra, out, [d[0] for d in DISTILLED], say, "distilled students")
 
 
 def extra_models():
@@ -180,7 +174,6 @@ def build_extra(workdir: Path, store, say=print):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmmap.data.store import Store
-    from lmmap.scoring import score_models
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = workdir / "lineage-extra"
@@ -206,14 +199,22 @@ def build_extra(workdir: Path, store, say=print):
     if not (root / "store" / "store.json").exists():
         Store.create(root / "store", store.texts)
     extra = Store(root / "store")
-    pending = [n for n in extra_models() if not extra.has_model(n)]
+    _score_missing(extra, out, list(extra_models()), say, "8-bit copies and merges")
+    return extra
+
+
+def _score_missing(store, models_dir: Path, names, say, what):
+    """Score the models of ``names`` (saved under ``models_dir``) that ``store`` does not hold yet."""
+    from lmmap.scoring import score_models
+
+    pending = [n for n in names if not store.has_model(n)]
     if pending:
-        say(f"  scoring {len(pending)} 8-bit copies and merges on {extra.n_texts} texts…")
-        status = score_models(extra, [str(out / n) for n in pending], names=pending, device="cpu", dtype="float32")
+        say(f"  scoring {len(pending)} {what} on {store.n_texts} texts…")
+        status = score_models(store, [str(models_dir / n) for n in pending], names=pending, device="cpu",
+                              dtype="float32")
         bad = {n: str(s) for n, s in status.items() if not s.ok}
         if bad:
             raise SystemExit(f"scoring failed: {bad}")
-    return extra
 
 
 KINDS = ("finetune", "quant", "merge", "checkpoint", "run final", "distilled")

@@ -220,6 +220,20 @@ def _same_run(i, j, names, steps, traj) -> bool:
     return traj[i] == traj[j] or traj[i] == names[j] or traj[j] == names[i]
 
 
+def _later_points(names, steps, traj) -> np.ndarray:
+    """Which models are a point of a declared run after its first step (the run's own model, named as the run,
+    counts among its points, as in :func:`_same_run`)."""
+    if steps is None or traj is None:
+        return np.zeros(len(names), dtype=bool)
+    runs, first = set(traj) - {None}, {}
+    for n, t, st in zip(names, traj, steps):
+        for run in ({t} | ({n} & runs)) - {None}:
+            if np.isfinite(st):
+                first[run] = min(first.get(run, np.inf), st)
+    return np.array([t is not None and np.isfinite(st) and st > first.get(t, np.inf) for t, st in zip(traj, steps)],
+                    dtype=bool)
+
+
 # -- the analysis --------------------------------------------------------------------------------------------------
 
 def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, rank: int | None = None,
@@ -421,15 +435,7 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
     # A point of a declared run after its first comes from the run's earlier points: training continues, it does
     # not average two models (a run's final model can look like the merge of its last checkpoint and another run's
     # first: early checkpoints share the untrained state).
-    later_point = np.zeros(K, dtype=bool)
-    if traj is not None and steps is not None:
-        runs, first = set(traj) - {None}, {}
-        for n, t, st in zip(names, traj, steps):
-            for run in ({t} | ({n} & runs)) - {None}:  # a run's own model (named as the run) is one of its points
-                if np.isfinite(st):
-                    first[run] = min(first.get(run, np.inf), st)
-        later_point = np.array([t is not None and np.isfinite(st) and st > first.get(t, np.inf)
-                                for t, st in zip(traj, steps)], dtype=bool)
+    later_point = _later_points(names, steps, traj)
     for i in range(K):
         if len(partners[i]) < 2 or later_point[i]:
             continue
