@@ -234,6 +234,14 @@ def _later_points(names, steps, traj) -> np.ndarray:
                     dtype=bool)
 
 
+def _features_and_basis(mm, rank, random_state):
+    """The map's features with each text weighted (:func:`lmmap.maths.lineage.text_scales`) and the directions
+    removed before pairs are compared, carried into them: what every test of this module compares."""
+    X = mm.features()
+    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
+    return core.rescale_texts(X, basis, core.text_scales(X, basis, random_state=random_state))
+
+
 # -- the analysis --------------------------------------------------------------------------------------------------
 
 def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, rank: int | None = None,
@@ -264,9 +272,8 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         raise InputError(f"k must be a positive integer, got {k!r}", params=("k",))
     K, names = mm.K, mm.names
     dense = K <= map_module.DENSE_MAX_K
-    X = mm.features()
     say(progress, f"principal directions of {K:,} models…")
-    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
+    X, basis = _features_and_basis(mm, rank, random_state)
     norms2 = core.residual_norms2(X, basis)
     kk = int(min(k, K - 1))
     say(progress, f"candidate parents ({kk} per model, {basis.rank} directions removed)…")
@@ -685,8 +692,7 @@ def likely_parents(mm: ModelMap, models, *, among=None, alpha: float = core.DEFA
         raise InputError("likely_parents needs at least one model and one model to compare it with",
                          params=("models", "among"))
     dense = mm.K <= map_module.DENSE_MAX_K
-    X = mm.features()
-    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
+    X, basis = _features_and_basis(mm, rank, random_state)
     norms2 = core.residual_norms2(X, basis)
     Zr = basis.Zr
     Xr = np.asarray(X[rows], dtype=np.float64)
@@ -737,7 +743,8 @@ def likely_parents(mm: ModelMap, models, *, among=None, alpha: float = core.DEFA
 def provenance(mm: ModelMap, a: str, b: str, *, alpha: float = core.DEFAULT_ALPHA, rank: int | None = None,
                top: int = 10, random_state=0) -> ProvenanceResult:
     """The test for one pair: statistic, p-value (Holm within the two models' families), a one-line reading,
-    the direction the data suggest and the ``top`` texts that carry the evidence (largest ``e_a(s)·e_b(s)``)."""
+    the direction the data suggest and the ``top`` texts that carry the evidence (largest ``e_a(s)·e_b(s)``, the
+    residuals of the weighted texts, as the test compares them)."""
     import lmmap.map as map_module
 
     _check_map(mm)
@@ -746,8 +753,7 @@ def provenance(mm: ModelMap, a: str, b: str, *, alpha: float = core.DEFAULT_ALPH
     if i == j:
         raise InputError(f"a and b must be two different models, got {a!r} twice", params=("a", "b"))
     dense = mm.K <= map_module.DENSE_MAX_K
-    X = mm.features()
-    basis = core.lineage_basis(X, rank=rank, random_state=random_state)
+    X, basis = _features_and_basis(mm, rank, random_state)
     norms2 = core.residual_norms2(X, basis)
     rho = float(core.pair_correlations(X, basis, [i], [j], norms2)[0])
     bases, roots, declared, steps, traj = _declared(mm)

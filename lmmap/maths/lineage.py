@@ -45,6 +45,13 @@ top-``r`` principal directions gave 0.88 and 0.11–0.15, for two reasons:
 the same rule on the differences (the domains' eigenvalues stand 6–50× above
 the mean there, the rest below 1×).
 
+**Which texts.** Once the directions are removed, each text is weighted by
+its residual spread over the models to the power −1/2 (:func:`text_scales`,
+:func:`rescale_texts`): the statistic is the correlation of ``e_i(t)·s_t``
+and ``e_j(t)·s_t``. A few texts on which the residuals vary a lot
+(memorised or forgotten at random) otherwise drown the many that carry a
+parent's idiosyncrasy.
+
 **Calibration.** Under "unrelated", ``z_ij`` is not ``N(0, 1/(N−3))``: texts
 differ in scale, and the residuals of K models on directions estimated from
 those K models are correlated (at K = 132 the null sd was about 7× the
@@ -102,6 +109,14 @@ PAIR_BLOCK = 2048
 BASIS_SAMPLE = 2000
 # Correlations are clipped here before atanh: a duplicated model has ρ = 1.
 RHO_MAX = 1 - 1e-12
+# Texts are weighted by their residual spread to this power, negated (:func:`text_scales`; measured on ten real
+# maps of six lineages: the fine-tunes of one recipe found 0.93 → 0.98 at 0.5, 0.985 at 0.75 and 1, where the
+# merges' precision falls, 0.96 → 0.89 → 0.82).
+TEXT_SCALE_POWER = 0.5
+# ... on maps of at least this many models. On fewer, a text's spread is mostly that of the few lineages' own
+# idiosyncrasies, the very signal (measured on the demo's 15 models: its fine-tunes' statistics 4.1 → 3.5 null sds,
+# one of them under the threshold; maps of 31–158 models, real and synthetic, gain).
+TEXT_SCALE_MIN_K = 20
 
 
 def check_alpha(alpha) -> float:
@@ -253,8 +268,9 @@ def candidates(X, basis: Basis, k: int, *, dense: bool = True, random_state=0, p
 
     ``dense``: from the K×K residual correlations. Otherwise nothing K×K: the residuals are sketched to
     :data:`SKETCH_DIMS` random dimensions (``E S`` = ``X S − Z (Vᵀ S)``, a Johnson–Lindenstrauss sketch:
-    correlations kept within about ±0.05), normalised, and searched by :func:`lmmap.maths.knn.knn`
-    (Euclidean distance of unit rows is ``2 − 2ρ``); the statistics are then computed exactly.
+    correlations kept within about ±0.05; on no more texts than that, the residuals themselves), normalised,
+    and searched by :func:`lmmap.maths.knn.knn` (Euclidean distance of unit rows is ``2 − 2ρ``); the statistics
+    are then computed exactly.
     """
     K = np.asarray(X).shape[0]
     k = int(min(k, K - 1))
@@ -269,11 +285,15 @@ def candidates(X, basis: Basis, k: int, *, dense: bool = True, random_state=0, p
     rng = np.random.default_rng(random_state)
     d = np.asarray(X).shape[1]
     m = int(min(SKETCH_DIMS, d))
-    S = rng.standard_normal((d, m)).astype(np.float32) / np.sqrt(m)
+    # No more texts than the sketch's dimensions: the residuals themselves (a sketch of as many dimensions would
+    # only distort their correlations).
+    S = None if d <= SKETCH_DIMS else rng.standard_normal((d, m)).astype(np.float32) / np.sqrt(m)
     Y = np.empty((K, m), dtype=np.float32)
-    VS = (basis.Vr.T.astype(np.float32) @ S) if basis.rank else None
+    Vt = basis.Vr.T.astype(np.float32)
+    VS = (Vt if S is None else Vt @ S) if basis.rank else None
     for s in range(0, K, 4096):
-        blk = np.asarray(X[s:s + 4096], dtype=np.float32) @ S
+        blk = np.asarray(X[s:s + 4096], dtype=np.float32)
+        blk = blk.copy() if S is None else blk @ S
         if VS is not None:
             blk -= basis.Zr[s:s + 4096].astype(np.float32) @ VS
         Y[s:s + 4096] = blk
@@ -424,6 +444,52 @@ def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
     return basis
 
 
+def text_scales(X, basis: Basis, *, power: float | None = None, random_state=0) -> np.ndarray:
+    """Each text's weight in the pairs' comparison (d,): ``s_t = (σ_t / median σ)^(−power)``, ``σ_t`` the spread
+    (1.4826 × the median absolute deviation) over the models of their residuals ``e_i(t)`` off ``basis``, on at
+    most :data:`BASIS_SAMPLE` models (a random sample past that); ``power`` defaults to :data:`TEXT_SCALE_POWER`.
+    All 1 on maps of fewer than :data:`TEXT_SCALE_MIN_K` models.
+
+    Why: the statistic's noise is mostly a few texts on which the models' residuals vary a lot — texts that
+    training memorises or forgets at random — and they drown the many texts that carry a parent's idiosyncrasy.
+    Weighting by ``σ_t^(−1/2)`` (half-way to the inverse-variance weights of least squares) measured best on real
+    models (:data:`TEXT_SCALE_POWER`). The spread is taken *after* the removed directions, not of ``X``: scaling by
+    the raw spread hides the texts along which whole domains move, and a domain's shift with them (measured: one
+    of five shifts lost, its fine-tunes' residual correlation with their base 0.93 → 0.62).
+    """
+    K, d = X.shape
+    power = TEXT_SCALE_POWER if power is None else float(power)
+    if power == 0 or K < TEXT_SCALE_MIN_K:
+        return np.ones(d)
+    idx = np.arange(K)
+    if K > BASIS_SAMPLE:
+        idx = np.sort(np.random.default_rng(random_state).choice(K, BASIS_SAMPLE, replace=False))
+    E = np.asarray(X[idx], dtype=np.float64) - basis.Zr[idx] @ basis.Vr.T
+    sd = 1.4826 * np.median(np.abs(E - np.median(E, axis=0)), axis=0)
+    ref = float(np.median(sd))
+    if not ref > 0:
+        return np.ones(d)
+    return (np.maximum(sd, 1e-3 * ref) / ref) ** (-power)
+
+
+def rescale_texts(X, basis: Basis, s) -> tuple[np.ndarray, Basis]:
+    """``Y = X diag(s)`` and ``basis`` carried into it: the removed span becomes that of ``diag(s) V_r``
+    (orthonormalised; a model's component ``a·v`` along a removed direction is ``a·diag(s) v`` in ``Y``, so
+    exactly what was removed before is removed after). ``Y`` keeps ``X``'s float32 if it is one; all ``s`` 1:
+    ``X`` and ``basis`` themselves, no copy."""
+    s = np.asarray(s, dtype=np.float64)
+    if (s == 1).all():
+        return X, basis
+    dtype = np.float32 if X.dtype == np.float32 else np.float64
+    Y = np.empty(X.shape, dtype=dtype)
+    for a in range(0, X.shape[0], 4096):
+        Y[a:a + 4096] = np.asarray(X[a:a + 4096], dtype=np.float64) * s[None, :]
+    r = basis.rank
+    V = np.linalg.qr(basis.Vr * s[:, None])[0] if r else np.zeros((X.shape[1], 0))
+    return Y, Basis(Z=project(Y, V), V=V, lam=basis.lam[:r], rank=r, mean_eigenvalue=basis.mean_eigenvalue,
+                    weights=basis.weights, shift_rank=basis.shift_rank)
+
+
 def leave_out_statistics(X, basis: Basis, i, j, families) -> np.ndarray:
     """``(z_ij − μ₀)/σ₀`` of each pair ``(i[k], j[k])`` under the directions re-estimated without the models of
     ``families[k]`` (their weight set to 0), against the null of all pairs under those directions (dense).
@@ -472,4 +538,4 @@ def leave_out_statistics(X, basis: Basis, i, j, families) -> np.ndarray:
 __all__ = ["Basis", "DEFAULT_ALPHA", "candidates", "check_alpha", "direction_t", "fisher_z", "fit_null", "holm_rows",
            "kaiser_rank", "leave_out_statistics", "lineage_basis", "p_values", "pair_correlations",
            "partial_correlation", "population_basis", "project", "relatives_count", "residual_correlation_matrix",
-           "residual_norms2", "structure_basis", "with_shift_directions", "worse_share"]
+           "rescale_texts", "residual_norms2", "structure_basis", "text_scales", "with_shift_directions", "worse_share"]
