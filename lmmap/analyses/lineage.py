@@ -113,8 +113,9 @@ class LineageResult:
     merge; loss — the copy worse on at least 90 % of the texts is the degraded one; structure — the more central;
     copy — two near-identical models (ρ ≥ 0.99) that nothing else ordered: the structure's guess, which the data
     cannot confirm; variance, weak),
-    declared_base, agreement (agree / disagree / new, or empty), n_children, nearest_kl (the nearest model by KL,
-    for comparison), flagged (the map's red ring, see "The map's rings" in the module docstring).
+    declared_base, agreement (agree; disagree — a parent other than the declared one; unconfirmed — a declared base
+    the test does not find, which is no evidence against it; new — a parent where none is declared; or empty),
+    n_children, nearest_kl (the nearest model by KL, for comparison), flagged (the map's red ring, see "The map's rings" in the module docstring).
     ``pairs``: every pair tested (model_a, model_b, rho, z, statistic, p_value, p_adjusted, significant,
     ancestor). ``info``: rank, null (source, μ₀, σ₀, pairs), alpha, correction, K, d.
     """
@@ -593,7 +594,10 @@ def lineage(mm: ModelMap, *, alpha: float = core.DEFAULT_ALPHA, random_state=0, 
         parent2 = names[merge_of[i][1]] if i in merge_of else ""
         db = declared_base[i]
         if db:
-            agreement = "agree" if db in (parent, parent2) else "disagree"
+            # A declared base the test does not find is unconfirmed, not contradicted: at the test's power (few
+            # texts, a heavy fine-tune, a checkpoint) "independent" is no evidence against it.
+            agreement = ("agree" if db in (parent, parent2) else "disagree") if decision == "derived" \
+                else "unconfirmed"
         else:
             agreement = "new" if decision == "derived" else ""
         inferred = [j for j in (parent_idx[i], merge_of.get(i, (-1, -1))[1]) if j >= 0]

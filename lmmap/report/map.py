@@ -112,7 +112,7 @@ def write(result, outdir: str | os.PathLike, *, unit: str = "nats-per-text",
             info["lineage"]["test"] = {
                 "alpha": test["alpha"], "correction": test["correction"], "rank": test["rank"], "null": test["null"],
                 **{d: int((t["decision"] == d).sum()) for d in ("derived", "independent", "undecided")},
-                "agree": int((t["agreement"] == "agree").sum()), "disagree": int((t["agreement"] == "disagree").sum())}
+                **{a: int((t["agreement"] == a).sum()) for a in ("agree", "disagree", "unconfirmed")}}
     files.json("map.json", info)
     return files.paths
 

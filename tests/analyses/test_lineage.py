@@ -56,8 +56,11 @@ def test_declared_bases_are_compared(eco):
     mm2 = ModelMap(mm.names, mm.L, metadata=md)
     r2 = lineage(mm2)
     declared = r2.table[r2.table["declared_base"] != ""]
-    assert len(declared) and set(declared["agreement"]) <= {"agree", "disagree"}
+    assert len(declared) and set(declared["agreement"]) <= {"agree", "disagree", "unconfirmed"}
     assert (declared["agreement"] == "agree").mean() >= 0.8
+    # Only a parent the test finds can disagree with the declared one; a base it does not find is unconfirmed.
+    assert (declared.loc[declared["agreement"] == "disagree", "decision"] == "derived").all()
+    assert (declared.loc[declared["decision"] != "derived", "agreement"] == "unconfirmed").all()
 
 
 def test_the_module_is_callable_and_the_map_hook(eco):
