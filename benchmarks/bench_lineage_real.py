@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lineage_real.py [--workdir /tmp/adaptive-real] [--demo /tmp/lineage-demo] [--texts 3000]
                                             [--no-quantisation] [--subsets R] [--fixture PATH] [--distillation]
+                                            [--misses]
 
 The ecosystem is ``bench_adaptive_real.py``'s (built and cached by it, or here: the demo's tiny GPT-2
 models grown to 63 by the demo's own training code — 11 bases on different mixtures with their
@@ -21,7 +22,11 @@ for a checkpoint whose weights lie on a quantisation grid (``--no-quantisation``
 - checkpoints and the runs' final models: the parent is the previous point of the run;
 - models with no parent (from-scratch models, and each run's first checkpoint): the share called derived
   from a model of another lineage;
-- the nearest model by KL, for comparison.
+- the nearest model by KL, for comparison;
+- ``--misses``: every model not found right (what it was called, and its statistic), and every model without a
+  parent given one in another lineage.
+
+Merges of two fine-tunes of one base are also counted apart ("one base"), right only with both parents.
 
 ``--subsets R`` also draws R smaller maps of the issue's shape (six of the eleven base lineages, each with
 everything derived from it, the six from-scratch models, and the copies and merges whose parents are all
@@ -218,27 +223,46 @@ def _score_missing(store, models_dir: Path, names, say, what):
 
 
 KINDS = ("finetune", "quant", "merge", "checkpoint", "run final", "distilled")
-# Rows of the table: each kind, and the fine-tunes of the issue's recipe (one per base and domain) apart.
-ROWS = ("finetune", "  one recipe", "quant", "merge", "checkpoint", "run final", "distilled")
+# Rows of the table: each kind; the fine-tunes of the issue's recipe (one per base and domain) apart; and the
+# merges of two fine-tunes of one base apart, counted right only with both parents.
+ROWS = ("finetune", "  one recipe", "quant", "merge", "  one base", "checkpoint", "run final", "distilled")
+
+
+def _of_row(truth, row):
+    if row in KINDS:
+        return truth["kind"] == row
+    if row == "  one recipe":
+        return (truth["kind"] == "finetune") & truth["recipe"]
+    one_base = [len({truth.loc[p, "root"] for p in ps}) == 1 for ps in truth["parents"]]
+    return (truth["kind"] == "merge") & np.array(one_base, dtype=bool)
 
 
 def score(result, truth):
-    """Counts per kind (summed over maps by :func:`add`; :func:`show` turns them into shares)."""
+    """Counts per kind (summed over maps by :func:`add`; :func:`show` turns them into shares), and the misses."""
     t = result.table.set_index("model")
     out = {}
-    for kind in ROWS:
-        of_kind = (truth["kind"] == kind) if kind in KINDS else (truth["kind"] == "finetune") & truth["recipe"]
+    for row in ROWS:
+        of_kind = _of_row(truth, row)
         models = [m for m in t.index if truth.loc[m, "parent"] and of_kind[m]]
         called = [m for m in models if t.loc[m, "decision"] == "derived"]
-        right = [m for m in called if t.loc[m, "parent"] in truth.loc[m, "parents"]]
+        if row == "  one base":
+            right = [m for m in called if {t.loc[m, "parent"], t.loc[m, "parent2"]} == set(truth.loc[m, "parents"])]
+        else:
+            right = [m for m in called if t.loc[m, "parent"] in truth.loc[m, "parents"]]
         same = [m for m in called if truth.loc[t.loc[m, "parent"], "root"] == truth.loc[m, "root"]]
         kl = sum(t.loc[m, "nearest_kl"] in truth.loc[m, "parents"] for m in models)
-        out[kind] = dict(n=len(models), right=len(right), called=len(called), same=len(same), kl=kl,
-                         undecided=len(models) - len(called))
+        misses = [f"{m} (from {' + '.join(truth.loc[m, 'parents'])}): {t.loc[m, 'decision']}"
+                  + (f" from {' + '.join(x for x in (t.loc[m, 'parent'], t.loc[m, 'parent2']) if x)}"
+                     if t.loc[m, "decision"] == "derived" else "") + f", statistic {t.loc[m, 'statistic']:.1f}"
+                  for m in models if m not in right]
+        out[row] = dict(n=len(models), right=len(right), called=len(called), same=len(same), kl=kl,
+                        undecided=len(models) - len(called), misses=misses)
     roots = [m for m in t.index if not truth.loc[m, "parent"]]
     wrong = [m for m in roots if t.loc[m, "decision"] == "derived"
              and truth.loc[t.loc[m, "parent"], "root"] != truth.loc[m, "root"]]
-    out["roots"] = dict(n=len(roots), wrong=len(wrong), names=wrong)
+    out["roots"] = dict(n=len(roots), wrong=len(wrong), names=wrong,
+                        misses=[f"{m}: from {t.loc[m, 'parent']}, statistic {t.loc[m, 'statistic']:.1f}"
+                                for m in wrong])
     return out
 
 
@@ -251,7 +275,7 @@ def add(total, s):
     return total
 
 
-def show(label, s):
+def show(label, s, misses=False):
     print(f"\n{label}")
     print(f"  {'kind':13s} {'n':>3s} {'recall':>7s} {'precision':>9s} {'own lineage':>11s} {'not derived':>11s} "
           f"{'KL-nearest':>10s}")
@@ -265,6 +289,11 @@ def show(label, s):
     r = s["roots"]
     names = r["names"] if len(r["names"]) <= 6 else sorted(set(r["names"]))
     print(f"  models with no parent: {r['n']}, given a parent in another lineage: {r['wrong']} {names}")
+    if misses:
+        print("  misses:")
+        for row in (*ROWS, "roots"):
+            for m in s[row]["misses"]:
+                print(f"    {row.strip()}: {m}")
 
 
 def main(argv=None):
@@ -277,6 +306,7 @@ def main(argv=None):
     ap.add_argument("--fixture", type=Path, help="save the test fixture of real log-likelihoods here (tests/fixtures/"
                     "lineage_real_map.npz) and stop")
     ap.add_argument("--distillation", action="store_true", help="add three distilled students (DISTILLED)")
+    ap.add_argument("--misses", action="store_true", help="list every model not found right, and why")
     ap.add_argument("--no-quantisation", action="store_true",
                     help="leave out the metadata `quantisation` that scoring recorded for the 8-bit copies")
     a = ap.parse_args(argv)
@@ -312,17 +342,18 @@ def main(argv=None):
     if a.fixture:
         return save_fixture(mm, truth, a.fixture)
     full = lineage(mm, alpha=a.alpha, coords=False)
-    show(f"all texts (rank {full.info['rank']})", score(full, truth))
+    show(f"all texts (rank {full.info['rank']})", score(full, truth), a.misses)
     sub = select(mm, "ls", int(0.38 * mm.L.shape[1]), random_state=0, unbound=True)
     ms = ModelMap(names, mm.L[:, sub.text_pos], threshold=sub.threshold, w=sub.weights, n_texts=mm.L.shape[1],
                   metadata=md)
     part = lineage(ms, alpha=a.alpha, coords=False)
     show(f"LS subset, d = {len(sub.text_pos)} unique texts ({len(sub.text_pos) / mm.L.shape[1]:.0%} of N)",
-         score(part, truth))
+         score(part, truth), a.misses)
     if a.subsets:
         whole, ls = subsets(mm, truth, a.subsets, a.alpha)
-        show(f"{a.subsets} maps of six base lineages, all texts", whole)
-        show(f"{a.subsets} maps of six base lineages, LS subsets (38% of N drawn, about a quarter unique)", ls)
+        show(f"{a.subsets} maps of six base lineages, all texts", whole, a.misses)
+        show(f"{a.subsets} maps of six base lineages, LS subsets (38% of N drawn, about a quarter unique)", ls,
+             a.misses)
 
 
 def six_lineage_maps(mm, truth, n_maps):
@@ -347,13 +378,18 @@ def subsets(mm, truth, n_maps, alpha):
     from lmmap.analyses.select import select
     from lmmap.map import ModelMap
 
+    def tagged(counts, r, K):
+        for row in counts.values():
+            row["misses"] = [f"map {r} ({K} models): {m}" for m in row["misses"]]
+        return counts
+
     total = part = None
-    for sm in six_lineage_maps(mm, truth, n_maps):
-        total = add(total, score(lineage(sm, alpha=alpha, coords=False), truth.loc[sm.names]))
+    for r, sm in enumerate(six_lineage_maps(mm, truth, n_maps)):
+        total = add(total, tagged(score(lineage(sm, alpha=alpha, coords=False), truth.loc[sm.names]), r, sm.K))
         sub = select(sm, "ls", int(0.38 * sm.L.shape[1]), random_state=0, unbound=True)
         ms = ModelMap(sm.names, sm.L[:, sub.text_pos], threshold=sub.threshold, w=sub.weights,
                       n_texts=sm.L.shape[1], metadata=sm.metadata)
-        part = add(part, score(lineage(ms, alpha=alpha, coords=False), truth.loc[sm.names]))
+        part = add(part, tagged(score(lineage(ms, alpha=alpha, coords=False), truth.loc[sm.names]), r, sm.K))
     return total, part
 
 

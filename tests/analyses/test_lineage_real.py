@@ -22,8 +22,8 @@ from lmmap.map import ModelMap
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "lineage_real_map.npz"
 
 
-@pytest.fixture(scope="module")
-def real():
+def _load():
+    """``(truth, map)``: each model's kind and parents, and the map with the metadata scoring recorded."""
     with np.load(FIXTURE) as f:
         names = [str(n) for n in f["names"]]
         L = f["L"] / 1e4
@@ -32,7 +32,12 @@ def real():
     truth = pd.DataFrame.from_dict(models, orient="index")
     md = truth[["trajectory", "step", "quantisation"]].astype(object).where(truth[["trajectory", "step",
                                                                                    "quantisation"]].notna(), np.nan)
-    mm = ModelMap(names, L, threshold=threshold, metadata=md)
+    return truth, ModelMap(names, L, threshold=threshold, metadata=md)
+
+
+@pytest.fixture(scope="module")
+def real():
+    truth, mm = _load()
     return truth, lineage(mm, coords=False).table.set_index("model")
 
 
@@ -69,3 +74,24 @@ def test_fine_tunes_find_their_base_where_kl_nearest_does_not(real):
     wrong_lineage = [m for m in fts if t.loc[m, "decision"] == "derived"
                      and t.loc[m, "parent"].split("-")[0] != m.split("-")[0]]
     assert not wrong_lineage
+
+
+def test_weighting_texts_by_their_spread_raises_the_parents_above_the_null(real, monkeypatch):
+    """Each text weighted by its residual spread to the power −1/2 (``TEXT_SCALE_POWER``): on these real models the
+    fine-tunes' statistics with their right parent rise (median 5.5 → 6.9 null sds) and one from-scratch model
+    fewer is given a parent (`scratch-legal`, paired with the other seed on its domain without the weights)."""
+    import lmmap.maths.lineage as core
+
+    truth, t = real
+    fts = _of(truth, "finetune")
+
+    def median_and_roots(table):
+        right = [table.loc[m, "statistic"] for m in fts if table.loc[m, "parent"] in truth.loc[m, "parents"]]
+        roots = [m for m in truth.index if not truth.loc[m, "parents"] and table.loc[m, "decision"] == "derived"]
+        return float(np.median(right)), len(right), roots
+
+    weighted = median_and_roots(t)
+    monkeypatch.setattr(core, "TEXT_SCALE_POWER", 0.0)
+    plain = median_and_roots(lineage(_load()[1], coords=False).table.set_index("model"))
+    assert weighted[0] > plain[0] + 1.0 and weighted[1] >= plain[1], (weighted, plain)
+    assert len(weighted[2]) < len(plain[2]), (weighted, plain)
