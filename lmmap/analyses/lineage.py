@@ -115,7 +115,8 @@ class LineageResult:
     cannot confirm; variance, weak),
     declared_base, agreement (agree; disagree — a parent other than the declared one; unconfirmed — a declared base
     the test does not find, which is no evidence against it; new — a parent where none is declared; or empty),
-    n_children, nearest_kl (the nearest model by KL, for comparison), flagged (the map's red ring, see "The map's rings" in the module docstring).
+    n_children, nearest_kl (the nearest model by KL, for comparison), flagged (the map's red ring, see "The map's
+    rings" in the module docstring).
     ``pairs``: every pair tested (model_a, model_b, rho, z, statistic, p_value, p_adjusted, significant,
     ancestor). ``info``: rank, null (source, μ₀, σ₀, pairs), alpha, correction, K, d.
     """
@@ -675,8 +676,8 @@ def likely_parents(mm: ModelMap, models, *, among=None, alpha: float = core.DEFA
     every model of ``among`` (an m×n block of inner products, nothing K×K; Holm within its n tests) and its
     best partner, when significant, oriented by the metadata (``base_model``, trajectory steps) or else
     presumed its parent (a model being added is usually the newer one; the variation each adds,
-    :func:`lmmap.maths.lineage.direction_t`, is reported but pointed the wrong way for fine-tunes). The structural tie-breaks and merges
-    of :func:`lineage` need the whole map's tests and are not made here.
+    :func:`lmmap.maths.lineage.direction_t`, is reported but pointed the wrong way for fine-tunes). The structural
+    tie-breaks and merges of :func:`lineage` need the whole map's tests and are not made here.
 
     Returns ``(table, p_adjusted)``: ``table`` one row per model — model, likely_parent (when ``derived``),
     related_to (its best partner), statistic, rho, p_value, p_adjusted, decision (:data:`PLACED_DECISIONS`:

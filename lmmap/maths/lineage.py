@@ -50,7 +50,7 @@ its residual spread over the models to the power −1/2 (:func:`text_scales`,
 :func:`rescale_texts`): the statistic is the correlation of ``e_i(t)·s_t``
 and ``e_j(t)·s_t``. A few texts on which the residuals vary a lot
 (memorised or forgotten at random) otherwise drown the many that carry a
-parent's idiosyncrasy.
+parent's idiosyncrasy. (On maps of at least :data:`TEXT_SCALE_MIN_K` models.)
 
 **Calibration.** Under "unrelated", ``z_ij`` is not ``N(0, 1/(N−3))``: texts
 differ in scale, and the residuals of K models on directions estimated from
