@@ -173,6 +173,7 @@ def test_rescaled_texts_remove_exactly_the_same_directions():
     En = E / np.linalg.norm(E, axis=1, keepdims=True)
     i, j = np.triu_indices(K, 1)
     np.testing.assert_allclose(core.pair_correlations(Y, b2, i, j), (En @ En.T)[i, j], atol=1e-10)
+
     # Removing the span of V, along which X differs from U: what is left of each model is U's part.
     def on_v(A):
         return core.rescale_texts(A, core.Basis(Z=A @ V, V=V, lam=np.ones(r), rank=r, mean_eigenvalue=1.0), s)
@@ -201,7 +202,8 @@ def test_weighting_texts_finds_parents_that_noisy_texts_hide():
     names, L, truth = lineage_ecosystem(N=2000, n_bases=8, n_independent=4, heavy_per_base=1, seed=0)
     rng = np.random.default_rng(1)
     noisy = rng.random(L.shape[1]) < 0.1
-    L = L + np.where(noisy, 3.0, 0.0) * rng.standard_normal(L.shape) * np.abs(L).mean() / 300
+    scale = np.abs(L).mean() / 300  # about 1: |L| averages about 300 there, a text's scale about 1
+    L = L + np.where(noisy, 3.0, 0.0) * rng.standard_normal(L.shape) * scale
     X = _Q(L)
     idx = {n: i for i, n in enumerate(names)}
     fts = [n for n in names if truth.loc[n, "kind"] == "finetune"]
