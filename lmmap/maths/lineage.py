@@ -292,8 +292,9 @@ def candidates(X, basis: Basis, k: int, *, dense: bool = True, random_state=0, p
     Vt = basis.Vr.T.astype(np.float32)
     VS = (Vt if S is None else Vt @ S) if basis.rank else None
     for s in range(0, K, 4096):
-        blk = np.asarray(X[s:s + 4096], dtype=np.float32)
-        blk = blk.copy() if S is None else blk @ S
+        blk = np.array(X[s:s + 4096], dtype=np.float32)  # a copy: X itself is not changed below
+        if S is not None:
+            blk = blk @ S
         if VS is not None:
             blk -= basis.Zr[s:s + 4096].astype(np.float32) @ VS
         Y[s:s + 4096] = blk
@@ -409,6 +410,12 @@ def with_shift_directions(X, basis: Basis, i, j) -> Basis:
                  mean_eigenvalue=basis.mean_eigenvalue, weights=basis.weights, shift_rank=r)
 
 
+def basis_sample(K: int, random_state=0) -> np.ndarray:
+    """The :data:`BASIS_SAMPLE` models (sorted indices) a map of ``K`` > that many estimates its directions and
+    text weights on: one sample per ``random_state``, so both come from the same models."""
+    return np.sort(np.random.default_rng(random_state).choice(K, BASIS_SAMPLE, replace=False))
+
+
 def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
     """The directions removed before pairs are compared: the population's, each model weighted
     ``1/(1 + its relatives)`` (:func:`population_basis`), re-estimated beside the directions in which derivation
@@ -425,8 +432,7 @@ def lineage_basis(X, *, rank: int | None = None, random_state=0) -> Basis:
     sample = None
     Xs = X
     if K > BASIS_SAMPLE:
-        rng = np.random.default_rng(random_state)
-        sample = np.sort(rng.choice(K, BASIS_SAMPLE, replace=False))
+        sample = basis_sample(K, random_state)
         Xs = np.asarray(X[sample], dtype=np.float64)
     basis = population_basis(Xs, rank=rank)
     if rank is None:
@@ -461,9 +467,7 @@ def text_scales(X, basis: Basis, *, power: float | None = None, random_state=0) 
     power = TEXT_SCALE_POWER if power is None else float(power)
     if power == 0 or K < TEXT_SCALE_MIN_K:
         return np.ones(d)
-    idx = np.arange(K)
-    if K > BASIS_SAMPLE:
-        idx = np.sort(np.random.default_rng(random_state).choice(K, BASIS_SAMPLE, replace=False))
+    idx = np.arange(K) if K <= BASIS_SAMPLE else basis_sample(K, random_state)
     E = np.asarray(X[idx], dtype=np.float64) - basis.Zr[idx] @ basis.Vr.T
     sd = 1.4826 * np.median(np.abs(E - np.median(E, axis=0)), axis=0)
     ref = float(np.median(sd))
@@ -535,7 +539,8 @@ def leave_out_statistics(X, basis: Basis, i, j, families) -> np.ndarray:
     return out
 
 
-__all__ = ["Basis", "DEFAULT_ALPHA", "candidates", "check_alpha", "direction_t", "fisher_z", "fit_null", "holm_rows",
-           "kaiser_rank", "leave_out_statistics", "lineage_basis", "p_values", "pair_correlations",
-           "partial_correlation", "population_basis", "project", "relatives_count", "residual_correlation_matrix",
-           "rescale_texts", "residual_norms2", "structure_basis", "text_scales", "with_shift_directions", "worse_share"]
+__all__ = ["Basis", "DEFAULT_ALPHA", "basis_sample", "candidates", "check_alpha", "direction_t", "fisher_z",
+           "fit_null", "holm_rows", "kaiser_rank", "leave_out_statistics", "lineage_basis", "p_values",
+           "pair_correlations", "partial_correlation", "population_basis", "project", "relatives_count",
+           "rescale_texts", "residual_correlation_matrix", "residual_norms2", "structure_basis", "text_scales",
+           "with_shift_directions", "worse_share"]
